@@ -1,0 +1,163 @@
+"""`TextureCodec`: a trained `TextureNet` behind compress()/decompress() on byte strings.
+
+The codec works on intensities already normalised to roughly 0..1 (the bundle's intensity rule
+is applied by the caller) on the template grid. `block=None` codes the whole volume as one block
+(small inputs); an int or triple codes fixed blocks, skipping those outside `support`.
+Weights are safetensors with the config in the metadata; the CDF tables travel with them.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from ..errors import BundleError, FormatError
+from ..progress import Reporter
+from . import tiling
+from .entropy import IntegerHyperSynthesis, compress_latents, decompress_latents
+from .network import TextureConfig, TextureNet
+from .position import block_coords
+from .rate import RATE_STEPS, quantise_rate
+from .streams import TextureStreams
+
+#: the stages whose tokens read the positional field (their stride in voxels)
+POS_FACTORS = (2, 4)
+
+
+class TextureCodec:
+    def __init__(self, net: TextureNet, device: Union[str, torch.device] = "cpu",
+                 batch: int = 4):
+        if net.entropy_bottleneck._quantized_cdf.numel() == 0:
+            raise ValueError("the network has no CDF tables: call net.update() first")
+        self.net = net.eval()
+        self.device = torch.device(device)
+        self.net.to(self.device)
+        self.batch = max(1, int(batch))
+        self._int_hs = IntegerHyperSynthesis(net.h_s)
+
+    @property
+    def config(self) -> TextureConfig:
+        return self.net.config
+
+    # --- weights -----------------------------------------------------------------------------
+    @classmethod
+    def untrained(cls, config: TextureConfig = TextureConfig(), seed: int = 0, **kw):
+        """A randomly initialised codec (tests, and the start of training)."""
+        torch.manual_seed(seed)
+        net = TextureNet(config)
+        net.update()
+        return cls(net, **kw)
+
+    def to_bytes(self) -> bytes:
+        """Weights and CDF tables as safetensors, config in the metadata."""
+        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
+        return st_save(state, metadata={"deepstd.texture.config":
+                                        json.dumps(self.config.to_dict())})
+
+    def save(self, path: Union[str, Path]) -> None:
+        Path(path).write_bytes(self.to_bytes())
+
+    @classmethod
+    def from_bytes(cls, data: bytes, **kw) -> "TextureCodec":
+        try:
+            config = TextureConfig.from_dict(json.loads(_st_metadata(data)["deepstd.texture.config"]))
+            state = st_load(bytes(data))
+            net = TextureNet(config)
+            net.load_state_dict(state)
+        except (ValueError, KeyError, TypeError, RuntimeError, struct.error) as exc:
+            raise BundleError(f"texture weights are corrupt or incompatible: {exc}") from exc
+        return cls(net, **kw)
+
+    @classmethod
+    def load(cls, path: Union[str, Path], **kw) -> "TextureCodec":
+        return cls.from_bytes(Path(path).read_bytes(), **kw)
+
+    # --- coding ------------------------------------------------------------------------------
+    def _coords(self, origins, block, shape):
+        return {f: block_coords(origins, block, f, shape).to(self.device) for f in POS_FACTORS}
+
+    def _level(self, rate_q: int) -> torch.Tensor:
+        return self.net.gain.level_of(rate_q)
+
+    @torch.no_grad()
+    def compress(self, x, rate: float, block=64, support: Optional[np.ndarray] = None,
+                 fill: float = 0.0, progress=None, cancel=None) -> TextureStreams:
+        """Code a normalised volume (z, y, x) at `rate` in [0, 1] (0: fewest bytes)."""
+        arr = x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
+        if arr.ndim != 3 or arr.size == 0 or not np.all(np.isfinite(arr)):
+            raise ValueError(f"expected a finite 3-D array, got shape {arr.shape}")
+        arr = arr.astype(np.float32, copy=False)
+        shape = tuple(int(s) for s in arr.shape)
+        full = block is None
+        blk = tiling.full_block(shape) if full else tiling.normalise_block(block)
+        rate_q = quantise_rate(rate)
+        coded = tiling.coded_blocks(shape, blk, support)
+        todo = [o for o, c in zip(tiling.origins(shape, blk), coded) if c]
+        xp = tiling.padded(arr, blk)
+        level = self._level(rate_q)
+        gain = self.net.gain.gain(level).to(self.device)
+        report = Reporter(progress, cancel)
+        z_all, y_all = [], []
+        for i, group in enumerate(tiling.batches(todo, self.batch)):
+            report("texture", i * self.batch / max(len(todo), 1), "encoding texture blocks")
+            xb = torch.from_numpy(np.stack([tiling.cut(xp, o, blk) for o in group]))[:, None]
+            y = self.net.g_a(xb.to(self.device), self._coords(group, blk, shape)) * gain
+            z_s, y_s = compress_latents(self.net, self._int_hs, y)
+            z_all += z_s
+            y_all += y_s
+        report("texture", 1.0, "texture encoded")
+        return TextureStreams(shape, blk, full, rate_q, float(np.float32(fill)), coded,
+                              z_all, y_all)
+
+    @torch.no_grad()
+    def decompress(self, streams: Union[TextureStreams, bytes], progress=None,
+                   cancel=None) -> np.ndarray:
+        """Streams (or their bytes) -> the decoded float32 volume of the original shape."""
+        if not isinstance(streams, TextureStreams):
+            streams = TextureStreams.from_bytes(streams)
+        streams.validate()
+        shape, blk = streams.shape, streams.block
+        level = self._level(streams.rate_q)
+        inv_gain = self.net.gain.inverse_gain(level).to(self.device)
+        grid = tiling.grid_of(shape, blk)
+        out = np.full([g * b for g, b in zip(grid, blk)], streams.fill, dtype=np.float32)
+        todo = [o for o, c in zip(tiling.origins(shape, blk), streams.coded) if c]
+        y_size = [b // 8 for b in blk]
+        report = Reporter(progress, cancel)
+        k = 0
+        for i, group in enumerate(tiling.batches(todo, self.batch)):
+            report("texture", i * self.batch / max(len(todo), 1), "decoding texture blocks")
+            n = len(group)
+            try:
+                y_hat = decompress_latents(self.net, self._int_hs, streams.z_strings[k:k + n],
+                                           streams.y_strings[k:k + n], y_size)
+            except FormatError:
+                raise
+            except Exception as exc:  # the entropy coder's own complaints about bad input
+                raise FormatError(f"texture stream does not decode: {exc}") from exc
+            k += n
+            xb = self.net.g_s(y_hat.to(self.device) * inv_gain, self._coords(group, blk, shape))
+            xb = xb[:, 0].float().cpu().numpy()
+            for o, v in zip(group, xb):
+                out[o[0]:o[0] + blk[0], o[1]:o[1] + blk[1], o[2]:o[2] + blk[2]] = v
+        report("texture", 1.0, "texture decoded")
+        return np.ascontiguousarray(out[:shape[0], :shape[1], :shape[2]])
+
+
+def _st_metadata(data: bytes) -> dict:
+    """The metadata of a safetensors byte string (safetensors' `load` drops it)."""
+    if len(data) < 8:
+        raise ValueError("truncated safetensors header")
+    (n,) = struct.unpack_from("<Q", data, 0)
+    if n > len(data) - 8 or n > 1 << 24:
+        raise ValueError("bad safetensors header length")
+    return json.loads(bytes(data[8:8 + n]).decode("utf-8")).get("__metadata__") or {}
+
+
+__all__ = ["TextureCodec", "TextureStreams", "RATE_STEPS"]

@@ -1,0 +1,146 @@
+"""3DTCMPE: the texture autoencoder with a mean–scale hyperprior and a variable-rate gain unit.
+
+    x ─g_a─▶ y ·gain ─h_a─▶ z ─[EntropyBottleneck]─▶ ẑ ─h_s─▶ (scales, means)
+    ŷ = Q(y·gain) ─[GaussianConditional(scales, means)]─▶ ŷ ·inv_gain ─g_s─▶ x̂
+
+g_a: RBS(1→N) ▸ TCM(N) at /2 (optional) ▸ RBS(N→N) ▸ TCM(N) at /4 ▸ 3×3×3 conv s2 (N→M): y at /8.
+g_s mirrors it with sub-pixel up-sampling. h_a goes /8→/16, h_s back. Every TCM block's
+attention path reads the learned positional field at its tokens (block mode). h_s uses only
+3×3×3 convs, ReLU and pixel shuffles so it can be run exactly in integer arithmetic
+(`entropy.IntegerHyperSynthesis`) for bit-exact decoding.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Dict, Optional
+
+import torch
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from compressai.models.utils import update_registered_buffers
+from torch import nn
+
+from .layers import (PixelShuffle3d, ResidualBlockUpsample, ResidualBlockWithStride, TCMBlock,
+                     conv3, subpel_conv3)
+from .position import PositionalField
+from .rate import GainUnit
+
+#: y sits at 1/8 of the input size per axis, z at 1/16: inputs must be multiples of this.
+ALIGN = 16
+
+
+@dataclass(frozen=True)
+class TextureConfig:
+    """Network sizes. Defaults are sized for 2 CPU cores (see docs/TEXTURE.md)."""
+
+    channels: int = 16         # N: feature channels of g_a / g_s
+    latent: int = 32           # M: channels of y
+    hyper: int = 24            # channels of z and of the hyper transforms
+    window: int = 4            # attention window (tokens per axis)
+    heads: int = 1
+    half_res_tcm: bool = False  # a TCM block at 1/2 resolution too (better, slower)
+    pos_dim: int = 8           # positional-field channels (0 disables block positions)
+    pos_grid: int = 6
+    levels: int = 6            # trained rate levels of the gain unit
+    gain_span: float = 3.0     # initial spread of log-gains across levels
+
+    def to_dict(self) -> Dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict) -> "TextureConfig":
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown texture config keys {sorted(unknown)}")
+        return cls(**d)
+
+
+def scale_table():
+    """CompressAI's 64 log-spaced scales 0.11 .. 256."""
+    import math
+    return [float(v) for v in torch.exp(torch.linspace(math.log(0.11), math.log(256), 64))]
+
+
+class TextureNet(nn.Module):
+    def __init__(self, config: TextureConfig = TextureConfig()):
+        super().__init__()
+        c = self.config = config
+        N, M, H, P = c.channels, c.latent, c.hyper, c.pos_dim
+        self.pos = PositionalField(P, c.pos_grid) if P else None
+        tcm = lambda shift: TCMBlock(N, c.window, c.heads, shift, P)  # noqa: E731
+        # analysis
+        self.a_down1 = ResidualBlockWithStride(1, N)
+        self.a_tcm1 = tcm(False) if c.half_res_tcm else None
+        self.a_down2 = ResidualBlockWithStride(N, N)
+        self.a_tcm2 = tcm(True)
+        self.a_out = conv3(N, M, stride=2)
+        # synthesis
+        self.s_up1 = ResidualBlockUpsample(M, N)
+        self.s_tcm1 = tcm(True)
+        self.s_up2 = ResidualBlockUpsample(N, N)
+        self.s_tcm2 = tcm(False) if c.half_res_tcm else None
+        self.s_out = subpel_conv3(N, 1)
+        # hyperprior
+        self.h_a = nn.Sequential(conv3(M, H), nn.LeakyReLU(inplace=True),
+                                 conv3(H, H, stride=2), nn.LeakyReLU(inplace=True),
+                                 conv3(H, H))
+        self.h_s = nn.Sequential(conv3(H, H), nn.ReLU(),
+                                 conv3(H, H * 8), PixelShuffle3d(2), nn.ReLU(),
+                                 conv3(H, 2 * M))
+        self.entropy_bottleneck = EntropyBottleneck(H)
+        self.gaussian_conditional = GaussianConditional(None)
+        self.gain = GainUnit(c.levels, M, c.gain_span)
+
+    # --- transforms --------------------------------------------------------------------------
+    def _pos(self, coords: Optional[Dict[int, torch.Tensor]], factor: int):
+        if self.pos is None or coords is None:
+            return None
+        return self.pos(coords[factor])
+
+    def g_a(self, x: torch.Tensor, coords=None) -> torch.Tensor:
+        x = self.a_down1(x)
+        if self.a_tcm1 is not None:
+            x = self.a_tcm1(x, self._pos(coords, 2))
+        x = self.a_tcm2(self.a_down2(x), self._pos(coords, 4))
+        return self.a_out(x)
+
+    def g_s(self, y: torch.Tensor, coords=None) -> torch.Tensor:
+        x = self.s_tcm1(self.s_up1(y), self._pos(coords, 4))
+        x = self.s_up2(x)
+        if self.s_tcm2 is not None:
+            x = self.s_tcm2(x, self._pos(coords, 2))
+        return self.s_out(x)
+
+    def tcm_features(self):
+        """The TCM blocks in order (for feature distillation)."""
+        return [b for b in (self.a_tcm1, self.a_tcm2, self.s_tcm1, self.s_tcm2) if b is not None]
+
+    # --- training ----------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, level: torch.Tensor, coords=None):
+        """Noisy-quantisation pass for training. level: (N,) fractional levels in [0, K−1]."""
+        y = self.g_a(x, coords) * self.gain.gain(level)
+        z = self.h_a(y)
+        z_hat, z_lik = self.entropy_bottleneck(z)
+        scales, means = self.h_s(z_hat).chunk(2, 1)
+        y_hat, y_lik = self.gaussian_conditional(y, scales, means=means)
+        x_hat = self.g_s(y_hat * self.gain.inverse_gain(level), coords)
+        return {"x_hat": x_hat, "likelihoods": {"y": y_lik, "z": z_lik}}
+
+    def aux_loss(self) -> torch.Tensor:
+        return self.entropy_bottleneck.loss()
+
+    # --- entropy tables ----------------------------------------------------------------------
+    def update(self) -> None:
+        """Build the CDF tables. Done once when weights are saved; loading never recomputes
+        them, so every machine codes with the very same tables."""
+        self.gaussian_conditional.update_scale_table(scale_table(), force=True)
+        self.gaussian_conditional.update()
+        self.entropy_bottleneck.update(force=True)
+
+    def load_state_dict(self, state_dict, strict: bool = True):
+        update_registered_buffers(self.entropy_bottleneck, "entropy_bottleneck",
+                                  ["_quantized_cdf", "_offset", "_cdf_length"], state_dict)
+        update_registered_buffers(self.gaussian_conditional, "gaussian_conditional",
+                                  ["_quantized_cdf", "_offset", "_cdf_length", "scale_table"],
+                                  state_dict)
+        return super().load_state_dict(state_dict, strict=strict)
