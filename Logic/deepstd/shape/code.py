@@ -1,0 +1,154 @@
+"""The shape code: the backward SIREN (plus the pre-alignment) as a few hundred to a few KB.
+
+Layout (little endian): b"SC", version, bits, depth, flags, width (u16), omega (f32), the
+pre-alignment (none / translation 3xf32 / affine 12xf32), then the weights: float16 (bits=16) or
+per-tensor uniform codes of `bits` bits with (min, step) as f32, packed and deflated when that is
+smaller (flag). Everything the decoder needs is in the bytes; nothing depends on float rounding
+of the platform beyond IEEE float16/32.
+"""
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import List
+
+import numpy as np
+import torch
+
+from ..errors import BudgetError, FormatError
+from .siren import Siren, parameter_count
+
+MAGIC, VERSION = b"SC", 1
+_HEAD = struct.Struct("<2sBBBBHf")
+_DEFLATED, _TRANSLATION, _AFFINE = 1, 2, 4
+BITS = (4, 6, 8, 10, 12, 16)
+MIN_WIDTH = 4
+
+
+@dataclass
+class ShapeCode:
+    """A decoded shape code: the backward network and the template->scan pre-alignment."""
+
+    backward: Siren
+    matrix: np.ndarray
+
+
+def encode_shape(backward: Siren, matrix: np.ndarray = np.eye(4), bits: int = 8) -> bytes:
+    """Serialise the backward network (quantised to `bits`) and the 4x4 pre-alignment matrix."""
+    if bits not in BITS:
+        raise ValueError(f"bits must be one of {BITS}")
+    flags, extra = 0, b""
+    if not np.allclose(matrix, np.eye(4)):
+        if np.allclose(matrix[:3, :3], np.eye(3)):
+            flags, extra = _TRANSLATION, np.asarray(matrix[:3, 3], "<f4").tobytes()
+        else:
+            flags, extra = _AFFINE, np.asarray(matrix[:3, :4], "<f4").tobytes()
+    payload = b"".join(_quantise(t.detach().numpy().ravel(), bits) for t in _tensors(backward))
+    packed = zlib.compress(payload, 9, wbits=-15)
+    if len(packed) < len(payload):
+        flags, payload = flags | _DEFLATED, packed
+    head = _HEAD.pack(MAGIC, VERSION, bits, backward.depth, flags, backward.width, backward.omega)
+    return head + extra + payload
+
+
+def decode_shape(data: bytes) -> ShapeCode:
+    """Inverse of `encode_shape`; raises FormatError on anything inconsistent."""
+    if len(data) < _HEAD.size:
+        raise FormatError("shape code truncated")
+    magic, version, bits, depth, flags, width, omega = _HEAD.unpack_from(data)
+    if magic != MAGIC or version != VERSION or bits not in BITS or not (1 <= depth <= 16) \
+            or not (1 <= width <= 4096) or not np.isfinite(omega):
+        raise FormatError("not a valid shape code (bad header)")
+    pos, matrix = _HEAD.size, np.eye(4)
+    if flags & _TRANSLATION:
+        matrix[:3, 3] = np.frombuffer(data, "<f4", 3, pos)
+        pos += 12
+    elif flags & _AFFINE:
+        matrix[:3, :4] = np.frombuffer(data, "<f4", 12, pos).reshape(3, 4)
+        pos += 48
+    payload = data[pos:]
+    if flags & _DEFLATED:
+        try:
+            payload = zlib.decompress(payload, wbits=-15)
+        except zlib.error as exc:
+            raise FormatError(f"shape code weights corrupt: {exc}") from None
+    net = Siren(width, depth, omega)
+    offset = 0
+    with torch.no_grad():
+        for t in _tensors(net):
+            values, offset = _dequantise(payload, offset, t.numel(), bits)
+            t.copy_(torch.from_numpy(values).view_as(t))
+    if offset != len(payload):
+        raise FormatError("shape code has trailing or missing bytes")
+    return ShapeCode(net, matrix)
+
+
+def code_bytes(width: int, depth: int, bits: int = 8) -> int:
+    """Upper bound of `encode_shape`'s size (affine pre-alignment, no deflate gain)."""
+    if bits == 16:
+        weights = 2 * parameter_count(width, depth)
+    else:
+        weights = sum(8 + (n * bits + 7) // 8 for n in _tensor_sizes(width, depth))
+    return _HEAD.size + 48 + weights
+
+
+def width_for_budget(budget: int, depth: int = 3, bits: int = 8, max_width: int = 256) -> int:
+    """The widest SIREN whose shape code is guaranteed to fit in `budget` bytes (the paper's knob)."""
+    if code_bytes(MIN_WIDTH, depth, bits) > budget:
+        raise BudgetError(f"a shape code needs at least {code_bytes(MIN_WIDTH, depth, bits)} bytes "
+                          f"(depth {depth}, {bits} bits); the budget is {budget}")
+    width = MIN_WIDTH
+    while width < max_width and code_bytes(width + 1, depth, bits) <= budget:
+        width += 1
+    return width
+
+
+def _tensors(net: Siren) -> List[torch.Tensor]:
+    out = []
+    for layer in list(net.hidden) + [net.out]:
+        out += [layer.weight, layer.bias]
+    return out
+
+
+def _tensor_sizes(width: int, depth: int) -> List[int]:
+    sizes = [3] + [width] * depth + [3]
+    out = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        out += [a * b, b]
+    return out
+
+
+def _quantise(values: np.ndarray, bits: int) -> bytes:
+    if bits == 16:
+        return values.astype("<f2").tobytes()
+    lo, hi = float(values.min()), float(values.max())
+    lo32 = np.float32(lo)
+    step = np.float32((hi - lo) / (2 ** bits - 1)) if hi > lo else np.float32(1.0)
+    codes = np.clip(np.rint((values - lo32) / step), 0, 2 ** bits - 1).astype(np.uint16)
+    return struct.pack("<ff", lo32, step) + _pack(codes, bits)
+
+
+def _dequantise(payload: bytes, offset: int, n: int, bits: int):
+    if bits == 16:
+        end = offset + 2 * n
+        if end > len(payload):
+            raise FormatError("shape code weights truncated")
+        return np.frombuffer(payload, "<f2", n, offset).astype(np.float32), end
+    end = offset + 8 + (n * bits + 7) // 8
+    if end > len(payload):
+        raise FormatError("shape code weights truncated")
+    lo, step = struct.unpack_from("<ff", payload, offset)
+    codes = _unpack(payload[offset + 8:end], n, bits)
+    return (np.float32(lo) + codes.astype(np.float32) * np.float32(step)).astype(np.float32), end
+
+
+def _pack(codes: np.ndarray, bits: int) -> bytes:
+    """Pack unsigned codes, `bits` each, most significant bit first."""
+    shifts = np.arange(bits - 1, -1, -1, dtype=np.uint16)
+    return np.packbits(((codes[:, None] >> shifts) & 1).astype(np.uint8).ravel()).tobytes()
+
+
+def _unpack(data: bytes, n: int, bits: int) -> np.ndarray:
+    flat = np.unpackbits(np.frombuffer(data, np.uint8))[: n * bits].reshape(n, bits).astype(np.uint16)
+    return (flat << np.arange(bits - 1, -1, -1, dtype=np.uint16)).sum(axis=1).astype(np.uint16)

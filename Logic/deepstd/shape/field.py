@@ -1,0 +1,146 @@
+"""Evaluate fields on any grid in bounded memory; warp, compose, and measure them.
+
+Everything runs over slabs of whole z-slices of at most `chunk` points, so a 512x512x300 CT needs
+the output arrays plus a few tens of MB, never a full-grid batch through the network.
+Displacements leave this module in ITK's resampling convention: mm, LPS, and for an output-grid
+point p the input image is read at p + u(p).
+"""
+from __future__ import annotations
+
+from typing import Iterator, Optional, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+from ..progress import Reporter
+from ..volume import Volume
+from .frame import Frame, index_to_grid, physical_to_index
+from .siren import Siren
+
+CHUNK = 1 << 18
+
+
+def slabs(grid: Frame, chunk: int = CHUNK) -> Iterator[Tuple[int, int]]:
+    """(z0, z1) ranges of whole slices holding about `chunk` points each."""
+    per_slice = grid.size[0] * grid.size[1]
+    step = max(1, chunk // max(1, per_slice))
+    for z0 in range(0, grid.size[2], step):
+        yield z0, min(grid.size[2], z0 + step)
+
+
+def _apply(matrix: np.ndarray, points: torch.Tensor) -> torch.Tensor:
+    m = torch.as_tensor(matrix, dtype=points.dtype)
+    return points @ m[:3, :3].t() + m[:3, 3]
+
+
+@torch.no_grad()
+def displacement(net: Siren, frame: Frame, grid: Optional[Frame] = None, pre: np.ndarray = np.eye(4),
+                 post: np.ndarray = np.eye(4), reporter: Optional[Reporter] = None,
+                 chunk: int = CHUNK) -> np.ndarray:
+    """ITK displacement (z, y, x, 3) float32 mm on `grid` (default: `frame`) of p -> post(Phi(pre(p))).
+
+    Forward field of a registration: grid = template, pre = I, post = the pre-alignment matrix.
+    Backward field (decode side): grid = the scan's own grid, pre = inverse pre-alignment, post = I.
+    """
+    grid = grid or frame
+    out = np.empty(grid.shape_zyx + (3,), dtype=np.float32)
+    for z0, z1 in slabs(grid, chunk):
+        p = grid.q_to_physical(grid.q_points(z0, z1).double())
+        q = frame.physical_to_q(_apply(pre, p))
+        phi = q + net(q.float()).double()
+        d = _apply(post, frame.q_to_physical(phi)) - p
+        out[z0:z1] = d.reshape(z1 - z0, grid.size[1], grid.size[0], 3).float().numpy()
+        if reporter is not None:
+            reporter("field", z1 / grid.size[2], "evaluating the displacement field")
+    return out
+
+
+@torch.no_grad()
+def jacobian_determinant(net: Siren, grid: Frame, chunk: int = CHUNK) -> np.ndarray:
+    """det(I + du/dq) at the voxel centres of `grid` (z, y, x): the non-linear part's det J."""
+    out = np.empty(grid.shape_zyx, dtype=np.float32)
+    eye = torch.eye(3)
+    for z0, z1 in slabs(grid, chunk):
+        _, jac = net.forward_jacobian(grid.q_points(z0, z1))
+        out[z0:z1] = torch.linalg.det(eye + jac).reshape(z1 - z0, grid.size[1], grid.size[0]).numpy()
+    return out
+
+
+def folding_fraction(det: np.ndarray) -> float:
+    """Fraction of voxels where the map folds (det J <= 0)."""
+    return float(np.mean(det <= 0))
+
+
+@torch.no_grad()
+def inverse_consistency(forward: Siren, backward: Siren, grid: Frame, voxel: Frame,
+                        chunk: int = CHUNK) -> Tuple[float, float]:
+    """Mean and max |Phi_B(Phi_F(x)) - x| over `grid`'s voxel centres, in `voxel`'s voxel units."""
+    total, worst, count = 0.0, 0.0, 0
+    for z0, z1 in slabs(grid, chunk):
+        q = grid.q_points(z0, z1)
+        mid = q + forward(q)
+        err = voxel.units_to_voxels(mid + backward(mid) - q).norm(dim=1)
+        total += float(err.sum())
+        worst = max(worst, float(err.max()))
+        count += len(err)
+    return total / count, worst
+
+
+def to_sitk_field(disp: np.ndarray, grid: Frame) -> sitk.Image:
+    """A vector float64 image (what `sitk.DisplacementFieldTransform` takes) on `grid`."""
+    image = sitk.GetImageFromArray(disp.astype(np.float64), isVector=True)
+    image.SetSpacing(grid.spacing)
+    image.SetOrigin(grid.origin)
+    image.SetDirection(grid.direction)
+    return image
+
+
+def from_sitk_field(image: sitk.Image) -> Tuple[np.ndarray, Frame]:
+    """The (z, y, x, 3) displacement array and grid of a displacement-field image."""
+    grid = Frame(tuple(image.GetSize()), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+    return sitk.GetArrayFromImage(image).astype(np.float32), grid
+
+
+@torch.no_grad()
+def warp(volume: Volume, disp: np.ndarray, grid: Frame, mode: str = "linear", default: float = 0.0,
+         chunk: int = CHUNK, reporter: Optional[Reporter] = None) -> Volume:
+    """`volume` read at p + u(p) for every point p of `grid`: linear for images, nearest for labels.
+
+    Points outside `volume` get `default`, as `sitk.Resample(..., defaultPixelValue)` does.
+    """
+    if mode not in ("linear", "nearest"):
+        raise ValueError("mode is 'linear' or 'nearest'")
+    image = torch.from_numpy(volume.array)[None, None]
+    out = np.empty(grid.shape_zyx, dtype=np.float32)
+    size = torch.as_tensor(volume.size, dtype=torch.float64)
+    for z0, z1 in slabs(grid, chunk):
+        p = grid.q_to_physical(grid.q_points(z0, z1).double())
+        d = torch.from_numpy(disp[z0:z1].reshape(-1, 3)).double()
+        idx = physical_to_index(volume, p + d)
+        inside = ((idx > -0.5) & (idx < size - 0.5)).all(dim=1)  # ITK: within half a voxel of the grid
+        g = index_to_grid(volume, idx).float().view(1, 1, 1, -1, 3)
+        vals = F.grid_sample(image, g, mode="bilinear" if mode == "linear" else "nearest",
+                             padding_mode="border", align_corners=True).view(-1)
+        vals = torch.where(inside, vals, torch.full_like(vals, default))
+        out[z0:z1] = vals.reshape(z1 - z0, grid.size[1], grid.size[0]).numpy()
+        if reporter is not None:
+            reporter("warp", z1 / grid.size[2], "warping")
+    return grid.volume(out, dtype=volume.dtype, units=volume.units, meta=dict(volume.meta))
+
+
+@torch.no_grad()
+def compose(first: np.ndarray, grid: Frame, second: np.ndarray, second_grid: Frame,
+            chunk: int = CHUNK) -> np.ndarray:
+    """Displacement on `grid` of p -> q = p + first(p) -> q + second(q) (second read linearly)."""
+    comps = torch.from_numpy(np.ascontiguousarray(np.moveaxis(second, -1, 0)))[None]
+    ref = second_grid.volume(np.zeros(second_grid.shape_zyx, np.float32))
+    out = np.empty_like(first)
+    for z0, z1 in slabs(grid, chunk):
+        p = grid.q_to_physical(grid.q_points(z0, z1).double())
+        d1 = torch.from_numpy(first[z0:z1].reshape(-1, 3))
+        g = index_to_grid(ref, physical_to_index(ref, p + d1.double())).float().view(1, 1, 1, -1, 3)
+        d2 = F.grid_sample(comps, g, mode="bilinear", padding_mode="border", align_corners=True)
+        out[z0:z1] = (d1 + d2.view(3, -1).t()).reshape(z1 - z0, grid.size[1], grid.size[0], 3).numpy()
+    return out

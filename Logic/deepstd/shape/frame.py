@@ -1,0 +1,124 @@
+"""The template frame: how network coordinates, voxel indices and LPS millimetres relate.
+
+Networks see q = n * aspect, where n in [-1, 1] is the `grid_sample` coordinate of the template
+grid (align_corners=True: n = -1 and +1 are the first and last voxel centres) and aspect scales
+each axis by its physical length, so the longest axis spans [-1, 1] and one q unit is the same
+number of millimetres on every axis. SIREN frequencies, the Jacobian and the cycle error are then
+isotropic in physical space even for 0.6 x 0.6 x 3.6 mm voxels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+import torch
+
+from ..volume import Volume
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A voxel grid (ITK order x, y, z; LPS) and its isotropic network coordinates."""
+
+    size: Tuple[int, int, int]
+    spacing: Tuple[float, float, float]
+    origin: Tuple[float, float, float]
+    direction: Tuple[float, ...]
+
+    @classmethod
+    def of(cls, volume: Volume) -> "Frame":
+        return cls(tuple(int(n) for n in volume.size), volume.spacing, volume.origin, volume.direction)
+
+    # --- derived geometry -------------------------------------------------------------------------
+    @property
+    def steps(self) -> np.ndarray:
+        """Index span per axis (N - 1, at least 1 so single-slice axes stay defined)."""
+        return np.maximum(np.asarray(self.size, dtype=np.float64) - 1.0, 1.0)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Centre-to-centre physical length per axis, mm."""
+        return self.steps * np.asarray(self.spacing)
+
+    @property
+    def aspect(self) -> np.ndarray:
+        return self.lengths / self.lengths.max()
+
+    @property
+    def mm_per_unit(self) -> float:
+        """Millimetres per q unit (the same on every axis)."""
+        return float(self.lengths.max() / 2.0)
+
+    @property
+    def direction_matrix(self) -> np.ndarray:
+        return np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
+
+    @property
+    def shape_zyx(self) -> Tuple[int, int, int]:
+        return (self.size[2], self.size[1], self.size[0])
+
+    def coarse(self, factor: int) -> "Frame":
+        """A grid over the same physical box (same corner voxel centres) with ~1/factor the voxels."""
+        size = tuple(max(1, (n - 1) // factor + 1) for n in self.size)
+        spacing = tuple(float(l / max(m - 1, 1)) if m > 1 else s
+                        for l, m, s in zip(self.lengths, size, self.spacing))
+        return Frame(size, spacing, self.origin, self.direction)
+
+    def same_box(self, other: "Frame") -> bool:
+        return bool(np.allclose(self.lengths, other.lengths) and np.allclose(self.origin, other.origin)
+                    and np.allclose(self.direction, other.direction))
+
+    def volume(self, array: np.ndarray, **kw) -> Volume:
+        return Volume(array, self.spacing, self.origin, self.direction, **kw)
+
+    # --- coordinate maps ----------------------------------------------------------------------------
+    def q_points(self, z0: int = 0, z1: int | None = None) -> torch.Tensor:
+        """q coordinates (M, 3) of the voxel centres of slices z0..z1, in array (z, y, x) order."""
+        z1 = self.size[2] if z1 is None else z1
+        axes = [torch.arange(n, dtype=torch.float64) for n in (z1 - z0, self.size[1], self.size[0])]
+        zz, yy, xx = torch.meshgrid(axes[0] + z0, axes[1], axes[2], indexing="ij")
+        idx = torch.stack([xx, yy, zz], dim=-1).reshape(-1, 3)
+        return self.index_to_q(idx).float()
+
+    def index_to_q(self, idx: torch.Tensor) -> torch.Tensor:
+        steps = torch.as_tensor(self.steps, dtype=idx.dtype)
+        aspect = torch.as_tensor(self.aspect, dtype=idx.dtype)
+        return (2.0 * idx / steps - 1.0) * aspect
+
+    def q_to_grid(self, q: torch.Tensor) -> torch.Tensor:
+        """`grid_sample` coordinates (x, y, z order, align_corners=True) of q on this grid."""
+        return q / torch.as_tensor(self.aspect, dtype=q.dtype)
+
+    def q_to_physical(self, q: torch.Tensor) -> torch.Tensor:
+        """LPS millimetres (M, 3) of q points (float64 recommended)."""
+        idx = (q / torch.as_tensor(self.aspect, dtype=q.dtype) + 1.0) / 2.0 * torch.as_tensor(self.steps, dtype=q.dtype)
+        m = torch.as_tensor(self.direction_matrix * np.asarray(self.spacing)[None, :], dtype=q.dtype)
+        return idx @ m.t() + torch.as_tensor(self.origin, dtype=q.dtype)
+
+    def physical_to_q(self, points: torch.Tensor) -> torch.Tensor:
+        """q coordinates of LPS points (M, 3) (inverse of `q_to_physical`)."""
+        m = torch.as_tensor(self.direction_matrix * np.asarray(self.spacing)[None, :], dtype=points.dtype)
+        idx = (points - torch.as_tensor(self.origin, dtype=points.dtype)) @ torch.linalg.inv(m).t()
+        return self.index_to_q(idx)
+
+    def units_to_mm(self, d: torch.Tensor) -> torch.Tensor:
+        """A displacement in q units (M, 3) as an LPS vector in millimetres."""
+        m = torch.as_tensor(self.direction_matrix * self.mm_per_unit, dtype=d.dtype)
+        return d @ m.t()
+
+    def units_to_voxels(self, d: torch.Tensor) -> torch.Tensor:
+        """A displacement in q units as a displacement in this grid's voxels, per axis."""
+        return d * torch.as_tensor(self.mm_per_unit / np.asarray(self.spacing), dtype=d.dtype)
+
+
+def physical_to_index(volume: Volume, points: torch.Tensor) -> torch.Tensor:
+    """Continuous (x, y, z) voxel index in `volume` of LPS points (M, 3)."""
+    m = torch.as_tensor(volume.direction_matrix * np.asarray(volume.spacing)[None, :], dtype=points.dtype)
+    return (points - torch.as_tensor(volume.origin, dtype=points.dtype)) @ torch.linalg.inv(m).t()
+
+
+def index_to_grid(volume: Volume, idx: torch.Tensor) -> torch.Tensor:
+    """`grid_sample` coordinates (align_corners=True) of continuous voxel indices in `volume`."""
+    steps = torch.as_tensor(np.maximum(np.asarray(volume.size, dtype=np.float64) - 1.0, 1.0), dtype=idx.dtype)
+    return 2.0 * idx / steps - 1.0

@@ -1,0 +1,36 @@
+"""Low-resolution field snapshots carried by progress events while a registration converges."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+
+from .field import displacement
+from .frame import Frame
+
+PREVIEW_SIZE = 24
+
+
+@dataclass
+class FieldSnapshot:
+    """The current forward field on a coarse template grid (ITK convention, mm, LPS)."""
+
+    displacement: np.ndarray              # (z, y, x, 3) float32
+    spacing: Tuple[float, float, float]
+    origin: Tuple[float, float, float]
+    direction: Tuple[float, ...]
+    loss: float
+    omega: float
+    step: int
+
+
+def preview_grid(frame: Frame, size: int = PREVIEW_SIZE) -> Frame:
+    """A grid over the template's box with at most `size` points along any axis."""
+    factor = max(1, int(np.ceil((max(frame.size) - 1) / max(1, size - 1))))
+    return frame.coarse(factor)
+
+
+def snapshot(fit, frame: Frame, matrix: np.ndarray, grid: Frame) -> FieldSnapshot:
+    disp = displacement(fit.forward, frame, grid=grid, post=matrix)
+    return FieldSnapshot(disp, grid.spacing, grid.origin, grid.direction, fit.loss, fit.omega, fit.step)

@@ -1,0 +1,103 @@
+"""Register a scan to a template: prepare the image pair, run Cycle-INR, package the result."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from ..progress import CancelToken, ProgressCallback, Reporter
+from ..volume import Volume
+from . import field as fields
+from .code import encode_shape
+from .cycle_inr import CycleSettings, Fit, fit_cycle
+from .frame import Frame
+from .intensity import normalise
+from .prealign import matrix_transform, prealign
+from .preview import preview_grid, snapshot
+
+
+@dataclass
+class Registration:
+    """Result of `register`: both networks, the pre-alignment and the template frame."""
+
+    frame: Frame
+    matrix: np.ndarray          # template LPS -> moving LPS pre-alignment
+    fit: Fit
+    settings: CycleSettings
+    seconds: float
+    info: dict = field(default_factory=dict)
+
+    @property
+    def omega(self) -> float:
+        return self.fit.omega
+
+    @property
+    def loss(self) -> float:
+        return self.fit.loss
+
+    def forward_field(self, reporter: Optional[Reporter] = None) -> np.ndarray:
+        """ITK displacement on the template grid: template point p reads the scan at p + u(p)."""
+        return fields.displacement(self.fit.forward, self.frame, post=self.matrix, reporter=reporter)
+
+    def backward_field(self, grid: Frame, reporter: Optional[Reporter] = None) -> np.ndarray:
+        """ITK displacement on the scan's grid: scan point p reads the template frame at p + u(p)."""
+        return fields.displacement(self.fit.backward, self.frame, grid=grid,
+                                   pre=np.linalg.inv(self.matrix), reporter=reporter)
+
+    def shape_code(self, bits: int = 8) -> bytes:
+        return encode_shape(self.fit.backward, self.matrix, bits)
+
+
+def register(moving: Volume, template: Volume, settings: Optional[CycleSettings] = None,
+             prealignment: str = "moments", downsample: int = 2, foreground: bool = False,
+             progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
+             threads: Optional[int] = None) -> Registration:
+    """Cycle-INR registration of `moving` to `template` (fields live on the template grid).
+
+    `foreground` restricts the training batches to voxels where either image is above 5 % of
+    its normalised range (saves effort on air in CT). `threads` caps torch's CPU threads.
+    """
+    settings = settings or CycleSettings()
+    reporter = Reporter(progress, cancel)
+    if threads:
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    reporter("register", 0.0, "preparing the image pair")
+    frame = Frame.of(template)
+    fixed_img, moving_img = _as_sitk(template), _as_sitk(moving)
+    matrix = prealign(fixed_img, moving_img, prealignment, settings.seed)
+    reporter("register", 0.0, f"pre-alignment: {prealignment}")
+    coarse = frame.coarse(downsample)
+    fixed = _resample(fixed_img, coarse, np.eye(4), downsample)
+    moved = _resample(moving_img, coarse, matrix, downsample)
+    mask = torch.from_numpy((np.maximum(fixed, moved) > 0.05)) if foreground else None
+    grid = preview_grid(frame)
+    fit = fit_cycle(torch.from_numpy(fixed)[None, None], torch.from_numpy(moved)[None, None], frame, coarse,
+                    settings, reporter, preview=lambda f: snapshot(f, frame, matrix, grid), mask=mask)
+    return Registration(frame, matrix, fit, settings, time.perf_counter() - start,
+                        {"prealignment": prealignment, "downsample": downsample})
+
+
+def _as_sitk(volume: Volume) -> sitk.Image:
+    image = sitk.GetImageFromArray(normalise(volume))
+    image.SetSpacing(volume.spacing)
+    image.SetOrigin(volume.origin)
+    image.SetDirection(volume.direction)
+    return image
+
+
+def _resample(image: sitk.Image, grid: Frame, matrix: np.ndarray, factor: int) -> np.ndarray:
+    """`image` smoothed for a x`factor` grid and read at matrix(p) for every point p of `grid`."""
+    if factor > 1:
+        sigma = [0.5 * factor * s for s in image.GetSpacing()]
+        image = sitk.SmoothingRecursiveGaussian(image, sigma)
+    ref = sitk.Image(list(grid.size), sitk.sitkFloat32)
+    ref.SetSpacing(grid.spacing)
+    ref.SetOrigin(grid.origin)
+    ref.SetDirection(grid.direction)
+    out = sitk.Resample(image, ref, matrix_transform(matrix), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out).astype(np.float32)
