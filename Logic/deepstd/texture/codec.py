@@ -1,5 +1,10 @@
 """`TextureCodec`: a trained `TextureNet` behind compress()/decompress() on byte strings.
 
+Decoding is bit-identical whatever the thread or worker count: blocks are decoded in fixed
+groups of `GROUP` (stream order) with one intra-op thread each, and parallelism comes from
+running groups side by side. Entropy parameters are exact everywhere (`entropy`); the synthesis
+floats are reproducible on one machine and torch build, not across CPU types or devices.
+
 The codec works on intensities already normalised to roughly 0..1 (the bundle's intensity rule
 is applied by the caller) on the template grid. `block=None` codes the whole volume as one block
 (small inputs); an int or triple codes fixed blocks, skipping those outside `support`.
@@ -9,6 +14,8 @@ from __future__ import annotations
 
 import json
 import struct
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional, Union
 
@@ -28,17 +35,42 @@ from .streams import TextureStreams
 
 #: the stages whose tokens read the positional field (their stride in voxels)
 POS_FACTORS = (2, 4)
+#: blocks per network call; fixed so that the float results never depend on the worker count
+GROUP = 4
+
+
+@contextmanager
+def _single_threaded_ops():
+    """One intra-op thread (the results of several torch kernels depend on the thread count)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield before
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_groups(fn, groups, workers, report, stage_message):
+    """fn over groups on a thread pool, in order, reporting progress and honouring cancel."""
+    with _single_threaded_ops() as threads:
+        with ThreadPoolExecutor(max(1, workers or threads)) as pool:
+            futures = [pool.submit(fn, g) for g in groups]
+            try:
+                for i, f in enumerate(futures):
+                    report("texture", i / max(len(groups), 1), stage_message)
+                    yield f.result()
+            finally:
+                for f in futures:
+                    f.cancel()
 
 
 class TextureCodec:
-    def __init__(self, net: TextureNet, device: Union[str, torch.device] = "cpu",
-                 batch: int = 4):
+    def __init__(self, net: TextureNet, device: Union[str, torch.device] = "cpu"):
         if net.entropy_bottleneck._quantized_cdf.numel() == 0:
             raise ValueError("the network has no CDF tables: call net.update() first")
         self.net = net.eval()
         self.device = torch.device(device)
         self.net.to(self.device)
-        self.batch = max(1, int(batch))
         self._int_hs = IntegerHyperSynthesis(net.h_s)
 
     @property
@@ -70,7 +102,7 @@ class TextureCodec:
             state = st_load(bytes(data))
             net = TextureNet(config)
             net.load_state_dict(state)
-        except (ValueError, KeyError, TypeError, RuntimeError, struct.error) as exc:
+        except Exception as exc:  # safetensors raises its own error type on bad bytes
             raise BundleError(f"texture weights are corrupt or incompatible: {exc}") from exc
         return cls(net, **kw)
 
@@ -87,8 +119,12 @@ class TextureCodec:
 
     @torch.no_grad()
     def compress(self, x, rate: float, block=64, support: Optional[np.ndarray] = None,
-                 fill: float = 0.0, progress=None, cancel=None) -> TextureStreams:
-        """Code a normalised volume (z, y, x) at `rate` in [0, 1] (0: fewest bytes)."""
+                 fill: float = 0.0, workers: Optional[int] = None, progress=None,
+                 cancel=None) -> TextureStreams:
+        """Code a normalised volume (z, y, x) at `rate` in [0, 1] (0: fewest bytes).
+
+        Blocks with no voxel in `support` are skipped and decode as `fill`; `workers` threads
+        (default: torch's thread count) code block groups in parallel."""
         arr = x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
         if arr.ndim != 3 or arr.size == 0 or not np.all(np.isfinite(arr)):
             raise ValueError(f"expected a finite 3-D array, got shape {arr.shape}")
@@ -103,12 +139,17 @@ class TextureCodec:
         level = self._level(rate_q)
         gain = self.net.gain.gain(level).to(self.device)
         report = Reporter(progress, cancel)
-        z_all, y_all = [], []
-        for i, group in enumerate(tiling.batches(todo, self.batch)):
-            report("texture", i * self.batch / max(len(todo), 1), "encoding texture blocks")
+        report.check()
+
+        @torch.no_grad()  # grad mode is per thread
+        def encode(group):
             xb = torch.from_numpy(np.stack([tiling.cut(xp, o, blk) for o in group]))[:, None]
             y = self.net.g_a(xb.to(self.device), self._coords(group, blk, shape)) * gain
-            z_s, y_s = compress_latents(self.net, self._int_hs, y)
+            return compress_latents(self.net, self._int_hs, y)
+
+        z_all, y_all = [], []
+        for z_s, y_s in _run_groups(encode, list(tiling.batches(todo, GROUP)), workers, report,
+                                    "encoding texture blocks"):
             z_all += z_s
             y_all += y_s
         report("texture", 1.0, "texture encoded")
@@ -116,8 +157,8 @@ class TextureCodec:
                               z_all, y_all)
 
     @torch.no_grad()
-    def decompress(self, streams: Union[TextureStreams, bytes], progress=None,
-                   cancel=None) -> np.ndarray:
+    def decompress(self, streams: Union[TextureStreams, bytes], workers: Optional[int] = None,
+                   progress=None, cancel=None) -> np.ndarray:
         """Streams (or their bytes) -> the decoded float32 volume of the original shape."""
         if not isinstance(streams, TextureStreams):
             streams = TextureStreams.from_bytes(streams)
@@ -130,20 +171,24 @@ class TextureCodec:
         todo = [o for o, c in zip(tiling.origins(shape, blk), streams.coded) if c]
         y_size = [b // 8 for b in blk]
         report = Reporter(progress, cancel)
-        k = 0
-        for i, group in enumerate(tiling.batches(todo, self.batch)):
-            report("texture", i * self.batch / max(len(todo), 1), "decoding texture blocks")
-            n = len(group)
+        report.check()
+        starts = range(0, len(todo), GROUP)
+
+        @torch.no_grad()
+        def decode(k):
+            group = todo[k:k + GROUP]
             try:
-                y_hat = decompress_latents(self.net, self._int_hs, streams.z_strings[k:k + n],
-                                           streams.y_strings[k:k + n], y_size)
+                y_hat = decompress_latents(self.net, self._int_hs,
+                                           streams.z_strings[k:k + len(group)],
+                                           streams.y_strings[k:k + len(group)], y_size)
             except FormatError:
                 raise
             except Exception as exc:  # the entropy coder's own complaints about bad input
                 raise FormatError(f"texture stream does not decode: {exc}") from exc
-            k += n
             xb = self.net.g_s(y_hat.to(self.device) * inv_gain, self._coords(group, blk, shape))
-            xb = xb[:, 0].float().cpu().numpy()
+            return group, xb[:, 0].float().cpu().numpy()
+
+        for group, xb in _run_groups(decode, starts, workers, report, "decoding texture blocks"):
             for o, v in zip(group, xb):
                 out[o[0]:o[0] + blk[0], o[1]:o[1] + blk[1], o[2]:o[2] + blk[2]] = v
         report("texture", 1.0, "texture decoded")

@@ -32,12 +32,12 @@ ALIGN = 16
 class TextureConfig:
     """Network sizes. Defaults are sized for 2 CPU cores (see docs/TEXTURE.md)."""
 
-    channels: int = 16         # N: feature channels of g_a / g_s
+    channels: int = 24         # N: feature channels of g_a / g_s
     latent: int = 32           # M: channels of y
     hyper: int = 24            # channels of z and of the hyper transforms
     window: int = 4            # attention window (tokens per axis)
     heads: int = 1
-    half_res_tcm: bool = False  # a TCM block at 1/2 resolution too (better, slower)
+    half_res_tcm: bool = True   # a TCM block at 1/2 resolution too (better, slower)
     pos_dim: int = 8           # positional-field channels (0 disables block positions)
     pos_grid: int = 6
     levels: int = 6            # trained rate levels of the gain unit
