@@ -149,10 +149,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=20, help="scans to register (after the template)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prealign", default="moments", choices=("none", "moments", "affine"))
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--batch", type=int, default=None)
-    ap.add_argument("--omega", type=float, default=None)
-    ap.add_argument("--width", type=int, default=None)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a CycleSettings field, e.g. --set steps=200 --set omega=10")
     ap.add_argument("--calibrate", type=int, default=0,
                     help="calibrate the degradation threshold on this many scans outside the evaluated ones")
     ap.add_argument("--bspline-spacing", type=float, default=10.0, help="B-spline control-point spacing, mm")
@@ -170,8 +168,10 @@ def main(argv=None) -> int:
     template, tpl_labels = load(tpl_pair[0]), load(tpl_pair[1]).array
     label_ids = [int(k) for k in np.unique(tpl_labels) if k != 0]
     spacing_zyx = template.spacing[::-1]
-    settings = CycleSettings(**{k: v for k, v in dict(steps=args.steps, batch=args.batch, omega=args.omega,
-                                                      width=args.width).items() if v is not None})
+    settings = CycleSettings()
+    for item in args.set:
+        key, value = item.split("=", 1)
+        setattr(settings, key, type(getattr(settings, key))(value))
     if args.calibrate:
         calib = (spare or rest)[: args.calibrate]
         settings.threshold = calibrate_threshold([load(p[0]) for p in calib], template, settings,

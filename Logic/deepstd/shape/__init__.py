@@ -8,6 +8,7 @@ from .code import ShapeCode, decode_shape, encode_shape, width_for_budget
 from .cycle_inr import CycleSettings
 from .field import (compose, displacement, folding_fraction, inverse_consistency, jacobian_determinant,
                     to_sitk_field, warp)
+from .files import register_files
 from .frame import Frame
 from .preview import FieldSnapshot
 from .register import Registration, register
@@ -15,4 +16,4 @@ from .siren import Siren
 
 __all__ = ["CycleSettings", "FieldSnapshot", "Frame", "Registration", "ShapeCode", "Siren", "compose",
            "decode_shape", "displacement", "encode_shape", "folding_fraction", "inverse_consistency",
-           "jacobian_determinant", "register", "to_sitk_field", "warp", "width_for_budget"]
+           "jacobian_determinant", "register", "register_files", "to_sitk_field", "warp", "width_for_budget"]

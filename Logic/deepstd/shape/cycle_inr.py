@@ -28,10 +28,10 @@ class CycleSettings:
     depth: int = 3
     omega: float = 12.0
     steps: int = 300
-    batch: int = 4096
-    lr: float = 1e-3
-    alpha: float = 0.05          # Jacobian regulariser weight
-    beta: float = 0.01           # cycle weight, per squared template voxel
+    batch: int = 1024
+    lr: float = 3e-3
+    alpha: float = 0.1           # Jacobian regulariser weight
+    beta: float = 0.1            # cycle weight, per squared template voxel
     cycle_ramp: int = 100        # steps over which beta ramps from 0 to its value
     threshold: Optional[float] = None   # calibrated loss threshold; None = fixed omega
     probe_steps: int = 100
