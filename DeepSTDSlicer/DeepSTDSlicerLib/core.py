@@ -1,0 +1,306 @@
+"""What the DeepSTDSlicer module does, without any GUI: usable from scripts, the Python console,
+the reader/writer plugins and headless tests (slicer-core).
+
+`DeepSTDSlicerLogic` in DeepSTDSlicer.py (which must subclass Slicer's Qt-based
+ScriptedLoadableModuleLogic) delegates here. Long operations return a started `Job`; callers poll
+it on the main thread (the widget with a Qt timer), which is where every MRML change happens.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import slicer
+
+from . import codec, mrml
+from .jobs import Job
+
+MODULE_NAME = "DeepSTDSlicer"
+DEFAULT_RATIO = 64.0
+RATIO_RANGE = (8.0, 512.0)
+
+#: Node attributes recording where a decompressed volume came from.
+ATTR_RATIO = "DeepSTD.ratio"
+ATTR_BUNDLE = "DeepSTD.bundle"
+ATTR_BUNDLE_ID = "DeepSTD.bundleId"
+ATTR_ENCODER = "DeepSTD.encoderVersion"
+ATTR_SOURCE = "DeepSTD.sourceFile"
+
+
+@dataclass
+class RegistrationStatus:
+    """What the Registration section shows while Cycle-INR runs."""
+
+    fraction: float = 0.0
+    message: str = ""
+    loss: Optional[float] = None
+    folding: Optional[float] = None
+    step: Optional[int] = None
+    elapsed: float = 0.0
+
+
+@dataclass
+class CompressResult:
+    path: str
+    raw_bytes: int
+    file_bytes: int
+    seconds: float
+
+    @property
+    def ratio(self) -> float:
+        return self.raw_bytes / max(1, self.file_bytes)
+
+    def summary(self) -> str:
+        return (f"{os.path.basename(self.path)}: {self.file_bytes:,} bytes from {self.raw_bytes:,} "
+                f"(ratio {self.ratio:.1f}:1) in {self.seconds:.1f} s")
+
+
+@dataclass
+class DecodedFile:
+    volume: Any
+    header: Dict[str, Any] = field(default_factory=dict)
+    bundle_file: Optional[Path] = None
+
+
+class DeepSTDCore:
+    """MRML in, MRML out; all computing is done by `deepstd` (through `codec`)."""
+
+    def __init__(self, scene=None):
+        self._scene = scene
+        self.last_registration = None
+
+    @property
+    def scene(self):
+        return self._scene or slicer.mrmlScene
+
+    # --- settings shared with the GUI and the file writer ---------------------------------------
+    def settings(self) -> Dict[str, Any]:
+        """Bundle, ratio and device from the module's parameter node (defaults if there is none)."""
+        node = self.parameter_node(create=False)
+        get = (lambda key: node.GetParameter(key)) if node is not None else (lambda key: "")
+        try:
+            ratio = float(get("ratio") or DEFAULT_RATIO)
+        except ValueError:
+            ratio = DEFAULT_RATIO
+        shipped = list(codec.shipped_bundles())
+        return {"bundle": get("bundle") or (shipped[0] if shipped else ""),
+                "ratio": min(max(ratio, RATIO_RANGE[0]), RATIO_RANGE[1]),
+                "device": get("device") if get("device") in codec.DEVICES else "auto"}
+
+    def parameter_node(self, create: bool = True):
+        """The module's singleton vtkMRMLScriptedModuleNode (what the GUI's parameter wrapper binds)."""
+        node = self.scene.GetSingletonNode(MODULE_NAME, "vtkMRMLScriptedModuleNode")
+        if node is None and create:
+            node = slicer.vtkMRMLScriptedModuleNode()
+            node.SetSingletonTag(MODULE_NAME)
+            node.SetName(self.scene.GenerateUniqueName(MODULE_NAME))
+            node.SetAttribute("ModuleName", MODULE_NAME)
+            node = self.scene.AddNode(node)
+        return node
+
+    # --- Codec section --------------------------------------------------------------------------
+    @staticmethod
+    def bundle_names() -> List[str]:
+        return list(codec.shipped_bundles())
+
+    @staticmethod
+    def describe_bundle(name_or_path: str) -> str:
+        return codec.describe_bundle(codec.bundle_path(name_or_path))
+
+    def show_template(self, name_or_path: str):
+        """Load a bundle's template (and its labels as a segmentation) and show it in the views."""
+        path = codec.bundle_path(name_or_path)
+        template, labels = codec.bundle_template(path)
+        stem = path.name[:-len(codec.BUNDLE_SUFFIX)]
+        node = mrml.add_volume_node(template, f"{stem} template", self.scene,
+                                    attributes={ATTR_BUNDLE: stem})
+        segmentation = None
+        if labels is not None:
+            segmentation = self.labels_to_segmentation(labels, f"{stem} template labels", node)
+        mrml.show_layers(self.scene, background=node)
+        return node, segmentation
+
+    def labels_to_segmentation(self, labels, name: str, reference_node):
+        """A segmentation node with one segment per label value of a label Volume."""
+        labelmap = mrml.add_volume_node(labels, f"{name} labelmap", self.scene,
+                                        class_name="vtkMRMLLabelMapVolumeNode")
+        segmentation = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", self.scene.GenerateUniqueName(name))
+        segmentation.CreateDefaultDisplayNodes()
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(reference_node)
+        slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation)
+        display = labelmap.GetDisplayNode()
+        if display is not None and display.GetColorNode() is not None \
+                and display.GetColorNode().GetName().endswith("_ColorTable"):
+            self.scene.RemoveNode(display.GetColorNode())
+        self.scene.RemoveNode(labelmap)
+        return segmentation
+
+    # --- Registration section -------------------------------------------------------------------
+    def start_registration(self, input_node, template_node, transform_node=None,
+                           on_status: Optional[Callable[[RegistrationStatus], None]] = None,
+                           on_done: Optional[Callable[[Any], None]] = None,
+                           on_error: Optional[Callable[[BaseException], None]] = None,
+                           grid_mode: str = "grid") -> Job:
+        """Register `input_node` to `template_node` on a worker thread with a live preview.
+
+        The preview is a grid transform node updated from the snapshots the registration reports
+        every few steps, drawn over the views, with a zero-copy view of the input placed under it
+        (so the input overlays the template as it aligns). The input node itself is not touched.
+        """
+        moving = mrml.volume_from_node(input_node)
+        template = mrml.volume_from_node(template_node)
+        if transform_node is None:
+            transform_node = self.scene.AddNewNodeByClass(
+                "vtkMRMLGridTransformNode", self.scene.GenerateUniqueName(f"{input_node.GetName()} to template"))
+        preview = self.preview_volume(input_node, transform_node)
+        mrml.show_layers(self.scene, background=template_node, foreground=preview, foreground_opacity=0.5)
+        start = time.perf_counter()
+        status = RegistrationStatus()
+
+        def progress(event) -> None:
+            status.fraction, status.message = event.fraction, event.message
+            status.elapsed = time.perf_counter() - start
+            snap = event.snapshot
+            if snap is not None:
+                self.apply_snapshot(transform_node, snap, template_node, grid_mode)
+                status.loss, status.step = getattr(snap, "loss", None), getattr(snap, "step", None)
+                status.folding = mrml.folding_fraction(snap.displacement, snap.spacing, snap.direction)
+            if on_status:
+                on_status(status)
+
+        def done(result) -> None:
+            self.last_registration = result
+            status.fraction, status.elapsed = 1.0, time.perf_counter() - start
+            if on_status:
+                on_status(status)
+            if on_done:
+                on_done(transform_node)
+
+        return Job(lambda report, cancel: codec.register(moving, template, report, cancel),
+                   progress, done, on_error, name="DeepSTD registration").start()
+
+    def apply_snapshot(self, transform_node, snapshot, region_node=None, grid_mode: str = "grid") -> None:
+        """Show one registration snapshot (a coarse LPS field on the template grid) as the preview."""
+        first = transform_node.GetDisplayNode() is None
+        mrml.update_grid_transform(transform_node, snapshot.displacement, snapshot.spacing,
+                                   snapshot.origin, snapshot.direction)
+        if first:
+            mrml.show_grid(transform_node, region_node, grid_mode)
+
+    def preview_volume(self, input_node, transform_node):
+        """A volume node sharing `input_node`'s voxels (no copy), placed under the preview transform."""
+        name = f"{input_node.GetName()} (registration preview)"
+        preview = self.scene.GetFirstNodeByName(name)
+        if preview is None:
+            preview = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+        preview.SetAndObserveImageData(input_node.GetImageData())
+        preview.CopyOrientation(input_node)
+        preview.SetAttribute("DeepSTD.previewOf", input_node.GetID())
+        if preview.GetDisplayNode() is None:
+            preview.CreateDefaultDisplayNodes()
+        preview.SetAndObserveTransformNodeID(transform_node.GetID())
+        return preview
+
+    # --- Compress / Decompress section ----------------------------------------------------------
+    def start_compress(self, input_node, bundle: str, ratio: float, device: str, path: str,
+                       on_progress=None, on_done=None, on_error=None) -> Job:
+        """Encode a volume node to a `.dstd` file on a worker thread; done gets a CompressResult."""
+        volume = mrml.volume_from_node(input_node)
+        bundle_file = codec.bundle_path(bundle)
+
+        def work(report, cancel) -> CompressResult:
+            start = time.perf_counter()
+            data = codec.encode(volume, bundle_file, ratio, device, report, cancel)
+            codec.write_atomic(path, data)
+            return CompressResult(path, volume.raw_bytes, len(data), time.perf_counter() - start)
+
+        return Job(work, on_progress, on_done, on_error, name="DeepSTD compress").start()
+
+    def start_decompress(self, path: str, device: str = "auto", name: Optional[str] = None,
+                         on_progress=None, on_done=None, on_error=None) -> Job:
+        """Decode a `.dstd` file on a worker thread; done gets the new volume node."""
+        search = self._bundle_search_paths()
+
+        def finish(decoded: DecodedFile) -> None:
+            node = self.add_decoded_node(decoded, path, name)
+            if on_done:
+                on_done(node)
+
+        return Job(lambda report, cancel: self.decode_file(path, device, report, cancel, search),
+                   on_progress, finish, on_error, name="DeepSTD decompress").start()
+
+    def decode_file(self, path: str, device: str = "auto", progress=None, cancel=None,
+                    search: Optional[List[Path]] = None) -> DecodedFile:
+        """Read and decode a `.dstd` file (no MRML: safe on a worker thread)."""
+        with open(path, "rb") as stream:
+            data = stream.read()
+        header = codec.read_header(data)
+        bundle_name, bundle_id = codec.header_bundle(header)
+        bundle_file = codec.find_bundle(bundle_name, bundle_id,
+                                        self._bundle_search_paths() if search is None else search)
+        return DecodedFile(codec.decode(data, bundle_file, device, progress, cancel), header, bundle_file)
+
+    def add_decoded_node(self, decoded: DecodedFile, path: str, name: Optional[str] = None):
+        """A volume node for a decoded file, with attributes naming ratio, bundle and encoder."""
+        header = decoded.header
+        bundle_name, bundle_id = codec.header_bundle(header)
+        attributes = {ATTR_SOURCE: path, ATTR_BUNDLE: bundle_name, ATTR_BUNDLE_ID: bundle_id,
+                      ATTR_RATIO: header.get("achieved_ratio", header.get("ratio", "")),
+                      ATTR_ENCODER: header.get("encoder_version", header.get("encoder", ""))}
+        stem = os.path.basename(path)
+        stem = stem[:-5] if stem.endswith(".dstd") else stem
+        return mrml.add_volume_node(decoded.volume, name or stem, self.scene, attributes=attributes)
+
+    def _bundle_search_paths(self) -> List[Path]:
+        selected = self.settings()["bundle"]
+        return [Path(selected)] if selected and Path(selected).is_file() else []
+
+    # --- Quality section ------------------------------------------------------------------------
+    def compute_residue(self, original_node, decoded_node, residue_node=None, table_node=None):
+        """Residue (original − decoded) as a diverging overlay, and MAE / PSNR / SSIM in a table."""
+        metrics = codec.require("deepstd.metrics", "Quality metrics")
+        original = mrml.volume_from_node(original_node)
+        decoded = mrml.volume_from_node(decoded_node)
+        residue = metrics.residue(original, decoded)
+        if residue_node is None:
+            residue_node = self.scene.AddNewNodeByClass(
+                "vtkMRMLScalarVolumeNode", self.scene.GenerateUniqueName(f"{decoded_node.GetName()} residue"))
+        mrml.update_node_from_volume(residue_node, residue.with_array(residue.array, dtype="float32"), cast=False)
+        mrml.show_residue(residue_node)
+        mrml.show_layers(self.scene, background=original_node, foreground=residue_node, foreground_opacity=0.5)
+        data_range = original.data_range()
+        values = {"MAE": float(metrics.mae(original.array, decoded.array)),
+                  "PSNR": float(metrics.psnr(original.array, decoded.array, data_range=data_range)),
+                  "SSIM": float(metrics.ssim(original.array, decoded.array, data_range=data_range))}
+        table_node = table_node or self.scene.AddNewNodeByClass(
+            "vtkMRMLTableNode", self.scene.GenerateUniqueName("DeepSTD quality"))
+        mrml.fill_table(table_node, [{"Original": original_node.GetName(), "Decoded": decoded_node.GetName(),
+                                      **values}], {"MAE": original.units, "PSNR": "dB"})
+        return residue_node, table_node, values
+
+    def compute_segment_metrics(self, segmentation_a, segmentation_b, reference_node=None, table_node=None):
+        """Dice and HD95 per segment of two segmentations (matched by name), into a table node."""
+        metrics = codec.require("deepstd.metrics", "Segmentation metrics")
+        reference_node = reference_node or segmentation_a.GetNodeReference(
+            slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole())
+        if reference_node is None:
+            from deepstd.errors import InputError
+            raise InputError("choose a reference volume: the segmentation has no reference geometry")
+        spacing = tuple(reference_node.GetSpacing())
+        voxel_ml = float(np.prod(spacing)) / 1000.0
+        masks_a = mrml.segment_masks(segmentation_a, reference_node)
+        masks_b = mrml.segment_masks(segmentation_b, reference_node)
+        rows = []
+        for name_a, name_b in mrml.pair_segments(list(masks_a), list(masks_b)):
+            a, b = masks_a[name_a], masks_b[name_b]
+            rows.append({"Segment": name_a, "Compared with": name_b,
+                         "Dice": float(metrics.dice(a, b)), "HD95": float(metrics.hd95(a, b, spacing)),
+                         "Volume A": float(a.sum()) * voxel_ml, "Volume B": float(b.sum()) * voxel_ml})
+        table_node = table_node or self.scene.AddNewNodeByClass(
+            "vtkMRMLTableNode", self.scene.GenerateUniqueName("DeepSTD segment metrics"))
+        mrml.fill_table(table_node, rows, {"HD95": "mm", "Volume A": "ml", "Volume B": "ml"})
+        return table_node, rows
