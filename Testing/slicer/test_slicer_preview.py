@@ -1,0 +1,150 @@
+"""The live registration preview: grid transform nodes fed with displacement snapshots."""
+import threading
+import time
+import types
+
+import numpy as np
+import pytest
+
+from conftest import require_slicer_core
+
+slicer = require_slicer_core()
+import slicer.util  # noqa: E402
+
+from DeepSTDSlicerLib import codec, core, mrml  # noqa: E402
+
+DIRECTION = np.array([[0.0, -0.8, 0.6], [1.0, 0.0, 0.0], [0.0, 0.6, 0.8]]).T @ np.diag([1.0, -1.0, 1.0])
+SPACING, ORIGIN = (4.0, 5.0, 6.0), (-20.0, 10.0, 3.0)
+
+
+def snapshot(field, step=25, loss=-0.5):
+    """What deepstd.shape reports: a coarse forward field (z, y, x, 3), LPS mm, ITK convention."""
+    return types.SimpleNamespace(displacement=field, spacing=SPACING, origin=ORIGIN,
+                                 direction=tuple(DIRECTION.reshape(-1)), loss=loss, omega=10.0, step=step)
+
+
+def smooth_field(shape=(6, 7, 8), amplitude=3.0):
+    z, y, x = np.indices(shape).astype(float)
+    return np.stack([amplitude * np.sin(y / 2.0), amplitude * np.cos(x / 3.0), 0.5 * amplitude * np.sin(z)], -1)
+
+
+def lps_point(index):
+    return np.asarray(ORIGIN) + DIRECTION @ (np.asarray(SPACING) * np.asarray(index))
+
+
+def test_grid_nodes_move_by_the_snapshot_field_in_ras(headless):
+    field = smooth_field()
+    node = headless.scene.AddNewNodeByClass("vtkMRMLGridTransformNode")
+    mrml.update_grid_transform(node, field, SPACING, ORIGIN, DIRECTION.reshape(-1))
+    flip = np.array([-1.0, -1.0, 1.0])
+    transform = node.GetTransformFromParent()
+    for k, j, i in [(0, 0, 0), (2, 3, 4), (5, 6, 7), (1, 5, 2)]:
+        ras = lps_point((i, j, k)) * flip
+        moved = np.array(transform.TransformPoint(*ras))
+        np.testing.assert_allclose(moved, (lps_point((i, j, k)) + field[k, j, i]) * flip, atol=1e-6)
+
+
+def test_same_convention_as_simpleitk_displacement_field_between_nodes(headless):
+    """Off the grid nodes too (linear interpolation on both sides): Slicer's from-parent transform
+    in RAS is ITK's displacement transform in LPS."""
+    import SimpleITK as sitk
+
+    field = smooth_field()
+    node = headless.scene.AddNewNodeByClass("vtkMRMLGridTransformNode")
+    mrml.update_grid_transform(node, field, SPACING, ORIGIN, DIRECTION.reshape(-1))
+    transform = node.GetTransformFromParent()
+    transform.SetInterpolationModeToLinear()
+    image = sitk.GetImageFromArray(field, isVector=True)
+    image.SetSpacing(SPACING)
+    image.SetOrigin(ORIGIN)
+    image.SetDirection(tuple(DIRECTION.reshape(-1)))
+    itk = sitk.DisplacementFieldTransform(sitk.Cast(image, sitk.sitkVectorFloat64))
+    flip = np.array([-1.0, -1.0, 1.0])
+    for index in [(1.5, 2.25, 3.5), (4.2, 0.7, 2.9), (6.5, 5.5, 4.5)]:
+        p = lps_point(index)
+        expected = np.array(itk.TransformPoint(tuple(p)))
+        np.testing.assert_allclose(np.array(transform.TransformPoint(*(p * flip))) * flip, expected, atol=1e-4)
+
+
+def test_preview_updates_in_place_and_notifies_observers(headless):
+    node = headless.scene.AddNewNodeByClass("vtkMRMLGridTransformNode")
+    mrml.update_grid_transform(node, smooth_field(), SPACING, ORIGIN, DIRECTION.reshape(-1))
+    image = node.GetTransformFromParent().GetDisplacementGrid()
+    events = []
+    node.AddObserver(slicer.vtkMRMLTransformableNode.TransformModifiedEvent, lambda *a: events.append(1))
+    mrml.update_grid_transform(node, 2 * smooth_field(), SPACING, ORIGIN, DIRECTION.reshape(-1))
+    assert node.GetTransformFromParent().GetDisplacementGrid() is image       # no reallocation
+    assert events, "views must be told that the transform changed"
+    np.testing.assert_allclose(slicer.util.arrayFromGridTransform(node)[..., 2], 2 * smooth_field()[..., 2])
+    mrml.update_grid_transform(node, smooth_field((3, 3, 3)), SPACING, ORIGIN, DIRECTION.reshape(-1))
+    assert node.GetTransformFromParent().GetDisplacementGrid().GetDimensions() == (3, 3, 3)
+
+
+def test_apply_snapshot_shows_a_grid_over_the_views(headless):
+    node = headless.scene.AddNewNodeByClass("vtkMRMLGridTransformNode")
+    core.DeepSTDCore().apply_snapshot(node, snapshot(smooth_field()))
+    display = node.GetDisplayNode()
+    assert display.GetVisibility2D() and display.GetVisualizationMode() == display.VIS_MODE_GRID
+
+
+def test_folding_fraction():
+    identity = np.zeros((5, 6, 7, 3))
+    assert mrml.folding_fraction(identity, SPACING, DIRECTION.reshape(-1)) == 0.0
+    z, y, x = np.indices((5, 6, 7)).astype(float)
+    folded = identity.copy()
+    # u along the grid's i axis = -2 * (distance along i): d(x+u)/dx = -1 everywhere
+    folded[...] = (-2.0 * x * SPACING[0])[..., None] * DIRECTION[:, 0]
+    assert mrml.folding_fraction(folded, SPACING, DIRECTION.reshape(-1)) == 1.0
+
+
+def test_registration_job_streams_previews_and_status(headless, oblique_volume, monkeypatch):
+    """The registration runs on a worker thread; the preview is updated on the polling thread."""
+    fields = [smooth_field(amplitude=a) for a in (0.5, 1.0, 2.0)]
+    release = threading.Event()
+
+    def fake_register(moving, template, progress, cancel):
+        for n, f in enumerate(fields):
+            progress(types.SimpleNamespace(stage="register", fraction=(n + 1) / 3, message=f"step {n}",
+                                           snapshot=snapshot(f, step=25 * (n + 1), loss=-0.1 * n)))
+        release.wait(5)
+        return "registration result"
+
+    monkeypatch.setattr(codec, "register", fake_register)
+    moving = mrml.add_volume_node(oblique_volume, "scan")
+    template = mrml.add_volume_node(oblique_volume, "template")
+    statuses, done = [], []
+    logic = core.DeepSTDCore()
+    job = logic.start_registration(moving, template, on_status=lambda s: statuses.append((s.step, s.loss)),
+                                   on_done=done.append)
+    deadline = time.time() + 5
+    while not statuses or statuses[-1][0] != 75:
+        job.poll()
+        assert time.time() < deadline
+    transform = done[0] if done else headless.scene.GetFirstNodeByClass("vtkMRMLGridTransformNode")
+    np.testing.assert_allclose(slicer.util.arrayFromGridTransform(transform)[..., 2], fields[-1][..., 2])
+    release.set()
+    job.wait(5)
+    job.poll()
+    assert done and logic.last_registration == "registration result"
+    preview = headless.scene.GetFirstNodeByName("scan (registration preview)")
+    assert preview.GetParentTransformNode() is done[0]
+    assert preview.GetImageData() is moving.GetImageData()                # shares the voxels
+    assert moving.GetParentTransformNode() is None                        # input left untouched
+    composite = headless.scene.GetFirstNodeByClass("vtkMRMLSliceCompositeNode")
+    if composite is not None:
+        assert composite.GetForegroundVolumeID() == preview.GetID()
+
+
+def test_registration_errors_reach_the_main_thread(headless, oblique_volume, monkeypatch):
+    from deepstd.errors import Cancelled
+
+    def fake_register(moving, template, progress, cancel):
+        raise Cancelled("cancelled by the user")
+
+    monkeypatch.setattr(codec, "register", fake_register)
+    node = mrml.add_volume_node(oblique_volume, "scan")
+    errors = []
+    job = core.DeepSTDCore().start_registration(node, node, on_error=errors.append)
+    job.wait(5)
+    assert not job.poll()
+    assert isinstance(errors[0], Cancelled)
