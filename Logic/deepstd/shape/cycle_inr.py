@@ -48,7 +48,7 @@ class Fit:
     omega: float
     forward: Siren
     backward: Siren
-    optimizer: torch.optim.Optimizer
+    optimizer: "Adam"
     step: int = 0
     history: List[float] = field(default_factory=list)   # registration (similarity) loss per step
 
@@ -98,8 +98,33 @@ def fit_cycle(fixed: torch.Tensor, moving: torch.Tensor, frame: Frame, coarse: F
 def _new_fit(omega: float, s: CycleSettings) -> Fit:
     torch.manual_seed(s.seed)
     fwd, bwd = Siren(s.width, s.depth, omega), Siren(s.width, s.depth, omega)
-    opt = torch.optim.Adam(list(fwd.parameters()) + list(bwd.parameters()), lr=s.lr)
-    return Fit(omega, fwd, bwd, opt)
+    return Fit(omega, fwd, bwd, Adam(list(fwd.parameters()) + list(bwd.parameters()), s.lr))
+
+
+class Adam:
+    """Plain Adam (Kingma & Ba). torch.optim's first use imports torch._dynamo, ~3 s of a
+    5 s registration budget in a fresh `deepstd register` process; these few lines cost nothing."""
+
+    def __init__(self, params: List[torch.Tensor], lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.params, self.lr, self.betas, self.eps, self.t = params, lr, betas, eps, 0
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+        for p, m, v in zip(self.params, self.m, self.v):
+            if p.grad is None:
+                continue
+            m.mul_(b1).add_(p.grad, alpha=1 - b1)
+            v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+            p.addcdiv_(m, (v / c2).sqrt_().add_(self.eps), value=-self.lr / c1)
 
 
 class _Sampler:
