@@ -259,6 +259,33 @@ class DeepSTDCore:
         selected = self.settings()["bundle"]
         return [Path(selected)] if selected and Path(selected).is_file() else []
 
+    # --- the same operations, blocking (scripts, the Python console) --------------------------
+    def register(self, input_node, template_node, transform_node=None):
+        """Register and return the grid transform node showing the final field."""
+        box = {}
+        job = self.start_registration(input_node, template_node, transform_node,
+                                      on_done=lambda node: box.setdefault("result", node),
+                                      on_error=lambda error: box.setdefault("error", error))
+        return _finish(job, box)
+
+    def compress(self, input_node, path: str, bundle: Optional[str] = None, ratio: Optional[float] = None,
+                 device: Optional[str] = None) -> CompressResult:
+        """Write `path` (.dstd); bundle/ratio/device default to the module's current settings."""
+        settings, box = self.settings(), {}
+        job = self.start_compress(input_node, bundle or settings["bundle"], ratio or settings["ratio"],
+                                  device or settings["device"], path,
+                                  on_done=lambda result: box.setdefault("result", result),
+                                  on_error=lambda error: box.setdefault("error", error))
+        return _finish(job, box)
+
+    def decompress(self, path: str, device: Optional[str] = None, name: Optional[str] = None):
+        """Open a .dstd file as a new volume node."""
+        box = {}
+        job = self.start_decompress(path, device or self.settings()["device"], name,
+                                    on_done=lambda node: box.setdefault("result", node),
+                                    on_error=lambda error: box.setdefault("error", error))
+        return _finish(job, box)
+
     # --- Quality section ------------------------------------------------------------------------
     def compute_residue(self, original_node, decoded_node, residue_node=None, table_node=None):
         """Residue (original − decoded) as a diverging overlay, and MAE / PSNR / SSIM in a table."""
@@ -304,3 +331,12 @@ class DeepSTDCore:
             "vtkMRMLTableNode", self.scene.GenerateUniqueName("DeepSTD segment metrics"))
         mrml.fill_table(table_node, rows, {"HD95": "mm", "Volume A": "ml", "Volume B": "ml"})
         return table_node, rows
+
+
+def _finish(job: Job, box: Dict[str, Any]):
+    """Wait for a job, deliver its events here, and return its result or raise its error."""
+    job.wait()
+    job.poll()
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")

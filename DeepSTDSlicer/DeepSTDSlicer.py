@@ -1,0 +1,452 @@
+"""DeepSTD for 3D Slicer: compress scans relative to a population template and inspect the result.
+
+Thin glue: the widget wires the GUI to `DeepSTDSlicerLogic`, which owns the parameter node and
+delegates all work to the Qt-free `DeepSTDSlicerLib.core.DeepSTDCore` (tested headless with
+slicer-core). torch and the codec are imported on first use, never when Slicer starts.
+"""
+import logging
+import traceback
+from typing import Annotated
+
+import numpy as np
+import qt
+import slicer
+import vtk
+from slicer import (vtkMRMLGridTransformNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode,
+                    vtkMRMLTableNode)
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+from DeepSTDSlicerLib import codec, dependencies, mrml
+from DeepSTDSlicerLib.core import DeepSTDCore
+# Slicer registers the .dstd reader/writer by looking these names up in this module.
+from DeepSTDSlicerLib.io import DeepSTDSlicerFileReader, DeepSTDSlicerFileWriter  # noqa: F401
+
+HELP = """
+<p>Compress CT and MR volumes 32&ndash;512&times; relative to a template of their population
+(<code>.dstd</code> files), and see what the compression changed.</p>
+<ul>
+<li><b>Codec</b>: choose a shipped codec bundle or load a bundle file; <i>Show template</i> loads
+its template (and labels).</li>
+<li><b>Registration</b>: register a scan to the template and watch the deformation converge
+(grid over the slice views, scan overlaid on the template); loss, folding and time as it runs.</li>
+<li><b>Compress / Decompress</b>: write a <code>.dstd</code> file at a target ratio, or open one
+(File &rsaquo; Add Data and drag-and-drop open <code>.dstd</code> files too).</li>
+<li><b>Quality</b>: residue map (original &minus; decompressed) with MAE / PSNR / SSIM, and Dice /
+HD95 per segment between two segmentations.</li>
+</ul>
+<p>PyTorch and the other Python packages are installed on first use, after asking.
+See <a href="https://github.com/DeepSTD/SlicerDeepSTD/blob/main/docs/SLICER_USER.md">the user guide</a>.</p>
+"""
+
+
+class DeepSTDSlicer(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("DeepSTD")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Utilities")]
+        self.parent.dependencies = []  # PyTorchUtils is imported on first use, as TotalSegmentator does
+        self.parent.contributors = ["DeepSTD developers"]
+        self.parent.helpText = _(HELP)
+        self.parent.acknowledgementText = _(
+            "Method: Yang, Xiao, Cheng et al., DeepSTD, Nature Communications 17, 1573 (2026).")
+
+
+@parameterNodeWrapper
+class DeepSTDSlicerParameterNode:
+    """GUI state. `bundle`, `ratio` and `device` are also read by the .dstd writer (core.settings)."""
+
+    bundle: str = ""
+    inputVolume: vtkMRMLScalarVolumeNode
+    templateVolume: vtkMRMLScalarVolumeNode
+    registrationTransform: vtkMRMLGridTransformNode
+    previewMode: Annotated[str, Choice(["grid", "glyph", "contour"])] = "grid"
+    compressVolume: vtkMRMLScalarVolumeNode
+    ratio: Annotated[float, WithinRange(8.0, 512.0)] = 64.0
+    device: Annotated[str, Choice(list(codec.DEVICES))] = "auto"
+    originalVolume: vtkMRMLScalarVolumeNode
+    decodedVolume: vtkMRMLScalarVolumeNode
+    residueVolume: vtkMRMLScalarVolumeNode
+    qualityTable: vtkMRMLTableNode
+    segmentationA: vtkMRMLSegmentationNode
+    segmentationB: vtkMRMLSegmentationNode
+    segmentTable: vtkMRMLTableNode
+
+
+class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._job = None
+        self._jobWidgets = ()
+        self._timer = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/DeepSTDSlicer.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = DeepSTDSlicerLogic()
+
+        # Background jobs report through a queue; this timer delivers it on the GUI thread.
+        self._timer = qt.QTimer()
+        self._timer.setInterval(100)
+        self._timer.connect("timeout()", self._pollJob)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.bundleComboBox.connect("currentIndexChanged(int)", self.onBundleChanged)
+        self.ui.loadBundleButton.connect("clicked(bool)", self.onLoadBundle)
+        self.ui.showTemplateButton.connect("clicked(bool)", self.onShowTemplate)
+        self.ui.dependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
+        self.ui.registerButton.connect("clicked(bool)", self.onRegister)
+        self.ui.cancelRegistrationButton.connect("clicked(bool)", self.onCancel)
+        self.ui.compressButton.connect("clicked(bool)", self.onCompress)
+        self.ui.decompressButton.connect("clicked(bool)", self.onDecompress)
+        self.ui.cancelCodingButton.connect("clicked(bool)", self.onCancel)
+        self.ui.computeResidueButton.connect("clicked(bool)", self.onComputeResidue)
+        self.ui.computeSegmentMetricsButton.connect("clicked(bool)", self.onComputeSegmentMetrics)
+        self.ui.registrationProgressBar.hide()
+        self.ui.codingProgressBar.hide()
+
+        self._populateBundles()
+        self._showDependencyStatus()
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.onCancel()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.onCancel()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        if not self._parameterNode.compressVolume:
+            self._parameterNode.compressVolume = self._parameterNode.inputVolume
+        if self._parameterNode.bundle:
+            self._selectBundle(self._parameterNode.bundle)
+        elif self.ui.bundleComboBox.count:
+            self.onBundleChanged(self.ui.bundleComboBox.currentIndex)
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self._updateButtons()
+
+    def _updateButtons(self, caller=None, event=None) -> None:
+        p, idle = self._parameterNode, self._job is None
+        self.ui.registerButton.enabled = idle and bool(p.inputVolume and p.templateVolume)
+        self.ui.compressButton.enabled = idle and bool(p.compressVolume and p.bundle)
+        self.ui.decompressButton.enabled = idle
+        self.ui.showTemplateButton.enabled = bool(p.bundle)
+        self.ui.computeResidueButton.enabled = bool(p.originalVolume and p.decodedVolume)
+        self.ui.computeSegmentMetricsButton.enabled = bool(p.segmentationA and p.segmentationB)
+
+    # --- Codec ----------------------------------------------------------------------------------
+    def _populateBundles(self) -> None:
+        self.ui.bundleComboBox.clear()
+        for name, path in codec.shipped_bundles().items():
+            self.ui.bundleComboBox.addItem(name, str(path))
+        if not self.ui.bundleComboBox.count:
+            self.ui.bundleDescriptionLabel.text = _(
+                "No codec bundle is shipped with this version of the extension: load a bundle file.")
+
+    def _selectBundle(self, value: str) -> None:
+        index = self.ui.bundleComboBox.findData(value)
+        if index < 0:
+            index = self.ui.bundleComboBox.findText(value)
+        if index < 0:
+            self.ui.bundleComboBox.addItem(qt.QFileInfo(value).completeBaseName(), value)
+            index = self.ui.bundleComboBox.count - 1
+        self.ui.bundleComboBox.setCurrentIndex(index)
+        self.onBundleChanged(index)
+
+    def onBundleChanged(self, index) -> None:
+        if index < 0 or not self._parameterNode:
+            return
+        path = self.ui.bundleComboBox.itemData(index)
+        self._parameterNode.bundle = path
+        try:
+            self.ui.bundleDescriptionLabel.text = DeepSTDCore.describe_bundle(path)
+        except Exception as error:
+            self.ui.bundleDescriptionLabel.text = str(error)
+
+    def onLoadBundle(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), _("Load codec bundle"), "",
+                                              _("DeepSTD codec bundle") + " (*.dstdb)")
+        if path:
+            self._selectBundle(path)
+
+    def onShowTemplate(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not load the template."), waitCursor=True):
+            template, _labels = self.logic.core.show_template(self._parameterNode.bundle)
+            self._parameterNode.templateVolume = template
+            slicer.util.resetSliceViews()
+
+    def onInstallDependencies(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not install the dependencies."), waitCursor=True):
+            self.logic.ensureDependencies()
+        self._showDependencyStatus()
+
+    def _showDependencyStatus(self) -> None:
+        missing = dependencies.missing()
+        self.ui.dependencyStatusLabel.text = (
+            _("Python packages: all installed.") if not missing else
+            _("Not installed yet (installed on first use, after asking): ") + ", ".join(missing))
+
+    # --- background jobs ------------------------------------------------------------------------
+    def _startJob(self, start, progressBar, cancelButton, statusLabel) -> None:
+        """Run `start()` (which returns a started Job) and drive its progress widgets."""
+        if not self.logic.ensureDependencies():
+            statusLabel.text = _("Cancelled: the required Python packages are not installed.")
+            return
+        progressBar.value = 0
+        progressBar.show()
+        cancelButton.enabled = True
+        self._jobWidgets = (progressBar, cancelButton, statusLabel)
+        try:
+            self._job = start()
+        except Exception as error:
+            self._finishJob()
+            self._onJobError(error)
+            return
+        self._updateButtons()
+        self._timer.start()
+
+    def _pollJob(self) -> None:
+        if self._job is not None and not self._job.poll():
+            self._finishJob()
+
+    def _finishJob(self) -> None:
+        self._timer.stop()
+        self._job = None
+        if self._jobWidgets:
+            progressBar, cancelButton, _status = self._jobWidgets
+            progressBar.hide()
+            cancelButton.enabled = False
+        self._updateButtons()
+
+    def onCancel(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+
+    def _onProgress(self, event) -> None:
+        progressBar, _cancel, statusLabel = self._jobWidgets
+        progressBar.value = int(100 * event.fraction)
+        statusLabel.text = f"{event.stage}: {event.message}" if event.message else event.stage
+
+    def _onJobError(self, error) -> None:
+        from deepstd.errors import Cancelled, DeepSTDError
+
+        statusLabel = self._jobWidgets[2] if self._jobWidgets else None
+        if isinstance(error, Cancelled):
+            if statusLabel is not None:
+                statusLabel.text = _("Cancelled.")
+            return
+        if statusLabel is not None:
+            statusLabel.text = _("Failed: ") + str(error)
+        details = None if isinstance(error, (DeepSTDError, codec.CodecUnavailable)) else "".join(
+            traceback.format_exception(type(error), error, error.__traceback__))
+        logging.error(details or str(error))
+        slicer.util.errorDisplay(str(error), detailedText=details)
+
+    # --- Registration ---------------------------------------------------------------------------
+    def onRegister(self) -> None:
+        p = self._parameterNode
+        if not p.registrationTransform:
+            p.registrationTransform = slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLGridTransformNode", slicer.mrmlScene.GenerateUniqueName(f"{p.inputVolume.GetName()} to template"))
+        self._startJob(lambda: self.logic.core.start_registration(
+            p.inputVolume, p.templateVolume, p.registrationTransform, on_status=self._onRegistrationStatus,
+            on_error=self._onJobError, grid_mode=p.previewMode),
+            self.ui.registrationProgressBar, self.ui.cancelRegistrationButton, self.ui.registrationStatusLabel)
+
+    def _onRegistrationStatus(self, status) -> None:
+        self.ui.registrationProgressBar.value = int(100 * status.fraction)
+        parts = [f"step {status.step}" if status.step is not None else status.message]
+        if status.loss is not None:
+            parts.append(f"loss {status.loss:.4f}")
+        if status.folding is not None:
+            parts.append(f"folding {100 * status.folding:.2f} %")
+        parts.append(f"{status.elapsed:.0f} s")
+        self.ui.registrationStatusLabel.text = " | ".join(parts)
+
+    # --- Compress / Decompress ------------------------------------------------------------------
+    def onCompress(self) -> None:
+        p = self._parameterNode
+        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), _("Compress to"),
+                                              f"{p.compressVolume.GetName()}.dstd",
+                                              _("DeepSTD compressed volume") + " (*.dstd)")
+        if not path:
+            return
+        if not path.endswith(".dstd"):
+            path += ".dstd"
+        self._startJob(lambda: self.logic.core.start_compress(
+            p.compressVolume, p.bundle, p.ratio, p.device, path, on_progress=self._onProgress,
+            on_done=self._onCompressed, on_error=self._onJobError),
+            self.ui.codingProgressBar, self.ui.cancelCodingButton, self.ui.codingStatusLabel)
+
+    def _onCompressed(self, result) -> None:
+        self.ui.codingStatusLabel.text = result.summary()
+
+    def onDecompress(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), _("Decompress"), "",
+                                              _("DeepSTD compressed volume") + " (*.dstd)")
+        if not path:
+            return
+        self._startJob(lambda: self.logic.core.start_decompress(
+            path, self._parameterNode.device, on_progress=self._onProgress, on_done=self._onDecompressed,
+            on_error=self._onJobError),
+            self.ui.codingProgressBar, self.ui.cancelCodingButton, self.ui.codingStatusLabel)
+
+    def _onDecompressed(self, node) -> None:
+        self._parameterNode.decodedVolume = node
+        self.ui.codingStatusLabel.text = _("Opened ") + node.GetName()
+        slicer.util.setSliceViewerLayers(background=node, fit=True)
+
+    # --- Quality --------------------------------------------------------------------------------
+    def onComputeResidue(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Could not compute the residue."), waitCursor=True):
+            residue, table, values = self.logic.core.compute_residue(
+                p.originalVolume, p.decodedVolume, p.residueVolume, p.qualityTable)
+            p.residueVolume, p.qualityTable = residue, table
+            self.ui.qualityStatusLabel.text = (f"MAE {values['MAE']:.3g} | PSNR {values['PSNR']:.2f} dB | "
+                                               f"SSIM {values['SSIM']:.4f}")
+            self._showTable(table)
+
+    def onComputeSegmentMetrics(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Could not compare the segmentations."), waitCursor=True):
+            table, rows = self.logic.core.compute_segment_metrics(
+                p.segmentationA, p.segmentationB, p.originalVolume, p.segmentTable)
+            p.segmentTable = table
+            self.ui.qualityStatusLabel.text = ", ".join(
+                f"{r['Segment']}: Dice {r['Dice']:.3f}, HD95 {r['HD95']:.2f} mm" for r in rows)
+            self._showTable(table)
+
+    @staticmethod
+    def _showTable(table) -> None:
+        slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
+        selection = slicer.app.applicationLogic().GetSelectionNode()
+        selection.SetActiveTableID(table.GetID())
+        slicer.app.applicationLogic().PropagateTableSelection()
+
+
+class DeepSTDSlicerLogic(ScriptedLoadableModuleLogic):
+    """The module's logic for scripts and the Python console; the work is done by `self.core`.
+
+    Example::
+
+        logic = slicer.util.getModuleLogic("DeepSTDSlicer")
+        result = logic.core.compress(volumeNode, "/tmp/scan.dstd", bundle="la-mr", ratio=128)
+        node = logic.core.decompress("/tmp/scan.dstd")
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.core = DeepSTDCore()
+
+    def getParameterNode(self):
+        return DeepSTDSlicerParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def ensureDependencies() -> bool:
+        """Install missing packages after asking; False if the user declined."""
+        return dependencies.ensure(lambda message: slicer.util.confirmOkCancelDisplay(message, windowTitle="DeepSTD"))
+
+
+class DeepSTDSlicerTest(ScriptedLoadableModuleTest):
+    """Runs inside Slicer (ctest py_DeepSTDSlicer, or Reload and Test); synthetic data, no network."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_volume_round_trip()
+        self.setUp()
+        self.test_registration_preview()
+        self.setUp()
+        self.test_residue_display()
+        self.setUp()
+        self.test_reader_rejects_other_files()
+
+    def _obliqueVolume(self):
+        from deepstd.volume import Volume
+
+        direction = np.array([[0.0, -0.8, 0.6], [1.0, 0.0, 0.0], [0.0, 0.6, 0.8]]).T @ np.diag([1.0, -1.0, 1.0])
+        z, y, x = np.indices((7, 11, 13))
+        return Volume((100 * np.sin(x / 3.0) + 10 * z).astype(np.float32), (0.7, 0.9, 3.5), (-12.5, 40.25, 7.0),
+                      tuple(direction.reshape(-1)), "int16", "HU")
+
+    def test_volume_round_trip(self):
+        volume = self._obliqueVolume()
+        node = mrml.add_volume_node(volume, "oblique")
+        back = mrml.volume_from_node(node)
+        np.testing.assert_array_equal(back.array, volume.to_dtype_array())
+        np.testing.assert_allclose(back.origin, volume.origin, atol=1e-6)
+        np.testing.assert_allclose(back.direction, volume.direction, atol=1e-6)
+        self.delayDisplay("Volume round trip passed")
+
+    def test_registration_preview(self):
+        import types
+
+        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLGridTransformNode")
+        field = np.zeros((4, 5, 6, 3))
+        field[..., 0] = 2.0  # LPS x: towards the left, i.e. -2 mm along RAS x
+        snapshot = types.SimpleNamespace(displacement=field, spacing=(5.0, 5.0, 5.0), origin=(0.0, 0.0, 0.0),
+                                         direction=tuple(np.eye(3).reshape(-1)), loss=-0.5, step=25)
+        DeepSTDCore().apply_snapshot(node, snapshot)
+        moved = node.GetTransformFromParent().TransformPoint(-5.0, -5.0, 5.0)
+        np.testing.assert_allclose(moved, (-7.0, -5.0, 5.0), atol=1e-6)
+        self.delayDisplay("Registration preview passed")
+
+    def test_residue_display(self):
+        volume = self._obliqueVolume()
+        node = mrml.add_volume_node(volume.with_array(volume.array - volume.array.mean()), "residue", cast=False)
+        color = mrml.show_residue(node, 50.0)
+        self.assertEqual(node.GetDisplayNode().GetColorNodeID(), color.GetID())
+        self.assertAlmostEqual(node.GetDisplayNode().GetWindowLevelMin(), -50.0)
+        self.delayDisplay("Residue display passed")
+
+    def test_reader_rejects_other_files(self):
+        import os
+        import tempfile
+
+        path = os.path.join(tempfile.mkdtemp(), "not-a-volume.dstd")
+        with open(path, "wb") as stream:
+            stream.write(b"not a DeepSTD file")
+        self.assertEqual(DeepSTDSlicerFileReader(None).canLoadFileConfidence(path), 0.0)
+        self.delayDisplay("Reader test passed")
