@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from deepstd.errors import BundleError, Cancelled, FormatError
+from deepstd.errors import BudgetError, BundleError, Cancelled, FormatError
 from deepstd.progress import CancelEvent
 from deepstd.texture import TextureCodec, TextureConfig, TextureStreams
 from deepstd.texture.entropy import compress_latents, decompress_latents
@@ -188,3 +188,14 @@ def test_invalid_arguments(codec, volume):
         codec.compress(volume[0], 0.5)
     with pytest.raises(ValueError):
         codec.compress(volume, float("nan"))
+
+
+def test_budget_search_fits_and_refuses(codec, volume):
+    hi = len(codec.compress(volume, 1.0, block=32).to_bytes())
+    lo = len(codec.compress(volume, 0.0, block=32).to_bytes())
+    budget = (hi + lo) // 2
+    s = codec.compress_to_budget(volume, budget, block=32)
+    assert budget * 0.9 <= len(s.to_bytes()) <= budget
+    assert codec.decompress(s).shape == volume.shape
+    with pytest.raises(BudgetError):
+        codec.compress_to_budget(volume, lo - 1, block=32)

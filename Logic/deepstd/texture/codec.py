@@ -16,15 +16,16 @@ import json
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from ..errors import BundleError, FormatError
+from ..errors import BudgetError, BundleError, FormatError
 from ..progress import Reporter
 from . import tiling
 from .entropy import IntegerHyperSynthesis, compress_latents, decompress_latents
@@ -32,6 +33,18 @@ from .network import TextureConfig, TextureNet
 from .position import block_coords
 from .rate import RATE_STEPS, quantise_rate
 from .streams import TextureStreams
+
+@dataclass
+class Analysis:
+    """Latents y (before the rate gain) of the coded blocks, in groups of `GROUP`."""
+
+    shape: Tuple[int, int, int]
+    block: Tuple[int, int, int]
+    full: bool
+    fill: float
+    coded: List[bool]
+    latents: List[torch.Tensor]
+
 
 #: the stages whose tokens read the positional field (their stride in voxels)
 POS_FACTORS = (2, 4)
@@ -117,7 +130,6 @@ class TextureCodec:
     def _level(self, rate_q: int) -> torch.Tensor:
         return self.net.gain.level_of(rate_q)
 
-    @torch.no_grad()
     def compress(self, x, rate: float, block=64, support: Optional[np.ndarray] = None,
                  fill: float = 0.0, workers: Optional[int] = None, progress=None,
                  cancel=None) -> TextureStreams:
@@ -125,6 +137,43 @@ class TextureCodec:
 
         Blocks with no voxel in `support` are skipped and decode as `fill`; `workers` threads
         (default: torch's thread count) code block groups in parallel."""
+        report = Reporter(progress, cancel)
+        analysis = self.analyse(x, block, support, fill, workers, report.scaled(0.0, 0.9))
+        return self.code(analysis, rate, workers, report.scaled(0.9, 1.0))
+
+    def compress_to_budget(self, x, max_bytes: int, block=64,
+                           support: Optional[np.ndarray] = None, fill: float = 0.0,
+                           tolerance: float = 0.02, workers: Optional[int] = None,
+                           progress=None, cancel=None) -> TextureStreams:
+        """The largest rate whose serialised streams fit in `max_bytes` (within `tolerance`
+        below it when reachable): one analysis pass, then bisection on entropy coding only."""
+        report = Reporter(progress, cancel)
+        analysis = self.analyse(x, block, support, fill, workers, report.scaled(0.0, 0.5))
+        size = lambda st: len(st.to_bytes())  # noqa: E731
+        lo = self.code(analysis, 0.0, workers)
+        if size(lo) > max_bytes:
+            raise BudgetError(f"the texture needs at least {size(lo)} bytes at the lowest rate, "
+                              f"the budget is {max_bytes}")
+        hi = self.code(analysis, 1.0, workers)
+        if size(hi) <= max_bytes:
+            return hi
+        a, b, best = 0.0, 1.0, lo
+        for i in range(17):  # 2**-17 < one step of the stored 16-bit knob
+            report("texture", 0.5 + 0.5 * i / 17, f"fitting {max_bytes} bytes")
+            mid = (a + b) / 2
+            st = self.code(analysis, mid, workers)
+            if size(st) <= max_bytes:
+                a, best = mid, st
+                if size(st) >= (1 - tolerance) * max_bytes:
+                    break
+            else:
+                b = mid
+        return best
+
+    @torch.no_grad()
+    def analyse(self, x, block=64, support: Optional[np.ndarray] = None, fill: float = 0.0,
+                workers: Optional[int] = None, report: Optional[Reporter] = None) -> Analysis:
+        """The rate-independent part of encoding: g_a over every coded block."""
         arr = x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
         if arr.ndim != 3 or arr.size == 0 or not np.all(np.isfinite(arr)):
             raise ValueError(f"expected a finite 3-D array, got shape {arr.shape}")
@@ -132,29 +181,42 @@ class TextureCodec:
         shape = tuple(int(s) for s in arr.shape)
         full = block is None
         blk = tiling.full_block(shape) if full else tiling.normalise_block(block)
-        rate_q = quantise_rate(rate)
         coded = tiling.coded_blocks(shape, blk, support)
         todo = [o for o, c in zip(tiling.origins(shape, blk), coded) if c]
         xp = tiling.padded(arr, blk)
-        level = self._level(rate_q)
-        gain = self.net.gain.gain(level).to(self.device)
-        report = Reporter(progress, cancel)
+        report = report or Reporter()
         report.check()
 
         @torch.no_grad()  # grad mode is per thread
         def encode(group):
             xb = torch.from_numpy(np.stack([tiling.cut(xp, o, blk) for o in group]))[:, None]
-            y = self.net.g_a(xb.to(self.device), self._coords(group, blk, shape)) * gain
-            return compress_latents(self.net, self._int_hs, y)
+            return self.net.g_a(xb.to(self.device), self._coords(group, blk, shape)).cpu()
+
+        latents = list(_run_groups(encode, list(tiling.batches(todo, GROUP)), workers, report,
+                                   "encoding texture blocks"))
+        report("texture", 1.0, "texture analysed")
+        return Analysis(shape, blk, full, float(np.float32(fill)), coded, latents)
+
+    @torch.no_grad()
+    def code(self, analysis: Analysis, rate: float, workers: Optional[int] = None,
+             report: Optional[Reporter] = None) -> TextureStreams:
+        """Entropy-code analysed latents at `rate` (cheap: repeat it to search a budget)."""
+        rate_q = quantise_rate(rate)
+        gain = self.net.gain.gain(self._level(rate_q)).cpu()
+        report = report or Reporter()
+
+        @torch.no_grad()
+        def entropy_code(y):
+            return compress_latents(self.net, self._int_hs, y * gain)
 
         z_all, y_all = [], []
-        for z_s, y_s in _run_groups(encode, list(tiling.batches(todo, GROUP)), workers, report,
-                                    "encoding texture blocks"):
+        for z_s, y_s in _run_groups(entropy_code, analysis.latents, workers, report,
+                                    "entropy coding"):
             z_all += z_s
             y_all += y_s
         report("texture", 1.0, "texture encoded")
-        return TextureStreams(shape, blk, full, rate_q, float(np.float32(fill)), coded,
-                              z_all, y_all)
+        a = analysis
+        return TextureStreams(a.shape, a.block, a.full, rate_q, a.fill, a.coded, z_all, y_all)
 
     @torch.no_grad()
     def decompress(self, streams: Union[TextureStreams, bytes], workers: Optional[int] = None,

@@ -42,7 +42,7 @@ class GainUnit(nn.Module):
 
     def _interp(self, table: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Geometric interpolation at fractional levels t (N,) in [0, K−1] -> (N, C, 1, 1, 1)."""
-        t = t.to(table.dtype).clamp(0, self.levels - 1)
+        t = t.to(device=table.device, dtype=table.dtype).clamp(0, self.levels - 1)
         i = torch.clamp(t.floor().long(), max=self.levels - 2)
         frac = (t - i.to(t.dtype))[:, None]
         log = table[i] * (1 - frac) + table[i + 1] * frac

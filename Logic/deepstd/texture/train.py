@@ -39,7 +39,7 @@ class TrainSettings:
     lr: float = 2e-4
     aux_lr: float = 1e-3
     # λ per rate level, coarsest first (len must equal TextureConfig.levels)
-    lambdas: List[float] = field(default_factory=lambda: [8, 22, 60, 165, 450, 1250])
+    lambdas: List[float] = field(default_factory=lambda: [1.5, 4, 11, 30, 80, 220])
     checkpoint_every: int = 250
     seed: int = 0
     clip_grad: float = 1.0
@@ -139,26 +139,43 @@ def load_checkpoint(path: Path, net: TextureNet, opts):
 @torch.no_grad()
 def evaluate(codec: TextureCodec, volumes: Sequence[np.ndarray], rates: Sequence[float],
              block=64, raw_itemsize: int = 1) -> List[Dict]:
-    """RD points over whole volumes with real entropy coding: bytes, ratio, bpv, PSNR."""
+    """RD points over whole volumes with real entropy coding: bytes, ratio (raw bytes of the
+    original dtype ÷ texture bytes), bits per voxel, PSNR over the data range, and the encode
+    and decode speeds in Mvoxel/s."""
     points = []
     for rate in rates:
         nbytes = voxels = 0
-        sq = 0.0
-        t0 = time.time()
+        sq, t_enc, t_dec = 0.0, 0.0, 0.0
         for v in volumes:
+            t0 = time.perf_counter()
             data = codec.compress(v, rate, block=block).to_bytes()
+            t1 = time.perf_counter()
             rec = codec.decompress(data)
+            t_dec += time.perf_counter() - t1
+            t_enc += t1 - t0
             nbytes += len(data)
             voxels += v.size
             sq += float(np.sum((rec.astype(np.float64) - v) ** 2))
-        dt = time.time() - t0
         rng = max(float(np.max(v) - np.min(v)) for v in volumes)
         mse = sq / voxels
         points.append({"rate": rate, "bytes": nbytes, "bpv": 8 * nbytes / voxels,
                        "ratio": voxels * raw_itemsize / nbytes,
                        "psnr": 10 * math.log10(rng ** 2 / mse) if mse > 0 else float("inf"),
-                       "codec_mvox_per_s": voxels / dt / 1e6})
+                       "encode_mvox_s": voxels / t_enc / 1e6,
+                       "decode_mvox_s": voxels / t_dec / 1e6})
     return points
+
+
+def codec_from_checkpoint(path) -> TextureCodec:
+    """A usable codec from a training checkpoint (builds the CDF tables)."""
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        config = TextureConfig.from_dict(json.loads(f.metadata()["config"]))
+    net = TextureNet(config)
+    load_checkpoint(Path(path), net, [])
+    net.eval()
+    net.update()
+    return TextureCodec(net)
 
 
 def train(volumes: Sequence[np.ndarray], out_dir, config: TextureConfig = TextureConfig(),
@@ -186,7 +203,7 @@ def train(volumes: Sequence[np.ndarray], out_dir, config: TextureConfig = Textur
     lambdas = torch.tensor(settings.lambdas, dtype=torch.float32)
     report = Reporter(progress, cancel)
     net.train()
-    t0, window = time.time(), []
+    t0, first, window = time.time(), step, []
     try:
         while step < settings.steps:
             x, coords = sampler(settings.batch)
@@ -205,7 +222,7 @@ def train(volumes: Sequence[np.ndarray], out_dir, config: TextureConfig = Textur
                            float(-10 * torch.log10(mse.clamp_min(1e-10)).mean())))
             if step % 25 == 0 or step == settings.steps:
                 l, b, p = np.mean(window, axis=0)
-                rate = step / (time.time() - t0)
+                rate = (step - first) / (time.time() - t0)
                 history.append({"step": step, "loss": l, "bpv": b, "psnr": p,
                                 "steps_per_s": rate})
                 report("train", step / settings.steps,
@@ -237,6 +254,8 @@ def main(argv=None) -> None:
     ap.add_argument("--patch", type=int, default=TrainSettings.patch)
     ap.add_argument("--batch", type=int, default=TrainSettings.batch)
     ap.add_argument("--lr", type=float, default=TrainSettings.lr)
+    ap.add_argument("--lambdas", type=lambda t: [float(v) for v in t.split(",")],
+                    default=TrainSettings().lambdas, help="λ per rate level, comma-separated")
     ap.add_argument("--holdout", type=int, default=6, help="last N scans kept for validation")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--config", type=json.loads, default={}, help="TextureConfig overrides")
@@ -246,7 +265,8 @@ def main(argv=None) -> None:
     files = sorted((args.data / "images").glob("*.nii*")) or sorted(args.data.glob("*.nii*"))
     train_files, val_files = files[:len(files) - args.holdout], files[len(files) - args.holdout:]
     vols = [normalise(_read(f)) for f in train_files]
-    settings = TrainSettings(steps=args.steps, patch=args.patch, batch=args.batch, lr=args.lr)
+    settings = TrainSettings(steps=args.steps, patch=args.patch, batch=args.batch, lr=args.lr,
+                             lambdas=args.lambdas)
     config = TextureConfig(**args.config)
     print(f"training on {len(vols)} scans, validating on {len(val_files)}", flush=True)
     codec = train(vols, args.out, config, settings, resume=args.resume,
