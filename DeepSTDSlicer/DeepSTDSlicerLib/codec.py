@@ -155,10 +155,11 @@ def load_bundle(path: Path):
 ProgressFn = Optional[Callable[[Any], None]]
 
 
-def register(moving: "Volume", template: "Volume", progress: ProgressFn = None, cancel=None):
-    """Cycle-INR registration of `moving` to `template`; progress events carry field snapshots."""
+def register(moving: "Volume", template: "Volume", progress: ProgressFn = None, cancel=None, **options):
+    """Cycle-INR registration of `moving` to `template`; progress events carry field snapshots.
+    `options` go to `deepstd.shape.register` (e.g. `settings`, `threads`)."""
     shape = require("deepstd.shape", "Registration")
-    return shape.register(moving, template, progress=progress, cancel=cancel)
+    return shape.register(moving, template, progress=progress, cancel=cancel, **options)
 
 
 def encode(volume: "Volume", bundle_file: Path, ratio: float, device: str = "auto",

@@ -144,12 +144,13 @@ class DeepSTDCore:
                            on_status: Optional[Callable[[RegistrationStatus], None]] = None,
                            on_done: Optional[Callable[[Any], None]] = None,
                            on_error: Optional[Callable[[BaseException], None]] = None,
-                           grid_mode: str = "grid") -> Job:
+                           grid_mode: str = "grid", options: Optional[Dict[str, Any]] = None) -> Job:
         """Register `input_node` to `template_node` on a worker thread with a live preview.
 
         The preview is a grid transform node updated from the snapshots the registration reports
         every few steps, drawn over the views, with a zero-copy view of the input placed under it
         (so the input overlays the template as it aligns). The input node itself is not touched.
+        `options` go to `deepstd.shape.register` (registration settings, thread count).
         """
         moving = mrml.volume_from_node(input_node)
         template = mrml.volume_from_node(template_node)
@@ -180,7 +181,7 @@ class DeepSTDCore:
             if on_done:
                 on_done(transform_node)
 
-        return Job(lambda report, cancel: codec.register(moving, template, report, cancel),
+        return Job(lambda report, cancel: codec.register(moving, template, report, cancel, **(options or {})),
                    progress, done, on_error, name="DeepSTD registration").start()
 
     def apply_snapshot(self, transform_node, snapshot, region_node=None, grid_mode: str = "grid") -> None:

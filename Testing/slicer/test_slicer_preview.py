@@ -102,7 +102,7 @@ def test_registration_job_streams_previews_and_status(headless, oblique_volume, 
     fields = [smooth_field(amplitude=a) for a in (0.5, 1.0, 2.0)]
     release = threading.Event()
 
-    def fake_register(moving, template, progress, cancel):
+    def fake_register(moving, template, progress, cancel, **options):
         for n, f in enumerate(fields):
             progress(types.SimpleNamespace(stage="register", fraction=(n + 1) / 3, message=f"step {n}",
                                            snapshot=snapshot(f, step=25 * (n + 1), loss=-0.1 * n)))
@@ -138,7 +138,7 @@ def test_registration_job_streams_previews_and_status(headless, oblique_volume, 
 def test_registration_errors_reach_the_main_thread(headless, oblique_volume, monkeypatch):
     from deepstd.errors import Cancelled
 
-    def fake_register(moving, template, progress, cancel):
+    def fake_register(moving, template, progress, cancel, **options):
         raise Cancelled("cancelled by the user")
 
     monkeypatch.setattr(codec, "register", fake_register)
@@ -148,3 +148,34 @@ def test_registration_errors_reach_the_main_thread(headless, oblique_volume, mon
     job.wait(5)
     assert not job.poll()
     assert isinstance(errors[0], Cancelled)
+
+
+def test_real_cycle_inr_registration_drives_the_preview(headless):
+    """deepstd.shape on two real hippocampus MR crops: real snapshots reach the grid node."""
+    from conftest import REPO
+
+    shape = pytest.importorskip("deepstd.shape", reason="deepstd.shape (registration) is not importable")
+    import SimpleITK as sitk
+    from deepstd.volume import Volume
+
+    folder = REPO.parent / "shared" / "data" / "hippocampus_mr" / "images"
+    files = sorted(folder.glob("*.nii.gz"))[:2] if folder.is_dir() else []
+    if len(files) < 2:
+        pytest.skip(f"real data not found at {folder}")
+    moving, template = (mrml.add_volume_node(Volume.from_sitk(sitk.ReadImage(str(f))), f.name[:-7]) for f in files)
+    statuses = []
+    settings = shape.CycleSettings(steps=50, preview_every=25, probe_steps=25)
+    logic = core.DeepSTDCore()
+    job = logic.start_registration(moving, template, on_status=lambda s: statuses.append((s.step, s.folding)),
+                                   options={"settings": settings, "threads": 1})
+    deadline = time.time() + 300
+    while job.poll():
+        job.wait(0.05)
+        assert time.time() < deadline, "registration did not finish in 5 minutes"
+    assert logic.last_registration is not None, "registration failed"
+    steps = [step for step, _ in statuses if step is not None]
+    assert steps and steps[-1] == 50
+    transform = headless.scene.GetFirstNodeByClass("vtkMRMLGridTransformNode")
+    field = slicer.util.arrayFromGridTransform(transform)
+    assert np.isfinite(field).all() and np.abs(field).max() > 0
+    assert all(0.0 <= f <= 1.0 for _, f in statuses if f is not None)
