@@ -75,6 +75,7 @@ class DemoScene:
         self.transform = self.app.scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "scan to template")
         self.logic.apply_snapshot(self.transform, synthetic_snapshot(scan), self.scan)
         self.transform.GetDisplayNode().SetGridSpacingMm(8.0)
+        self.preview = self.logic.preview_volume(self.scan, self.transform)   # the scan as it aligns
         original = mrml.volume_from_node(self.scan)
         residue = original.with_array(original.array - mrml.volume_from_node(self.decoded).array, dtype="float32")
         self.residue = mrml.add_volume_node(residue, "residue", self.app.scene, cast=False)
@@ -87,9 +88,10 @@ class DemoScene:
             seg.GetDisplayNode().SetOpacity2DFill(0.0)
             seg.GetDisplayNode().SetSliceIntersectionThickness(2)
         self.view = OffscreenSliceView(self.app, "Red", "Axial", size)
-        self.scan.GetDisplayNode().AutoWindowLevelOff()
         low, high = np.percentile(original.array, [1, 99.5])
-        self.scan.GetDisplayNode().SetWindowLevelMinMax(low, high)
+        for node in (self.scan, self.preview):
+            node.GetDisplayNode().AutoWindowLevelOff()
+            node.GetDisplayNode().SetWindowLevelMinMax(low, high)
 
     def _layers(self, foreground=None, opacity=0.0, grid=False, segments=False):
         composite = self.view.logic.GetSliceCompositeNode()
@@ -102,9 +104,10 @@ class DemoScene:
             seg.GetDisplayNode().SetVisibility(segments)
         self.view.fit()
 
-    def render_registration(self, path=None):
-        """Live preview: deformation grid over the scan (Registration section)."""
-        self._layers(grid=True)
+    def render_registration(self, path=None, grid=True):
+        """Live preview (Registration section): deformation grid, and the warped scan at 50 % over
+        the background (here the scan itself stands in for the template)."""
+        self._layers(self.preview, 0.5, grid=grid)
         return self.view.render(path)
 
     def render_plain(self, path=None):

@@ -27,12 +27,16 @@ def test_views_are_not_blank(demo, tmp_path):
 
 
 def test_deformation_grid_is_drawn(demo):
-    plain = demo.render_plain()
+    plain = demo.render_registration(grid=False)
     grid = demo.render_registration()
     assert changed_pixels(plain, grid) > 0.02 * plain.shape[0] * plain.shape[1]
     differs = np.any(plain != grid, axis=-1)
     colours = grid[differs].astype(int)
     assert np.mean(np.ptp(colours, axis=1) > 60) > 0.5, "grid lines should be coloured, not grey"
+
+
+def test_preview_overlays_the_warped_scan(demo):
+    assert changed_pixels(demo.render_plain(), demo.render_registration(grid=False)) > 1000
 
 
 def test_residue_overlay_is_red_and_blue(demo):

@@ -185,3 +185,20 @@ def test_every_third_party_import_of_the_codec_can_be_installed_in_slicer():
                     needed.setdefault(top, path.relative_to(package).as_posix())
     missing = {m: where for m, where in needed.items() if m not in provided}
     assert not missing, f"deepstd imports packages the extension cannot install: {missing}"
+
+
+def test_loading_the_lib_and_creating_the_plugins_imports_nothing_heavy():
+    """What Slicer runs at start-up (the module's imports, the IO plugins' constructors), in a fresh
+    interpreter: neither deepstd nor torch may be imported by it."""
+    import subprocess
+
+    pytest.importorskip("slicer", reason="slicer-core is not installed (the 'slicer' extra of deepstd)")
+    code = ("import sys\n"
+            f"sys.path.insert(0, {str(MODULE)!r})\n"
+            "from DeepSTDSlicerLib import codec, core, dependencies, jobs, mrml\n"
+            "from DeepSTDSlicerLib.io import DeepSTDSlicerFileReader, DeepSTDSlicerFileWriter\n"
+            "DeepSTDSlicerFileReader(None), DeepSTDSlicerFileWriter(None), dependencies.missing()\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & set(sys.argv[1:])))\n")
+    out = subprocess.run([sys.executable, "-c", code, *HEAVY], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", f"imported at start-up: {out.stdout.strip()}"
