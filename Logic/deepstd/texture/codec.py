@@ -31,8 +31,9 @@ from . import tiling
 from .entropy import IntegerHyperSynthesis, compress_latents, decompress_latents
 from .network import TextureConfig, TextureNet
 from .position import block_coords
-from .rate import RATE_STEPS, quantise_rate
+from .rate import quantise_rate
 from .streams import TextureStreams
+
 
 @dataclass
 class Analysis:
@@ -267,4 +268,4 @@ def _st_metadata(data: bytes) -> dict:
     return json.loads(bytes(data[8:8 + n]).decode("utf-8")).get("__metadata__") or {}
 
 
-__all__ = ["TextureCodec", "TextureStreams", "RATE_STEPS"]
+__all__ = ["Analysis", "TextureCodec", "TextureStreams"]

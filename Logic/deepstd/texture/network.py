@@ -11,6 +11,7 @@ attention path reads the learned positional field at its tokens (block mode). h_
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Dict, Optional
 
@@ -23,10 +24,6 @@ from .layers import (PixelShuffle3d, ResidualBlockUpsample, ResidualBlockWithStr
                      conv3, subpel_conv3)
 from .position import PositionalField
 from .rate import GainUnit
-
-#: y sits at 1/8 of the input size per axis, z at 1/16: inputs must be multiples of this.
-ALIGN = 16
-
 
 @dataclass(frozen=True)
 class TextureConfig:
@@ -57,7 +54,6 @@ class TextureConfig:
 
 def scale_table():
     """CompressAI's 64 log-spaced scales 0.11 .. 256."""
-    import math
     return [float(v) for v in torch.exp(torch.linspace(math.log(0.11), math.log(256), 64))]
 
 

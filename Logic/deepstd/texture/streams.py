@@ -23,6 +23,7 @@ _HEAD = struct.Struct("<4sBB3I3HHf")
 MAX_AXIS = 16384
 MAX_BLOCK = 1024
 MAX_BLOCKS = 1 << 20
+#: y sits at 1/8 of a block per axis and z at 1/16, so block sides are multiples of 16
 ALIGN = 16
 
 
