@@ -202,3 +202,75 @@ def test_loading_the_lib_and_creating_the_plugins_imports_nothing_heavy():
     out = subprocess.run([sys.executable, "-c", code, *HEAVY], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", f"imported at start-up: {out.stdout.strip()}"
+
+
+MOCK_SLICER = {
+    "SlicerConfig.cmake": """
+set(Slicer_USE_FILE ${CMAKE_CURRENT_LIST_DIR}/UseSlicer.cmake)
+set(Slicer_EXTENSION_GENERATE_CONFIG ${CMAKE_CURRENT_LIST_DIR}/Empty.cmake)
+set(Slicer_EXTENSION_CPACK ${CMAKE_CURRENT_LIST_DIR}/Empty.cmake)
+""",
+    "Empty.cmake": "",
+    "UseSlicer.cmake": """
+set(Slicer_QTSCRIPTEDMODULES_LIB_DIR lib/Slicer-5.10/qt-scripted-modules)
+set(Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR ${Slicer_QTSCRIPTEDMODULES_LIB_DIR})
+file(WRITE ${CMAKE_BINARY_DIR}/installed.txt "")
+file(WRITE ${CMAKE_BINARY_DIR}/unittests.txt "")
+function(_mock_install source_dir install_dir)
+  foreach(f ${ARGN})
+    if(NOT EXISTS "${source_dir}/${f}")
+      message(FATAL_ERROR "listed but missing: ${source_dir}/${f}")
+    endif()
+    file(APPEND ${CMAKE_BINARY_DIR}/installed.txt "${install_dir}/${f}\\n")
+  endforeach()
+endfunction()
+macro(ctkMacroCompilePythonScript)
+  cmake_parse_arguments(MOCK "NO_INSTALL_SUBDIR;GLOBAL_TARGET"
+    "TARGET_NAME;SOURCE_DIR;DESTINATION_DIR;INSTALL_DIR" "SCRIPTS;RESOURCES" ${ARGN})
+  if(NOT MOCK_NO_INSTALL_SUBDIR)
+    message(FATAL_ERROR "the package must install next to the module (NO_INSTALL_SUBDIR)")
+  endif()
+  _mock_install(${MOCK_SOURCE_DIR} ${MOCK_INSTALL_DIR} ${MOCK_SCRIPTS} ${MOCK_RESOURCES})
+endmacro()
+function(slicerMacroBuildScriptedModule)
+  cmake_parse_arguments(MOCK "WITH_GENERIC_TESTS;WITH_SUBDIR" "NAME" "SCRIPTS;RESOURCES" ${ARGN})
+  if(NOT MOCK_WITH_GENERIC_TESTS)
+    message(FATAL_ERROR "generic tests not enabled")
+  endif()
+  _mock_install(${CMAKE_CURRENT_SOURCE_DIR} ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR} ${MOCK_SCRIPTS} ${MOCK_RESOURCES})
+endfunction()
+function(slicer_add_python_unittest)
+  cmake_parse_arguments(MOCK "" "SCRIPT" "" ${ARGN})
+  file(APPEND ${CMAKE_BINARY_DIR}/unittests.txt "${MOCK_SCRIPT}\\n")
+endfunction()
+""",
+}
+
+
+def test_cmake_configures_and_installs_module_package_and_bundles(tmp_path):
+    """Configure the extension with CMake against a stand-in Slicer that records what the real
+    macros would install, and compare with the source tree."""
+    import shutil
+    import subprocess
+
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        pytest.skip("cmake is not installed")
+    mock = tmp_path / "Slicer"
+    mock.mkdir()
+    for name, text in MOCK_SLICER.items():
+        (mock / name).write_text(text)
+    build = tmp_path / "build"
+    run = subprocess.run([cmake, "-S", str(REPO), "-B", str(build), f"-DSlicer_DIR={mock}", "-DBUILD_TESTING=ON"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    prefix = "lib/Slicer-5.10/qt-scripted-modules/"
+    installed = {line[len(prefix):] for line in (build / "installed.txt").read_text().split()}
+    package = REPO / "Logic"
+    expected = {p.relative_to(MODULE).as_posix() for p in PYTHON_FILES}
+    expected |= {"Resources/UI/DeepSTDSlicer.ui", "Resources/Icons/DeepSTDSlicer.png"}
+    expected |= {p.relative_to(package).as_posix() for p in (package / "deepstd").rglob("*.py")}
+    expected |= {p.relative_to(package).as_posix() for p in (package / "deepstd" / "bundles").glob("*.dstdb")}
+    expected |= {p.relative_to(package).as_posix() for p in (package / "deepstd" / "data").glob("*") if p.is_file()}
+    assert installed == expected, (sorted(expected - installed), sorted(installed - expected))
+    assert (build / "unittests.txt").read_text().split() == ["DeepSTDSlicer.py"]
