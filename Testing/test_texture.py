@@ -218,3 +218,19 @@ def test_blocks_know_their_place_in_the_template(codec):
         assert with_field > 100 * latent_gap()
     finally:
         codec.net.pos.field.data.copy_(field)
+
+
+def test_integer_hyper_synthesis_is_exact_and_close_to_float(codec):
+    gen = torch.Generator().manual_seed(0)
+    z_hat = torch.round(torch.randn(3, TINY.hyper, 2, 3, 4, generator=gen) * 3)
+    hs = codec._int_hs
+    full = hs(z_hat)
+    assert torch.equal(full, torch.cat([hs(z_hat[i:i + 1]) for i in range(3)]))
+    try:
+        torch.set_num_threads(2)
+        assert torch.equal(full, hs(z_hat))
+    finally:
+        torch.set_num_threads(1)
+    assert torch.equal(full * 256, torch.round(full * 256))      # multiples of 2**-8
+    with torch.no_grad():
+        assert float((full - codec.net.h_s(z_hat)).abs().max()) < 0.05

@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import FormatError
 from .layers import PixelShuffle3d
 
-#: fractional bits of activations and of weights in the integer hyper-synthesis
+#: fractional bits of activations, and at most of weights, in the integer hyper-synthesis
 ACT_BITS = 8
 WEIGHT_BITS = 14
 #: magnitude limits that keep every accumulation exact in float64 (see module docstring)
@@ -37,12 +37,7 @@ class IntegerHyperSynthesis:
         self.layers: List[Tuple[str, object]] = []
         for m in h_s:
             if isinstance(m, nn.Conv3d):
-                w = torch.round(m.weight.detach().double().cpu() * 2 ** WEIGHT_BITS)
-                b = torch.round(m.bias.detach().double().cpu() * 2 ** (WEIGHT_BITS + ACT_BITS))
-                worst = w.abs().flatten(1).sum(1) * ACT_LIMIT + b.abs()
-                if w.abs().max() > WEIGHT_LIMIT or worst.max() >= 2.0 ** 53:
-                    raise ValueError("hyper-synthesis weights too large for exact integer coding")
-                self.layers.append(("conv", (w, b, m.stride, m.padding)))
+                self.layers.append(("conv", _integer_conv(m)))
             elif isinstance(m, nn.ReLU):
                 self.layers.append(("relu", None))
             elif isinstance(m, PixelShuffle3d):
@@ -56,14 +51,27 @@ class IntegerHyperSynthesis:
         a = torch.round(z_hat.detach().double().cpu() * 2 ** ACT_BITS).clamp(-ACT_LIMIT, ACT_LIMIT)
         for kind, p in self.layers:
             if kind == "conv":
-                w, b, stride, padding = p
+                w, b, bits, stride, padding = p
                 a = F.conv3d(a, w, b, stride=stride, padding=padding)
-                a = torch.floor(a / 2 ** WEIGHT_BITS).clamp(-ACT_LIMIT, ACT_LIMIT)
+                a = torch.floor(a / 2 ** bits).clamp(-ACT_LIMIT, ACT_LIMIT)
             elif kind == "relu":
                 a = a.clamp(min=0)
             else:
                 a = p(a)
         return (a / 2 ** ACT_BITS).float()
+
+
+def _integer_conv(m: nn.Conv3d):
+    """Integer weights/bias of a conv with as many fractional bits (≤ WEIGHT_BITS) as keep
+    every accumulation exact; the bits are a function of the stored weights only."""
+    w64, b64 = m.weight.detach().double().cpu(), m.bias.detach().double().cpu()
+    for bits in range(WEIGHT_BITS, -1, -1):
+        w = torch.round(w64 * 2 ** bits)
+        b = torch.round(b64 * 2 ** (bits + ACT_BITS))
+        worst = w.abs().flatten(1).sum(1) * ACT_LIMIT + b.abs()
+        if w.abs().max() <= WEIGHT_LIMIT and worst.max() < 2.0 ** 53:
+            return w, b, bits, m.stride, m.padding
+    raise ValueError("hyper-synthesis weights too large for exact integer coding")
 
 
 def _entropy_params(net, int_hs: IntegerHyperSynthesis, z_hat: torch.Tensor):
