@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "DeepSTDSlicer"), str(REPO / "Testing" / "slicer")]
+sys.path[:0] = [str(REPO / "DeepSTDSlicer"), str(REPO / "Testing" / "slicer_extension")]
 
 from slicer_scenes import DemoScene  # noqa: E402
 

@@ -1,5 +1,8 @@
 """Fixtures for the DeepSTDSlicer module tests: a headless Slicer (slicer-core) and import paths.
 
+(This folder must not be called `slicer`: slicer-core's `slicer` package extends its path with
+every `slicer/` folder on sys.path and imports what it finds there.)
+
 Test modules that need MRML call `require_slicer_core()` at import, so without slicer-core they
 are skipped with the reason (CI installs it: `pip install -e ".[slicer]"`). The static checks and
 the job tests need no Slicer at all.
