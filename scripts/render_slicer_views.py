@@ -19,6 +19,7 @@ def main() -> None:
     demo.render_registration(out / "slicer_registration_preview.png")
     demo.render_residue(out / "slicer_residue.png")
     demo.render_segments(out / "slicer_segments.png")
+    demo.render_3d(out / "slicer_segments_3d.png")
     print(f"wrote {out}/slicer_*.png ({'real scan' if demo.real else 'synthetic scan'})")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from DeepSTDSlicerLib import core, mrml
-from slicer_offscreen import HeadlessApp, OffscreenSliceView
+from slicer_offscreen import HeadlessApp, OffscreenSliceView, OffscreenThreeDView
 
 SHARED_DATA = Path(os.environ.get("DEEPSTD_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 LA_SUBJECT = "LA_1D7CUD1955YZPGK8XHJX"
@@ -118,6 +118,21 @@ class DemoScene:
         """Residue (original − decoded) as a diverging overlay (Quality section)."""
         self._layers(self.residue, 0.6)
         return self.view.render(path)
+
+    def render_3d(self, path=None, size=(420, 420)):
+        """3D view: segment surfaces on the original (yellow) and decoded (cyan, translucent)."""
+        if not hasattr(self, "view3d"):
+            for seg, opacity in ((self.segA, 1.0), (self.segB, 0.3)):
+                seg.CreateClosedSurfaceRepresentation()
+                seg.GetDisplayNode().SetOpacity3D(opacity)
+            self.view3d = OffscreenThreeDView(self.app, "1", size)
+        self.transform.GetDisplayNode().SetVisibility(False)
+        for seg in (self.segA, self.segB):
+            seg.GetDisplayNode().SetVisibility(True)
+            seg.GetDisplayNode().SetVisibility3D(True)
+        self.view3d.resetCamera(azimuth=40, elevation=25)
+        self.view3d.renderer.GetActiveCamera().Zoom(1.5)
+        return self.view3d.render(path)
 
     def render_segments(self, path=None):
         """Segment outlines made on the original (yellow) and the decoded volume (cyan)."""

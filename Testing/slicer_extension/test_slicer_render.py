@@ -20,7 +20,8 @@ def changed_pixels(a, b):
 
 
 def test_views_are_not_blank(demo, tmp_path):
-    for render in (demo.render_plain, demo.render_registration, demo.render_residue, demo.render_segments):
+    for render in (demo.render_plain, demo.render_registration, demo.render_residue, demo.render_segments,
+                   demo.render_3d):
         pixels = render(tmp_path / f"{render.__name__}.png")
         assert (tmp_path / f"{render.__name__}.png").stat().st_size > 1000
         assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50, f"{render.__name__} looks blank"
