@@ -24,10 +24,13 @@ DEFAULT_MIN_FILL = 0.95
 
 
 def synthetic_volume(dtype: str = "int16") -> Volume:
-    """24x40x48 smooth field plus noise, negative values included (like CT HU)."""
+    """24x40x48 smooth field plus noise, negative values included (like CT HU); as uint8 it is
+    rescaled into 0..200 (like the 8-bit MR scans)."""
     rng = np.random.default_rng(0)
     z, y, x = np.meshgrid(np.arange(24), np.arange(40), np.arange(48), indexing="ij")
     array = 800 * np.sin(x / 7) * np.cos(y / 9) + 20 * z - 300 + rng.normal(0, 20, x.shape)
+    if dtype == "uint8":
+        array = (array - array.min()) * 200 / np.ptp(array)
     if np.dtype(dtype).kind in "iu":
         array = np.rint(array)
     return Volume(array.astype(np.float32), spacing=(0.8, 0.8, 2.5), dtype=dtype)
@@ -74,8 +77,10 @@ def test_unreachable_budget_names_the_smallest_size(peer, volume):
     assert str(raised.value.smallest_bytes) in str(raised.value)
 
 
+@pytest.mark.parametrize("dtype", ["int16", "uint8"])
 @pytest.mark.parametrize("peer", LOSSLESS, ids=lambda p: p.name)
-def test_lossless_peer_is_exact(peer, volume):
+def test_lossless_peer_is_exact(peer, dtype):
+    volume = synthetic_volume(dtype)
     data = peer.encode(volume, volume.raw_bytes)
     np.testing.assert_array_equal(peer.decode(data, volume), volume.array)
     with pytest.raises(PeerBudgetError):

@@ -13,7 +13,7 @@ import numpy as np
 
 from .base import imagecodecs_missing
 from .budget import Knob
-from .slices import SliceCodecPeer
+from .slices import SliceCodecPeer, narrowest
 
 
 class JpegXlSlices(SliceCodecPeer):
@@ -43,7 +43,8 @@ class JpegXlLossless(SliceCodecPeer):
 
     def _encode_slice(self, codes: np.ndarray, bits: int, value: Optional[float]) -> bytes:
         import imagecodecs
-        return imagecodecs.jpegxl_encode(codes, lossless=True, bitspersample=bits, numthreads=1)
+        return imagecodecs.jpegxl_encode(narrowest(codes, bits), lossless=True, bitspersample=bits,
+                                         numthreads=1)
 
     def _decode_slice(self, blob: bytes) -> np.ndarray:
         import imagecodecs

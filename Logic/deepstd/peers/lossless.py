@@ -12,7 +12,7 @@ import numpy as np
 from ..volume import Volume
 from .base import Peer, imagecodecs_missing
 from .container import Packer, Unpacker
-from .slices import SliceCodecPeer
+from .slices import SliceCodecPeer, narrowest
 
 #: zstd's strongest ordinary level (the "ultra" levels 20-22 need far more memory for little gain).
 ZSTD_LEVEL = 19
@@ -27,7 +27,7 @@ class JpegLsSlices(SliceCodecPeer):
 
     def _encode_slice(self, codes: np.ndarray, bits: int, value: Optional[float]) -> bytes:
         import imagecodecs
-        return imagecodecs.jpegls_encode(codes, level=0)
+        return imagecodecs.jpegls_encode(narrowest(codes, bits), level=0)
 
     def _decode_slice(self, blob: bytes) -> np.ndarray:
         import imagecodecs
