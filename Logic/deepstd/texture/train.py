@@ -206,6 +206,7 @@ def train(volumes: Sequence[np.ndarray], out_dir, config: TextureConfig = Textur
     t0, first, window = time.time(), step, []
     try:
         while step < settings.steps:
+            report.check()
             x, coords = sampler(settings.batch)
             levels = torch.from_numpy(sampler.rng.integers(0, config.levels, settings.batch))
             out_ = net(x, levels.float(), coords)
