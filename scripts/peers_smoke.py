@@ -21,6 +21,7 @@ SCANS = ("hippocampus_mr/images/hippocampus_011.nii.gz",
          "left_atrium_mr/images/LA_1D7CUD1955YZPGK8XHJX.nii.gz")
 RATIOS = (32, 64, 128, 256)
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+NO_RESULT = f"{'-':>8} {'-':>7} {'-':>7} {'-':>7}"
 
 
 def psnr(volume: Volume, decoded: np.ndarray) -> float:
@@ -38,9 +39,9 @@ def measure(peer: peers.Peer, volume: Volume, budget: int) -> str:
         decoded = peer.decode(data, volume)
         done = time.perf_counter()
     except PeerBudgetError as error:
-        return f"{'-':>8} {'-':>7} {'-':>7} {'-':>7}  cannot: best {volume.raw_bytes / error.smallest_bytes:.1f}x"
+        return f"{NO_RESULT}  cannot: best {volume.raw_bytes / error.smallest_bytes:.1f}x"
     except DeepSTDError as error:
-        return f"{'-':>8} {'-':>7} {'-':>7} {'-':>7}  {type(error).__name__}: {error}"
+        return f"{NO_RESULT}  {type(error).__name__}: {error}"
     return (f"{volume.raw_bytes / len(data):8.1f} {psnr(volume, decoded):7.2f} "
             f"{encoded - start:7.2f} {done - encoded:7.2f}")
 

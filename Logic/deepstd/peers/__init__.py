@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
-from .base import Peer, PeerBudgetError, PeerError, PeerUnavailable
+from .base import Peer, PeerError, PeerUnavailable
+from .budget import PeerBudgetError
 from .jpeg2000 import Htj2kSlices, Jpeg2000Components, Jpeg2000Slices
 from .jpegxl import JpegXlLossless, JpegXlSlices
 from .lossless import JpegLsSlices, ZstdRaw

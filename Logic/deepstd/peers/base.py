@@ -1,7 +1,7 @@
 """What every peer codec is: a name, whether it can run here, and budget-fitted encode/decode.
 
-A peer stands for a codec a hospital or researcher would use instead of DeepSTD. `encode` picks the
-codec's own quality parameter (its `Knob`) so that the returned bytes — payload plus every piece of
+A peer stands for a codec a hospital or researcher would use instead of DeepSTD. `encode`
+picks the codec's own quality parameter (its `Knob`) so that the returned bytes — payload plus every piece of
 side information needed to reconstruct — fit the byte budget as closely as possible; `decode`
 returns float32 values in the volume's original units, on `like`'s grid.
 """
@@ -12,10 +12,10 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..errors import BudgetError, DeepSTDError
+from ..errors import DeepSTDError
 from ..progress import Reporter
 from ..volume import Volume
-from .budget import Knob, fit_to_budget
+from .budget import Knob, PeerBudgetError, fit_to_budget
 
 
 class PeerError(DeepSTDError):
@@ -24,17 +24,6 @@ class PeerError(DeepSTDError):
 
 class PeerUnavailable(PeerError):
     """The codec (library or program) a peer needs is not installed here."""
-
-
-class PeerBudgetError(BudgetError):
-    """The peer cannot fit the budget; `smallest_bytes` is the least it can produce."""
-
-    def __init__(self, peer: str, smallest_bytes: int, budget_bytes: int):
-        super().__init__(f"{peer} cannot fit {budget_bytes} bytes: its smallest output is "
-                         f"{smallest_bytes} bytes")
-        self.peer = peer
-        self.smallest_bytes = smallest_bytes
-        self.budget_bytes = budget_bytes
 
 
 class Peer(ABC):
@@ -71,7 +60,7 @@ class Peer(ABC):
                 raise PeerBudgetError(self.name, len(data), budget_bytes)
             return data
         return fit_to_budget(lambda value: self._encode_at(prepared, value), self.knob,
-                             budget_bytes, self.name, reporter, PeerBudgetError)
+                             budget_bytes, self.name, reporter)
 
     @abstractmethod
     def _prepare(self, volume: Volume) -> Any:

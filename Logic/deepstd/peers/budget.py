@@ -8,9 +8,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Type
+from typing import Callable, Dict
 
+from ..errors import BudgetError
 from ..progress import Reporter
+
+
+class PeerBudgetError(BudgetError):
+    """The peer cannot fit the budget; `smallest_bytes` is the least it can produce."""
+
+    def __init__(self, peer: str, smallest_bytes: int, budget_bytes: int):
+        super().__init__(f"{peer} cannot fit {budget_bytes} bytes: its smallest output is "
+                         f"{smallest_bytes} bytes")
+        self.peer = peer
+        self.smallest_bytes = smallest_bytes
+        self.budget_bytes = budget_bytes
 
 
 @dataclass(frozen=True)
@@ -39,10 +51,10 @@ CLOSE_ENOUGH = 0.003
 
 
 def fit_to_budget(encode_at: Callable[[float], bytes], knob: Knob, budget: int, what: str,
-                  reporter: Reporter, budget_error: Type[Exception]) -> bytes:
+                  reporter: Reporter) -> bytes:
     """The largest output of `encode_at` that is ≤ `budget` bytes.
 
-    Raises `budget_error(what, smallest_bytes, budget)` when even the smallest output is too big.
+    Raises `PeerBudgetError` when even the smallest output is too big.
     Output size is assumed to grow with t; where a codec is not quite monotone the result is
     still within budget, only perhaps not the closest possible.
     """
@@ -57,7 +69,7 @@ def fit_to_budget(encode_at: Callable[[float], bytes], knob: Knob, budget: int, 
     reporter("encode", 0.0, what)
     smallest = at(0.0)
     if len(smallest) > budget:
-        raise budget_error(what, len(smallest), budget)
+        raise PeerBudgetError(what, len(smallest), budget)
     best, low, high = smallest, 0.0, 1.0
     for step in range(STEPS):
         reporter("encode", (step + 1) / (STEPS + 1), what)

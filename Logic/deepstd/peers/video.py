@@ -81,8 +81,8 @@ class VideoPeer(Peer):
         reader = Unpacker(data)
         shape = reader.shape(like.array.shape)
         mapping = IntensityMap.unpack(reader)
-        raw = run_ffmpeg(["-threads", "1", "-f", self.stream_format, "-i", "pipe:0", "-f", "rawvideo",
-                          "-pix_fmt", PIXEL_FORMAT, "pipe:1"], reader.blob(),
+        raw = run_ffmpeg(["-threads", "1", "-f", self.stream_format, "-i", "pipe:0",
+                          "-f", "rawvideo", "-pix_fmt", PIXEL_FORMAT, "pipe:1"], reader.blob(),
                          f"{self.name} decoding")
         frames = np.frombuffer(raw, dtype="<u2")
         if frames.size != np.prod(shape):
