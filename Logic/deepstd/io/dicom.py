@@ -1,0 +1,454 @@
+"""DICOM in and out with pydicom: series discovery, geometry, rescale, multi-frame, lossy tags.
+
+Reading: a folder is scanned for DICOM files (headers only), files are grouped into series by
+SeriesInstanceUID (files without one are grouped by study, orientation and matrix size, with a
+warning), one series is chosen (by UID, or the largest), its slices are sorted by position along
+the slice normal (never by file name or InstanceNumber) and rescaled to real units (HU for CT).
+Enhanced (multi-frame) files take their geometry from the functional groups.
+
+Writing: a decoded volume becomes a new derived series whose lossy-compression tags say what
+happened to it, carrying the patient and study of the source when the source was DICOM.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from ..volume import Volume
+
+#: Patient/study/frame-of-reference tags carried from a DICOM source into decoded output.
+CARRIED_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge",
+                "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
+                "ReferringPhysicianName", "StudyDescription", "FrameOfReferenceUID", "Modality",
+                "BodyPartExamined", "Manufacturer", "SeriesDescription", "SeriesNumber")
+
+_MAX_FILES = 100_000
+
+
+def is_dicom_file(path) -> bool:
+    """True when the file has the DICM preamble marker (cheap; reads 132 bytes)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+@dataclass
+class Series:
+    """One series found in a folder: its files (headers read) and what `deepstd info` lists."""
+
+    uid: str
+    datasets: list = field(repr=False)
+    warnings: List[str] = field(default_factory=list)
+
+    @property
+    def description(self) -> str:
+        return str(getattr(self.datasets[0], "SeriesDescription", "") or "")
+
+    @property
+    def modality(self) -> str:
+        return str(getattr(self.datasets[0], "Modality", "") or "")
+
+    @property
+    def frames(self) -> int:
+        return sum(int(getattr(ds, "NumberOfFrames", 1) or 1) for ds in self.datasets)
+
+    @property
+    def size(self):
+        ds = self.datasets[0]
+        return (int(ds.Columns), int(ds.Rows), self.frames)
+
+    @property
+    def voxels(self) -> int:
+        x, y, z = self.size
+        return x * y * z
+
+
+# --- discovery ----------------------------------------------------------------------------------
+def _candidate_files(path: Path) -> List[Path]:
+    if path.is_file():
+        return [path]
+    files = []
+    for root, dirs, names in os.walk(path):
+        dirs.sort()
+        for name in sorted(names):
+            files.append(Path(root) / name)
+            if len(files) > _MAX_FILES:
+                raise InputError(f"{path}: more than {_MAX_FILES} files; point at one series folder")
+    return files
+
+
+def _read_header(file: Path):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(file, stop_before_pixels=True,
+                             force=file.suffix.lower() in (".dcm", ".dicom"))
+    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+    if "Rows" not in ds or "Columns" not in ds:
+        return None  # DICOMDIR, structured reports, presentation states: not images
+    ds.filename = str(file)
+    return ds
+
+
+def list_series(path) -> List[Series]:
+    """Every image series under `path` (a folder or one file), largest first."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    groups: Dict[str, Series] = {}
+    for file in _candidate_files(path):
+        ds = _read_header(file)
+        if ds is None:
+            continue
+        uid = str(getattr(ds, "SeriesInstanceUID", "") or "").strip()
+        key = uid or _fallback_key(ds)
+        if key not in groups:
+            groups[key] = Series(uid=uid, datasets=[])
+            if not uid:
+                groups[key].warnings.append("SeriesInstanceUID missing or empty: slices grouped by "
+                                            "study, orientation and matrix size")
+        groups[key].datasets.append(ds)
+    if not groups:
+        raise InputError(f"{path}: no DICOM images found")
+    return sorted(groups.values(), key=lambda s: (-s.voxels, s.uid))
+
+
+def _fallback_key(ds) -> str:
+    orientation = tuple(round(float(v), 4) for v in getattr(ds, "ImageOrientationPatient", []) or [])
+    return "|".join(["no-uid", str(getattr(ds, "StudyInstanceUID", "")), str(orientation),
+                     str(ds.Rows), str(ds.Columns)])
+
+
+# --- reading ------------------------------------------------------------------------------------
+def read_dicom(path, series_uid: Optional[str] = None) -> Volume:
+    """Read one series of a DICOM folder (or one file) as a Volume in real units."""
+    path = Path(path)
+    series = list_series(path)
+    warnings: List[str] = []
+    if series_uid is not None:
+        chosen = [s for s in series if s.uid == series_uid]
+        if not chosen:
+            raise InputError(f"{path}: no series with SeriesInstanceUID {series_uid} "
+                             f"(found: {', '.join(s.uid or '<none>' for s in series)})")
+        picked = chosen[0]
+    else:
+        picked = series[0]
+        if len(series) > 1:
+            warnings.append(f"{len(series)} series found; read the largest, {picked.uid or '<no UID>'} "
+                            f"({'x'.join(map(str, picked.size))}); choose another with --series")
+    warnings += picked.warnings
+    if len(picked.datasets) == 1 and int(getattr(picked.datasets[0], "NumberOfFrames", 1) or 1) > 1:
+        volume = _read_multiframe(picked.datasets[0], warnings)
+    else:
+        volume = _read_slices(picked.datasets, warnings)
+    volume.meta.update({"source": str(path), "format": "dicom", "series_uid": picked.uid,
+                        "dicom": _carried(picked.datasets[0]), "warnings": warnings,
+                        "series_count": len(series)})
+    return volume
+
+
+def _carried(ds) -> Dict[str, str]:
+    return {tag: str(getattr(ds, tag)) for tag in CARRIED_TAGS if getattr(ds, tag, None) not in (None, "")}
+
+
+def _pixels(ds) -> np.ndarray:
+    """Decoded stored values (sign-extended for signed data), or an InputError naming the syntax."""
+    import pydicom
+
+    file = Path(ds.filename)
+    try:
+        full = pydicom.dcmread(file, force=True)
+        array = full.pixel_array
+    except Exception as exc:  # decoders raise many types; all mean "cannot decode this file"
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        name = getattr(syntax, "name", str(syntax))
+        raise InputError(f"{file}: cannot decode pixel data (transfer syntax {name}): "
+                         f"{str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}") from None
+    if int(getattr(full, "SamplesPerPixel", 1) or 1) != 1:
+        raise InputError(f"{file}: colour images (SamplesPerPixel > 1) are not supported")
+    return array
+
+
+def _rescale(ds):
+    """(slope, intercept) of the linear Modality transform; a Modality LUT Sequence is not applied."""
+    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+    intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+    return slope, intercept
+
+
+def _orientation(ds) -> np.ndarray:
+    iop = getattr(ds, "ImageOrientationPatient", None)
+    if iop is None or len(iop) != 6:
+        return None
+    row, col = np.asarray(iop[:3], float), np.asarray(iop[3:], float)
+    normal = np.cross(row, col)
+    if np.linalg.norm(normal) < 0.5:
+        return None
+    return np.stack([row, col, normal / np.linalg.norm(normal)], axis=1)  # columns: x, y, z axes
+
+
+def _pixel_spacing(ds) -> Optional[tuple]:
+    spacing = getattr(ds, "PixelSpacing", None) or getattr(ds, "ImagerPixelSpacing", None)
+    if spacing is None or len(spacing) != 2:
+        return None
+    dy, dx = float(spacing[0]), float(spacing[1])  # DICOM: row spacing (y) first, then column (x)
+    return (dx, dy) if dx > 0 and dy > 0 else None
+
+
+def _read_slices(datasets: Sequence, warnings: List[str]) -> Volume:
+    first = datasets[0]
+    shape = (int(first.Rows), int(first.Columns))
+    if any((int(ds.Rows), int(ds.Columns)) != shape for ds in datasets):
+        raise InputError(f"{Path(first.filename).parent}: slices of different sizes in one series")
+    direction = _orientation(first)
+    positions = [getattr(ds, "ImagePositionPatient", None) for ds in datasets]
+    if direction is None or any(p is None or len(p) != 3 for p in positions):
+        if len(datasets) > 1:
+            raise InputError(f"{Path(first.filename).parent}: slices lack ImagePositionPatient/"
+                             "ImageOrientationPatient; cannot order them")
+        direction, positions = np.eye(3), [(0.0, 0.0, 0.0)]
+        warnings.append("geometry missing (no position/orientation): identity direction used")
+    positions = np.asarray(positions, dtype=float)
+    along = positions @ direction[:, 2]
+    order = np.argsort(along, kind="stable")
+    along = along[order]
+    if len(along) > 1 and np.min(np.diff(along)) < 1e-4:
+        raise InputError(f"{Path(first.filename).parent}: {len(along) - len(np.unique(along.round(4)))} "
+                         "slices share a position; the files mix acquisitions (choose one series)")
+    pixel_spacing = _pixel_spacing(first)
+    if pixel_spacing is None:
+        pixel_spacing = (1.0, 1.0)
+        warnings.append("PixelSpacing missing: 1 mm assumed")
+    if len(along) > 1:
+        gaps = np.diff(along)
+        dz = float(np.mean(gaps))
+        if np.max(np.abs(gaps - dz)) > 0.01 * dz + 1e-3:
+            warnings.append(f"irregular slice spacing ({gaps.min():.3f}..{gaps.max():.3f} mm); mean used")
+    else:
+        dz = float(getattr(first, "SpacingBetweenSlices", 0) or getattr(first, "SliceThickness", 0) or 1.0)
+    stored = []
+    slopes = []
+    for index in order:
+        ds = datasets[index]
+        pixels = _pixels(ds)
+        if pixels.shape != shape:
+            raise InputError(f"{ds.filename}: pixel data of shape {pixels.shape}, expected {shape}")
+        stored.append(pixels)
+        slopes.append(_rescale(ds))
+    stored = np.stack(stored)
+    if "ModalityLUTSequence" in first:
+        warnings.append("Modality LUT Sequence present but not applied: stored values are kept")
+    values = _apply_rescale(stored, slopes)
+    dtype = _output_dtype(stored, slopes, values, warnings)
+    return Volume(values, spacing=(pixel_spacing[0], pixel_spacing[1], dz),
+                  origin=tuple(positions[order[0]]), direction=tuple(direction.reshape(-1)),
+                  dtype=dtype, units=_units(first))
+
+
+def _read_multiframe(ds, warnings: List[str]) -> Volume:
+    """Enhanced CT/MR: spacing, positions and orientation from the functional groups."""
+    frames = int(ds.NumberOfFrames)
+    shared = (getattr(ds, "SharedFunctionalGroupsSequence", None) or [None])[0]
+    per_frame = getattr(ds, "PerFrameFunctionalGroupsSequence", None) or []
+
+    def group(item, name):
+        seq = getattr(item, name, None) if item is not None else None
+        return seq[0] if seq else None
+
+    def lookup(frame, seq_name, attr):
+        for item in ((per_frame[frame] if frame < len(per_frame) else None), shared):
+            sub = group(item, seq_name)
+            if sub is not None and getattr(sub, attr, None) is not None:
+                return getattr(sub, attr)
+        return getattr(ds, attr, None)
+
+    spacing = lookup(0, "PixelMeasuresSequence", "PixelSpacing")
+    iop = lookup(0, "PlaneOrientationSequence", "ImageOrientationPatient")
+    positions = [lookup(i, "PlanePositionSequence", "ImagePositionPatient") for i in range(frames)]
+    rescales = [(float(lookup(i, "PixelValueTransformationSequence", "RescaleSlope") or 1),
+                 float(lookup(i, "PixelValueTransformationSequence", "RescaleIntercept") or 0))
+                for i in range(frames)]
+    pixels = _pixels(ds)
+    if pixels.ndim != 3 or pixels.shape[0] != frames:
+        raise InputError(f"{ds.filename}: expected {frames} frames, decoded shape {pixels.shape}")
+    direction = None
+    if iop is not None and len(iop) == 6:
+        direction = _orientation(type("G", (), {"ImageOrientationPatient": iop})())
+    geometry_known = direction is not None and all(p is not None and len(p) == 3 for p in positions)
+    if geometry_known:
+        positions = np.asarray(positions, float)
+        along = positions @ direction[:, 2]
+        order = np.argsort(along, kind="stable")
+        gaps = np.diff(along[order])
+        if frames > 1 and np.min(gaps) < 1e-4:
+            raise InputError(f"{ds.filename}: frames share a position (a 4-D or multi-stack file); "
+                             "not supported")
+        dz = float(np.mean(gaps)) if frames > 1 else float(
+            lookup(0, "PixelMeasuresSequence", "SliceThickness") or 1.0)
+        origin = tuple(positions[order[0]])
+    else:
+        warnings.append("geometry missing (no per-frame position/orientation): frames stacked in "
+                        "file order with 1 mm spacing and identity direction")
+        direction, order, dz, origin = np.eye(3), np.arange(frames), 1.0, (0.0, 0.0, 0.0)
+    if spacing is None or len(spacing) != 2:
+        warnings.append("PixelSpacing missing: 1 mm assumed")
+        spacing = (1.0, 1.0)
+    stored = pixels[order]
+    rescales = [rescales[i] for i in order]
+    values = _apply_rescale(stored, rescales)
+    dtype = _output_dtype(stored, rescales, values, warnings)
+    return Volume(values, spacing=(float(spacing[1]), float(spacing[0]), dz), origin=origin,
+                  direction=tuple(direction.reshape(-1)), dtype=dtype, units=_units(ds))
+
+
+def _apply_rescale(stored: np.ndarray, rescales) -> np.ndarray:
+    out = stored.astype(np.float64)
+    for k, (slope, intercept) in enumerate(rescales):
+        if slope != 1.0 or intercept != 0.0:
+            out[k] = out[k] * slope + intercept
+    return out.astype(np.float32)
+
+
+def _output_dtype(stored: np.ndarray, rescales, values: np.ndarray, warnings: List[str]) -> str:
+    """The smallest integer type holding the rescaled values, or float32 for fractional rescale."""
+    integral = all(float(s).is_integer() and float(i).is_integer() for s, i in rescales)
+    if not integral:
+        warnings.append("non-integer rescale slope/intercept: values are kept as float32")
+        return "float32"
+    lo, hi = float(values.min()), float(values.max())
+    if stored.dtype.kind in "iu" and lo >= np.iinfo(stored.dtype).min and hi <= np.iinfo(stored.dtype).max:
+        return stored.dtype.name
+    for name in ("uint8", "int16", "uint16", "int32"):
+        info = np.iinfo(name)
+        if info.min <= lo and hi <= info.max:
+            return name
+    return "float32"
+
+
+def _units(ds) -> str:
+    if str(getattr(ds, "Modality", "")) == "CT" or str(getattr(ds, "RescaleType", "")) == "HU":
+        return "HU"
+    return "unitless"
+
+
+# --- writing ------------------------------------------------------------------------------------
+_SOP_CLASSES = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4"}
+_SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def write_dicom_series(volume: Volume, folder, lossy_ratio: Optional[float] = None,
+                       lossy_method: str = "DEEPSTD", series_description: Optional[str] = None) -> Path:
+    """Write `volume` as a new single-frame series in `folder` (created; must be empty or absent).
+
+    With `lossy_ratio` the series is marked as lossy-compressed (LossyImageCompression "01", the
+    ratio and the method) and derived (ImageType DERIVED\\SECONDARY). Patient and study tags come
+    from `volume.meta["dicom"]` when the volume was read from DICOM; otherwise a new study is made.
+    Files go to a temporary folder that is renamed into place: no partial series on failure.
+    """
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise InputError(f"{folder}: DICOM output needs a new or empty folder")
+    source = dict(volume.meta.get("dicom", {}))
+    modality = source.get("Modality") or ("CT" if volume.units == "HU" else "OT")
+    sop_class = _SOP_CLASSES.get(modality, _SECONDARY_CAPTURE)
+    stored, slope, intercept, signed, bits = _stored_pixels(volume)
+    series_uid = generate_uid()
+    study_uid = source.get("StudyInstanceUID") or generate_uid()
+    frame_uid = source.get("FrameOfReferenceUID") or generate_uid()
+    now = _dt.datetime.now()
+    direction = volume.direction_matrix
+    row, col = direction[:, 0], direction[:, 1]
+    nz = stored.shape[0]
+
+    parent = folder.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".deepstd-dicom-", dir=parent))
+    try:
+        for k in range(nz):
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = sop_class
+            meta.MediaStorageSOPInstanceUID = generate_uid()
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+            ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+            for tag in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge",
+                        "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
+                        "ReferringPhysicianName", "StudyDescription", "BodyPartExamined"):
+                if tag in source:
+                    setattr(ds, tag, source[tag])
+            ds.PatientName = source.get("PatientName", "Anonymous")
+            ds.PatientID = source.get("PatientID", "DEEPSTD")
+            ds.StudyDate = source.get("StudyDate", now.strftime("%Y%m%d"))
+            ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+            ds.Modality = modality
+            ds.SeriesNumber = int(source.get("SeriesNumber", 0) or 0) + 1000
+            ds.InstanceNumber = k + 1
+            ds.SeriesDescription = series_description or (
+                f"{source.get('SeriesDescription', '')} DeepSTD {lossy_ratio:.0f}x".strip()
+                if lossy_ratio else (source.get("SeriesDescription") or "DeepSTD"))
+            ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+            ds.ImageType = ["DERIVED", "SECONDARY"]
+            if lossy_ratio:
+                ds.LossyImageCompression = "01"
+                ds.LossyImageCompressionRatio = f"{lossy_ratio:.4g}"
+                ds.LossyImageCompressionMethod = lossy_method
+                ds.DerivationDescription = f"Lossy compression by {lossy_method}, ratio {lossy_ratio:.4g}:1"
+            position = np.asarray(volume.origin) + direction[:, 2] * volume.spacing[2] * k
+            ds.ImagePositionPatient = [f"{v:.6f}" for v in position]
+            ds.ImageOrientationPatient = [f"{v:.8f}" for v in (*row, *col)]
+            ds.PixelSpacing = [f"{volume.spacing[1]:.8g}", f"{volume.spacing[0]:.8g}"]
+            ds.SliceThickness = f"{volume.spacing[2]:.8g}"
+            ds.SpacingBetweenSlices = f"{volume.spacing[2]:.8g}"
+            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+            ds.Rows, ds.Columns = stored.shape[1], stored.shape[2]
+            ds.BitsAllocated = ds.BitsStored = bits
+            ds.HighBit = bits - 1
+            ds.PixelRepresentation = 1 if signed else 0
+            ds.RescaleSlope, ds.RescaleIntercept = f"{slope:.10g}", f"{intercept:.10g}"
+            if modality == "CT":
+                ds.RescaleType = "HU"
+            ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
+            ds.save_as(staging / f"IM{k + 1:05d}.dcm", enforce_file_format=True)
+        if folder.exists():
+            folder.rmdir()
+        os.replace(staging, folder)
+    except Exception:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+
+
+def _stored_pixels(volume: Volume):
+    """Stored integers and rescale for the volume's dtype (8 or 16 bits; wider ranges rescaled)."""
+    values = volume.to_dtype_array()
+    if values.dtype in (np.uint8, np.int16, np.uint16):
+        return values, 1.0, 0.0, values.dtype == np.int16, values.dtype.itemsize * 8
+    if values.dtype == np.int8:
+        return values.astype(np.int16), 1.0, 0.0, True, 16
+    lo, hi = float(values.min()), float(values.max())
+    if values.dtype.kind in "iu" and hi - lo <= 65535:
+        return (values.astype(np.int64) - int(lo)).astype(np.uint16), 1.0, float(int(lo)), False, 16
+    slope = (hi - lo) / 65535.0 if hi > lo else 1.0
+    stored = np.clip(np.rint((values.astype(np.float64) - lo) / slope), 0, 65535).astype(np.uint16)
+    return stored, slope, lo, False, 16
+
+
+__all__ = ["Series", "list_series", "read_dicom", "write_dicom_series", "is_dicom_file", "CARRIED_TAGS"]
