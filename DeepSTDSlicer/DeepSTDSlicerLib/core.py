@@ -293,11 +293,15 @@ class DeepSTDCore:
         metrics = codec.require("deepstd.metrics", "Quality metrics")
         original = mrml.volume_from_node(original_node)
         decoded = mrml.volume_from_node(decoded_node)
+        if not original.same_grid(decoded):
+            from deepstd.errors import InputError
+            raise InputError(f"{decoded_node.GetName()!r} is not on the grid of {original_node.GetName()!r} "
+                             "(size, spacing, origin or orientation differ); resample it first")
         residue = metrics.residue(original, decoded)
         if residue_node is None:
             residue_node = self.scene.AddNewNodeByClass(
                 "vtkMRMLScalarVolumeNode", self.scene.GenerateUniqueName(f"{decoded_node.GetName()} residue"))
-        mrml.update_node_from_volume(residue_node, residue.with_array(residue.array, dtype="float32"), cast=False)
+        mrml.update_node_from_volume(residue_node, residue, cast=False)
         mrml.show_residue(residue_node)
         mrml.show_layers(self.scene, background=original_node, foreground=residue_node, foreground_opacity=0.5)
         data_range = original.data_range()

@@ -85,6 +85,15 @@ def test_residue_and_image_metrics_into_a_table(headless, pair, metrics):
         assert composite.GetForegroundVolumeID() == residue.GetID()
 
 
+def test_residue_refuses_volumes_on_different_grids(headless, pair, metrics, oblique_volume):
+    from deepstd.errors import InputError
+
+    original, _ = pair
+    shifted = mrml.add_volume_node(oblique_volume.with_array(oblique_volume.array, origin=(0.0, 0.0, 0.0)), "shifted")
+    with pytest.raises(InputError, match="not on the grid"):
+        core.DeepSTDCore().compute_residue(original, shifted)
+
+
 def _segmentation(scene, reference, labels, names):
     from deepstd.volume import Volume
 
