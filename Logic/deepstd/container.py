@@ -1,0 +1,294 @@
+"""The `.dstd` container: a self-describing, checksummed file of named byte sections.
+
+Layout (docs/FORMAT.md is the normative text):
+
+    "DSTD"  major:u8  minor:u8  flags:u8
+    header_length:varint  header:bytes  header_crc32:u32le      (JSON object; raw-deflated if flag 1)
+    section_count:varint
+    section_count × [ name_length:u8  name:ascii  length:varint  crc32:u32le  payload ]
+
+Small scans are coded in a few hundred bytes, so every fixed byte counts: lengths are LEB128
+varints and the JSON header is deflated. The parser trusts nothing: every length and count is
+checked against the bytes that remain and against hard limits before anything is allocated, and
+every failure is a `FormatError` that names what is wrong.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Tuple
+
+import numpy as np
+
+from .errors import FormatError, InputError
+from .volume import SUPPORTED_DTYPES, Volume
+
+MAGIC = b"DSTD"
+MAJOR, MINOR = 1, 0
+FLAG_DEFLATED_HEADER = 1
+KNOWN_FLAGS = FLAG_DEFLATED_HEADER
+
+MAX_HEADER_BYTES = 1 << 20          # a header is a few hundred bytes; 1 MiB is generous
+MAX_SECTIONS = 1 << 16              # block-coded CT: thousands of blocks at most
+MAX_SECTION_BYTES = 1 << 32
+MAX_DIM = 1 << 16                   # voxels along one axis
+MAX_VOXELS = 1 << 33                # 8 Gvoxel: far above any CT
+
+
+@dataclass
+class DstdFile:
+    """A parsed `.dstd`: the JSON header, the sections in file order, and the file's length."""
+
+    header: dict
+    sections: Dict[str, bytes] = field(default_factory=dict)
+    file_bytes: int = 0
+
+    @property
+    def raw_bytes(self) -> int:
+        """Bytes of the original voxels in their original dtype (the ratio's numerator)."""
+        return geometry_voxels(self.header) * np.dtype(self.header["dtype"]).itemsize
+
+    @property
+    def achieved_ratio(self) -> float:
+        """Raw bytes ÷ bytes of the whole file, headers included.
+
+        Derived rather than stored: a stored ratio would change the file size it describes.
+        """
+        return self.raw_bytes / max(self.file_bytes, 1)
+
+
+# --- varints ------------------------------------------------------------------------------------
+def _varint(value: int) -> bytes:
+    if value < 0:
+        raise ValueError("varints are unsigned")
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+class _Reader:
+    """Bounds-checked cursor over the file's bytes."""
+
+    def __init__(self, data: bytes):
+        self.data = memoryview(data)
+        self.pos = 0
+
+    def remaining(self) -> int:
+        return len(self.data) - self.pos
+
+    def take(self, count: int, what: str) -> bytes:
+        if count < 0 or count > self.remaining():
+            raise FormatError(f"truncated file: {what} needs {count} bytes at offset {self.pos}, "
+                              f"{self.remaining()} remain")
+        chunk = bytes(self.data[self.pos:self.pos + count])
+        self.pos += count
+        return chunk
+
+    def u8(self, what: str) -> int:
+        return self.take(1, what)[0]
+
+    def u32(self, what: str) -> int:
+        return struct.unpack("<I", self.take(4, what))[0]
+
+    def varint(self, what: str, limit: int) -> int:
+        value, shift = 0, 0
+        for _ in range(10):
+            byte = self.u8(what)
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                if value > limit:
+                    raise FormatError(f"{what} is {value}, above the limit {limit}")
+                return value
+            shift += 7
+        raise FormatError(f"{what}: malformed length field at offset {self.pos}")
+
+
+# --- writing ------------------------------------------------------------------------------------
+def pack(header: dict, sections: Dict[str, bytes]) -> bytes:
+    """Serialise a header and named sections into `.dstd` bytes (validating both first)."""
+    validate_header(header)
+    if len(sections) > MAX_SECTIONS:
+        raise FormatError(f"too many sections ({len(sections)})")
+    text = json.dumps(header, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -15, 9)
+    deflated = deflater.compress(text) + deflater.flush()
+    flags, body = (FLAG_DEFLATED_HEADER, deflated) if len(deflated) < len(text) else (0, text)
+    out = bytearray(MAGIC)
+    out += bytes([MAJOR, MINOR, flags])
+    out += _varint(len(body)) + body + struct.pack("<I", zlib.crc32(body))
+    out += _varint(len(sections))
+    for name, payload in sections.items():
+        encoded = name.encode("ascii")
+        if not 0 < len(encoded) < 256 or not name.isprintable():
+            raise FormatError(f"invalid section name {name!r}")
+        out += bytes([len(encoded)]) + encoded + _varint(len(payload))
+        out += struct.pack("<I", zlib.crc32(payload)) + payload
+    return bytes(out)
+
+
+def write_atomic(path, data: bytes) -> Path:
+    """Write bytes to `path` through a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# --- reading ------------------------------------------------------------------------------------
+def unpack(data: bytes) -> DstdFile:
+    """Parse and verify `.dstd` bytes; raises `FormatError` naming the first problem found."""
+    reader = _Reader(data)
+    header = _read_header(reader)
+    count = reader.varint("section count", MAX_SECTIONS)
+    # every section needs at least 1 + 1 + 1 + 4 bytes: refuse absurd counts before looping
+    if count * 7 > reader.remaining():
+        raise FormatError(f"truncated file: {count} sections cannot fit in {reader.remaining()} bytes")
+    sections: Dict[str, bytes] = {}
+    for index in range(count):
+        name_length = reader.u8(f"section {index} name length")
+        if name_length == 0:
+            raise FormatError(f"section {index} has an empty name")
+        raw_name = reader.take(name_length, f"section {index} name")
+        try:
+            name = raw_name.decode("ascii")
+        except UnicodeDecodeError:
+            raise FormatError(f"section {index} has a non-ASCII name") from None
+        if not name.isprintable():
+            raise FormatError(f"section {index} has an unprintable name")
+        if name in sections:
+            raise FormatError(f"section {name!r} appears twice")
+        length = reader.varint(f"length of section {name!r}", min(MAX_SECTION_BYTES, reader.remaining()))
+        crc = reader.u32(f"checksum of section {name!r}")
+        payload = reader.take(length, f"section {name!r}")
+        if zlib.crc32(payload) != crc:
+            raise FormatError(f"section {name!r} is corrupt (CRC32 mismatch)")
+        sections[name] = payload
+    if reader.remaining():
+        raise FormatError(f"{reader.remaining()} unexpected bytes after the last section")
+    return DstdFile(header, sections, len(data))
+
+
+def _read_header(reader: _Reader) -> dict:
+    magic = reader.take(4, "magic") if reader.remaining() >= 4 else b""
+    if magic != MAGIC:
+        raise FormatError("not a .dstd file (bad magic)")
+    major, minor, flags = reader.u8("version"), reader.u8("version"), reader.u8("flags")
+    if major != MAJOR:
+        raise FormatError(f"unsupported .dstd format version {major}.{minor} "
+                          f"(this DeepSTD reads {MAJOR}.x); upgrade deepstd")
+    if flags & ~KNOWN_FLAGS:
+        raise FormatError(f"unknown header flags 0x{flags:02x}")
+    length = reader.varint("header length", min(MAX_HEADER_BYTES, reader.remaining()))
+    body = reader.take(length, "header")
+    if zlib.crc32(body) != reader.u32("header checksum"):
+        raise FormatError("header is corrupt (CRC32 mismatch)")
+    if flags & FLAG_DEFLATED_HEADER:
+        inflater = zlib.decompressobj(-15)
+        try:
+            body = inflater.decompress(body, MAX_HEADER_BYTES)
+        except zlib.error as exc:
+            raise FormatError(f"header cannot be inflated ({exc})") from None
+        if inflater.unconsumed_tail or not inflater.eof:
+            raise FormatError("header is not a complete deflate stream within the size limit")
+    try:
+        header = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise FormatError("header is not valid JSON") from None
+    validate_header(header)
+    return header
+
+
+def read_file(path) -> DstdFile:
+    """Read and verify a `.dstd` file."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        return unpack(data)
+    except FormatError as exc:
+        raise FormatError(f"{path}: {exc}") from None
+
+
+# --- header content -----------------------------------------------------------------------------
+def geometry_header(volume: Volume) -> dict:
+    """The header fields that restore the original grid exactly: geometry, dtype and units."""
+    return {"geometry": {"size": list(volume.size), "spacing": list(volume.spacing),
+                         "origin": list(volume.origin), "direction": list(volume.direction)},
+            "dtype": volume.dtype, "units": volume.units}
+
+
+def geometry_voxels(header: dict) -> int:
+    x, y, z = header["geometry"]["size"]
+    return int(x) * int(y) * int(z)
+
+
+def grid_of(header: dict) -> Tuple[tuple, tuple, tuple, tuple]:
+    """(size, spacing, origin, direction) from a validated header."""
+    g = header["geometry"]
+    return (tuple(g["size"]), tuple(g["spacing"]), tuple(g["origin"]), tuple(g["direction"]))
+
+
+def validate_header(header) -> None:
+    """Check the fields every reader relies on: an object with a sane geometry and a known dtype."""
+    if not isinstance(header, dict):
+        raise FormatError("header is not a JSON object")
+    geometry = header.get("geometry")
+    if not isinstance(geometry, dict):
+        raise FormatError("header has no geometry")
+    size = _numbers(geometry, "size", 3, integer=True)
+    if any(not 1 <= n <= MAX_DIM for n in size) or size[0] * size[1] * size[2] > MAX_VOXELS:
+        raise FormatError(f"implausible volume size {size}")
+    spacing = _numbers(geometry, "spacing", 3)
+    if any(not 0 < s < 1e4 for s in spacing):
+        raise FormatError(f"implausible spacing {spacing}")
+    _numbers(geometry, "origin", 3)
+    direction = np.asarray(_numbers(geometry, "direction", 9)).reshape(3, 3)
+    if abs(abs(np.linalg.det(direction)) - 1.0) > 1e-3:
+        raise FormatError("direction matrix is not orthonormal")
+    if header.get("dtype") not in SUPPORTED_DTYPES:
+        raise FormatError(f"unsupported dtype {header.get('dtype')!r}")
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def _numbers(obj: dict, key: str, count: int, integer: bool = False) -> list:
+    values = obj.get(key)
+    if (not isinstance(values, list) or len(values) != count
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+            or not all(_finite(v) for v in values)):
+        raise FormatError(f"geometry field {key!r} must be {count} finite numbers")
+    if integer and not all(isinstance(v, int) for v in values):
+        raise FormatError(f"geometry field {key!r} must be integers")
+    return values
+
+
+__all__ = ["DstdFile", "pack", "unpack", "read_file", "write_atomic", "geometry_header",
+           "grid_of", "validate_header", "MAGIC", "MAJOR", "MINOR"]

@@ -1,0 +1,76 @@
+"""Human-readable descriptions of what `deepstd info` is pointed at (volume, DICOM folder, .dstd)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+from .volume import Volume
+
+
+def describe(path, series_uid: Optional[str] = None) -> str:
+    path = Path(path)
+    if path.is_file() and path.name.lower().endswith(".dstd"):
+        return describe_dstd(path)
+    from .io import format_of, read
+
+    lines: List[str] = []
+    if path.exists() and format_of(path) == "dicom" and path.is_dir():
+        lines += describe_series_list(path)
+    volume = read(path, series_uid=series_uid)
+    lines += describe_volume(volume)
+    return "\n".join(lines)
+
+
+def describe_series_list(folder: Path) -> List[str]:
+    from .io.dicom import list_series
+
+    series = list_series(folder)
+    lines = [f"{folder}: {len(series)} DICOM series"]
+    for s in series:
+        lines.append(f"  {s.uid or '<no SeriesInstanceUID>'}  {s.modality or '?':3} "
+                     f"{'x'.join(map(str, s.size)):>13}  {len(s.datasets)} files  {s.description}")
+    return lines
+
+
+def describe_volume(volume: Volume) -> List[str]:
+    a = volume.array
+    lines = [
+        f"source:    {volume.meta.get('source', '-')} ({volume.meta.get('format', '-')})",
+        f"size:      {'x'.join(map(str, volume.size))} voxels (x, y, z)",
+        f"spacing:   {' x '.join(f'{s:.4g}' for s in volume.spacing)} mm",
+        f"origin:    {', '.join(f'{o:.4g}' for o in volume.origin)} mm (LPS)",
+        f"direction: {' '.join(f'{d:.4g}' for d in volume.direction)}",
+        f"dtype:     {volume.dtype} ({volume.raw_bytes / 2**20:.2f} MiB raw)",
+        f"range:     {a.min():.6g} .. {a.max():.6g} {volume.units}  (mean {a.mean():.4g})",
+    ]
+    if volume.meta.get("series_uid"):
+        lines.append(f"series:    {volume.meta['series_uid']}")
+    lines += [f"warning:   {w}" for w in volume.meta.get("warnings", [])]
+    return lines
+
+
+def describe_dstd(path: Path) -> str:
+    from .container import read_file
+
+    parsed = read_file(path)
+    header = parsed.header
+    g = header["geometry"]
+    lines = [
+        f"{path}: DeepSTD file, {parsed.file_bytes} bytes, format {header.get('format', '1.x')}",
+        f"size:      {'x'.join(map(str, g['size']))} voxels, {header['dtype']} "
+        f"({parsed.raw_bytes} raw bytes)",
+        f"spacing:   {' x '.join(f'{s:.4g}' for s in g['spacing'])} mm",
+        f"origin:    {', '.join(f'{o:.4g}' for o in g['origin'])} mm (LPS)",
+        f"direction: {' '.join(f'{d:.4g}' for d in g['direction'])}",
+        f"ratio:     {parsed.achieved_ratio:.2f}x achieved"
+        + (f" (target {header['target_ratio']:g}x)" if "target_ratio" in header else ""),
+        "sections:  " + ", ".join(f"{name} {len(data)} B" for name, data in parsed.sections.items()),
+        "header:    " + json.dumps({k: v for k, v in header.items() if k != "geometry"}, sort_keys=True),
+    ]
+    return "\n".join(lines)
+
+
+__all__ = ["describe", "describe_volume", "describe_dstd", "describe_series_list"]
