@@ -171,8 +171,10 @@ def encode(volume: "Volume", bundle_file: Path, ratio: float, device: str = "aut
 
 
 def read_header(data: bytes) -> Dict[str, Any]:
-    """The `.dstd` header (geometry, bundle name and id, ratio, encoder version) without decoding."""
-    return require("deepstd.container", "Reading a .dstd file").read_header(data)
+    """The verified `.dstd` header (geometry, bundle, encoder version) plus the achieved ratio,
+    which the container derives from the file size rather than storing it."""
+    parsed = require("deepstd.container", "Reading a .dstd file").unpack(data)
+    return {**parsed.header, "achieved_ratio": round(parsed.achieved_ratio, 2)}
 
 
 def decode(data: bytes, bundle_file: Path, device: str = "auto",
@@ -192,12 +194,5 @@ def header_bundle(header: Dict[str, Any]) -> Tuple[str, str]:
 
 
 def write_atomic(path: str, data: bytes) -> None:
-    """Write `path` via `path.tmp` and a rename, so a failure never leaves a partial file."""
-    tmp = f"{path}.tmp"
-    try:
-        with open(tmp, "wb") as stream:
-            stream.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write through a temporary file and a rename: a failure never leaves a partial file."""
+    require("deepstd.container", "Writing a .dstd file").write_atomic(path, data)

@@ -81,6 +81,8 @@ def test_the_bundle_a_file_needs_is_found_by_id_then_name(bundle, tmp_path):
 
 
 def test_write_atomic_leaves_nothing_behind_on_failure(tmp_path, monkeypatch):
+    import os
+
     target = tmp_path / "out.dstd"
     codec.write_atomic(str(target), b"DSTD1")
     assert target.read_bytes() == b"DSTD1"
@@ -88,10 +90,22 @@ def test_write_atomic_leaves_nothing_behind_on_failure(tmp_path, monkeypatch):
     def failing_rename(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(codec.os, "replace", failing_rename)
+    monkeypatch.setattr(os, "replace", failing_rename)
     with pytest.raises(OSError, match="disk full"):
         codec.write_atomic(str(tmp_path / "bad.dstd"), b"DSTD2")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.dstd"]
+
+
+def test_read_header_verifies_the_container_and_adds_the_ratio(oblique_volume):
+    container = pytest.importorskip("deepstd.container", reason="deepstd.container not importable yet")
+    header = {**container.geometry_header(oblique_volume), "bundle": {"name": "la-mr", "sha256": "ab" * 32}}
+    data = container.pack(header, {"shape": b"s" * 10, "texture": b"t" * 30})
+    read = codec.read_header(data)
+    assert read["bundle"]["name"] == "la-mr" and read["dtype"] == "int16"
+    assert read["achieved_ratio"] == pytest.approx(oblique_volume.raw_bytes / len(data), abs=0.01)
+    from deepstd.errors import FormatError
+    with pytest.raises(FormatError):
+        codec.read_header(data[:-3])
 
 
 def test_unavailable_parts_raise_a_message_the_gui_can_show():

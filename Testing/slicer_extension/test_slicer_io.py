@@ -75,18 +75,22 @@ def test_reader_turns_a_broken_file_into_a_user_message(headless, tmp_path):
     assert DeepSTDSlicerFileReader(parent).load({"fileName": str(path)}) is False
     (event, text), = parent._messages.messages
     assert event == vtk.vtkCommand.ErrorEvent and "broken.dstd" in text
+    assert "version" in text or "truncated" in text or "cannot be imported" in text   # FormatError names it
     assert parent.loadedNodes == []
     assert headless.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0
 
 
-def test_reader_names_a_missing_bundle(headless, tmp_path, monkeypatch):
-    """A file made with a bundle this installation lacks: the message names the bundle."""
-    monkeypatch.setattr(codec, "read_header", lambda data: {"bundle": {"name": "ct-torso", "sha256": "ab" * 32}})
+def test_reader_names_a_missing_bundle(headless, oblique_volume, tmp_path, monkeypatch):
+    """A valid file made with a bundle this installation lacks: the message names the bundle."""
+    container = pytest.importorskip("deepstd.container", reason="deepstd.container not importable yet")
     monkeypatch.setattr(codec, "shipped_bundles", lambda: {})
+    header = {**container.geometry_header(oblique_volume), "bundle": {"name": "ct-torso", "sha256": "ab" * 32}}
     path = tmp_path / "scan.dstd"
-    path.write_bytes(b"DSTD")
+    path.write_bytes(container.pack(header, {"shape": b"s", "texture": b"t"}))
     parent = FakeIOParent()
-    assert DeepSTDSlicerFileReader(parent).load({"fileName": str(path)}) is False
+    reader = DeepSTDSlicerFileReader(parent)
+    assert reader.canLoadFileConfidence(str(path)) > 0.55
+    assert reader.load({"fileName": str(path)}) is False
     text = parent._messages.messages[0][1]
     assert "'ct-torso'" in text and "not available" in text
 
