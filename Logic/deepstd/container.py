@@ -6,6 +6,7 @@ Layout (docs/FORMAT.md is the normative text):
     header_length:varint  header:bytes  header_crc32:u32le      (JSON object; raw-deflated if flag 1)
     section_count:varint
     section_count × [ name_length:u8  name:ascii  length:varint  crc32:u32le  payload ]
+                                                      (crc32 covers name then payload)
 
 Small scans are coded in a few hundred bytes, so every fixed byte counts: lengths are LEB128
 varints and the JSON header is deflated. The parser trusts nothing: every length and count is
@@ -134,7 +135,7 @@ def pack(header: dict, sections: Dict[str, bytes]) -> bytes:
         if not 0 < len(encoded) < 256 or not name.isprintable():
             raise FormatError(f"invalid section name {name!r}")
         out += bytes([len(encoded)]) + encoded + _varint(len(payload))
-        out += struct.pack("<I", zlib.crc32(payload)) + payload
+        out += struct.pack("<I", zlib.crc32(payload, zlib.crc32(encoded))) + payload
     return bytes(out)
 
 
@@ -181,7 +182,7 @@ def unpack(data: bytes) -> DstdFile:
         length = reader.varint(f"length of section {name!r}", min(MAX_SECTION_BYTES, reader.remaining()))
         crc = reader.u32(f"checksum of section {name!r}")
         payload = reader.take(length, f"section {name!r}")
-        if zlib.crc32(payload) != crc:
+        if zlib.crc32(payload, zlib.crc32(raw_name)) != crc:
             raise FormatError(f"section {name!r} is corrupt (CRC32 mismatch)")
         sections[name] = payload
     if reader.remaining():
@@ -193,10 +194,12 @@ def _read_header(reader: _Reader) -> dict:
     magic = reader.take(4, "magic") if reader.remaining() >= 4 else b""
     if magic != MAGIC:
         raise FormatError("not a .dstd file (bad magic)")
-    major, minor, flags = reader.u8("version"), reader.u8("version"), reader.u8("flags")
+    major = reader.u8("format version")
     if major != MAJOR:
-        raise FormatError(f"unsupported .dstd format version {major}.{minor} "
+        raise FormatError(f"unsupported .dstd format version {major} "
                           f"(this DeepSTD reads {MAJOR}.x); upgrade deepstd")
+    reader.u8("minor version")  # minor versions only add fields older readers may ignore
+    flags = reader.u8("flags")
     if flags & ~KNOWN_FLAGS:
         raise FormatError(f"unknown header flags 0x{flags:02x}")
     length = reader.varint("header length", min(MAX_HEADER_BYTES, reader.remaining()))

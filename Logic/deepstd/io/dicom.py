@@ -401,9 +401,9 @@ def write_dicom_series(volume: Volume, folder, lossy_ratio: Optional[float] = No
             ds.Modality = modality
             ds.SeriesNumber = int(source.get("SeriesNumber", 0) or 0) + 1000
             ds.InstanceNumber = k + 1
-            ds.SeriesDescription = series_description or (
+            ds.SeriesDescription = (series_description or (
                 f"{source.get('SeriesDescription', '')} DeepSTD {lossy_ratio:.0f}x".strip()
-                if lossy_ratio else (source.get("SeriesDescription") or "DeepSTD"))
+                if lossy_ratio else (source.get("SeriesDescription") or "DeepSTD")))[-64:]  # VR LO
             ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
             ds.ImageType = ["DERIVED", "SECONDARY"]
             if lossy_ratio:

@@ -1,0 +1,127 @@
+"""The .dstd container: exact round trips, and every corruption ends in a FormatError."""
+from __future__ import annotations
+
+import random
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+from deepstd import DeepSTDError, FormatError
+from deepstd.container import (geometry_header, pack, read_file, unpack, write_atomic,
+                               MAJOR)
+
+
+@pytest.fixture
+def sample(oblique_volume):
+    header = geometry_header(oblique_volume)
+    header.update({"bundle": {"name": "la-mr", "sha256": "ab" * 32}, "target_ratio": 128,
+                   "encoder": "deepstd 0.1.0", "warnings": []})
+    sections = {"shape": bytes(range(200)), "texture/0": b"\x00" * 50, "texture/1": b"xyz"}
+    return header, sections
+
+
+def test_round_trip_and_ratio(sample, oblique_volume):
+    header, sections = sample
+    data = pack(header, sections)
+    parsed = unpack(data)
+    assert parsed.header == header
+    assert list(parsed.sections) == list(sections) and parsed.sections == sections
+    assert parsed.file_bytes == len(data)
+    assert parsed.raw_bytes == oblique_volume.raw_bytes
+    assert parsed.achieved_ratio == pytest.approx(oblique_volume.raw_bytes / len(data))
+
+
+def test_small_header_overhead(sample):
+    header, _ = sample
+    overhead = len(pack(header, {}))
+    assert overhead < len(str(header))  # deflate and varints keep the fixed cost small
+
+
+def test_unknown_major_version_is_refused(sample):
+    data = bytearray(pack(*sample))
+    data[4] = MAJOR + 1
+    with pytest.raises(FormatError, match="unsupported .dstd format version"):
+        unpack(bytes(data))
+
+
+def _with_header(text: bytes) -> bytes:
+    return b"DSTD" + bytes([MAJOR, 0, 0, len(text)]) + text + struct.pack("<I", zlib.crc32(text)) + b"\x00"
+
+
+@pytest.mark.parametrize("text, message", [
+    (b"[1, 2]", "not a JSON object"),
+    (b"{\"dtype\": \"int16\"}", "no geometry"),
+    (b'{"dtype":"int16","geometry":{"size":[70000,1,1],"spacing":[1,1,1],"origin":[0,0,0],'
+     b'"direction":[1,0,0,0,1,0,0,0,1]}}', "implausible volume size"),
+    (b'{"dtype":"int16","geometry":{"size":[4,4,4],"spacing":[1,-1,1],"origin":[0,0,0],'
+     b'"direction":[1,0,0,0,1,0,0,0,1]}}', "implausible spacing"),
+    (b'{"dtype":"complex","geometry":{"size":[4,4,4],"spacing":[1,1,1],"origin":[0,0,0],'
+     b'"direction":[1,0,0,0,1,0,0,0,1]}}', "unsupported dtype"),
+    (b"{not json", "not valid JSON"),
+])
+def test_bad_headers_are_named(text, message):
+    with pytest.raises(FormatError, match=message):
+        unpack(_with_header(text))
+
+
+def test_huge_declared_lengths_are_refused_before_allocation(sample):
+    header, _ = sample
+    data = pack(header, {})[:-1] + b"\xff\xff\x03"  # 65535 sections declared, none present
+    with pytest.raises(FormatError, match="sections"):
+        unpack(data)
+    data = pack(header, {"a": b"1"})
+    cut = data.index(b"\x01a") + 2
+    evil = data[:cut] + b"\xff\xff\xff\xff\x0f" + data[cut + 1:]  # 4 GiB section length
+    with pytest.raises(FormatError, match="limit|truncated"):
+        unpack(evil)
+
+
+def test_fuzz_truncations_and_bit_flips_only_raise_format_errors(sample):
+    """Thousands of damaged files: each parses identically or raises a FormatError, nothing else.
+
+    A flip may land in the minor-version byte, which readers of the same major version accept by
+    design; such files must still yield exactly the original header and sections.
+    """
+    header, sections = sample
+    data = pack(header, sections)
+    rng = random.Random(1234)
+    cases = [data[:n] for n in range(len(data))]
+    for _ in range(4000):
+        damaged = bytearray(data)
+        for _ in range(rng.randint(1, 4)):
+            damaged[rng.randrange(len(damaged))] ^= 1 << rng.randrange(8)
+        cases.append(bytes(damaged))
+    for _ in range(500):
+        cases.append(bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 64))))
+        cases.append(b"DSTD\x01\x00" + bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 64))))
+    outcomes = {"parsed": 0, "refused": 0}
+    for case in cases:
+        try:
+            parsed = unpack(case)
+        except FormatError:
+            outcomes["refused"] += 1
+        else:
+            assert parsed.header == header and parsed.sections == sections
+            outcomes["parsed"] += 1
+    assert sum(outcomes.values()) == len(cases) >= 5000
+    assert outcomes["refused"] > 0.98 * len(cases)
+    print(f"fuzzed {len(cases)} files: {outcomes}")
+
+
+def test_write_atomic_leaves_no_partial_file(tmp_path, sample):
+    target = tmp_path / "scan.dstd"
+    write_atomic(target, pack(*sample))
+    assert read_file(target).sections == sample[1]
+
+    with pytest.raises(TypeError):
+        write_atomic(tmp_path / "other.dstd", object())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.dstd"]
+
+
+def test_read_file_names_the_path(tmp_path):
+    path = tmp_path / "bad.dstd"
+    path.write_bytes(b"DSTD")
+    with pytest.raises(DeepSTDError, match="bad.dstd"):
+        read_file(path)
