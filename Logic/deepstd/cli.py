@@ -41,6 +41,41 @@ def cmd_phantom(args) -> None:
           f"oblique direction, spacing {'x'.join(f'{s:g}' for s in volume.spacing)} mm")
 
 
+def cmd_register(args) -> None:
+    import json
+
+    from .shape import register_files
+
+    settings = {k: v for k, v in (("steps", args.steps), ("omega", args.omega)) if v is not None}
+    with progress_bar() as progress:
+        result = register_files(args.moving, args.template, out_warped=args.out_warped,
+                                out_field=args.out_field, json_path=args.json, progress=progress,
+                                moving_labels=args.moving_labels, template_labels=args.template_labels,
+                                **settings)
+    print(json.dumps(result, indent=1))
+
+
+class progress_bar:
+    """A tqdm bar fed by `Progress` events: one bar, relabelled per stage, on stderr."""
+
+    def __enter__(self):
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=1000, file=sys.stderr, leave=False, dynamic_ncols=True,
+                         bar_format="{desc:<12} {bar} {percentage:3.0f}% {elapsed} {postfix}")
+        return self
+
+    def __call__(self, event) -> None:
+        self._bar.set_description_str(event.stage, refresh=False)
+        if event.message:
+            self._bar.set_postfix_str(event.message[:60], refresh=False)
+        self._bar.n = int(event.fraction * 1000)
+        self._bar.refresh()
+
+    def __exit__(self, *exc) -> None:
+        self._bar.close()
+
+
 # --- parser -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -60,6 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("output", type=Path, help="image file, or a new folder for a DICOM series")
     convert.add_argument("--series", metavar="UID", help="DICOM SeriesInstanceUID to read")
     convert.set_defaults(run=cmd_convert)
+
+    register = commands.add_parser("register", help="Cycle-INR registration of a scan to a template")
+    register.add_argument("moving", type=Path)
+    register.add_argument("template", type=Path)
+    register.add_argument("--out-warped", type=Path, help="the scan warped into the template frame")
+    register.add_argument("--out-field", type=Path,
+                          help="displacement field (mm, LPS, ITK resampling convention, on the template grid)")
+    register.add_argument("--json", type=Path, help="write the registration metrics here")
+    register.add_argument("--moving-labels", type=Path, help="label map of the scan (warped, Dice reported)")
+    register.add_argument("--template-labels", type=Path, help="label map of the template (for Dice)")
+    register.add_argument("--steps", type=int, help="optimisation steps per omega level")
+    register.add_argument("--omega", type=float, help="starting SIREN omega (bundle default otherwise)")
+    register.set_defaults(run=cmd_register)
 
     phantom = commands.add_parser("phantom", help="write a synthetic CT phantom (a built-in example)")
     phantom.add_argument("output", type=Path)
