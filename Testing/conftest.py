@@ -1,28 +1,12 @@
 """Shared fixtures: where the real data lives, and synthetic volumes with awkward geometry."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from deepstd import Volume
 
-SHARED_DATA = Path(os.environ.get("DEEPSTD_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-REQUIRE_DATA = os.environ.get("DEEPSTD_REQUIRE_DATA") == "1"
-
-
-def data_path(*parts: str) -> Path:
-    """A path under ../shared/data; skips the test (or fails it when DEEPSTD_REQUIRE_DATA=1) if absent."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        reason = f"real data not found at {path} (set DEEPSTD_DATA or place ../shared/data)"
-        if REQUIRE_DATA:
-            pytest.fail(reason + " and DEEPSTD_REQUIRE_DATA=1")
-        pytest.skip(reason)
-    return path
-
+from shared_data import REQUIRE_DATA, SHARED_DATA, data_path  # noqa: F401  (re-exported)
 
 OBLIQUE_DIRECTION = tuple(np.array([[0.0, -0.8, 0.6], [1.0, 0.0, 0.0], [0.0, 0.6, 0.8]]).T.reshape(-1))
 

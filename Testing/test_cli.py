@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import deepstd
-from conftest import data_path
+from shared_data import data_path
 
 
 def run(*args):

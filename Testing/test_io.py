@@ -10,7 +10,7 @@ import deepstd
 from deepstd import InputError, Volume
 from deepstd.io.dicom import list_series
 
-from conftest import data_path
+from shared_data import data_path
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha", ".mhd"])

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import SimpleITK as sitk
 import torch
-from conftest import data_path
+from shared_data import data_path
 
 from deepstd.shape import register_files
 
