@@ -49,6 +49,7 @@ class DstdFile:
     header: dict
     sections: Dict[str, bytes] = field(default_factory=dict)
     file_bytes: int = 0
+    version: Tuple[int, int] = (MAJOR, MINOR)
 
     @property
     def raw_bytes(self) -> int:
@@ -160,7 +161,7 @@ def write_atomic(path, data: bytes) -> Path:
 def unpack(data: bytes) -> DstdFile:
     """Parse and verify `.dstd` bytes; raises `FormatError` naming the first problem found."""
     reader = _Reader(data)
-    header = _read_header(reader)
+    header, minor = _read_header(reader)
     count = reader.varint("section count", MAX_SECTIONS)
     # every section needs at least 1 + 1 + 1 + 4 bytes: refuse absurd counts before looping
     if count * 7 > reader.remaining():
@@ -187,10 +188,10 @@ def unpack(data: bytes) -> DstdFile:
         sections[name] = payload
     if reader.remaining():
         raise FormatError(f"{reader.remaining()} unexpected bytes after the last section")
-    return DstdFile(header, sections, len(data))
+    return DstdFile(header, sections, len(data), (MAJOR, minor))
 
 
-def _read_header(reader: _Reader) -> dict:
+def _read_header(reader: _Reader) -> Tuple[dict, int]:
     magic = reader.take(4, "magic") if reader.remaining() >= 4 else b""
     if magic != MAGIC:
         raise FormatError("not a .dstd file (bad magic)")
@@ -198,7 +199,7 @@ def _read_header(reader: _Reader) -> dict:
     if major != MAJOR:
         raise FormatError(f"unsupported .dstd format version {major} "
                           f"(this DeepSTD reads {MAJOR}.x); upgrade deepstd")
-    reader.u8("minor version")  # minor versions only add fields older readers may ignore
+    minor = reader.u8("minor version")  # minor versions only add fields older readers may ignore
     flags = reader.u8("flags")
     if flags & ~KNOWN_FLAGS:
         raise FormatError(f"unknown header flags 0x{flags:02x}")
@@ -219,7 +220,7 @@ def _read_header(reader: _Reader) -> dict:
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise FormatError("header is not valid JSON") from None
     validate_header(header)
-    return header
+    return header, minor
 
 
 def read_file(path) -> DstdFile:

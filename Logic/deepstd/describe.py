@@ -59,7 +59,7 @@ def describe_dstd(path: Path) -> str:
     header = parsed.header
     g = header["geometry"]
     lines = [
-        f"{path}: DeepSTD file, {parsed.file_bytes} bytes, format {header.get('format', '1.x')}",
+        f"{path}: DeepSTD file, {parsed.file_bytes} bytes, format {parsed.version[0]}.{parsed.version[1]}",
         f"size:      {'x'.join(map(str, g['size']))} voxels, {header['dtype']} "
         f"({parsed.raw_bytes} raw bytes)",
         f"spacing:   {' x '.join(f'{s:.4g}' for s in g['spacing'])} mm",
