@@ -192,3 +192,26 @@ def test_dicom_writer_handles_oblique_float_and_refuses_full_folder(tmp_path, ob
     assert np.max(np.abs(back.array - floats.array)) <= (np.ptp(floats.array) / 65535) * 0.51
     with pytest.raises(InputError, match="new or empty folder"):
         deepstd.write(oblique_volume, out)
+
+
+def test_series_without_uids_at_the_same_positions_are_refused_not_merged(tmp_path):
+    for file in sorted(data_path("dicom_edge/multi_series").iterdir()):
+        ds = pydicom.dcmread(file)
+        del ds.SeriesInstanceUID
+        ds.save_as(tmp_path / file.name)
+    with pytest.raises(InputError, match="slices share a position"):
+        deepstd.read(tmp_path)
+
+
+def test_odd_files_in_a_dicom_folder(tmp_path):
+    source = sorted(data_path("dicom_edge/unsigned_12bit").iterdir())
+    for file in source:
+        (tmp_path / file.name).write_bytes(file.read_bytes())
+    (tmp_path / "notes.txt").write_text("not dicom")
+    (tmp_path / "DICOMDIR-like.bin").write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 20)
+    volume = deepstd.read(tmp_path)  # non-images are ignored
+    assert volume.size == (320, 320, 15)
+    data = source[3].read_bytes()
+    (tmp_path / source[3].name).write_bytes(data[: len(data) // 2])  # a truncated slice
+    with pytest.raises(InputError, match=source[3].name):
+        deepstd.read(tmp_path)

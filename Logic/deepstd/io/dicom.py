@@ -15,6 +15,7 @@ import datetime as _dt
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -93,8 +94,10 @@ def _read_header(file: Path):
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(file, stop_before_pixels=True,
-                             force=file.suffix.lower() in (".dcm", ".dicom"))
+        with warnings.catch_warnings():  # odd files are expected here; they are skipped, not shouted about
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(file, stop_before_pixels=True,
+                                 force=file.suffix.lower() in (".dcm", ".dicom"))
     except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError, AttributeError):
         return None
     if "Rows" not in ds or "Columns" not in ds:
@@ -170,8 +173,10 @@ def _pixels(ds) -> np.ndarray:
 
     file = Path(ds.filename)
     try:
-        full = pydicom.dcmread(file, force=True)
-        array = full.pixel_array
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            full = pydicom.dcmread(file, force=True)
+            array = full.pixel_array
     except Exception as exc:  # decoders raise many types; all mean "cannot decode this file"
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", str(syntax))
