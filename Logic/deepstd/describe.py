@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
 
 from .volume import Volume
 

@@ -363,7 +363,6 @@ def write_dicom_series(volume: Volume, folder, lossy_ratio: Optional[float] = No
     from `volume.meta["dicom"]` when the volume was read from DICOM; otherwise a new study is made.
     Files go to a temporary folder that is renamed into place: no partial series on failure.
     """
-    import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 

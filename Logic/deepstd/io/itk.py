@@ -41,10 +41,15 @@ def read_itk(path) -> Volume:
 
 
 def write_itk(volume: Volume, path) -> Path:
-    """Write in the path's format, voxels cast to the volume's original dtype; atomic.
+    """Write in the path's format, voxels cast to the volume's original dtype; atomic."""
+    return write_image_atomic(volume.to_sitk(), path)
+
+
+def write_image_atomic(image, path) -> Path:
+    """Write any SimpleITK image (scalar or vector) so that no partial file ever has the final name.
 
     The image (and a MetaImage's separate `.raw`) is written into a temporary folder beside the
-    target and then moved, so a failure never leaves a partial file under the final name.
+    target and then moved into place.
     """
     import SimpleITK as sitk
 
@@ -54,7 +59,7 @@ def write_itk(volume: Volume, path) -> Path:
     try:
         staged = staging / path.name
         try:
-            sitk.WriteImage(volume.to_sitk(), str(staged), useCompression=path.name.lower().endswith(".gz"))
+            sitk.WriteImage(image, str(staged), useCompression=path.name.lower().endswith(".gz"))
         except RuntimeError as exc:
             raise InputError(f"{path}: cannot write image ({_first_line(exc)})") from None
         for produced in sorted(staging.iterdir(), key=lambda p: p == staged):

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import SimpleITK as sitk
 
 from ..errors import InputError
 from ..progress import CancelToken, ProgressCallback, Reporter
@@ -34,6 +33,7 @@ def register_files(moving: str, template: str, out_warped: Optional[str] = None,
     Returns the metrics dict that is also written to `json_path`.
     """
     from ..io import read, write
+    from ..io.itk import write_image_atomic
 
     unknown = set(settings) - _SETTINGS
     if unknown:
@@ -57,7 +57,7 @@ def register_files(moving: str, template: str, out_warped: Optional[str] = None,
         write(warped, out_warped)
         result["out_warped"] = str(out_warped)
     if out_field:
-        sitk.WriteImage(F.to_sitk_field(disp, reg.frame), str(out_field), True)
+        write_image_atomic(F.to_sitk_field(disp, reg.frame), out_field)
         result["out_field"] = str(out_field)
     if moving_labels:
         labels = F.warp(read(moving_labels), disp, reg.frame, "nearest")
