@@ -31,6 +31,16 @@ def cmd_convert(args) -> None:
     print(f"wrote {out} ({'x'.join(map(str, volume.size))}, {volume.dtype})")
 
 
+def cmd_bundles(args) -> None:
+    from .bundle import load_bundle, shipped_bundles
+
+    shipped = shipped_bundles()
+    if not shipped:
+        print("no codec bundles are shipped with this installation yet")
+    for path in shipped.values():
+        print(load_bundle(path).describe())
+
+
 def cmd_phantom(args) -> None:
     from .io import write
     from .phantom import phantom
@@ -85,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    info = commands.add_parser("info", help="describe a volume, a DICOM folder (its series) or a .dstd file")
+    info = commands.add_parser("info", help="describe a volume, a DICOM folder (its series), a .dstd file or a .dstdb bundle")
     info.add_argument("path", type=Path)
     info.add_argument("--series", metavar="UID", help="DICOM SeriesInstanceUID to describe")
     info.set_defaults(run=cmd_info)
@@ -108,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--steps", type=int, help="optimisation steps per omega level")
     register.add_argument("--omega", type=float, help="starting SIREN omega (bundle default otherwise)")
     register.set_defaults(run=cmd_register)
+
+    bundles = commands.add_parser("bundles", help="list the codec bundles shipped with the package")
+    bundles.set_defaults(run=cmd_bundles)
 
     phantom = commands.add_parser("phantom", help="write a synthetic CT phantom (a built-in example)")
     phantom.add_argument("output", type=Path)

@@ -13,6 +13,8 @@ def describe(path, series_uid: Optional[str] = None) -> str:
     path = Path(path)
     if path.is_file() and path.name.lower().endswith(".dstd"):
         return describe_dstd(path)
+    if path.is_file() and path.name.lower().endswith(".dstdb"):
+        return describe_bundle(path)
     from .io import format_of, read
 
     lines: List[str] = []
@@ -72,4 +74,12 @@ def describe_dstd(path: Path) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["describe", "describe_volume", "describe_dstd", "describe_series_list"]
+def describe_bundle(path) -> str:
+    from .bundle import load_bundle
+
+    bundle = load_bundle(path)
+    return "\n".join([bundle.describe(), f"sha256:    {bundle.sha256}",
+                      "config:    " + json.dumps(bundle.config, sort_keys=True)])
+
+
+__all__ = ["describe_bundle", "describe", "describe_volume", "describe_dstd", "describe_series_list"]
