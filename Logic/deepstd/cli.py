@@ -65,6 +65,58 @@ def cmd_register(args) -> None:
     print(json.dumps(result, indent=1))
 
 
+def cmd_encode(args) -> None:
+    from .codec import encode_file
+
+    with progress_bar() as progress:
+        report = encode_file(args.input, args.output, args.bundle, ratio=args.ratio,
+                             budget_bytes=args.budget, series_uid=args.series, device=args.device,
+                             workers=args.workers, progress=progress)
+    for warning in report["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"wrote {report['output']}: {report['bytes']} bytes of {report['raw_bytes']} raw, "
+          f"{report['ratio']:.1f}x (target {report['target_ratio']:g}x, budget {report['budget_bytes']} B) "
+          f"in {report['seconds']:.1f} s")
+
+
+def cmd_decode(args) -> None:
+    from .codec import decode_file
+
+    with progress_bar() as progress:
+        volume = decode_file(args.input, args.output, args.bundle, device=args.device,
+                             workers=args.workers, progress=progress)
+    for warning in volume.meta.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"wrote {args.output} ({'x'.join(map(str, volume.size))}, {volume.dtype})")
+
+
+def cmd_demo(args) -> None:
+    from .demo import run_demo
+
+    with progress_bar() as progress:
+        r = run_demo(args.input, args.bundle, args.ratio, png=args.png, out_dstd=args.out, progress=progress)
+    print(f"scan:      {r['input']} ({'x'.join(map(str, r['size']))}, {r['raw_bytes']} raw bytes)")
+    print(f"bundle:    {r['bundle']}")
+    print(f"file:      {r['bytes']} bytes, {r['ratio']:.1f}x (target {r['target_ratio']:g}x)")
+    print(f"time:      encode {r['encode_s']:.1f} s, decode {r['decode_s']:.1f} s")
+    print(f"quality:   MAE {r['mae']:.3f}  PSNR {r['psnr']:.2f} dB  SSIM {r['ssim']:.4f}")
+    if r["png"]:
+        print(f"picture:   {r['png']} (rows: slices; columns: original | decoded | residue)")
+    for warning in r["warnings"]:
+        print(f"warning:   {warning}")
+
+
+def cmd_train(args) -> None:
+    from .training import train_bundle
+
+    with progress_bar() as progress:
+        train_bundle(args.data, args.out, args.name or args.out.stem, args.modality, args.region,
+                     holdout=args.holdout, steps=args.steps, patch=args.patch, augment_copies=args.augment,
+                     threads=args.threads, resume=args.resume, progress=progress,
+                     command="deepstd " + " ".join(sys.argv[1:]),
+                     log=lambda line: print(line, file=sys.stderr, flush=True))
+
+
 class progress_bar:
     """A tqdm bar fed by `Progress` events: one bar, relabelled per stage, on stderr."""
 
@@ -76,6 +128,12 @@ class progress_bar:
         return self
 
     def __call__(self, event) -> None:
+        import time
+
+        now = time.monotonic()
+        if now - getattr(self, "_shown", 0.0) < 0.2 and event.fraction < 1.0:
+            return  # a redraw per event floods logs and costs time in tight loops
+        self._shown = now
         self._bar.set_description_str(event.stage, refresh=False)
         if event.message:
             self._bar.set_postfix_str(event.message[:60], refresh=False)
@@ -119,6 +177,46 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--omega", type=float, help="starting SIREN omega (bundle default otherwise)")
     register.set_defaults(run=cmd_register)
 
+    encode = commands.add_parser("encode", help="compress a scan to a .dstd file at a target ratio")
+    encode.add_argument("input", type=Path, help="image file, DICOM file or DICOM folder")
+    encode.add_argument("output", type=Path, help="the .dstd file to write")
+    encode.add_argument("--bundle", required=True, help="shipped bundle name or .dstdb path")
+    size = encode.add_mutually_exclusive_group(required=True)
+    size.add_argument("--ratio", type=float, help="raw bytes / file bytes, e.g. 128")
+    size.add_argument("--budget", type=int, metavar="BYTES", help="file size limit in bytes")
+    encode.add_argument("--series", metavar="UID", help="DICOM SeriesInstanceUID to read")
+    _device_options(encode)
+    encode.set_defaults(run=cmd_encode)
+
+    decode = commands.add_parser("decode", help="restore a .dstd file (NIfTI, NRRD, MHA, or a folder: DICOM)")
+    decode.add_argument("input", type=Path)
+    decode.add_argument("output", type=Path, help="image file, or a new folder for a DICOM series")
+    decode.add_argument("--bundle", help="bundle name or path (default: the installed one the file names)")
+    _device_options(decode)
+    decode.set_defaults(run=cmd_decode)
+
+    demo = commands.add_parser("demo", help="compress and decompress an example (or --input) and show the loss")
+    demo.add_argument("--input", type=Path, help="a scan of your own (default: an unseen scan made from the template)")
+    demo.add_argument("--bundle", default="la-mr")
+    demo.add_argument("--ratio", type=float, default=128.0)
+    demo.add_argument("--png", default="deepstd_demo.png", help="picture of original | decoded | residue")
+    demo.add_argument("--out", help="also keep the .dstd file here")
+    demo.set_defaults(run=cmd_demo)
+
+    train = commands.add_parser("train", help="train a codec bundle on a folder of scans (CPU hours)")
+    train.add_argument("data", type=Path, help="folder with images/*.nii.gz (labels/ optional)")
+    train.add_argument("--out", type=Path, required=True, help="the .dstdb bundle to write")
+    train.add_argument("--name")
+    train.add_argument("--modality", required=True, help="MR or CT")
+    train.add_argument("--region", required=True)
+    train.add_argument("--holdout", type=int, default=6, help="last N scans kept out for validation")
+    train.add_argument("--steps", type=int, default=6000)
+    train.add_argument("--patch", type=int, default=48)
+    train.add_argument("--augment", type=int, default=0, help="augmented copies per training scan")
+    train.add_argument("--threads", type=int, default=1)
+    train.add_argument("--resume", action="store_true")
+    train.set_defaults(run=cmd_train)
+
     bundles = commands.add_parser("bundles", help="list the codec bundles shipped with the package")
     bundles.set_defaults(run=cmd_bundles)
 
@@ -129,7 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _device_options(parser) -> None:
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--workers", type=int, help="threads for block coding (default: all cores)")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    import warnings
+
+    # torch/compressai deprecation notices are for their developers, not for our users
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -52,6 +52,10 @@ class Reporter:
         if self._progress is not None:
             self._progress(Progress(stage, min(max(float(fraction), 0.0), 1.0), message, snapshot))
 
+    def callback(self) -> ProgressCallback:
+        """This reporter as a plain `progress=` callable, for APIs that take one."""
+        return lambda event: self(event.stage, event.fraction, event.message, event.snapshot)
+
     def scaled(self, start: float, end: float) -> "Reporter":
         """A reporter whose fractions 0..1 land in start..end of this one (nested steps)."""
         outer = self._progress

@@ -96,7 +96,7 @@ class Volume:
 
     def with_array(self, array: np.ndarray, **changes: Any) -> "Volume":
         """The same geometry and metadata with new voxels (and optionally other fields)."""
-        return replace(self, array=array, meta=dict(self.meta), **changes)
+        return replace(self, **{"array": array, "meta": dict(self.meta), **changes})
 
     # --- intensities ----------------------------------------------------------------------------
     def data_range(self) -> float:

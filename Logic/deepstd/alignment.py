@@ -1,0 +1,107 @@
+"""Into the template frame and back: the glue between the shape and texture stages.
+
+Encode side: the forward field warps a scan onto the template grid, and the bundle's intensity
+rule maps it to ~0..1, which is what the texture codec was trained on. Decode side: the decoded
+texture (template grid, ~0..1) is read through the backward field at every voxel of the scan's
+own grid and mapped back to original units. Training uses exactly the same functions, so the
+codec sees at run time what it saw while it learned.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+
+from .errors import BundleError
+from .progress import Reporter
+from .volume import Volume
+
+#: the default rule: per-scan robust percentiles (MR is unitless and scanner-dependent)
+PERCENTILE_RULE = {"kind": "percentile", "low": 0.5, "high": 99.5}
+
+
+@dataclass(frozen=True)
+class IntensityMap:
+    """unit = (value - lo) / (hi - lo); stored in the `.dstd` header so decode restores units."""
+
+    lo: float
+    hi: float
+
+    def to_unit(self, array: np.ndarray) -> np.ndarray:
+        return ((array - np.float32(self.lo)) / np.float32(self.hi - self.lo)).astype(np.float32)
+
+    def from_unit(self, array: np.ndarray) -> np.ndarray:
+        return (array * np.float32(self.hi - self.lo) + np.float32(self.lo)).astype(np.float32)
+
+    def to_header(self) -> dict:
+        return {"lo": self.lo, "hi": self.hi}
+
+    @classmethod
+    def from_header(cls, header: dict) -> "IntensityMap":
+        lo, hi = float(header["lo"]), float(header["hi"])
+        if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+            raise ValueError("intensity map needs finite lo < hi")
+        return cls(lo, hi)
+
+
+def intensity_map(array: np.ndarray, rule: Optional[dict] = None) -> IntensityMap:
+    """The mapping of one scan under a bundle's rule.
+
+    `percentile`: lo/hi at the rule's percentiles of this scan (MR). `window`: fixed lo/hi in
+    the scan's units (CT in HU, where the same tissue must land on the same value in every scan).
+    Values are rounded to float32 so the header (JSON) carries them exactly.
+    """
+    rule = rule or PERCENTILE_RULE
+    kind = rule.get("kind")
+    if kind == "percentile":
+        sample = array[:: max(1, array.shape[0] // 64)].ravel()
+        lo, hi = np.percentile(sample, [rule["low"], rule["high"]])
+    elif kind == "window":
+        lo, hi = rule["low"], rule["high"]
+    else:
+        raise BundleError(f"unknown intensity rule {kind!r}")
+    lo, hi = float(np.float32(lo)), float(np.float32(hi))
+    if not hi > lo:
+        hi = float(np.float32(lo + 1.0))
+    return IntensityMap(lo, hi)
+
+
+def into_template(scan: Volume, forward_disp: np.ndarray, frame, mapping: IntensityMap,
+                  reporter: Optional[Reporter] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """The scan warped onto the template grid in unit intensities, and its support there.
+
+    `forward_disp` is the ITK displacement on the template grid (template point p reads the scan
+    at p + u(p)). Support = template voxels that read inside the scan; outside it the texture is
+    0 (the unit value of the scan's low percentile: background).
+    """
+    from .shape import field
+
+    warped = field.warp(scan.with_array(mapping.to_unit(scan.array)), forward_disp, frame, "linear",
+                        default=0.0, reporter=reporter)
+    ones = scan.with_array(np.ones(scan.array.shape, np.float32))
+    support = field.warp(ones, forward_disp, frame, "nearest", default=0.0).array > 0.5
+    return warped.array, support
+
+
+def from_template(texture: np.ndarray, frame, backward, matrix: np.ndarray, scan_grid,
+                  mapping: IntensityMap, reporter: Optional[Reporter] = None) -> Tuple[np.ndarray, float]:
+    """The decoded texture read at every voxel of the scan's grid, in original units.
+
+    Returns the array (z, y, x) and the fraction of scan voxels whose backward map landed inside
+    the template grid (the rest get the background value: a scan reaching beyond the template's
+    field of view loses that part; the encoder records the fraction as a warning).
+    """
+    from .shape import field
+
+    disp = field.displacement(backward, frame, grid=scan_grid, pre=np.linalg.inv(matrix),
+                              reporter=reporter)
+    template_volume = frame.volume(texture)
+    values = field.warp(template_volume, disp, scan_grid, "linear", default=np.nan, reporter=reporter).array
+    outside = np.isnan(values)
+    coverage = 1.0 - float(outside.mean())
+    values[outside] = 0.0
+    return mapping.from_unit(values), coverage
+
+
+__all__ = ["IntensityMap", "intensity_map", "into_template", "from_template", "PERCENTILE_RULE"]

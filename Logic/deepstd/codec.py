@@ -1,0 +1,286 @@
+"""DeepSTD end to end: `encode(volume, bundle, ratio=…) -> bytes` and `decode(bytes) -> Volume`.
+
+Encode: register the scan to the bundle's template (Cycle-INR; the backward network, sized to a
+share of the byte budget, is the shape code), warp it into the template frame, map intensities by
+the bundle's rule, and code the aligned texture in blocks. Rate control runs on the *complete*
+file: the shape code is sized first, then the texture rate knob is bisected on the packed file's
+length until it is ≤ the budget and within 2 % under it. Decode reverses it using only the file
+and the bundle, and restores the original grid, geometry and dtype exactly.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Dict, Optional, Tuple, Union
+
+import numpy as np
+
+from . import __version__
+from .alignment import IntensityMap, from_template, intensity_map, into_template
+from .bundle import Bundle, load_bundle, shipped_bundles
+from .container import geometry_header, grid_of, pack, unpack, write_atomic
+from .errors import BudgetError, BundleError, FormatError, InputError
+from .progress import CancelToken, ProgressCallback, Reporter
+from .volume import Volume, cast_to_dtype
+
+#: the whole file must land within this fraction under the budget
+TOLERANCE = 0.02
+#: share of the byte budget the shape code may take (never more than the bundle's default width)
+SHAPE_SHARE = 0.12
+SHAPE_BITS = 8
+#: header + section framing is a few hundred bytes; below this no scan can be coded
+MIN_FILE_BYTES = 400
+SEARCH_STEPS = 18
+
+_codecs: Dict[Tuple[str, str], object] = {}
+
+
+def resolve_bundle(bundle) -> Bundle:
+    return bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+
+
+def texture_codec(bundle: Bundle, device: str = "cpu"):
+    """The bundle's texture codec, built once per bundle and device."""
+    from .texture import TextureCodec
+
+    if not bundle.texture:
+        raise BundleError(f"bundle {bundle.name} has no texture weights")
+    key = (bundle.sha256, device)
+    if key not in _codecs:
+        _codecs[key] = TextureCodec.from_bytes(bundle.texture, device=device)
+    return _codecs[key]
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"unknown device {device!r} (auto, cpu or cuda)")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' requested but no CUDA device is available")
+    return device
+
+
+def budget_for(volume: Volume, ratio: Optional[float], budget_bytes: Optional[int]) -> int:
+    if (ratio is None) == (budget_bytes is None):
+        raise InputError("give exactly one of a ratio or a byte budget")
+    if ratio is not None:
+        if not (isinstance(ratio, (int, float)) and math.isfinite(ratio) and ratio >= 1):
+            raise InputError(f"the ratio must be a number ≥ 1, got {ratio!r}")
+        return int(volume.raw_bytes // ratio)
+    if int(budget_bytes) < 1:
+        raise InputError(f"the byte budget must be positive, got {budget_bytes!r}")
+    return int(budget_bytes)
+
+
+def _infeasible(volume: Volume, budget: int, smallest: int) -> BudgetError:
+    return BudgetError(f"a budget of {budget} bytes ({volume.raw_bytes / budget:.0f}x) is too small for "
+                       f"this scan: the smallest file it can be coded in is about {smallest} bytes, i.e. the "
+                       f"largest feasible ratio is {volume.raw_bytes / smallest:.0f}x")
+
+
+def encode(volume: Volume, bundle, ratio: Optional[float] = None, budget_bytes: Optional[int] = None,
+           device: str = "auto", workers: Optional[int] = None, progress: Optional[ProgressCallback] = None,
+           cancel: Optional[CancelToken] = None) -> bytes:
+    """Compress `volume` to at most `raw_bytes / ratio` (or `budget_bytes`) bytes, headers included."""
+    from .shape import CycleSettings, register
+    from .shape.code import MIN_WIDTH, code_bytes, width_for_budget
+
+    bundle = resolve_bundle(bundle)
+    budget = budget_for(volume, ratio, budget_bytes)
+    reporter = Reporter(progress, cancel)
+    reg_config = dict(bundle.config.get("registration", {}))
+    depth = int(reg_config.get("depth", 3))
+    min_shape = code_bytes(MIN_WIDTH, depth, SHAPE_BITS)
+    if budget < MIN_FILE_BYTES + min_shape:
+        raise _infeasible(volume, budget, MIN_FILE_BYTES + min_shape)
+    device = pick_device(device)
+    codec = texture_codec(bundle, device)
+    started = time.perf_counter()
+
+    warnings = list(volume.meta.get("warnings", []))
+    modality = str(bundle.config.get("modality", "")).upper()
+    if (modality == "CT") != (volume.units == "HU"):
+        warnings.append(f"the scan ({volume.units}) does not look like the bundle's modality ({modality}); "
+                        "quality may be poor")
+
+    # shape: size the network to its share of the budget, register, keep the backward network
+    default_width = int(reg_config.get("width", 32))
+    shape_budget = max(min_shape, min(int(SHAPE_SHARE * budget), code_bytes(default_width, depth, SHAPE_BITS)))
+    width = width_for_budget(shape_budget, depth, SHAPE_BITS, max_width=default_width)
+    known = set(CycleSettings.__dataclass_fields__)
+    settings = replace(CycleSettings(**{k: v for k, v in reg_config.items() if k in known}), width=width)
+    reg = register(volume, bundle.template, settings, prealignment=reg_config.get("prealignment", "moments"),
+                   downsample=int(reg_config.get("downsample", 2)),
+                   progress=_monotonic(reporter.scaled(0.0, 0.45).callback()), cancel=cancel)
+    threshold = reg_config.get("threshold")
+    if threshold is not None and reg.loss > threshold:
+        warnings.append(f"registration loss {reg.loss:.3f} is above the bundle's calibrated threshold "
+                        f"{threshold:.3f}: the scan is unlike the template; the texture carries the difference")
+    shape = reg.shape_code(SHAPE_BITS)
+    mapping = intensity_map(volume.array, bundle.config.get("intensity"))
+    unit, support = into_template(volume, reg.forward_field(), reg.frame, mapping)
+    reporter("texture", 0.5, "analysing the aligned texture")
+    block = bundle.config.get("texture", {}).get("block", 64)
+    analysis = codec.analyse(unit, block, support, 0.0, workers, reporter.scaled(0.5, 0.85))
+
+    header = geometry_header(volume)
+    header.update({
+        "encoder_version": __version__,
+        "bundle": {"name": bundle.name, "sha256": bundle.sha256},
+        "intensity": mapping.to_header(),
+        "target_ratio": round(volume.raw_bytes / budget, 4),
+        "budget_bytes": budget,
+        "codec": {"shape_width": width, "shape_bits": SHAPE_BITS, "omega": reg.omega,
+                  "registration_loss": round(reg.loss, 5)},
+    })
+    if volume.meta.get("dicom"):
+        header["dicom"] = volume.meta["dicom"]
+
+    def build(rate: float) -> bytes:
+        streams = codec.code(analysis, rate, workers)
+        h = dict(header, codec=dict(header["codec"], texture_rate=streams.rate_q))
+        if warnings:
+            h["warnings"] = warnings
+        return pack(h, {"shape": shape, "texture": streams.to_bytes()})
+
+    search = reporter.scaled(0.85, 1.0)
+    search("entropy", 0.0, f"fitting {budget} bytes")
+    lowest = build(0.0)
+    if len(lowest) > budget:
+        raise _infeasible(volume, budget, len(lowest))
+    best = build(1.0)
+    if len(best) > budget:
+        lo, hi, best = 0.0, 1.0, lowest
+        for step in range(SEARCH_STEPS):
+            search("entropy", (step + 1) / SEARCH_STEPS, f"fitting {budget} bytes")
+            mid = (lo + hi) / 2
+            data = build(mid)
+            if len(data) <= budget:
+                lo, best = mid, data
+                if len(data) >= (1 - TOLERANCE) * budget:
+                    break
+            else:
+                hi = mid
+    else:
+        warnings.append(f"the finest texture rate of this bundle fits in {len(best)} bytes "
+                        f"({volume.raw_bytes / len(best):.1f}x); the budget allows more")
+        best = build(1.0)
+    reporter("write", 1.0, f"{len(best)} bytes in {time.perf_counter() - started:.1f} s")
+    return best
+
+
+def _monotonic(callback: ProgressCallback) -> ProgressCallback:
+    """Gradual degradation re-fits at a lower omega; a progress bar should not run backwards."""
+    from .progress import Progress
+
+    high = [0.0]
+
+    def forward(event) -> None:
+        high[0] = max(high[0], event.fraction)
+        callback(Progress(event.stage, high[0], event.message, event.snapshot))
+
+    return forward
+
+
+def find_bundle(header: dict, bundle=None) -> Bundle:
+    """The bundle a file was coded with: the one given (checked), or a shipped one with its id."""
+    recorded = header.get("bundle") or {}
+    sha = recorded.get("sha256")
+    if bundle is not None:
+        bundle = resolve_bundle(bundle)
+        if sha and bundle.sha256 != sha:
+            raise BundleError(f"this file was coded with bundle {recorded.get('name')!r} ({sha[:12]}…), "
+                              f"not {bundle.name!r} ({bundle.sha256[:12]}…)")
+        return bundle
+    if not sha:
+        raise BundleError("the file names no bundle; pass one with --bundle")
+    for path in shipped_bundles().values():
+        candidate = load_bundle(path)
+        if candidate.sha256 == sha:
+            return candidate
+    raise BundleError(f"the bundle this file was coded with ({recorded.get('name')!r}, {sha[:12]}…) is not "
+                      "installed; pass its file with --bundle")
+
+
+def decode(data: bytes, bundle=None, device: str = "auto", workers: Optional[int] = None,
+           progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> Volume:
+    """A `.dstd` byte string -> the Volume on the original grid, in the original dtype's values."""
+    from .shape import Frame, decode_shape
+
+    parsed = unpack(data)
+    header = parsed.header
+    for name in ("shape", "texture"):
+        if name not in parsed.sections:
+            raise FormatError(f"the file has no {name!r} section")
+    try:
+        mapping = IntensityMap.from_header(header["intensity"])
+    except (KeyError, TypeError, ValueError):
+        raise FormatError("the header's intensity mapping is missing or invalid") from None
+    bundle = find_bundle(header, bundle)
+    reporter = Reporter(progress, cancel)
+    codec = texture_codec(bundle, pick_device(device))
+    texture = codec.decompress(parsed.sections["texture"], workers,
+                               reporter.scaled(0.0, 0.7).callback(), cancel)
+    template = Frame.of(bundle.template)
+    if texture.shape != template.shape_zyx:
+        raise FormatError(f"texture shape {texture.shape} does not match the bundle's template grid")
+    code = decode_shape(parsed.sections["shape"])
+    size, spacing, origin, direction = grid_of(header)
+    scan_grid = Frame(tuple(int(n) for n in size), tuple(spacing), tuple(origin), tuple(direction))
+    values, coverage = from_template(texture, template, code.backward, code.matrix, scan_grid, mapping,
+                                     reporter.scaled(0.7, 1.0))
+    dtype = header["dtype"]
+    values = cast_to_dtype(values, dtype).astype(np.float32)
+    meta = {"warnings": list(header.get("warnings", [])), "dstd": {"bundle": bundle.name,
+                                                                    "coverage": coverage}}
+    if header.get("dicom"):
+        meta["dicom"] = header["dicom"]
+    return Volume(values, spacing, origin, direction, dtype=dtype, units=header.get("units", "unitless"),
+                  meta=meta)
+
+
+# --- files --------------------------------------------------------------------------------------
+def encode_file(source, output, bundle, ratio: Optional[float] = None, budget_bytes: Optional[int] = None,
+                series_uid: Optional[str] = None, **kw) -> dict:
+    """Read a scan (file or DICOM folder), encode it, write `output` atomically; return a report."""
+    from .io import read
+
+    started = time.perf_counter()
+    volume = read(source, series_uid=series_uid)
+    data = encode(volume, bundle, ratio=ratio, budget_bytes=budget_bytes, **kw)
+    write_atomic(output, data)
+    parsed = unpack(data)
+    return {"input": str(source), "output": str(output), "raw_bytes": volume.raw_bytes,
+            "bytes": len(data), "budget_bytes": parsed.header["budget_bytes"],
+            "ratio": volume.raw_bytes / len(data), "target_ratio": parsed.header["target_ratio"],
+            "seconds": time.perf_counter() - started, "warnings": parsed.header.get("warnings", [])}
+
+
+def decode_file(source, output, bundle=None, **kw) -> Volume:
+    """Decode a `.dstd` file and write the volume (a folder without suffix: a DICOM series)."""
+    from .io import write
+
+    path = Path(source)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        volume = decode(data, bundle, **kw)
+    except FormatError as exc:
+        raise FormatError(f"{path}: {exc}") from None
+    from .io import itk
+
+    if itk.suffix_of(Path(output)) is None:     # a folder: a DICOM series marked as lossy
+        write(volume, output, lossy_ratio=volume.raw_bytes / len(data), lossy_method="DEEPSTD")
+    else:
+        write(volume, output)
+    return volume
+
+
+__all__ = ["encode", "decode", "encode_file", "decode_file", "find_bundle", "budget_for", "TOLERANCE"]

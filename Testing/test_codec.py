@@ -1,0 +1,254 @@
+"""End-to-end codec: exact rate control, exact geometry, refusals, corrupt files, determinism, CLI.
+
+A tiny bundle (synthetic template, untrained small texture network, short registration) keeps
+these fast; what they check — budgets, grids, dtypes, errors — does not depend on training.
+The shipped `la-mr` bundle on a real held-out scan is checked in test_codec_real.py.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from deepstd import Volume, codec
+from deepstd.bundle import load_bundle, save_bundle
+from deepstd.container import pack, unpack
+from deepstd.demo import unseen_scan
+from deepstd.errors import BudgetError, BundleError, Cancelled, DeepSTDError, FormatError, InputError
+from deepstd.progress import CancelEvent
+from deepstd.texture import TextureCodec, TextureConfig
+
+from conftest import OBLIQUE_DIRECTION
+
+TINY = TextureConfig(channels=8, latent=8, hyper=8, levels=3, pos_dim=4)
+FAST_REGISTRATION = {"steps": 40, "width": 16, "depth": 2, "omega": 12.0, "batch": 512, "threshold": -0.5}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def blob_volume(size_xyz, spacing, origin=(0.0, 0.0, 0.0), direction=OBLIQUE_DIRECTION, seed=0,
+                dtype="int16") -> Volume:
+    """Smooth ellipsoidal 'anatomy' with texture, in an MR-like unsigned range."""
+    rng = np.random.default_rng(seed)
+    x, y, z = size_xyz
+    zz, yy, xx = np.meshgrid(np.linspace(-1, 1, z), np.linspace(-1, 1, y), np.linspace(-1, 1, x), indexing="ij")
+    body = np.exp(-((xx / 0.7) ** 2 + (yy / 0.6) ** 2 + (zz / 0.8) ** 2) * 2)
+    array = 800 * body + 200 * np.sin(6 * xx) * np.cos(5 * yy) * body + rng.normal(0, 10, body.shape)
+    return Volume(np.clip(array, 0, None).round().astype(np.float32), spacing, origin, direction,
+                  dtype=dtype, units="unitless")
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    template = blob_volume((48, 40, 24), (1.0, 1.0, 2.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1))
+    texture = TextureCodec.untrained(TINY).to_bytes()
+    config = {"name": "tiny", "modality": "MR", "region": "test blob", "registration": FAST_REGISTRATION,
+              "texture": {"block": 32}}
+    return load_bundle(save_bundle(tmp_path_factory.mktemp("b") / "tiny.dstdb", config, template,
+                                   texture=texture))
+
+
+@pytest.fixture(scope="module")
+def scan():
+    """Unlike the template: other size, anisotropic spacing, oblique direction, offset origin."""
+    return blob_volume((44, 37, 17), (1.1, 0.9, 2.7), origin=(-20.0, 13.5, 4.0), seed=3)
+
+
+@pytest.fixture(scope="module")
+def coded(tiny_bundle, scan):
+    return codec.encode(scan, tiny_bundle, ratio=24, device="cpu")
+
+
+def test_decoded_volume_has_exactly_the_original_grid_and_dtype(tiny_bundle, scan, coded):
+    out = codec.decode(coded, tiny_bundle, device="cpu")
+    assert out.array.shape == scan.array.shape
+    assert out.spacing == scan.spacing and out.origin == scan.origin and out.direction == scan.direction
+    assert out.dtype == "int16" and out.units == scan.units
+    assert np.array_equal(out.array, np.rint(out.array))           # integer values of the dtype
+    assert out.array.min() >= -32768 and out.array.max() <= 32767
+
+
+def test_shape_path_round_trip_restores_the_scan(tiny_bundle, scan):
+    """Without texture loss, into the template frame and back (through the *decoded* shape code)
+    gives the scan again where the template covers it: the geometry of both warps is right."""
+    from deepstd.alignment import from_template, intensity_map, into_template
+    from deepstd.shape import CycleSettings, Frame, decode_shape, register
+
+    reg = register(scan, tiny_bundle.template, CycleSettings(**FAST_REGISTRATION))
+    mapping = intensity_map(scan.array)
+    unit, support = into_template(scan, reg.forward_field(), reg.frame, mapping)
+    assert support.mean() > 0.5
+    code = decode_shape(reg.shape_code(8))
+    back, coverage = from_template(unit, reg.frame, code.backward, code.matrix, Frame.of(scan), mapping)
+    assert coverage > 0.7
+    inside = scan.array > 0.2 * scan.array.max()
+    assert np.corrcoef(back[inside], scan.array[inside])[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("ratio", [20, 32, 48])
+def test_file_never_exceeds_the_budget_and_lands_within_two_percent(tiny_bundle, scan, ratio):
+    data = codec.encode(scan, tiny_bundle, ratio=ratio, device="cpu")
+    budget = scan.raw_bytes // ratio
+    assert len(data) <= budget
+    assert len(data) >= 0.98 * budget, f"{len(data)} of {budget}"
+    header = unpack(data).header
+    assert header["budget_bytes"] == budget and header["bundle"]["sha256"] == tiny_bundle.sha256
+
+
+def test_budget_beyond_the_finest_rate_is_said_not_padded(tiny_bundle, scan):
+    data = codec.encode(scan, tiny_bundle, ratio=4, device="cpu")
+    assert len(data) < scan.raw_bytes // 4
+    assert any("finest texture rate" in w for w in unpack(data).header["warnings"])
+
+
+def test_byte_budget_option(tiny_bundle, scan):
+    data = codec.encode(scan, tiny_bundle, budget_bytes=2000, device="cpu")
+    assert 0.98 * 2000 <= len(data) <= 2000
+
+
+def test_infeasible_budget_states_the_largest_feasible_ratio(tiny_bundle, scan):
+    with pytest.raises(BudgetError, match=r"largest feasible ratio is \d+x"):
+        codec.encode(scan, tiny_bundle, ratio=5000, device="cpu")
+    with pytest.raises(InputError, match="exactly one"):
+        codec.encode(scan, tiny_bundle, device="cpu")
+    with pytest.raises(InputError, match="ratio"):
+        codec.encode(scan, tiny_bundle, ratio=0.5, device="cpu")
+
+
+def test_other_bundle_is_refused_and_missing_bundle_named(tiny_bundle, coded, tmp_path):
+    other = load_bundle(save_bundle(tmp_path / "other.dstdb", dict(tiny_bundle.config, name="other"),
+                                    tiny_bundle.template, texture=tiny_bundle.texture))
+    with pytest.raises(BundleError, match="coded with bundle 'tiny'"):
+        codec.decode(coded, other)
+    with pytest.raises(BundleError, match="not installed"):
+        codec.decode(coded)
+
+
+def test_cancel_raises_and_progress_reaches_the_end(tiny_bundle, scan):
+    token = CancelEvent()
+    token.set()
+    with pytest.raises(Cancelled):
+        codec.encode(scan, tiny_bundle, ratio=24, device="cpu", cancel=token)
+    events = []
+    codec.encode(scan, tiny_bundle, ratio=24, device="cpu", progress=events.append)
+    stages = [e.stage for e in events]
+    assert stages[0] == "register" and "texture" in stages and stages[-1] == "write"
+    fractions = [e.fraction for e in events]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+def test_modality_mismatch_is_recorded_as_a_warning(tiny_bundle, scan):
+    ct = scan.with_array(scan.array - 1000, units="HU")
+    header = unpack(codec.encode(ct, tiny_bundle, ratio=24, device="cpu")).header
+    assert any("modality" in w for w in header["warnings"])
+
+
+def test_corrupt_files_only_raise_deepstd_errors(tiny_bundle, coded):
+    """Truncations, bit flips, and mutated sections re-packed with valid CRCs (crafted files)."""
+    rng = np.random.default_rng(0)
+    parsed = unpack(coded)
+    outcomes = {"decoded": 0, "refused": 0}
+    candidates = [coded[:n] for n in rng.integers(0, len(coded), 25)]
+    for _ in range(25):
+        flipped = bytearray(coded)
+        flipped[rng.integers(len(coded))] ^= 1 << int(rng.integers(8))
+        candidates.append(bytes(flipped))
+    for _ in range(30):
+        name = ["shape", "texture"][int(rng.integers(2))]
+        payload = bytearray(parsed.sections[name])
+        for _ in range(int(rng.integers(1, 4))):
+            payload[rng.integers(len(payload))] = int(rng.integers(256))
+        candidates.append(pack(parsed.header, dict(parsed.sections, **{name: bytes(payload)})))
+    bad_headers = [dict(parsed.header, intensity={"lo": 5, "hi": 1}), {k: v for k, v in parsed.header.items()
+                                                                       if k != "intensity"}]
+    candidates += [pack(h, parsed.sections) for h in bad_headers]
+    candidates.append(pack(parsed.header, {"shape": parsed.sections["shape"]}))
+    for data in candidates:
+        try:
+            out = codec.decode(data, tiny_bundle, device="cpu")
+            assert out.array.shape == (17, 37, 44)
+            outcomes["decoded"] += 1
+        except (FormatError, BundleError):
+            outcomes["refused"] += 1
+    assert outcomes["refused"] >= 50, outcomes
+
+
+DECODE_IN_FRESH_PROCESS = """
+import sys, numpy as np, torch
+torch.set_num_threads(int(sys.argv[3]))
+from deepstd import codec
+out = codec.decode(open(sys.argv[1], 'rb').read(), sys.argv[2], device='cpu')
+np.save(sys.argv[4], out.array)
+"""
+
+
+def test_decode_is_bit_identical_across_threads_and_processes(tiny_bundle, coded, tmp_path):
+    file = tmp_path / "scan.dstd"
+    file.write_bytes(coded)
+    reference = codec.decode(coded, tiny_bundle, device="cpu").array
+    for threads in (1, 2):
+        out = tmp_path / f"out{threads}.npy"
+        subprocess.run([sys.executable, "-c", DECODE_IN_FRESH_PROCESS, str(file), str(tiny_bundle.path),
+                        str(threads), str(out)], check=True)
+        assert np.array_equal(np.load(out), reference), f"{threads} threads in a fresh process differ"
+
+
+def test_encoding_is_reproducible(tiny_bundle, scan, coded):
+    assert codec.encode(scan, tiny_bundle, ratio=24, device="cpu") == coded
+
+
+def test_cli_encode_decode_and_errors(tiny_bundle, scan, tmp_path, capsys):
+    from deepstd.cli import main
+    from deepstd.io import read, write
+
+    source = write(scan, tmp_path / "scan.nrrd")
+    dstd = tmp_path / "scan.dstd"
+    assert main(["encode", str(source), str(dstd), "--bundle", str(tiny_bundle.path), "--ratio", "24"]) == 0
+    assert "24" in capsys.readouterr().out
+    restored = tmp_path / "restored.nii.gz"
+    assert main(["decode", str(dstd), str(restored), "--bundle", str(tiny_bundle.path)]) == 0
+    back = read(restored)
+    assert back.size == scan.size and np.allclose(back.direction, scan.direction) and back.dtype == "int16"
+    dicom = tmp_path / "restored_dicom"
+    assert main(["decode", str(dstd), str(dicom), "--bundle", str(tiny_bundle.path)]) == 0
+    series = read(dicom)
+    assert series.size == scan.size and np.allclose(series.spacing, scan.spacing, atol=1e-4)
+    import pydicom
+    first = pydicom.dcmread(sorted(dicom.iterdir())[0])
+    assert first.LossyImageCompression == "01" and float(first.LossyImageCompressionRatio) > 20
+
+    # refusals: one line, exit 2, no output file
+    capsys.readouterr()
+    bad = tmp_path / "bad.dstd"
+    assert main(["encode", str(source), str(bad), "--bundle", str(tiny_bundle.path), "--ratio", "9000"]) == 2
+    assert not bad.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("deepstd: error:") and "largest feasible ratio" in err[-1]
+    broken = tmp_path / "broken.dstd"
+    broken.write_bytes(dstd.read_bytes()[:-7])
+    out = tmp_path / "never.nii.gz"
+    assert main(["decode", str(broken), str(out), "--bundle", str(tiny_bundle.path)]) == 2
+    assert not out.exists()
+    assert "Traceback" not in capsys.readouterr().err
+    assert main(["encode", str(source), str(bad), "--bundle", "no-such-bundle", "--ratio", "24"]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_every_error_is_a_deepstd_error():
+    for cls in (BudgetError, BundleError, Cancelled, FormatError, InputError):
+        assert issubclass(cls, DeepSTDError)
+
+
+def test_demo_scan_is_unseen_but_on_the_template_grid(tiny_bundle):
+    made = unseen_scan(tiny_bundle.template, seed=2)
+    assert made.same_grid(tiny_bundle.template) and made.dtype == tiny_bundle.template.dtype
+    assert not np.array_equal(made.array, tiny_bundle.template.array)
