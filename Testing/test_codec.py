@@ -252,3 +252,19 @@ def test_demo_scan_is_unseen_but_on_the_template_grid(tiny_bundle):
     made = unseen_scan(tiny_bundle.template, seed=2)
     assert made.same_grid(tiny_bundle.template) and made.dtype == tiny_bundle.template.dtype
     assert not np.array_equal(made.array, tiny_bundle.template.array)
+
+
+def test_bench_runs_deepstd_and_a_peer_resumably(tiny_bundle, scan, tmp_path):
+    from deepstd import bench
+    from deepstd.io import write
+
+    source = write(scan, tmp_path / "scan.nii.gz")
+    out = tmp_path / "results.jsonl"
+    first = bench.run([source], tiny_bundle, out, ratios=[24], peer_names=["sperr3d", "zstd-lossless"])
+    codecs = {r["codec"]: r for r in first}
+    assert set(codecs) == {"deepstd", "sperr3d", "zstd-lossless"}
+    assert codecs["deepstd"]["status"] == "ok" and codecs["deepstd"]["bytes"] <= scan.raw_bytes // 24
+    assert codecs["zstd-lossless"]["status"] in ("unreachable", "unavailable")
+    assert bench.run([source], tiny_bundle, out, ratios=[24], peer_names=["sperr3d", "zstd-lossless"]) == []
+    table = bench.summary(bench.load(out))
+    assert "| deepstd |" in table and "24×" in table

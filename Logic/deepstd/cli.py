@@ -117,6 +117,40 @@ def cmd_train(args) -> None:
                      log=lambda line: print(line, file=sys.stderr, flush=True))
 
 
+def cmd_bench(args) -> None:
+    from . import bench
+    from .bundle import load_bundle
+    from .errors import InputError
+
+    bundle = load_bundle(args.bundle)
+    scans = list(args.scans)
+    if args.data:
+        held_out = bundle.config.get("training", {}).get("holdout_files", [])
+        folder = args.data / "images" if (args.data / "images").is_dir() else args.data
+        scans += [folder / name for name in held_out]
+    if not scans:
+        raise InputError("no scans: give files, or --data with the bundle's population folder "
+                         "(its held-out validation scans are used)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time_now()
+    with progress_bar() as progress:
+        bench.run(scans, bundle, args.out / "results.jsonl", args.ratios, args.peers, args.threads,
+                  progress=progress)
+    records = bench.load(args.out / "results.jsonl")
+    title = f"{bundle.name}: {len(set(r['scan'] for r in records))} scans"
+    text = bench.summary(records, title)
+    (args.out / "summary.md").write_text(text)
+    bench.plot(records, args.out / "rd.png", title)
+    print(text)
+    print(f"results: {args.out}/results.jsonl, summary.md, rd.png ({time_now() - started:.0f} s this run)")
+
+
+def time_now() -> float:
+    import time
+
+    return time.perf_counter()
+
+
 class progress_bar:
     """A tqdm bar fed by `Progress` events: one bar, relabelled per stage, on stderr."""
 
@@ -216,6 +250,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, default=1)
     train.add_argument("--resume", action="store_true")
     train.set_defaults(run=cmd_train)
+
+    bench = commands.add_parser("bench", help="DeepSTD against the peer codecs on the same scans and budgets")
+    bench.add_argument("scans", type=Path, nargs="*", help="scan files")
+    bench.add_argument("--bundle", required=True)
+    bench.add_argument("--data", type=Path, help="the bundle's population folder: bench its held-out scans")
+    bench.add_argument("--ratios", type=lambda t: [float(v) for v in t.split(",")], default=[32, 64, 128, 256])
+    bench.add_argument("--peers", nargs="*", default=None, help="peer names (default: the lossy peers but AV1)")
+    bench.add_argument("--threads", type=int, default=1)
+    bench.add_argument("--out", type=Path, required=True, help="folder for results.jsonl, summary.md, rd.png")
+    bench.set_defaults(run=cmd_bench)
 
     bundles = commands.add_parser("bundles", help="list the codec bundles shipped with the package")
     bundles.set_defaults(run=cmd_bundles)

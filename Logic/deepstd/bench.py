@@ -1,0 +1,177 @@
+"""`deepstd bench`: DeepSTD and the peer codecs side by side, on the same scans and byte budgets.
+
+Every codec gets the same budget per scan and ratio (raw bytes of the original dtype ÷ ratio, all
+bytes needed to reconstruct counted) and is measured on the decoded volume in original units:
+achieved ratio, PSNR / SSIM / MAE over the scan's real data range, encode and decode seconds,
+Mvoxel/s. A codec that cannot reach a ratio is recorded with the best it can do, a crash with
+its message. Results go to a JSON-lines file, one record per (scan, codec, ratio), so an
+interrupted run resumes where it stopped; `summary()` makes the Markdown table and `plot()` the
+rate–distortion PNG.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+
+from .errors import BudgetError, DeepSTDError
+from .progress import CancelToken, ProgressCallback, Reporter
+
+DEEPSTD = "deepstd"
+DEFAULT_PEERS = ("jpeg2000-slices", "jpeg2000-components", "htj2k-slices", "jpegxl-slices", "hevc",
+                 "sperr3d", "sz3", "zfp")
+DEFAULT_RATIOS = (32, 64, 128, 256)
+
+
+def _measure(volume, decoded: np.ndarray, nbytes: int, t_enc: float, t_dec: float) -> dict:
+    from . import metrics
+
+    return {"status": "ok", "bytes": nbytes, "ratio": volume.raw_bytes / nbytes,
+            "psnr": metrics.psnr(volume.array, decoded), "ssim": metrics.ssim(volume.array, decoded),
+            "mae": metrics.mae(volume.array, decoded), "encode_s": t_enc, "decode_s": t_dec,
+            "encode_mvox_s": volume.voxels / t_enc / 1e6, "decode_mvox_s": volume.voxels / t_dec / 1e6}
+
+
+def run_deepstd(volume, bundle, budget: int, cancel=None) -> dict:
+    from . import codec
+
+    t0 = time.perf_counter()
+    try:
+        data = codec.encode(volume, bundle, budget_bytes=budget, device="cpu", cancel=cancel)
+    except BudgetError as exc:
+        return {"status": "unreachable", "error": str(exc)}
+    t1 = time.perf_counter()
+    decoded = codec.decode(data, bundle, device="cpu")
+    record = _measure(volume, decoded.array, len(data), t1 - t0, time.perf_counter() - t1)
+    record["warnings"] = decoded.meta.get("warnings", [])
+    return record
+
+
+def run_peer(peer, volume, budget: int) -> dict:
+    from .peers import PeerBudgetError
+
+    t0 = time.perf_counter()
+    try:
+        data = peer.encode(volume, budget)
+        t1 = time.perf_counter()
+        decoded = peer.decode(data, volume)
+    except PeerBudgetError as exc:
+        return {"status": "unreachable", "best_ratio": volume.raw_bytes / exc.smallest_bytes}
+    except DeepSTDError as exc:
+        return {"status": "failed", "error": str(exc)}
+    return _measure(volume, decoded, len(data), t1 - t0, time.perf_counter() - t1)
+
+
+def run(scans: Sequence[Path], bundle, out_jsonl, ratios: Iterable[float] = DEFAULT_RATIOS,
+        peer_names: Optional[Sequence[str]] = None, threads: int = 1,
+        progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> List[dict]:
+    """Measure every codec on every scan at every ratio; append records to `out_jsonl` (resumable)."""
+    import torch
+
+    from . import peers
+    from .bundle import load_bundle
+    from .io import read
+
+    torch.set_num_threads(threads)
+    bundle = load_bundle(bundle) if not hasattr(bundle, "sha256") else bundle
+    out = Path(out_jsonl)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = {(r["scan"], r["codec"], r["target_ratio"]) for r in load(out)} if out.exists() else set()
+    missing = peers.unavailable()
+    codecs = [DEEPSTD] + [name for name in (peer_names or DEFAULT_PEERS) if name != DEEPSTD]
+    ratios = list(ratios)
+    reporter = Reporter(progress, cancel)
+    jobs = [(s, c, r) for s in scans for c in codecs for r in ratios]
+    records = []
+    volumes: Dict[str, object] = {}
+    for i, (scan, name, ratio) in enumerate(jobs):
+        key = (Path(scan).name, name, float(ratio))
+        reporter("bench", i / len(jobs), f"{key[0]} {name} {ratio:g}x")
+        if key in done:
+            continue
+        volume = volumes.setdefault(str(scan), read(scan))
+        budget = int(volume.raw_bytes // ratio)
+        if name in missing:
+            record = {"status": "unavailable", "error": missing[name]}
+        elif name == DEEPSTD:
+            record = run_deepstd(volume, bundle, budget, cancel)
+        else:
+            record = run_peer(peers.get(name), volume, budget)
+        record.update({"scan": key[0], "codec": name, "target_ratio": key[2], "budget": budget,
+                       "voxels": volume.voxels, "threads": threads})
+        with out.open("a") as stream:
+            stream.write(json.dumps(record) + "\n")
+        records.append(record)
+    reporter("bench", 1.0, "done")
+    return records
+
+
+def load(path) -> List[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def summary(records: Sequence[dict], title: str = "") -> str:
+    """Markdown: mean SSIM / median PSNR per codec and ratio, with how many scans reached it."""
+    ratios = sorted({r["target_ratio"] for r in records})
+    codecs = list(dict.fromkeys(r["codec"] for r in records))
+    scans = {r["scan"] for r in records}
+    lines = [f"### {title}" if title else "", "",
+             f"{len(scans)} scans; cells: mean SSIM / median PSNR dB (scans that reached the ratio); "
+             "budget = raw bytes ÷ ratio, every byte counted.", "",
+             "| codec | " + " | ".join(f"{r:g}×" for r in ratios) + " | encode Mvox/s |",
+             "|---|" + "---|" * (len(ratios) + 1)]
+    for name in codecs:
+        cells, speeds = [], []
+        for ratio in ratios:
+            rows = [r for r in records if r["codec"] == name and r["target_ratio"] == ratio]
+            ok = [r for r in rows if r["status"] == "ok"]
+            speeds += [r["encode_mvox_s"] for r in ok]
+            if not ok:
+                status = rows[0]["status"] if rows else "-"
+                cells.append(status)
+                continue
+            cells.append(f"{np.mean([r['ssim'] for r in ok]):.3f} / {np.median([r['psnr'] for r in ok]):.2f}"
+                         + ("" if len(ok) == len(rows) else f" ({len(ok)}/{len(rows)})"))
+        speed = f"{np.median(speeds):.2f}" if speeds else "-"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {speed} |")
+    return "\n".join(lines).strip() + "\n"
+
+
+def plot(records: Sequence[dict], png, title: str = "") -> Optional[Path]:
+    """Rate–distortion curves (achieved ratio vs median PSNR and mean SSIM) per codec."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name in dict.fromkeys(r["codec"] for r in records):
+        points = []
+        for ratio in sorted({r["target_ratio"] for r in records}):
+            ok = [r for r in records if r["codec"] == name and r["target_ratio"] == ratio and r["status"] == "ok"]
+            if ok:
+                points.append((np.mean([r["ratio"] for r in ok]), np.median([r["psnr"] for r in ok]),
+                               np.mean([r["ssim"] for r in ok])))
+        if points:
+            x, p, s = zip(*points)
+            style = dict(lw=2.5, color="black") if name == DEEPSTD else dict(lw=1.2)
+            axes[0].plot(x, p, "o-", label=name, **style)
+            axes[1].plot(x, s, "o-", label=name, **style)
+    for ax, label in zip(axes, ("median PSNR (dB)", "mean SSIM")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("compression ratio (raw ÷ file bytes)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return Path(png)
+
+
+__all__ = ["run", "load", "summary", "plot", "DEFAULT_PEERS", "DEFAULT_RATIOS"]
