@@ -67,41 +67,59 @@ def intensity_map(array: np.ndarray, rule: Optional[dict] = None) -> IntensityMa
     return IntensityMap(lo, hi)
 
 
-def into_template(scan: Volume, forward_disp: np.ndarray, frame, mapping: IntensityMap,
-                  reporter: Optional[Reporter] = None) -> Tuple[np.ndarray, np.ndarray]:
-    """The scan warped onto the template grid in unit intensities, and its support there.
+#: the texture frame extends the template grid by this fraction of its size on every side, so
+#: parts of a scan that fall outside the template's field of view after alignment are still coded
+MARGIN_FRACTION = 0.12
+#: both warps (into the template frame, and back on decode) use cubic B-splines: with linear
+#: interpolation the two resamplings alone cap the reconstruction near 32 dB PSNR on LA scans
+INTERPOLATION = "cubic"
 
-    `forward_disp` is the ITK displacement on the template grid (template point p reads the scan
-    at p + u(p)). Support = template voxels that read inside the scan; outside it the texture is
-    0 (the unit value of the scan's low percentile: background).
+
+def texture_frame(template_frame, margin=None):
+    """The grid the texture is coded on: the template grid padded by `margin` voxels (x, y, z)."""
+    if margin is None:
+        margin = [max(8, int(round(MARGIN_FRACTION * n))) if n > 1 else 0 for n in template_frame.size]
+    return template_frame.padded(margin), [int(m) for m in margin]
+
+
+def into_template(scan: Volume, backward, matrix: np.ndarray, template, frame,
+                  mapping: IntensityMap, reporter: Optional[Reporter] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """The scan warped onto the texture `frame` in unit intensities, and its support there.
+
+    The warp is the numerical inverse of the *backward* network (the shape code, on the `template`
+    frame, clamped outside it) followed by `matrix`, the template -> scan pre-alignment: so the
+    decoder's backward warp undoes it up to interpolation, not up to the cycle error of the
+    forward network (measured on LA: +2 dB for the shape path alone). Support = texture voxels
+    that read inside the scan; outside it the texture is 0 (the scan's low percentile).
     """
     from .shape import field
 
-    warped = field.warp(scan.with_array(mapping.to_unit(scan.array)), forward_disp, frame, "linear",
-                        default=0.0, reporter=reporter)
-    ones = scan.with_array(np.ones(scan.array.shape, np.float32))
-    support = field.warp(ones, forward_disp, frame, "nearest", default=0.0).array > 0.5
-    return warped.array, support
+    disp = field.inverse_displacement(backward, template, grid=frame, post=matrix, reporter=reporter)
+    warped = field.warp(scan.with_array(mapping.to_unit(scan.array)), disp, frame, INTERPOLATION,
+                        default=np.nan, reporter=reporter).array
+    support = ~np.isnan(warped)
+    warped[~support] = 0.0
+    return warped, support
 
 
-def from_template(texture: np.ndarray, frame, backward, matrix: np.ndarray, scan_grid,
+def from_template(texture: np.ndarray, template, frame, backward, matrix: np.ndarray, scan_grid,
                   mapping: IntensityMap, reporter: Optional[Reporter] = None) -> Tuple[np.ndarray, float]:
-    """The decoded texture read at every voxel of the scan's grid, in original units.
+    """The decoded texture (on `frame`) read at every voxel of the scan's grid, in original units.
 
     Returns the array (z, y, x) and the fraction of scan voxels whose backward map landed inside
-    the template grid (the rest get the background value: a scan reaching beyond the template's
-    field of view loses that part; the encoder records the fraction as a warning).
+    the texture frame (the rest get the background value; the margin makes this rare).
     """
     from .shape import field
 
-    disp = field.displacement(backward, frame, grid=scan_grid, pre=np.linalg.inv(matrix),
-                              reporter=reporter)
-    template_volume = frame.volume(texture)
-    values = field.warp(template_volume, disp, scan_grid, "linear", default=np.nan, reporter=reporter).array
+    disp = field.displacement(backward, template, grid=scan_grid, pre=np.linalg.inv(matrix),
+                              reporter=reporter, clamp=True)
+    values = field.warp(frame.volume(texture), disp, scan_grid, INTERPOLATION, default=np.nan,
+                        reporter=reporter).array
     outside = np.isnan(values)
     coverage = 1.0 - float(outside.mean())
     values[outside] = 0.0
     return mapping.from_unit(values), coverage
 
 
-__all__ = ["IntensityMap", "intensity_map", "into_template", "from_template", "PERCENTILE_RULE"]
+__all__ = ["IntensityMap", "intensity_map", "into_template", "from_template", "texture_frame",
+           "PERCENTILE_RULE"]

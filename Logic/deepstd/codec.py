@@ -18,7 +18,7 @@ from typing import Dict, Optional, Tuple, Union
 import numpy as np
 
 from . import __version__
-from .alignment import IntensityMap, from_template, intensity_map, into_template
+from .alignment import IntensityMap, from_template, intensity_map, into_template, texture_frame
 from .bundle import Bundle, load_bundle, shipped_bundles
 from .container import geometry_header, grid_of, pack, unpack, write_atomic
 from .errors import BudgetError, BundleError, FormatError, InputError
@@ -87,7 +87,7 @@ def encode(volume: Volume, bundle, ratio: Optional[float] = None, budget_bytes: 
            device: str = "auto", workers: Optional[int] = None, progress: Optional[ProgressCallback] = None,
            cancel: Optional[CancelToken] = None) -> bytes:
     """Compress `volume` to at most `raw_bytes / ratio` (or `budget_bytes`) bytes, headers included."""
-    from .shape import CycleSettings, register
+    from .shape import CycleSettings, decode_shape, register
     from .shape.code import MIN_WIDTH, code_bytes, width_for_budget
 
     bundle = resolve_bundle(bundle)
@@ -123,7 +123,9 @@ def encode(volume: Volume, bundle, ratio: Optional[float] = None, budget_bytes: 
                         f"{threshold:.3f}: the scan is unlike the template; the texture carries the difference")
     shape = reg.shape_code(SHAPE_BITS)
     mapping = intensity_map(volume.array, bundle.config.get("intensity"))
-    unit, support = into_template(volume, reg.forward_field(), reg.frame, mapping)
+    frame, margin = texture_frame(reg.frame)
+    stored = decode_shape(shape)      # warp with exactly what the decoder will have
+    unit, support = into_template(volume, stored.backward, stored.matrix, reg.frame, frame, mapping)
     reporter("texture", 0.5, "analysing the aligned texture")
     block = bundle.config.get("texture", {}).get("block", 64)
     analysis = codec.analyse(unit, block, support, 0.0, workers, reporter.scaled(0.5, 0.85))
@@ -135,7 +137,7 @@ def encode(volume: Volume, bundle, ratio: Optional[float] = None, budget_bytes: 
         "intensity": mapping.to_header(),
         "target_ratio": round(volume.raw_bytes / budget, 4),
         "budget_bytes": budget,
-        "codec": {"shape_width": width, "shape_bits": SHAPE_BITS, "omega": reg.omega,
+        "codec": {"shape_width": width, "shape_bits": SHAPE_BITS, "omega": reg.omega, "margin": margin,
                   "registration_loss": round(reg.loss, 5)},
     })
     if volume.meta.get("dicom"):
@@ -227,13 +229,18 @@ def decode(data: bytes, bundle=None, device: str = "auto", workers: Optional[int
     texture = codec.decompress(parsed.sections["texture"], workers,
                                reporter.scaled(0.0, 0.7).callback(), cancel)
     template = Frame.of(bundle.template)
-    if texture.shape != template.shape_zyx:
+    margin = header.get("codec", {}).get("margin", [0, 0, 0])
+    if not (isinstance(margin, list) and len(margin) == 3
+            and all(isinstance(m, int) and 0 <= m <= 4096 for m in margin)):
+        raise FormatError("the header's texture margin is invalid")
+    frame, _ = texture_frame(template, margin)
+    if texture.shape != frame.shape_zyx:
         raise FormatError(f"texture shape {texture.shape} does not match the bundle's template grid")
     code = decode_shape(parsed.sections["shape"])
     size, spacing, origin, direction = grid_of(header)
     scan_grid = Frame(tuple(int(n) for n in size), tuple(spacing), tuple(origin), tuple(direction))
-    values, coverage = from_template(texture, template, code.backward, code.matrix, scan_grid, mapping,
-                                     reporter.scaled(0.7, 1.0))
+    values, coverage = from_template(texture, template, frame, code.backward, code.matrix, scan_grid,
+                                     mapping, reporter.scaled(0.7, 1.0))
     dtype = header["dtype"]
     values = cast_to_dtype(values, dtype).astype(np.float32)
     meta = {"warnings": list(header.get("warnings", [])), "dstd": {"bundle": bundle.name,

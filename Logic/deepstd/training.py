@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from .alignment import PERCENTILE_RULE, intensity_map, into_template
+from .alignment import PERCENTILE_RULE, intensity_map, into_template, texture_frame
 from .errors import InputError
 from .progress import CancelToken, ProgressCallback, Reporter
 from .volume import Volume
@@ -91,7 +91,7 @@ def train_bundle(data_dir, out, name: str, modality: str, region: str, holdout: 
 
     from .bundle import save_bundle
     from .io import read
-    from .shape import CycleSettings, register
+    from .shape import CycleSettings, decode_shape, register
     from .texture.network import TextureConfig
     from .texture.train import TrainSettings, evaluate, train
 
@@ -132,7 +132,8 @@ def train_bundle(data_dir, out, name: str, modality: str, region: str, holdout: 
             unit, loss, probe = data["unit"], float(data["loss"]), float(data["probe"])
         else:
             reg = register(scan, template, settings, cancel=cancel)
-            unit, _ = into_template(scan, reg.forward_field(), reg.frame,
+            stored = decode_shape(reg.shape_code(8))
+            unit, _ = into_template(scan, stored.backward, stored.matrix, reg.frame, texture_frame(reg.frame)[0],
                                     intensity_map(scan.array, rule))
             loss = reg.loss
             h = reg.fit.history

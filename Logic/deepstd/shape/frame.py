@@ -65,6 +65,13 @@ class Frame:
                         for l, m, s in zip(self.lengths, size, self.spacing))
         return Frame(size, spacing, self.origin, self.direction)
 
+    def padded(self, margin) -> "Frame":
+        """The same grid extended by `margin` voxels (x, y, z) on both sides of each axis."""
+        m = np.asarray(margin, dtype=np.float64)
+        origin = np.asarray(self.origin) - self.direction_matrix @ (m * np.asarray(self.spacing))
+        return Frame(tuple(int(n + 2 * k) for n, k in zip(self.size, margin)), self.spacing,
+                     tuple(float(v) for v in origin), self.direction)
+
     def same_box(self, other: "Frame") -> bool:
         return bool(np.allclose(self.lengths, other.lengths) and np.allclose(self.origin, other.origin)
                     and np.allclose(self.direction, other.direction))
