@@ -19,3 +19,14 @@ def oblique_volume() -> Volume:
     array = (1000 * np.sin(x / 3.0) * np.cos(y / 4.0) + 30 * z + rng.normal(0, 5, x.shape)).round()
     return Volume(array.astype(np.float32), spacing=(0.7, 0.9, 3.5), origin=(-12.5, 40.25, 7.0),
                   direction=OBLIQUE_DIRECTION, dtype="int16", units="HU")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Two threads on shared, busy cores oversubscribe badly; tests that need two ask for it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

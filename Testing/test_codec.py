@@ -27,12 +27,7 @@ TINY = TextureConfig(channels=8, latent=8, hyper=8, levels=3, pos_dim=4)
 FAST_REGISTRATION = {"steps": 40, "width": 16, "depth": 2, "omega": 12.0, "batch": 512, "threshold": -0.5}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def blob_volume(size_xyz, spacing, origin=(0.0, 0.0, 0.0), direction=OBLIQUE_DIRECTION, seed=0,
@@ -270,3 +265,8 @@ def test_bench_runs_deepstd_and_a_peer_resumably(tiny_bundle, scan, tmp_path):
     assert bench.run([source], tiny_bundle, out, ratios=[24], peer_names=["sperr3d", "zstd-lossless"]) == []
     table = bench.summary(bench.load(out))
     assert "| deepstd |" in table and "24×" in table
+
+
+def test_output_bytes_do_not_depend_on_the_worker_count(tiny_bundle, scan, coded):
+    for workers in (1, 2):
+        assert codec.encode(scan, tiny_bundle, ratio=24, device="cpu", workers=workers) == coded

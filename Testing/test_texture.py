@@ -18,13 +18,7 @@ from deepstd.texture.entropy import compress_latents, decompress_latents
 TINY = TextureConfig(channels=8, latent=8, hyper=8, levels=3, pos_dim=4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two threads on shared, busy cores oversubscribe badly; tests that need two ask for it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def smooth_volume(shape, seed=0):

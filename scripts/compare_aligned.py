@@ -19,6 +19,7 @@ from deepstd import codec, metrics, read
 from deepstd.alignment import intensity_map
 from deepstd.bundle import load_bundle
 from deepstd.container import geometry_header, pack
+from deepstd.ratecontrol import largest_within
 from deepstd.texture import TextureCodec
 from deepstd.volume import cast_to_dtype
 
@@ -30,21 +31,9 @@ def unaligned_file(texture: TextureCodec, volume, budget: int, rule) -> tuple:
     analysis = texture.analyse(unit, 64)
     header = dict(geometry_header(volume), intensity=mapping.to_header())
     build = lambda rate: pack(header, {"texture": texture.code(analysis, rate).to_bytes()})  # noqa: E731
-    lo, hi, best = 0.0, 1.0, build(0.0)
-    if len(best) > budget:
+    best, _ = largest_within(build, budget)
+    if best is None:
         return None, None
-    if len(build(1.0)) <= budget:
-        best = build(1.0)
-    else:
-        for _ in range(18):
-            mid = (lo + hi) / 2
-            data = build(mid)
-            if len(data) <= budget:
-                lo, best = mid, data
-                if len(data) >= 0.98 * budget:
-                    break
-            else:
-                hi = mid
     from deepstd.container import unpack
     decoded = texture.decompress(unpack(best).sections["texture"])
     return best, cast_to_dtype(mapping.from_unit(decoded), volume.dtype).astype(np.float32)

@@ -23,6 +23,7 @@ from .bundle import Bundle, load_bundle, shipped_bundles
 from .container import geometry_header, grid_of, pack, unpack, write_atomic
 from .errors import BudgetError, BundleError, FormatError, InputError
 from .progress import CancelToken, ProgressCallback, Reporter
+from .ratecontrol import STEPS as SEARCH_STEPS, largest_within
 from .volume import Volume, cast_to_dtype
 
 #: the whole file must land within this fraction under the budget
@@ -32,7 +33,6 @@ SHAPE_SHARE = 0.12
 SHAPE_BITS = 8
 #: header + section framing is a few hundred bytes; below this no scan can be coded
 MIN_FILE_BYTES = 400
-SEARCH_STEPS = 18
 
 _codecs: Dict[Tuple[str, str], object] = {}
 
@@ -89,6 +89,7 @@ def encode(volume: Volume, bundle, ratio: Optional[float] = None, budget_bytes: 
     """Compress `volume` to at most `raw_bytes / ratio` (or `budget_bytes`) bytes, headers included."""
     from .shape import CycleSettings, decode_shape, register
     from .shape.code import MIN_WIDTH, code_bytes, width_for_budget
+    from .texture.rate import RATE_STEPS
 
     bundle = resolve_bundle(bundle)
     budget = budget_for(volume, ratio, budget_bytes)
@@ -152,26 +153,16 @@ def encode(volume: Volume, bundle, ratio: Optional[float] = None, budget_bytes: 
 
     search = reporter.scaled(0.85, 1.0)
     search("entropy", 0.0, f"fitting {budget} bytes")
-    lowest = build(0.0)
-    if len(lowest) > budget:
-        raise _infeasible(volume, budget, len(lowest))
-    best = build(1.0)
-    if len(best) > budget:
-        lo, hi, best = 0.0, 1.0, lowest
-        for step in range(SEARCH_STEPS):
-            search("entropy", (step + 1) / SEARCH_STEPS, f"fitting {budget} bytes")
-            mid = (lo + hi) / 2
-            data = build(mid)
-            if len(data) <= budget:
-                lo, best = mid, data
-                if len(data) >= (1 - TOLERANCE) * budget:
-                    break
-            else:
-                hi = mid
-    else:
+    best, smallest = largest_within(
+        build, budget, TOLERANCE,
+        on_step=lambda step: search("entropy", (step + 1) / SEARCH_STEPS, f"fitting {budget} bytes"))
+    if best is None:
+        raise _infeasible(volume, budget, len(smallest))
+    if len(best) < (1 - TOLERANCE) * budget and unpack(best).header["codec"]["texture_rate"] == RATE_STEPS:
         warnings.append(f"the finest texture rate of this bundle fits in {len(best)} bytes "
                         f"({volume.raw_bytes / len(best):.1f}x); the budget allows more")
-        best = build(1.0)
+        noted = build(1.0)
+        best = noted if len(noted) <= budget else best   # the note itself must not break the budget
     reporter("write", 1.0, f"{len(best)} bytes in {time.perf_counter() - started:.1f} s")
     return best
 

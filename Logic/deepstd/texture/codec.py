@@ -31,6 +31,7 @@ from . import tiling
 from .entropy import IntegerHyperSynthesis, compress_latents, decompress_latents
 from .network import TextureConfig, TextureNet
 from .position import block_coords
+from ..ratecontrol import STEPS, largest_within
 from .rate import quantise_rate
 from .streams import TextureStreams
 
@@ -150,26 +151,19 @@ class TextureCodec:
         below it when reachable): one analysis pass, then bisection on entropy coding only."""
         report = Reporter(progress, cancel)
         analysis = self.analyse(x, block, support, fill, workers, report.scaled(0.0, 0.5))
-        size = lambda st: len(st.to_bytes())  # noqa: E731
-        lo = self.code(analysis, 0.0, workers)
-        if size(lo) > max_bytes:
-            raise BudgetError(f"the texture needs at least {size(lo)} bytes at the lowest rate, "
+        streams = {}
+
+        def build(rate: float) -> bytes:
+            streams[rate] = self.code(analysis, rate, workers)
+            return streams[rate].to_bytes()
+
+        best, smallest = largest_within(
+            build, max_bytes, tolerance,
+            on_step=lambda i: report("texture", 0.5 + 0.5 * i / STEPS, f"fitting {max_bytes} bytes"))
+        if best is None:
+            raise BudgetError(f"the texture needs at least {len(smallest)} bytes at the lowest rate, "
                               f"the budget is {max_bytes}")
-        hi = self.code(analysis, 1.0, workers)
-        if size(hi) <= max_bytes:
-            return hi
-        a, b, best = 0.0, 1.0, lo
-        for i in range(17):  # 2**-17 < one step of the stored 16-bit knob
-            report("texture", 0.5 + 0.5 * i / 17, f"fitting {max_bytes} bytes")
-            mid = (a + b) / 2
-            st = self.code(analysis, mid, workers)
-            if size(st) <= max_bytes:
-                a, best = mid, st
-                if size(st) >= (1 - tolerance) * max_bytes:
-                    break
-            else:
-                b = mid
-        return best
+        return TextureStreams.from_bytes(best)
 
     @torch.no_grad()
     def analyse(self, x, block=64, support: Optional[np.ndarray] = None, fill: float = 0.0,
