@@ -11,7 +11,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from deepstd import Volume, codec
 from deepstd.bundle import load_bundle, save_bundle
