@@ -6,9 +6,7 @@ import pytest
 
 from deepstd import Volume
 
-from shared_data import REQUIRE_DATA, SHARED_DATA, data_path  # noqa: F401  (re-exported)
-
-OBLIQUE_DIRECTION = tuple(np.array([[0.0, -0.8, 0.6], [1.0, 0.0, 0.0], [0.0, 0.6, 0.8]]).T.reshape(-1))
+from shared_data import OBLIQUE_DIRECTION, REQUIRE_DATA, SHARED_DATA, data_path  # noqa: F401  (re-exported)
 
 
 @pytest.fixture

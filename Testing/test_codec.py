@@ -20,7 +20,7 @@ from deepstd.errors import BudgetError, BundleError, Cancelled, DeepSTDError, Fo
 from deepstd.progress import CancelEvent
 from deepstd.texture import TextureCodec, TextureConfig
 
-from conftest import OBLIQUE_DIRECTION
+from shared_data import OBLIQUE_DIRECTION
 
 TINY = TextureConfig(channels=8, latent=8, hyper=8, levels=3, pos_dim=4)
 FAST_REGISTRATION = {"steps": 40, "width": 16, "depth": 2, "omega": 12.0, "batch": 512, "threshold": -0.5}

@@ -2,11 +2,10 @@
 decoding by the header's bundle id, and the demo command."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from deepstd import codec, metrics, read
+from deepstd import codec, metrics, peers, read
 from deepstd.bundle import load_bundle, shipped_bundles
 from deepstd.container import unpack
 
@@ -49,18 +48,19 @@ def test_held_out_scan_at_128x_meets_the_budget_and_the_grid(held_out_scan, code
     assert out.origin == held_out_scan.origin and out.direction == held_out_scan.direction
     assert out.dtype == "uint8"
     assert out.meta["dstd"]["coverage"] > 0.99
-    # a trained bundle must beat coding nothing but the mean by a wide margin
-    flat = np.full_like(held_out_scan.array, held_out_scan.array.mean())
-    assert metrics.psnr(held_out_scan.array, out.array) > metrics.psnr(held_out_scan.array, flat) + 10
-    assert metrics.ssim(held_out_scan.array, out.array) > 0.6
+    # at equal bytes a trained bundle must beat 3D JPEG 2000 (measured: 26.2 vs 24.7 dB PSNR)
+    jpeg2000 = peers.get("jpeg2000-components")
+    reference = jpeg2000.decode(jpeg2000.encode(held_out_scan, len(coded_128)), held_out_scan)
+    assert metrics.psnr(held_out_scan.array, out.array) > metrics.psnr(held_out_scan.array, reference)
+    assert metrics.ssim(held_out_scan.array, out.array) > metrics.ssim(held_out_scan.array, reference)
 
 
 def test_more_bytes_give_better_quality(la_bundle, held_out_scan, coded_128):
-    coded_32 = codec.encode(held_out_scan, la_bundle, ratio=32, device="cpu")
-    assert len(coded_32) > 3 * len(coded_128)
+    coded_64 = codec.encode(held_out_scan, la_bundle, ratio=64, device="cpu")
+    assert len(coded_64) > 1.9 * len(coded_128)
     psnr = lambda data: metrics.psnr(held_out_scan.array, codec.decode(data, la_bundle).array)  # noqa: E731
-    assert psnr(coded_32) > psnr(coded_128) + 1.0
-    assert unpack(coded_32).header["codec"]["texture_rate"] > unpack(coded_128).header["codec"]["texture_rate"]
+    assert psnr(coded_64) > psnr(coded_128) + 1.0
+    assert unpack(coded_64).header["codec"]["texture_rate"] > unpack(coded_128).header["codec"]["texture_rate"]
 
 
 def test_demo_command_writes_a_picture(tmp_path, capsys):
