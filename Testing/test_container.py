@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import stat
 import struct
 import zlib
 
@@ -108,6 +109,13 @@ def test_fuzz_truncations_and_bit_flips_only_raise_format_errors(sample):
     assert sum(outcomes.values()) == len(cases) >= 5000
     assert outcomes["refused"] > 0.98 * len(cases)
     print(f"fuzzed {len(cases)} files: {outcomes}")
+
+
+def test_write_atomic_gives_the_permissions_of_a_plain_open(tmp_path, sample):
+    written = write_atomic(tmp_path / "shared.dstd", pack(*sample))
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(b"")
+    assert stat.S_IMODE(written.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
 
 
 def test_write_atomic_leaves_no_partial_file(tmp_path, sample):

@@ -140,12 +140,27 @@ def pack(header: dict, sections: Dict[str, bytes]) -> bytes:
     return bytes(out)
 
 
+def _current_umask() -> int:
+    """The process umask; read once at import, since os.umask can only read it by setting it."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def write_atomic(path, data: bytes) -> Path:
-    """Write bytes to `path` through a temporary file in the same folder and an atomic rename."""
+    """Write bytes to `path` through a temporary file in the same folder and an atomic rename.
+
+    The file gets the permissions a plain `open(path, "wb")` would give (0666 less the umask), not
+    mkstemp's private 0600, so colleagues and services can read the result.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(temp, 0o666 & ~_UMASK)
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()
