@@ -149,10 +149,20 @@ def test_writer_uses_the_module_settings(headless, oblique_volume, tmp_path, mon
     assert path.read_bytes() == b"DSTD" + bytes(10)
 
 
-def test_write_then_read_round_trip_with_the_real_codec(headless, oblique_volume, tmp_path):
+def test_write_then_read_round_trip_with_the_real_codec(headless, tmp_path):
+    from deepstd import Volume
+    from shared_data import OBLIQUE_DIRECTION
+
     codec_ready()
     name = next(iter(codec.shipped_bundles()))
-    core.DeepSTDCore().parameter_node().SetParameter("bundle", name)
+    settings = core.DeepSTDCore().parameter_node()
+    settings.SetParameter("bundle", name)
+    settings.SetParameter("ratio", "16")
+    # large enough for a real file at 16x (a 2 KB volume cannot hold the minimal shape + texture codes)
+    z, y, x = np.meshgrid(np.arange(20), np.arange(40), np.arange(48), indexing="ij")
+    blob = 400 * np.exp(-((x - 24) ** 2 / 150 + (y - 20) ** 2 / 90 + (z - 10) ** 2 / 40)) + 5 * (x % 7)
+    oblique_volume = Volume(blob.round().astype(np.float32), spacing=(0.8, 0.7, 2.5), origin=(-12.5, 40.25, 7.0),
+                            direction=OBLIQUE_DIRECTION, dtype="int16", units="unitless")
     node = mrml.add_volume_node(oblique_volume, "v")
     path = tmp_path / "v.dstd"
     parent = FakeIOParent()
