@@ -118,6 +118,24 @@ def test_chunked_evaluation_matches_one_pass(oblique_volume):
     assert np.allclose(det_small, det_big, atol=1e-5)
 
 
+def test_sampled_field_matches_the_network_and_continues_by_the_edge():
+    from deepstd.shape.field import SampledField
+
+    frame = Frame((60, 50, 30), (0.7, 0.7, 1.5), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    net = _bumpy(omega=12.0, scale=0.05)
+    sampled = SampledField(net, frame)
+    aspect = torch.as_tensor(frame.aspect, dtype=torch.float32)
+    q = (torch.rand(5000, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1) * aspect
+    with torch.no_grad():
+        exact = net(q)
+    error = frame.units_to_voxels(sampled(q) - exact).abs()        # what the warp would move by
+    assert frame.units_to_voxels(exact).abs().max() > 5               # a large, wiggly field
+    assert error.mean() < 0.1 and error.max() < 0.5
+    outside = q * 1.5
+    edge = torch.maximum(torch.minimum(outside, aspect), -aspect)
+    assert torch.allclose(sampled(outside), sampled(edge), atol=1e-6)
+
+
 def test_jacobian_determinant_matches_finite_differences_in_mm():
     frame = Frame((20, 18, 12), (0.7, 1.1, 2.5), (3.0, -4.0, 10.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
     net = _bumpy(scale=0.08)

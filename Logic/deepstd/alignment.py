@@ -94,7 +94,8 @@ def into_template(scan: Volume, backward, matrix: np.ndarray, template, frame,
     """
     from .shape import field
 
-    disp = field.inverse_displacement(backward, template, grid=frame, post=matrix, reporter=reporter)
+    disp = field.inverse_displacement(field.SampledField(backward, template), template, grid=frame,
+                                      post=matrix, reporter=reporter)
     warped = field.warp(scan.with_array(mapping.to_unit(scan.array)), disp, frame, INTERPOLATION,
                         default=np.nan, reporter=reporter).array
     support = ~np.isnan(warped)
@@ -111,8 +112,8 @@ def from_template(texture: np.ndarray, template, frame, backward, matrix: np.nda
     """
     from .shape import field
 
-    disp = field.displacement(backward, template, grid=scan_grid, pre=np.linalg.inv(matrix),
-                              reporter=reporter, clamp=True)
+    disp = field.displacement(field.SampledField(backward, template), template, grid=scan_grid,
+                              pre=np.linalg.inv(matrix), reporter=reporter, clamp=True)
     values = field.warp(frame.volume(texture), disp, scan_grid, INTERPOLATION, default=np.nan,
                         reporter=reporter).array
     outside = np.isnan(values)
