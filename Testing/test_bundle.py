@@ -24,8 +24,11 @@ def test_round_trip_and_stable_id(tmp_path, oblique_volume):
     np.testing.assert_array_equal(bundle.template.array, oblique_volume.array)
     np.testing.assert_array_equal(bundle.template_labels.array, labels.array)
     assert len(bundle.sha256) == 64 and "trained on 3 scans" in bundle.describe()
+    assert bundle.template.units == "unitless"                     # an MR bundle
     changed = save_bundle(tmp_path / "c.dstdb", dict(CONFIG, region="other"), oblique_volume)
     assert load_bundle(changed).sha256 != bundle.sha256
+    ct = save_bundle(tmp_path / "ct.dstdb", dict(CONFIG, modality="CT"), oblique_volume)
+    assert load_bundle(ct).template.units == "HU"                  # NIfTI cannot say so; the config does
 
 
 def _zip(entries):

@@ -1,27 +1,21 @@
 """The seam between the module and the `deepstd` codec: every call into it goes through here.
 
-The module only moves data; `deepstd` computes. Bundle files are read directly (a bundle is a zip
-with `config.json` and `template.nii.gz`, DESIGN.md), so choosing a codec and showing its
-template work without the codec's Python API; registration, encoding and decoding call the
-package's public functions, imported on first use. A missing piece raises `CodecUnavailable`,
-whose message the GUI shows as is.
+The module only moves data; `deepstd` computes. Bundles are read by `deepstd.bundle`, which needs
+neither torch nor the codec, so choosing a codec and showing its template work before the heavy
+dependencies are installed; registration, encoding and decoding call the package's public
+functions, imported on first use. A missing piece raises `CodecUnavailable`, whose message the
+GUI shows as is.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib
-import importlib.util
-import json
-import os
-import tempfile
-import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Tuple
 
 if TYPE_CHECKING:
     from deepstd.volume import Volume
 
-BUNDLE_SUFFIX = ".dstdb"
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -41,20 +35,21 @@ def require(module: str, purpose: str):
 
 # --- bundles ------------------------------------------------------------------------------------
 
-def shipped_bundle_dir() -> Optional[Path]:
-    """`deepstd/bundles/` of the installed package, found without importing it."""
-    spec = importlib.util.find_spec("deepstd")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0]) / "bundles"
+def _bundles():
+    return require("deepstd.bundle", "Choosing a codec bundle")
+
+
+def shipped_bundle_dir() -> Path:
+    """`deepstd/bundles/` of the installed package."""
+    return _bundles().SHIPPED_DIR
 
 
 def shipped_bundles() -> Dict[str, Path]:
     """Name -> path of every bundle shipped with the package (name = file name without suffix)."""
-    folder = shipped_bundle_dir()
-    if folder is None or not folder.is_dir():
+    folder, suffix = shipped_bundle_dir(), _bundles().SUFFIX
+    if not folder.is_dir():
         return {}
-    return {p.name[:-len(BUNDLE_SUFFIX)]: p for p in sorted(folder.glob("*" + BUNDLE_SUFFIX))}
+    return {p.name[:-len(suffix)]: p for p in sorted(folder.glob("*" + suffix))}
 
 
 def bundle_path(name_or_path: str) -> Path:
@@ -70,25 +65,17 @@ def bundle_path(name_or_path: str) -> Path:
     raise BundleError(f"codec bundle {name_or_path!r} not found (shipped bundles: {known})")
 
 
-def bundle_config(path: Path) -> Dict[str, Any]:
-    """The bundle's `config.json`."""
-    from deepstd.errors import BundleError
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return json.loads(archive.read("config.json"))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
-        raise BundleError(f"{path.name} is not a readable codec bundle: {error}") from error
+def load_bundle(path: Path):
+    """The bundle (settings, template, labels, weights) as `deepstd.bundle` reads and checks it."""
+    return _bundles().load_bundle(str(path))
 
 
 def describe_bundle(path: Path) -> str:
     """One paragraph for the Codec section: modality, region, training size and any description."""
-    config = bundle_config(path)
+    config = load_bundle(path).config
     training = config.get("training") if isinstance(config.get("training"), dict) else {}
-    size = next((training[k] for k in ("scans", "subjects", "size", "count") if k in training),
-                config.get("training_size"))
-    parts = [f"<b>{config.get('name', path.stem)}</b>",
-             f"modality: {config.get('modality', '?')}", f"region: {config.get('region', '?')}",
-             f"trained on: {size if size is not None else '?'} scans"]
+    parts = [f"<b>{config['name']}</b>", f"modality: {config['modality']}", f"region: {config['region']}",
+             f"trained on: {training.get('scans', '?')} scans"]
     text = " | ".join(parts)
     if config.get("description"):
         text += "<br>" + str(config["description"])
@@ -96,7 +83,7 @@ def describe_bundle(path: Path) -> str:
 
 
 def bundle_sha256(path: Path) -> str:
-    """A bundle's id (SHA-256 of the file), as a `.dstd` header records it."""
+    """A file's SHA-256: a bundle's id, as a `.dstd` header records it (hashed without parsing)."""
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
@@ -106,25 +93,8 @@ def bundle_sha256(path: Path) -> str:
 
 def bundle_template(path: Path) -> Tuple["Volume", Optional["Volume"]]:
     """The bundle's template scan and, when it has them, its labels."""
-    import SimpleITK as sitk
-    from deepstd.errors import BundleError
-    from deepstd.volume import Volume
-
-    config = bundle_config(path)
-    out: List[Optional["Volume"]] = []
-    with zipfile.ZipFile(path) as archive, tempfile.TemporaryDirectory() as tmp:
-        names = set(archive.namelist())
-        for member in ("template.nii.gz", "template_labels.nii.gz"):
-            if member not in names:
-                if member == "template.nii.gz":
-                    raise BundleError(f"{path.name} has no template.nii.gz")
-                out.append(None)
-                continue
-            archive.extract(member, tmp)
-            image = sitk.ReadImage(os.path.join(tmp, member))
-            units = "HU" if str(config.get("modality", "")).upper() == "CT" and member == "template.nii.gz" else "unitless"
-            out.append(Volume.from_sitk(image, units=units))
-    return out[0], out[1]
+    bundle = load_bundle(path)
+    return bundle.template, bundle.template_labels
 
 
 def find_bundle(name: str, sha256: str = "", search: Sequence[Path] = ()) -> Path:
@@ -137,17 +107,12 @@ def find_bundle(name: str, sha256: str = "", search: Sequence[Path] = ()) -> Pat
             continue
         if sha256 and bundle_sha256(path) == sha256:
             return path
-        if not sha256 and path.name[:-len(BUNDLE_SUFFIX)] == name:
+        if not sha256 and path.name[:-len(_bundles().SUFFIX)] == name:
             return path
     raise BundleError(f"this file needs the codec bundle {name!r}"
                       + (f" (id {sha256[:12]}…)" if sha256 else "")
                       + ", which is not available: load that bundle file in the DeepSTD module's Codec "
                         "section, or install the extension version that ships it")
-
-
-def load_bundle(path: Path):
-    """The codec's in-memory bundle (weights, settings) for encode/decode."""
-    return require("deepstd.bundle", "Loading a codec bundle").load_bundle(str(path))
 
 
 # --- operations ---------------------------------------------------------------------------------

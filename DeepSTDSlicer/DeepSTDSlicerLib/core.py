@@ -115,7 +115,7 @@ class DeepSTDCore:
         """Load a bundle's template (and its labels as a segmentation) and show it in the views."""
         path = codec.bundle_path(name_or_path)
         template, labels = codec.bundle_template(path)
-        stem = path.name[:-len(codec.BUNDLE_SUFFIX)]
+        stem = path.stem
         node = mrml.add_volume_node(template, f"{stem} template", self.scene,
                                     attributes={ATTR_BUNDLE: stem})
         segmentation = None

@@ -14,7 +14,7 @@ import json
 import tempfile
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -109,8 +109,10 @@ def from_bytes(data: bytes, path: Optional[Path] = None) -> Bundle:
         raise BundleError(f"config.json must be an object with {', '.join(REQUIRED_CONFIG)}")
     labels = _volume(entry("template_labels.nii.gz")) if "template_labels.nii.gz" in infos else None
     texture = entry("texture.safetensors") if "texture.safetensors" in infos else b""
-    return Bundle(str(config["name"]), hashlib.sha256(data).hexdigest(), config,
-                  _volume(entry("template.nii.gz")), labels, texture, path)
+    template = _volume(entry("template.nii.gz"))
+    if str(config["modality"]).upper() == "CT":      # NIfTI does not say so; the bundle does
+        template = replace(template, units="HU")
+    return Bundle(str(config["name"]), hashlib.sha256(data).hexdigest(), config, template, labels, texture, path)
 
 
 def save_bundle(path, config: dict, template: Volume, template_labels: Optional[Volume] = None,

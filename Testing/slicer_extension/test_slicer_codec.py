@@ -1,8 +1,5 @@
-"""The codec seam and the Codec section: bundle files (zip: config.json + template), template and
+"""The codec seam and the Codec section: bundle files (read by deepstd.bundle), template and
 labels into the scene, finding the bundle a file needs, atomic writes, clear unavailability."""
-import json
-import zipfile
-
 import numpy as np
 import pytest
 
@@ -17,23 +14,16 @@ from DeepSTDSlicerLib import codec, core  # noqa: E402
 @pytest.fixture
 def bundle(tmp_path, oblique_volume, monkeypatch):
     """A shipped bundle in a stand-in package folder: config, template (oblique) and 2 labels."""
-    import SimpleITK as sitk
+    from deepstd import Volume
+    from deepstd.bundle import save_bundle
 
     folder = tmp_path / "deepstd" / "bundles"
-    folder.mkdir(parents=True)
-    template = oblique_volume.to_sitk()
-    labels = np.zeros(oblique_volume.array.shape, np.uint8)
+    labels = np.zeros(oblique_volume.array.shape, np.float32)
     labels[1:4, 2:6, 3:8], labels[4:6, 6:9, 8:11] = 1, 2
-    label_image = sitk.GetImageFromArray(labels)
-    label_image.CopyInformation(template)
-    sitk.WriteImage(template, str(tmp_path / "template.nii.gz"))
-    sitk.WriteImage(label_image, str(tmp_path / "template_labels.nii.gz"))
-    path = folder / "ct-torso.dstdb"
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("config.json", json.dumps({"name": "ct-torso", "modality": "CT", "region": "torso",
-                                                    "training": {"scans": 3}}))
-        archive.write(tmp_path / "template.nii.gz", "template.nii.gz")
-        archive.write(tmp_path / "template_labels.nii.gz", "template_labels.nii.gz")
+    label_volume = Volume(labels, oblique_volume.spacing, oblique_volume.origin, oblique_volume.direction,
+                          dtype="uint8")
+    path = save_bundle(folder / "ct-torso.dstdb", {"name": "ct-torso", "modality": "CT", "region": "torso",
+                                                    "training": {"scans": 3}}, oblique_volume, label_volume)
     monkeypatch.setattr(codec, "shipped_bundle_dir", lambda: folder)
     return path
 
@@ -64,7 +54,7 @@ def test_unknown_and_broken_bundles_are_bundle_errors(bundle, tmp_path):
         codec.bundle_path("prostate-t2")
     broken = tmp_path / "broken.dstdb"
     broken.write_bytes(b"not a zip")
-    with pytest.raises(BundleError, match="broken.dstdb is not a readable codec bundle"):
+    with pytest.raises(BundleError, match="broken.dstdb: not a codec bundle"):
         codec.describe_bundle(broken)
 
 
