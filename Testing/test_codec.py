@@ -12,43 +12,21 @@ import sys
 import numpy as np
 import pytest
 
-from deepstd import Volume, codec
+from deepstd import codec
 from deepstd.bundle import load_bundle, save_bundle
 from deepstd.container import pack, unpack
 from deepstd.demo import unseen_scan
 from deepstd.errors import BudgetError, BundleError, Cancelled, DeepSTDError, FormatError, InputError
 from deepstd.progress import CancelEvent
-from deepstd.texture import TextureCodec, TextureConfig
 
-from shared_data import OBLIQUE_DIRECTION
-
-TINY = TextureConfig(channels=8, latent=8, hyper=8, levels=3, pos_dim=4)
-FAST_REGISTRATION = {"steps": 40, "width": 16, "depth": 2, "omega": 12.0, "batch": 512, "threshold": -0.5}
-
+from codec_helpers import FAST_REGISTRATION, blob_volume, tiny_bundle as make_tiny_bundle
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def blob_volume(size_xyz, spacing, origin=(0.0, 0.0, 0.0), direction=OBLIQUE_DIRECTION, seed=0,
-                dtype="int16") -> Volume:
-    """Smooth ellipsoidal 'anatomy' with texture, in an MR-like unsigned range."""
-    rng = np.random.default_rng(seed)
-    x, y, z = size_xyz
-    zz, yy, xx = np.meshgrid(np.linspace(-1, 1, z), np.linspace(-1, 1, y), np.linspace(-1, 1, x), indexing="ij")
-    body = np.exp(-((xx / 0.7) ** 2 + (yy / 0.6) ** 2 + (zz / 0.8) ** 2) * 2)
-    array = 800 * body + 200 * np.sin(6 * xx) * np.cos(5 * yy) * body + rng.normal(0, 10, body.shape)
-    return Volume(np.clip(array, 0, None).round().astype(np.float32), spacing, origin, direction,
-                  dtype=dtype, units="unitless")
-
-
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory):
-    template = blob_volume((48, 40, 24), (1.0, 1.0, 2.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1))
-    texture = TextureCodec.untrained(TINY).to_bytes()
-    config = {"name": "tiny", "modality": "MR", "region": "test blob", "registration": FAST_REGISTRATION,
-              "texture": {"block": 32}}
-    return load_bundle(save_bundle(tmp_path_factory.mktemp("b") / "tiny.dstdb", config, template,
-                                   texture=texture))
+    return make_tiny_bundle(tmp_path_factory.mktemp("b"))
 
 
 @pytest.fixture(scope="module")

@@ -70,13 +70,14 @@ def cmd_encode(args) -> None:
 
     with progress_bar() as progress:
         report = encode_file(args.input, args.output, args.bundle, ratio=args.ratio,
-                             budget_bytes=args.budget, series_uid=args.series, device=args.device,
-                             workers=args.workers, progress=progress)
+                             budget_bytes=args.budget, max_error=args.max_error, series_uid=args.series,
+                             device=args.device, workers=args.workers, progress=progress)
     for warning in report["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
+    target = (f"every voxel within ±{report['max_error']:g}" if report["max_error"] is not None else
+              f"target {report['target_ratio']:g}x, budget {report['budget_bytes']} B")
     print(f"wrote {report['output']}: {report['bytes']} bytes of {report['raw_bytes']} raw, "
-          f"{report['ratio']:.1f}x (target {report['target_ratio']:g}x, budget {report['budget_bytes']} B) "
-          f"in {report['seconds']:.1f} s")
+          f"{report['ratio']:.1f}x ({target}) in {report['seconds']:.1f} s")
 
 
 def cmd_decode(args) -> None:
@@ -143,6 +144,66 @@ def cmd_bench(args) -> None:
     bench.plot(records, args.out / "rd.png", title)
     print(text)
     print(f"results: {args.out}/results.jsonl, summary.md, rd.png ({time_now() - started:.0f} s this run)")
+
+
+def cmd_batch_compress(args) -> None:
+    from . import batch
+
+    with progress_bar() as progress, _batch_interrupt(args.out_dir):
+        totals = batch.compress(args.source, args.out_dir, args.bundle, args.ratio, verify=args.verify,
+                                workers=args.workers, scheduler=args.scheduler,
+                                retry_failed=args.retry_failed, progress=progress, log=_log)
+    print(f"{totals['scans']} scans: {totals['compressed']} compressed, {totals['skipped']} already done, "
+          f"{totals['failed']} failed (this run or before)" + (f"; this run {totals['raw_bytes'] / 1e6:.1f} MB -> "
+                                          f"{totals['bytes'] / 1e6:.3f} MB" if totals["bytes"] else ""))
+    print(f"manifest: {args.out_dir / 'manifest.jsonl'}")
+    if totals["failed"]:
+        raise DeepSTDError(f"{totals['failed']} of {totals['scans']} scans failed; their reasons are in "
+                           "the manifest (`deepstd batch report` lists them)")
+
+
+def cmd_batch_decompress(args) -> None:
+    from . import batch
+
+    with progress_bar() as progress, _batch_interrupt(args.restore_dir):
+        totals = batch.decompress(args.out_dir, args.restore_dir, as_dicom=args.dicom, bundle=args.bundle,
+                                  workers=args.workers, scheduler=args.scheduler, progress=progress, log=_log)
+    print(f"{totals['scans']} scans: {totals['restored']} restored, {totals['skipped']} already there, "
+          f"{totals['failed']} failed")
+    for failure in totals["failures"]:
+        print(f"failed: {failure}", file=sys.stderr)
+    if totals["failed"]:
+        raise DeepSTDError(f"{totals['failed']} of {totals['scans']} scans could not be restored")
+
+
+def cmd_batch_report(args) -> None:
+    from .batch import write_report
+
+    report = write_report(args.out_dir, args.bandwidth)
+    print(report["text"])
+    print(f"report: {report['markdown']}" + (f", {report['png']}" if report["png"] else
+                                             " (no plots: matplotlib is not installed)"))
+
+
+def _log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class _batch_interrupt:
+    """Ctrl-C during a batch: finished scans stay; say so (not "no output written") and exit 130."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if kind is KeyboardInterrupt or kind is Cancelled:
+            print(f"deepstd: interrupted; finished scans are kept in {self.folder}; run the same "
+                  "command again to resume", file=sys.stderr)
+            sys.exit(130)
+        return False
 
 
 def time_now() -> float:
@@ -218,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     size = encode.add_mutually_exclusive_group(required=True)
     size.add_argument("--ratio", type=float, help="raw bytes / file bytes, e.g. 128")
     size.add_argument("--budget", type=int, metavar="BYTES", help="file size limit in bytes")
+    size.add_argument("--max-error", type=float, metavar="E",
+                      help="instead of a size: every voxel within ±E of the original (original units; 0 = lossless)")
     encode.add_argument("--series", metavar="UID", help="DICOM SeriesInstanceUID to read")
     _device_options(encode)
     encode.set_defaults(run=cmd_encode)
@@ -261,6 +324,34 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", type=Path, required=True, help="folder for results.jsonl, summary.md, rd.png")
     bench.set_defaults(run=cmd_bench)
 
+    batch = commands.add_parser("batch", help="compress, restore and report on whole collections (on Dask)")
+    batch_commands = batch.add_subparsers(dest="batch_command", metavar="ACTION", required=True)
+    compress = batch_commands.add_parser(
+        "compress", help="every scan under a folder (or in a CSV/JSON list) to a mirrored tree of .dstd "
+                         "files with manifest.jsonl; resumable")
+    compress.add_argument("source", type=Path, help="folder of scans (files, DICOM series), or a .csv/.json list")
+    compress.add_argument("out_dir", type=Path, help="output folder (not inside the sources)")
+    compress.add_argument("--bundle", required=True, help="shipped bundle name or .dstdb path")
+    compress.add_argument("--ratio", type=float, required=True, help="raw bytes / file bytes, e.g. 128")
+    compress.add_argument("--verify", action="store_true", help="decode each result and record PSNR/SSIM/MAE")
+    compress.add_argument("--retry-failed", action="store_true",
+                          help="retry scans that failed before for a reason of their own (default: keep the record)")
+    _cluster_options(compress)
+    compress.set_defaults(run=cmd_batch_compress)
+    decompress = batch_commands.add_parser("decompress", help="restore a compressed tree")
+    decompress.add_argument("out_dir", type=Path, help="the folder `batch compress` wrote")
+    decompress.add_argument("restore_dir", type=Path)
+    decompress.add_argument("--dicom", action="store_true",
+                            help="write every scan as a DICOM series (DICOM sources always are)")
+    decompress.add_argument("--bundle", help="bundle file, when the one recorded is not installed")
+    _cluster_options(decompress)
+    decompress.set_defaults(run=cmd_batch_decompress)
+    report = batch_commands.add_parser("report", help="report.md and report.png from the manifest")
+    report.add_argument("out_dir", type=Path)
+    report.add_argument("--bandwidth", type=float, default=10.0, metavar="MBIT",
+                        help="link speed for the transfer-time estimate (Mbit/s, default 10)")
+    report.set_defaults(run=cmd_batch_report)
+
     bundles = commands.add_parser("bundles", help="list the codec bundles shipped with the package")
     bundles.set_defaults(run=cmd_bundles)
 
@@ -274,6 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _device_options(parser) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--workers", type=int, help="threads for block coding (default: all cores)")
+
+
+def _cluster_options(parser) -> None:
+    parser.add_argument("--workers", type=int, help="local worker processes (default: one per core, at most 8)")
+    parser.add_argument("--scheduler", metavar="ADDRESS",
+                        help="use this Dask cluster (e.g. tcp://host:8786) instead of a local one")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -1,0 +1,120 @@
+"""What runs on a Dask worker: compress (and verify) one scan, or restore one `.dstd`.
+
+Tasks receive the bundle as bytes (scattered once to every worker by the driver) and keep the
+parsed bundle per process, keyed by its SHA-256, so workers need the `deepstd` package but no
+bundle installed. Each task runs torch on one thread and codes blocks on one thread: the codec is
+then deterministic, and the files are the same bytes whatever the number of workers. A failure a
+user can cause comes back as a "failed" record with a one-line reason, a library failure as an
+"error" record, never as an exception, so one bad scan never stops the batch.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Dict, Optional, Tuple
+
+from ..errors import DeepSTDError
+
+_bundles: Dict[str, object] = {}
+
+
+def bundle_from(sha256: str, data: bytes):
+    """The parsed bundle for these bytes, parsed once per worker process."""
+    from ..bundle import from_bytes
+
+    if sha256 not in _bundles:
+        _bundles[sha256] = from_bytes(data)
+    return _bundles[sha256]
+
+
+def one_thread() -> None:
+    """Deterministic and quiet: torch on one thread; deprecation notices are for torch's developers."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def compress_task(task: dict, bundle_sha256: str, bundle_bytes: bytes, ratio: float,
+                  verify: bool) -> Tuple[dict, Optional[bytes]]:
+    """Read, encode and (with `verify`) decode and measure one scan: (record, .dstd bytes or None)."""
+    started = time.perf_counter()
+    record = {"worker": f"{socket.gethostname()}:{os.getpid()}"}
+    try:
+        one_thread()
+        record.update(encode_and_measure(task, bundle_from(bundle_sha256, bundle_bytes), ratio, verify))
+        data = record.pop("data")
+    except DeepSTDError as exc:
+        record.update(status="failed", error=one_line(str(exc)))
+        data = None
+    except (MemoryError, RuntimeError, ValueError, OSError) as exc:   # library failures on odd input
+        record.update(status="error", error=one_line(f"internal error: {type(exc).__name__}: {exc}"))
+        data = None
+    record["seconds"] = round(time.perf_counter() - started, 3)
+    record["worker_peak_rss_mb"] = peak_rss_mb()
+    return record, data
+
+
+def encode_and_measure(task: dict, bundle, ratio: float, verify: bool) -> dict:
+    from .. import codec, metrics
+    from ..container import unpack
+    from ..io import read
+
+    volume = read(task["source"], series_uid=task["series_uid"])
+    t0 = time.perf_counter()
+    data = codec.encode(volume, bundle, ratio=ratio, device="cpu", workers=1)
+    result = {"status": "ok", "error": None, "data": data, "voxels": volume.voxels,
+              "raw_bytes": volume.raw_bytes, "bytes": len(data), "ratio": round(volume.raw_bytes / len(data), 4),
+              "units": volume.units, "encode_s": round(time.perf_counter() - t0, 3),
+              "warnings": unpack(data).header.get("warnings", [])}
+    if verify:
+        t1 = time.perf_counter()
+        decoded = codec.decode(data, bundle, device="cpu", workers=1).array
+        result.update(decode_s=round(time.perf_counter() - t1, 3),
+                      psnr=round(metrics.psnr(volume.array, decoded), 4),
+                      ssim=round(metrics.ssim(volume.array, decoded), 5),
+                      mae=round(metrics.mae(volume.array, decoded), 5))
+    return result
+
+
+def decompress_task(dstd_path: str, bundle_sha256: str, bundle_bytes: bytes, target: str,
+                    as_dicom: bool) -> dict:
+    """Decode one `.dstd` to an image file, or to a DICOM series marked lossy when `as_dicom`."""
+    from .. import codec
+    from ..io import dicom, write
+
+    started = time.perf_counter()
+    try:
+        one_thread()
+        with open(dstd_path, "rb") as stream:
+            data = stream.read()
+        volume = codec.decode(data, bundle_from(bundle_sha256, bundle_bytes), device="cpu", workers=1)
+        if as_dicom:
+            dicom.write_dicom_series(volume, target, lossy_ratio=volume.raw_bytes / len(data),
+                                     lossy_method="DEEPSTD")
+        else:
+            write(volume, target)
+        record = {"status": "ok", "error": None}
+    except DeepSTDError as exc:
+        record = {"status": "failed", "error": one_line(str(exc))}
+    except (MemoryError, RuntimeError, ValueError, OSError) as exc:
+        record = {"status": "error", "error": one_line(f"internal error: {type(exc).__name__}: {exc}")}
+    record["seconds"] = round(time.perf_counter() - started, 3)
+    return record
+
+
+def peak_rss_mb() -> float:
+    """This worker process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
+def one_line(message: str) -> str:
+    return " ".join(message.split())[:500]
