@@ -84,20 +84,66 @@ def _infeasible(volume: Volume, budget: int, smallest: int) -> BudgetError:
 
 
 def encode(volume: Volume, bundle, ratio: Optional[float] = None, budget_bytes: Optional[int] = None,
-           device: str = "auto", workers: Optional[int] = None, progress: Optional[ProgressCallback] = None,
-           cancel: Optional[CancelToken] = None) -> bytes:
-    """Compress `volume` to at most `raw_bytes / ratio` (or `budget_bytes`) bytes, headers included."""
-    from .shape import CycleSettings, decode_shape, register
-    from .shape.code import MIN_WIDTH, code_bytes, width_for_budget
+           max_error: Optional[float] = None, device: str = "auto", workers: Optional[int] = None,
+           progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> bytes:
+    """Compress `volume` to at most `raw_bytes / ratio` (or `budget_bytes`) bytes, headers included;
+    or, with `max_error`, so that every voxel is within ±max_error of the original (0: lossless),
+    at whatever size that takes."""
+    if max_error is not None:
+        if ratio is not None or budget_bytes is not None:
+            raise InputError("give either a ratio/byte budget or a maximum error, not both")
+        return _encode_max_error(volume, bundle, max_error, device, workers, progress, cancel)
     from .texture.rate import RATE_STEPS
 
-    bundle = resolve_bundle(bundle)
     budget = budget_for(volume, ratio, budget_bytes)
     reporter = Reporter(progress, cancel)
+    layer = _prepare(volume, bundle, budget, device, workers, reporter)
+    header = dict(layer.header, target_ratio=round(volume.raw_bytes / budget, 4), budget_bytes=budget)
+
+    search = reporter.scaled(0.85, 1.0)
+    search("entropy", 0.0, f"fitting {budget} bytes")
+    build = lambda rate: layer.pack(header, rate)  # noqa: E731
+    best, smallest = largest_within(
+        build, budget, TOLERANCE,
+        on_step=lambda step: search("entropy", (step + 1) / SEARCH_STEPS, f"fitting {budget} bytes"))
+    if best is None:
+        raise _infeasible(volume, budget, len(smallest))
+    if len(best) < (1 - TOLERANCE) * budget and unpack(best).header["codec"]["texture_rate"] == RATE_STEPS:
+        layer.warnings.append(f"the finest texture rate of this bundle fits in {len(best)} bytes "
+                              f"({volume.raw_bytes / len(best):.1f}x); the budget allows more")
+        noted = build(1.0)
+        best = noted if len(noted) <= budget else best   # the note itself must not break the budget
+    reporter("write", 1.0, f"{len(best)} bytes in {time.perf_counter() - layer.started:.1f} s")
+    return best
+
+
+class _Layer:
+    """The rate-independent part of an encode (registration, alignment, analysis) and how to pack
+    the DeepSTD layer at any texture rate."""
+
+    def __init__(self, header, shape, analysis, codec, warnings, workers, started):
+        self.header, self.shape, self.analysis, self.codec = header, shape, analysis, codec
+        self.warnings, self.workers, self.started = warnings, workers, started
+
+    def pack(self, header: dict, rate: float, extra: Optional[Dict[str, bytes]] = None) -> bytes:
+        streams = self.codec.code(self.analysis, rate, self.workers)
+        h = dict(header, codec=dict(header["codec"], texture_rate=streams.rate_q))
+        if self.warnings:
+            h["warnings"] = list(self.warnings)
+        return pack(h, {"shape": self.shape, "texture": streams.to_bytes(), **(extra or {})})
+
+
+def _prepare(volume: Volume, bundle, budget: Optional[int], device: str, workers: Optional[int],
+             reporter: Reporter) -> _Layer:
+    """Register, align and analyse; the shape code takes its share of `budget` (None: full width)."""
+    from .shape import CycleSettings, decode_shape, register
+    from .shape.code import MIN_WIDTH, code_bytes, width_for_budget
+
+    bundle = resolve_bundle(bundle)
     reg_config = dict(bundle.config.get("registration", {}))
     depth = int(reg_config.get("depth", 3))
     min_shape = code_bytes(MIN_WIDTH, depth, SHAPE_BITS)
-    if budget < MIN_FILE_BYTES + min_shape:
+    if budget is not None and budget < MIN_FILE_BYTES + min_shape:
         raise _infeasible(volume, budget, MIN_FILE_BYTES + min_shape)
     device = pick_device(device)
     codec = texture_codec(bundle, device)
@@ -111,13 +157,14 @@ def encode(volume: Volume, bundle, ratio: Optional[float] = None, budget_bytes: 
 
     # shape: size the network to its share of the budget, register, keep the backward network
     default_width = int(reg_config.get("width", 32))
-    shape_budget = max(min_shape, min(int(SHAPE_SHARE * budget), code_bytes(default_width, depth, SHAPE_BITS)))
+    full = code_bytes(default_width, depth, SHAPE_BITS)
+    shape_budget = full if budget is None else max(min_shape, min(int(SHAPE_SHARE * budget), full))
     width = width_for_budget(shape_budget, depth, SHAPE_BITS, max_width=default_width)
     known = set(CycleSettings.__dataclass_fields__)
     settings = replace(CycleSettings(**{k: v for k, v in reg_config.items() if k in known}), width=width)
     reg = register(volume, bundle.template, settings, prealignment=reg_config.get("prealignment", "moments"),
                    downsample=int(reg_config.get("downsample", 2)),
-                   progress=_monotonic(reporter.scaled(0.0, 0.45).callback()), cancel=cancel)
+                   progress=_monotonic(reporter.scaled(0.0, 0.45).callback()), cancel=reporter.cancel)
     threshold = reg_config.get("threshold")
     if threshold is not None and reg.loss > threshold:
         warnings.append(f"registration loss {reg.loss:.3f} is above the bundle's calibrated threshold "
@@ -136,34 +183,48 @@ def encode(volume: Volume, bundle, ratio: Optional[float] = None, budget_bytes: 
         "encoder_version": __version__,
         "bundle": {"name": bundle.name, "sha256": bundle.sha256},
         "intensity": mapping.to_header(),
-        "target_ratio": round(volume.raw_bytes / budget, 4),
-        "budget_bytes": budget,
         "codec": {"shape_width": width, "shape_bits": SHAPE_BITS, "omega": reg.omega, "margin": margin,
                   "registration_loss": round(reg.loss, 5)},
     })
     if volume.meta.get("dicom"):
         header["dicom"] = volume.meta["dicom"]
+    return _Layer(header, shape, analysis, codec, warnings, workers, started)
 
-    def build(rate: float) -> bytes:
-        streams = codec.code(analysis, rate, workers)
-        h = dict(header, codec=dict(header["codec"], texture_rate=streams.rate_q))
-        if warnings:
-            h["warnings"] = warnings
-        return pack(h, {"shape": shape, "texture": streams.to_bytes()})
 
-    search = reporter.scaled(0.85, 1.0)
-    search("entropy", 0.0, f"fitting {budget} bytes")
-    best, smallest = largest_within(
-        build, budget, TOLERANCE,
-        on_step=lambda step: search("entropy", (step + 1) / SEARCH_STEPS, f"fitting {budget} bytes"))
-    if best is None:
-        raise _infeasible(volume, budget, len(smallest))
-    if len(best) < (1 - TOLERANCE) * budget and unpack(best).header["codec"]["texture_rate"] == RATE_STEPS:
-        warnings.append(f"the finest texture rate of this bundle fits in {len(best)} bytes "
-                        f"({volume.raw_bytes / len(best):.1f}x); the budget allows more")
-        noted = build(1.0)
-        best = noted if len(noted) <= budget else best   # the note itself must not break the budget
-    reporter("write", 1.0, f"{len(best)} bytes in {time.perf_counter() - started:.1f} s")
+#: texture rates tried for the DeepSTD layer under a maximum-error residual (the smallest file wins)
+MAX_ERROR_RATES = (0.0, 0.5, 1.0)
+
+
+def _encode_max_error(volume: Volume, bundle, max_error, device, workers, progress, cancel) -> bytes:
+    """DeepSTD layer + residual layer with |error| <= max_error everywhere; the base layer's rate
+    is the one that makes the whole file smallest. The result is decoded and checked before return."""
+    from . import residual
+
+    if not (isinstance(max_error, (int, float)) and math.isfinite(max_error) and max_error >= 0):
+        raise InputError(f"the maximum error must be a number ≥ 0, got {max_error!r}")
+    integer = np.dtype(volume.dtype).kind in "iu"
+    if not integer and max_error <= 0:
+        raise InputError(f"a lossless bound needs integer voxels; this scan is {volume.dtype}: "
+                         "give a positive --max-error")
+    bundle = resolve_bundle(bundle)
+    reporter = Reporter(progress, cancel)
+    layer = _prepare(volume, bundle, None, device, workers, reporter)
+    step = residual.step_for(float(max_error), integer)
+    header = dict(layer.header, max_error=float(max_error))
+    original = cast_to_dtype(volume.array, volume.dtype).astype(np.float64)
+    best = None
+    for k, rate in enumerate(MAX_ERROR_RATES):
+        reporter("entropy", 0.85 + 0.15 * k / len(MAX_ERROR_RATES), f"residual layer at texture rate {rate:g}")
+        base = decode(layer.pack(header, rate), bundle, workers=workers).array.astype(np.float64)
+        q = residual.quantise(original - base, float(max_error), step)
+        data = layer.pack(header, rate, {"residual": residual.compress(q, base, step)})
+        if best is None or len(data) < len(best):
+            best = data
+    worst = float(np.max(np.abs(decode(best, bundle, workers=workers).array - original)))
+    if worst > max_error + (0 if integer else 1e-6 * max(1.0, float(np.ptp(original)))):
+        raise RuntimeError(f"internal error: the residual layer missed its bound ({worst} > {max_error})")
+    reporter("write", 1.0, f"{len(best)} bytes ({volume.raw_bytes / len(best):.2f}x), max error {worst:g}, "
+                           f"in {time.perf_counter() - layer.started:.1f} s")
     return best
 
 
@@ -234,29 +295,49 @@ def decode(data: bytes, bundle=None, device: str = "auto", workers: Optional[int
                                      mapping, reporter.scaled(0.7, 1.0))
     dtype = header["dtype"]
     values = cast_to_dtype(values, dtype).astype(np.float32)
+    if "residual" in parsed.sections:
+        values = _add_residual(values, parsed.sections["residual"], header, dtype)
     meta = {"warnings": list(header.get("warnings", [])), "dstd": {"bundle": bundle.name,
                                                                     "coverage": coverage}}
+    if "max_error" in header:
+        meta["dstd"]["max_error"] = header["max_error"]
     if header.get("dicom"):
         meta["dicom"] = header["dicom"]
     return Volume(values, spacing, origin, direction, dtype=dtype, units=header.get("units", "unitless"),
                   meta=meta)
 
 
+def _add_residual(base: np.ndarray, section: bytes, header: dict, dtype: str) -> np.ndarray:
+    """The DeepSTD layer plus the residual layer: within ±max_error of the original everywhere."""
+    from . import residual
+
+    bound = header.get("max_error")
+    if not (isinstance(bound, (int, float)) and math.isfinite(bound) and 0 <= bound < 1e12):
+        raise FormatError("the file has a residual layer but no valid max_error in its header")
+    integer = np.dtype(dtype).kind in "iu"
+    if not integer and bound <= 0:
+        raise FormatError("a lossless residual layer needs integer voxels")
+    step = residual.step_for(float(bound), integer)
+    q = residual.decompress(section, base, step)
+    return cast_to_dtype(base.astype(np.float64) + residual.dequantise(q, step), dtype).astype(np.float32)
+
+
 # --- files --------------------------------------------------------------------------------------
 def encode_file(source, output, bundle, ratio: Optional[float] = None, budget_bytes: Optional[int] = None,
-                series_uid: Optional[str] = None, **kw) -> dict:
+                max_error: Optional[float] = None, series_uid: Optional[str] = None, **kw) -> dict:
     """Read a scan (file or DICOM folder), encode it, write `output` atomically; return a report."""
     from .io import read
 
     started = time.perf_counter()
     volume = read(source, series_uid=series_uid)
-    data = encode(volume, bundle, ratio=ratio, budget_bytes=budget_bytes, **kw)
+    data = encode(volume, bundle, ratio=ratio, budget_bytes=budget_bytes, max_error=max_error, **kw)
     write_atomic(output, data)
-    parsed = unpack(data)
+    header = unpack(data).header
     return {"input": str(source), "output": str(output), "raw_bytes": volume.raw_bytes,
-            "bytes": len(data), "budget_bytes": parsed.header["budget_bytes"],
-            "ratio": volume.raw_bytes / len(data), "target_ratio": parsed.header["target_ratio"],
-            "seconds": time.perf_counter() - started, "warnings": parsed.header.get("warnings", [])}
+            "bytes": len(data), "budget_bytes": header.get("budget_bytes"),
+            "ratio": volume.raw_bytes / len(data), "target_ratio": header.get("target_ratio"),
+            "max_error": header.get("max_error"),
+            "seconds": time.perf_counter() - started, "warnings": header.get("warnings", [])}
 
 
 def decode_file(source, output, bundle=None, **kw) -> Volume:

@@ -68,6 +68,8 @@ def describe_dstd(path: Path) -> str:
         f"direction: {' '.join(f'{d:.4g}' for d in g['direction'])}",
         f"ratio:     {parsed.achieved_ratio:.2f}x achieved"
         + (f" (target {header['target_ratio']:g}x)" if "target_ratio" in header else ""),
+        *([f"error:     every voxel within ±{header['max_error']:g} of the original"
+           + (" (lossless)" if header["max_error"] == 0 else "")] if "max_error" in header else []),
         "sections:  " + ", ".join(f"{name} {len(data)} B" for name, data in parsed.sections.items()),
         "header:    " + json.dumps({k: v for k, v in header.items() if k != "geometry"}, sort_keys=True),
     ]

@@ -41,6 +41,11 @@ class Reporter:
         self._progress = progress
         self._cancel = cancel
 
+    @property
+    def cancel(self) -> Optional[CancelToken]:
+        """The token, for APIs that take one themselves."""
+        return self._cancel
+
     def check(self) -> None:
         """Raise `Cancelled` if the cancel token is set."""
         if self._cancel is not None and self._cancel.is_set():
