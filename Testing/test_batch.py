@@ -143,7 +143,9 @@ def test_interrupted_cli_run_resumes_where_it_stopped(bundle, cluster, tmp_path)
         write(scan(seed), src / f"scan{seed}.nii.gz")
     command = [sys.executable, "-m", "deepstd.cli", "batch", "compress", str(src), str(out), "--bundle",
                str(bundle.path), "--ratio", str(RATIO), "--scheduler", cluster.scheduler_address]
-    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT restored to its default in the child: a runner started in the background ignores it
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 90
     while not any(r["status"] == "ok" for r in manifest.load(out)) and time.monotonic() < deadline:
         time.sleep(0.05)

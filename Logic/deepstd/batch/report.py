@@ -110,6 +110,8 @@ def histogram(ax, values, label: str) -> None:
         ax.hist(values, bins=min(30, max(5, len(values) // 2)), color="#1f5fa8")
     else:
         ax.text(0.5, 0.5, "not measured\n(run with --verify)", ha="center", va="center", transform=ax.transAxes)
+    ax.locator_params(axis="x", nbins=5)
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel(label)
     ax.set_ylabel("scans")
 

@@ -47,29 +47,13 @@ def compress(source, out_dir, bundle, ratio: float, verify: bool = False, worker
     bundle = load_bundle(bundle) if isinstance(bundle, (str, Path)) else bundle
     out_dir.mkdir(parents=True, exist_ok=True)
     reporter = Reporter(progress, cancel)
-    done = manifest.latest(manifest.load(out_dir))
-    todo, skipped, settled = [], 0, 0
-    for i, scan in enumerate(scans):
-        reporter("checking", i / len(scans), scan.output)
-        base = base_record(scan, root, bundle, ratio)
-        known = manifest.state(done.get(scan.output), out_dir, base["source_sha256"], bundle.sha256, ratio,
-                               verify, retry_failed) if base["source_sha256"] else "todo"
-        if known == "done":
-            skipped += 1
-        elif known == "failed":
-            settled += 1
-        elif base["status"] == "failed":
-            manifest.append(out_dir, base)
-        else:
-            todo.append((scan, base))
+    todo, skipped, settled = plan(scans, root, out_dir, bundle, ratio, verify, retry_failed, reporter)
     log(f"{len(scans)} scans under {root}: {skipped} already done, {settled} failed before (not retried), "
         f"{len(todo)} to compress")
     totals = {"scans": len(scans), "skipped": skipped, "compressed": 0, "failed": len(scans) - skipped - len(todo),
               "raw_bytes": 0, "bytes": 0}
     if todo:
-        bundle_bytes = Path(bundle.path).read_bytes() if bundle.path else None
-        if bundle_bytes is None:
-            raise BundleError("a batch needs a bundle file (shipped name or .dstdb path)")
+        bundle_bytes = bundle_file_bytes(bundle)
         tasks = [(scan.task(), ratio, verify) for scan, _ in todo]
         bases = {scan.output: base for scan, base in todo}
         meter = Throughput(len(todo), reporter)
@@ -86,6 +70,37 @@ def compress(source, out_dir, bundle, ratio: float, verify: bool = False, worker
         execute(compress_task, tasks, bundle.sha256, bundle_bytes, finished, workers, scheduler, cancel, log)
     reporter("batch", 1.0, "done")
     return totals
+
+
+def plan(scans: List[Scan], root: Path, out_dir: Path, bundle, ratio: float, verify: bool,
+         retry_failed: bool, reporter: Reporter) -> Tuple[List[tuple], int, int]:
+    """(scans to code with their base records, how many are done, how many failed before)."""
+    done = manifest.latest(manifest.load(out_dir))
+    todo, skipped, settled = [], 0, 0
+    for i, scan in enumerate(scans):
+        reporter("checking", i / len(scans), scan.output)
+        base = base_record(scan, root, bundle, ratio)
+        known = manifest.state(done.get(scan.output), out_dir, base["source_sha256"], bundle.sha256, ratio,
+                               verify, retry_failed) if base["source_sha256"] else "todo"
+        if known == "done":
+            skipped += 1
+        elif known == "failed":
+            settled += 1
+        elif base["status"] == "failed":
+            manifest.append(out_dir, base)      # unreadable source: recorded here, nothing to send
+        else:
+            todo.append((scan, base))
+    return todo, skipped, settled
+
+
+def bundle_file_bytes(bundle) -> bytes:
+    """The bytes workers get: the bundle's file, checked to be the one loaded (same id)."""
+    import hashlib
+
+    data = Path(bundle.path).read_bytes() if bundle.path else b""
+    if hashlib.sha256(data).hexdigest() != bundle.sha256:
+        raise BundleError(f"bundle {bundle.name}: its file is missing or changed since it was loaded")
+    return data
 
 
 def base_record(scan: Scan, root: Path, bundle, ratio: float) -> dict:
@@ -175,7 +190,7 @@ def connect(workers: Optional[int], scheduler: Optional[str], log: Log):
             raise InputError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") from None
         log(f"dask: scheduler {scheduler}, {len(client.scheduler_info()['workers'])} workers")
         return client, None
-    count = workers or default_workers()
+    count = default_workers() if workers is None else workers
     if count < 1:
         raise InputError(f"--workers must be at least 1, got {count}")
     cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True, dashboard_address=":0",
@@ -226,7 +241,7 @@ def decompress(out_dir, restore_dir, as_dicom: bool = False, bundle=None, worker
             totals["restored" if outcome["status"] == "ok" else "failed"] += 1
             if outcome["status"] != "ok":
                 totals["failures"].append(f"{task}: {outcome['error']}")
-            meter.add({})
+            meter.add(outcome)
 
         data = bundle_bytes_for(group[0][3], bundle)
         execute(decompress_task, [(dstd, target, dicom_out) for dstd, target, dicom_out, _ in group],

@@ -98,7 +98,7 @@ def decompress_task(dstd_path: str, bundle_sha256: str, bundle_bytes: bytes, tar
                                      lossy_method="DEEPSTD")
         else:
             write(volume, target)
-        record = {"status": "ok", "error": None}
+        record = {"status": "ok", "error": None, "voxels": volume.voxels, "raw_bytes": volume.raw_bytes}
     except DeepSTDError as exc:
         record = {"status": "failed", "error": one_line(str(exc))}
     except (MemoryError, RuntimeError, ValueError, OSError) as exc:
