@@ -151,10 +151,14 @@ def test_interrupted_cli_run_resumes_where_it_stopped(bundle, cluster, tmp_path)
         time.sleep(0.05)
     run.send_signal(signal.SIGINT)
     _, stderr = run.communicate(timeout=60)
-    assert run.returncode == 130 and "resume" in stderr and "Traceback" not in stderr
+    assert run.returncode == 130 and "run the same command again to resume" in stderr.strip().splitlines()[-1]
     first = records_of(out)
     assert 1 <= len(first) < count
-    assert sorted(p.relative_to(out).as_posix() for p in out.glob("*.dstd")) == sorted(first)  # no partial files
+    written = {p.relative_to(out).as_posix() for p in out.glob("*.dstd")}
+    # every recorded file is there; at most the one being stored when the signal came is not yet
+    # recorded (complete, since writes are atomic: it is simply redone); no temporary files remain
+    assert set(first) <= written and len(written) <= len(first) + 1
+    assert not list(out.glob(".*"))
     totals = batch.compress(src, out, bundle, RATIO, scheduler=cluster.scheduler_address)
     assert totals["skipped"] == len(first) and totals["compressed"] == count - len(first)
     assert len(records_of(out)) == count
