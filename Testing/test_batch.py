@@ -151,7 +151,9 @@ def test_interrupted_cli_run_resumes_where_it_stopped(bundle, cluster, tmp_path)
         time.sleep(0.05)
     run.send_signal(signal.SIGINT)
     _, stderr = run.communicate(timeout=60)
-    assert run.returncode == 130 and "run the same command again to resume" in stderr.strip().splitlines()[-1]
+    # (Dask's client may log while shutting down, so the message is looked for, not required last)
+    assert run.returncode == 130 and "run the same command again to resume" in stderr
+    assert "Traceback" not in stderr
     first = records_of(out)
     assert 1 <= len(first) < count
     written = {p.relative_to(out).as_posix() for p in out.glob("*.dstd")}
