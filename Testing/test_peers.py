@@ -9,7 +9,7 @@ from deepstd import Volume
 from deepstd.errors import FormatError, InputError
 from deepstd.peers import PEERS, PeerBudgetError, PeerError, PeerUnavailable, available, get
 from deepstd.peers import video
-from deepstd.peers.container import Packer, Unpacker
+from deepstd.packing import Packer, Unpacker
 
 LOSSY = [p for p in available() if not p.lossless]
 LOSSLESS = [p for p in available() if p.lossless]

@@ -7,19 +7,19 @@ coded with CompressAI's rANS under a few order-0 models, one per band of the *ba
 (noise in MR and CT grows with the signal; the decoder knows the base, so the bands cost nothing
 but their edges). Each model's histogram travels in the section, so decoding needs nothing else.
 
-Section bytes: version u8, step f64, band count u8, band edges f64 each, then per band: lowest
-symbol (zigzag varint), alphabet size (varint), counts (varint each, the escape last), then the
-slab count (varint) and per slab its string length (varint) and the rANS string. Symbols outside
-a band's alphabet are coded through rANS's escape (bypass) path.
+Section bytes (`deepstd.packing`): version, step (f64), band count, band edges (f64 each), then per
+band: lowest symbol (signed), alphabet size, counts (the escape last), then the rANS strings, one
+per slab of voxels, as a list of blobs. Symbols outside a band's alphabet are coded through rANS's
+escape (bypass) path.
 """
 from __future__ import annotations
 
-import struct
-from typing import List, Sequence, Tuple
+from typing import List, Tuple
 
 import numpy as np
 
 from .errors import FormatError
+from .packing import Packer, Unpacker
 
 VERSION = 1
 BANDS = 4
@@ -86,47 +86,44 @@ def compress(q: np.ndarray, base: np.ndarray, step: float) -> bytes:
     bands = _bands(base, edges)
     symbols = q.ravel()
     models = [_model(symbols[bands == b]) for b in range(BANDS)]
-    out = bytearray(struct.pack("<Bd", VERSION, step)) + bytes([BANDS])
-    out += struct.pack(f"<{BANDS - 1}d", *edges)
+    out = Packer().uint(VERSION).float64(step).uint(BANDS)
+    for edge in edges:
+        out.float64(float(edge))
     for lo, counts in models:
-        out += _varint(_zigzag(lo)) + _varint(len(counts) - 1)
+        out.sint(lo).uint(len(counts) - 1)
         for c in counts:
-            out += _varint(int(c))
+            out.uint(int(c))
     cdfs = [_cdf(counts) for _, counts in models]
     lengths = [len(c) for c in cdfs]
     offsets = [lo for lo, _ in models]
-    slabs = range(0, symbols.size, SLAB)
-    out += _varint(len(slabs))
-    for start in slabs:
-        chunk = slice(start, start + SLAB)
-        string = RansEncoder().encode_with_indexes(symbols[chunk].tolist(), bands[chunk].tolist(),
-                                                   cdfs, lengths, offsets)
-        out += _varint(len(string)) + string
-    return bytes(out)
+    strings = [RansEncoder().encode_with_indexes(symbols[start:start + SLAB].tolist(),
+                                                 bands[start:start + SLAB].tolist(), cdfs, lengths, offsets)
+               for start in range(0, symbols.size, SLAB)]
+    return out.blobs(strings).bytes()
 
 
 def decompress(data: bytes, base: np.ndarray, step: float) -> np.ndarray:
     """Section bytes -> quantised residual (shape of `base`); FormatError on anything inconsistent."""
     from compressai.ans import RansDecoder
 
-    reader = _Reader(data)
-    version, stored_step = struct.unpack("<Bd", reader.take(9))
+    reader = Unpacker(data, "the residual layer")
+    version = reader.uint()
     if version != VERSION:
         raise FormatError(f"residual layer version {version} is not supported")
-    if stored_step != step:
+    if reader.float64() != step:
         raise FormatError("the residual layer's step does not match the header's error bound")
-    if reader.take(1)[0] != BANDS:
+    if reader.uint() != BANDS:
         raise FormatError("the residual layer has an unexpected number of bands")
-    edges = np.array(struct.unpack(f"<{BANDS - 1}d", reader.take(8 * (BANDS - 1))))
+    edges = np.array([reader.float64() for _ in range(BANDS - 1)])
     if not np.all(np.isfinite(edges)) or np.any(np.diff(edges) < 0):
         raise FormatError("the residual layer's band edges are invalid")
     cdfs, lengths, offsets = [], [], []
     for _ in range(BANDS):
-        lo = _unzigzag(reader.varint())
-        size = reader.varint()
+        lo = reader.sint()
+        size = reader.uint()
         if not 1 <= size <= MAX_ALPHABET + 1:
             raise FormatError("the residual layer's alphabet size is invalid")
-        counts = np.array([reader.varint() for _ in range(size + 1)], dtype=np.float64)
+        counts = np.array([reader.uint() for _ in range(size + 1)], dtype=np.float64)
         if counts.sum() <= 0 or counts[-1] <= 0:
             raise FormatError("the residual layer's histogram is invalid")
         cdf = _cdf(counts)
@@ -135,65 +132,17 @@ def decompress(data: bytes, base: np.ndarray, step: float) -> np.ndarray:
         offsets.append(lo)
     bands = _bands(base, edges)
     total = bands.size
-    n_slabs = reader.varint()
-    if n_slabs != -(-total // SLAB):
+    strings = reader.blobs()
+    if len(strings) != -(-total // SLAB):
         raise FormatError("the residual layer's slab count does not match the volume")
     out = np.empty(total, dtype=np.int64)
-    for k, start in enumerate(range(0, total, SLAB)):
-        string = reader.take(reader.varint())
+    for string, start in zip(strings, range(0, total, SLAB)):
         index = bands[start:start + SLAB]
         # rANS decoding trusts its input: padding keeps an over-read of corrupt data in our buffer
         padded = string + bytes(4 * index.size + 16 * len(string) + 1024)
         out[start:start + index.size] = RansDecoder().decode_with_indexes(padded, index.tolist(), cdfs,
                                                                           lengths, offsets)
-    if reader.remaining():
-        raise FormatError("the residual layer has trailing bytes")
     return out.reshape(base.shape)
-
-
-# --- bytes ----------------------------------------------------------------------------------------
-def _zigzag(v: int) -> int:
-    return 2 * v if v >= 0 else -2 * v - 1
-
-
-def _unzigzag(v: int) -> int:
-    return v // 2 if v % 2 == 0 else -(v + 1) // 2
-
-
-def _varint(v: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = v & 0x7F
-        v >>= 7
-        out.append(byte | (0x80 if v else 0))
-        if not v:
-            return bytes(out)
-
-
-class _Reader:
-    def __init__(self, data: bytes):
-        self.data, self.pos = data, 0
-
-    def remaining(self) -> int:
-        return len(self.data) - self.pos
-
-    def take(self, n: int) -> bytes:
-        if n < 0 or n > self.remaining():
-            raise FormatError("the residual layer is truncated")
-        chunk = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return chunk
-
-    def varint(self) -> int:
-        value, shift = 0, 0
-        while True:
-            byte = self.take(1)[0]
-            value |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                return value
-            shift += 7
-            if shift > 63:
-                raise FormatError("the residual layer has an overlong number")
 
 
 __all__ = ["step_for", "quantise", "dequantise", "compress", "decompress"]

@@ -14,7 +14,7 @@ import numpy as np
 from ..volume import Volume
 from .base import Peer, imagecodecs_missing
 from .budget import Knob
-from .container import Packer, Unpacker
+from ..packing import Packer, Unpacker
 from .mapping import IntensityMap
 from .slices import CODE_LEVELS, SliceCodecPeer, bits_needed
 

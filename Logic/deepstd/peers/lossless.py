@@ -11,7 +11,7 @@ import numpy as np
 
 from ..volume import Volume
 from .base import Peer, imagecodecs_missing
-from .container import Packer, Unpacker
+from ..packing import Packer, Unpacker
 from .slices import SliceCodecPeer, narrowest
 
 #: zstd's strongest ordinary level (the "ultra" levels 20-22 need far more memory for little gain).

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .container import Packer, Unpacker
+from ..packing import Packer, Unpacker
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import numpy as np
 from ..volume import Volume
 from .base import Peer, imagecodecs_missing
 from .budget import Knob
-from .container import Packer, Unpacker
+from ..packing import Packer, Unpacker
 
 
 class FloatFieldPeer(Peer):

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..volume import Volume
 from .base import Peer, PeerError
-from .container import Packer, Unpacker
+from ..packing import Packer, Unpacker
 from .mapping import IntensityMap
 
 CODE_LEVELS = 1 << 16

@@ -1,15 +1,16 @@
-"""The byte layout around a codec's payload, so every side byte is in the counted output.
+"""Small binary streams written field by field: LEB128 varints, float64, shapes and blobs.
 
-Each peer stream starts with the volume shape (three LEB128 varints), then the peer's side
-information (an intensity mapping where it uses one), then its payload: one blob, or a list of
-blobs (one per slice) whose lengths are stored as varints, all but the last.
+Used wherever a payload needs a few side fields around it: each benchmark peer's stream (the
+volume shape, its side information such as an intensity mapping, then one blob or one per slice,
+so every side byte is counted) and the residual layer of the maximum-error mode. A list of blobs
+stores its count and the lengths of all but the last; the last runs to the end of the stream.
 """
 from __future__ import annotations
 
 import struct
 from typing import List, Sequence, Tuple
 
-from ..errors import FormatError
+from .errors import FormatError
 
 
 class Packer:
@@ -29,6 +30,10 @@ class Packer:
                 break
         self._parts.append(bytes(out))
         return self
+
+    def sint(self, value: int) -> "Packer":
+        """A signed integer (zigzag, then a varint)."""
+        return self.uint(2 * value if value >= 0 else -2 * value - 1)
 
     def float64(self, value: float) -> "Packer":
         self._parts.append(struct.pack("<d", value))
@@ -59,13 +64,14 @@ class Packer:
 class Unpacker:
     """Reads fields back in the order a `Packer` wrote them."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, what: str = "peer stream") -> None:
         self._data = memoryview(data)
         self._at = 0
+        self._what = what
 
     def _take(self, n: int) -> memoryview:
         if self._at + n > len(self._data):
-            raise FormatError("peer stream is truncated")
+            raise FormatError(f"{self._what} is truncated")
         part = self._data[self._at:self._at + n]
         self._at += n
         return part
@@ -79,7 +85,11 @@ class Unpacker:
             if not byte & 0x80:
                 return value
             if shift > 63:
-                raise FormatError("peer stream has a malformed varint")
+                raise FormatError(f"{self._what} has a malformed varint")
+
+    def sint(self) -> int:
+        value = self.uint()
+        return value // 2 if value % 2 == 0 else -(value + 1) // 2
 
     def float64(self) -> float:
         return struct.unpack("<d", self._take(8))[0]
@@ -88,7 +98,7 @@ class Unpacker:
         """Read a shape and check it against the volume the caller decodes onto."""
         shape = tuple(self.uint() for _ in expected)
         if shape != tuple(expected):
-            raise FormatError(f"peer stream holds a {shape} volume, expected {tuple(expected)}")
+            raise FormatError(f"{self._what} holds a {shape} volume, expected {tuple(expected)}")
         return shape
 
     def blobs(self) -> List[bytes]:
