@@ -28,3 +28,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """A bundle with a synthetic template and an untrained small texture network (codec_helpers)."""
+    from codec_helpers import tiny_bundle as make_tiny_bundle
+
+    return make_tiny_bundle(tmp_path_factory.mktemp("tiny_bundle"))

@@ -19,14 +19,9 @@ from deepstd.demo import unseen_scan
 from deepstd.errors import BudgetError, BundleError, Cancelled, DeepSTDError, FormatError, InputError
 from deepstd.progress import CancelEvent
 
-from codec_helpers import FAST_REGISTRATION, blob_volume, tiny_bundle as make_tiny_bundle
+from codec_helpers import FAST_REGISTRATION, blob_volume
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory):
-    return make_tiny_bundle(tmp_path_factory.mktemp("b"))
 
 
 @pytest.fixture(scope="module")

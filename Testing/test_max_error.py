@@ -11,14 +11,9 @@ from deepstd import codec, residual
 from deepstd.container import pack, unpack
 from deepstd.errors import FormatError, InputError
 
-from codec_helpers import blob_volume, tiny_bundle as make_tiny_bundle
+from codec_helpers import blob_volume
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory):
-    return make_tiny_bundle(tmp_path_factory.mktemp("b"))
 
 
 @pytest.fixture(scope="module")
