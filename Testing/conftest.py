@@ -36,3 +36,12 @@ def tiny_bundle(tmp_path_factory):
     from codec_helpers import tiny_bundle as make_tiny_bundle
 
     return make_tiny_bundle(tmp_path_factory.mktemp("tiny_bundle"))
+
+
+@pytest.fixture(scope="session")
+def scan():
+    """A codec test scan unlike `tiny_bundle`'s template: other size, anisotropic spacing, oblique
+    direction, offset origin (int16)."""
+    from codec_helpers import blob_volume
+
+    return blob_volume((44, 37, 17), (1.1, 0.9, 2.7), origin=(-20.0, 13.5, 4.0), seed=3)

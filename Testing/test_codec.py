@@ -19,15 +19,9 @@ from deepstd.demo import unseen_scan
 from deepstd.errors import BudgetError, BundleError, Cancelled, DeepSTDError, FormatError, InputError
 from deepstd.progress import CancelEvent
 
-from codec_helpers import FAST_REGISTRATION, blob_volume
+from codec_helpers import FAST_REGISTRATION
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def scan():
-    """Unlike the template: other size, anisotropic spacing, oblique direction, offset origin."""
-    return blob_volume((44, 37, 17), (1.1, 0.9, 2.7), origin=(-20.0, 13.5, 4.0), seed=3)
 
 
 @pytest.fixture(scope="module")

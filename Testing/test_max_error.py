@@ -11,15 +11,7 @@ from deepstd import codec, residual
 from deepstd.container import pack, unpack
 from deepstd.errors import FormatError, InputError
 
-from codec_helpers import blob_volume
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def scan():
-    """Oblique, anisotropic, int16, unlike the template."""
-    return blob_volume((40, 34, 15), (1.1, 0.9, 2.7), origin=(-20.0, 13.5, 4.0), seed=5)
 
 
 @pytest.fixture(scope="module")

@@ -103,17 +103,29 @@ def into_template(scan: Volume, backward, matrix: np.ndarray, template, frame,
     return warped, support
 
 
+def scan_displacement(template, backward, matrix: np.ndarray, scan_grid,
+                      reporter: Optional[Reporter] = None) -> np.ndarray:
+    """The backward map on the scan's grid (ITK displacement, mm): where each scan voxel reads the
+    texture. It does not depend on the texture, so one serves any number of decoded textures."""
+    from .shape import field
+
+    return field.displacement(field.SampledField(backward, template), template, grid=scan_grid,
+                              pre=np.linalg.inv(matrix), reporter=reporter, clamp=True)
+
+
 def from_template(texture: np.ndarray, template, frame, backward, matrix: np.ndarray, scan_grid,
-                  mapping: IntensityMap, reporter: Optional[Reporter] = None) -> Tuple[np.ndarray, float]:
+                  mapping: IntensityMap, reporter: Optional[Reporter] = None,
+                  disp: Optional[np.ndarray] = None) -> Tuple[np.ndarray, float]:
     """The decoded texture (on `frame`) read at every voxel of the scan's grid, in original units.
 
     Returns the array (z, y, x) and the fraction of scan voxels whose backward map landed inside
-    the texture frame (the rest get the background value; the margin makes this rare).
+    the texture frame (the rest get the background value; the margin makes this rare). `disp`:
+    `scan_displacement(...)` when the caller already has it.
     """
     from .shape import field
 
-    disp = field.displacement(field.SampledField(backward, template), template, grid=scan_grid,
-                              pre=np.linalg.inv(matrix), reporter=reporter, clamp=True)
+    if disp is None:
+        disp = scan_displacement(template, backward, matrix, scan_grid, reporter)
     values = field.warp(frame.volume(texture), disp, scan_grid, INTERPOLATION, default=np.nan,
                         reporter=reporter).array
     outside = np.isnan(values)
@@ -122,5 +134,5 @@ def from_template(texture: np.ndarray, template, frame, backward, matrix: np.nda
     return mapping.from_unit(values), coverage
 
 
-__all__ = ["IntensityMap", "intensity_map", "into_template", "from_template", "texture_frame",
+__all__ = ["IntensityMap", "intensity_map", "into_template", "from_template", "scan_displacement", "texture_frame",
            "PERCENTILE_RULE"]

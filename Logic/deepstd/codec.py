@@ -18,7 +18,8 @@ from typing import Dict, Optional, Tuple, Union
 import numpy as np
 
 from . import __version__
-from .alignment import IntensityMap, from_template, intensity_map, into_template, texture_frame
+from .alignment import (IntensityMap, from_template, intensity_map, into_template, scan_displacement,
+                        texture_frame)
 from .bundle import Bundle, load_bundle, shipped_bundles
 from .container import geometry_header, grid_of, pack, unpack, write_atomic
 from .errors import BudgetError, BundleError, FormatError, InputError
@@ -125,12 +126,17 @@ class _Layer:
         self.header, self.shape, self.analysis, self.codec = header, shape, analysis, codec
         self.warnings, self.workers, self.started = warnings, workers, started
 
-    def pack(self, header: dict, rate: float, extra: Optional[Dict[str, bytes]] = None) -> bytes:
-        streams = self.codec.code(self.analysis, rate, self.workers)
+    def streams(self, rate: float):
+        return self.codec.code(self.analysis, rate, self.workers)
+
+    def file(self, header: dict, streams, extra: Optional[Dict[str, bytes]] = None) -> bytes:
         h = dict(header, codec=dict(header["codec"], texture_rate=streams.rate_q))
         if self.warnings:
             h["warnings"] = list(self.warnings)
         return pack(h, {"shape": self.shape, "texture": streams.to_bytes(), **(extra or {})})
+
+    def pack(self, header: dict, rate: float) -> bytes:
+        return self.file(header, self.streams(rate))
 
 
 def _prepare(volume: Volume, bundle, budget: Optional[int], device: str, workers: Optional[int],
@@ -206,26 +212,43 @@ def _encode_max_error(volume: Volume, bundle, max_error, device, workers, progre
     if not integer and max_error <= 0:
         raise InputError(f"a lossless bound needs integer voxels; this scan is {volume.dtype}: "
                          "give a positive --max-error")
+    from .shape import Frame, decode_shape
+
     bundle = resolve_bundle(bundle)
     reporter = Reporter(progress, cancel)
     layer = _prepare(volume, bundle, None, device, workers, reporter)
     step = residual.step_for(float(max_error), integer)
     header = dict(layer.header, max_error=float(max_error))
     original = cast_to_dtype(volume.array, volume.dtype).astype(np.float64)
+    # the decoder's view of the DeepSTD layer, built from the same bytes and header it will read;
+    # the backward map to the scan grid does not depend on the rate, so it is evaluated once
+    template = Frame.of(bundle.template)
+    frame, _ = texture_frame(template, header["codec"]["margin"])
+    code = decode_shape(layer.shape)
+    mapping = IntensityMap.from_header(header["intensity"])
+    scan_grid = _scan_frame(header)
+    disp = scan_displacement(template, code.backward, code.matrix, scan_grid)
     best = None
     for k, rate in enumerate(MAX_ERROR_RATES):
         reporter("entropy", 0.85 + 0.15 * k / len(MAX_ERROR_RATES), f"residual layer at texture rate {rate:g}")
-        base = decode(layer.pack(header, rate), bundle, workers=workers).array.astype(np.float64)
+        streams = layer.streams(rate)
+        texture = layer.codec.decompress(streams.to_bytes(), workers)
+        values, _ = from_template(texture, template, frame, code.backward, code.matrix, scan_grid, mapping,
+                                  disp=disp)
+        base = cast_to_dtype(values, volume.dtype).astype(np.float32)
         q = residual.quantise(original - base, float(max_error), step)
-        data = layer.pack(header, rate, {"residual": residual.compress(q, base, step)})
-        if best is None or len(data) < len(best):
-            best = data
-    worst = float(np.max(np.abs(decode(best, bundle, workers=workers).array - original)))
+        data = layer.file(header, streams, {"residual": residual.compress(q, base, step)})
+        if best is None or len(data) < len(best[0]):
+            best = (data, base)
+    data, base = best
+    # check the bound on what the decoder computes from the stored residual section
+    restored = _add_residual(base, unpack(data).sections["residual"], header, volume.dtype)
+    worst = float(np.max(np.abs(restored - original)))
     if worst > max_error + (0 if integer else 1e-6 * max(1.0, float(np.ptp(original)))):
         raise RuntimeError(f"internal error: the residual layer missed its bound ({worst} > {max_error})")
-    reporter("write", 1.0, f"{len(best)} bytes ({volume.raw_bytes / len(best):.2f}x), max error {worst:g}, "
+    reporter("write", 1.0, f"{len(data)} bytes ({volume.raw_bytes / len(data):.2f}x), max error {worst:g}, "
                            f"in {time.perf_counter() - layer.started:.1f} s")
-    return best
+    return data
 
 
 def _monotonic(callback: ProgressCallback) -> ProgressCallback:
@@ -290,7 +313,7 @@ def decode(data: bytes, bundle=None, device: str = "auto", workers: Optional[int
         raise FormatError(f"texture shape {texture.shape} does not match the bundle's template grid")
     code = decode_shape(parsed.sections["shape"])
     size, spacing, origin, direction = grid_of(header)
-    scan_grid = Frame(tuple(int(n) for n in size), tuple(spacing), tuple(origin), tuple(direction))
+    scan_grid = _scan_frame(header)
     values, coverage = from_template(texture, template, frame, code.backward, code.matrix, scan_grid,
                                      mapping, reporter.scaled(0.7, 1.0))
     dtype = header["dtype"]
@@ -305,6 +328,14 @@ def decode(data: bytes, bundle=None, device: str = "auto", workers: Optional[int
         meta["dicom"] = header["dicom"]
     return Volume(values, spacing, origin, direction, dtype=dtype, units=header.get("units", "unitless"),
                   meta=meta)
+
+
+def _scan_frame(header: dict):
+    """The original scan's grid, from the header."""
+    from .shape import Frame
+
+    size, spacing, origin, direction = grid_of(header)
+    return Frame(tuple(int(n) for n in size), tuple(spacing), tuple(origin), tuple(direction))
 
 
 def _add_residual(base: np.ndarray, section: bytes, header: dict, dtype: str) -> np.ndarray:
