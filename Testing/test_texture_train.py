@@ -67,3 +67,22 @@ def test_cancel_saves_a_checkpoint(tmp_path):
         train(volumes(), tmp_path, TINY, settings(1000), progress=stop_at_25, cancel=token)
     with safe_open(str(tmp_path / "checkpoint.safetensors"), "pt") as f:
         assert int(f.metadata()["step"]) in (25, 50)
+
+
+def test_a_teacher_starts_the_student_and_keeps_its_features_close(tmp_path):
+    from deepstd.texture.train import distillation_loss
+
+    teacher = train(volumes(), tmp_path / "teacher", TINY, settings(30)).net
+    sample = torch.from_numpy(volumes()[1][:32, :32, :32].copy())[None, None]
+    with torch.no_grad():
+        target = teacher.g_a(sample)
+    free = train(volumes()[1:], tmp_path / "free", TINY, settings(40)).net
+    taught = train(volumes()[1:], tmp_path / "taught", TINY,
+                   TrainSettings(**{**settings(40).__dict__, "distill_alpha": 5.0}), teacher=teacher).net
+    with torch.no_grad():
+        drift_free = float(distillation_loss(free.g_a(sample), target))
+        drift_taught = float(distillation_loss(taught.g_a(sample), target))
+    assert drift_taught < drift_free
+    with pytest.raises(ValueError, match="config differs"):
+        train(volumes(), tmp_path / "x", TextureConfig(channels=8, latent=8, hyper=8, levels=3, pos_dim=2),
+              settings(1), teacher=teacher)

@@ -103,36 +103,69 @@ def into_template(scan: Volume, backward, matrix: np.ndarray, template, frame,
     return warped, support
 
 
-def scan_displacement(template, backward, matrix: np.ndarray, scan_grid,
-                      reporter: Optional[Reporter] = None) -> np.ndarray:
-    """The backward map on the scan's grid (ITK displacement, mm): where each scan voxel reads the
-    texture. It does not depend on the texture, so one serves any number of decoded textures."""
-    from .shape import field
+class ScanReader:
+    """How the voxels of a window of the scan grid read the decoded texture (the decoder's side).
 
-    return field.displacement(field.SampledField(backward, template), template, grid=scan_grid,
-                              pre=np.linalg.inv(matrix), reporter=reporter, clamp=True)
+    The backward map is evaluated once on the window (it does not depend on the texture), and with
+    it the box of texture voxels the window's values depend on, so only the texture blocks that
+    reach it need decoding. Every value equals that of a whole-grid decode: points are computed
+    from the scan grid's own indices and the cubic prefilter has a finite reach (`field`). Decode
+    (whole or a region) and the encoders that must know what the decoder will compute (maximum
+    error, keep mask) all read through this class.
+    """
+
+    def __init__(self, template, frame, backward, matrix: np.ndarray, scan_grid, window=None,
+                 reporter: Optional[Reporter] = None):
+        from .shape import field
+
+        self.frame, self.scan_grid = frame, scan_grid
+        self.window = window or field.whole(scan_grid)
+        self.disp = field.displacement(field.SampledField(backward, template), template, grid=scan_grid,
+                                       pre=np.linalg.inv(matrix), reporter=reporter, clamp=True,
+                                       window=self.window)
+        self.box = field.read_box(frame, self.disp, scan_grid, self.window)
+
+    @property
+    def texture_box(self):
+        """The texture voxels needed, as ((z0, y0, x0), (z1, y1, x1)) for `TextureCodec.decompress`
+        (None: the window reads nothing of the texture)."""
+        if self.box is None:
+            return None
+        (x0, y0, z0), (x1, y1, z1) = self.box
+        return (z0, y0, x0), (z1, y1, x1)
+
+    def crop(self, texture: np.ndarray) -> Optional[np.ndarray]:
+        """The needed part of a whole decoded texture."""
+        if self.box is None:
+            return None
+        (z0, y0, x0), (z1, y1, x1) = self.texture_box
+        return texture[z0:z1, y0:y1, x0:x1]
+
+    def read(self, part: Optional[np.ndarray], mapping: IntensityMap,
+             reporter: Optional[Reporter] = None) -> Tuple[np.ndarray, float]:
+        """The window's values in original units from the texture inside `texture_box`, and the
+        fraction of its voxels whose backward map landed inside the texture frame (the rest get
+        the background value; the margin makes this rare)."""
+        from .shape import field
+
+        if self.box is None:
+            values = np.full(field.box_shape_zyx(self.window), np.nan, dtype=np.float32)
+        else:
+            values = field.sample_cubic(self.frame, part, self.box[0], self.disp, self.scan_grid, self.window,
+                                        default=np.nan, reporter=reporter)
+        outside = np.isnan(values)
+        coverage = 1.0 - float(outside.mean())
+        values[outside] = 0.0
+        return mapping.from_unit(values), coverage
 
 
 def from_template(texture: np.ndarray, template, frame, backward, matrix: np.ndarray, scan_grid,
-                  mapping: IntensityMap, reporter: Optional[Reporter] = None,
-                  disp: Optional[np.ndarray] = None) -> Tuple[np.ndarray, float]:
-    """The decoded texture (on `frame`) read at every voxel of the scan's grid, in original units.
-
-    Returns the array (z, y, x) and the fraction of scan voxels whose backward map landed inside
-    the texture frame (the rest get the background value; the margin makes this rare). `disp`:
-    `scan_displacement(...)` when the caller already has it.
-    """
-    from .shape import field
-
-    if disp is None:
-        disp = scan_displacement(template, backward, matrix, scan_grid, reporter)
-    values = field.warp(frame.volume(texture), disp, scan_grid, INTERPOLATION, default=np.nan,
-                        reporter=reporter).array
-    outside = np.isnan(values)
-    coverage = 1.0 - float(outside.mean())
-    values[outside] = 0.0
-    return mapping.from_unit(values), coverage
+                  mapping: IntensityMap, reporter: Optional[Reporter] = None) -> Tuple[np.ndarray, float]:
+    """A whole decoded texture (on `frame`) read at every voxel of the scan's grid, in original units,
+    and the coverage (see `ScanReader.read`)."""
+    reader = ScanReader(template, frame, backward, matrix, scan_grid, reporter=reporter)
+    return reader.read(reader.crop(texture), mapping, reporter)
 
 
-__all__ = ["IntensityMap", "intensity_map", "into_template", "from_template", "scan_displacement", "texture_frame",
+__all__ = ["IntensityMap", "intensity_map", "into_template", "from_template", "ScanReader", "texture_frame",
            "PERCENTILE_RULE"]

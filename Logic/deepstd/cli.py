@@ -70,22 +70,27 @@ def cmd_encode(args) -> None:
 
     with progress_bar() as progress:
         report = encode_file(args.input, args.output, args.bundle, ratio=args.ratio,
-                             budget_bytes=args.budget, max_error=args.max_error, series_uid=args.series,
-                             device=args.device, workers=args.workers, progress=progress)
+                             budget_bytes=args.budget, max_error=args.max_error, keep=args.keep,
+                             series_uid=args.series, device=args.device, workers=args.workers,
+                             progress=progress)
     for warning in report["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     target = (f"every voxel within ±{report['max_error']:g}" if report["max_error"] is not None else
               f"target {report['target_ratio']:g}x, budget {report['budget_bytes']} B")
     print(f"wrote {report['output']}: {report['bytes']} bytes of {report['raw_bytes']} raw, "
           f"{report['ratio']:.1f}x ({target}) in {report['seconds']:.1f} s")
+    if report.get("keep"):
+        k = report["keep"]
+        print(f"keep mask: {k['voxels']} voxels within ±{k['max_error']:g}; mask {k['mask_bytes']} B, "
+              f"their residual {k['residual_bytes']} B, the rest {report['bytes'] - k['mask_bytes'] - k['residual_bytes']} B")
 
 
 def cmd_decode(args) -> None:
     from .codec import decode_file
 
     with progress_bar() as progress:
-        volume = decode_file(args.input, args.output, args.bundle, device=args.device,
-                             workers=args.workers, progress=progress)
+        volume = decode_file(args.input, args.output, args.bundle, roi=args.roi, roi_mm=args.roi_mm,
+                             device=args.device, workers=args.workers, progress=progress)
     for warning in volume.meta.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
     print(f"wrote {args.output} ({'x'.join(map(str, volume.size))}, {volume.dtype})")
@@ -113,7 +118,7 @@ def cmd_train(args) -> None:
     with progress_bar() as progress:
         train_bundle(args.data, args.out, args.name or args.out.stem, args.modality, args.region,
                      holdout=args.holdout, steps=args.steps, patch=args.patch, augment_copies=args.augment,
-                     threads=args.threads, resume=args.resume, progress=progress,
+                     threads=args.threads, resume=args.resume, teacher=args.teacher, progress=progress,
                      command="deepstd " + " ".join(sys.argv[1:]),
                      log=lambda line: print(line, file=sys.stderr, flush=True))
 
@@ -281,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--budget", type=int, metavar="BYTES", help="file size limit in bytes")
     size.add_argument("--max-error", type=float, metavar="E",
                       help="instead of a size: every voxel within ±E of the original (original units; 0 = lossless)")
+    encode.add_argument("--keep", metavar="LABELMAP[:E]",
+                        help="code the voxels where this label map (same grid) is > 0 within ±E (default 0: "
+                             "lossless), the rest at the ratio; the mask is stored in the file")
     encode.add_argument("--series", metavar="UID", help="DICOM SeriesInstanceUID to read")
     _device_options(encode)
     encode.set_defaults(run=cmd_encode)
@@ -289,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     decode.add_argument("input", type=Path)
     decode.add_argument("output", type=Path, help="image file, or a new folder for a DICOM series")
     decode.add_argument("--bundle", help="bundle name or path (default: the installed one the file names)")
+    where = decode.add_mutually_exclusive_group()
+    where.add_argument("--roi", metavar="x0:x1,y0:y1,z0:z1",
+                       help="decode only this box of voxels of the original grid (exactly as a full decode has it)")
+    where.add_argument("--roi-mm", metavar="x0:x1,y0:y1,z0:z1", help="the same, as a box in LPS millimetres")
     _device_options(decode)
     decode.set_defaults(run=cmd_decode)
 
@@ -312,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--augment", type=int, default=0, help="augmented copies per training scan")
     train.add_argument("--threads", type=int, default=1)
     train.add_argument("--resume", action="store_true")
+    train.add_argument("--teacher", metavar="BUNDLE",
+                       help="start from this bundle's texture codec and distil its features (scarce data)")
     train.set_defaults(run=cmd_train)
 
     bench = commands.add_parser("bench", help="DeepSTD against the peer codecs on the same scans and budgets")

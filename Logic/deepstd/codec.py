@@ -18,8 +18,8 @@ from typing import Dict, Optional, Tuple, Union
 import numpy as np
 
 from . import __version__
-from .alignment import (IntensityMap, from_template, intensity_map, into_template, scan_displacement,
-                        texture_frame)
+from . import region
+from .alignment import IntensityMap, ScanReader, intensity_map, into_template, texture_frame
 from .bundle import Bundle, load_bundle, shipped_bundles
 from .container import geometry_header, grid_of, pack, unpack, write_atomic
 from .errors import BudgetError, BundleError, FormatError, InputError
@@ -85,29 +85,45 @@ def _infeasible(volume: Volume, budget: int, smallest: int) -> BudgetError:
 
 
 def encode(volume: Volume, bundle, ratio: Optional[float] = None, budget_bytes: Optional[int] = None,
-           max_error: Optional[float] = None, device: str = "auto", workers: Optional[int] = None,
+           max_error: Optional[float] = None, keep: Optional[np.ndarray] = None, keep_error: float = 0.0,
+           device: str = "auto", workers: Optional[int] = None,
            progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> bytes:
     """Compress `volume` to at most `raw_bytes / ratio` (or `budget_bytes`) bytes, headers included;
     or, with `max_error`, so that every voxel is within ±max_error of the original (0: lossless),
-    at whatever size that takes."""
+    at whatever size that takes. `keep`: a boolean (z, y, x) mask of voxels to code within
+    ±keep_error (0: lossless) inside the same budget; the mask is stored in the file."""
     if max_error is not None:
         if ratio is not None or budget_bytes is not None:
             raise InputError("give either a ratio/byte budget or a maximum error, not both")
+        if keep is not None:
+            raise InputError("a keep mask goes with a ratio or a byte budget; a maximum error already "
+                             "bounds every voxel")
         return _encode_max_error(volume, bundle, max_error, device, workers, progress, cancel)
     from .texture.rate import RATE_STEPS
 
     budget = budget_for(volume, ratio, budget_bytes)
+    mask = _keep_mask(volume, keep, keep_error) if keep is not None else None
     reporter = Reporter(progress, cancel)
     layer = _prepare(volume, bundle, budget, device, workers, reporter)
     header = dict(layer.header, target_ratio=round(volume.raw_bytes / budget, 4), budget_bytes=budget)
+    if mask is None:
+        build = lambda rate: layer.pack(header, rate)  # noqa: E731
+    else:
+        header["keep"] = {"max_error": float(keep_error), "voxels": int(mask.sum())}
+        build = _KeepLayer(layer, resolve_bundle(bundle), header, volume, mask, float(keep_error)).pack
 
     search = reporter.scaled(0.85, 1.0)
     search("entropy", 0.0, f"fitting {budget} bytes")
-    build = lambda rate: layer.pack(header, rate)  # noqa: E731
     best, smallest = largest_within(
         build, budget, TOLERANCE,
         on_step=lambda step: search("entropy", (step + 1) / SEARCH_STEPS, f"fitting {budget} bytes"))
     if best is None:
+        if mask is not None:
+            sections = unpack(smallest).sections
+            raise BudgetError(f"a budget of {budget} bytes ({volume.raw_bytes / budget:.0f}x) is too small with "
+                              f"this keep mask: the mask takes {len(sections['keep/mask'])} bytes and its voxels "
+                              f"within ±{keep_error:g} another {len(sections['keep/residual'])}; the whole file "
+                              f"needs at least {len(smallest)} bytes ({volume.raw_bytes / len(smallest):.0f}x)")
         raise _infeasible(volume, budget, len(smallest))
     if len(best) < (1 - TOLERANCE) * budget and unpack(best).header["codec"]["texture_rate"] == RATE_STEPS:
         layer.warnings.append(f"the finest texture rate of this bundle fits in {len(best)} bytes "
@@ -137,6 +153,84 @@ class _Layer:
 
     def pack(self, header: dict, rate: float) -> bytes:
         return self.file(header, self.streams(rate))
+
+
+class _DecoderView:
+    """What the decoder computes for a window of the scan grid, from the bytes it reads: decode
+    uses it, and the maximum-error and keep encoders code against exactly the same numbers."""
+
+    def __init__(self, bundle: Bundle, header: dict, shape: bytes, window, codec, workers=None,
+                 reporter: Optional[Reporter] = None):
+        from .shape import Frame, decode_shape
+
+        try:
+            self.mapping = IntensityMap.from_header(header["intensity"])
+        except (KeyError, TypeError, ValueError):
+            raise FormatError("the header's intensity mapping is missing or invalid") from None
+        margin = header.get("codec", {}).get("margin", [0, 0, 0])
+        if not (isinstance(margin, list) and len(margin) == 3
+                and all(isinstance(m, int) and 0 <= m <= 4096 for m in margin)):
+            raise FormatError("the header's texture margin is invalid")
+        template = Frame.of(bundle.template)
+        self.frame, _ = texture_frame(template, margin)
+        code = decode_shape(shape)
+        self.reader = ScanReader(template, self.frame, code.backward, code.matrix, _scan_frame(header), window,
+                                 reporter)
+        self.codec, self.workers, self.dtype = codec, workers, header["dtype"]
+
+    def base(self, texture, progress=None, cancel=None) -> Tuple[np.ndarray, float]:
+        """The DeepSTD layer on the window (original dtype's values, as float32) and its coverage."""
+        from .texture import TextureStreams
+
+        streams = texture if isinstance(texture, TextureStreams) else TextureStreams.from_bytes(texture)
+        if tuple(streams.shape) != self.frame.shape_zyx:
+            raise FormatError(f"texture shape {tuple(streams.shape)} does not match the bundle's template grid")
+        box = self.reader.texture_box
+        part = None if box is None else self.codec.decompress(streams, self.workers, progress, cancel, box=box)
+        values, coverage = self.reader.read(part, self.mapping)
+        return cast_to_dtype(values, self.dtype).astype(np.float32), coverage
+
+
+def _keep_mask(volume: Volume, keep, keep_error) -> np.ndarray:
+    mask = np.asarray(keep.array if isinstance(keep, Volume) else keep)
+    if mask.shape != volume.array.shape:
+        raise InputError(f"the keep mask has shape {mask.shape}, the scan {volume.array.shape} (z, y, x)")
+    mask = mask > 0
+    if not mask.any():
+        raise InputError("the keep mask is empty (no voxel above 0)")
+    integer = np.dtype(volume.dtype).kind in "iu"
+    if not (isinstance(keep_error, (int, float)) and math.isfinite(keep_error) and keep_error >= 0):
+        raise InputError(f"the keep mask's error bound must be a number ≥ 0, got {keep_error!r}")
+    if not integer and keep_error <= 0:
+        raise InputError(f"a lossless keep mask needs integer voxels; this scan is {volume.dtype}: give a bound > 0")
+    return mask
+
+
+class _KeepLayer:
+    """The DeepSTD layer plus, inside the keep mask, the residual within ±bound: packs the whole file
+    at a texture rate. Only the mask's bounding box is reconstructed per rate (a region decode)."""
+
+    def __init__(self, layer: _Layer, bundle: Bundle, header: dict, volume: Volume, mask: np.ndarray,
+                 bound: float):
+        from . import keepmask, residual
+
+        self.layer, self.header, self.bound = layer, header, bound
+        self.box = region.bounding_box(mask)
+        inside = region.slices(self.box, region.whole(volume.size))
+        self.mask = mask[inside]
+        self.original = cast_to_dtype(volume.array[inside], volume.dtype).astype(np.float64)[self.mask]
+        self.step = residual.step_for(bound, np.dtype(volume.dtype).kind in "iu")
+        self.mask_bytes = keepmask.compress(mask)
+        self.view = _DecoderView(bundle, header, layer.shape, self.box, layer.codec, layer.workers)
+
+    def pack(self, rate: float) -> bytes:
+        from . import residual
+
+        streams = self.layer.streams(rate)
+        base = self.view.base(streams)[0][self.mask]
+        q = residual.quantise(self.original - base, self.bound, self.step)
+        return self.layer.file(self.header, streams, {"keep/mask": self.mask_bytes,
+                                                      "keep/residual": residual.compress(q, base, self.step)})
 
 
 def _prepare(volume: Volume, bundle, budget: Optional[int], device: str, workers: Optional[int],
@@ -212,37 +306,27 @@ def _encode_max_error(volume: Volume, bundle, max_error, device, workers, progre
     if not integer and max_error <= 0:
         raise InputError(f"a lossless bound needs integer voxels; this scan is {volume.dtype}: "
                          "give a positive --max-error")
-    from .shape import Frame, decode_shape
-
     bundle = resolve_bundle(bundle)
     reporter = Reporter(progress, cancel)
     layer = _prepare(volume, bundle, None, device, workers, reporter)
     step = residual.step_for(float(max_error), integer)
     header = dict(layer.header, max_error=float(max_error))
     original = cast_to_dtype(volume.array, volume.dtype).astype(np.float64)
-    # the decoder's view of the DeepSTD layer, built from the same bytes and header it will read;
-    # the backward map to the scan grid does not depend on the rate, so it is evaluated once
-    template = Frame.of(bundle.template)
-    frame, _ = texture_frame(template, header["codec"]["margin"])
-    code = decode_shape(layer.shape)
-    mapping = IntensityMap.from_header(header["intensity"])
-    scan_grid = _scan_frame(header)
-    disp = scan_displacement(template, code.backward, code.matrix, scan_grid)
+    # the decoder's view of the DeepSTD layer, from the same bytes and header it will read; the
+    # backward map does not depend on the rate, so it is evaluated once
+    view = _DecoderView(bundle, header, layer.shape, None, layer.codec, workers)
     best = None
     for k, rate in enumerate(MAX_ERROR_RATES):
         reporter("entropy", 0.85 + 0.15 * k / len(MAX_ERROR_RATES), f"residual layer at texture rate {rate:g}")
         streams = layer.streams(rate)
-        texture = layer.codec.decompress(streams.to_bytes(), workers)
-        values, _ = from_template(texture, template, frame, code.backward, code.matrix, scan_grid, mapping,
-                                  disp=disp)
-        base = cast_to_dtype(values, volume.dtype).astype(np.float32)
+        base, _ = view.base(streams)
         q = residual.quantise(original - base, float(max_error), step)
         data = layer.file(header, streams, {"residual": residual.compress(q, base, step)})
         if best is None or len(data) < len(best[0]):
             best = (data, base)
     data, base = best
     # check the bound on what the decoder computes from the stored residual section
-    restored = _add_residual(base, unpack(data).sections["residual"], header, volume.dtype)
+    restored = _add_residual(base, unpack(data).sections["residual"], header.get("max_error"), volume.dtype)
     worst = float(np.max(np.abs(restored - original)))
     if worst > max_error + (0 if integer else 1e-6 * max(1.0, float(np.ptp(original)))):
         raise RuntimeError(f"internal error: the residual layer missed its bound ({worst} > {max_error})")
@@ -285,49 +369,59 @@ def find_bundle(header: dict, bundle=None) -> Bundle:
 
 
 def decode(data: bytes, bundle=None, device: str = "auto", workers: Optional[int] = None,
-           progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> Volume:
-    """A `.dstd` byte string -> the Volume on the original grid, in the original dtype's values."""
-    from .shape import Frame, decode_shape
+           progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
+           roi=None) -> Volume:
+    """A `.dstd` byte string -> the Volume on the original grid, in the original dtype's values.
+
+    `roi` ((x0, y0, z0), (x1, y1, z1)), voxels of the original grid: only that box, exactly as a
+    full decode has it, decoding only the texture blocks it reads (a file with a maximum-error
+    layer is decoded whole and cropped: its residual's context needs every voxel)."""
+    from . import keepmask
 
     parsed = unpack(data)
     header = parsed.header
     for name in ("shape", "texture"):
         if name not in parsed.sections:
             raise FormatError(f"the file has no {name!r} section")
-    try:
-        mapping = IntensityMap.from_header(header["intensity"])
-    except (KeyError, TypeError, ValueError):
-        raise FormatError("the header's intensity mapping is missing or invalid") from None
     bundle = find_bundle(header, bundle)
     reporter = Reporter(progress, cancel)
-    codec = texture_codec(bundle, pick_device(device))
-    texture = codec.decompress(parsed.sections["texture"], workers,
-                               reporter.scaled(0.0, 0.7).callback(), cancel)
-    template = Frame.of(bundle.template)
-    margin = header.get("codec", {}).get("margin", [0, 0, 0])
-    if not (isinstance(margin, list) and len(margin) == 3
-            and all(isinstance(m, int) and 0 <= m <= 4096 for m in margin)):
-        raise FormatError("the header's texture margin is invalid")
-    frame, _ = texture_frame(template, margin)
-    if texture.shape != frame.shape_zyx:
-        raise FormatError(f"texture shape {texture.shape} does not match the bundle's template grid")
-    code = decode_shape(parsed.sections["shape"])
-    size, spacing, origin, direction = grid_of(header)
-    scan_grid = _scan_frame(header)
-    values, coverage = from_template(texture, template, frame, code.backward, code.matrix, scan_grid,
-                                     mapping, reporter.scaled(0.7, 1.0))
-    dtype = header["dtype"]
-    values = cast_to_dtype(values, dtype).astype(np.float32)
+    size = tuple(int(n) for n in grid_of(header)[0])
+    window = region.whole(size) if roi is None else region.checked(roi, size)
+    keep = keepmask.decompress(parsed.sections["keep/mask"], size) if "keep/mask" in parsed.sections else None
     if "residual" in parsed.sections:
-        values = _add_residual(values, parsed.sections["residual"], header, dtype)
+        reading = region.whole(size)
+    else:
+        reading = region.union(window, keep[0] if keep else None)
+    codec = texture_codec(bundle, pick_device(device))
+    view = _DecoderView(bundle, header, parsed.sections["shape"], reading, codec, workers,
+                        reporter.scaled(0.0, 0.2))
+    values, coverage = view.base(parsed.sections["texture"], reporter.scaled(0.2, 0.9).callback(), cancel)
+    dtype = header["dtype"]
+    if "residual" in parsed.sections:
+        values = _add_residual(values, parsed.sections["residual"], header.get("max_error"), dtype)
+    if keep is not None:
+        if "keep/residual" not in parsed.sections:
+            raise FormatError("the file has a keep mask but no 'keep/residual' section")
+        part = values[region.slices(keep[0], reading)]
+        bound = (header.get("keep") or {}).get("max_error")
+        part[keep[1]] = _add_residual(part[keep[1]], parsed.sections["keep/residual"], bound, dtype,
+                                      "keep.max_error")
+    values = np.ascontiguousarray(values[region.slices(window, reading)])
+    reporter("write", 1.0, "decoded")
     meta = {"warnings": list(header.get("warnings", [])), "dstd": {"bundle": bundle.name,
                                                                     "coverage": coverage}}
-    if "max_error" in header:
-        meta["dstd"]["max_error"] = header["max_error"]
+    for key in ("max_error", "keep"):
+        if key in header:
+            meta["dstd"][key] = header[key]
+    if roi is not None:
+        meta["dstd"]["roi"] = [list(window[0]), list(window[1])]
     if header.get("dicom"):
         meta["dicom"] = header["dicom"]
-    return Volume(values, spacing, origin, direction, dtype=dtype, units=header.get("units", "unitless"),
-                  meta=meta)
+    grid = _scan_frame(header)
+    if roi is not None:
+        grid = grid.window(*window)
+    return Volume(values, grid.spacing, grid.origin, grid.direction, dtype=dtype,
+                  units=header.get("units", "unitless"), meta=meta)
 
 
 def _scan_frame(header: dict):
@@ -338,13 +432,12 @@ def _scan_frame(header: dict):
     return Frame(tuple(int(n) for n in size), tuple(spacing), tuple(origin), tuple(direction))
 
 
-def _add_residual(base: np.ndarray, section: bytes, header: dict, dtype: str) -> np.ndarray:
-    """The DeepSTD layer plus the residual layer: within ±max_error of the original everywhere."""
+def _add_residual(base: np.ndarray, section: bytes, bound, dtype: str, key: str = "max_error") -> np.ndarray:
+    """The DeepSTD layer plus a residual layer coded within ±bound (the header's value)."""
     from . import residual
 
-    bound = header.get("max_error")
     if not (isinstance(bound, (int, float)) and math.isfinite(bound) and 0 <= bound < 1e12):
-        raise FormatError("the file has a residual layer but no valid max_error in its header")
+        raise FormatError(f"the file has a residual layer but no valid {key} in its header")
     integer = np.dtype(dtype).kind in "iu"
     if not integer and bound <= 0:
         raise FormatError("a lossless residual layer needs integer voxels")
@@ -355,24 +448,56 @@ def _add_residual(base: np.ndarray, section: bytes, header: dict, dtype: str) ->
 
 # --- files --------------------------------------------------------------------------------------
 def encode_file(source, output, bundle, ratio: Optional[float] = None, budget_bytes: Optional[int] = None,
-                max_error: Optional[float] = None, series_uid: Optional[str] = None, **kw) -> dict:
-    """Read a scan (file or DICOM folder), encode it, write `output` atomically; return a report."""
+                max_error: Optional[float] = None, keep: Optional[str] = None, series_uid: Optional[str] = None,
+                **kw) -> dict:
+    """Read a scan (file or DICOM folder), encode it, write `output` atomically; return a report.
+    `keep`: 'LABELMAP[:E]', a label map on the scan's grid whose voxels > 0 are kept within ±E."""
     from .io import read
 
     started = time.perf_counter()
     volume = read(source, series_uid=series_uid)
-    data = encode(volume, bundle, ratio=ratio, budget_bytes=budget_bytes, max_error=max_error, **kw)
+    mask, keep_error = (None, 0.0) if keep is None else read_keep(keep, volume)
+    data = encode(volume, bundle, ratio=ratio, budget_bytes=budget_bytes, max_error=max_error, keep=mask,
+                  keep_error=keep_error, **kw)
     write_atomic(output, data)
-    header = unpack(data).header
-    return {"input": str(source), "output": str(output), "raw_bytes": volume.raw_bytes,
-            "bytes": len(data), "budget_bytes": header.get("budget_bytes"),
-            "ratio": volume.raw_bytes / len(data), "target_ratio": header.get("target_ratio"),
-            "max_error": header.get("max_error"),
-            "seconds": time.perf_counter() - started, "warnings": header.get("warnings", [])}
+    parsed = unpack(data)
+    header = parsed.header
+    report = {"input": str(source), "output": str(output), "raw_bytes": volume.raw_bytes,
+              "bytes": len(data), "budget_bytes": header.get("budget_bytes"),
+              "ratio": volume.raw_bytes / len(data), "target_ratio": header.get("target_ratio"),
+              "max_error": header.get("max_error"),
+              "seconds": time.perf_counter() - started, "warnings": header.get("warnings", [])}
+    if "keep" in header:
+        report["keep"] = dict(header["keep"], mask_bytes=len(parsed.sections["keep/mask"]),
+                              residual_bytes=len(parsed.sections["keep/residual"]))
+    return report
 
 
-def decode_file(source, output, bundle=None, **kw) -> Volume:
-    """Decode a `.dstd` file and write the volume (a folder without suffix: a DICOM series)."""
+def read_keep(spec: str, volume: Volume) -> Tuple[np.ndarray, float]:
+    """'LABELMAP[:E]' -> (the mask of label > 0 on `volume`'s grid, E). The label map must share
+    the scan's grid: a mask that is off by a voxel would keep the wrong tissue."""
+    from .io import read
+
+    path, bound = str(spec), ""
+    if ":" in path and not Path(path).exists():
+        path, _, bound = path.rpartition(":")
+    try:
+        keep_error = float(bound) if bound else 0.0
+    except ValueError:
+        raise InputError(f"--keep {spec!r}: the bound after ':' must be a number") from None
+    labels = read(path)
+    if tuple(labels.size) != tuple(volume.size):
+        raise InputError(f"--keep {path}: label map is {'x'.join(map(str, labels.size))}, "
+                         f"the scan {'x'.join(map(str, volume.size))}")
+    if not (np.allclose(labels.spacing, volume.spacing, atol=1e-3) and np.allclose(labels.origin, volume.origin, atol=1e-2)
+            and np.allclose(labels.direction, volume.direction, atol=1e-4)):
+        raise InputError(f"--keep {path}: the label map's geometry (spacing, origin, direction) differs from the scan's")
+    return labels.array > 0, keep_error
+
+
+def decode_file(source, output, bundle=None, roi=None, roi_mm: Optional[str] = None, **kw) -> Volume:
+    """Decode a `.dstd` file and write the volume (a folder without suffix: a DICOM series).
+    `roi`: a box or 'x0:x1,y0:y1,z0:z1' (voxels); `roi_mm`: the same in LPS millimetres."""
     from .io import write
 
     path = Path(source)
@@ -381,7 +506,10 @@ def decode_file(source, output, bundle=None, **kw) -> Volume:
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror})") from None
     try:
-        volume = decode(data, bundle, **kw)
+        if isinstance(roi, str) or roi_mm is not None:
+            grid = _scan_frame(unpack(data).header)
+            roi = region.parse(roi, grid.size) if roi_mm is None else region.parse_mm(roi_mm, grid)
+        volume = decode(data, bundle, roi=roi, **kw)
     except FormatError as exc:
         raise FormatError(f"{path}: {exc}") from None
     from .io import itk

@@ -70,6 +70,8 @@ def describe_dstd(path: Path) -> str:
         + (f" (target {header['target_ratio']:g}x)" if "target_ratio" in header else ""),
         *([f"error:     every voxel within ±{header['max_error']:g} of the original"
            + (" (lossless)" if header["max_error"] == 0 else "")] if "max_error" in header else []),
+        *([f"keep:      {header['keep'].get('voxels')} voxels of a stored mask within "
+           f"±{header['keep'].get('max_error'):g} of the original"] if isinstance(header.get("keep"), dict) else []),
         "sections:  " + ", ".join(f"{name} {len(data)} B" for name, data in parsed.sections.items()),
         "header:    " + json.dumps({k: v for k, v in header.items() if k != "geometry"}, sort_keys=True),
     ]

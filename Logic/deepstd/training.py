@@ -84,7 +84,8 @@ def augment(array: np.ndarray, rng: np.random.Generator, bumps: int = 6,
 def train_bundle(data_dir, out, name: str, modality: str, region: str, holdout: int = 6,
                  steps: int = 6000, patch: int = 48, work_dir=None, augment_copies: int = 0, omega: Optional[float] = None,
                  texture_overrides: Optional[dict] = None, threads: int = 1, resume: bool = False,
-                 description: str = "", command: str = "", progress: Optional[ProgressCallback] = None,
+                 description: str = "", command: str = "", teacher=None,
+                 progress: Optional[ProgressCallback] = None,
                  cancel: Optional[CancelToken] = None, log=print) -> Path:
     """Train a bundle end to end and write it to `out` (see the module docstring)."""
     import torch
@@ -156,11 +157,22 @@ def train_bundle(data_dir, out, name: str, modality: str, region: str, holdout: 
                 training_volumes.append(augment(unit, rng))
         log(f"augmentation: {augment_copies} deformed/intensity-changed copies of each training scan")
 
-    config = TextureConfig(**(texture_overrides or {}))
+    teacher_net, teacher_id = None, None
+    if teacher is not None:
+        from .bundle import load_bundle
+        from .texture import TextureCodec
+
+        teacher_bundle = load_bundle(teacher)
+        teacher_net = TextureCodec.from_bytes(teacher_bundle.texture).net
+        teacher_id = {"name": teacher_bundle.name, "sha256": teacher_bundle.sha256}
+        config = teacher_net.config
+        log(f"distilling from teacher bundle {teacher_bundle.name} ({teacher_bundle.sha256[:12]})")
+    else:
+        config = TextureConfig(**(texture_overrides or {}))
     train_settings = TrainSettings(steps=steps, patch=patch)
     log(f"training the texture codec on {len(training_volumes)} aligned volumes for {steps} steps")
     codec = train(training_volumes, work / "texture", config, train_settings, resume=resume,
-                  progress=progress, cancel=cancel)
+                  progress=progress, cancel=cancel, teacher=teacher_net)
     trained = time.time() - started
 
     rates = [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -181,7 +193,7 @@ def train_bundle(data_dir, out, name: str, modality: str, region: str, holdout: 
         "training": {"scans": subjects, "holdout": holdout,
                      "holdout_files": [f.name for f in val_files], "template": names[template_index],
                      "template_ranking": ranking[:5], "registration_loss_median": float(np.median(losses)),
-                     "augment_copies": augment_copies, "steps": steps,
+                     "augment_copies": augment_copies, "steps": steps, "teacher": teacher_id,
                      "texture_config": config.to_dict(), "train_settings": asdict(train_settings),
                      "seconds": round(trained, 1), "threads": threads,
                      "command": command or " ".join(sys.argv)},

@@ -16,18 +16,34 @@ import torch.nn.functional as F
 
 from ..progress import Reporter
 from ..volume import Volume
-from .frame import Frame, index_to_grid, physical_to_index
+from .frame import Frame, affine, index_to_grid, physical_to_index
 from .siren import Siren
 
 CHUNK = 1 << 18
+#: a box of grid voxels, ((x0, y0, z0), (x1, y1, z1)), upper bounds excluded
+Box = Tuple[Tuple[int, int, int], Tuple[int, int, int]]
 
 
-def slabs(grid: Frame, chunk: int = CHUNK) -> Iterator[Tuple[int, int]]:
-    """(z0, z1) ranges of whole slices holding about `chunk` points each."""
-    per_slice = grid.size[0] * grid.size[1]
-    step = max(1, chunk // max(1, per_slice))
-    for z0 in range(0, grid.size[2], step):
-        yield z0, min(grid.size[2], z0 + step)
+def whole(grid: Frame) -> Box:
+    return (0, 0, 0), tuple(int(n) for n in grid.size)
+
+
+def box_shape_zyx(box: Box) -> Tuple[int, int, int]:
+    (x0, y0, z0), (x1, y1, z1) = box
+    return z1 - z0, y1 - y0, x1 - x0
+
+
+def slabs(grid: Frame, chunk: int = CHUNK, window: Optional[Box] = None) -> Iterator[Tuple[int, int]]:
+    """(z0, z1) ranges of whole slices (of `window`, default the grid) holding about `chunk` points each."""
+    (x0, y0, z0), (x1, y1, z1) = window or whole(grid)
+    step = max(1, chunk // max(1, (x1 - x0) * (y1 - y0)))
+    for z in range(z0, z1, step):
+        yield z, min(z1, z + step)
+
+
+def _window_points(grid: Frame, window: Box, z0: int, z1: int) -> torch.Tensor:
+    (x0, y0, _), (x1, y1, _) = window
+    return grid.q_points(z0, z1, ((x0, x1), (y0, y1)))
 
 
 #: u(q): q units in, q units out, (M, 3) float32 -> (M, 3): a `Siren` or a `SampledField`.
@@ -64,32 +80,35 @@ class SampledField:
 
 def _apply(matrix: np.ndarray, points: torch.Tensor) -> torch.Tensor:
     m = torch.as_tensor(matrix, dtype=points.dtype)
-    return points @ m[:3, :3].t() + m[:3, 3]
+    return affine(points, m[:3, :3], m[:3, 3])
 
 
 @torch.no_grad()
 def displacement(net: Field, frame: Frame, grid: Optional[Frame] = None, pre: np.ndarray = np.eye(4),
                  post: np.ndarray = np.eye(4), reporter: Optional[Reporter] = None,
-                 chunk: int = CHUNK, clamp: bool = False) -> np.ndarray:
+                 chunk: int = CHUNK, clamp: bool = False, window: Optional[Box] = None) -> np.ndarray:
     """ITK displacement (z, y, x, 3) float32 mm on `grid` (default: `frame`) of p -> post(Phi(pre(p))).
 
     Forward field of a registration: grid = template, pre = I, post = the pre-alignment matrix.
     Backward field (decode side): grid = the scan's own grid, pre = inverse pre-alignment, post = I.
     `clamp`: outside `frame`'s box the network is evaluated at the nearest point of the box (the
     field is continued as a constant; a SIREN's extrapolation is not to be trusted).
+    `window`: only that box of `grid` (its values are those of the whole grid's evaluation).
     """
     grid = grid or frame
-    out = np.empty(grid.shape_zyx + (3,), dtype=np.float32)
+    window = window or whole(grid)
+    start, end = window[0][2], window[1][2]
+    out = np.empty(box_shape_zyx(window) + (3,), dtype=np.float32)
     aspect = torch.as_tensor(frame.aspect, dtype=torch.float64)
-    for z0, z1 in slabs(grid, chunk):
-        p = grid.q_to_physical(grid.q_points(z0, z1).double())
+    for z0, z1 in slabs(grid, chunk, window):
+        p = grid.q_to_physical(_window_points(grid, window, z0, z1).double())
         q = frame.physical_to_q(_apply(pre, p))
         at = torch.maximum(torch.minimum(q, aspect), -aspect) if clamp else q
         phi = q + net(at.float()).double()
         d = _apply(post, frame.q_to_physical(phi)) - p
-        out[z0:z1] = d.reshape(z1 - z0, grid.size[1], grid.size[0], 3).float().numpy()
+        out[z0 - start:z1 - start] = d.reshape((z1 - z0,) + out.shape[1:]).float().numpy()
         if reporter is not None:
-            reporter("field", z1 / grid.size[2], "evaluating the displacement field")
+            reporter("field", (z1 - start) / max(end - start, 1), "evaluating the displacement field")
     return out
 
 
@@ -181,28 +200,98 @@ def warp(volume: Volume, disp: np.ndarray, grid: Frame, mode: str = "linear", de
     """
     if mode not in ("linear", "nearest", "cubic"):
         raise ValueError("mode is 'linear', 'nearest' or 'cubic'")
-    image = torch.from_numpy(volume.array)[None, None]
     if mode == "cubic":
-        from scipy.ndimage import spline_filter
-        coefficients = spline_filter(volume.array, order=3, output=np.float32, mode="nearest")
+        out = sample_cubic(Frame.of(volume), volume.array, (0, 0, 0), disp, grid, default=default,
+                           chunk=chunk, reporter=reporter)
+        return grid.volume(out, dtype=volume.dtype, units=volume.units, meta=dict(volume.meta))
+    image = torch.from_numpy(volume.array)[None, None]
     out = np.empty(grid.shape_zyx, dtype=np.float32)
     size = torch.as_tensor(volume.size, dtype=torch.float64)
     for z0, z1 in slabs(grid, chunk):
-        p = grid.q_to_physical(grid.q_points(z0, z1).double())
-        d = torch.from_numpy(disp[z0:z1].reshape(-1, 3)).double()
-        idx = physical_to_index(volume, p + d)
+        idx = _read_index(volume, grid, whole(grid), disp, z0, z1, 0)
         inside = ((idx > -0.5) & (idx < size - 0.5)).all(dim=1)  # ITK: within half a voxel of the grid
-        if mode == "cubic":
-            vals = torch.from_numpy(_cubic(coefficients, idx.numpy()))
-        else:
-            g = index_to_grid(volume, idx).float().view(1, 1, 1, -1, 3)
-            vals = F.grid_sample(image, g, mode="bilinear" if mode == "linear" else "nearest",
-                                 padding_mode="border", align_corners=True).view(-1)
+        g = index_to_grid(volume, idx).float().view(1, 1, 1, -1, 3)
+        vals = F.grid_sample(image, g, mode="bilinear" if mode == "linear" else "nearest",
+                             padding_mode="border", align_corners=True).view(-1)
         vals = torch.where(inside, vals, torch.full_like(vals, default))
         out[z0:z1] = vals.reshape(z1 - z0, grid.size[1], grid.size[0]).numpy()
         if reporter is not None:
             reporter("warp", z1 / grid.size[2], "warping")
     return grid.volume(out, dtype=volume.dtype, units=volume.units, meta=dict(volume.meta))
+
+
+def _read_index(source: Frame, grid: Frame, window: Box, disp: np.ndarray, z0: int, z1: int,
+                start: int) -> torch.Tensor:
+    """Continuous (x, y, z) index in `source` where the `grid` points of slices z0..z1 read (float64)."""
+    p = grid.q_to_physical(_window_points(grid, window, z0, z1).double())
+    d = torch.from_numpy(disp[z0 - start:z1 - start].reshape(-1, 3)).double()
+    return physical_to_index(source, p + d)
+
+
+#: reach of the cubic B-spline prefilter: c = x * h, h[n] = √3 (√3 − 2)^|n| truncated at |n| ≤ 16
+#: (the tail is below 1e-9 of the signal). A finite reach makes every coefficient depend only on
+#: the voxels within it, so a region decodes to exactly the values of a full decode.
+SPLINE_REACH = 16
+#: texture voxels around what a set of points reads that its cubic values can depend on
+CUBIC_HALO = SPLINE_REACH + 2
+
+
+def spline_coefficients(array: np.ndarray) -> np.ndarray:
+    """Cubic B-spline coefficients of a 3-D array (edges continued by replication)."""
+    from scipy.ndimage import correlate1d
+
+    pole = np.sqrt(3.0) - 2.0
+    taps = np.sqrt(3.0) * pole ** np.abs(np.arange(-SPLINE_REACH, SPLINE_REACH + 1))
+    out = np.asarray(array, dtype=np.float32)
+    for axis in range(out.ndim):
+        out = correlate1d(out, taps, axis=axis, mode="nearest", output=np.float32)
+    return out
+
+
+def read_box(source: Frame, disp: np.ndarray, grid: Frame, window: Optional[Box] = None,
+             chunk: int = CHUNK) -> Optional[Box]:
+    """The box of `source` voxels that the cubic values at the `window` points of `grid` depend on
+    (None when every point reads outside `source`)."""
+    window = window or whole(grid)
+    size = torch.as_tensor(source.size, dtype=torch.float64)
+    low, high = np.full(3, np.inf), np.full(3, -np.inf)
+    for z0, z1 in slabs(grid, chunk, window):
+        idx = _read_index(source, grid, window, disp, z0, z1, window[0][2])
+        idx = idx[((idx > -0.5) & (idx < size - 0.5)).all(dim=1)]
+        if len(idx):
+            low = np.minimum(low, idx.min(dim=0).values.numpy())
+            high = np.maximum(high, idx.max(dim=0).values.numpy())
+    if not np.all(np.isfinite(low)):
+        return None
+    lo = np.maximum(np.floor(low).astype(int) - CUBIC_HALO, 0)
+    hi = np.minimum(np.floor(high).astype(int) + CUBIC_HALO + 1, np.asarray(source.size))
+    return tuple(int(v) for v in lo), tuple(int(v) for v in hi)
+
+
+@torch.no_grad()
+def sample_cubic(source: Frame, array: np.ndarray, offset, disp: np.ndarray, grid: Frame,
+                 window: Optional[Box] = None, default: float = 0.0, chunk: int = CHUNK,
+                 reporter: Optional[Reporter] = None) -> np.ndarray:
+    """Cubic B-spline values of the image on `source` at p + u(p), p the `window` points of `grid`.
+
+    `array` (z, y, x) holds the `source` voxels from `offset` (x, y, z) on: all of them, or a box
+    that contains `read_box(...)` — the values are then exactly those of the whole image.
+    """
+    window = window or whole(grid)
+    start, end = window[0][2], window[1][2]
+    coefficients = spline_coefficients(array)
+    shift = torch.as_tensor(offset, dtype=torch.float64)
+    size = torch.as_tensor(source.size, dtype=torch.float64)
+    out = np.empty(box_shape_zyx(window), dtype=np.float32)
+    for z0, z1 in slabs(grid, chunk, window):
+        idx = _read_index(source, grid, window, disp, z0, z1, start)
+        inside = ((idx > -0.5) & (idx < size - 0.5)).all(dim=1)  # ITK: within half a voxel of the grid
+        vals = torch.from_numpy(_cubic(coefficients, (idx - shift).numpy()))
+        vals = torch.where(inside, vals, torch.full_like(vals, default))
+        out[z0 - start:z1 - start] = vals.reshape((z1 - z0,) + out.shape[1:]).numpy()
+        if reporter is not None:
+            reporter("warp", (z1 - start) / max(end - start, 1), "warping")
+    return out
 
 
 def _cubic(coefficients: np.ndarray, idx: np.ndarray) -> np.ndarray:

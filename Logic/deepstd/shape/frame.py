@@ -58,6 +58,12 @@ class Frame:
     def shape_zyx(self) -> Tuple[int, int, int]:
         return (self.size[2], self.size[1], self.size[0])
 
+    def window(self, lo, hi) -> "Frame":
+        """The sub-grid of voxels lo..hi-1 (x, y, z): same spacing and direction, shifted origin."""
+        origin = np.asarray(self.origin) + self.direction_matrix @ (np.asarray(lo, np.float64) * np.asarray(self.spacing))
+        return Frame(tuple(int(b - a) for a, b in zip(lo, hi)), self.spacing, tuple(float(v) for v in origin),
+                     self.direction)
+
     def coarse(self, factor: int) -> "Frame":
         """A grid over the same physical box (same corner voxel centres) with ~1/factor the voxels."""
         size = tuple(max(1, (n - 1) // factor + 1) for n in self.size)
@@ -80,11 +86,15 @@ class Frame:
         return Volume(array, self.spacing, self.origin, self.direction, **kw)
 
     # --- coordinate maps ----------------------------------------------------------------------------
-    def q_points(self, z0: int = 0, z1: int | None = None) -> torch.Tensor:
-        """q coordinates (M, 3) of the voxel centres of slices z0..z1, in array (z, y, x) order."""
+    def q_points(self, z0: int = 0, z1: int | None = None, box=None) -> torch.Tensor:
+        """q coordinates (M, 3) of the voxel centres of slices z0..z1, in array (z, y, x) order;
+        `box` ((x0, x1), (y0, y1)) limits the rows and columns. Each point's value does not depend
+        on which others are asked for, so a region of a grid gets exactly the numbers of the whole."""
         z1 = self.size[2] if z1 is None else z1
-        axes = [torch.arange(n, dtype=torch.float64) for n in (z1 - z0, self.size[1], self.size[0])]
-        zz, yy, xx = torch.meshgrid(axes[0] + z0, axes[1], axes[2], indexing="ij")
+        (x0, x1), (y0, y1) = box or ((0, self.size[0]), (0, self.size[1]))
+        zz, yy, xx = torch.meshgrid(torch.arange(z0, z1, dtype=torch.float64),
+                                    torch.arange(y0, y1, dtype=torch.float64),
+                                    torch.arange(x0, x1, dtype=torch.float64), indexing="ij")
         idx = torch.stack([xx, yy, zz], dim=-1).reshape(-1, 3)
         return self.index_to_q(idx).float()
 
@@ -101,13 +111,12 @@ class Frame:
         """LPS millimetres (M, 3) of q points (float64 recommended)."""
         idx = (q / torch.as_tensor(self.aspect, dtype=q.dtype) + 1.0) / 2.0 * torch.as_tensor(self.steps, dtype=q.dtype)
         m = torch.as_tensor(self.direction_matrix * np.asarray(self.spacing)[None, :], dtype=q.dtype)
-        return idx @ m.t() + torch.as_tensor(self.origin, dtype=q.dtype)
+        return affine(idx, m, torch.as_tensor(self.origin, dtype=q.dtype))
 
     def physical_to_q(self, points: torch.Tensor) -> torch.Tensor:
         """q coordinates of LPS points (M, 3) (inverse of `q_to_physical`)."""
         m = torch.as_tensor(self.direction_matrix * np.asarray(self.spacing)[None, :], dtype=points.dtype)
-        idx = (points - torch.as_tensor(self.origin, dtype=points.dtype)) @ torch.linalg.inv(m).t()
-        return self.index_to_q(idx)
+        return self.index_to_q(affine(points - torch.as_tensor(self.origin, dtype=points.dtype), torch.linalg.inv(m)))
 
     def units_to_mm(self, d: torch.Tensor) -> torch.Tensor:
         """A displacement in q units (M, 3) as an LPS vector in millimetres."""
@@ -122,7 +131,15 @@ class Frame:
 def physical_to_index(volume: Volume, points: torch.Tensor) -> torch.Tensor:
     """Continuous (x, y, z) voxel index in `volume` of LPS points (M, 3)."""
     m = torch.as_tensor(volume.direction_matrix * np.asarray(volume.spacing)[None, :], dtype=points.dtype)
-    return (points - torch.as_tensor(volume.origin, dtype=points.dtype)) @ torch.linalg.inv(m).t()
+    return affine(points - torch.as_tensor(volume.origin, dtype=points.dtype), torch.linalg.inv(m))
+
+
+def affine(points: torch.Tensor, m: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+    """points @ m.T (+ t), written out per component: a BLAS product may round a row differently
+    depending on how many rows it is given, and region decoding needs every point's value to be
+    the same whatever else is computed with it."""
+    out = points[:, 0:1] * m[:, 0] + points[:, 1:2] * m[:, 1] + points[:, 2:3] * m[:, 2]
+    return out if t is None else out + t
 
 
 def index_to_grid(volume: Volume, idx: torch.Tensor) -> torch.Tensor:

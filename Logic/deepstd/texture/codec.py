@@ -215,21 +215,26 @@ class TextureCodec:
 
     @torch.no_grad()
     def decompress(self, streams: Union[TextureStreams, bytes], workers: Optional[int] = None,
-                   progress=None, cancel=None) -> np.ndarray:
-        """Streams (or their bytes) -> the decoded float32 volume of the original shape."""
+                   progress=None, cancel=None, box=None) -> np.ndarray:
+        """Streams (or their bytes) -> the decoded float32 volume of the original shape, or with
+        `box` ((z0, y0, x0), (z1, y1, x1)) only that part of it, decoding only the block groups
+        that reach it; the values are exactly those of the whole decode (same groups, same calls)."""
         if not isinstance(streams, TextureStreams):
             streams = TextureStreams.from_bytes(streams)
         streams.validate()
         shape, blk = streams.shape, streams.block
+        lo, hi = box or ((0, 0, 0), shape)
+        if not all(0 <= a < b <= n for a, b, n in zip(lo, hi, shape)):
+            raise ValueError(f"box {lo}..{hi} is not inside the texture {shape}")
         level = self._level(streams.rate_q)
         inv_gain = self.net.gain.inverse_gain(level).to(self.device)
-        grid = tiling.grid_of(shape, blk)
-        out = np.full([g * b for g, b in zip(grid, blk)], streams.fill, dtype=np.float32)
+        out = np.full([b - a for a, b in zip(lo, hi)], streams.fill, dtype=np.float32)
         todo = [o for o, c in zip(tiling.origins(shape, blk), streams.coded) if c]
         y_size = [b // 8 for b in blk]
         report = Reporter(progress, cancel)
         report.check()
-        starts = range(0, len(todo), GROUP)
+        meets = [tiling.overlap(o, blk, lo, hi) is not None for o in todo]
+        starts = [k for k in range(0, len(todo), GROUP) if any(meets[k:k + GROUP])]
 
         @torch.no_grad()
         def decode(k):
@@ -247,9 +252,12 @@ class TextureCodec:
 
         for group, xb in _run_groups(decode, starts, workers, report, "decoding texture blocks"):
             for o, v in zip(group, xb):
-                out[o[0]:o[0] + blk[0], o[1]:o[1] + blk[1], o[2]:o[2] + blk[2]] = v
+                part = tiling.overlap(o, blk, lo, hi)
+                if part is not None:
+                    dst, src = part
+                    out[dst] = v[src]
         report("texture", 1.0, "texture decoded")
-        return np.ascontiguousarray(out[:shape[0], :shape[1], :shape[2]])
+        return out
 
 
 def _st_metadata(data: bytes) -> dict:

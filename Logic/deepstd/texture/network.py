@@ -114,13 +114,14 @@ class TextureNet(nn.Module):
     # --- training ----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, level: torch.Tensor, coords=None):
         """Noisy-quantisation pass for training. level: (N,) fractional levels in [0, K−1]."""
-        y = self.g_a(x, coords) * self.gain.gain(level)
+        features = self.g_a(x, coords)
+        y = features * self.gain.gain(level)
         z = self.h_a(y)
         z_hat, z_lik = self.entropy_bottleneck(z)
         scales, means = self.h_s(z_hat).chunk(2, 1)
         y_hat, y_lik = self.gaussian_conditional(y, scales, means=means)
         x_hat = self.g_s(y_hat * self.gain.inverse_gain(level), coords)
-        return {"x_hat": x_hat, "likelihoods": {"y": y_lik, "z": z_lik}}
+        return {"x_hat": x_hat, "likelihoods": {"y": y_lik, "z": z_lik}, "features": features}
 
     def aux_loss(self) -> torch.Tensor:
         return self.entropy_bottleneck.loss()

@@ -60,6 +60,17 @@ def cut(xp: np.ndarray, o: Triple, block: Triple) -> np.ndarray:
     return xp[o[0]:o[0] + block[0], o[1]:o[1] + block[1], o[2]:o[2] + block[2]]
 
 
+def overlap(o: Triple, block: Triple, lo: Sequence[int], hi: Sequence[int]):
+    """Where the block at `o` meets the box lo..hi: (slices into the box, slices into the block),
+    or None when they do not meet."""
+    a = [max(oo, l) for oo, l in zip(o, lo)]
+    b = [min(oo + n, h) for oo, n, h in zip(o, block, hi)]
+    if any(x >= y for x, y in zip(a, b)):
+        return None
+    return (tuple(slice(x - l, y - l) for x, y, l in zip(a, b, lo)),
+            tuple(slice(x - oo, y - oo) for x, y, oo in zip(a, b, o)))
+
+
 def batches(items: Sequence, size: int) -> Iterator[Sequence]:
     for i in range(0, len(items), size):
         yield items[i:i + size]

@@ -43,6 +43,8 @@ class TrainSettings:
     checkpoint_every: int = 250
     seed: int = 0
     clip_grad: float = 1.0
+    #: weight of the feature-distillation loss when a teacher is given (METHOD.md, Idea 6)
+    distill_alpha: float = 0.5
 
 
 def normalise(volume: np.ndarray, lo_pct: float = 0.5, hi_pct: float = 99.5) -> np.ndarray:
@@ -178,11 +180,20 @@ def codec_from_checkpoint(path) -> TextureCodec:
     return TextureCodec(net)
 
 
+def distillation_loss(features: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance of the student's analysis features to the teacher's on the same patch,
+    relative to the teacher's feature energy (so α means the same for any latent scale)."""
+    return ((features - teacher) ** 2).mean() / (teacher ** 2).mean().clamp_min(1e-8)
+
+
 def train(volumes: Sequence[np.ndarray], out_dir, config: TextureConfig = TextureConfig(),
           settings: TrainSettings = TrainSettings(), resume: bool = False,
-          progress=None, cancel=None) -> TextureCodec:
+          progress=None, cancel=None, teacher: "TextureNet | None" = None) -> TextureCodec:
     """Train on normalised volumes; checkpoints in out_dir; returns the codec (CDFs built).
 
+    With a `teacher` (a trained net of the same config; the scarce-data case), the student starts
+    from the teacher's weights and its loss adds `distill_alpha` x the feature distance to the
+    teacher's analysis of each patch, so a few scans adapt the codec without unlearning it.
     A cancel saves a checkpoint before `Cancelled` propagates, so `resume=True` continues.
     """
     if len(settings.lambdas) != config.levels:
@@ -192,6 +203,11 @@ def train(volumes: Sequence[np.ndarray], out_dir, config: TextureConfig = Textur
     ckpt = out / "checkpoint.safetensors"
     torch.manual_seed(settings.seed)
     net = TextureNet(config)
+    if teacher is not None:
+        if teacher.config != config:
+            raise ValueError("the teacher's texture config differs from the student's")
+        net.load_state_dict(teacher.state_dict())
+        teacher = teacher.eval()
     main, aux = _split_params(net)
     opt = torch.optim.Adam(main.values(), lr=settings.lr)
     aux_opt = torch.optim.Adam(aux.values(), lr=settings.aux_lr)
@@ -211,6 +227,10 @@ def train(volumes: Sequence[np.ndarray], out_dir, config: TextureConfig = Textur
             levels = torch.from_numpy(sampler.rng.integers(0, config.levels, settings.batch))
             out_ = net(x, levels.float(), coords)
             loss, bpv, mse = rd_loss(out_, x, lambdas[levels])
+            if teacher is not None:
+                with torch.no_grad():
+                    target = teacher.g_a(x, coords)
+                loss = loss + settings.distill_alpha * distillation_loss(out_["features"], target)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(main.values(), settings.clip_grad)
