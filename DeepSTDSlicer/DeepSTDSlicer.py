@@ -12,7 +12,7 @@ import numpy as np
 import qt
 import slicer
 import vtk
-from slicer import (vtkMRMLGridTransformNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode,
+from slicer import (vtkMRMLGridTransformNode, vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode,
                     vtkMRMLTableNode)
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -67,6 +67,10 @@ class DeepSTDSlicerParameterNode:
     previewMode: Annotated[str, Choice(["grid", "glyph", "contour"])] = "grid"
     compressVolume: vtkMRMLScalarVolumeNode
     ratio: Annotated[float, WithinRange(8.0, 512.0)] = 64.0
+    useMaxError: bool = False
+    maxError: Annotated[float, WithinRange(0.0, 1000.0)] = 0.0
+    keepVolume: vtkMRMLLabelMapVolumeNode
+    keepError: Annotated[float, WithinRange(0.0, 1000.0)] = 0.0
     device: Annotated[str, Choice(list(codec.DEVICES))] = "auto"
     originalVolume: vtkMRMLScalarVolumeNode
     decodedVolume: vtkMRMLScalarVolumeNode
@@ -112,6 +116,7 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelRegistrationButton.connect("clicked(bool)", self.onCancel)
         self.ui.compressButton.connect("clicked(bool)", self.onCompress)
         self.ui.decompressButton.connect("clicked(bool)", self.onDecompress)
+        self.ui.previewRegionButton.connect("clicked(bool)", self.onPreviewRegion)
         self.ui.cancelCodingButton.connect("clicked(bool)", self.onCancel)
         self.ui.computeResidueButton.connect("clicked(bool)", self.onComputeResidue)
         self.ui.computeSegmentMetricsButton.connect("clicked(bool)", self.onComputeSegmentMetrics)
@@ -169,6 +174,9 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.registerButton.enabled = idle and bool(p.inputVolume and p.templateVolume)
         self.ui.compressButton.enabled = idle and bool(p.compressVolume and p.bundle)
         self.ui.decompressButton.enabled = idle
+        self.ui.previewRegionButton.enabled = idle
+        self.ui.maxErrorSpinBox.enabled = p.useMaxError
+        self.ui.ratioSliderWidget.enabled = not p.useMaxError
         self.ui.showTemplateButton.enabled = bool(p.bundle)
         self.ui.computeResidueButton.enabled = bool(p.originalVolume and p.decodedVolume)
         self.ui.computeSegmentMetricsButton.enabled = bool(p.segmentationA and p.segmentationB)
@@ -314,7 +322,8 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             path += ".dstd"
         self._startJob(lambda: self.logic.core.start_compress(
             p.compressVolume, p.bundle, p.ratio, p.device, path, on_progress=self._onProgress,
-            on_done=self._onCompressed, on_error=self._onJobError),
+            on_done=self._onCompressed, on_error=self._onJobError,
+            max_error=p.maxError if p.useMaxError else None, keep_node=p.keepVolume, keep_error=p.keepError),
             self.ui.codingProgressBar, self.ui.cancelCodingButton, self.ui.codingStatusLabel)
 
     def _onCompressed(self, result) -> None:
@@ -329,6 +338,24 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             path, self._parameterNode.device, on_progress=self._onProgress, on_done=self._onDecompressed,
             on_error=self._onJobError),
             self.ui.codingProgressBar, self.ui.cancelCodingButton, self.ui.codingStatusLabel)
+
+    def onPreviewRegion(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), _("Preview at the current slice"), "",
+                                              _("DeepSTD compressed volume") + " (*.dstd)")
+        if not path:
+            return
+        slice_node = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
+        to_ras = slice_node.GetSliceToRAS()
+        centre = [to_ras.GetElement(i, 3) for i in range(3)]
+        normal = [to_ras.GetElement(i, 2) for i in range(3)]
+        self._startJob(lambda: self.logic.core.start_slice_preview(
+            path, centre, normal, device=self._parameterNode.device, on_progress=self._onProgress,
+            on_done=self._onPreviewed, on_error=self._onJobError),
+            self.ui.codingProgressBar, self.ui.cancelCodingButton, self.ui.codingStatusLabel)
+
+    def _onPreviewed(self, node) -> None:
+        self.ui.codingStatusLabel.text = _("Previewing ") + node.GetName()
+        slicer.util.setSliceViewerLayers(background=node)
 
     def _onDecompressed(self, node) -> None:
         self._parameterNode.decodedVolume = node

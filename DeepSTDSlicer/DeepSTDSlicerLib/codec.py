@@ -127,12 +127,17 @@ def register(moving: "Volume", template: "Volume", progress: ProgressFn = None, 
     return shape.register(moving, template, progress=progress, cancel=cancel, **options)
 
 
-def encode(volume: "Volume", bundle_file: Path, ratio: float, device: str = "auto",
-           progress: ProgressFn = None, cancel=None) -> bytes:
-    """The complete `.dstd` file for `volume` at the requested compression ratio."""
+def encode(volume: "Volume", bundle_file: Path, ratio: Optional[float], device: str = "auto",
+           progress: ProgressFn = None, cancel=None, max_error: Optional[float] = None,
+           keep=None, keep_error: float = 0.0) -> bytes:
+    """The complete `.dstd` file for `volume` at the requested compression ratio, or (`max_error`)
+    with every voxel within that bound; `keep`, a mask, is coded within ±keep_error."""
     codec = require("deepstd.codec", "Compression")
     bundle = load_bundle(bundle_file)
-    return codec.encode(volume, bundle, ratio=ratio, device=device, progress=progress, cancel=cancel)
+    if max_error is not None:
+        return codec.encode(volume, bundle, max_error=max_error, device=device, progress=progress, cancel=cancel)
+    return codec.encode(volume, bundle, ratio=ratio, keep=keep, keep_error=keep_error, device=device,
+                        progress=progress, cancel=cancel)
 
 
 def read_header(data: bytes) -> Dict[str, Any]:
@@ -143,11 +148,12 @@ def read_header(data: bytes) -> Dict[str, Any]:
 
 
 def decode(data: bytes, bundle_file: Path, device: str = "auto",
-           progress: ProgressFn = None, cancel=None) -> "Volume":
-    """The volume stored in a `.dstd` file, exactly as `deepstd decode` writes it."""
+           progress: ProgressFn = None, cancel=None, roi=None) -> "Volume":
+    """The volume stored in a `.dstd` file, exactly as `deepstd decode` writes it (`roi`: only
+    that box of voxels, ((x0, y0, z0), (x1, y1, z1)))."""
     codec = require("deepstd.codec", "Decompression")
     bundle = load_bundle(bundle_file)
-    return codec.decode(data, bundle, device=device, progress=progress, cancel=cancel)
+    return codec.decode(data, bundle, device=device, progress=progress, cancel=cancel, roi=roi)
 
 
 def header_bundle(header: Dict[str, Any]) -> Tuple[str, str]:

@@ -208,14 +208,26 @@ class DeepSTDCore:
 
     # --- Compress / Decompress section ----------------------------------------------------------
     def start_compress(self, input_node, bundle: str, ratio: float, device: str, path: str,
-                       on_progress=None, on_done=None, on_error=None) -> Job:
-        """Encode a volume node to a `.dstd` file on a worker thread; done gets a CompressResult."""
+                       on_progress=None, on_done=None, on_error=None, max_error: Optional[float] = None,
+                       keep_node=None, keep_error: float = 0.0) -> Job:
+        """Encode a volume node to a `.dstd` file on a worker thread; done gets a CompressResult.
+        `max_error`: instead of the ratio, every voxel within that bound. `keep_node`: a label map
+        on the volume's grid whose voxels are kept within ±keep_error."""
         volume = mrml.volume_from_node(input_node)
         bundle_file = codec.bundle_path(bundle)
+        keep = None
+        if keep_node is not None:
+            labels = mrml.volume_from_node(keep_node)
+            if not labels.same_grid(volume):
+                from deepstd.errors import InputError
+                raise InputError(f"the label map {keep_node.GetName()!r} is not on the grid of "
+                                 f"{input_node.GetName()!r}; resample it first")
+            keep = labels.array > 0
 
         def work(report, cancel) -> CompressResult:
             start = time.perf_counter()
-            data = codec.encode(volume, bundle_file, ratio, device, report, cancel)
+            data = codec.encode(volume, bundle_file, ratio, device, report, cancel, max_error=max_error,
+                                keep=keep, keep_error=keep_error)
             codec.write_atomic(path, data)
             return CompressResult(path, volume.raw_bytes, len(data), time.perf_counter() - start)
 
@@ -235,15 +247,40 @@ class DeepSTDCore:
                    on_progress, finish, on_error, name="DeepSTD decompress").start()
 
     def decode_file(self, path: str, device: str = "auto", progress=None, cancel=None,
-                    search: Optional[List[Path]] = None) -> DecodedFile:
-        """Read and decode a `.dstd` file (no MRML: safe on a worker thread)."""
+                    search: Optional[List[Path]] = None, roi=None) -> DecodedFile:
+        """Read and decode a `.dstd` file, or only the box `roi` of it (no MRML: safe on a worker
+        thread). `roi` may also be a function of the header that returns the box."""
         with open(path, "rb") as stream:
             data = stream.read()
         header = codec.read_header(data)
         bundle_name, bundle_id = codec.header_bundle(header)
         bundle_file = codec.find_bundle(bundle_name, bundle_id,
                                         self._bundle_search_paths() if search is None else search)
-        return DecodedFile(codec.decode(data, bundle_file, device, progress, cancel), header, bundle_file)
+        box = roi(header) if callable(roi) else roi
+        return DecodedFile(codec.decode(data, bundle_file, device, progress, cancel, roi=box), header, bundle_file)
+
+    def start_slice_preview(self, path: str, ras, normal, half_width: int = 4, device: str = "auto",
+                            on_progress=None, on_done=None, on_error=None) -> Job:
+        """Decode only a slab of `path` around the plane through `ras` with `normal` (the slice a
+        view shows): a quick look into a large file. The node sits exactly where those voxels sit
+        in the full volume, and its voxels equal the full decode's."""
+        search = self._bundle_search_paths()
+
+        def finish(decoded: DecodedFile) -> None:
+            lo, hi = decoded.volume.meta["dstd"]["roi"]
+            cut = [a for a in range(3) if hi[a] - lo[a] < decoded.header["geometry"]["size"][a]]
+            axis = cut[0] if cut else 2
+            stem = os.path.basename(path)
+            stem = stem[:-5] if stem.endswith(".dstd") else stem
+            name = f"{stem} (preview, {'ijk'[axis]} {lo[axis]}-{hi[axis] - 1})"
+            node = self.add_decoded_node(decoded, path, name)
+            node.SetAttribute("DeepSTD.region", f"{lo}:{hi}")
+            if on_done:
+                on_done(node)
+
+        return Job(lambda report, cancel: self.decode_file(
+            path, device, report, cancel, search, roi=lambda header: slab_around(header, ras, normal, half_width)),
+            on_progress, finish, on_error, name="DeepSTD slice preview").start()
 
     def add_decoded_node(self, decoded: DecodedFile, path: str, name: Optional[str] = None):
         """A volume node for a decoded file, with attributes naming ratio, bundle and encoder."""
@@ -270,13 +307,23 @@ class DeepSTDCore:
         return _finish(job, box)
 
     def compress(self, input_node, path: str, bundle: Optional[str] = None, ratio: Optional[float] = None,
-                 device: Optional[str] = None) -> CompressResult:
+                 device: Optional[str] = None, max_error: Optional[float] = None, keep_node=None,
+                 keep_error: float = 0.0) -> CompressResult:
         """Write `path` (.dstd); bundle/ratio/device default to the module's current settings."""
         settings, box = self.settings(), {}
         job = self.start_compress(input_node, bundle or settings["bundle"], ratio or settings["ratio"],
                                   device or settings["device"], path,
                                   on_done=lambda result: box.setdefault("result", result),
-                                  on_error=lambda error: box.setdefault("error", error))
+                                  on_error=lambda error: box.setdefault("error", error),
+                                  max_error=max_error, keep_node=keep_node, keep_error=keep_error)
+        return _finish(job, box)
+
+    def slice_preview(self, path: str, ras, normal, half_width: int = 4, device: Optional[str] = None):
+        """Blocking `start_slice_preview`: the preview node."""
+        box = {}
+        job = self.start_slice_preview(path, ras, normal, half_width, device or self.settings()["device"],
+                                       on_done=lambda node: box.setdefault("result", node),
+                                       on_error=lambda error: box.setdefault("error", error))
         return _finish(job, box)
 
     def decompress(self, path: str, device: Optional[str] = None, name: Optional[str] = None):
@@ -336,6 +383,23 @@ class DeepSTDCore:
             "vtkMRMLTableNode", self.scene.GenerateUniqueName("DeepSTD segment metrics"))
         mrml.fill_table(table_node, rows, {"HD95": "mm", "Volume A": "ml", "Volume B": "ml"})
         return table_node, rows
+
+
+def slab_around(header: Dict[str, Any], ras, normal, half_width: int = 4):
+    """The voxel box of a `.dstd` file's grid around a plane (RAS point and normal): along the
+    grid axis closest to the normal, the 2·half_width + 1 slices nearest the plane; whole along
+    the others. Slicer works in RAS, the file in LPS."""
+    geometry = header["geometry"]
+    size = [int(n) for n in geometry["size"]]
+    direction = np.asarray(geometry["direction"], dtype=float).reshape(3, 3)
+    flip = np.array([-1.0, -1.0, 1.0])
+    point, normal_lps = np.asarray(ras, float) * flip, np.asarray(normal, float) * flip
+    index = np.linalg.solve(direction * np.asarray(geometry["spacing"], float), point - np.asarray(geometry["origin"]))
+    axis = int(np.argmax(np.abs(direction.T @ normal_lps)))
+    centre = int(np.clip(np.round(index[axis]), 0, size[axis] - 1))
+    lo, hi = [0, 0, 0], list(size)
+    lo[axis], hi[axis] = max(0, centre - half_width), min(size[axis], centre + half_width + 1)
+    return tuple(lo), tuple(hi)
 
 
 def _finish(job: Job, box: Dict[str, Any]):

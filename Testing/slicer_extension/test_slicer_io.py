@@ -103,7 +103,7 @@ def test_reader_adds_the_decoded_volume_with_its_provenance(headless, oblique_vo
               "encoder_version": "0.1.0"}
     monkeypatch.setattr(codec, "read_header", lambda data: header)
     monkeypatch.setattr(codec, "shipped_bundles", lambda: {"la-mr": bundle})
-    monkeypatch.setattr(codec, "decode", lambda data, bundle_file, device, progress, cancel: oblique_volume)
+    monkeypatch.setattr(codec, "decode", lambda data, bundle_file, device, progress, cancel, roi=None: oblique_volume)
     path = tmp_path / "scan.dstd"
     path.write_bytes(b"DSTD")
     parent = FakeIOParent()
