@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import Cancelled
+from ..errors import Cancelled, InputError
 from ..progress import Reporter
 from .codec import POS_FACTORS, TextureCodec
 from .network import TextureConfig, TextureNet
@@ -63,10 +63,12 @@ class PatchSampler:
 
     def __init__(self, volumes: Sequence[np.ndarray], patch: int, seed: int):
         if patch % ALIGN:
-            raise ValueError(f"patch size must be a multiple of {ALIGN}")
+            raise InputError(f"--patch {patch}: the patch size must be a multiple of {ALIGN}")
         self.volumes = [v for v in volumes if min(v.shape) >= patch]
         if not self.volumes:
-            raise ValueError(f"no training volume is at least {patch} voxels along every axis")
+            smallest = min(min(v.shape) for v in volumes)
+            raise InputError(f"--patch {patch}: no aligned training volume is that large along every axis "
+                             f"(the thinnest axis has {smallest} voxels); use a smaller --patch")
         self.patch = patch
         self.rng = np.random.default_rng(seed)
 
