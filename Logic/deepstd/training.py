@@ -21,7 +21,7 @@ import numpy as np
 from .alignment import PERCENTILE_RULE, intensity_map, into_template, texture_frame
 from .errors import InputError
 from .progress import CancelToken, ProgressCallback, Reporter
-from .volume import Volume
+from .volume import Volume, cast_to_dtype
 
 #: a scan with fewer distinct grey levels than this fraction of the population's median is an
 #: outlier for template selection (coarsely quantised or nearly empty acquisitions)
@@ -57,6 +57,35 @@ def rank_templates(scans: Sequence[Volume], names: Sequence[str]) -> List[dict]:
     return sorted(rows, key=lambda r: (bool(r["excluded"]), -r["range_mm3"]))
 
 
+#: the texture is coded on the template's grid: a template finer than this many voxels is coarsened
+MAX_TEMPLATE_VOXELS = 8_000_000
+
+
+def template_grid(template: Volume, scans: Sequence[Volume], max_voxels: int = MAX_TEMPLATE_VOXELS,
+                  labels: Optional[Volume] = None):
+    """The template on the grid the texture will be coded on: isotropic at the finest spacing any
+    training scan has (the texture cannot hold detail finer than its grid, so a population with a
+    3 mm template would code a 0.8 mm scan at 3 mm), coarsened until it holds at most `max_voxels`;
+    same box, origin and direction. A template already that fine is returned unchanged."""
+    from .shape import Frame
+    from .shape import field
+
+    finest = min(min(s.spacing) for s in scans)
+    frame = Frame.of(template)
+    spacing = max(finest, float(np.cbrt(np.prod(frame.lengths + finest) / max_voxels)))
+    if np.allclose(template.spacing, spacing, rtol=0.02) or spacing >= max(template.spacing):
+        return template, labels
+    size = tuple(int(np.floor(length / spacing + 1e-6)) + 1 for length in frame.lengths)
+    grid = Frame(size, (spacing,) * 3, frame.origin, frame.direction)
+    zero = np.zeros(grid.shape_zyx + (3,), np.float32)
+    fine = field.warp(template, zero, grid, "cubic")
+    fine = fine.with_array(cast_to_dtype(np.clip(fine.array, template.array.min(), template.array.max()),
+                                         template.dtype).astype(np.float32))
+    if labels is not None:
+        labels = field.warp(labels, zero, grid, "nearest")
+    return fine, labels
+
+
 def augment(array: np.ndarray, rng: np.random.Generator, bumps: int = 6,
             max_shift: float = 4.0) -> np.ndarray:
     """A random smooth deformation (a sum of Gaussian displacement bumps) and intensity change
@@ -84,7 +113,7 @@ def augment(array: np.ndarray, rng: np.random.Generator, bumps: int = 6,
 def train_bundle(data_dir, out, name: str, modality: str, region: str, holdout: int = 6,
                  steps: int = 6000, patch: int = 48, work_dir=None, augment_copies: int = 0, omega: Optional[float] = None,
                  texture_overrides: Optional[dict] = None, threads: int = 1, resume: bool = False,
-                 description: str = "", command: str = "", teacher=None,
+                 description: str = "", command: str = "", teacher=None, fine_template: bool = False,
                  progress: Optional[ProgressCallback] = None,
                  cancel: Optional[CancelToken] = None, log=print) -> Path:
     """Train a bundle end to end and write it to `out` (see the module docstring)."""
@@ -116,10 +145,12 @@ def train_bundle(data_dir, out, name: str, modality: str, region: str, holdout: 
         log(f"  {i + 1:2d}. {row['name']:40s} {'x'.join(f'{e:g}' for e in row['extent_mm'])} mm "
             f"{row['grey_levels']:5d} levels {row['excluded']}")
     template_index = names.index(ranking[0]["name"])
-    template = scans[template_index]
     labels_path = train_files[template_index].parent.parent / "labels" / train_files[template_index].name
-    template_labels = read(labels_path) if labels_path.exists() else None
-    log(f"template: {names[template_index]}")
+    template, template_labels = scans[template_index], read(labels_path) if labels_path.exists() else None
+    if fine_template:
+        template, template_labels = template_grid(template, scans, labels=template_labels)
+    log(f"template: {names[template_index]} ({'x'.join(map(str, template.size))} voxels of "
+        f"{'x'.join(f'{s:.3g}' for s in template.spacing)} mm)")
 
     settings = CycleSettings(omega=omega or (10.0 if is_ct else 12.0))
     aligned, losses, probe_losses = [], [], []
@@ -170,6 +201,9 @@ def train_bundle(data_dir, out, name: str, modality: str, region: str, holdout: 
     else:
         config = TextureConfig(**(texture_overrides or {}))
     train_settings = TrainSettings(steps=steps, patch=patch)
+    if len(train_settings.lambdas) != config.levels:   # one λ per rate level, over the same span
+        span = train_settings.lambdas
+        train_settings.lambdas = [float(v) for v in np.geomspace(span[0], span[-1], config.levels)]
     log(f"training the texture codec on {len(training_volumes)} aligned volumes for {steps} steps")
     codec = train(training_volumes, work / "texture", config, train_settings, resume=resume,
                   progress=progress, cancel=cancel, teacher=teacher_net)
@@ -194,6 +228,7 @@ def train_bundle(data_dir, out, name: str, modality: str, region: str, holdout: 
                      "holdout_files": [f.name for f in val_files], "template": names[template_index],
                      "template_ranking": ranking[:5], "registration_loss_median": float(np.median(losses)),
                      "augment_copies": augment_copies, "steps": steps, "teacher": teacher_id,
+                     "fine_template": fine_template,
                      "texture_config": config.to_dict(), "train_settings": asdict(train_settings),
                      "seconds": round(trained, 1), "threads": threads,
                      "command": command or " ".join(sys.argv)},

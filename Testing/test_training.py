@@ -1,0 +1,75 @@
+"""Bundle training (`deepstd.training`): the template choice and grid, augmentation, and a tiny
+end-to-end `train_bundle` run, plain and distilled from a teacher bundle."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deepstd import Volume
+from deepstd.training import augment, rank_templates, template_grid, train_bundle
+
+from codec_helpers import TINY, blob_volume
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_template_grid_refines_a_coarse_template_to_the_finest_scan_spacing():
+    coarse = blob_volume((20, 16, 12), (3.0, 3.0, 3.0), origin=(5.0, -2.0, 1.0))
+    fine_scan = blob_volume((30, 30, 10), (1.5, 1.5, 4.0))
+    out, _ = template_grid(coarse, [coarse, fine_scan])
+    assert out.spacing == (1.5, 1.5, 1.5) and out.size == (39, 31, 23)
+    assert out.origin == coarse.origin and out.direction == coarse.direction and out.dtype == coarse.dtype
+    np.testing.assert_allclose(np.asarray(out.size[::-1]) - 1, (np.asarray(coarse.size[::-1]) - 1) * 2)
+    capped, _ = template_grid(coarse, [coarse, fine_scan], max_voxels=5000)
+    assert np.prod(capped.size) <= 5000 * 1.1 and capped.spacing[0] > 1.5
+    iso = blob_volume((20, 16, 12), (1.5, 1.5, 1.5))
+    same, _ = template_grid(iso, [iso, fine_scan])              # nothing finer to reach: unchanged
+    assert same is iso
+    assert np.array_equal(out.array, np.round(out.array))       # the template keeps its integer type
+
+
+def test_rank_templates_puts_the_widest_first_and_outliers_last():
+    wide = blob_volume((40, 30, 20), (1.0, 1.0, 1.0))
+    small = blob_volume((20, 20, 10), (1.0, 1.0, 1.0), seed=1)
+    flat = Volume(np.zeros((30, 40, 50), np.float32), (1.0, 1.0, 1.0), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1),
+                  dtype="int16")
+    ranking = rank_templates([small, flat, wide], ["small", "flat", "wide"])
+    assert [r["name"] for r in ranking] == ["wide", "small", "flat"]
+    assert "grey levels" in ranking[-1]["excluded"]
+
+
+def test_augment_is_seeded_and_keeps_the_shape():
+    unit = blob_volume((24, 20, 16), (1.0, 1.0, 1.0)).array / 1000.0
+    a = augment(unit, np.random.default_rng(3))
+    b = augment(unit, np.random.default_rng(3))
+    assert a.shape == unit.shape and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, unit, atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def population(tmp_path_factory):
+    from deepstd.io import write
+
+    folder = tmp_path_factory.mktemp("population")
+    for i in range(3):
+        write(blob_volume((34, 34, 26), (1.0, 1.0, 1.0), seed=i, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)),
+              folder / "images" / f"scan{i}.nii.gz")
+    return folder
+
+
+def test_train_bundle_end_to_end_plain_and_with_a_teacher(population, tmp_path):
+    from deepstd.bundle import load_bundle
+
+    overrides = TINY.to_dict()
+    first = train_bundle(population, tmp_path / "plain.dstdb", "plain", "MR", "blob", holdout=1, steps=4,
+                         patch=16, texture_overrides=overrides, log=lambda line: None)
+    bundle = load_bundle(first)
+    training = bundle.config["training"]
+    assert training["scans"] == 2 and training["holdout_files"] == ["scan2.nii.gz"] and training["teacher"] is None
+    assert [p["rate"] for p in bundle.config["validation"]] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    taught = load_bundle(train_bundle(population, tmp_path / "taught.dstdb", "taught", "MR", "blob", holdout=1,
+                                      steps=4, patch=16, teacher=first, log=lambda line: None,
+                                      work_dir=tmp_path / "plain.work"))
+    assert taught.config["training"]["teacher"] == {"name": "plain", "sha256": bundle.sha256}
+    assert taught.config["training"]["texture_config"] == overrides
