@@ -7,13 +7,18 @@ Mvoxel/s. A codec that cannot reach a ratio is recorded with the best it can do,
 its message. Results go to a JSON-lines file, one record per (scan, codec, ratio), so an
 interrupted run resumes where it stopped; `summary()` makes the Markdown table and `plot()` the
 rate–distortion PNG.
+
+With `downstream` (a segmenter name or path, `deepstd.downstream`), every ok record also gets the
+downstream agreement: Dice and HD95 (mm) between the segmentation of the original (computed once per
+scan) and that of the decoded scan, averaged over the foreground classes; `summary()` then adds a
+mean Dice / median HD95 table.
 """
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
@@ -35,7 +40,8 @@ def _measure(volume, decoded: np.ndarray, nbytes: int, t_enc: float, t_dec: floa
             "encode_mvox_s": volume.voxels / t_enc / 1e6, "decode_mvox_s": volume.voxels / t_dec / 1e6}
 
 
-def run_deepstd(volume, bundle, budget: int, cancel=None) -> dict:
+def run_deepstd(volume, bundle, budget: int, cancel=None,
+                judge: Optional[Callable[[np.ndarray], dict]] = None) -> dict:
     from . import codec
 
     t0 = time.perf_counter()
@@ -47,10 +53,12 @@ def run_deepstd(volume, bundle, budget: int, cancel=None) -> dict:
     decoded = codec.decode(data, bundle, device="cpu")
     record = _measure(volume, decoded.array, len(data), t1 - t0, time.perf_counter() - t1)
     record["warnings"] = decoded.meta.get("warnings", [])
+    if judge is not None:
+        record.update(judge(decoded.array))
     return record
 
 
-def run_peer(peer, volume, budget: int) -> dict:
+def run_peer(peer, volume, budget: int, judge: Optional[Callable[[np.ndarray], dict]] = None) -> dict:
     from .peers import PeerBudgetError
 
     t0 = time.perf_counter()
@@ -62,13 +70,35 @@ def run_peer(peer, volume, budget: int) -> dict:
         return {"status": "unreachable", "best_ratio": volume.raw_bytes / exc.smallest_bytes}
     except DeepSTDError as exc:
         return {"status": "failed", "error": str(exc)}
-    return _measure(volume, decoded, len(data), t1 - t0, time.perf_counter() - t1)
+    record = _measure(volume, decoded, len(data), t1 - t0, time.perf_counter() - t1)
+    if judge is not None:
+        record.update(judge(decoded))
+    return record
+
+
+def _judge(segmenter, volume, reference_cache: Dict[str, np.ndarray], key: str):
+    """Downstream agreement of a decoded array with the original's segmentation (cached per scan)."""
+    from . import downstream
+
+    def judge(decoded) -> dict:
+        if key not in reference_cache:
+            reference_cache[key] = downstream.segment(volume, segmenter)
+        result = downstream.agreement(volume, decoded, segmenter, original_labels=reference_cache[key])
+        return {"dice": result["dice"], "hd95": result["hd95"], "dice_per_class": result["dice_per_class"],
+                "hd95_per_class": result["hd95_per_class"], "segmenter": segmenter.name}
+
+    return judge
 
 
 def run(scans: Sequence[Path], bundle, out_jsonl, ratios: Iterable[float] = DEFAULT_RATIOS,
         peer_names: Optional[Sequence[str]] = None, threads: int = 1,
-        progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> List[dict]:
-    """Measure every codec on every scan at every ratio; append records to `out_jsonl` (resumable)."""
+        progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
+        downstream=None) -> List[dict]:
+    """Measure every codec on every scan at every ratio; append records to `out_jsonl` (resumable).
+
+    `downstream`: a segmenter name or path (or a loaded one); ok records then get `dice` / `hd95`
+    between the segmentations of the original and the decoded scan (records already in the file
+    are not revisited)."""
     import torch
 
     from . import peers
@@ -77,6 +107,12 @@ def run(scans: Sequence[Path], bundle, out_jsonl, ratios: Iterable[float] = DEFA
 
     torch.set_num_threads(threads)
     bundle = load_bundle(bundle) if not hasattr(bundle, "sha256") else bundle
+    segmenter = None
+    if downstream is not None:
+        from .downstream import load_segmenter
+
+        segmenter = load_segmenter(downstream)
+    references: Dict[str, np.ndarray] = {}
     out = Path(out_jsonl)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = {(r["scan"], r["codec"], r["target_ratio"]) for r in load(out)} if out.exists() else set()
@@ -94,12 +130,13 @@ def run(scans: Sequence[Path], bundle, out_jsonl, ratios: Iterable[float] = DEFA
             continue
         volume = volumes.setdefault(str(scan), read(scan))
         budget = int(volume.raw_bytes // ratio)
+        judge = None if segmenter is None else _judge(segmenter, volume, references, str(scan))
         if name in missing:
             record = {"status": "unavailable", "error": missing[name]}
         elif name == DEEPSTD:
-            record = run_deepstd(volume, bundle, budget, cancel)
+            record = run_deepstd(volume, bundle, budget, cancel, judge)
         else:
-            record = run_peer(peers.get(name), volume, budget)
+            record = run_peer(peers.get(name), volume, budget, judge)
         record.update({"scan": key[0], "codec": name, "target_ratio": key[2], "budget": budget,
                        "voxels": volume.voxels, "threads": threads})
         with out.open("a") as stream:
@@ -137,7 +174,33 @@ def summary(records: Sequence[dict], title: str = "") -> str:
                          + ("" if len(ok) == len(rows) else f" ({len(ok)}/{len(rows)})"))
         speed = f"{np.median(speeds):.2f}" if speeds else "-"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {speed} |")
+    if any("dice" in r for r in records):
+        lines += [""] + downstream_table(records)
     return "\n".join(lines).strip() + "\n"
+
+
+def downstream_table(records: Sequence[dict]) -> List[str]:
+    """Markdown lines: mean Dice / median HD95 (mm) of the downstream agreement per codec and ratio."""
+    judged = [r for r in records if "dice" in r]
+    ratios = sorted({r["target_ratio"] for r in records})
+    segmenters = ", ".join(sorted({str(r.get("segmenter", "?")) for r in judged}))
+    lines = [f"Downstream agreement (segmenter {segmenters}): segmentation of the decoded scan vs that of the "
+             "original; cells: mean Dice / median HD95 mm, each the mean over the foreground classes "
+             "(scans with a value).", "",
+             "| codec | " + " | ".join(f"{r:g}×" for r in ratios) + " |",
+             "|---|" + "---|" * len(ratios)]
+    for name in dict.fromkeys(r["codec"] for r in records):
+        cells = []
+        for ratio in ratios:
+            rows = [r for r in records if r["codec"] == name and r["target_ratio"] == ratio]
+            ok = [r for r in rows if "dice" in r]
+            if not ok:
+                cells.append(rows[0]["status"] if rows and rows[0]["status"] != "ok" else "-")
+                continue
+            cells.append(f"{np.mean([r['dice'] for r in ok]):.3f} / {np.median([r['hd95'] for r in ok]):.2f}"
+                         + ("" if len(ok) == len(rows) else f" ({len(ok)}/{len(rows)})"))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot(records: Sequence[dict], png, title: str = "") -> Optional[Path]:
@@ -174,4 +237,4 @@ def plot(records: Sequence[dict], png, title: str = "") -> Optional[Path]:
     return Path(png)
 
 
-__all__ = ["run", "load", "summary", "plot", "DEFAULT_PEERS", "DEFAULT_RATIOS"]
+__all__ = ["run", "load", "summary", "downstream_table", "plot", "DEFAULT_PEERS", "DEFAULT_RATIOS"]

@@ -141,7 +141,7 @@ def cmd_bench(args) -> None:
     started = time_now()
     with progress_bar() as progress:
         bench.run(scans, bundle, args.out / "results.jsonl", args.ratios, args.peers, args.threads,
-                  progress=progress)
+                  progress=progress, downstream=args.downstream)
     records = bench.load(args.out / "results.jsonl")
     title = f"{bundle.name}: {len(set(r['scan'] for r in records))} scans"
     text = bench.summary(records, title)
@@ -336,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--peers", nargs="*", default=None, help="peer names (default: the lossy peers but AV1)")
     bench.add_argument("--threads", type=int, default=1)
     bench.add_argument("--out", type=Path, required=True, help="folder for results.jsonl, summary.md, rd.png")
+    bench.add_argument("--downstream", default=None, metavar="SEGMENTER",
+                       help="also segment original and decoded scans with this segmenter (shipped name, e.g. "
+                            "la-mr, or a .safetensors path) and report Dice / HD95 between the two")
     bench.set_defaults(run=cmd_bench)
 
     batch = commands.add_parser("batch", help="compress, restore and report on whole collections (on Dask)")
