@@ -118,7 +118,8 @@ def cmd_train(args) -> None:
     with progress_bar() as progress:
         train_bundle(args.data, args.out, args.name or args.out.stem, args.modality, args.region,
                      holdout=args.holdout, steps=args.steps, patch=args.patch, augment_copies=args.augment,
-                     threads=args.threads, resume=args.resume, teacher=args.teacher, progress=progress,
+                     threads=args.threads, resume=args.resume, teacher=args.teacher,
+                     fine_template=args.fine_template, description=args.description or "", progress=progress,
                      command="deepstd " + " ".join(sys.argv[1:]),
                      log=lambda line: print(line, file=sys.stderr, flush=True))
 
@@ -326,6 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true")
     train.add_argument("--teacher", metavar="BUNDLE",
                        help="start from this bundle's texture codec and distil its features (scarce data)")
+    train.add_argument("--fine-template", action="store_true",
+                       help="code the texture on an isotropic grid at the population's finest spacing "
+                            "(at most 8 million voxels) instead of the template scan's own grid")
+    train.add_argument("--description", help="what the bundle's users should know (subjects, limits)")
     train.set_defaults(run=cmd_train)
 
     bench = commands.add_parser("bench", help="DeepSTD against the peer codecs on the same scans and budgets")
