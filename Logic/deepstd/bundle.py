@@ -60,15 +60,21 @@ def shipped_bundles() -> Dict[str, Path]:
     return {p.name[: -len(SUFFIX)]: p for p in sorted(SHIPPED_DIR.glob(f"*{SUFFIX}"))}
 
 
+def shipped_path(name_or_path, shipped: Dict[str, Path], kind: str) -> Path:
+    """A file given by path, or by the name of one `shipped` with the package; a BundleError
+    listing what is shipped otherwise (`kind` names the thing: "codec bundle", "segmenter")."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if str(name_or_path) not in shipped:
+        known = ", ".join(shipped) or "none installed"
+        raise BundleError(f"{kind} {str(name_or_path)!r} not found (shipped {kind}s: {known})")
+    return shipped[str(name_or_path)]
+
+
 def load_bundle(name_or_path) -> Bundle:
     """Load a shipped bundle by name, or a bundle file by path."""
-    path = Path(name_or_path)
-    if not path.exists():
-        shipped = shipped_bundles()
-        if str(name_or_path) not in shipped:
-            known = ", ".join(shipped) or "none installed"
-            raise BundleError(f"codec bundle {str(name_or_path)!r} not found (shipped bundles: {known})")
-        path = shipped[str(name_or_path)]
+    path = shipped_path(name_or_path, shipped_bundles(), "codec bundle")
     try:
         data = path.read_bytes()
     except OSError as exc:

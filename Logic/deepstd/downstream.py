@@ -183,13 +183,9 @@ def load_segmenter(name_or_path) -> Segmenter:
         return name_or_path
     from safetensors.torch import load
 
-    path = Path(name_or_path)
-    if not path.is_file():
-        shipped = shipped_segmenters()
-        if str(name_or_path) not in shipped:
-            known = ", ".join(shipped) or "none installed"
-            raise BundleError(f"segmenter {str(name_or_path)!r} not found (shipped segmenters: {known})")
-        path = shipped[str(name_or_path)]
+    from .bundle import shipped_path
+
+    path = shipped_path(name_or_path, shipped_segmenters(), "segmenter")
     try:
         if path.stat().st_size > MAX_FILE_BYTES:
             raise BundleError(f"{path}: implausibly large for a segmenter ({path.stat().st_size} bytes)")
