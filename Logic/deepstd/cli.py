@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="start from this bundle's texture codec and distil its features (scarce data)")
     train.add_argument("--fine-template", action="store_true",
                        help="code the texture on an isotropic grid at the population's finest spacing "
-                            "(at most 8 million voxels) instead of the template scan's own grid")
+                            "(at most 3 million voxels, so the bundle stays under 10 MB) instead of the template scan's own grid")
     train.add_argument("--description", help="what the bundle's users should know (subjects, limits)")
     train.set_defaults(run=cmd_train)
 

@@ -58,7 +58,7 @@ def rank_templates(scans: Sequence[Volume], names: Sequence[str]) -> List[dict]:
 
 
 #: the texture is coded on the template's grid: a template finer than this many voxels is coarsened
-MAX_TEMPLATE_VOXELS = 8_000_000
+MAX_TEMPLATE_VOXELS = 3_000_000
 
 
 def template_grid(template: Volume, scans: Sequence[Volume], max_voxels: int = MAX_TEMPLATE_VOXELS,
