@@ -9,6 +9,7 @@ from typing import Dict, List, Optional
 
 from .base import Peer, PeerError, PeerUnavailable
 from .budget import PeerBudgetError
+from .inr import InrSiren
 from .jpeg2000 import Htj2kSlices, Jpeg2000Components, Jpeg2000Slices
 from .jpegxl import JpegXlLossless, JpegXlSlices
 from .lossless import JpegLsSlices, ZstdRaw
@@ -18,7 +19,7 @@ from ..errors import InputError
 
 PEERS: Dict[str, Peer] = {peer.name: peer for peer in (
     Jpeg2000Slices(), Jpeg2000Components(), Htj2kSlices(), JpegXlSlices(), Hevc(), Av1(),
-    Sperr3d(), Sz3(), Zfp(), JpegLsSlices(), JpegXlLossless(), ZstdRaw())}
+    Sperr3d(), Sz3(), Zfp(), InrSiren(), JpegLsSlices(), JpegXlLossless(), ZstdRaw())}
 
 
 def get(name: str) -> Peer:
