@@ -197,3 +197,16 @@ def test_damaged_keep_sections_only_raise_format_errors(tiny_bundle, scan, lesio
         codec.decode(pack({k: v for k, v in parsed.header.items() if k != "keep"}, parsed.sections), tiny_bundle)
     stream = TextureStreams.from_bytes(parsed.sections["texture"])
     assert stream.shape  # the texture section is untouched by the keep layer
+
+
+def test_a_scan_the_template_does_not_cover_is_flagged(tiny_bundle, scan):
+    """Voxels that map outside the texture frame decode as background: encode says how many."""
+    wide = np.zeros((scan.array.shape[0], 3 * scan.array.shape[1], 3 * scan.array.shape[2]), np.float32)
+    wide[:, scan.array.shape[1]:2 * scan.array.shape[1], scan.array.shape[2]:2 * scan.array.shape[2]] = scan.array
+    data = codec.encode(Volume(wide, scan.spacing, scan.origin, scan.direction, dtype="int16"), tiny_bundle,
+                        ratio=20, device="cpu")
+    out = codec.decode(data, tiny_bundle)
+    flagged = [w for w in out.meta["warnings"] if "lies inside the bundle's texture frame" in w]
+    assert flagged and out.meta["dstd"]["coverage"] < 0.5
+    assert not any("texture frame" in w for w in codec.decode(codec.encode(scan, tiny_bundle, ratio=20, device="cpu"),
+                                                              tiny_bundle).meta["warnings"])

@@ -125,6 +125,13 @@ class ScanReader:
                                        window=self.window)
         self.box = field.read_box(frame, self.disp, scan_grid, self.window)
 
+    def coverage(self) -> float:
+        """The fraction of the window's voxels that read inside the texture frame (the rest decode
+        as the background value), without decoding anything."""
+        from .shape import field
+
+        return field.inside_fraction(self.frame, self.disp, self.scan_grid, self.window)
+
     @property
     def texture_box(self):
         """The texture voxels needed, as ((z0, y0, x0), (z1, y1, x1)) for `TextureCodec.decompress`

@@ -34,6 +34,10 @@ SHAPE_SHARE = 0.12
 SHAPE_BITS = 8
 #: header + section framing is a few hundred bytes; below this no scan can be coded
 MIN_FILE_BYTES = 400
+#: encode warns when less of the scan than this maps inside the texture frame (checked on every
+#: COVERAGE_STEP-th voxel per axis)
+MIN_COVERAGE = 0.98
+COVERAGE_STEP = 4
 
 _codecs: Dict[Tuple[str, str], object] = {}
 
@@ -236,7 +240,7 @@ class _KeepLayer:
 def _prepare(volume: Volume, bundle, budget: Optional[int], device: str, workers: Optional[int],
              reporter: Reporter) -> _Layer:
     """Register, align and analyse; the shape code takes its share of `budget` (None: full width)."""
-    from .shape import CycleSettings, decode_shape, register
+    from .shape import CycleSettings, Frame, decode_shape, register
     from .shape.code import MIN_WIDTH, code_bytes, width_for_budget
 
     bundle = resolve_bundle(bundle)
@@ -274,6 +278,12 @@ def _prepare(volume: Volume, bundle, budget: Optional[int], device: str, workers
     frame, margin = texture_frame(reg.frame)
     stored = decode_shape(shape)      # warp with exactly what the decoder will have
     unit, support = into_template(volume, stored.backward, stored.matrix, reg.frame, frame, mapping)
+    scan_grid = Frame.of(volume)
+    coverage = ScanReader(reg.frame, frame, stored.backward, stored.matrix, scan_grid.coarse(COVERAGE_STEP)).coverage()
+    if coverage < MIN_COVERAGE:
+        warnings.append(f"only {100 * coverage:.0f} % of the scan lies inside the bundle's texture frame (its template "
+                        "plus a margin); the rest decodes as background: this bundle's template does not cover scans "
+                        "with this field of view")
     reporter("texture", 0.5, "analysing the aligned texture")
     block = bundle.config.get("texture", {}).get("block", 64)
     analysis = codec.analyse(unit, block, support, 0.0, workers, reporter.scaled(0.5, 0.85))

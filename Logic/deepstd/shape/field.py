@@ -268,6 +268,19 @@ def read_box(source: Frame, disp: np.ndarray, grid: Frame, window: Optional[Box]
     return tuple(int(v) for v in lo), tuple(int(v) for v in hi)
 
 
+def inside_fraction(source: Frame, disp: np.ndarray, grid: Frame, window: Optional[Box] = None,
+                    chunk: int = CHUNK) -> float:
+    """The fraction of the `window` points of `grid` whose p + u(p) lies within `source`."""
+    window = window or whole(grid)
+    size = torch.as_tensor(source.size, dtype=torch.float64)
+    inside = total = 0
+    for z0, z1 in slabs(grid, chunk, window):
+        idx = _read_index(source, grid, window, disp, z0, z1, window[0][2])
+        inside += int(((idx > -0.5) & (idx < size - 0.5)).all(dim=1).sum())
+        total += len(idx)
+    return inside / max(total, 1)
+
+
 @torch.no_grad()
 def sample_cubic(source: Frame, array: np.ndarray, offset, disp: np.ndarray, grid: Frame,
                  window: Optional[Box] = None, default: float = 0.0, chunk: int = CHUNK,
