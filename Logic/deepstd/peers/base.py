@@ -45,12 +45,16 @@ class Peer(ABC):
     def available(self) -> bool:
         return self.unavailable_reason() is None
 
-    def encode(self, volume: Volume, budget_bytes: int,
-               reporter: Optional[Reporter] = None) -> bytes:
-        """The largest output this peer makes that still fits `budget_bytes` (all bytes counted)."""
+    def require_available(self) -> None:
+        """Raise PeerUnavailable, with the reason, when this peer cannot run here."""
         reason = self.unavailable_reason()
         if reason is not None:
             raise PeerUnavailable(f"{self.name} is unavailable: {reason}")
+
+    def encode(self, volume: Volume, budget_bytes: int,
+               reporter: Optional[Reporter] = None) -> bytes:
+        """The largest output this peer makes that still fits `budget_bytes` (all bytes counted)."""
+        self.require_available()
         reporter = reporter or Reporter()
         prepared = self._prepare(volume)
         if self.knob is None:

@@ -36,7 +36,7 @@ from ..errors import FormatError
 from ..packing import Packer, Unpacker
 from ..progress import Reporter
 from ..volume import Volume
-from .base import Peer, PeerUnavailable
+from .base import Peer
 from .budget import Knob, PeerBudgetError
 
 #: Adam steps per fit: 2.5-3.5 minutes on one (shared) core for a 2.3-2.6 Mvoxel LA scan at 128x
@@ -152,9 +152,7 @@ class InrSiren(Peer):
     def encode(self, volume: Volume, budget_bytes: int,
                reporter: Optional[Reporter] = None) -> bytes:
         """Fit once, at the largest architecture whose stream fits `budget_bytes`."""
-        reason = self.unavailable_reason()
-        if reason is not None:
-            raise PeerUnavailable(f"{self.name} is unavailable: {reason}")
+        self.require_available()
         reporter = reporter or Reporter()
         shape = volume.array.shape
         widths = architecture(shape, budget_bytes, self.depth, self.max_width)
