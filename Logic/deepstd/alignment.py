@@ -9,6 +9,7 @@ codec sees at run time what it saw while it learned.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Optional, Tuple
 
 import numpy as np
@@ -123,7 +124,17 @@ class ScanReader:
         self.disp = field.displacement(field.SampledField(backward, template), template, grid=scan_grid,
                                        pre=np.linalg.inv(matrix), reporter=reporter, clamp=True,
                                        window=self.window)
-        self.box = field.read_box(frame, self.disp, scan_grid, self.window)
+
+    @cached_property
+    def box(self):
+        """The texture voxels the window's values depend on ((x0, y0, z0), (x1, y1, z1)), None when
+        it reads nothing. The whole scan takes the whole frame: any box that holds the footprint
+        plus the prefilter's halo gives the same values, and this saves a pass over every voxel."""
+        from .shape import field
+
+        if self.window == field.whole(self.scan_grid):
+            return field.whole(self.frame)
+        return field.read_box(self.frame, self.disp, self.scan_grid, self.window)
 
     def coverage(self) -> float:
         """The fraction of the window's voxels that read inside the texture frame (the rest decode
