@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from deepstd import DeepSTDError, FormatError
-from deepstd.container import (geometry_header, pack, read_file, unpack, write_atomic,
-                               MAJOR)
+from deepstd.container import (geometry_header, header_cost, pack, read_file, unpack, write_atomic,
+                               FLAG_DEFLATED_HEADER, FLAG_DICTIONARY, HEADER_DICTIONARY, MAJOR)
 
 
 @pytest.fixture
@@ -38,6 +38,31 @@ def test_small_header_overhead(sample):
     header, _ = sample
     overhead = len(pack(header, {}))
     assert overhead < len(str(header))  # deflate and varints keep the fixed cost small
+
+
+def test_the_preset_dictionary_makes_a_lean_header_small_and_reads_back(oblique_volume):
+    lean = dict(geometry_header(oblique_volume), units="unitless", intensity={"hi": 923.0, "lo": 28.0},
+                bundle={"name": "hippocampus-mr", "sha256": "2c1ba72910f66306"}, codec={"margin": [8, 8, 8]})
+    data = pack(lean, {"shape": b"s", "texture": b"t"})
+    assert data[6] == FLAG_DEFLATED_HEADER | FLAG_DICTIONARY
+    assert unpack(data).header == lean
+    text = zlib.compressobj(9, zlib.DEFLATED, -15, 9)
+    plain = len(text.compress(str(lean).encode()) + text.flush())
+    assert header_cost(lean) < 0.75 * plain, (header_cost(lean), plain)
+
+
+def test_the_dictionary_flag_alone_or_a_wrong_dictionary_is_refused(sample):
+    data = bytearray(pack(*sample))
+    assert data[6] & FLAG_DICTIONARY
+    data[6] = FLAG_DICTIONARY
+    with pytest.raises(FormatError, match="unknown header flags"):
+        unpack(bytes(data))
+    header = b'{"dtype":"int16"}'
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zdict=HEADER_DICTIONARY[:-40] + b"x" * 40)
+    body = deflater.compress(header) + deflater.flush()
+    wrong = b"DSTD" + bytes([MAJOR, 1, 3, len(body)]) + body + struct.pack("<I", zlib.crc32(body)) + b"\x00"
+    with pytest.raises(FormatError):
+        unpack(wrong)
 
 
 def test_unknown_major_version_is_refused(sample):

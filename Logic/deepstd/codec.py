@@ -21,7 +21,7 @@ from . import __version__
 from . import region
 from .alignment import IntensityMap, ScanReader, intensity_map, into_template, texture_frame
 from .bundle import Bundle, load_bundle, shipped_bundles
-from .container import geometry_header, grid_of, pack, unpack, write_atomic
+from .container import geometry_header, grid_of, header_cost, pack, unpack, write_atomic
 from .errors import BudgetError, BundleError, FormatError, InputError
 from .progress import CancelToken, ProgressCallback, Reporter
 from .ratecontrol import STEPS as SEARCH_STEPS, largest_within
@@ -32,8 +32,15 @@ TOLERANCE = 0.02
 #: share of the byte budget the shape code may take (never more than the bundle's default width)
 SHAPE_SHARE = 0.12
 SHAPE_BITS = 8
-#: header + section framing is a few hundred bytes; below this no scan can be coded
-MIN_FILE_BYTES = 400
+#: a lean header, the section framing and the texture stream's own header; below this (plus the
+#: smallest shape code) no scan can be coded
+MIN_FILE_BYTES = 160
+#: the header may take this share of a byte budget; above it only what decoding needs is kept
+HEADER_SHARE = 0.05
+#: hex digits of the bundle's SHA-256 a lean header keeps: 64 bits, no accidental collision
+LEAN_BUNDLE_ID = 16
+#: header keys decoding (or the decoded volume) needs; a lean header keeps only these
+DECODE_KEYS = ("geometry", "dtype", "units", "intensity", "max_error", "keep", "dicom", "warnings")
 #: encode warns when less of the scan than this maps inside the texture frame (checked on every
 #: COVERAGE_STEP-th voxel per axis)
 MIN_COVERAGE = 0.98
@@ -129,13 +136,38 @@ def encode(volume: Volume, bundle, ratio: Optional[float] = None, budget_bytes: 
                               f"within ±{keep_error:g} another {len(sections['keep/residual'])}; the whole file "
                               f"needs at least {len(smallest)} bytes ({volume.raw_bytes / len(smallest):.0f}x)")
         raise _infeasible(volume, budget, len(smallest))
-    if len(best) < (1 - TOLERANCE) * budget and unpack(best).header["codec"]["texture_rate"] == RATE_STEPS:
+    if len(best) < (1 - TOLERANCE) * budget and _texture_rate(best) == RATE_STEPS:
         layer.warnings.append(f"the finest texture rate of this bundle fits in {len(best)} bytes "
                               f"({volume.raw_bytes / len(best):.1f}x); the budget allows more")
         noted = build(1.0)
         best = noted if len(noted) <= budget else best   # the note itself must not break the budget
     reporter("write", 1.0, f"{len(best)} bytes in {time.perf_counter() - layer.started:.1f} s")
     return best
+
+
+def _texture_rate(data: bytes) -> int:
+    from .texture import TextureStreams
+
+    return TextureStreams.from_bytes(unpack(data).sections["texture"]).rate_q
+
+
+def lean_header(header: dict) -> dict:
+    """What decoding needs of `header`: the geometry, intensity mapping, bundle name and id
+    (shortened), texture margin and any warnings; encoder version, targets and codec statistics are dropped
+    (the texture and shape sections carry their own rate and width)."""
+    lean = {key: value for key, value in header.items() if key in DECODE_KEYS}
+    lean["bundle"] = {"name": header["bundle"]["name"], "sha256": header["bundle"]["sha256"][:LEAN_BUNDLE_ID]}
+    lean["codec"] = {"margin": header["codec"]["margin"]}
+    return lean
+
+
+def fitted_header(header: dict) -> dict:
+    """`header`, or its lean form when it would take more than HEADER_SHARE of the byte budget:
+    a 64 kvoxel crop at 256x has ~540 bytes for everything, a full header alone takes ~230."""
+    budget = header.get("budget_bytes")
+    if budget is not None and header_cost(header) > HEADER_SHARE * budget:
+        return lean_header(header)
+    return header
 
 
 class _Layer:
@@ -153,7 +185,7 @@ class _Layer:
         h = dict(header, codec=dict(header["codec"], texture_rate=streams.rate_q))
         if self.warnings:
             h["warnings"] = list(self.warnings)
-        return pack(h, {"shape": self.shape, "texture": streams.to_bytes(), **(extra or {})})
+        return pack(fitted_header(h), {"shape": self.shape, "texture": streams.to_bytes(), **(extra or {})})
 
     def pack(self, header: dict, rate: float) -> bytes:
         return self.file(header, self.streams(rate))
@@ -359,23 +391,26 @@ def _monotonic(callback: ProgressCallback) -> ProgressCallback:
 
 
 def find_bundle(header: dict, bundle=None) -> Bundle:
-    """The bundle a file was coded with: the one given (checked), or a shipped one with its id."""
+    """The bundle a file was coded with: the one given (checked), or a shipped one with its id.
+    A lean header records only the first LEAN_BUNDLE_ID hex digits of the id."""
     recorded = header.get("bundle") or {}
     sha = recorded.get("sha256")
+    if sha is not None and not (isinstance(sha, str) and LEAN_BUNDLE_ID <= len(sha) <= 64
+                                and all(c in "0123456789abcdef" for c in sha)):
+        raise FormatError("the header's bundle id is not a SHA-256 (prefix)")
+    label = f"{recorded['name']!r} ({sha[:12]}…)" if recorded.get("name") else f"{(sha or '')[:12]}…"
     if bundle is not None:
         bundle = resolve_bundle(bundle)
-        if sha and bundle.sha256 != sha:
-            raise BundleError(f"this file was coded with bundle {recorded.get('name')!r} ({sha[:12]}…), "
-                              f"not {bundle.name!r} ({bundle.sha256[:12]}…)")
+        if sha and not bundle.sha256.startswith(sha):
+            raise BundleError(f"this file was coded with bundle {label}, not {bundle.name!r} ({bundle.sha256[:12]}…)")
         return bundle
     if not sha:
         raise BundleError("the file names no bundle; pass one with --bundle")
     for path in shipped_bundles().values():
         candidate = load_bundle(path)
-        if candidate.sha256 == sha:
+        if candidate.sha256.startswith(sha):
             return candidate
-    raise BundleError(f"the bundle this file was coded with ({recorded.get('name')!r}, {sha[:12]}…) is not "
-                      "installed; pass its file with --bundle")
+    raise BundleError(f"the bundle this file was coded with ({label}) is not installed; pass its file with --bundle")
 
 
 def decode(data: bytes, bundle=None, device: str = "auto", workers: Optional[int] = None,
@@ -472,9 +507,11 @@ def encode_file(source, output, bundle, ratio: Optional[float] = None, budget_by
     write_atomic(output, data)
     parsed = unpack(data)
     header = parsed.header
+    budget = None if max_error is not None else budget_for(volume, ratio, budget_bytes)
     report = {"input": str(source), "output": str(output), "raw_bytes": volume.raw_bytes,
-              "bytes": len(data), "budget_bytes": header.get("budget_bytes"),
-              "ratio": volume.raw_bytes / len(data), "target_ratio": header.get("target_ratio"),
+              "bytes": len(data), "budget_bytes": budget,
+              "ratio": volume.raw_bytes / len(data),
+              "target_ratio": None if budget is None else round(volume.raw_bytes / budget, 4),
               "max_error": header.get("max_error"),
               "seconds": time.perf_counter() - started, "warnings": header.get("warnings", [])}
     if "keep" in header:

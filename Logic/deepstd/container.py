@@ -3,7 +3,8 @@
 Layout (docs/FORMAT.md is the normative text):
 
     "DSTD"  major:u8  minor:u8  flags:u8
-    header_length:varint  header:bytes  header_crc32:u32le      (JSON object; raw-deflated if flag 1)
+    header_length:varint  header:bytes  header_crc32:u32le      (JSON object; raw-deflated if flag 1,
+                                                                 with HEADER_DICTIONARY if also flag 2)
     section_count:varint
     section_count × [ name_length:u8  name:ascii  length:varint  crc32:u32le  payload ]
                                                       (crc32 covers name then payload)
@@ -31,9 +32,26 @@ from .errors import FormatError, InputError
 from .volume import SUPPORTED_DTYPES, Volume
 
 MAGIC = b"DSTD"
-MAJOR, MINOR = 1, 0
+MAJOR, MINOR = 1, 1
 FLAG_DEFLATED_HEADER = 1
-KNOWN_FLAGS = FLAG_DEFLATED_HEADER
+#: the header was deflated with `HEADER_DICTIONARY` as the preset dictionary (since 1.1)
+FLAG_DICTIONARY = 2
+KNOWN_FLAGS = FLAG_DEFLATED_HEADER | FLAG_DICTIONARY
+#: Deflate's preset dictionary for headers: the keys and phrases every header repeats, so a lean
+#: header (geometry, dtype, intensity, bundle id, margin) costs ~80 bytes instead of ~180. It is part
+#: of the format: changing one byte of it needs a new minor version and the old text kept for reading.
+HEADER_DICTIONARY = (
+    b'"warnings":["the finest texture rate of this bundle fits in bytes; the budget allows more",'
+    b'"registration loss is above the bundle\'s calibrated threshold : the scan is unlike the template; '
+    b'the texture carries the difference","only % of the scan lies inside the bundle\'s texture frame (its '
+    b'template plus a margin); the rest decodes as background: this bundle\'s template does not cover scans '
+    b'with this field of view"]}"dicom":{"encoder_version":"0.1.0","keep":{"max_error":0.0,"voxels":'
+    b'"max_error":"budget_bytes":"bundle":{"name":"la-mr","sha256":"ct-torso","prostate-t2","hippocampus-mr",'
+    b'"codec":{"margin":[8,8,8],"omega":12.0,"registration_loss":-0.,"shape_bits":8,"shape_width":'
+    b'"texture_rate":"target_ratio":"units":"HU"},"dtype":"uint8","uint16","int16","float32",'
+    b'"geometry":{"direction":[1.0,0.0,0.0,0.0,1.0,0.0,0.0,0.0,1.0],"origin":[-0.0,"size":[512,512,'
+    b'"spacing":[1.0,1.0,1.0]},"intensity":{"hi":1.0,"lo":0.0},"units":"unitless"}'
+)
 
 MAX_HEADER_BYTES = 1 << 20          # a header is a few hundred bytes; 1 MiB is generous
 MAX_SECTIONS = 1 << 16              # block-coded CT: thousands of blocks at most
@@ -123,10 +141,7 @@ def pack(header: dict, sections: Dict[str, bytes]) -> bytes:
     validate_header(header)
     if len(sections) > MAX_SECTIONS:
         raise FormatError(f"too many sections ({len(sections)})")
-    text = json.dumps(header, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
-    deflater = zlib.compressobj(9, zlib.DEFLATED, -15, 9)
-    deflated = deflater.compress(text) + deflater.flush()
-    flags, body = (FLAG_DEFLATED_HEADER, deflated) if len(deflated) < len(text) else (0, text)
+    flags, body = _stored_header(header)
     out = bytearray(MAGIC)
     out += bytes([MAJOR, MINOR, flags])
     out += _varint(len(body)) + body + struct.pack("<I", zlib.crc32(body))
@@ -138,6 +153,23 @@ def pack(header: dict, sections: Dict[str, bytes]) -> bytes:
         out += bytes([len(encoded)]) + encoded + _varint(len(payload))
         out += struct.pack("<I", zlib.crc32(payload, zlib.crc32(encoded))) + payload
     return bytes(out)
+
+
+def _stored_header(header: dict) -> Tuple[int, bytes]:
+    """(flags, bytes) of the smallest of: the JSON text, deflated, deflated with the dictionary."""
+    text = json.dumps(header, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
+    choices = [(0, text)]
+    for flags, extra in ((FLAG_DEFLATED_HEADER, {}),
+                         (FLAG_DEFLATED_HEADER | FLAG_DICTIONARY, {"zdict": HEADER_DICTIONARY})):
+        deflater = zlib.compressobj(9, zlib.DEFLATED, -15, 9, **extra)
+        choices.append((flags, deflater.compress(text) + deflater.flush()))
+    return min(choices, key=lambda choice: len(choice[1]))
+
+
+def header_cost(header: dict) -> int:
+    """Bytes the header takes in a file (length field and checksum included)."""
+    body = _stored_header(header)[1]
+    return len(_varint(len(body))) + len(body) + 4
 
 
 def _current_umask() -> int:
@@ -216,14 +248,14 @@ def _read_header(reader: _Reader) -> Tuple[dict, int]:
                           f"(this DeepSTD reads {MAJOR}.x); upgrade deepstd")
     minor = reader.u8("minor version")  # minor versions only add fields older readers may ignore
     flags = reader.u8("flags")
-    if flags & ~KNOWN_FLAGS:
+    if flags & ~KNOWN_FLAGS or flags == FLAG_DICTIONARY:
         raise FormatError(f"unknown header flags 0x{flags:02x}")
     length = reader.varint("header length", min(MAX_HEADER_BYTES, reader.remaining()))
     body = reader.take(length, "header")
     if zlib.crc32(body) != reader.u32("header checksum"):
         raise FormatError("header is corrupt (CRC32 mismatch)")
     if flags & FLAG_DEFLATED_HEADER:
-        inflater = zlib.decompressobj(-15)
+        inflater = zlib.decompressobj(-15, **({"zdict": HEADER_DICTIONARY} if flags & FLAG_DICTIONARY else {}))
         try:
             body = inflater.decompress(body, MAX_HEADER_BYTES)
         except zlib.error as exc:
@@ -310,4 +342,4 @@ def _numbers(obj: dict, key: str, count: int, integer: bool = False) -> list:
 
 
 __all__ = ["DstdFile", "pack", "unpack", "read_file", "write_atomic", "geometry_header",
-           "grid_of", "validate_header", "MAGIC", "MAJOR", "MINOR"]
+           "grid_of", "validate_header", "header_cost", "MAGIC", "MAJOR", "MINOR"]

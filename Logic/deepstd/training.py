@@ -154,24 +154,28 @@ def train_bundle(data_dir, out, name: str, modality: str, region: str, holdout: 
 
     settings = CycleSettings(omega=omega or (10.0 if is_ct else 12.0))
     aligned, losses, probe_losses = [], [], []
-    val_aligned = []
+    val_aligned, val_support = [], []
     for i, (path, scan) in enumerate(zip(list(train_files) + list(val_files),
                                          scans + [read(f) for f in val_files])):
         reporter("register", i / len(files), f"registering {path.name}")
         cached = work / f"{_stem(path)}.npz"
-        if cached.exists():
-            data = np.load(cached)
-            unit, loss, probe = data["unit"], float(data["loss"]), float(data["probe"])
+        data = np.load(cached) if cached.exists() else {}
+        if "extended" in data:   # caches from before `extend_outside` (zero outside the scan) are redone
+            unit, support, loss, probe = data["unit"], data["support"], float(data["loss"]), float(data["probe"])
         else:
             reg = register(scan, template, settings, cancel=cancel)
             stored = decode_shape(reg.shape_code(8))
-            unit, _ = into_template(scan, stored.backward, stored.matrix, reg.frame, texture_frame(reg.frame)[0],
+            unit, support = into_template(scan, stored.backward, stored.matrix, reg.frame, texture_frame(reg.frame)[0],
                                     intensity_map(scan.array, rule))
             loss = reg.loss
             h = reg.fit.history
             probe = float(np.mean(h[max(0, settings.probe_steps - 20):settings.probe_steps]))
-            np.savez(cached, unit=unit, loss=loss, probe=probe)
-        (aligned if i < len(train_files) else val_aligned).append(unit.astype(np.float32))
+            np.savez(cached, unit=unit, support=support, loss=loss, probe=probe, extended=True)
+        if i < len(train_files):
+            aligned.append(unit.astype(np.float32))
+        else:
+            val_aligned.append(unit.astype(np.float32))
+            val_support.append(support)
         if i < len(train_files):
             losses.append(loss)
             probe_losses.append(probe)
@@ -211,7 +215,7 @@ def train_bundle(data_dir, out, name: str, modality: str, region: str, holdout: 
 
     rates = [0.0, 0.25, 0.5, 0.75, 1.0]
     itemsize = np.dtype(template.dtype).itemsize
-    validation = evaluate(codec, val_aligned, rates, raw_itemsize=itemsize) if val_aligned else []
+    validation = evaluate(codec, val_aligned, rates, raw_itemsize=itemsize, supports=val_support) if val_aligned else []
     for point in validation:
         log("  validation " + json.dumps({k: round(v, 4) for k, v in point.items()}))
 
