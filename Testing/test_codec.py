@@ -259,3 +259,27 @@ def test_bench_runs_deepstd_and_a_peer_resumably(tiny_bundle, scan, tmp_path):
 def test_output_bytes_do_not_depend_on_the_worker_count(tiny_bundle, scan, coded):
     for workers in (1, 2):
         assert codec.encode(scan, tiny_bundle, ratio=24, device="cpu", workers=workers) == coded
+
+
+def test_a_one_block_frame_is_coded_whole_on_the_smallest_frame_that_covers(tiny_bundle, scan, tmp_path):
+    from deepstd.alignment import compact_frame, texture_frame
+    from deepstd.shape import Frame
+    from deepstd.texture import TextureStreams
+
+    template = Frame((41, 47, 42), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    # coverage grows with the margin until 3 voxels on x and z, whatever y has
+    covered = lambda f: min(1.0, 0.9 + 0.1 * min(f.size[0] - 41, f.size[2] - 42) / 6)  # noqa: E731
+    frame, margin = compact_frame(template, [8, 8, 8], covered)
+    assert margin == [3, 0, 3] and frame.size == (47, 47, 48)
+    frame, margin = compact_frame(template, [8, 8, 8], lambda f: 1.0 - 1e-3 * (64 ** 3 - np.prod(f.size)) / 1e4)
+    assert margin == [8, 8, 8]            # every smaller frame loses coverage: keep the default
+    one_block = load_bundle(save_bundle(tmp_path / "one.dstdb", dict(tiny_bundle.config, texture={"block": 64}),
+                                        tiny_bundle.template, texture=tiny_bundle.texture))
+    data = codec.encode(scan, one_block, ratio=24, device="cpu")
+    parsed = unpack(data)
+    streams = TextureStreams.from_bytes(parsed.sections["texture"])
+    default = texture_frame(Frame.of(one_block.template))[0]
+    assert streams.full and np.prod(streams.block) <= np.prod([-(-n // 16) * 16 for n in default.size])
+    decoded = codec.decode(data, one_block)
+    assert (decoded.size, decoded.spacing, decoded.origin, decoded.direction) == \
+        (scan.size, scan.spacing, scan.origin, scan.direction)

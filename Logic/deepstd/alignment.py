@@ -83,6 +83,38 @@ def texture_frame(template_frame, margin=None):
     return template_frame.padded(margin), [int(m) for m in margin]
 
 
+#: a compact frame may leave this much more of the scan outside than the default one (on
+#: hippocampus crops, 1.3 % less coverage cost 0.6 dB)
+COMPACT_COVERAGE_LOSS = 0.001
+
+
+def compact_frame(template_frame, margin, coverage_of, align: int = 16):
+    """The texture frame, with a margin no wider than `margin`, whose size rounded up to `align`
+    (the whole-volume mode's padding) is smallest while `coverage_of(frame)` stays within
+    COMPACT_COVERAGE_LOSS of the default frame's. The coded volume, not the frame, sets the bytes:
+    a 41x47x42 hippocampus template with 8-voxel margins is coded as 64³, with (3, 3, 3) as
+    48x64x48 (about 190 fewer bytes at the lowest rate, same PSNR)."""
+    import itertools
+
+    def options(n, widest):   # per axis: the widest margin for each aligned size up to the default
+        sizes = range(-(-n // align) * align, -(-(n + 2 * widest) // align) * align + 1, align)
+        return sorted({min(widest, (size - n) // 2) for size in sizes})
+
+    default = template_frame.padded(margin)
+    floor = coverage_of(default) - COMPACT_COVERAGE_LOSS
+    best = (default, [int(m) for m in margin])
+    volume_of = lambda f: np.prod([-(-n // align) * align for n in f.size])  # noqa: E731
+    choices = itertools.product(*(options(n, m) for n, m in zip(template_frame.size, margin)))
+    for candidate in sorted(choices, key=lambda c: volume_of(template_frame.padded(c))):
+        frame = template_frame.padded(candidate)
+        if volume_of(frame) >= volume_of(best[0]):
+            break
+        if coverage_of(frame) >= floor:
+            best = (frame, [int(m) for m in candidate])
+            break
+    return best
+
+
 def into_template(scan: Volume, backward, matrix: np.ndarray, template, frame,
                   mapping: IntensityMap, reporter: Optional[Reporter] = None) -> Tuple[np.ndarray, np.ndarray]:
     """The scan warped onto the texture `frame` in unit intensities, and its support there.
@@ -158,12 +190,12 @@ class ScanReader:
             return field.whole(self.frame)
         return field.read_box(self.frame, self.disp, self.scan_grid, self.window)
 
-    def coverage(self) -> float:
-        """The fraction of the window's voxels that read inside the texture frame (the rest decode
-        as the background value), without decoding anything."""
+    def coverage(self, frame=None) -> float:
+        """The fraction of the window's voxels that read inside the texture frame (or `frame`; the
+        rest decode as the background value), without decoding anything."""
         from .shape import field
 
-        return field.inside_fraction(self.frame, self.disp, self.scan_grid, self.window)
+        return field.inside_fraction(frame or self.frame, self.disp, self.scan_grid, self.window)
 
     @property
     def texture_box(self):
@@ -207,5 +239,5 @@ def from_template(texture: np.ndarray, template, frame, backward, matrix: np.nda
     return reader.read(reader.crop(texture), mapping, reporter)
 
 
-__all__ = ["IntensityMap", "intensity_map", "into_template", "extend_outside", "from_template", "ScanReader", "texture_frame",
+__all__ = ["IntensityMap", "intensity_map", "into_template", "extend_outside", "from_template", "ScanReader", "texture_frame", "compact_frame",
            "PERCENTILE_RULE"]

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import __version__
 from . import region
-from .alignment import IntensityMap, ScanReader, intensity_map, into_template, texture_frame
+from .alignment import IntensityMap, ScanReader, compact_frame, intensity_map, into_template, texture_frame
 from .bundle import Bundle, load_bundle, shipped_bundles
 from .container import geometry_header, grid_of, header_cost, pack, unpack, write_atomic
 from .errors import BudgetError, BundleError, FormatError, InputError
@@ -45,6 +45,8 @@ DECODE_KEYS = ("geometry", "dtype", "units", "intensity", "max_error", "keep", "
 #: COVERAGE_STEP-th voxel per axis)
 MIN_COVERAGE = 0.98
 COVERAGE_STEP = 4
+#: scans up to this size are checked at every voxel (the compact frame's choice needs it)
+COVERAGE_EXACT_VOXELS = 1 << 20
 
 _codecs: Dict[Tuple[str, str], object] = {}
 
@@ -309,15 +311,20 @@ def _prepare(volume: Volume, bundle, budget: Optional[int], device: str, workers
     mapping = intensity_map(volume.array, bundle.config.get("intensity"))
     frame, margin = texture_frame(reg.frame)
     stored = decode_shape(shape)      # warp with exactly what the decoder will have
-    unit, support = into_template(volume, stored.backward, stored.matrix, reg.frame, frame, mapping)
     scan_grid = Frame.of(volume)
-    coverage = ScanReader(reg.frame, frame, stored.backward, stored.matrix, scan_grid.coarse(COVERAGE_STEP)).coverage()
+    step = 1 if volume.voxels <= COVERAGE_EXACT_VOXELS else COVERAGE_STEP
+    reader = ScanReader(reg.frame, frame, stored.backward, stored.matrix, scan_grid.coarse(step))
+    block = bundle.config.get("texture", {}).get("block", 64)
+    if all(n <= block for n in frame.size):     # one block: code it whole, on the smallest frame that covers
+        frame, margin = compact_frame(reg.frame, margin, reader.coverage)
+        block = None
+    unit, support = into_template(volume, stored.backward, stored.matrix, reg.frame, frame, mapping)
+    coverage = reader.coverage(frame)
     if coverage < MIN_COVERAGE:
         warnings.append(f"only {100 * coverage:.0f} % of the scan lies inside the bundle's texture frame (its template "
                         "plus a margin); the rest decodes as background: this bundle's template does not cover scans "
                         "with this field of view")
     reporter("texture", 0.5, "analysing the aligned texture")
-    block = bundle.config.get("texture", {}).get("block", 64)
     analysis = codec.analyse(unit, block, support, 0.0, workers, reporter.scaled(0.5, 0.85))
 
     header = geometry_header(volume)
