@@ -98,14 +98,15 @@ def bundle_template(path: Path) -> Tuple["Volume", Optional["Volume"]]:
 
 
 def find_bundle(name: str, sha256: str = "", search: Sequence[Path] = ()) -> Path:
-    """The bundle a `.dstd` file was made with: a shipped one, or one of `search`, by name and id."""
+    """The bundle a `.dstd` file was made with: a shipped one, or one of `search`, by name and id
+    (a small file's lean header records only the id's first 16 hex digits)."""
     from deepstd.errors import BundleError
     candidates = list(search) + list(shipped_bundles().values())
     for path in candidates:
         path = Path(path)
         if not path.is_file():
             continue
-        if sha256 and bundle_sha256(path) == sha256:
+        if sha256 and bundle_sha256(path).startswith(sha256):
             return path
         if not sha256 and path.name[:-len(_bundles().SUFFIX)] == name:
             return path

@@ -239,5 +239,5 @@ def from_template(texture: np.ndarray, template, frame, backward, matrix: np.nda
     return reader.read(reader.crop(texture), mapping, reporter)
 
 
-__all__ = ["IntensityMap", "intensity_map", "into_template", "extend_outside", "from_template", "ScanReader", "texture_frame", "compact_frame",
-           "PERCENTILE_RULE"]
+__all__ = ["IntensityMap", "intensity_map", "into_template", "extend_outside", "from_template", "ScanReader",
+           "texture_frame", "compact_frame", "PERCENTILE_RULE"]

@@ -155,8 +155,8 @@ def _texture_rate(data: bytes) -> int:
 
 def lean_header(header: dict) -> dict:
     """What decoding needs of `header`: the geometry, intensity mapping, bundle name and id
-    (shortened), texture margin and any warnings; encoder version, targets and codec statistics are dropped
-    (the texture and shape sections carry their own rate and width)."""
+    (shortened), texture margin and any warnings. Encoder version, targets and codec statistics
+    go (the texture and shape sections carry their own rate and width)."""
     lean = {key: value for key, value in header.items() if key in DECODE_KEYS}
     lean["bundle"] = {"name": header["bundle"]["name"], "sha256": header["bundle"]["sha256"][:LEAN_BUNDLE_ID]}
     lean["codec"] = {"margin": header["codec"]["margin"]}
