@@ -199,13 +199,24 @@ def test_damaged_keep_sections_only_raise_format_errors(tiny_bundle, scan, lesio
     assert stream.shape  # the texture section is untouched by the keep layer
 
 
-def test_a_scan_the_template_does_not_cover_is_flagged(tiny_bundle, scan):
-    """Voxels that map outside the texture frame decode as background: encode says how many."""
+def test_a_scan_beyond_the_template_widens_the_frame_or_is_flagged(tiny_bundle, scan, monkeypatch):
+    """The texture frame widens to hold a scan that reaches beyond the template; where it cannot
+    (the frame's size cap), voxels outside decode as background and encode says how many."""
+    from deepstd import alignment
+    from deepstd.container import unpack
+
     wide = np.zeros((scan.array.shape[0], 3 * scan.array.shape[1], 3 * scan.array.shape[2]), np.float32)
     wide[:, scan.array.shape[1]:2 * scan.array.shape[1], scan.array.shape[2]:2 * scan.array.shape[2]] = scan.array
-    data = codec.encode(Volume(wide, scan.spacing, scan.origin, scan.direction, dtype="int16"), tiny_bundle,
-                        ratio=20, device="cpu")
+    wide = Volume(wide, scan.spacing, scan.origin, scan.direction, dtype="int16")
+    default = unpack(codec.encode(scan, tiny_bundle, ratio=20, device="cpu")).header["codec"]["margin"]
+    data = codec.encode(wide, tiny_bundle, ratio=20, device="cpu")
     out = codec.decode(data, tiny_bundle)
+    assert out.meta["dstd"]["coverage"] > 0.98 and not any("texture frame" in w for w in out.meta["warnings"])
+    assert any(m > d for m, d in zip(unpack(data).header["codec"]["margin"], default))
+    assert np.array_equal(out.array, codec.decode(data, tiny_bundle, roi=((0, 0, 0), wide.size)).array)
+
+    monkeypatch.setattr(alignment, "MAX_FRAME_VOXELS", 1)
+    out = codec.decode(codec.encode(wide, tiny_bundle, ratio=20, device="cpu"), tiny_bundle)
     flagged = [w for w in out.meta["warnings"] if "lies inside the bundle's texture frame" in w]
     assert flagged and out.meta["dstd"]["coverage"] < 0.5
     assert not any("texture frame" in w for w in codec.decode(codec.encode(scan, tiny_bundle, ratio=20, device="cpu"),

@@ -19,7 +19,8 @@ import numpy as np
 
 from . import __version__
 from . import region
-from .alignment import IntensityMap, ScanReader, compact_frame, intensity_map, into_template, texture_frame
+from .alignment import (MAX_FRAME_VOXELS, IntensityMap, ScanReader, compact_frame, covering_frame, intensity_map,
+                        into_template, texture_frame)
 from .bundle import Bundle, load_bundle, shipped_bundles
 from .container import geometry_header, grid_of, header_cost, pack, unpack, write_atomic
 from .errors import BudgetError, BundleError, FormatError, InputError
@@ -314,6 +315,8 @@ def _prepare(volume: Volume, bundle, budget: Optional[int], device: str, workers
     scan_grid = Frame.of(volume)
     step = 1 if volume.voxels <= COVERAGE_EXACT_VOXELS else COVERAGE_STEP
     reader = ScanReader(reg.frame, frame, stored.backward, stored.matrix, scan_grid.coarse(step))
+    if reader.coverage(frame) < MIN_COVERAGE:     # the scan reaches beyond the template's field of view
+        frame, margin = covering_frame(reg.frame, margin, reader)
     block = bundle.config.get("texture", {}).get("block", 64)
     if all(n <= block for n in frame.size):     # one block: code it whole, on the smallest frame that covers
         frame, margin = compact_frame(reg.frame, margin, reader.coverage)
@@ -322,8 +325,8 @@ def _prepare(volume: Volume, bundle, budget: Optional[int], device: str, workers
     coverage = reader.coverage(frame)
     if coverage < MIN_COVERAGE:
         warnings.append(f"only {100 * coverage:.0f} % of the scan lies inside the bundle's texture frame (its template "
-                        "plus a margin); the rest decodes as background: this bundle's template does not cover scans "
-                        "with this field of view")
+                        f"plus a margin, widened up to {MAX_FRAME_VOXELS / 1e6:.0f} Mvoxel); the rest decodes as "
+                        "background: this bundle's template does not cover scans with this field of view")
     reporter("texture", 0.5, "analysing the aligned texture")
     analysis = codec.analyse(unit, block, support, 0.0, workers, reporter.scaled(0.5, 0.85))
 

@@ -268,6 +268,19 @@ def read_box(source: Frame, disp: np.ndarray, grid: Frame, window: Optional[Box]
     return tuple(int(v) for v in lo), tuple(int(v) for v in hi)
 
 
+def read_extent(source: Frame, disp: np.ndarray, grid: Frame, window: Optional[Box] = None,
+                chunk: int = CHUNK) -> Tuple[np.ndarray, np.ndarray]:
+    """The lowest and highest continuous (x, y, z) index of `source` that the `window` points of
+    `grid` read, inside `source` or not (how far a frame must reach to hold them all)."""
+    window = window or whole(grid)
+    low, high = np.full(3, np.inf), np.full(3, -np.inf)
+    for z0, z1 in slabs(grid, chunk, window):
+        idx = _read_index(source, grid, window, disp, z0, z1, window[0][2])
+        low = np.minimum(low, idx.min(dim=0).values.numpy())
+        high = np.maximum(high, idx.max(dim=0).values.numpy())
+    return low, high
+
+
 def inside_fraction(source: Frame, disp: np.ndarray, grid: Frame, window: Optional[Box] = None,
                     chunk: int = CHUNK) -> float:
     """The fraction of the `window` points of `grid` whose p + u(p) lies within `source`."""
