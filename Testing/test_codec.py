@@ -83,6 +83,9 @@ def test_the_header_is_lean_only_where_it_would_eat_the_budget(tiny_bundle, scan
     assert codec.fitted_header(dict(full, budget_bytes=100_000)) == dict(full, budget_bytes=100_000)
     decoded = codec.decode(data, tiny_bundle)
     assert len(data) <= 1000 and decoded.size == scan.size and decoded.direction == scan.direction
+    # no room for even a 4-wide network at 12 % of 1000 bytes: the shape code is the pre-alignment alone
+    from deepstd.shape.code import PREALIGNMENT_BYTES
+    assert len(small.sections["shape"]) <= PREALIGNMENT_BYTES
     other = dict(small.header, bundle={"sha256": "0" * codec.LEAN_BUNDLE_ID})
     with pytest.raises(BundleError, match="coded with bundle"):
         codec.find_bundle(other, tiny_bundle)

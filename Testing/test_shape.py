@@ -185,6 +185,23 @@ def test_shape_code_roundtrip_size_and_field_error(oblique_volume):
     assert len(encode_shape(net, matrix, 8)) < 0.6 * len(encode_shape(net, matrix, 16))
 
 
+def test_a_shape_code_without_a_network_is_the_pre_alignment_alone(oblique_volume):
+    from deepstd.shape.code import PREALIGNMENT_BYTES
+
+    frame = Frame.of(oblique_volume)
+    matrix = np.eye(4)
+    matrix[:3, :3] = [[0.98, -0.17, 0.0], [0.17, 0.98, 0.0], [0.0, 0.0, 1.1]]
+    matrix[:3, 3] = [3.25, -1.5, 0.75]
+    data = encode_shape(None, matrix)
+    assert len(data) == PREALIGNMENT_BYTES == 60
+    code = decode_shape(data)
+    assert np.allclose(code.matrix, matrix, atol=1e-6)
+    assert np.abs(displacement(code.backward, frame)).max() < 1e-5     # no learned deformation
+    for bad in (data[:-1], data + b"\x00", data[:12]):
+        with pytest.raises(FormatError):
+            decode_shape(bad)
+
+
 def test_width_for_budget_fits_and_refuses_tiny_budgets():
     widths = [width_for_budget(b) for b in (1000, 2048, 4096)]
     assert widths == sorted(widths) and widths[0] < widths[-1]

@@ -272,18 +272,49 @@ class _KeepLayer:
                                                       "keep/residual": residual.compress(q, base, self.step)})
 
 
+def _shape(volume: Volume, bundle: Bundle, budget: Optional[int], reporter: Reporter, warnings: list):
+    """Register the scan to the template: (the template frame, the shape code, the header's shape
+    keys). The backward network is sized to SHAPE_SHARE of the budget; when even the narrowest one
+    would take more, the code holds the pre-alignment alone (60 bytes instead of ~160 with a
+    4-wide network: on hippocampus crops at 200x the network was worth 0.0-0.3 dB, the bytes more)."""
+    from .shape import CycleSettings, Frame, register
+    from .shape.code import MIN_WIDTH, code_bytes, encode_shape, width_for_budget
+    from .shape.register import prealignment_only
+
+    reg_config = dict(bundle.config.get("registration", {}))
+    depth = int(reg_config.get("depth", 3))
+    method = reg_config.get("prealignment", "moments")
+    narrowest = code_bytes(MIN_WIDTH, depth, SHAPE_BITS)
+    if budget is not None and SHAPE_SHARE * budget < narrowest:
+        reporter("register", 0.45, f"pre-alignment only ({method}): the budget has no room for a network")
+        matrix = prealignment_only(volume, bundle.template, method, int(reg_config.get("seed", 0)))
+        return Frame.of(bundle.template), encode_shape(None, matrix, SHAPE_BITS), {"shape_width": 0}
+    default_width = int(reg_config.get("width", 32))
+    full = code_bytes(default_width, depth, SHAPE_BITS)
+    shape_budget = full if budget is None else max(narrowest, min(int(SHAPE_SHARE * budget), full))
+    width = width_for_budget(shape_budget, depth, SHAPE_BITS, max_width=default_width)
+    known = set(CycleSettings.__dataclass_fields__)
+    settings = replace(CycleSettings(**{k: v for k, v in reg_config.items() if k in known}), width=width)
+    reg = register(volume, bundle.template, settings, prealignment=method,
+                   downsample=int(reg_config.get("downsample", 2)),
+                   progress=_monotonic(reporter.scaled(0.0, 0.45).callback()), cancel=reporter.cancel)
+    threshold = reg_config.get("threshold")
+    if threshold is not None and reg.loss > threshold:
+        warnings.append(f"registration loss {reg.loss:.3f} is above the bundle's calibrated threshold "
+                        f"{threshold:.3f}: the scan is unlike the template; the texture carries the difference")
+    return reg.frame, reg.shape_code(SHAPE_BITS), {"shape_width": width, "shape_bits": SHAPE_BITS,
+                                                   "omega": reg.omega, "registration_loss": round(reg.loss, 5)}
+
+
 def _prepare(volume: Volume, bundle, budget: Optional[int], device: str, workers: Optional[int],
              reporter: Reporter) -> _Layer:
     """Register, align and analyse; the shape code takes its share of `budget` (None: full width)."""
-    from .shape import CycleSettings, Frame, decode_shape, register
-    from .shape.code import MIN_WIDTH, code_bytes, width_for_budget
+    from .shape import Frame, decode_shape
+    from .shape.code import PREALIGNMENT_BYTES
 
     bundle = resolve_bundle(bundle)
-    reg_config = dict(bundle.config.get("registration", {}))
-    depth = int(reg_config.get("depth", 3))
-    min_shape = code_bytes(MIN_WIDTH, depth, SHAPE_BITS)
-    if budget is not None and budget < MIN_FILE_BYTES + min_shape:
-        raise _infeasible(volume, budget, MIN_FILE_BYTES + min_shape)
+    if budget is not None and budget < MIN_FILE_BYTES + PREALIGNMENT_BYTES:
+        raise _infeasible(volume, budget, MIN_FILE_BYTES + PREALIGNMENT_BYTES)
     device = pick_device(device)
     codec = texture_codec(bundle, device)
     started = time.perf_counter()
@@ -293,35 +324,20 @@ def _prepare(volume: Volume, bundle, budget: Optional[int], device: str, workers
     if (modality == "CT") != (volume.units == "HU"):
         warnings.append(f"the scan ({volume.units}) does not look like the bundle's modality ({modality}); "
                         "quality may be poor")
-
-    # shape: size the network to its share of the budget, register, keep the backward network
-    default_width = int(reg_config.get("width", 32))
-    full = code_bytes(default_width, depth, SHAPE_BITS)
-    shape_budget = full if budget is None else max(min_shape, min(int(SHAPE_SHARE * budget), full))
-    width = width_for_budget(shape_budget, depth, SHAPE_BITS, max_width=default_width)
-    known = set(CycleSettings.__dataclass_fields__)
-    settings = replace(CycleSettings(**{k: v for k, v in reg_config.items() if k in known}), width=width)
-    reg = register(volume, bundle.template, settings, prealignment=reg_config.get("prealignment", "moments"),
-                   downsample=int(reg_config.get("downsample", 2)),
-                   progress=_monotonic(reporter.scaled(0.0, 0.45).callback()), cancel=reporter.cancel)
-    threshold = reg_config.get("threshold")
-    if threshold is not None and reg.loss > threshold:
-        warnings.append(f"registration loss {reg.loss:.3f} is above the bundle's calibrated threshold "
-                        f"{threshold:.3f}: the scan is unlike the template; the texture carries the difference")
-    shape = reg.shape_code(SHAPE_BITS)
+    template_frame, shape, shape_keys = _shape(volume, bundle, budget, reporter, warnings)
     mapping = intensity_map(volume.array, bundle.config.get("intensity"))
-    frame, margin = texture_frame(reg.frame)
+    frame, margin = texture_frame(template_frame)
     stored = decode_shape(shape)      # warp with exactly what the decoder will have
     scan_grid = Frame.of(volume)
     step = 1 if volume.voxels <= COVERAGE_EXACT_VOXELS else COVERAGE_STEP
-    reader = ScanReader(reg.frame, frame, stored.backward, stored.matrix, scan_grid.coarse(step))
+    reader = ScanReader(template_frame, frame, stored.backward, stored.matrix, scan_grid.coarse(step))
     if reader.coverage(frame) < MIN_COVERAGE:     # the scan reaches beyond the template's field of view
-        frame, margin = covering_frame(reg.frame, margin, reader)
+        frame, margin = covering_frame(template_frame, margin, reader)
     block = bundle.config.get("texture", {}).get("block", 64)
     if all(n <= block for n in frame.size):     # one block: code it whole, on the smallest frame that covers
-        frame, margin = compact_frame(reg.frame, margin, reader.coverage)
+        frame, margin = compact_frame(template_frame, margin, reader.coverage)
         block = None
-    unit, support = into_template(volume, stored.backward, stored.matrix, reg.frame, frame, mapping)
+    unit, support = into_template(volume, stored.backward, stored.matrix, template_frame, frame, mapping)
     coverage = reader.coverage(frame)
     if coverage < MIN_COVERAGE:
         warnings.append(f"only {100 * coverage:.0f} % of the scan lies inside the bundle's texture frame (its template "
@@ -335,8 +351,7 @@ def _prepare(volume: Volume, bundle, budget: Optional[int], device: str, workers
         "encoder_version": __version__,
         "bundle": {"name": bundle.name, "sha256": bundle.sha256},
         "intensity": mapping.to_header(),
-        "codec": {"shape_width": width, "shape_bits": SHAPE_BITS, "omega": reg.omega, "margin": margin,
-                  "registration_loss": round(reg.loss, 5)},
+        "codec": {**shape_keys, "margin": margin},
     })
     if volume.meta.get("dicom"):
         header["dicom"] = volume.meta["dicom"]

@@ -3,15 +3,16 @@
 Layout (little endian): b"SC", version, bits, depth, flags, width (u16), omega (f32), the
 pre-alignment (none / translation 3xf32 / affine 12xf32), then the weights: float16 (bits=16) or
 per-tensor uniform codes of `bits` bits with (min, step) as f32, packed and deflated when that is
-smaller (flag). Everything the decoder needs is in the bytes; nothing depends on float rounding
-of the platform beyond IEEE float16/32.
+smaller (flag). With the no-network flag there are no weights: the deformation is the
+pre-alignment alone (60 bytes, for budgets too small for any network). Everything the decoder
+needs is in the bytes; nothing depends on float rounding of the platform beyond IEEE float16/32.
 """
 from __future__ import annotations
 
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from .siren import Siren, parameter_count
 
 MAGIC, VERSION = b"SC", 1
 _HEAD = struct.Struct("<2sBBBBHf")
-_DEFLATED, _TRANSLATION, _AFFINE = 1, 2, 4
+_DEFLATED, _TRANSLATION, _AFFINE, _NO_NETWORK = 1, 2, 4, 8
 BITS = (4, 6, 8, 10, 12, 16)
 MIN_WIDTH = 4
 
@@ -34,8 +35,9 @@ class ShapeCode:
     matrix: np.ndarray
 
 
-def encode_shape(backward: Siren, matrix: np.ndarray = np.eye(4), bits: int = 8) -> bytes:
-    """Serialise the backward network (quantised to `bits`) and the 4x4 pre-alignment matrix."""
+def encode_shape(backward: Optional[Siren], matrix: np.ndarray = np.eye(4), bits: int = 8) -> bytes:
+    """Serialise the backward network (quantised to `bits`; None: no network, the pre-alignment
+    alone) and the 4x4 pre-alignment matrix."""
     if bits not in BITS:
         raise ValueError(f"bits must be one of {BITS}")
     flags, extra = 0, b""
@@ -44,6 +46,8 @@ def encode_shape(backward: Siren, matrix: np.ndarray = np.eye(4), bits: int = 8)
             flags, extra = _TRANSLATION, np.asarray(matrix[:3, 3], "<f4").tobytes()
         else:
             flags, extra = _AFFINE, np.asarray(matrix[:3, :4], "<f4").tobytes()
+    if backward is None:
+        return _HEAD.pack(MAGIC, VERSION, bits, 1, flags | _NO_NETWORK, 1, 1.0) + extra
     payload = b"".join(_quantise(t.detach().numpy().ravel(), bits) for t in _tensors(backward))
     packed = zlib.compress(payload, 9, wbits=-15)
     if len(packed) < len(payload):
@@ -61,6 +65,8 @@ def decode_shape(data: bytes) -> ShapeCode:
             or not (1 <= width <= 4096) or not np.isfinite(omega):
         raise FormatError("not a valid shape code (bad header)")
     pos, matrix = _HEAD.size, np.eye(4)
+    if len(data) < pos + (12 if flags & _TRANSLATION else 48 if flags & _AFFINE else 0):
+        raise FormatError("shape code truncated (pre-alignment)")
     if flags & _TRANSLATION:
         matrix[:3, 3] = np.frombuffer(data, "<f4", 3, pos)
         pos += 12
@@ -74,6 +80,13 @@ def decode_shape(data: bytes) -> ShapeCode:
         except zlib.error as exc:
             raise FormatError(f"shape code weights corrupt: {exc}") from None
     net = Siren(width, depth, omega)
+    if flags & _NO_NETWORK:
+        if pos != len(data):
+            raise FormatError("shape code without a network has trailing bytes")
+        with torch.no_grad():
+            for t in net.parameters():
+                t.zero_()          # displacement exactly 0: the pre-alignment alone
+        return ShapeCode(net, matrix)
     offset = 0
     with torch.no_grad():
         for t in _tensors(net):
@@ -82,6 +95,10 @@ def decode_shape(data: bytes) -> ShapeCode:
     if offset != len(payload):
         raise FormatError("shape code has trailing or missing bytes")
     return ShapeCode(net, matrix)
+
+
+#: bytes of a shape code without a network (affine pre-alignment)
+PREALIGNMENT_BYTES = _HEAD.size + 48
 
 
 def code_bytes(width: int, depth: int, bits: int = 8) -> int:

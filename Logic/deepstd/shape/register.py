@@ -82,6 +82,13 @@ def register(moving: Volume, template: Volume, settings: Optional[CycleSettings]
                         {"prealignment": prealignment, "downsample": downsample})
 
 
+def prealignment_only(moving: Volume, template: Volume, prealignment: str = "moments",
+                      seed: int = 0) -> np.ndarray:
+    """The template LPS -> moving LPS pre-alignment matrix alone (no Cycle-INR): what a shape code
+    without a network stores."""
+    return prealign(_as_sitk(template), _as_sitk(moving), prealignment, seed)
+
+
 def _as_sitk(volume: Volume) -> sitk.Image:
     image = sitk.GetImageFromArray(normalise(volume))
     image.SetSpacing(volume.spacing)
