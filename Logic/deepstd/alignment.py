@@ -83,6 +83,25 @@ def texture_frame(template_frame, margin=None):
     return template_frame.padded(margin), [int(m) for m in margin]
 
 
+#: a scan less covered than this by the default texture frame gets a wider one (and, if even that
+#: cannot hold it, a warning)
+MIN_COVERAGE = 0.98
+
+
+def frame_for(template_frame, reader: "ScanReader", block):
+    """The texture frame a scan is coded on, its margins and the block size to code it with: the
+    default frame, widened until it holds the scan when it does not (`covering_frame`), and when
+    the result fits in one texture block, the compact frame coded whole (block None). Encoding and
+    training both choose frames here, so the codec learns on the frames it will code."""
+    frame, margin = texture_frame(template_frame)
+    if reader.coverage(frame) < MIN_COVERAGE:     # the scan reaches beyond the template's field of view
+        frame, margin = covering_frame(template_frame, margin, reader)
+    if block is not None and all(n <= block for n in frame.size):
+        frame, margin = compact_frame(template_frame, margin, reader.coverage)
+        block = None
+    return frame, margin, block
+
+
 #: a frame widened to hold a whole scan stays below this many voxels (time and memory of the warp
 #: and the texture; a prostate T2 at 0.89 mm needs up to 15 Mvoxel)
 MAX_FRAME_VOXELS = 16_000_000
@@ -264,4 +283,4 @@ def from_template(texture: np.ndarray, template, frame, backward, matrix: np.nda
 
 
 __all__ = ["IntensityMap", "intensity_map", "into_template", "extend_outside", "from_template", "ScanReader",
-           "texture_frame", "compact_frame", "covering_frame", "PERCENTILE_RULE"]
+           "texture_frame", "compact_frame", "covering_frame", "frame_for", "PERCENTILE_RULE", "MIN_COVERAGE"]

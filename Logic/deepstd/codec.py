@@ -19,7 +19,7 @@ import numpy as np
 
 from . import __version__
 from . import region
-from .alignment import (MAX_FRAME_VOXELS, IntensityMap, ScanReader, compact_frame, covering_frame, intensity_map,
+from .alignment import (MAX_FRAME_VOXELS, MIN_COVERAGE, IntensityMap, ScanReader, frame_for, intensity_map,
                         into_template, texture_frame)
 from .bundle import Bundle, load_bundle, shipped_bundles
 from .container import geometry_header, grid_of, header_cost, pack, unpack, write_atomic
@@ -42,9 +42,7 @@ HEADER_SHARE = 0.05
 LEAN_BUNDLE_ID = 16
 #: header keys decoding (or the decoded volume) needs; a lean header keeps only these
 DECODE_KEYS = ("geometry", "dtype", "units", "intensity", "max_error", "keep", "dicom", "warnings")
-#: encode warns when less of the scan than this maps inside the texture frame (checked on every
-#: COVERAGE_STEP-th voxel per axis)
-MIN_COVERAGE = 0.98
+#: the coverage of large scans is checked on every COVERAGE_STEP-th voxel per axis
 COVERAGE_STEP = 4
 #: scans up to this size are checked at every voxel (the compact frame's choice needs it)
 COVERAGE_EXACT_VOXELS = 1 << 20
@@ -306,10 +304,20 @@ def _shape(volume: Volume, bundle: Bundle, budget: Optional[int], reporter: Repo
                                                    "omega": reg.omega, "registration_loss": round(reg.loss, 5)}
 
 
+def scan_reader(volume: Volume, template_frame, stored) -> ScanReader:
+    """How the scan's voxels read the template frame through a decoded shape code (every voxel of
+    scans up to COVERAGE_EXACT_VOXELS, else every COVERAGE_STEP-th per axis): the frame choice's input."""
+    from .shape import Frame
+
+    step = 1 if volume.voxels <= COVERAGE_EXACT_VOXELS else COVERAGE_STEP
+    return ScanReader(template_frame, texture_frame(template_frame)[0], stored.backward, stored.matrix,
+                      Frame.of(volume).coarse(step))
+
+
 def _prepare(volume: Volume, bundle, budget: Optional[int], device: str, workers: Optional[int],
              reporter: Reporter) -> _Layer:
     """Register, align and analyse; the shape code takes its share of `budget` (None: full width)."""
-    from .shape import Frame, decode_shape
+    from .shape import decode_shape
     from .shape.code import PREALIGNMENT_BYTES
 
     bundle = resolve_bundle(bundle)
@@ -326,17 +334,9 @@ def _prepare(volume: Volume, bundle, budget: Optional[int], device: str, workers
                         "quality may be poor")
     template_frame, shape, shape_keys = _shape(volume, bundle, budget, reporter, warnings)
     mapping = intensity_map(volume.array, bundle.config.get("intensity"))
-    frame, margin = texture_frame(template_frame)
     stored = decode_shape(shape)      # warp with exactly what the decoder will have
-    scan_grid = Frame.of(volume)
-    step = 1 if volume.voxels <= COVERAGE_EXACT_VOXELS else COVERAGE_STEP
-    reader = ScanReader(template_frame, frame, stored.backward, stored.matrix, scan_grid.coarse(step))
-    if reader.coverage(frame) < MIN_COVERAGE:     # the scan reaches beyond the template's field of view
-        frame, margin = covering_frame(template_frame, margin, reader)
-    block = bundle.config.get("texture", {}).get("block", 64)
-    if all(n <= block for n in frame.size):     # one block: code it whole, on the smallest frame that covers
-        frame, margin = compact_frame(template_frame, margin, reader.coverage)
-        block = None
+    reader = scan_reader(volume, template_frame, stored)
+    frame, margin, block = frame_for(template_frame, reader, bundle.config.get("texture", {}).get("block", 64))
     unit, support = into_template(volume, stored.backward, stored.matrix, template_frame, frame, mapping)
     coverage = reader.coverage(frame)
     if coverage < MIN_COVERAGE:

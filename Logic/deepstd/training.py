@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from .alignment import PERCENTILE_RULE, intensity_map, into_template, texture_frame
+from .alignment import PERCENTILE_RULE, frame_for, intensity_map, into_template
 from .errors import InputError
 from .progress import CancelToken, ProgressCallback, Reporter
 from .volume import Volume, cast_to_dtype
@@ -27,6 +27,8 @@ from .volume import Volume, cast_to_dtype
 #: outlier for template selection (coarsely quantised or nearly empty acquisitions)
 MIN_LEVEL_FRACTION = 0.5
 CT_WINDOW_RULE = {"kind": "window", "low": -1024.0, "high": 3071.0}
+#: the texture block size bundles are trained for (written to their config)
+TEXTURE_BLOCK = 64
 
 
 def scan_files(data_dir) -> List[Path]:
@@ -120,6 +122,7 @@ def train_bundle(data_dir, out, name: str, modality: str, region: str, holdout: 
     import torch
 
     from .bundle import save_bundle
+    from .codec import scan_reader
     from .io import read
     from .shape import CycleSettings, decode_shape, register
     from .texture.network import TextureConfig
@@ -160,17 +163,18 @@ def train_bundle(data_dir, out, name: str, modality: str, region: str, holdout: 
         reporter("register", i / len(files), f"registering {path.name}")
         cached = work / f"{_stem(path)}.npz"
         data = np.load(cached) if cached.exists() else {}
-        if "extended" in data:   # caches from before `extend_outside` (zero outside the scan) are redone
+        if "framed" in data:   # caches from before `extend_outside` and `frame_for` are redone
             unit, support, loss, probe = data["unit"], data["support"], float(data["loss"]), float(data["probe"])
         else:
             reg = register(scan, template, settings, cancel=cancel)
             stored = decode_shape(reg.shape_code(8))
-            unit, support = into_template(scan, stored.backward, stored.matrix, reg.frame, texture_frame(reg.frame)[0],
-                                    intensity_map(scan.array, rule))
+            frame = frame_for(reg.frame, scan_reader(scan, reg.frame, stored), TEXTURE_BLOCK)[0]
+            unit, support = into_template(scan, stored.backward, stored.matrix, reg.frame, frame,
+                                          intensity_map(scan.array, rule))
             loss = reg.loss
             h = reg.fit.history
             probe = float(np.mean(h[max(0, settings.probe_steps - 20):settings.probe_steps]))
-            np.savez(cached, unit=unit, support=support, loss=loss, probe=probe, extended=True)
+            np.savez(cached, unit=unit, support=support, loss=loss, probe=probe, framed=True)
         if i < len(train_files):
             aligned.append(unit.astype(np.float32))
         else:
@@ -225,7 +229,7 @@ def train_bundle(data_dir, out, name: str, modality: str, region: str, holdout: 
         "description": description or (f"{modality} {region}; trained on {subjects} scans "
                                        f"(held out {holdout})"),
         "intensity": rule,
-        "texture": {"block": 64, "rates": [0.0, 1.0]},
+        "texture": {"block": TEXTURE_BLOCK, "rates": [0.0, 1.0]},
         "registration": {**{k: v for k, v in asdict(settings).items() if k != "threshold"},
                          "threshold": threshold, "prealignment": "moments", "downsample": 2},
         "training": {"scans": subjects, "holdout": holdout,
