@@ -178,27 +178,32 @@ def into_template(scan: Volume, backward, matrix: np.ndarray, template, frame,
     return extend_outside(warped, support), support
 
 
-#: smoothing (voxels) of the texture outside the scan's support; see `extend_outside`
+#: smoothing and decay length (voxels) of the texture outside the scan's support; see `extend_outside`
 EXTENSION_SIGMA = 2.0
+EXTENSION_DECAY = 8.0
+#: bumped whenever what `into_template` returns changes, so `deepstd train` redoes its cached volumes
+ALIGNMENT_VERSION = 2
 
 
 def extend_outside(unit: np.ndarray, support: np.ndarray) -> np.ndarray:
-    """`unit` inside `support`, a smooth continuation of it outside.
+    """`unit` inside `support`, outside it a smooth continuation that fades to 0 (the low percentile).
 
     The decoder never reads far outside the support, but a hard step there (scan edge to a constant)
-    costs bits and rings back into the scan at low rates: on 64 kvoxel hippocampus crops, whose
-    crop faces are a large share of the voxels, a zero fill lost 1.5 dB against this one. The
-    continuation is the nearest supported value, blurred, so it is cheap to code and meets the
-    scan without a step. Without support everything is 0 (the low percentile)."""
+    costs bits and rings back into the scan at low rates, and a continuation that does not fade
+    spends bits on content nobody reads. Measured end to end: on hippocampus crops (crop faces a
+    large share of the voxels) the zero step lost 3.1 dB at 40×; on an LA scan at 128× a
+    non-fading continuation lost 0.8 dB and 0.047 SSIM to this one, the zero step 0.4 dB. The
+    continuation is the nearest supported value, blurred (σ = EXTENSION_SIGMA), times
+    exp(−distance / EXTENSION_DECAY)."""
     from scipy import ndimage
 
     if support.all():
         return unit
     if not support.any():
         return np.zeros_like(unit)
-    nearest = ndimage.distance_transform_edt(~support, return_distances=False, return_indices=True)
+    distance, nearest = ndimage.distance_transform_edt(~support, return_distances=True, return_indices=True)
     smooth = ndimage.gaussian_filter(unit[tuple(nearest)], EXTENSION_SIGMA)
-    return np.where(support, unit, smooth).astype(unit.dtype, copy=False)
+    return np.where(support, unit, smooth * np.exp(-distance / EXTENSION_DECAY)).astype(unit.dtype, copy=False)
 
 
 class ScanReader:
@@ -283,4 +288,5 @@ def from_template(texture: np.ndarray, template, frame, backward, matrix: np.nda
 
 
 __all__ = ["IntensityMap", "intensity_map", "into_template", "extend_outside", "from_template", "ScanReader",
-           "texture_frame", "compact_frame", "covering_frame", "frame_for", "PERCENTILE_RULE", "MIN_COVERAGE"]
+           "texture_frame", "compact_frame", "covering_frame", "frame_for", "PERCENTILE_RULE", "MIN_COVERAGE",
+           "ALIGNMENT_VERSION"]

@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from .alignment import PERCENTILE_RULE, frame_for, intensity_map, into_template
+from .alignment import ALIGNMENT_VERSION, PERCENTILE_RULE, frame_for, intensity_map, into_template
 from .errors import InputError
 from .progress import CancelToken, ProgressCallback, Reporter
 from .volume import Volume, cast_to_dtype
@@ -163,7 +163,7 @@ def train_bundle(data_dir, out, name: str, modality: str, region: str, holdout: 
         reporter("register", i / len(files), f"registering {path.name}")
         cached = work / f"{_stem(path)}.npz"
         data = np.load(cached) if cached.exists() else {}
-        if "framed" in data:   # caches from before `extend_outside` and `frame_for` are redone
+        if "alignment" in data and int(data["alignment"]) == ALIGNMENT_VERSION:   # else redone
             unit, support, loss, probe = data["unit"], data["support"], float(data["loss"]), float(data["probe"])
         else:
             reg = register(scan, template, settings, cancel=cancel)
@@ -174,7 +174,7 @@ def train_bundle(data_dir, out, name: str, modality: str, region: str, holdout: 
             loss = reg.loss
             h = reg.fit.history
             probe = float(np.mean(h[max(0, settings.probe_steps - 20):settings.probe_steps]))
-            np.savez(cached, unit=unit, support=support, loss=loss, probe=probe, framed=True)
+            np.savez(cached, unit=unit, support=support, loss=loss, probe=probe, alignment=ALIGNMENT_VERSION)
         if i < len(train_files):
             aligned.append(unit.astype(np.float32))
         else:
