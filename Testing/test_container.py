@@ -6,7 +6,6 @@ import stat
 import struct
 import zlib
 
-import numpy as np
 import pytest
 
 from deepstd import DeepSTDError, FormatError

@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
