@@ -88,18 +88,33 @@ def texture_frame(template_frame, margin=None):
 MIN_COVERAGE = 0.98
 
 
-def frame_for(template_frame, reader: "ScanReader", block):
-    """The texture frame a scan is coded on, its margins and the block size to code it with: the
-    default frame, widened until it holds the scan when it does not (`covering_frame`), and when
-    the result fits in one texture block, the compact frame coded whole (block None). Encoding and
-    training both choose frames here, so the codec learns on the frames it will code."""
+#: coverage is checked at every voxel of scans up to this size (the compact frame's choice needs
+#: it), else on every COVERAGE_STEP-th voxel per axis
+COVERAGE_EXACT_VOXELS = 1 << 20
+COVERAGE_STEP = 4
+
+
+def frame_for(scan: Volume, template_frame, code, block):
+    """The texture frame a scan is coded on through the decoded shape `code`: (frame, margins,
+    block size to code it with, the fraction of the scan inside it). The default frame, widened
+    until it holds the scan when it does not (`covering_frame`), and when the result fits in one
+    texture block, the compact frame coded whole (block None). Encoding and training both choose
+    frames here, so the codec learns on the frames it will code."""
+    from .shape import Frame
+
+    step = 1 if scan.voxels <= COVERAGE_EXACT_VOXELS else COVERAGE_STEP
     frame, margin = texture_frame(template_frame)
+    reader = ScanReader(template_frame, frame, code.backward, code.matrix, Frame.of(scan).coarse(step))
     if reader.coverage(frame) < MIN_COVERAGE:     # the scan reaches beyond the template's field of view
         frame, margin = covering_frame(template_frame, margin, reader)
-    if block is not None and all(n <= block for n in frame.size):
+    if block_for(frame.size, block) is None:
         frame, margin = compact_frame(template_frame, margin, reader.coverage)
-        block = None
-    return frame, margin, block
+    return frame, margin, block_for(frame.size, block), reader.coverage(frame)
+
+
+def block_for(size, block):
+    """The block size a frame of `size` voxels is coded with: None (whole) when it fits in one block."""
+    return None if block is not None and all(n <= block for n in size) else block
 
 
 #: a frame widened to hold a whole scan stays below this many voxels (time and memory of the warp
@@ -119,10 +134,11 @@ def covering_frame(template_frame, margin, reader: "ScanReader"):
     need = np.maximum(np.ceil(-low - 0.5), np.ceil(high - (size - 0.5))) + 1
     base = np.asarray(margin, dtype=np.int64)
     extra = np.maximum(need.astype(np.int64) - base, 0)
-    scale = 1.0
-    while scale > 0 and np.prod(size + 2 * (base + np.floor(scale * extra).astype(np.int64))) > MAX_FRAME_VOXELS:
-        scale -= 0.05
-    wider = [int(m) for m in base + np.floor(max(scale, 0.0) * extra).astype(np.int64)]
+    for scale in np.linspace(1.0, 0.0, 21):      # the widest share of the extra that stays under the cap
+        wider = base + np.floor(scale * extra).astype(np.int64)
+        if np.prod(size + 2 * wider) <= MAX_FRAME_VOXELS:
+            break
+    wider = [int(m) for m in wider]
     return template_frame.padded(wider), wider
 
 
@@ -223,6 +239,7 @@ class ScanReader:
 
         self.frame, self.scan_grid = frame, scan_grid
         self.window = window or field.whole(scan_grid)
+        self._coverage = {}
         self.disp = field.displacement(field.SampledField(backward, template), template, grid=scan_grid,
                                        pre=np.linalg.inv(matrix), reporter=reporter, clamp=True,
                                        window=self.window)
@@ -243,7 +260,10 @@ class ScanReader:
         rest decode as the background value), without decoding anything."""
         from .shape import field
 
-        return field.inside_fraction(frame or self.frame, self.disp, self.scan_grid, self.window)
+        frame = frame or self.frame
+        if frame not in self._coverage:   # choosing a frame asks for the same ones more than once
+            self._coverage[frame] = field.inside_fraction(frame, self.disp, self.scan_grid, self.window)
+        return self._coverage[frame]
 
     @property
     def texture_box(self):
@@ -288,5 +308,5 @@ def from_template(texture: np.ndarray, template, frame, backward, matrix: np.nda
 
 
 __all__ = ["IntensityMap", "intensity_map", "into_template", "extend_outside", "from_template", "ScanReader",
-           "texture_frame", "compact_frame", "covering_frame", "frame_for", "PERCENTILE_RULE", "MIN_COVERAGE",
+           "texture_frame", "compact_frame", "covering_frame", "frame_for", "block_for", "PERCENTILE_RULE", "MIN_COVERAGE",
            "ALIGNMENT_VERSION"]

@@ -42,10 +42,6 @@ HEADER_SHARE = 0.05
 LEAN_BUNDLE_ID = 16
 #: header keys decoding (or the decoded volume) needs; a lean header keeps only these
 DECODE_KEYS = ("geometry", "dtype", "units", "intensity", "max_error", "keep", "dicom", "warnings")
-#: the coverage of large scans is checked on every COVERAGE_STEP-th voxel per axis
-COVERAGE_STEP = 4
-#: scans up to this size are checked at every voxel (the compact frame's choice needs it)
-COVERAGE_EXACT_VOXELS = 1 << 20
 
 _codecs: Dict[Tuple[str, str], object] = {}
 
@@ -304,16 +300,6 @@ def _shape(volume: Volume, bundle: Bundle, budget: Optional[int], reporter: Repo
                                                    "omega": reg.omega, "registration_loss": round(reg.loss, 5)}
 
 
-def scan_reader(volume: Volume, template_frame, stored) -> ScanReader:
-    """How the scan's voxels read the template frame through a decoded shape code (every voxel of
-    scans up to COVERAGE_EXACT_VOXELS, else every COVERAGE_STEP-th per axis): the frame choice's input."""
-    from .shape import Frame
-
-    step = 1 if volume.voxels <= COVERAGE_EXACT_VOXELS else COVERAGE_STEP
-    return ScanReader(template_frame, texture_frame(template_frame)[0], stored.backward, stored.matrix,
-                      Frame.of(volume).coarse(step))
-
-
 def _prepare(volume: Volume, bundle, budget: Optional[int], device: str, workers: Optional[int],
              reporter: Reporter) -> _Layer:
     """Register, align and analyse; the shape code takes its share of `budget` (None: full width)."""
@@ -335,10 +321,9 @@ def _prepare(volume: Volume, bundle, budget: Optional[int], device: str, workers
     template_frame, shape, shape_keys = _shape(volume, bundle, budget, reporter, warnings)
     mapping = intensity_map(volume.array, bundle.config.get("intensity"))
     stored = decode_shape(shape)      # warp with exactly what the decoder will have
-    reader = scan_reader(volume, template_frame, stored)
-    frame, margin, block = frame_for(template_frame, reader, bundle.config.get("texture", {}).get("block", 64))
+    frame, margin, block, coverage = frame_for(volume, template_frame, stored,
+                                               bundle.config.get("texture", {}).get("block", 64))
     unit, support = into_template(volume, stored.backward, stored.matrix, template_frame, frame, mapping)
-    coverage = reader.coverage(frame)
     if coverage < MIN_COVERAGE:
         warnings.append(f"only {100 * coverage:.0f} % of the scan lies inside the bundle's texture frame (its template "
                         f"plus a margin, widened up to {MAX_FRAME_VOXELS / 1e6:.0f} Mvoxel); the rest decodes as "

@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from .alignment import ALIGNMENT_VERSION, PERCENTILE_RULE, frame_for, intensity_map, into_template
+from .alignment import ALIGNMENT_VERSION, PERCENTILE_RULE, block_for, frame_for, intensity_map, into_template
 from .errors import InputError
 from .progress import CancelToken, ProgressCallback, Reporter
 from .volume import Volume, cast_to_dtype
@@ -122,7 +122,6 @@ def train_bundle(data_dir, out, name: str, modality: str, region: str, holdout: 
     import torch
 
     from .bundle import save_bundle
-    from .codec import scan_reader
     from .io import read
     from .shape import CycleSettings, decode_shape, register
     from .texture.network import TextureConfig
@@ -168,7 +167,7 @@ def train_bundle(data_dir, out, name: str, modality: str, region: str, holdout: 
         else:
             reg = register(scan, template, settings, cancel=cancel)
             stored = decode_shape(reg.shape_code(8))
-            frame = frame_for(reg.frame, scan_reader(scan, reg.frame, stored), TEXTURE_BLOCK)[0]
+            frame = frame_for(scan, reg.frame, stored, TEXTURE_BLOCK)[0]
             unit, support = into_template(scan, stored.backward, stored.matrix, reg.frame, frame,
                                           intensity_map(scan.array, rule))
             loss = reg.loss
@@ -219,7 +218,8 @@ def train_bundle(data_dir, out, name: str, modality: str, region: str, holdout: 
 
     rates = [0.0, 0.25, 0.5, 0.75, 1.0]
     itemsize = np.dtype(template.dtype).itemsize
-    validation = evaluate(codec, val_aligned, rates, raw_itemsize=itemsize, supports=val_support) if val_aligned else []
+    validation = evaluate(codec, val_aligned, rates, raw_itemsize=itemsize, supports=val_support,
+                          blocks=[block_for(v.shape, TEXTURE_BLOCK) for v in val_aligned]) if val_aligned else []
     for point in validation:
         log("  validation " + json.dumps({k: round(v, 4) for k, v in point.items()}))
 

@@ -248,16 +248,25 @@ def spline_coefficients(array: np.ndarray) -> np.ndarray:
     return out
 
 
+def _read_indices(source: Frame, disp: np.ndarray, grid: Frame, window: Box, chunk: int) -> Iterator[torch.Tensor]:
+    """`_read_index` slab by slab over the window: where its points read `source`."""
+    for z0, z1 in slabs(grid, chunk, window):
+        yield _read_index(source, grid, window, disp, z0, z1, window[0][2])
+
+
+def _inside(source: Frame, idx: torch.Tensor) -> torch.Tensor:
+    size = torch.as_tensor(source.size, dtype=torch.float64)
+    return ((idx > -0.5) & (idx < size - 0.5)).all(dim=1)
+
+
 def read_box(source: Frame, disp: np.ndarray, grid: Frame, window: Optional[Box] = None,
              chunk: int = CHUNK) -> Optional[Box]:
     """The box of `source` voxels that the cubic values at the `window` points of `grid` depend on
     (None when every point reads outside `source`)."""
     window = window or whole(grid)
-    size = torch.as_tensor(source.size, dtype=torch.float64)
     low, high = np.full(3, np.inf), np.full(3, -np.inf)
-    for z0, z1 in slabs(grid, chunk, window):
-        idx = _read_index(source, grid, window, disp, z0, z1, window[0][2])
-        idx = idx[((idx > -0.5) & (idx < size - 0.5)).all(dim=1)]
+    for idx in _read_indices(source, disp, grid, window, chunk):
+        idx = idx[_inside(source, idx)]
         if len(idx):
             low = np.minimum(low, idx.min(dim=0).values.numpy())
             high = np.maximum(high, idx.max(dim=0).values.numpy())
@@ -272,10 +281,8 @@ def read_extent(source: Frame, disp: np.ndarray, grid: Frame, window: Optional[B
                 chunk: int = CHUNK) -> Tuple[np.ndarray, np.ndarray]:
     """The lowest and highest continuous (x, y, z) index of `source` that the `window` points of
     `grid` read, inside `source` or not (how far a frame must reach to hold them all)."""
-    window = window or whole(grid)
     low, high = np.full(3, np.inf), np.full(3, -np.inf)
-    for z0, z1 in slabs(grid, chunk, window):
-        idx = _read_index(source, grid, window, disp, z0, z1, window[0][2])
+    for idx in _read_indices(source, disp, grid, window or whole(grid), chunk):
         low = np.minimum(low, idx.min(dim=0).values.numpy())
         high = np.maximum(high, idx.max(dim=0).values.numpy())
     return low, high
@@ -284,12 +291,9 @@ def read_extent(source: Frame, disp: np.ndarray, grid: Frame, window: Optional[B
 def inside_fraction(source: Frame, disp: np.ndarray, grid: Frame, window: Optional[Box] = None,
                     chunk: int = CHUNK) -> float:
     """The fraction of the `window` points of `grid` whose p + u(p) lies within `source`."""
-    window = window or whole(grid)
-    size = torch.as_tensor(source.size, dtype=torch.float64)
     inside = total = 0
-    for z0, z1 in slabs(grid, chunk, window):
-        idx = _read_index(source, grid, window, disp, z0, z1, window[0][2])
-        inside += int(((idx > -0.5) & (idx < size - 0.5)).all(dim=1).sum())
+    for idx in _read_indices(source, disp, grid, window or whole(grid), chunk):
+        inside += int(_inside(source, idx).sum())
         total += len(idx)
     return inside / max(total, 1)
 

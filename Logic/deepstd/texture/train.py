@@ -142,20 +142,23 @@ def load_checkpoint(path: Path, net: TextureNet, opts):
 
 @torch.no_grad()
 def evaluate(codec: TextureCodec, volumes: Sequence[np.ndarray], rates: Sequence[float],
-             block=64, raw_itemsize: int = 1, supports: Optional[Sequence[np.ndarray]] = None) -> List[Dict]:
+             block=64, raw_itemsize: int = 1, supports: Optional[Sequence[np.ndarray]] = None,
+             blocks: Optional[Sequence] = None) -> List[Dict]:
     """RD points over whole volumes with real entropy coding: bytes, ratio (raw bytes of the
     original dtype ÷ texture bytes), bits per voxel, PSNR over the data range, and the encode
     and decode speeds in Mvoxel/s of the coded frame. With `supports` (where each aligned volume holds its scan),
     voxels, ratio and PSNR count only those voxels: the rest of the frame is not the scan and
-    would flatter every figure (a 64 kvoxel hippocampus crop fills a third of its frame)."""
+    would flatter every figure (a 64 kvoxel hippocampus crop fills a third of its frame). `blocks`:
+    per volume, the block size the encoder would use (None: whole), instead of `block` for all."""
     points = []
     masks = list(supports) if supports is not None else [None] * len(volumes)
+    sizes = list(blocks) if blocks is not None else [block] * len(volumes)
     for rate in rates:
         nbytes = voxels = coded = 0
         sq, t_enc, t_dec = 0.0, 0.0, 0.0
-        for v, mask in zip(volumes, masks):
+        for v, mask, size in zip(volumes, masks, sizes):
             t0 = time.perf_counter()
-            data = codec.compress(v, rate, block=block, support=mask).to_bytes()
+            data = codec.compress(v, rate, block=size, support=mask).to_bytes()
             t1 = time.perf_counter()
             rec = codec.decompress(data)
             t_dec += time.perf_counter() - t1
