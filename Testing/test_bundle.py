@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from deepstd import BundleError
-from deepstd.bundle import from_bytes, load_bundle, save_bundle
+from deepstd.bundle import BundleConfig, from_bytes, load_bundle, save_bundle
 
 CONFIG = {"name": "test-mr", "modality": "MR", "region": "synthetic", "training": {"scans": 3}}
 
@@ -19,7 +19,7 @@ def test_round_trip_and_stable_id(tmp_path, oblique_volume):
     b = save_bundle(tmp_path / "b.dstdb", CONFIG, oblique_volume, labels, texture=b"weights")
     assert a.read_bytes() == b.read_bytes()
     bundle = load_bundle(a)
-    assert bundle.name == "test-mr" and bundle.texture == b"weights" and bundle.config == CONFIG
+    assert bundle.name == "test-mr" and bundle.texture == b"weights" and bundle.config == BundleConfig.from_dict(CONFIG)
     assert bundle.template.same_grid(oblique_volume)
     np.testing.assert_array_equal(bundle.template.array, oblique_volume.array)
     np.testing.assert_array_equal(bundle.template_labels.array, labels.array)
@@ -73,7 +73,7 @@ def test_truncated_or_flipped_bundles_only_raise_bundle_errors(tmp_path, oblique
         except BundleError:
             outcomes["refused"] += 1
         else:  # a flip in zip metadata that nothing reads (e.g. a timestamp) leaves the content intact
-            assert bundle.config == CONFIG and bundle.texture == b"w" * 100
+            assert bundle.config == BundleConfig.from_dict(CONFIG) and bundle.texture == b"w" * 100
             np.testing.assert_array_equal(bundle.template.array, oblique_volume.array)
             outcomes["same"] += 1
     assert outcomes["refused"] > 0

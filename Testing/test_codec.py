@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from deepstd import codec
-from deepstd.bundle import load_bundle, save_bundle
+from deepstd.bundle import TextureCoding, find_bundle, load_bundle, save_bundle
+from deepstd.codec.header import DECODE_KEYS, HEADER_SHARE, LEAN_BUNDLE_ID, DstdHeader
 from deepstd.container import pack, unpack
 from deepstd.demo import unseen_scan
 from deepstd.errors import BudgetError, BundleError, Cancelled, DeepSTDError, FormatError, InputError
@@ -42,7 +44,8 @@ def test_shape_path_round_trip_restores_the_scan(tiny_bundle, scan):
     """Without texture loss, into the template frame and back (through the *decoded* shape code)
     gives the scan again where the template covers it: the geometry of both warps is right."""
     from deepstd.alignment import from_template, intensity_map, into_template, texture_frame
-    from deepstd.shape import CycleSettings, Frame, decode_shape, register
+    from deepstd.grid import Frame
+    from deepstd.shape import CycleSettings, decode_shape, register
 
     reg = register(scan, tiny_bundle.template, CycleSettings(**FAST_REGISTRATION))
     mapping = intensity_map(scan.array)
@@ -76,21 +79,23 @@ def test_the_header_is_lean_only_where_it_would_eat_the_budget(tiny_bundle, scan
     full = dict(small.header, bundle={"name": tiny_bundle.name, "sha256": tiny_bundle.sha256}, budget_bytes=1000,
                 target_ratio=round(scan.raw_bytes / 1000, 4), encoder_version="0.1.0",
                 codec=dict(small.header["codec"], omega=12.0, shape_width=4, shape_bits=8, texture_rate=0))
-    assert header_cost(full) > codec.HEADER_SHARE * 1000
-    assert small.header == codec.lean_header(full)          # only what decoding needs
-    assert set(small.header) <= set(codec.DECODE_KEYS) | {"bundle", "codec"}
-    assert len(small.header["bundle"]["sha256"]) == codec.LEAN_BUNDLE_ID
-    assert codec.fitted_header(dict(full, budget_bytes=100_000)) == dict(full, budget_bytes=100_000)
+    assert header_cost(full) > HEADER_SHARE * 1000
+    typed = DstdHeader.from_dict(full)
+    assert typed.to_dict() == full                          # the typed header writes the same JSON
+    assert small.header == typed.lean().to_dict()          # only what decoding needs
+    assert set(small.header) <= set(DECODE_KEYS) | {"bundle", "codec"}
+    assert len(small.header["bundle"]["sha256"]) == LEAN_BUNDLE_ID
+    roomy = replace(typed, budget_bytes=100_000)
+    assert roomy.fitted() == roomy
     decoded = codec.decode(data, tiny_bundle)
     assert len(data) <= 1000 and decoded.size == scan.size and decoded.direction == scan.direction
     # no room for even a 4-wide network at 12 % of 1000 bytes: the shape code is the pre-alignment alone
     from deepstd.shape.code import PREALIGNMENT_BYTES
     assert len(small.sections["shape"]) <= PREALIGNMENT_BYTES
-    other = dict(small.header, bundle={"sha256": "0" * codec.LEAN_BUNDLE_ID})
     with pytest.raises(BundleError, match="coded with bundle"):
-        codec.find_bundle(other, tiny_bundle)
+        find_bundle(None, "0" * LEAN_BUNDLE_ID, tiny_bundle)
     with pytest.raises(FormatError, match="bundle id"):
-        codec.find_bundle(dict(small.header, bundle={"sha256": "abc"}), tiny_bundle)
+        DstdHeader.from_dict(dict(small.header, bundle={"sha256": "abc"}))
 
 
 def test_budget_beyond_the_finest_rate_is_said_not_padded(tiny_bundle, scan):
@@ -114,7 +119,7 @@ def test_infeasible_budget_states_the_largest_feasible_ratio(tiny_bundle, scan):
 
 
 def test_other_bundle_is_refused_and_missing_bundle_named(tiny_bundle, coded, tmp_path):
-    other = load_bundle(save_bundle(tmp_path / "other.dstdb", dict(tiny_bundle.config, name="other"),
+    other = load_bundle(save_bundle(tmp_path / "other.dstdb", replace(tiny_bundle.config, name="other"),
                                     tiny_bundle.template, texture=tiny_bundle.texture))
     with pytest.raises(BundleError, match="coded with bundle 'tiny'"):
         codec.decode(coded, other)
@@ -266,7 +271,7 @@ def test_output_bytes_do_not_depend_on_the_worker_count(tiny_bundle, scan, coded
 
 def test_a_one_block_frame_is_coded_whole_on_the_smallest_frame_that_covers(tiny_bundle, scan, tmp_path):
     from deepstd.alignment import compact_frame, texture_frame
-    from deepstd.shape import Frame
+    from deepstd.grid import Frame
     from deepstd.texture import TextureStreams
 
     template = Frame((41, 47, 42), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
@@ -276,7 +281,7 @@ def test_a_one_block_frame_is_coded_whole_on_the_smallest_frame_that_covers(tiny
     assert margin == [3, 0, 3] and frame.size == (47, 47, 48)
     frame, margin = compact_frame(template, [8, 8, 8], lambda f: 1.0 - 1e-3 * (64 ** 3 - np.prod(f.size)) / 1e4)
     assert margin == [8, 8, 8]            # every smaller frame loses coverage: keep the default
-    one_block = load_bundle(save_bundle(tmp_path / "one.dstdb", dict(tiny_bundle.config, texture={"block": 64}),
+    one_block = load_bundle(save_bundle(tmp_path / "one.dstdb", replace(tiny_bundle.config, texture=TextureCoding(64)),
                                         tiny_bundle.template, texture=tiny_bundle.texture))
     data = codec.encode(scan, one_block, ratio=24, device="cpu")
     parsed = unpack(data)
@@ -286,3 +291,19 @@ def test_a_one_block_frame_is_coded_whole_on_the_smallest_frame_that_covers(tiny
     decoded = codec.decode(data, one_block)
     assert (decoded.size, decoded.spacing, decoded.origin, decoded.direction) == \
         (scan.size, scan.spacing, scan.origin, scan.direction)
+
+
+def test_every_warning_in_the_header_dictionary_still_matches_it():
+    """The preset dictionary holds the warnings' words; a reworded warning would change file sizes
+    silently. Rewording one needs a new dictionary, i.e. a new format minor version (FORMAT.md)."""
+    import re
+
+    from deepstd.codec.encoder import COVERAGE_WARNING, FINEST_RATE_WARNING
+    from deepstd.container import HEADER_DICTIONARY
+    from deepstd.shape.sizing import UNLIKE_TEMPLATE_WARNING
+
+    dictionary = HEADER_DICTIONARY.decode()
+    for template in (FINEST_RATE_WARNING, COVERAGE_WARNING, UNLIKE_TEMPLATE_WARNING):
+        literal = re.sub(r"\{[^}]*\}", " ", template)
+        missing = [word for word in re.findall(r"[A-Za-z']{3,}", literal) if word not in dictionary]
+        assert not missing, f"{template[:40]}…: {missing} not in the header dictionary"

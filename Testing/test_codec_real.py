@@ -21,7 +21,7 @@ def la_bundle():
 
 @pytest.fixture(scope="module")
 def held_out_scan(la_bundle):
-    held_out = la_bundle.config["training"]["holdout_files"]
+    held_out = la_bundle.config.holdout_files
     assert len(held_out) == 6
     return read(data_path("left_atrium_mr", "images", held_out[0]))
 
@@ -35,8 +35,8 @@ def coded_128(la_bundle, held_out_scan):
 def test_shipped_bundle_is_small_and_describes_itself(la_bundle):
     assert la_bundle.path.stat().st_size <= 10 * 2 ** 20
     config = la_bundle.config
-    assert config["modality"] == "MR" and config["training"]["scans"] == 26
-    assert config["registration"]["threshold"] < 0 and len(config["validation"]) >= 4
+    assert config.modality == "MR" and config.training["scans"] == 26
+    assert config.registration.threshold < 0 and len(config.validation) >= 4
     assert la_bundle.template.size[2] == 88
 
 

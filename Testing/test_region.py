@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deepstd import Volume, codec, keepmask, region
+from deepstd import Volume, codec, grid, keepmask, region
+from deepstd.bundle import texture_codec as bundle_texture_codec
 from deepstd.container import pack, unpack
 from deepstd.errors import BudgetError, FormatError, InputError
 from deepstd.texture import TextureStreams
@@ -54,7 +55,7 @@ def test_a_small_box_decodes_only_the_block_groups_it_reads(tiny_bundle, coded, 
 
     monkeypatch.setattr(texture_codec, "decompress_latents", counting)
     section = unpack(coded).sections["texture"]
-    texture = codec.texture_codec(tiny_bundle)
+    texture = bundle_texture_codec(tiny_bundle)
     texture.decompress(section)
     whole = sum(blocks)
     blocks.clear()
@@ -64,7 +65,7 @@ def test_a_small_box_decodes_only_the_block_groups_it_reads(tiny_bundle, coded, 
 
 def test_texture_box_decode_matches_the_whole_texture(tiny_bundle, coded):
     section = unpack(coded).sections["texture"]
-    texture = codec.texture_codec(tiny_bundle)
+    texture = bundle_texture_codec(tiny_bundle)
     whole = texture.decompress(section)
     box = ((3, 10, 20), (20, 41, 33))
     part = texture.decompress(section, box=box)
@@ -79,7 +80,7 @@ def test_region_strings_and_millimetres(scan):
         with pytest.raises(InputError):
             region.parse(bad, scan.size)
     # a millimetre box just around the voxel centres 2..5 along each axis
-    from deepstd.shape import Frame
+    from deepstd.grid import Frame
 
     grid = Frame.of(scan)
     axis_aligned = Frame(grid.size, grid.spacing, grid.origin, (1, 0, 0, 0, 1, 0, 0, 0, 1))
@@ -152,8 +153,8 @@ def test_keep_mask_refusals(tiny_bundle, scan, lesion):
 def test_keep_mask_section_round_trips_and_refuses_damage(lesion, scan):
     data = keepmask.compress(lesion)
     box, mask = keepmask.decompress(data, scan.size)
-    assert box == region.bounding_box(lesion)
-    np.testing.assert_array_equal(mask, lesion[region.slices(box, region.whole(scan.size))])
+    assert box == grid.bounding_box(lesion)
+    np.testing.assert_array_equal(mask, lesion[grid.slices(box, grid.whole(scan.size))])
     rng = np.random.default_rng(0)
     for cut in range(len(data)):
         with pytest.raises(FormatError):

@@ -11,9 +11,11 @@ import torch
 
 from deepstd import Cancelled, Volume
 from deepstd.errors import BudgetError, FormatError
-from deepstd.shape import (CycleSettings, FieldSnapshot, Frame, Siren, compose, decode_shape, displacement,
+from deepstd.grid import Frame
+from deepstd.grid.sampling import compose, warp
+from deepstd.shape import (CycleSettings, FieldSnapshot, Siren, decode_shape, displacement,
                            encode_shape, folding_fraction, inverse_consistency, jacobian_determinant, register,
-                           to_sitk_field, warp, width_for_budget)
+                           to_sitk_field, width_for_budget)
 from deepstd.shape.code import code_bytes
 
 torch.set_num_threads(1)

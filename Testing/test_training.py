@@ -40,11 +40,34 @@ def test_rank_templates_puts_the_widest_first_and_outliers_last():
 
 def test_augment_is_seeded_and_keeps_the_shape():
     unit = blob_volume((24, 20, 16), (1.0, 1.0, 1.0)).array / 1000.0
+    before = unit.copy()
     a = augment(unit, np.random.default_rng(3))
     b = augment(unit, np.random.default_rng(3))
     assert a.shape == unit.shape and a.dtype == np.float32
-    np.testing.assert_array_equal(a, b)
+    assert np.all(np.isfinite(a))
+    np.testing.assert_array_equal(a, b)                                   # same seed, same output
+    np.testing.assert_array_equal(unit, before)                           # the input is left alone
     assert not np.allclose(a, unit, atol=1e-3)
+    assert np.abs(a - unit).mean() > 0.005                                # changed throughout, not at a few voxels
+    assert not np.allclose(a, augment(unit, np.random.default_rng(4)), atol=1e-3)   # another seed, another output
+    wide = augment(unit.astype(np.float64), np.random.default_rng(3))
+    assert wide.dtype == np.float32 and wide.shape == unit.shape
+    np.testing.assert_allclose(wide, a, atol=1e-5)                        # the input's float type does not matter
+
+
+def test_augment_is_a_plausible_variant_of_the_scan():
+    """A smooth warp plus a mild intensity change: still the same anatomy in about the same range."""
+    unit = blob_volume((40, 36, 28), (1.0, 1.0, 1.0)).array / 1000.0
+    for seed in range(4):
+        out = augment(unit, np.random.default_rng(seed))
+        assert np.all(np.isfinite(out))
+        assert -0.2 < out.min() and out.max() < 1.2 * unit.max()
+        assert np.corrcoef(out.ravel(), unit.ravel())[0, 1] > 0.6
+        # the same draws with no displacement: the intensity change alone, mild but real
+        still = augment(unit, np.random.default_rng(seed), max_shift=0.0)
+        assert np.corrcoef(still.ravel(), unit.ravel())[0, 1] > 0.97
+        assert 0.001 < np.abs(still - unit).mean() and np.abs(still - unit).max() < 0.25
+        assert np.abs(out - still).max() > 0.05                            # and the warp does move voxels
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +88,9 @@ def test_train_bundle_end_to_end_plain_and_with_a_teacher(population, tmp_path):
     first = train_bundle(population, tmp_path / "plain.dstdb", "plain", "MR", "blob", holdout=1, steps=4,
                          patch=16, texture_overrides=overrides, log=lambda line: None)
     bundle = load_bundle(first)
-    training = bundle.config["training"]
+    training = bundle.config.training
     assert training["scans"] == 2 and training["holdout_files"] == ["scan2.nii.gz"] and training["teacher"] is None
-    assert [p["rate"] for p in bundle.config["validation"]] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert [p["rate"] for p in bundle.config.validation] == [0.0, 0.25, 0.5, 0.75, 1.0]
     taught = load_bundle(train_bundle(population, tmp_path / "taught.dstdb", "taught", "MR", "blob", holdout=1,
                                       steps=4, patch=16, teacher=first, log=lambda line: None,
                                       work_dir=tmp_path / "plain.work"))

@@ -47,7 +47,7 @@ def main() -> None:
     bundle = load_bundle(args.bundle)
     bounds = [float(b) for b in args.bounds.split(",")]
     rows = []
-    for name in bundle.config["training"]["holdout_files"][: args.scans]:
+    for name in bundle.config.holdout_files[: args.scans]:
         volume = read(args.data / "images" / name)
         for bound in bounds:
             started = time.perf_counter()

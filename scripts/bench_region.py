@@ -21,11 +21,11 @@ import sys, torch
 def hwm():  # VmHWM: this process's peak RSS (ru_maxrss would include the forking parent's)
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
 from deepstd import codec
-from deepstd.bundle import load_bundle
+from deepstd.bundle import load_bundle, texture_codec
 torch.set_num_threads(int(sys.argv[4]))
 roi = None if sys.argv[3] == "full" else tuple(tuple(int(v) for v in c.split(",")) for c in sys.argv[3].split("/"))
 bundle = load_bundle(sys.argv[2])
-codec.texture_codec(bundle, "cpu")
+texture_codec(bundle, "cpu")
 print(hwm())
 codec.decode(open(sys.argv[1], "rb").read(), bundle, device="cpu", roi=roi)
 print(hwm())

@@ -22,7 +22,9 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from deepstd.shape import CycleSettings, Frame, folding_fraction, inverse_consistency, jacobian_determinant, register, warp
+from deepstd.grid import Frame
+from deepstd.grid.sampling import warp
+from deepstd.shape import CycleSettings, folding_fraction, inverse_consistency, jacobian_determinant, register
 from deepstd.shape.calibrate import calibrate_threshold
 from deepstd.shape.files import METRICS_STRIDE
 from deepstd.shape.intensity import normalise

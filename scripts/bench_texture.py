@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from deepstd.bundle import load_bundle
-from deepstd.codec import texture_codec
+from deepstd.bundle import texture_codec
 
 
 def best_of(repeat: int, fn):
@@ -41,7 +41,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     bundle = load_bundle(args.bundle)
     codec = texture_codec(bundle, "cpu")
-    block = bundle.config.get("texture", {}).get("block", 64)
+    block = bundle.config.texture.block
     total = {"voxels": 0, "encode_s": 0.0, "decode_s": 0.0, "bytes": 0}
     for path in args.volumes:
         unit = np.load(path)["unit"].astype(np.float32)

@@ -57,7 +57,7 @@ def main() -> None:
         measured = {(r["scan"], r["target_ratio"]): {k: r[k] for k in ("bytes", "psnr", "ssim")}
                     for r in bench.load(args.bench) if r["codec"] == "deepstd" and r["status"] == "ok"}
     rows = []
-    for name in bundle.config["training"]["holdout_files"]:
+    for name in bundle.config.holdout_files:
         volume = read(args.data / "images" / name)
         for ratio in [float(r) for r in args.ratios.split(",")]:
             budget = int(volume.raw_bytes // ratio)
@@ -67,7 +67,7 @@ def main() -> None:
                 decoded = codec.decode(data, bundle).array
                 known = {"bytes": len(data), "psnr": metrics.psnr(volume.array, decoded),
                          "ssim": metrics.ssim(volume.array, decoded)}
-            u_data, unaligned = unaligned_file(texture, volume, budget, bundle.config.get("intensity"))
+            u_data, unaligned = unaligned_file(texture, volume, budget, bundle.config.intensity)
             row = {"scan": name, "target_ratio": ratio,
                    "aligned": known,
                    "unaligned": None if u_data is None else {

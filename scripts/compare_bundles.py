@@ -17,9 +17,9 @@ def main() -> None:
     curves = {}
     for path in sys.argv[1:]:
         bundle = load_bundle(path)
-        points = sorted(bundle.config["validation"], key=lambda p: p["bytes"])
+        points = sorted(bundle.config.validation, key=lambda p: p["bytes"])
         curves[path] = (np.log([p["ratio"] for p in points]), [p["psnr"] for p in points],
-                        bundle.config["training"].get("seconds"))
+                        bundle.config.training.get("seconds"))
     low = max(min(r) for r, _, _ in curves.values())
     high = min(max(r) for r, _, _ in curves.values())
     ratios = [float(np.exp(v)) for v in np.linspace(low, high, 4)]

@@ -19,7 +19,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import deepstd  # noqa: E402
-from deepstd.shape import CycleSettings, Frame, register, warp  # noqa: E402
+from deepstd.grid import Frame  # noqa: E402
+from deepstd.grid.sampling import warp  # noqa: E402
+from deepstd.shape import CycleSettings, register  # noqa: E402
 
 DATA = Path(os.environ.get("DEEPSTD_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

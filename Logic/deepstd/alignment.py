@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Optional, Tuple
+from typing import Any, Mapping, Optional, Tuple
 
 import numpy as np
 
 from .errors import BundleError
+from .grid import shape_zyx, whole
 from .progress import Reporter
 from .volume import Volume
 
@@ -46,7 +47,7 @@ class IntensityMap:
         return cls(lo, hi)
 
 
-def intensity_map(array: np.ndarray, rule: Optional[dict] = None) -> IntensityMap:
+def intensity_map(array: np.ndarray, rule: Optional[Mapping[str, Any]] = None) -> IntensityMap:
     """The mapping of one scan under a bundle's rule.
 
     `percentile`: lo/hi at the rule's percentiles of this scan (MR). `window`: fixed lo/hi in
@@ -100,7 +101,7 @@ def frame_for(scan: Volume, template_frame, code, block):
     until it holds the scan when it does not (`covering_frame`), and when the result fits in one
     texture block, the compact frame coded whole (block None). Encoding and training both choose
     frames here, so the codec learns on the frames it will code."""
-    from .shape import Frame
+    from .grid import Frame
 
     step = 1 if scan.voxels <= COVERAGE_EXACT_VOXELS else COVERAGE_STEP
     frame, margin = texture_frame(template_frame)
@@ -127,9 +128,9 @@ def covering_frame(template_frame, margin, reader: "ScanReader"):
     window reads inside it, within MAX_FRAME_VOXELS. A template is one scan's field of view: a
     scan of the same population may reach far beyond it (a coronal prostate T2 reads 60 % of its
     voxels outside the axial template's frame), and a voxel outside decodes as background."""
-    from .shape import field
+    from .grid import sampling
 
-    low, high = field.read_extent(template_frame, reader.disp, reader.scan_grid, reader.window)
+    low, high = sampling.read_extent(template_frame, reader.disp, reader.scan_grid, reader.window)
     size = np.asarray(template_frame.size)
     need = np.maximum(np.ceil(-low - 0.5), np.ceil(high - (size - 0.5))) + 1
     base = np.asarray(margin, dtype=np.int64)
@@ -184,11 +185,12 @@ def into_template(scan: Volume, backward, matrix: np.ndarray, template, frame,
     forward network (measured on LA: +2 dB for the shape path alone). Support = texture voxels
     that read inside the scan; outside it the texture continues the scan smoothly (`extend_outside`).
     """
+    from .grid import sampling
     from .shape import field
 
     disp = field.inverse_displacement(field.SampledField(backward, template), template, grid=frame,
                                       post=matrix, reporter=reporter)
-    warped = field.warp(scan.with_array(mapping.to_unit(scan.array)), disp, frame, INTERPOLATION,
+    warped = sampling.warp(scan.with_array(mapping.to_unit(scan.array)), disp, frame, INTERPOLATION,
                         default=np.nan, reporter=reporter).array
     support = ~np.isnan(warped)
     return extend_outside(warped, support), support
@@ -238,7 +240,7 @@ class ScanReader:
         from .shape import field
 
         self.frame, self.scan_grid = frame, scan_grid
-        self.window = window or field.whole(scan_grid)
+        self.window = window or whole(scan_grid.size)
         self._coverage = {}
         self.disp = field.displacement(field.SampledField(backward, template), template, grid=scan_grid,
                                        pre=np.linalg.inv(matrix), reporter=reporter, clamp=True,
@@ -249,20 +251,20 @@ class ScanReader:
         """The texture voxels the window's values depend on ((x0, y0, z0), (x1, y1, z1)), None when
         it reads nothing. The whole scan takes the whole frame: any box that holds the footprint
         plus the prefilter's halo gives the same values, and this saves a pass over every voxel."""
-        from .shape import field
+        from .grid import sampling
 
-        if self.window == field.whole(self.scan_grid):
-            return field.whole(self.frame)
-        return field.read_box(self.frame, self.disp, self.scan_grid, self.window)
+        if self.window == whole(self.scan_grid.size):
+            return whole(self.frame.size)
+        return sampling.read_box(self.frame, self.disp, self.scan_grid, self.window)
 
     def coverage(self, frame=None) -> float:
         """The fraction of the window's voxels that read inside the texture frame (or `frame`; the
         rest decode as the background value), without decoding anything."""
-        from .shape import field
+        from .grid import sampling
 
         frame = frame or self.frame
         if frame not in self._coverage:   # choosing a frame asks for the same ones more than once
-            self._coverage[frame] = field.inside_fraction(frame, self.disp, self.scan_grid, self.window)
+            self._coverage[frame] = sampling.inside_fraction(frame, self.disp, self.scan_grid, self.window)
         return self._coverage[frame]
 
     @property
@@ -286,12 +288,12 @@ class ScanReader:
         """The window's values in original units from the texture inside `texture_box`, and the
         fraction of its voxels whose backward map landed inside the texture frame (the rest get
         the background value; the margin makes this rare)."""
-        from .shape import field
+        from .grid import sampling
 
         if self.box is None:
-            values = np.full(field.box_shape_zyx(self.window), np.nan, dtype=np.float32)
+            values = np.full(shape_zyx(self.window), np.nan, dtype=np.float32)
         else:
-            values = field.sample_cubic(self.frame, part, self.box[0], self.disp, self.scan_grid, self.window,
+            values = sampling.sample_cubic(self.frame, part, self.box[0], self.disp, self.scan_grid, self.window,
                                         default=np.nan, reporter=reporter)
         outside = np.isnan(values)
         coverage = 1.0 - float(outside.mean())

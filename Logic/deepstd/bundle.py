@@ -14,9 +14,10 @@ import json
 import tempfile
 import zipfile
 import zlib
-from dataclasses import dataclass, replace
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Union
 
 from .container import write_atomic
 from .errors import BundleError, InputError
@@ -34,13 +35,124 @@ _ZIP_ERRORS = (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOF
                zlib.error)
 
 
+#: pre-alignments `deepstd.shape.prealign` knows
+PREALIGNMENTS = ("none", "moments", "affine")
+
+
+@dataclass(frozen=True)
+class RegistrationConfig:
+    """How scans are registered to the bundle's template. `cycle` holds the Cycle-INR settings
+    (`deepstd.shape.CycleSettings` fields) besides the ones named here."""
+
+    width: int = 32
+    depth: int = 3
+    seed: int = 0
+    threshold: Optional[float] = None
+    prealignment: str = "moments"
+    downsample: int = 2
+    cycle: Mapping[str, Any] = field(default_factory=dict)
+
+    def cycle_settings(self, width: Optional[int] = None) -> Dict[str, Any]:
+        """Keyword arguments of `CycleSettings` for a network `width` wide (default: the bundle's)."""
+        return {**self.cycle, "width": self.width if width is None else width, "depth": self.depth,
+                "seed": self.seed, "threshold": self.threshold}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RegistrationConfig":
+        named = {"width", "depth", "seed", "threshold", "prealignment", "downsample"}
+        config = cls(width=d.get("width", 32), depth=d.get("depth", 3), seed=d.get("seed", 0),
+                     threshold=d.get("threshold"), prealignment=d.get("prealignment", "moments"),
+                     downsample=d.get("downsample", 2), cycle={k: v for k, v in d.items() if k not in named})
+        for key, low, high in (("width", 1, 512), ("depth", 1, 16), ("downsample", 1, 16), ("seed", 0, 2**31)):
+            value = getattr(config, key)
+            if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
+                raise BundleError(f"registration.{key} must be an integer in {low}..{high}, got {value!r}")
+        if config.prealignment not in PREALIGNMENTS:
+            raise BundleError(f"registration.prealignment must be one of {', '.join(PREALIGNMENTS)}")
+        if config.threshold is not None and not isinstance(config.threshold, (int, float)):
+            raise BundleError("registration.threshold must be a number")
+        return config
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {**self.cycle, "width": self.width, "depth": self.depth, "seed": self.seed,
+                "threshold": self.threshold, "prealignment": self.prealignment, "downsample": self.downsample}
+
+
+@dataclass(frozen=True)
+class TextureCoding:
+    """How the aligned texture is coded: block size (None: whole frame) and the rate span."""
+
+    block: Optional[int] = 64
+    rates: Tuple[float, ...] = (0.0, 1.0)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TextureCoding":
+        block = d.get("block", 64)
+        if block is not None and not (isinstance(block, int) and 16 <= block <= 1024 and block % 16 == 0):
+            raise BundleError(f"texture.block must be a multiple of 16 in 16..1024, got {block!r}")
+        return cls(block, tuple(d.get("rates", (0.0, 1.0))))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"block": self.block, "rates": list(self.rates)}
+
+
+@dataclass(frozen=True)
+class BundleConfig:
+    """A bundle's `config.json`, typed: identity, intensity rule, registration and texture settings,
+    and the training record (kept as written: provenance, not settings)."""
+
+    name: str
+    modality: str
+    region: str
+    description: str = ""
+    intensity: Optional[Mapping[str, Any]] = None
+    registration: RegistrationConfig = field(default_factory=RegistrationConfig)
+    texture: TextureCoding = field(default_factory=TextureCoding)
+    training: Mapping[str, Any] = field(default_factory=dict)
+    validation: Tuple[Any, ...] = ()
+
+    @property
+    def is_ct(self) -> bool:
+        return self.modality.upper() == "CT"
+
+    @property
+    def holdout_files(self) -> Tuple[str, ...]:
+        """The training scans held out for validation (the bundle's honest test set)."""
+        return tuple(self.training.get("holdout_files", ()))
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "BundleConfig":
+        if not isinstance(d, dict) or any(not isinstance(d.get(key), str) for key in REQUIRED_CONFIG):
+            raise BundleError(f"config.json must be an object with {', '.join(REQUIRED_CONFIG)} (strings)")
+        for key in ("registration", "texture", "training"):
+            if not isinstance(d.get(key, {}), dict):
+                raise BundleError(f"config.json: {key} must be an object")
+        intensity = d.get("intensity")
+        if intensity is not None and not (isinstance(intensity, dict) and intensity.get("kind") in ("percentile", "window")
+                                          and all(isinstance(intensity.get(k), (int, float)) for k in ("low", "high"))):
+            raise BundleError("config.json: intensity must be a percentile or window rule with numeric low and high")
+        return cls(name=d["name"], modality=d["modality"], region=d["region"], description=str(d.get("description", "")),
+                   intensity=intensity, registration=RegistrationConfig.from_dict(d.get("registration", {})),
+                   texture=TextureCoding.from_dict(d.get("texture", {})), training=d.get("training", {}),
+                   validation=tuple(d.get("validation", ())))
+
+    def to_dict(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"name": self.name, "modality": self.modality, "region": self.region,
+                               "description": self.description, "registration": self.registration.to_dict(),
+                               "texture": self.texture.to_dict(), "training": dict(self.training),
+                               "validation": list(self.validation)}
+        if self.intensity is not None:
+            out["intensity"] = dict(self.intensity)
+        return out
+
+
 @dataclass
 class Bundle:
     """A loaded bundle: its settings, template (and labels) and the texture weights' bytes."""
 
     name: str
     sha256: str
-    config: dict
+    config: BundleConfig
     template: Volume
     template_labels: Optional[Volume]
     texture: bytes
@@ -48,10 +160,9 @@ class Bundle:
 
     def describe(self) -> str:
         c = self.config
-        training = c.get("training", {})
-        return (f"{self.name}: {c['modality']} {c['region']}, template {'x'.join(map(str, self.template.size))} "
+        return (f"{self.name}: {c.modality} {c.region}, template {'x'.join(map(str, self.template.size))} "
                 f"@ {' x '.join(f'{s:.3g}' for s in self.template.spacing)} mm"
-                + (f", trained on {training['scans']} scans" if "scans" in training else "")
+                + (f", trained on {c.training['scans']} scans" if "scans" in c.training else "")
                 + f", id {self.sha256[:12]}…")
 
 
@@ -108,25 +219,27 @@ def from_bytes(data: bytes, path: Optional[Path] = None) -> Bundle:
             raise BundleError(f"entry {name} is corrupt ({type(exc).__name__}: {exc})") from None
 
     try:
-        config = json.loads(entry("config.json").decode("utf-8"))
+        config = BundleConfig.from_dict(json.loads(entry("config.json").decode("utf-8")))
     except (UnicodeDecodeError, ValueError):
         raise BundleError("config.json is not valid JSON") from None
-    if not isinstance(config, dict) or any(key not in config for key in REQUIRED_CONFIG):
-        raise BundleError(f"config.json must be an object with {', '.join(REQUIRED_CONFIG)}")
     labels = _volume(entry("template_labels.nii.gz")) if "template_labels.nii.gz" in infos else None
     texture = entry("texture.safetensors") if "texture.safetensors" in infos else b""
     template = _volume(entry("template.nii.gz"))
-    if str(config["modality"]).upper() == "CT":      # NIfTI does not say so; the bundle does
+    if config.is_ct:      # NIfTI does not say so; the bundle does
         template = replace(template, units="HU")
-    return Bundle(str(config["name"]), hashlib.sha256(data).hexdigest(), config, template, labels, texture, path)
+    return Bundle(config.name, hashlib.sha256(data).hexdigest(), config, template, labels, texture, path)
 
 
-def save_bundle(path, config: dict, template: Volume, template_labels: Optional[Volume] = None,
-                texture: bytes = b"") -> Path:
-    """Write a bundle atomically; identical content gives identical bytes (and id)."""
-    if any(key not in config for key in REQUIRED_CONFIG):
-        raise InputError(f"a bundle config needs {', '.join(REQUIRED_CONFIG)}")
-    entries = {"config.json": json.dumps(config, indent=1, sort_keys=True).encode(),
+def save_bundle(path, config: Union[BundleConfig, Mapping[str, Any]], template: Volume,
+                template_labels: Optional[Volume] = None, texture: bytes = b"") -> Path:
+    """Write a bundle atomically; identical content gives identical bytes (and id). A plain
+    mapping is checked as `BundleConfig.from_dict` would check the file's config.json."""
+    if not isinstance(config, BundleConfig):
+        try:
+            config = BundleConfig.from_dict(dict(config))
+        except BundleError as exc:
+            raise InputError(f"a bundle config: {exc}") from None
+    entries = {"config.json": json.dumps(config.to_dict(), indent=1, sort_keys=True).encode(),
                "template.nii.gz": _nifti_bytes(template)}
     if template_labels is not None:
         entries["template_labels.nii.gz"] = _nifti_bytes(template_labels)
@@ -160,4 +273,78 @@ def _volume(payload: bytes) -> Volume:
             raise BundleError("the template image is unreadable") from None
 
 
-__all__ = ["Bundle", "load_bundle", "from_bytes", "save_bundle", "shipped_bundles", "SUFFIX"]
+# --- which bundle, and its texture codec ------------------------------------------------------------
+def resolve_bundle(bundle: Union[Bundle, str, Path]) -> Bundle:
+    """A loaded bundle, or the one a shipped name or a file path names."""
+    return bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+
+
+_hashes: Dict[Tuple[str, int, int], str] = {}
+
+
+def bundle_sha256(path: Union[str, Path]) -> str:
+    """A bundle file's id (the SHA-256 of its bytes) without parsing it; memoised per path, size
+    and modification time, so finding a file's bundle hashes each candidate once per session."""
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _hashes:
+        digest = hashlib.sha256()
+        with open(path, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+        _hashes[key] = digest.hexdigest()
+    return _hashes[key]
+
+
+def find_bundle_file(name: Optional[str], sha256: str, search: Iterable[Union[str, Path]] = ()) -> Path:
+    """The bundle file a `.dstd` was coded with: among `search` (files, or folders of bundles),
+    then the shipped ones, the first whose id starts with `sha256` (a lean header keeps 16 hex
+    digits). Only candidates are hashed; only the match is parsed (by the caller)."""
+    candidates = []
+    for entry in list(search) + [SHIPPED_DIR]:
+        entry = Path(entry).expanduser()
+        candidates += sorted(entry.glob(f"*{SUFFIX}")) if entry.is_dir() else [entry]
+    for path in candidates:
+        if path.is_file() and bundle_sha256(path).startswith(sha256):
+            return path
+    label = f"{name!r} ({sha256[:12]}…)" if name else f"{sha256[:12]}…"
+    raise BundleError(f"the bundle this file was coded with ({label}) is not installed; pass its file with --bundle")
+
+
+def find_bundle(name: Optional[str], sha256: str, bundle: Union[Bundle, str, Path, None] = None,
+                search: Iterable[Union[str, Path]] = ()) -> Bundle:
+    """The bundle a file was coded with: the one given (checked against the file's id), or the
+    installed one with that id (`find_bundle_file`)."""
+    label = f"{name!r} ({sha256[:12]}…)" if name else f"{sha256[:12]}…"
+    if bundle is not None:
+        bundle = resolve_bundle(bundle)
+        if not bundle.sha256.startswith(sha256):
+            raise BundleError(f"this file was coded with bundle {label}, not {bundle.name!r} ({bundle.sha256[:12]}…)")
+        return bundle
+    return load_bundle(find_bundle_file(name, sha256, search))
+
+
+#: texture codecs kept built (a few hundred MB each at most); the least recently used goes first
+CODEC_CACHE_SIZE = 4
+_codecs: "OrderedDict[Tuple[str, str], Any]" = OrderedDict()
+
+
+def texture_codec(bundle: Bundle, device: str = "cpu"):
+    """The bundle's texture codec, built once per bundle and device (at most CODEC_CACHE_SIZE kept)."""
+    from .texture import TextureCodec
+
+    if not bundle.texture:
+        raise BundleError(f"bundle {bundle.name} has no texture weights")
+    key = (bundle.sha256, device)
+    if key not in _codecs:
+        _codecs[key] = TextureCodec.from_bytes(bundle.texture, device=device)
+        while len(_codecs) > CODEC_CACHE_SIZE:
+            _codecs.popitem(last=False)
+    _codecs.move_to_end(key)
+    return _codecs[key]
+
+
+__all__ = ["Bundle", "BundleConfig", "RegistrationConfig", "TextureCoding", "load_bundle", "from_bytes", "save_bundle",
+           "shipped_bundles", "resolve_bundle", "find_bundle", "find_bundle_file", "bundle_sha256", "texture_codec",
+           "SUFFIX"]

@@ -132,7 +132,7 @@ def cmd_bench(args) -> None:
     bundle = load_bundle(args.bundle)
     scans = list(args.scans)
     if args.data:
-        held_out = bundle.config.get("training", {}).get("holdout_files", [])
+        held_out = bundle.config.holdout_files
         folder = args.data / "images" if (args.data / "images").is_dir() else args.data
         scans += [folder / name for name in held_out]
     if not scans:

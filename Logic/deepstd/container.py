@@ -160,9 +160,9 @@ def _stored_header(header: dict) -> Tuple[int, bytes]:
     """(flags, bytes) of the smallest of: the JSON text, deflated, deflated with the dictionary."""
     text = json.dumps(header, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
     choices = [(0, text)]
-    for flags, extra in ((FLAG_DEFLATED_HEADER, {}),
-                         (FLAG_DEFLATED_HEADER | FLAG_DICTIONARY, {"zdict": HEADER_DICTIONARY})):
-        deflater = zlib.compressobj(9, zlib.DEFLATED, -15, 9, **extra)
+    for flags, deflater in ((FLAG_DEFLATED_HEADER, zlib.compressobj(9, zlib.DEFLATED, -15, 9)),
+                            (FLAG_DEFLATED_HEADER | FLAG_DICTIONARY,
+                             zlib.compressobj(9, zlib.DEFLATED, -15, 9, zdict=HEADER_DICTIONARY))):
         choices.append((flags, deflater.compress(text) + deflater.flush()))
     return min(choices, key=lambda choice: len(choice[1]))
 

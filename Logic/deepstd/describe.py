@@ -83,7 +83,7 @@ def describe_bundle(path) -> str:
 
     bundle = load_bundle(path)
     return "\n".join([bundle.describe(), f"sha256:    {bundle.sha256}",
-                      "config:    " + json.dumps(bundle.config, sort_keys=True)])
+                      "config:    " + json.dumps(bundle.config.to_dict(), sort_keys=True)])
 
 
 __all__ = ["describe_bundle", "describe", "describe_volume", "describe_dstd", "describe_series_list"]

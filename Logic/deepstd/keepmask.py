@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import FormatError
 from .packing import Packer, Unpacker
-from .region import Box, bounding_box
+from .grid import Box, bounding_box
 
 VERSION = 1
 _FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]

@@ -1,22 +1,17 @@
-"""Regions of a scan's voxel grid: `--roi x0:x1,y0:y1,z0:z1` (voxels) and `--roi-mm` (LPS mm).
+"""Regions a user asks for: `--roi x0:x1,y0:y1,z0:z1` (voxels) and `--roi-mm` (LPS mm), checked.
 
 A region is a box ((x0, y0, z0), (x1, y1, z1)) of voxel indices in ITK order, upper bounds
-excluded, always inside the grid. Decoding a region gives exactly the voxels of a full decode
+excluded, always inside the grid (`deepstd.grid.box`). Decoding a region gives exactly the voxels of a full decode
 there, on a grid with the same spacing and direction and the origin of its first voxel.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Sequence
 
 import numpy as np
 
 from .errors import InputError
-
-Box = Tuple[Tuple[int, int, int], Tuple[int, int, int]]
-
-
-def whole(size: Sequence[int]) -> Box:
-    return (0, 0, 0), tuple(int(n) for n in size)
+from .grid import Box
 
 
 def checked(box, size: Sequence[int]) -> Box:
@@ -70,25 +65,4 @@ def parse_mm(text: str, grid) -> Box:
     return tuple(int(v) for v in lo), tuple(int(v) for v in hi)
 
 
-def union(a: Box, b: Optional[Box]) -> Box:
-    if b is None:
-        return a
-    return (tuple(min(x, y) for x, y in zip(a[0], b[0])), tuple(max(x, y) for x, y in zip(a[1], b[1])))
-
-
-def slices(inner: Box, outer: Box) -> Tuple[slice, slice, slice]:
-    """(z, y, x) slices of `inner` within an array covering `outer`."""
-    return tuple(slice(inner[0][a] - outer[0][a], inner[1][a] - outer[0][a]) for a in (2, 1, 0))
-
-
-def bounding_box(mask: np.ndarray) -> Optional[Box]:
-    """The box (x, y, z) of the true voxels of a (z, y, x) mask; None when it is empty."""
-    nz = np.nonzero(mask)
-    if not len(nz[0]):
-        return None
-    lo = [int(nz[a].min()) for a in (2, 1, 0)]
-    hi = [int(nz[a].max()) + 1 for a in (2, 1, 0)]
-    return tuple(lo), tuple(hi)
-
-
-__all__ = ["Box", "whole", "checked", "parse", "parse_mm", "union", "slices", "bounding_box"]
+__all__ = ["checked", "parse", "parse_mm"]

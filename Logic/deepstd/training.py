@@ -1,6 +1,6 @@
 """Train a codec bundle from a folder of scans: `deepstd train DATA_DIR --out NAME.dstdb`.
 
-Steps (METHOD.md, Ideas 1, 2, 5, 6): rank the scans and pick the template (widest imaging range
+Steps (../shared/docs/METHOD.md, Ideas 1, 2, 5, 6): rank the scans and pick the template (widest imaging range
 after excluding outliers; the ranking is printed so the choice is auditable), register every
 scan to it with Cycle-INR (aligned scans cached in the work folder), calibrate the gradual-
 degradation threshold (75th percentile of the losses after the probe steps), train the texture
@@ -69,8 +69,7 @@ def template_grid(template: Volume, scans: Sequence[Volume], max_voxels: int = M
     training scan has (the texture cannot hold detail finer than its grid, so a population with a
     3 mm template would code a 0.8 mm scan at 3 mm), coarsened until it holds at most `max_voxels`;
     same box, origin and direction. A template already that fine is returned unchanged."""
-    from .shape import Frame
-    from .shape import field
+    from .grid import Frame, sampling
 
     finest = min(min(s.spacing) for s in scans)
     frame = Frame.of(template)
@@ -80,11 +79,11 @@ def template_grid(template: Volume, scans: Sequence[Volume], max_voxels: int = M
     size = tuple(int(np.floor(length / spacing + 1e-6)) + 1 for length in frame.lengths)
     grid = Frame(size, (spacing,) * 3, frame.origin, frame.direction)
     zero = np.zeros(grid.shape_zyx + (3,), np.float32)
-    fine = field.warp(template, zero, grid, "cubic")
+    fine = sampling.warp(template, zero, grid, "cubic")
     fine = fine.with_array(cast_to_dtype(np.clip(fine.array, template.array.min(), template.array.max()),
                                          template.dtype).astype(np.float32))
     if labels is not None:
-        labels = field.warp(labels, zero, grid, "nearest")
+        labels = sampling.warp(labels, zero, grid, "nearest")
     return fine, labels
 
 
@@ -124,6 +123,7 @@ def train_bundle(data_dir, out, name: str, modality: str, region: str, holdout: 
     from .bundle import save_bundle
     from .io import read
     from .shape import CycleSettings, decode_shape, register
+    from .shape.sizing import SHAPE_BITS
     from .texture.network import TextureConfig
     from .texture.train import TrainSettings, evaluate, train
 
@@ -166,7 +166,7 @@ def train_bundle(data_dir, out, name: str, modality: str, region: str, holdout: 
             unit, support, loss, probe = data["unit"], data["support"], float(data["loss"]), float(data["probe"])
         else:
             reg = register(scan, template, settings, cancel=cancel)
-            stored = decode_shape(reg.shape_code(8))
+            stored = decode_shape(reg.shape_code(SHAPE_BITS))
             frame = frame_for(scan, reg.frame, stored, TEXTURE_BLOCK)[0]
             unit, support = into_template(scan, stored.backward, stored.matrix, reg.frame, frame,
                                           intensity_map(scan.array, rule))

@@ -78,7 +78,8 @@ class Volume:
     @property
     def extent_mm(self) -> Tuple[float, float, float]:
         """Physical imaging range along each axis: size × spacing (how templates are ranked)."""
-        return tuple(n * s for n, s in zip(self.size, self.spacing))
+        (nx, ny, nz), (sx, sy, sz) = self.size, self.spacing
+        return nx * sx, ny * sy, nz * sz
 
     def index_to_physical(self) -> np.ndarray:
         """4×4 matrix mapping a continuous index (x, y, z, 1) to LPS millimetres."""

@@ -194,7 +194,7 @@ def _rescale(ds):
     return slope, intercept
 
 
-def _orientation(ds) -> np.ndarray:
+def _orientation(ds) -> Optional[np.ndarray]:
     iop = getattr(ds, "ImageOrientationPatient", None)
     if iop is None or len(iop) != 6:
         return None
@@ -226,8 +226,8 @@ def _read_slices(datasets: Sequence, warnings: List[str]) -> Volume:
                              "ImageOrientationPatient; cannot order them")
         direction, positions = np.eye(3), [(0.0, 0.0, 0.0)]
         warnings.append("geometry missing (no position/orientation): identity direction used")
-    positions = np.asarray(positions, dtype=float)
-    along = positions @ direction[:, 2]
+    points = np.asarray(positions, dtype=float)
+    along = points @ direction[:, 2]
     order = np.argsort(along, kind="stable")
     along = along[order]
     if len(along) > 1 and np.min(np.diff(along)) < 1e-4:
@@ -294,8 +294,9 @@ def _read_multiframe(ds, warnings: List[str]) -> Volume:
         direction = _orientation(type("G", (), {"ImageOrientationPatient": iop})())
     geometry_known = direction is not None and all(p is not None and len(p) == 3 for p in positions)
     if geometry_known:
-        positions = np.asarray(positions, float)
-        along = positions @ direction[:, 2]
+        assert direction is not None
+        points = np.asarray(positions, float)
+        along = points @ direction[:, 2]
         order = np.argsort(along, kind="stable")
         gaps = np.diff(along[order])
         if frames > 1 and np.min(gaps) < 1e-4:
@@ -303,7 +304,7 @@ def _read_multiframe(ds, warnings: List[str]) -> Volume:
                              "not supported")
         dz = float(np.mean(gaps)) if frames > 1 else float(
             lookup(0, "PixelMeasuresSequence", "SliceThickness") or 1.0)
-        origin = tuple(positions[order[0]])
+        origin = tuple(points[order[0]])
     else:
         warnings.append("geometry missing (no per-frame position/orientation): frames stacked in "
                         "file order with 1 mm spacing and identity direction")
@@ -311,6 +312,7 @@ def _read_multiframe(ds, warnings: List[str]) -> Volume:
     if spacing is None or len(spacing) != 2:
         warnings.append("PixelSpacing missing: 1 mm assumed")
         spacing = (1.0, 1.0)
+    assert direction is not None
     stored = pixels[order]
     rescales = [rescales[i] for i in order]
     values = _apply_rescale(stored, rescales)
@@ -364,7 +366,7 @@ def write_dicom_series(volume: Volume, folder, lossy_ratio: Optional[float] = No
     Files go to a temporary folder that is renamed into place: no partial series on failure.
     """
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
 
     folder = Path(folder)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
@@ -387,11 +389,11 @@ def write_dicom_series(volume: Volume, folder, lossy_ratio: Optional[float] = No
     try:
         for k in range(nz):
             meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = sop_class
+            meta.MediaStorageSOPClassUID = UID(sop_class)
             meta.MediaStorageSOPInstanceUID = generate_uid()
             meta.TransferSyntaxUID = ExplicitVRLittleEndian
             meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-            ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+            ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)  # type: ignore[arg-type]
             for tag in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge",
                         "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
                         "ReferringPhysicianName", "StudyDescription", "BodyPartExamined"):

@@ -14,8 +14,8 @@ from typing import Callable, List, Optional
 import numpy as np
 import torch
 
+from ..grid import Frame
 from ..progress import Reporter
-from .frame import Frame
 from .losses import cycle_loss, jacobian_loss, ncc, sample
 from .siren import Siren
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..progress import CancelToken, ProgressCallback, Reporter
+from ..grid.sampling import warp
 from . import field as F
 from .cycle_inr import CycleSettings
 from .register import register
@@ -44,7 +45,7 @@ def register_files(moving: str, template: str, out_warped: Optional[str] = None,
     reg = register(mov, tpl, CycleSettings(**settings), prealignment=prealignment,
                    progress=progress, cancel=cancel, threads=threads)
     disp = reg.forward_field(reporter)
-    warped = F.warp(mov, disp, reg.frame, "linear", reporter=reporter)
+    warped = warp(mov, disp, reg.frame, "linear", reporter=reporter)
     check = reg.frame.coarse(METRICS_STRIDE)     # folding and inverse consistency on every 2nd voxel
     det = F.jacobian_determinant(reg.fit.forward, check)
     ic_mean, ic_max = F.inverse_consistency(reg.fit.forward, reg.fit.backward, check, reg.frame)
@@ -60,11 +61,11 @@ def register_files(moving: str, template: str, out_warped: Optional[str] = None,
         write_image_atomic(F.to_sitk_field(disp, reg.frame), out_field)
         result["out_field"] = str(out_field)
     if moving_labels:
-        labels = F.warp(read(moving_labels), disp, reg.frame, "nearest")
+        labels = warp(read(moving_labels), disp, reg.frame, "nearest")
         if template_labels:
             ref = read(template_labels).array
             result["dice"] = _dice(labels.array, ref)
-            identity = F.warp(read(moving_labels), np.zeros_like(disp), reg.frame, "nearest")
+            identity = warp(read(moving_labels), np.zeros_like(disp), reg.frame, "nearest")
             result["dice_before"] = _dice(identity.array, ref)
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=1))

@@ -1,4 +1,4 @@
-"""Cycle-INR loss terms on a batch of points (paper, Methods; METHOD.md Idea 2)."""
+"""Cycle-INR loss terms on a batch of points (paper, Methods; ../shared/docs/METHOD.md Idea 2)."""
 from __future__ import annotations
 
 import torch

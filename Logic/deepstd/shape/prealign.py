@@ -10,9 +10,10 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
+from ..bundle import PREALIGNMENTS
 from ..errors import InputError
 
-MODES = ("none", "moments", "affine")
+MODES = PREALIGNMENTS
 
 
 def prealign(fixed: sitk.Image, moving: sitk.Image, mode: str = "moments", seed: int = 0) -> np.ndarray:

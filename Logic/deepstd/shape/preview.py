@@ -6,8 +6,8 @@ from typing import Tuple
 
 import numpy as np
 
+from ..grid import Frame
 from .field import displacement
-from .frame import Frame
 
 PREVIEW_SIZE = 24
 

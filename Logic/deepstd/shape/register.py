@@ -9,12 +9,12 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from ..grid import Frame
 from ..progress import CancelToken, ProgressCallback, Reporter
 from ..volume import Volume
 from . import field as fields
 from .code import encode_shape
 from .cycle_inr import CycleSettings, Fit, fit_cycle
-from .frame import Frame
 from .intensity import normalise
 from .prealign import matrix_transform, prealign
 from .preview import preview_grid, snapshot
@@ -42,11 +42,6 @@ class Registration:
     def forward_field(self, reporter: Optional[Reporter] = None) -> np.ndarray:
         """ITK displacement on the template grid: template point p reads the scan at p + u(p)."""
         return fields.displacement(self.fit.forward, self.frame, post=self.matrix, reporter=reporter)
-
-    def backward_field(self, grid: Frame, reporter: Optional[Reporter] = None) -> np.ndarray:
-        """ITK displacement on the scan's grid: scan point p reads the template frame at p + u(p)."""
-        return fields.displacement(self.fit.backward, self.frame, grid=grid,
-                                   pre=np.linalg.inv(self.matrix), reporter=reporter)
 
     def shape_code(self, bits: int = 8) -> bytes:
         return encode_shape(self.fit.backward, self.matrix, bits)

@@ -107,10 +107,6 @@ class TextureNet(nn.Module):
             x = self.s_tcm2(x, self._pos(coords, 2))
         return self.s_out(x)
 
-    def tcm_features(self):
-        """The TCM blocks in order (for feature distillation)."""
-        return [b for b in (self.a_tcm1, self.a_tcm2, self.s_tcm1, self.s_tcm2) if b is not None]
-
     # --- training ----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, level: torch.Tensor, coords=None):
         """Noisy-quantisation pass for training. level: (N,) fractional levels in [0, K−1]."""

@@ -43,7 +43,7 @@ class TrainSettings:
     checkpoint_every: int = 250
     seed: int = 0
     clip_grad: float = 1.0
-    #: weight of the feature-distillation loss when a teacher is given (METHOD.md, Idea 6)
+    #: weight of the feature-distillation loss when a teacher is given (../shared/docs/METHOD.md, Idea 6)
     distill_alpha: float = 0.5
 
 
@@ -176,18 +176,6 @@ def evaluate(codec: TextureCodec, volumes: Sequence[np.ndarray], rates: Sequence
                        "encode_mvox_s": coded / t_enc / 1e6,
                        "decode_mvox_s": coded / t_dec / 1e6})
     return points
-
-
-def codec_from_checkpoint(path) -> TextureCodec:
-    """A usable codec from a training checkpoint (builds the CDF tables)."""
-    from safetensors import safe_open
-    with safe_open(str(path), "pt") as f:
-        config = TextureConfig.from_dict(json.loads(f.metadata()["config"]))
-    net = TextureNet(config)
-    load_checkpoint(Path(path), net, [])
-    net.eval()
-    net.update()
-    return TextureCodec(net)
 
 
 def distillation_loss(features: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

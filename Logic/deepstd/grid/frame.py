@@ -5,16 +5,21 @@ grid (align_corners=True: n = -1 and +1 are the first and last voxel centres) an
 each axis by its physical length, so the longest axis spans [-1, 1] and one q unit is the same
 number of millimetres on every axis. SIREN frequencies, the Jacobian and the cycle error are then
 isotropic in physical space even for 0.6 x 0.6 x 3.6 mm voxels.
+
+Importing this module does not import torch (the container, the CLI's `info` and the Slicer module
+describe grids without it); the coordinate maps import it when called.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import TYPE_CHECKING, Tuple
 
 import numpy as np
-import torch
 
 from ..volume import Volume
+
+if TYPE_CHECKING:       # torch is imported by the methods that compute with it: a Frame is plain data
+    import torch
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,8 @@ class Frame:
         """q coordinates (M, 3) of the voxel centres of slices z0..z1, in array (z, y, x) order;
         `box` ((x0, x1), (y0, y1)) limits the rows and columns. Each point's value does not depend
         on which others are asked for, so a region of a grid gets exactly the numbers of the whole."""
+        import torch
+
         z1 = self.size[2] if z1 is None else z1
         (x0, x1), (y0, y1) = box or ((0, self.size[0]), (0, self.size[1]))
         zz, yy, xx = torch.meshgrid(torch.arange(z0, z1, dtype=torch.float64),
@@ -99,37 +106,45 @@ class Frame:
         return self.index_to_q(idx).float()
 
     def index_to_q(self, idx: torch.Tensor) -> torch.Tensor:
+        import torch
+
         steps = torch.as_tensor(self.steps, dtype=idx.dtype)
         aspect = torch.as_tensor(self.aspect, dtype=idx.dtype)
         return (2.0 * idx / steps - 1.0) * aspect
 
-    def q_to_grid(self, q: torch.Tensor) -> torch.Tensor:
-        """`grid_sample` coordinates (x, y, z order, align_corners=True) of q on this grid."""
-        return q / torch.as_tensor(self.aspect, dtype=q.dtype)
-
     def q_to_physical(self, q: torch.Tensor) -> torch.Tensor:
         """LPS millimetres (M, 3) of q points (float64 recommended)."""
+        import torch
+
         idx = (q / torch.as_tensor(self.aspect, dtype=q.dtype) + 1.0) / 2.0 * torch.as_tensor(self.steps, dtype=q.dtype)
         m = torch.as_tensor(self.direction_matrix * np.asarray(self.spacing)[None, :], dtype=q.dtype)
         return affine(idx, m, torch.as_tensor(self.origin, dtype=q.dtype))
 
     def physical_to_q(self, points: torch.Tensor) -> torch.Tensor:
         """q coordinates of LPS points (M, 3) (inverse of `q_to_physical`)."""
+        import torch
+
         m = torch.as_tensor(self.direction_matrix * np.asarray(self.spacing)[None, :], dtype=points.dtype)
         return self.index_to_q(affine(points - torch.as_tensor(self.origin, dtype=points.dtype), torch.linalg.inv(m)))
 
     def units_to_mm(self, d: torch.Tensor) -> torch.Tensor:
         """A displacement in q units (M, 3) as an LPS vector in millimetres."""
+        import torch
+
         m = torch.as_tensor(self.direction_matrix * self.mm_per_unit, dtype=d.dtype)
         return d @ m.t()
 
     def units_to_voxels(self, d: torch.Tensor) -> torch.Tensor:
         """A displacement in q units as a displacement in this grid's voxels, per axis."""
+        import torch
+
         return d * torch.as_tensor(self.mm_per_unit / np.asarray(self.spacing), dtype=d.dtype)
 
 
 def physical_to_index(volume: Volume, points: torch.Tensor) -> torch.Tensor:
     """Continuous (x, y, z) voxel index in `volume` of LPS points (M, 3)."""
+    import torch
+
     m = torch.as_tensor(volume.direction_matrix * np.asarray(volume.spacing)[None, :], dtype=points.dtype)
     return affine(points - torch.as_tensor(volume.origin, dtype=points.dtype), torch.linalg.inv(m))
 
@@ -144,5 +159,7 @@ def affine(points: torch.Tensor, m: torch.Tensor, t: torch.Tensor | None = None)
 
 def index_to_grid(volume: Volume, idx: torch.Tensor) -> torch.Tensor:
     """`grid_sample` coordinates (align_corners=True) of continuous voxel indices in `volume`."""
+    import torch
+
     steps = torch.as_tensor(np.maximum(np.asarray(volume.size, dtype=np.float64) - 1.0, 1.0), dtype=idx.dtype)
     return 2.0 * idx / steps - 1.0

@@ -1,0 +1,120 @@
+"""The decoder: a `.dstd` byte string -> the Volume on the original grid, in the original dtype.
+
+`Decoder` computes what the file holds for a window of the scan grid from the bytes it reads:
+`decode` uses it, and the maximum-error and keep encoders code against exactly its numbers.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+from .. import grid, region
+from ..alignment import ScanReader, texture_frame
+from ..bundle import Bundle, find_bundle, texture_codec
+from ..container import unpack
+from ..device import pick_device
+from ..errors import FormatError
+from ..grid import Box, Frame
+from ..progress import CancelToken, ProgressCallback, Reporter
+from ..volume import Volume, cast_to_dtype
+from .header import DstdHeader
+
+
+class Decoder:
+    """The DeepSTD layer of a file on a window of the scan grid. The backward map (which does not
+    depend on the texture) is evaluated once, so the encoders can call `base` at many rates."""
+
+    def __init__(self, bundle: Bundle, header: DstdHeader, shape: bytes, window: Optional[Box], codec,
+                 workers: Optional[int] = None, reporter: Optional[Reporter] = None):
+        from ..shape import decode_shape
+
+        self.header = header
+        template = Frame.of(bundle.template)
+        self.frame, _ = texture_frame(template, list(header.codec.margin))
+        code = decode_shape(shape)
+        self.reader = ScanReader(template, self.frame, code.backward, code.matrix, header.grid, window, reporter)
+        self.codec, self.workers = codec, workers
+
+    def base(self, texture, progress=None, cancel=None) -> Tuple[np.ndarray, float]:
+        """The DeepSTD layer on the window (original dtype's values, as float32) and its coverage."""
+        from ..texture import TextureStreams
+
+        streams = texture if isinstance(texture, TextureStreams) else TextureStreams.from_bytes(texture)
+        if tuple(streams.shape) != self.frame.shape_zyx:
+            raise FormatError(f"texture shape {tuple(streams.shape)} does not match the bundle's template grid")
+        box = self.reader.texture_box
+        part = None if box is None else self.codec.decompress(streams, self.workers, progress, cancel, box=box)
+        values, coverage = self.reader.read(part, self.header.intensity)
+        return cast_to_dtype(values, self.header.dtype).astype(np.float32), coverage
+
+
+def add_residual(base: np.ndarray, section: bytes, bound: Optional[float], dtype: str,
+                 key: str = "max_error") -> np.ndarray:
+    """The DeepSTD layer plus a residual layer coded within ±bound (the header's value)."""
+    from .. import residual
+
+    if bound is None or not (math.isfinite(bound) and 0 <= bound < 1e12):
+        raise FormatError(f"the file has a residual layer but no valid {key} in its header")
+    integer = np.dtype(dtype).kind in "iu"
+    if not integer and bound <= 0:
+        raise FormatError("a lossless residual layer needs integer voxels")
+    step = residual.step_for(float(bound), integer)
+    q = residual.decompress(section, base, step)
+    return cast_to_dtype(base.astype(np.float64) + residual.dequantise(q, step), dtype).astype(np.float32)
+
+
+def decode(data: bytes, bundle=None, device: str = "auto", workers: Optional[int] = None,
+           progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
+           roi=None) -> Volume:
+    """A `.dstd` byte string -> the Volume on the original grid, in the original dtype's values.
+
+    `roi` ((x0, y0, z0), (x1, y1, z1)), voxels of the original grid: only that box, exactly as a
+    full decode has it, decoding only the texture blocks it reads (a file with a maximum-error
+    layer is decoded whole and cropped: its residual's context needs every voxel)."""
+    from .. import keepmask
+
+    parsed = unpack(data)
+    header = DstdHeader.from_dict(parsed.header)
+    for name in ("shape", "texture"):
+        if name not in parsed.sections:
+            raise FormatError(f"the file has no {name!r} section")
+    bundle = find_bundle(header.bundle.name, header.bundle.sha256, bundle)
+    reporter = Reporter(progress, cancel)
+    size = header.grid.size
+    window = grid.whole(size) if roi is None else region.checked(roi, size)
+    keep = keepmask.decompress(parsed.sections["keep/mask"], size) if "keep/mask" in parsed.sections else None
+    if "residual" in parsed.sections:
+        reading = grid.whole(size)
+    else:
+        reading = grid.union(window, keep[0] if keep else None)
+    codec = texture_codec(bundle, pick_device(device))
+    view = Decoder(bundle, header, parsed.sections["shape"], reading, codec, workers, reporter.scaled(0.0, 0.2))
+    values, coverage = view.base(parsed.sections["texture"], reporter.scaled(0.2, 0.9).callback(), cancel)
+    dtype = header.dtype
+    if "residual" in parsed.sections:
+        values = add_residual(values, parsed.sections["residual"], header.max_error, dtype)
+    if keep is not None:
+        if "keep/residual" not in parsed.sections:
+            raise FormatError("the file has a keep mask but no 'keep/residual' section")
+        part = values[grid.slices(keep[0], reading)]
+        bound = header.keep.max_error if header.keep else None
+        part[keep[1]] = add_residual(part[keep[1]], parsed.sections["keep/residual"], bound, dtype, "keep.max_error")
+    values = np.ascontiguousarray(values[grid.slices(window, reading)])
+    reporter("write", 1.0, "decoded")
+    dstd: Dict[str, Any] = {"bundle": bundle.name, "coverage": coverage}
+    for key in ("max_error", "keep"):
+        if key in parsed.header:
+            dstd[key] = parsed.header[key]
+    if roi is not None:
+        dstd["roi"] = [list(window[0]), list(window[1])]
+    meta: Dict[str, Any] = {"warnings": list(header.warnings), "dstd": dstd}
+    if header.dicom:
+        meta["dicom"] = header.dicom
+    scan_grid = header.grid if roi is None else header.grid.window(*window)
+    return Volume(values, scan_grid.spacing, scan_grid.origin, scan_grid.direction, dtype=dtype, units=header.units,
+                  meta=meta)
+
+
+__all__ = ["Decoder", "decode", "add_residual"]

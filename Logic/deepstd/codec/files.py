@@ -1,0 +1,93 @@
+"""Files in, files out: what `deepstd encode` / `decode` call. Outputs are written atomically."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+
+from .. import region
+from ..container import unpack, write_atomic
+from ..errors import FormatError, InputError
+from ..volume import Volume
+from .decoder import decode
+from .encoder import budget_for, encode
+from .header import DstdHeader
+
+
+def encode_file(source, output, bundle, ratio: Optional[float] = None, budget_bytes: Optional[int] = None,
+                max_error: Optional[float] = None, keep: Optional[str] = None, series_uid: Optional[str] = None,
+                **kw) -> dict:
+    """Read a scan (file or DICOM folder), encode it, write `output` atomically; return a report.
+    `keep`: 'LABELMAP[:E]', a label map on the scan's grid whose voxels > 0 are kept within ±E."""
+    from ..io import read
+
+    started = time.perf_counter()
+    volume = read(source, series_uid=series_uid)
+    mask, keep_error = (None, 0.0) if keep is None else read_keep(keep, volume)
+    data = encode(volume, bundle, ratio=ratio, budget_bytes=budget_bytes, max_error=max_error, keep=mask,
+                  keep_error=keep_error, **kw)
+    write_atomic(output, data)
+    parsed = unpack(data)
+    header = parsed.header
+    budget = None if max_error is not None else budget_for(volume, ratio, budget_bytes)
+    report = {"input": str(source), "output": str(output), "raw_bytes": volume.raw_bytes,
+              "bytes": len(data), "budget_bytes": budget,
+              "ratio": volume.raw_bytes / len(data),
+              "target_ratio": None if budget is None else round(volume.raw_bytes / budget, 4),
+              "max_error": header.get("max_error"),
+              "seconds": time.perf_counter() - started, "warnings": header.get("warnings", [])}
+    if "keep" in header:
+        report["keep"] = dict(header["keep"], mask_bytes=len(parsed.sections["keep/mask"]),
+                              residual_bytes=len(parsed.sections["keep/residual"]))
+    return report
+
+
+def read_keep(spec: str, volume: Volume) -> Tuple[np.ndarray, float]:
+    """'LABELMAP[:E]' -> (the mask of label > 0 on `volume`'s grid, E). The label map must share
+    the scan's grid: a mask that is off by a voxel would keep the wrong tissue."""
+    from ..io import read
+
+    path, bound = str(spec), ""
+    if ":" in path and not Path(path).exists():
+        path, _, bound = path.rpartition(":")
+    try:
+        keep_error = float(bound) if bound else 0.0
+    except ValueError:
+        raise InputError(f"--keep {spec!r}: the bound after ':' must be a number") from None
+    labels = read(path)
+    if tuple(labels.size) != tuple(volume.size):
+        raise InputError(f"--keep {path}: label map is {'x'.join(map(str, labels.size))}, "
+                         f"the scan {'x'.join(map(str, volume.size))}")
+    if not (np.allclose(labels.spacing, volume.spacing, atol=1e-3) and np.allclose(labels.origin, volume.origin, atol=1e-2)
+            and np.allclose(labels.direction, volume.direction, atol=1e-4)):
+        raise InputError(f"--keep {path}: the label map's geometry (spacing, origin, direction) differs from the scan's")
+    return labels.array > 0, keep_error
+
+
+def decode_file(source, output, bundle=None, roi=None, roi_mm: Optional[str] = None, **kw) -> Volume:
+    """Decode a `.dstd` file and write the volume (a folder without suffix: a DICOM series).
+    `roi`: a box or 'x0:x1,y0:y1,z0:z1' (voxels); `roi_mm`: the same in LPS millimetres."""
+    from ..io import itk, write
+
+    path = Path(source)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        if isinstance(roi, str) or roi_mm is not None:
+            grid = DstdHeader.from_dict(unpack(data).header).grid
+            roi = region.parse(roi, grid.size) if roi_mm is None else region.parse_mm(roi_mm, grid)
+        volume = decode(data, bundle, roi=roi, **kw)
+    except FormatError as exc:
+        raise FormatError(f"{path}: {exc}") from None
+    if itk.suffix_of(Path(output)) is None:     # a folder: a DICOM series marked as lossy
+        write(volume, output, lossy_ratio=volume.raw_bytes / len(data), lossy_method="DEEPSTD")
+    else:
+        write(volume, output)
+    return volume
+
+
+__all__ = ["encode_file", "decode_file", "read_keep"]
