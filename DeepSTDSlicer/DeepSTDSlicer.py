@@ -184,7 +184,7 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # --- Codec ----------------------------------------------------------------------------------
     def _populateBundles(self) -> None:
         self.ui.bundleComboBox.clear()
-        for name, path in codec.shipped_bundles().items():
+        for name, path in codec.bundles().shipped_bundles().items():
             self.ui.bundleComboBox.addItem(name, str(path))
         if not self.ui.bundleComboBox.count:
             self.ui.bundleDescriptionLabel.text = _(

@@ -110,6 +110,11 @@ def test_cli_decodes_a_region(tiny_bundle, scan, coded, full, tmp_path, capsys):
 
 
 # --- keep masks ----------------------------------------------------------------------------------
+def labels_of(scan, mask):
+    """A label map on the scan's grid: keep masks travel as volumes, so their grid can be checked."""
+    return scan.with_array(np.asarray(mask, dtype=np.float32), dtype="uint8")
+
+
 @pytest.fixture(scope="module")
 def lesion(scan):
     """A small ellipsoidal 'lesion' label inside the scan."""
@@ -119,7 +124,7 @@ def lesion(scan):
 
 @pytest.mark.parametrize("bound", [0, 2])
 def test_keep_mask_voxels_are_within_their_bound_inside_the_budget(tiny_bundle, scan, lesion, bound):
-    data = codec.encode(scan, tiny_bundle, ratio=12, keep=lesion, keep_error=bound, device="cpu")
+    data = codec.encode(scan, tiny_bundle, ratio=12, keep=labels_of(scan, lesion), keep_error=bound, device="cpu")
     budget = scan.raw_bytes // 12
     assert (1 - codec.TOLERANCE) * budget <= len(data) <= budget
     out = codec.decode(data, tiny_bundle)
@@ -140,14 +145,19 @@ def test_keep_mask_voxels_are_within_their_bound_inside_the_budget(tiny_bundle, 
 
 def test_keep_mask_refusals(tiny_bundle, scan, lesion):
     with pytest.raises(InputError, match="empty"):
-        codec.encode(scan, tiny_bundle, ratio=20, keep=np.zeros_like(lesion))
-    with pytest.raises(InputError, match="shape"):
-        codec.encode(scan, tiny_bundle, ratio=20, keep=lesion[:-1])
+        codec.encode(scan, tiny_bundle, ratio=20, keep=labels_of(scan, np.zeros_like(lesion)))
+    with pytest.raises(InputError, match="voxels"):
+        codec.encode(scan, tiny_bundle, ratio=20, keep=Volume(lesion[:-1].astype(np.float32), scan.spacing,
+                                                               scan.origin, scan.direction, dtype="uint8"))
+    with pytest.raises(InputError, match="geometry"):
+        codec.encode(scan, tiny_bundle, ratio=20, keep=labels_of(scan, lesion).with_array(lesion.astype(np.float32), spacing=(9.0, 9.0, 9.0)))
+    with pytest.raises(InputError, match="label map"):
+        codec.encode(scan, tiny_bundle, ratio=20, keep=lesion)           # a bare array has no grid to check
     with pytest.raises(InputError, match="maximum error already"):
-        codec.encode(scan, tiny_bundle, max_error=2, keep=lesion)
+        codec.encode(scan, tiny_bundle, max_error=2, keep=labels_of(scan, lesion))
     everything = np.ones_like(lesion)
     with pytest.raises(BudgetError, match="keep mask"):
-        codec.encode(scan, tiny_bundle, ratio=60, keep=everything, device="cpu")
+        codec.encode(scan, tiny_bundle, ratio=60, keep=labels_of(scan, everything), device="cpu")
 
 
 def test_keep_mask_section_round_trips_and_refuses_damage(lesion, scan):
@@ -189,7 +199,7 @@ def test_cli_keep_reports_the_bytes_and_info_shows_it(tiny_bundle, scan, lesion,
 
 
 def test_damaged_keep_sections_only_raise_format_errors(tiny_bundle, scan, lesion):
-    data = codec.encode(scan, tiny_bundle, ratio=12, keep=lesion, device="cpu")
+    data = codec.encode(scan, tiny_bundle, ratio=12, keep=labels_of(scan, lesion), device="cpu")
     parsed = unpack(data)
     without = {k: v for k, v in parsed.sections.items() if k != "keep/residual"}
     with pytest.raises(FormatError, match="keep/residual"):

@@ -8,12 +8,11 @@ GUI shows as is.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 
 if TYPE_CHECKING:
+    from deepstd.codec.header import DstdHeader
     from deepstd.volume import Volume
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -35,85 +34,22 @@ def require(module: str, purpose: str):
 
 # --- bundles ------------------------------------------------------------------------------------
 
-def _bundles():
+def bundles():
+    """`deepstd.bundle` (torch-free): shipped bundles (`shipped_bundles`, `SHIPPED_DIR`), loading
+    by name or path (`load_bundle`, `shipped_path`), ids (`bundle_sha256`) and finding the bundle
+    a file was coded with (`find_bundle_file`)."""
     return require("deepstd.bundle", "Choosing a codec bundle")
 
 
-def shipped_bundle_dir() -> Path:
-    """`deepstd/bundles/` of the installed package."""
-    return _bundles().SHIPPED_DIR
-
-
-def shipped_bundles() -> Dict[str, Path]:
-    """Name -> path of every bundle shipped with the package (name = file name without suffix)."""
-    folder, suffix = shipped_bundle_dir(), _bundles().SUFFIX
-    if not folder.is_dir():
-        return {}
-    return {p.name[:-len(suffix)]: p for p in sorted(folder.glob("*" + suffix))}
-
-
-def bundle_path(name_or_path: str) -> Path:
-    """A shipped bundle's name or a bundle file's path -> the file."""
-    shipped = shipped_bundles()
-    if name_or_path in shipped:
-        return shipped[name_or_path]
-    path = Path(name_or_path).expanduser()
-    if path.is_file():
-        return path
-    from deepstd.errors import BundleError
-    known = ", ".join(shipped) or "none"
-    raise BundleError(f"codec bundle {name_or_path!r} not found (shipped bundles: {known})")
-
-
-def load_bundle(path: Path):
-    """The bundle (settings, template, labels, weights) as `deepstd.bundle` reads and checks it."""
-    return _bundles().load_bundle(str(path))
-
-
-def describe_bundle(path: Path) -> str:
+def describe_bundle(name_or_path) -> str:
     """One paragraph for the Codec section: modality, region, training size and any description."""
-    config = load_bundle(path).config
-    training = config.get("training") if isinstance(config.get("training"), dict) else {}
-    parts = [f"<b>{config['name']}</b>", f"modality: {config['modality']}", f"region: {config['region']}",
-             f"trained on: {training.get('scans', '?')} scans"]
+    config = bundles().load_bundle(name_or_path).config
+    parts = [f"<b>{config.name}</b>", f"modality: {config.modality}", f"region: {config.region}",
+             f"trained on: {config.training.get('scans', '?')} scans"]
     text = " | ".join(parts)
-    if config.get("description"):
-        text += "<br>" + str(config["description"])
+    if config.description:
+        text += "<br>" + config.description
     return text
-
-
-def bundle_sha256(path: Path) -> str:
-    """A file's SHA-256: a bundle's id, as a `.dstd` header records it (hashed without parsing)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def bundle_template(path: Path) -> Tuple["Volume", Optional["Volume"]]:
-    """The bundle's template scan and, when it has them, its labels."""
-    bundle = load_bundle(path)
-    return bundle.template, bundle.template_labels
-
-
-def find_bundle(name: str, sha256: str = "", search: Sequence[Path] = ()) -> Path:
-    """The bundle a `.dstd` file was made with: a shipped one, or one of `search`, by name and id
-    (a small file's lean header records only the id's first 16 hex digits)."""
-    from deepstd.errors import BundleError
-    candidates = list(search) + list(shipped_bundles().values())
-    for path in candidates:
-        path = Path(path)
-        if not path.is_file():
-            continue
-        if sha256 and bundle_sha256(path).startswith(sha256):
-            return path
-        if not sha256 and path.name[:-len(_bundles().SUFFIX)] == name:
-            return path
-    raise BundleError(f"this file needs the codec bundle {name!r}"
-                      + (f" (id {sha256[:12]}…)" if sha256 else "")
-                      + ", which is not available: load that bundle file in the DeepSTD module's Codec "
-                        "section, or install the extension version that ships it")
 
 
 # --- operations ---------------------------------------------------------------------------------
@@ -128,41 +64,42 @@ def register(moving: "Volume", template: "Volume", progress: ProgressFn = None, 
     return shape.register(moving, template, progress=progress, cancel=cancel, **options)
 
 
-def encode(volume: "Volume", bundle_file: Path, ratio: Optional[float], device: str = "auto",
+def encode(volume: "Volume", bundle, ratio: Optional[float], device: str = "auto",
            progress: ProgressFn = None, cancel=None, max_error: Optional[float] = None,
            keep=None, keep_error: float = 0.0) -> bytes:
     """The complete `.dstd` file for `volume` at the requested compression ratio, or (`max_error`)
-    with every voxel within that bound; `keep`, a mask, is coded within ±keep_error."""
+    with every voxel within that bound; `keep`, a label map on its grid, is coded within ±keep_error. `bundle`:
+    a shipped bundle's name or a bundle file's path."""
     codec = require("deepstd.codec", "Compression")
-    bundle = load_bundle(bundle_file)
+    bundle = bundles().load_bundle(bundle)
     if max_error is not None:
         return codec.encode(volume, bundle, max_error=max_error, device=device, progress=progress, cancel=cancel)
     return codec.encode(volume, bundle, ratio=ratio, keep=keep, keep_error=keep_error, device=device,
                         progress=progress, cancel=cancel)
 
 
-def read_header(data: bytes) -> Dict[str, Any]:
-    """The verified `.dstd` header (geometry, bundle, encoder version) plus the achieved ratio,
-    which the container derives from the file size rather than storing it."""
+class FileHeader(NamedTuple):
+    """What a `.dstd` file says about itself: its typed header, and the achieved compression
+    ratio, which the container derives from the file size rather than storing it."""
+
+    header: "DstdHeader"
+    achieved_ratio: float
+
+
+def read_header(data: bytes) -> FileHeader:
+    """The verified `.dstd` header (container checks, then every key typed by `DstdHeader`)."""
     parsed = require("deepstd.container", "Reading a .dstd file").unpack(data)
-    return {**parsed.header, "achieved_ratio": round(parsed.achieved_ratio, 2)}
+    header = require("deepstd.codec.header", "Reading a .dstd file").DstdHeader.from_dict(parsed.header)
+    return FileHeader(header, round(parsed.achieved_ratio, 2))
 
 
-def decode(data: bytes, bundle_file: Path, device: str = "auto",
+def decode(data: bytes, bundle, device: str = "auto",
            progress: ProgressFn = None, cancel=None, roi=None) -> "Volume":
     """The volume stored in a `.dstd` file, exactly as `deepstd decode` writes it (`roi`: only
-    that box of voxels, ((x0, y0, z0), (x1, y1, z1)))."""
+    that box of voxels, ((x0, y0, z0), (x1, y1, z1))). `bundle`: a name or a bundle file's path."""
     codec = require("deepstd.codec", "Decompression")
-    bundle = load_bundle(bundle_file)
+    bundle = bundles().load_bundle(bundle)
     return codec.decode(data, bundle, device=device, progress=progress, cancel=cancel, roi=roi)
-
-
-def header_bundle(header: Dict[str, Any]) -> Tuple[str, str]:
-    """(bundle name, bundle id) recorded in a `.dstd` header."""
-    bundle = header.get("bundle", {})
-    if isinstance(bundle, dict):
-        return str(bundle.get("name", "")), str(bundle.get("sha256", bundle.get("id", "")))
-    return str(bundle), str(header.get("bundle_sha256", ""))
 
 
 def write_atomic(path: str, data: bytes) -> None:

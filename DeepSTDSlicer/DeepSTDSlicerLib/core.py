@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 import numpy as np
 import slicer
 
 from . import codec, mrml
 from .jobs import Job
+
+if TYPE_CHECKING:
+    from deepstd.codec.header import DstdHeader
+    from deepstd.grid import Frame
 
 MODULE_NAME = "DeepSTDSlicer"
 DEFAULT_RATIO = 64.0
@@ -61,9 +65,13 @@ class CompressResult:
 
 @dataclass
 class DecodedFile:
+    """A decoded `.dstd` file: the volume, the file's typed header, its achieved compression
+    ratio and the bundle file it was decoded with."""
+
     volume: Any
-    header: Dict[str, Any] = field(default_factory=dict)
-    bundle_file: Optional[Path] = None
+    header: "DstdHeader"
+    achieved_ratio: float
+    bundle_file: Path
 
 
 class DeepSTDCore:
@@ -86,7 +94,7 @@ class DeepSTDCore:
             ratio = float(get("ratio") or DEFAULT_RATIO)
         except ValueError:
             ratio = DEFAULT_RATIO
-        shipped = list(codec.shipped_bundles())
+        shipped = list(codec.bundles().shipped_bundles())
         return {"bundle": get("bundle") or (shipped[0] if shipped else ""),
                 "ratio": min(max(ratio, RATIO_RANGE[0]), RATIO_RANGE[1]),
                 "device": get("device") if get("device") in codec.DEVICES else "auto"}
@@ -105,22 +113,21 @@ class DeepSTDCore:
     # --- Codec section --------------------------------------------------------------------------
     @staticmethod
     def bundle_names() -> List[str]:
-        return list(codec.shipped_bundles())
+        return list(codec.bundles().shipped_bundles())
 
     @staticmethod
     def describe_bundle(name_or_path: str) -> str:
-        return codec.describe_bundle(codec.bundle_path(name_or_path))
+        return codec.describe_bundle(name_or_path)
 
     def show_template(self, name_or_path: str):
         """Load a bundle's template (and its labels as a segmentation) and show it in the views."""
-        path = codec.bundle_path(name_or_path)
-        template, labels = codec.bundle_template(path)
-        stem = path.stem
-        node = mrml.add_volume_node(template, f"{stem} template", self.scene,
+        bundle = codec.bundles().load_bundle(name_or_path)
+        stem = bundle.path.stem
+        node = mrml.add_volume_node(bundle.template, f"{stem} template", self.scene,
                                     attributes={ATTR_BUNDLE: stem})
         segmentation = None
-        if labels is not None:
-            segmentation = self.labels_to_segmentation(labels, f"{stem} template labels", node)
+        if bundle.template_labels is not None:
+            segmentation = self.labels_to_segmentation(bundle.template_labels, f"{stem} template labels", node)
         mrml.show_layers(self.scene, background=node)
         return node, segmentation
 
@@ -214,7 +221,8 @@ class DeepSTDCore:
         `max_error`: instead of the ratio, every voxel within that bound. `keep_node`: a label map
         on the volume's grid whose voxels are kept within ±keep_error."""
         volume = mrml.volume_from_node(input_node)
-        bundle_file = codec.bundle_path(bundle)
+        bundles = codec.bundles()
+        bundle_file = bundles.shipped_path(bundle, bundles.shipped_bundles(), "codec bundle")
         keep = None
         if keep_node is not None:
             labels = mrml.volume_from_node(keep_node)
@@ -222,7 +230,7 @@ class DeepSTDCore:
                 from deepstd.errors import InputError
                 raise InputError(f"the label map {keep_node.GetName()!r} is not on the grid of "
                                  f"{input_node.GetName()!r}; resample it first")
-            keep = labels.array > 0
+            keep = labels          # a label map on the scan's grid; the codec keeps its voxels > 0
 
         def work(report, cancel) -> CompressResult:
             start = time.perf_counter()
@@ -249,15 +257,27 @@ class DeepSTDCore:
     def decode_file(self, path: str, device: str = "auto", progress=None, cancel=None,
                     search: Optional[List[Path]] = None, roi=None) -> DecodedFile:
         """Read and decode a `.dstd` file, or only the box `roi` of it (no MRML: safe on a worker
-        thread). `roi` may also be a function of the header that returns the box."""
+        thread). `roi` may also be a function of the typed header (`DstdHeader`) that returns the box."""
         with open(path, "rb") as stream:
             data = stream.read()
-        header = codec.read_header(data)
-        bundle_name, bundle_id = codec.header_bundle(header)
-        bundle_file = codec.find_bundle(bundle_name, bundle_id,
-                                        self._bundle_search_paths() if search is None else search)
+        header, achieved_ratio = codec.read_header(data)
+        bundle_file = self.bundle_file_for(header, self._bundle_search_paths() if search is None else search)
         box = roi(header) if callable(roi) else roi
-        return DecodedFile(codec.decode(data, bundle_file, device, progress, cancel, roi=box), header, bundle_file)
+        volume = codec.decode(data, bundle_file, device, progress, cancel, roi=box)
+        return DecodedFile(volume, header, achieved_ratio, bundle_file)
+
+    @staticmethod
+    def bundle_file_for(header: "DstdHeader", search: List[Path]) -> Path:
+        """The bundle file a `.dstd` file was coded with (by id; see `deepstd.bundle.find_bundle_file`),
+        or a BundleError that says where to get it in Slicer."""
+        from deepstd.errors import BundleError
+
+        try:
+            return codec.bundles().find_bundle_file(header.bundle.name, header.bundle.sha256, search)
+        except BundleError:
+            raise BundleError(f"this file needs the codec bundle {header.bundle.label()}, which is not available: "
+                              "load that bundle file in the DeepSTD module's Codec section, or install the "
+                              "extension version that ships it") from None
 
     def start_slice_preview(self, path: str, ras, normal, half_width: int = 4, device: str = "auto",
                             on_progress=None, on_done=None, on_error=None) -> Job:
@@ -268,7 +288,7 @@ class DeepSTDCore:
 
         def finish(decoded: DecodedFile) -> None:
             lo, hi = decoded.volume.meta["dstd"]["roi"]
-            cut = [a for a in range(3) if hi[a] - lo[a] < decoded.header["geometry"]["size"][a]]
+            cut = [a for a in range(3) if hi[a] - lo[a] < decoded.header.grid.size[a]]
             axis = cut[0] if cut else 2
             stem = os.path.basename(path)
             stem = stem[:-5] if stem.endswith(".dstd") else stem
@@ -279,16 +299,15 @@ class DeepSTDCore:
                 on_done(node)
 
         return Job(lambda report, cancel: self.decode_file(
-            path, device, report, cancel, search, roi=lambda header: slab_around(header, ras, normal, half_width)),
+            path, device, report, cancel, search, roi=lambda header: slab_around(header.grid, ras, normal, half_width)),
             on_progress, finish, on_error, name="DeepSTD slice preview").start()
 
     def add_decoded_node(self, decoded: DecodedFile, path: str, name: Optional[str] = None):
-        """A volume node for a decoded file, with attributes naming ratio, bundle and encoder."""
+        """A volume node for a decoded file, with attributes naming ratio, bundle and encoder (empty
+        for a lean header, which does not record it)."""
         header = decoded.header
-        bundle_name, bundle_id = codec.header_bundle(header)
-        attributes = {ATTR_SOURCE: path, ATTR_BUNDLE: bundle_name, ATTR_BUNDLE_ID: bundle_id,
-                      ATTR_RATIO: header.get("achieved_ratio", header.get("ratio", "")),
-                      ATTR_ENCODER: header.get("encoder_version", header.get("encoder", ""))}
+        attributes = {ATTR_SOURCE: path, ATTR_BUNDLE: header.bundle.name or "", ATTR_BUNDLE_ID: header.bundle.sha256,
+                      ATTR_RATIO: decoded.achieved_ratio, ATTR_ENCODER: header.encoder_version or ""}
         stem = os.path.basename(path)
         stem = stem[:-5] if stem.endswith(".dstd") else stem
         return mrml.add_volume_node(decoded.volume, name or stem, self.scene, attributes=attributes)
@@ -385,16 +404,15 @@ class DeepSTDCore:
         return table_node, rows
 
 
-def slab_around(header: Dict[str, Any], ras, normal, half_width: int = 4):
-    """The voxel box of a `.dstd` file's grid around a plane (RAS point and normal): along the
-    grid axis closest to the normal, the 2·half_width + 1 slices nearest the plane; whole along
-    the others. Slicer works in RAS, the file in LPS."""
-    geometry = header["geometry"]
-    size = [int(n) for n in geometry["size"]]
-    direction = np.asarray(geometry["direction"], dtype=float).reshape(3, 3)
+def slab_around(grid: "Frame", ras, normal, half_width: int = 4):
+    """The voxel box of a `.dstd` file's grid (`DstdHeader.grid`) around a plane (RAS point and
+    normal): along the grid axis closest to the normal, the 2·half_width + 1 slices nearest the
+    plane; whole along the others. Slicer works in RAS, the file in LPS."""
+    size = [int(n) for n in grid.size]
+    direction = np.asarray(grid.direction, dtype=float).reshape(3, 3)
     flip = np.array([-1.0, -1.0, 1.0])
     point, normal_lps = np.asarray(ras, float) * flip, np.asarray(normal, float) * flip
-    index = np.linalg.solve(direction * np.asarray(geometry["spacing"], float), point - np.asarray(geometry["origin"]))
+    index = np.linalg.solve(direction * np.asarray(grid.spacing, float), point - np.asarray(grid.origin, float))
     axis = int(np.argmax(np.abs(direction.T @ normal_lps)))
     centre = int(np.clip(np.round(index[axis]), 0, size[axis] - 1))
     lo, hi = [0, 0, 0], list(size)

@@ -95,8 +95,7 @@ class DeepSTDSlicerFileWriter:
             settings = DeepSTDCore().settings()
             if not settings["bundle"]:
                 raise codec.CodecUnavailable("no codec bundle is selected (DeepSTD module, Codec section)")
-            data = codec.encode(mrml.volume_from_node(node), codec.bundle_path(settings["bundle"]),
-                                settings["ratio"], settings["device"])
+            data = codec.encode(mrml.volume_from_node(node), settings["bundle"], settings["ratio"], settings["device"])
             codec.write_atomic(path, data)
         except Exception as error:  # any failure must reach the user as a message, not a traceback
             return _report(self.parent, error, f"Could not save {os.path.basename(path)}")

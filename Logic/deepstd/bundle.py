@@ -346,5 +346,6 @@ def texture_codec(bundle: Bundle, device: str = "cpu"):
 
 
 __all__ = ["Bundle", "BundleConfig", "RegistrationConfig", "TextureCoding", "load_bundle", "from_bytes", "save_bundle",
-           "shipped_bundles", "resolve_bundle", "find_bundle", "find_bundle_file", "bundle_sha256", "texture_codec",
+           "shipped_bundles", "shipped_path", "resolve_bundle", "find_bundle", "find_bundle_file", "bundle_sha256",
+           "texture_codec", "SHIPPED_DIR",
            "SUFFIX"]

@@ -39,7 +39,7 @@ def codec_ready():
             importlib.import_module(module)
         except ImportError as error:
             pytest.skip(f"needs {module} (not importable yet: {error}); the plugins' failure paths are tested")
-    if not codec.shipped_bundles():
+    if not codec.bundles().shipped_bundles():
         pytest.skip("needs a shipped codec bundle in Logic/deepstd/bundles/*.dstdb (none yet)")
 
 
@@ -80,13 +80,24 @@ def test_reader_turns_a_broken_file_into_a_user_message(headless, tmp_path):
     assert headless.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0
 
 
+def _file_header(volume, name, sha256, **keys):
+    """A valid `.dstd` header for `volume`, coded with bundle `name` / `sha256` (as a dict)."""
+    from deepstd.alignment import IntensityMap
+    from deepstd.codec.header import BundleRef, CodecKeys, DstdHeader
+
+    return DstdHeader.for_volume(volume, intensity=IntensityMap(-1000.0, 1000.0), bundle=BundleRef(name, sha256),
+                                 codec=CodecKeys((0, 0, 0)), **keys)
+
+
 def test_reader_names_a_missing_bundle(headless, oblique_volume, tmp_path, monkeypatch):
     """A valid file made with a bundle this installation lacks: the message names the bundle."""
-    container = pytest.importorskip("deepstd.container", reason="deepstd.container not importable yet")
-    monkeypatch.setattr(codec, "shipped_bundles", lambda: {})
-    header = {**container.geometry_header(oblique_volume), "bundle": {"name": "ct-torso", "sha256": "ab" * 32}}
+    from deepstd import bundle
+    from deepstd.container import pack
+
+    monkeypatch.setattr(bundle, "SHIPPED_DIR", tmp_path / "no bundles")
+    header = _file_header(oblique_volume, "ct-torso", "ab" * 32)
     path = tmp_path / "scan.dstd"
-    path.write_bytes(container.pack(header, {"shape": b"s", "texture": b"t"}))
+    path.write_bytes(pack(header.to_dict(), {"shape": b"s", "texture": b"t"}))
     parent = FakeIOParent()
     reader = DeepSTDSlicerFileReader(parent)
     assert reader.canLoadFileConfidence(str(path)) > 0.55
@@ -95,30 +106,49 @@ def test_reader_names_a_missing_bundle(headless, oblique_volume, tmp_path, monke
     assert "'ct-torso'" in text and "not available" in text
 
 
-def test_reader_adds_the_decoded_volume_with_its_provenance(headless, oblique_volume, tmp_path, monkeypatch):
-    """The load path with the codec calls replaced: node geometry, voxels and attributes."""
-    bundle = tmp_path / "la-mr.dstdb"
+@pytest.mark.parametrize("lean", [False, True], ids=["full header", "lean header"])
+def test_reader_adds_the_decoded_volume_with_its_provenance(headless, oblique_volume, tmp_path, monkeypatch, lean):
+    """The load path with only decoding replaced: a real file's typed header gives the node's
+    attributes (a lean header records no encoder version and a 16-digit bundle id)."""
+    from deepstd import bundle as bundles
+    from deepstd.container import pack
+
+    shipped = tmp_path / "bundles"
+    shipped.mkdir()
+    bundle = shipped / "la-mr.dstdb"
     bundle.write_bytes(b"bundle")
-    header = {"bundle": {"name": "la-mr", "sha256": codec.bundle_sha256(bundle)}, "achieved_ratio": 127.5,
-              "encoder_version": "0.1.0"}
-    monkeypatch.setattr(codec, "read_header", lambda data: header)
-    monkeypatch.setattr(codec, "shipped_bundles", lambda: {"la-mr": bundle})
-    monkeypatch.setattr(codec, "decode", lambda data, bundle_file, device, progress, cancel, roi=None: oblique_volume)
+    monkeypatch.setattr(bundles, "SHIPPED_DIR", shipped)
+    header = _file_header(oblique_volume, "la-mr", bundles.bundle_sha256(bundle), encoder_version="0.1.0")
+    header = header.lean() if lean else header
+    data = pack(header.to_dict(), {"shape": b"s" * 10, "texture": b"t" * 30})
+    decoded_with = []
+
+    def fake_decode(data, bundle_file, device, progress, cancel, roi=None):
+        decoded_with.append(bundle_file)
+        return oblique_volume
+
+    monkeypatch.setattr(codec, "decode", fake_decode)
     path = tmp_path / "scan.dstd"
-    path.write_bytes(b"DSTD")
+    path.write_bytes(data)
     parent = FakeIOParent()
-    assert DeepSTDSlicerFileReader(parent).load({"fileName": str(path)})
+    assert DeepSTDSlicerFileReader(parent).load({"fileName": str(path)}), parent._messages.messages
+    assert decoded_with == [bundle]
     node = headless.scene.GetNodeByID(parent.loadedNodes[0])
     assert node.GetName() == "scan"
+    ratio = f"{round(oblique_volume.raw_bytes / len(data), 2)}"
     assert (node.GetAttribute(core.ATTR_RATIO), node.GetAttribute(core.ATTR_BUNDLE),
-            node.GetAttribute(core.ATTR_ENCODER)) == ("127.5", "la-mr", "0.1.0")
+            node.GetAttribute(core.ATTR_BUNDLE_ID), node.GetAttribute(core.ATTR_ENCODER)) == \
+        (ratio, "la-mr", header.bundle.sha256, "" if lean else "0.1.0")
+    assert len(node.GetAttribute(core.ATTR_BUNDLE_ID)) == (16 if lean else 64)
     back = mrml.volume_from_node(node)
     np.testing.assert_array_equal(back.array, oblique_volume.array)
     np.testing.assert_allclose(back.direction, oblique_volume.direction, atol=1e-9)
 
 
 def test_writer_without_a_bundle_says_where_to_choose_one(headless, oblique_volume, tmp_path, monkeypatch):
-    monkeypatch.setattr(codec, "shipped_bundles", lambda: {})
+    from deepstd import bundle
+
+    monkeypatch.setattr(bundle, "SHIPPED_DIR", tmp_path / "no bundles")
     node = mrml.add_volume_node(oblique_volume, "v")
     parent = FakeIOParent()
     path = tmp_path / "v.dstd"
@@ -145,7 +175,7 @@ def test_writer_uses_the_module_settings(headless, oblique_volume, tmp_path, mon
     parent = FakeIOParent()
     path = tmp_path / "v.dstd"
     assert DeepSTDSlicerFileWriter(parent).write({"nodeID": node.GetID(), "fileName": str(path)})
-    assert calls == [("int16", bundle, 128.0, "cpu")] and parent.writtenNodes == [node.GetID()]
+    assert calls == [("int16", str(bundle), 128.0, "cpu")] and parent.writtenNodes == [node.GetID()]
     assert path.read_bytes() == b"DSTD" + bytes(10)
 
 
@@ -154,7 +184,7 @@ def test_write_then_read_round_trip_with_the_real_codec(headless, tmp_path):
     from shared_data import OBLIQUE_DIRECTION
 
     codec_ready()
-    name = next(iter(codec.shipped_bundles()))
+    name = next(iter(codec.bundles().shipped_bundles()))
     settings = core.DeepSTDCore().parameter_node()
     settings.SetParameter("bundle", name)
     settings.SetParameter("ratio", "16")
@@ -173,7 +203,9 @@ def test_write_then_read_round_trip_with_the_real_codec(headless, tmp_path):
     back = mrml.volume_from_node(decoded)
     assert back.same_grid(oblique_volume) and back.dtype == oblique_volume.dtype
     assert decoded.GetAttribute(core.ATTR_BUNDLE) == name
+    assert decoded.GetAttribute(core.ATTR_BUNDLE_ID) == codec.read_header(path.read_bytes()).header.bundle.sha256
+    assert float(decoded.GetAttribute(core.ATTR_RATIO)) > 1
     # exactly what the package decodes from the same bytes (the CLI's path)
     import deepstd.codec
-    direct = deepstd.codec.decode(path.read_bytes(), codec.load_bundle(codec.bundle_path(name)))
+    direct = deepstd.codec.decode(path.read_bytes(), codec.bundles().load_bundle(name))
     np.testing.assert_array_equal(back.array, direct.to_dtype_array())

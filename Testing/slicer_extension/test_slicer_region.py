@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture
 def logic(headless, tiny_bundle, monkeypatch):
-    monkeypatch.setattr(codec, "shipped_bundles", lambda: {"tiny": tiny_bundle.path})
+    monkeypatch.setattr(codec.bundles(), "SHIPPED_DIR", tiny_bundle.path.parent)      # holds tiny.dstdb only
     return core.DeepSTDCore(headless.scene)
 
 
@@ -38,17 +38,18 @@ def ras_of_voxel(volume, ijk):
 
 
 def test_slab_around_picks_the_axis_closest_to_the_normal(scan):
+    from deepstd.codec.header import grid_from
     from deepstd.container import geometry_header
 
-    header = geometry_header(scan)
+    grid = grid_from(geometry_header(scan))                  # the grid a file's header records
     direction = np.asarray(scan.direction).reshape(3, 3)
     for axis in range(3):
         normal = direction[:, axis] * np.array([-1.0, -1.0, 1.0])          # that grid axis, in RAS
-        box = core.slab_around(header, ras_of_voxel(scan, (20, 17, 8)), normal, half_width=2)
+        box = core.slab_around(grid, ras_of_voxel(scan, (20, 17, 8)), normal, half_width=2)
         lo, hi = [0, 0, 0], list(scan.size)
         lo[axis], hi[axis] = (20, 17, 8)[axis] - 2, (20, 17, 8)[axis] + 3
         assert box == (tuple(lo), tuple(hi))
-    edge = core.slab_around(header, ras_of_voxel(scan, (0, 0, 0)), direction[:, 2] * [-1, -1, 1], 4)
+    edge = core.slab_around(grid, ras_of_voxel(scan, (0, 0, 0)), direction[:, 2] * [-1, -1, 1], 4)
     assert edge == ((0, 0, 0), (scan.size[0], scan.size[1], 5))
 
 
@@ -89,7 +90,9 @@ def _shift(k):
 
 
 def test_compress_panel_options_reach_the_file(logic, headless, scan, tmp_path):
-    from deepstd.container import read_file
+    def read_file(path):
+        with open(path, "rb") as stream:
+            return codec.read_header(stream.read())
 
     node = mrml.add_volume_node(scan, "scan", headless.scene)
     zz, yy, xx = np.indices(scan.array.shape)
@@ -98,10 +101,10 @@ def test_compress_panel_options_reach_the_file(logic, headless, scan, tmp_path):
     mrml.update_node_from_volume(labels, scan.with_array(lesion.astype(np.float32), dtype="uint8"))
     kept = logic.compress(node, str(tmp_path / "kept.dstd"), bundle="tiny", ratio=12, device="cpu",
                           keep_node=labels)
-    assert read_file(kept.path).header["keep"]["voxels"] == int(lesion.sum())
+    assert read_file(kept.path).header.keep.voxels == int(lesion.sum())
     restored = slicer.util.arrayFromVolume(logic.decompress(kept.path))
     assert np.abs(restored.astype(float) - scan.to_dtype_array())[lesion].max() == 0
     bounded = logic.compress(node, str(tmp_path / "bounded.dstd"), bundle="tiny", device="cpu", max_error=3)
-    assert read_file(bounded.path).header["max_error"] == 3
+    assert read_file(bounded.path).header.max_error == 3
     restored = slicer.util.arrayFromVolume(logic.decompress(bounded.path))
     assert np.abs(restored.astype(float) - scan.to_dtype_array()).max() <= 3

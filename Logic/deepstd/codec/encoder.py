@@ -12,8 +12,6 @@ import time
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Union
 
-import numpy as np
-
 from .. import __version__
 from ..alignment import MAX_FRAME_VOXELS, MIN_COVERAGE, frame_for, intensity_map, into_template
 from ..bundle import Bundle, resolve_bundle, texture_codec
@@ -125,13 +123,13 @@ def prepare(volume: Volume, bundle: BundleLike, budget: Optional[int], device: s
 
 
 def encode(volume: Volume, bundle: BundleLike, ratio: Optional[float] = None, budget_bytes: Optional[int] = None,
-           max_error: Optional[float] = None, keep: Optional[np.ndarray] = None, keep_error: float = 0.0,
+           max_error: Optional[float] = None, keep: Optional[Volume] = None, keep_error: float = 0.0,
            device: str = "auto", workers: Optional[int] = None,
            progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> bytes:
     """Compress `volume` to at most `raw_bytes / ratio` (or `budget_bytes`) bytes, headers included;
     or, with `max_error`, so that every voxel is within ±max_error of the original (0: lossless),
-    at whatever size that takes. `keep`: a boolean (z, y, x) mask of voxels to code within
-    ±keep_error (0: lossless) inside the same budget; the mask is stored in the file."""
+    at whatever size that takes. `keep`: a label map on the scan's grid whose voxels > 0 are coded
+    within ±keep_error (0: lossless) inside the same budget; the mask is stored in the file."""
     from ..texture.rate import RATE_STEPS
     from . import layers
 

@@ -5,8 +5,6 @@ import time
 from pathlib import Path
 from typing import Optional, Tuple
 
-import numpy as np
-
 from .. import region
 from ..container import unpack, write_atomic
 from ..errors import FormatError, InputError
@@ -25,8 +23,8 @@ def encode_file(source, output, bundle, ratio: Optional[float] = None, budget_by
 
     started = time.perf_counter()
     volume = read(source, series_uid=series_uid)
-    mask, keep_error = (None, 0.0) if keep is None else read_keep(keep, volume)
-    data = encode(volume, bundle, ratio=ratio, budget_bytes=budget_bytes, max_error=max_error, keep=mask,
+    labels, keep_error = (None, 0.0) if keep is None else read_keep(keep)
+    data = encode(volume, bundle, ratio=ratio, budget_bytes=budget_bytes, max_error=max_error, keep=labels,
                   keep_error=keep_error, **kw)
     write_atomic(output, data)
     parsed = unpack(data)
@@ -44,9 +42,8 @@ def encode_file(source, output, bundle, ratio: Optional[float] = None, budget_by
     return report
 
 
-def read_keep(spec: str, volume: Volume) -> Tuple[np.ndarray, float]:
-    """'LABELMAP[:E]' -> (the mask of label > 0 on `volume`'s grid, E). The label map must share
-    the scan's grid: a mask that is off by a voxel would keep the wrong tissue."""
+def read_keep(spec: str) -> Tuple[Volume, float]:
+    """'LABELMAP[:E]' -> (the label map, E). `encode` keeps its voxels > 0 and checks its grid."""
     from ..io import read
 
     path, bound = str(spec), ""
@@ -56,14 +53,7 @@ def read_keep(spec: str, volume: Volume) -> Tuple[np.ndarray, float]:
         keep_error = float(bound) if bound else 0.0
     except ValueError:
         raise InputError(f"--keep {spec!r}: the bound after ':' must be a number") from None
-    labels = read(path)
-    if tuple(labels.size) != tuple(volume.size):
-        raise InputError(f"--keep {path}: label map is {'x'.join(map(str, labels.size))}, "
-                         f"the scan {'x'.join(map(str, volume.size))}")
-    if not (np.allclose(labels.spacing, volume.spacing, atol=1e-3) and np.allclose(labels.origin, volume.origin, atol=1e-2)
-            and np.allclose(labels.direction, volume.direction, atol=1e-4)):
-        raise InputError(f"--keep {path}: the label map's geometry (spacing, origin, direction) differs from the scan's")
-    return labels.array > 0, keep_error
+    return read(path), keep_error
 
 
 def decode_file(source, output, bundle=None, roi=None, roi_mm: Optional[str] = None, **kw) -> Volume:

@@ -25,12 +25,18 @@ from .header import DstdHeader
 MAX_ERROR_RATES = (0.0, 0.5, 1.0)
 
 
-def keep_mask(volume: Volume, keep, keep_error) -> np.ndarray:
-    """The boolean (z, y, x) mask of voxels to keep, checked against the scan and the bound."""
-    mask = np.asarray(keep.array if isinstance(keep, Volume) else keep)
-    if mask.shape != volume.array.shape:
-        raise InputError(f"the keep mask has shape {mask.shape}, the scan {volume.array.shape} (z, y, x)")
-    mask = mask > 0
+def keep_mask(volume: Volume, keep: Volume, keep_error: float) -> np.ndarray:
+    """The boolean (z, y, x) mask of the label map's voxels > 0, checked against the scan's grid
+    (a mask that is off by a voxel would keep the wrong tissue) and the bound."""
+    if not isinstance(keep, Volume):
+        raise InputError("a keep mask is a label map (a Volume) on the scan's grid")
+    if tuple(keep.size) != tuple(volume.size):
+        raise InputError(f"the keep label map is {'x'.join(map(str, keep.size))} voxels, "
+                         f"the scan {'x'.join(map(str, volume.size))}")
+    if not (np.allclose(keep.spacing, volume.spacing, atol=1e-3) and np.allclose(keep.origin, volume.origin, atol=1e-2)
+            and np.allclose(keep.direction, volume.direction, atol=1e-4)):
+        raise InputError("the keep label map's geometry (spacing, origin, direction) differs from the scan's")
+    mask = keep.array > 0
     if not mask.any():
         raise InputError("the keep mask is empty (no voxel above 0)")
     integer = np.dtype(volume.dtype).kind in "iu"
