@@ -47,6 +47,58 @@ def test_segment_is_a_deterministic_uint8_label_map_on_the_scan_grid(volume, seg
     assert tiled.shape == labels.shape and tiled.dtype == np.uint8
 
 
+def test_one_tile_over_the_whole_input_is_the_untiled_inference(volume, segmenter):
+    """The working grid (19 x 16 x 22) fits in one default 96-voxel tile: the tiled path then runs
+    the very same network call, so its probabilities and labels are exactly the untiled ones."""
+    import torch
+
+    x = downstream.prepare(volume, segmenter.config)
+    assert max(x.shape[2:]) < 96
+    whole = downstream.predict(segmenter, x)
+    tiled = downstream.predict(segmenter, x, max_voxels=100)
+    assert tiled.shape == whole.shape and torch.equal(tiled, whole)
+    assert np.array_equal(downstream.segment(volume, segmenter, max_voxels=100), downstream.segment(volume, segmenter))
+
+
+def pointwise_segmenter(levels: int):
+    """A 'network' whose output at a voxel depends on that voxel alone (a 1x1x1 convolution): tiling
+    cannot change its result, so tiled inference must reproduce untiled inference."""
+    import torch
+
+    net = torch.nn.Conv3d(1, 3, 1)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([-8.0, 0.0, 8.0]).view(3, 1, 1, 1, 1))
+        net.bias.copy_(torch.tensor([4.0, 0.0, -4.0]))
+    config = downstream.default_config(classes=3, channels=4, levels=levels)
+    return downstream.Segmenter("pointwise", config, net.eval())
+
+
+@pytest.mark.parametrize("levels, tile", [(0, 5), (0, 7), (2, 8), (1, 12)])
+def test_overlapping_tiles_reproduce_untiled_inference_for_a_local_network(volume, levels, tile):
+    """Every voxel is covered, each tile's output lands where its input came from, and overlaps are
+    averaged: with a tile-invariant network the tiled probabilities equal the untiled ones."""
+    seg = pointwise_segmenter(levels)
+    x = downstream.prepare(volume, downstream.default_config(working_spacing=[1.5, 1.5, 2.0]))
+    shape = tuple(x.shape[2:])
+    assert all(n > tile for n in shape)                             # several overlapping tiles per axis
+    whole = downstream.predict(seg, x)
+    tiled = downstream.predict(seg, x, max_voxels=0, tile=tile)
+    assert tiled.shape == whole.shape == (1, 3) + shape
+    assert bool((tiled - whole).abs().max() < 1e-6)
+    assert float(whole.std(dim=(2, 3, 4)).min()) > 0.05             # the probabilities do vary in space
+
+
+def test_small_tiles_stay_close_to_untiled_inference_for_the_trained_network(volume, segmenter):
+    """Instance norm and zero padding make a U-Net's tiles differ from the whole (the code promises
+    no equality there), but most labels must still agree."""
+    x = downstream.prepare(volume, segmenter.config)
+    whole = downstream.predict(segmenter, x)
+    tiled = downstream.predict(segmenter, x, max_voxels=0, tile=16)
+    assert tiled.shape == whole.shape
+    assert float((tiled.argmax(1) == whole.argmax(1)).float().mean()) > 0.85
+    assert float((tiled - whole).abs().mean()) < 0.1
+
+
 def test_agreement_of_a_scan_with_itself_is_perfect(volume, segmenter):
     result = downstream.agreement(volume, volume, segmenter)
     assert result["dice"] == 1.0 and result["hd95"] == 0.0

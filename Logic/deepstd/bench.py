@@ -31,34 +31,29 @@ DEFAULT_PEERS = ("jpeg2000-slices", "jpeg2000-components", "htj2k-slices", "jpeg
 DEFAULT_RATIOS = (32, 64, 128, 256)
 
 
-def _measure(volume, decoded: np.ndarray, nbytes: int, t_enc: float, t_dec: float) -> dict:
-    from . import metrics
-
-    return {"status": "ok", "bytes": nbytes, "ratio": volume.raw_bytes / nbytes,
-            "psnr": metrics.psnr(volume.array, decoded), "ssim": metrics.ssim(volume.array, decoded),
-            "mae": metrics.mae(volume.array, decoded), "encode_s": t_enc, "decode_s": t_dec,
+def _record(volume, nbytes: int, measured: dict, t_enc: float, t_dec: float) -> dict:
+    return {"status": "ok", "bytes": nbytes, "ratio": volume.raw_bytes / nbytes, **measured,
+            "encode_s": t_enc, "decode_s": t_dec,
             "encode_mvox_s": volume.voxels / t_enc / 1e6, "decode_mvox_s": volume.voxels / t_dec / 1e6}
 
 
 def run_deepstd(volume, bundle, budget: int, cancel=None,
                 judge: Optional[Callable[[np.ndarray], dict]] = None) -> dict:
-    from . import codec
+    from .evaluate import round_trip
 
-    t0 = time.perf_counter()
     try:
-        data = codec.encode(volume, bundle, budget_bytes=budget, device="cpu", cancel=cancel)
+        result = round_trip(volume, bundle, budget_bytes=budget, device="cpu", cancel=cancel)
     except BudgetError as exc:
         return {"status": "unreachable", "error": str(exc)}
-    t1 = time.perf_counter()
-    decoded = codec.decode(data, bundle, device="cpu")
-    record = _measure(volume, decoded.array, len(data), t1 - t0, time.perf_counter() - t1)
-    record["warnings"] = decoded.meta.get("warnings", [])
+    record = _record(volume, len(result.data), result.metrics, result.encode_s, result.decode_s)
+    record["warnings"] = result.warnings
     if judge is not None:
-        record.update(judge(decoded.array))
+        record.update(judge(result.decoded.array))
     return record
 
 
 def run_peer(peer, volume, budget: int, judge: Optional[Callable[[np.ndarray], dict]] = None) -> dict:
+    from .evaluate import measure
     from .peers import PeerBudgetError
 
     t0 = time.perf_counter()
@@ -70,7 +65,8 @@ def run_peer(peer, volume, budget: int, judge: Optional[Callable[[np.ndarray], d
         return {"status": "unreachable", "best_ratio": volume.raw_bytes / exc.smallest_bytes}
     except DeepSTDError as exc:
         return {"status": "failed", "error": str(exc)}
-    record = _measure(volume, decoded, len(data), t1 - t0, time.perf_counter() - t1)
+    t2 = time.perf_counter()
+    record = _record(volume, len(data), measure(volume.array, decoded), t1 - t0, t2 - t1)
     if judge is not None:
         record.update(judge(decoded))
     return record

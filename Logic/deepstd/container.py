@@ -17,7 +17,6 @@ every failure is a `FormatError` that names what is wrong.
 from __future__ import annotations
 
 import json
-import math
 import os
 import struct
 import tempfile
@@ -29,6 +28,7 @@ from typing import Dict, Tuple
 import numpy as np
 
 from .errors import FormatError, InputError
+from .numbers import is_number
 from .volume import SUPPORTED_DTYPES, Volume
 
 MAGIC = b"DSTD"
@@ -324,18 +324,9 @@ def validate_header(header) -> None:
         raise FormatError(f"unsupported dtype {header.get('dtype')!r}")
 
 
-def _finite(value) -> bool:
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:
-        return False
-
-
 def _numbers(obj: dict, key: str, count: int, integer: bool = False) -> list:
     values = obj.get(key)
-    if (not isinstance(values, list) or len(values) != count
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-            or not all(_finite(v) for v in values)):
+    if not isinstance(values, list) or len(values) != count or not all(is_number(v) for v in values):
         raise FormatError(f"geometry field {key!r} must be {count} finite numbers")
     if integer and not all(isinstance(v, int) for v in values):
         raise FormatError(f"geometry field {key!r} must be integers")

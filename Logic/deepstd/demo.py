@@ -7,7 +7,6 @@ few axial slices (original | decoded | residue, residue mid-grey = 0) written by
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -59,29 +58,24 @@ def write_png(image: np.ndarray, path) -> Path:
 def run_demo(input_path=None, bundle=DEFAULT_BUNDLE, ratio: float = 128.0, png="deepstd_demo.png",
              out_dstd: Optional[str] = None, progress=None, cancel=None) -> dict:
     """Compress and decompress one scan; return sizes, ratio, times and MAE / PSNR / SSIM."""
-    from . import codec, metrics
     from .bundle import load_bundle
     from .container import write_atomic
+    from .evaluate import round_trip
     from .io import read
 
     loaded = load_bundle(bundle)
     scan = read(input_path) if input_path else unseen_scan(loaded.template)
-    t0 = time.perf_counter()
-    data = codec.encode(scan, loaded, ratio=ratio, progress=progress, cancel=cancel)
-    t1 = time.perf_counter()
-    decoded = codec.decode(data, loaded)
-    t2 = time.perf_counter()
+    result = round_trip(scan, loaded, ratio=ratio, progress=progress, cancel=cancel)
     if out_dstd:
-        write_atomic(out_dstd, data)
+        write_atomic(out_dstd, result.data)
     if png:
-        write_png(montage(scan.array, decoded.array), png)
+        write_png(montage(scan.array, result.decoded.array), png)
     return {"input": str(input_path) if input_path else scan.meta["source"], "bundle": loaded.name,
-            "size": list(scan.size), "raw_bytes": scan.raw_bytes, "bytes": len(data),
-            "target_ratio": ratio, "ratio": scan.raw_bytes / len(data),
-            "encode_s": t1 - t0, "decode_s": t2 - t1,
-            "mae": metrics.mae(scan.array, decoded.array), "psnr": metrics.psnr(scan.array, decoded.array),
-            "ssim": metrics.ssim(scan.array, decoded.array), "png": str(png) if png else None,
-            "warnings": decoded.meta.get("warnings", [])}
+            "size": list(scan.size), "raw_bytes": scan.raw_bytes, "bytes": len(result.data),
+            "target_ratio": ratio, "ratio": scan.raw_bytes / len(result.data),
+            "encode_s": result.encode_s, "decode_s": result.decode_s,
+            "mae": result.metrics["mae"], "psnr": result.metrics["psnr"], "ssim": result.metrics["ssim"],
+            "png": str(png) if png else None, "warnings": result.warnings}
 
 
 __all__ = ["run_demo", "unseen_scan", "montage"]

@@ -13,16 +13,21 @@ STEPS = 18
 
 
 def largest_within(build: Callable[[float], bytes], budget: int, tolerance: float = 0.02,
-                   steps: int = STEPS, on_step: Optional[Callable[[int], None]] = None
-                   ) -> Tuple[Optional[bytes], bytes]:
+                   steps: int = STEPS, on_step: Optional[Callable[[int], None]] = None,
+                   largest_first: bool = True) -> Tuple[Optional[bytes], bytes]:
     """(best, smallest): the largest output ≤ `budget` (stopping once within `tolerance` under
-    it), or None when even the smallest output, returned second, is too big."""
+    it), or None when even the smallest output, returned second, is too big.
+
+    The largest output (t = 1) is tried right after the smallest; with `largest_first=False` it
+    is tried last instead, and only when every bisection step fitted without coming within
+    `tolerance` (for builds where it is slow, such as a near-lossless setting)."""
     smallest = build(0.0)
     if len(smallest) > budget:
         return None, smallest
-    largest = build(1.0)
-    if len(largest) <= budget:
-        return largest, smallest
+    if largest_first:
+        largest = build(1.0)
+        if len(largest) <= budget:
+            return largest, smallest
     low, high, best = 0.0, 1.0, smallest
     for step in range(steps):
         if on_step is not None:
@@ -32,7 +37,11 @@ def largest_within(build: Callable[[float], bytes], budget: int, tolerance: floa
         if len(data) <= budget:
             low, best = mid, data
             if len(data) >= (1 - tolerance) * budget:
-                break
+                return best, smallest
         else:
             high = mid
+    if high == 1.0 and not largest_first:
+        largest = build(1.0)
+        if len(largest) <= budget:
+            best = largest
     return best, smallest

@@ -270,7 +270,7 @@ def group_by_bundle(todo: Iterable[tuple]) -> dict:
 
 def bundle_bytes_for(record: dict, bundle) -> bytes:
     """The bytes of the bundle a record was coded with: the one given (checked) or a shipped one."""
-    from ..codec import find_bundle
+    from ..bundle import find_bundle
 
-    found = find_bundle({"bundle": {"name": record["bundle"], "sha256": record["bundle_sha256"]}}, bundle)
+    found = find_bundle(record["bundle"], record["bundle_sha256"], bundle)
     return Path(found.path).read_bytes()

@@ -60,24 +60,20 @@ def compress_task(task: dict, bundle_sha256: str, bundle_bytes: bytes, ratio: fl
 
 
 def encode_and_measure(task: dict, bundle, ratio: float, verify: bool) -> dict:
-    from .. import codec, metrics
     from ..container import unpack
+    from ..evaluate import round_trip
     from ..io import read
 
     volume = read(task["source"], series_uid=task["series_uid"])
-    t0 = time.perf_counter()
-    data = codec.encode(volume, bundle, ratio=ratio, device="cpu", workers=1)
+    trip = round_trip(volume, bundle, ratio=ratio, decode=verify, device="cpu", workers=1)
+    data = trip.data
     result = {"status": "ok", "error": None, "data": data, "voxels": volume.voxels,
               "raw_bytes": volume.raw_bytes, "bytes": len(data), "ratio": round(volume.raw_bytes / len(data), 4),
-              "units": volume.units, "encode_s": round(time.perf_counter() - t0, 3),
+              "units": volume.units, "encode_s": round(trip.encode_s, 3),
               "warnings": unpack(data).header.get("warnings", [])}
     if verify:
-        t1 = time.perf_counter()
-        decoded = codec.decode(data, bundle, device="cpu", workers=1).array
-        result.update(decode_s=round(time.perf_counter() - t1, 3),
-                      psnr=round(metrics.psnr(volume.array, decoded), 4),
-                      ssim=round(metrics.ssim(volume.array, decoded), 5),
-                      mae=round(metrics.mae(volume.array, decoded), 5))
+        result.update(decode_s=round(trip.decode_s, 3), psnr=round(trip.metrics["psnr"], 4),
+                      ssim=round(trip.metrics["ssim"], 5), mae=round(trip.metrics["mae"], 5))
     return result
 
 

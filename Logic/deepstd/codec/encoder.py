@@ -7,7 +7,6 @@ their sections on top of the same `EncodedScan`.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Union
@@ -18,6 +17,7 @@ from ..bundle import Bundle, resolve_bundle, texture_codec
 from ..container import pack, unpack
 from ..device import pick_device
 from ..errors import BudgetError, InputError
+from ..numbers import number_at_least
 from ..progress import CancelToken, ProgressCallback, Reporter
 from ..ratecontrol import STEPS as SEARCH_STEPS
 from ..ratecontrol import largest_within
@@ -47,9 +47,7 @@ def budget_for(volume: Volume, ratio: Optional[float], budget_bytes: Optional[in
     if (ratio is None) == (budget_bytes is None):
         raise InputError("give exactly one of a ratio or a byte budget")
     if ratio is not None:
-        if not (isinstance(ratio, (int, float)) and math.isfinite(ratio) and ratio >= 1):
-            raise InputError(f"the ratio must be a number ≥ 1, got {ratio!r}")
-        return int(volume.raw_bytes // ratio)
+        return int(volume.raw_bytes // number_at_least(ratio, 1, "the ratio"))
     if int(budget_bytes) < 1:  # type: ignore[arg-type]
         raise InputError(f"the byte budget must be positive, got {budget_bytes!r}")
     return int(budget_bytes)  # type: ignore[arg-type]

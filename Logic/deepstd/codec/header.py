@@ -8,7 +8,6 @@ the encoder writes the lean form (`lean`): only what decoding needs.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Any, Dict, Optional, Tuple
 
@@ -16,6 +15,7 @@ from ..alignment import IntensityMap
 from ..container import geometry_header, grid_of, header_cost, validate_header
 from ..errors import FormatError
 from ..grid import Frame
+from ..numbers import is_number
 from ..volume import Volume
 
 #: the header may take this share of a byte budget; above it only what decoding needs is kept
@@ -173,10 +173,6 @@ def _object(header: Dict[str, Any], key: str) -> Dict[str, Any]:
     return value
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _integer(value: Any, key: str, low: int = 0, high: int = 1 << 40) -> int:
     if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
         raise FormatError(f"the header's {key} must be an integer in {low}..{high}")
@@ -184,7 +180,7 @@ def _integer(value: Any, key: str, low: int = 0, high: int = 1 << 40) -> int:
 
 
 def _bound(value: Any, key: str) -> float:
-    if not (_number(value) and 0 <= value < MAX_BOUND):
+    if not (is_number(value) and 0 <= value < MAX_BOUND):
         raise FormatError(f"the header's {key} must be a number in 0..{MAX_BOUND:g}")
     return float(value)
 
@@ -218,7 +214,7 @@ def _codec_keys(value: Any) -> CodecKeys:
     for key, kind in (("texture_rate", int), ("shape_width", int), ("shape_bits", int), ("omega", (int, float)),
                       ("registration_loss", (int, float))):
         item = value.get(key)
-        if item is not None and not (isinstance(item, kind) and not isinstance(item, bool) and _number(item)):
+        if item is not None and not (isinstance(item, kind) and not isinstance(item, bool) and is_number(item)):
             raise FormatError(f"the header's codec.{key} has the wrong type")
         stats[key] = item
     return CodecKeys(tuple(margin), **stats)  # type: ignore[arg-type]

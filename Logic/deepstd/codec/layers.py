@@ -4,7 +4,6 @@ decoder computes (`Decoder.base`) from the bytes it will read.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import replace
 from typing import Optional
@@ -15,6 +14,7 @@ from .. import grid
 from ..bundle import Bundle, resolve_bundle
 from ..container import unpack
 from ..errors import InputError
+from ..numbers import number_at_least
 from ..progress import Reporter
 from ..volume import Volume, cast_to_dtype
 from .decoder import Decoder, add_residual
@@ -40,8 +40,7 @@ def keep_mask(volume: Volume, keep: Volume, keep_error: float) -> np.ndarray:
     if not mask.any():
         raise InputError("the keep mask is empty (no voxel above 0)")
     integer = np.dtype(volume.dtype).kind in "iu"
-    if not (isinstance(keep_error, (int, float)) and math.isfinite(keep_error) and keep_error >= 0):
-        raise InputError(f"the keep mask's error bound must be a number ≥ 0, got {keep_error!r}")
+    number_at_least(keep_error, 0, "the keep mask's error bound")
     if not integer and keep_error <= 0:
         raise InputError(f"a lossless keep mask needs integer voxels; this scan is {volume.dtype}: give a bound > 0")
     return mask
@@ -81,8 +80,7 @@ def encode_max_error(volume: Volume, bundle, max_error, device, workers, progres
     is the one that makes the whole file smallest. The result is decoded and checked before return."""
     from .. import residual
 
-    if not (isinstance(max_error, (int, float)) and math.isfinite(max_error) and max_error >= 0):
-        raise InputError(f"the maximum error must be a number ≥ 0, got {max_error!r}")
+    number_at_least(max_error, 0, "the maximum error")
     integer = np.dtype(volume.dtype).kind in "iu"
     if not integer and max_error <= 0:
         raise InputError(f"a lossless bound needs integer voxels; this scan is {volume.dtype}: "

@@ -8,14 +8,15 @@ returns float32 values in the volume's original units, on `like`'s grid.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 
 from ..errors import DeepSTDError
 from ..progress import Reporter
+from ..ratecontrol import largest_within
 from ..volume import Volume
-from .budget import Knob, PeerBudgetError, fit_to_budget
+from .budget import CLOSE_ENOUGH, STEPS, Knob, PeerBudgetError
 
 
 class PeerError(DeepSTDError):
@@ -53,18 +54,38 @@ class Peer(ABC):
 
     def encode(self, volume: Volume, budget_bytes: int,
                reporter: Optional[Reporter] = None) -> bytes:
-        """The largest output this peer makes that still fits `budget_bytes` (all bytes counted)."""
+        """The largest output this peer makes that still fits `budget_bytes` (all bytes counted).
+
+        Raises `PeerBudgetError` when even the smallest output is too big. The search assumes
+        output size grows with the knob position; where a codec is not quite monotone the result
+        is the largest output it tried that fits, perhaps not the closest possible."""
         self.require_available()
         reporter = reporter or Reporter()
         prepared = self._prepare(volume)
-        if self.knob is None:
+        knob = self.knob
+        if knob is None:
             data = self._encode_at(prepared, None)
             reporter("encode", 1.0, self.name)
             if len(data) > budget_bytes:
                 raise PeerBudgetError(self.name, len(data), budget_bytes)
             return data
-        return fit_to_budget(lambda value: self._encode_at(prepared, value), self.knob,
-                             budget_bytes, self.name, reporter)
+        encoded: Dict[float, bytes] = {}   # per knob value: an integer knob repeats values
+
+        def build(t: float) -> bytes:
+            value = knob.value(t)
+            if value not in encoded:
+                encoded[value] = self._encode_at(prepared, value)
+            return encoded[value]
+
+        reporter("encode", 0.0, self.name)
+        # The largest-output end is often slow (near-lossless), so it is tried last.
+        best, smallest = largest_within(
+            build, budget_bytes, CLOSE_ENOUGH, STEPS, largest_first=False,
+            on_step=lambda step: reporter("encode", (step + 1) / (STEPS + 1), self.name))
+        if best is None:
+            raise PeerBudgetError(self.name, len(smallest), budget_bytes)
+        # Not every codec is quite monotone: keep the largest output tried that fits.
+        return max((data for data in encoded.values() if len(data) <= budget_bytes), key=len)
 
     @abstractmethod
     def _prepare(self, volume: Volume) -> Any:

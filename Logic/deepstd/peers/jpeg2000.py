@@ -15,7 +15,7 @@ from ..volume import Volume
 from .base import Peer, imagecodecs_missing
 from .budget import Knob
 from ..packing import Packer, Unpacker
-from .mapping import IntensityMap
+from .mapping import LevelMap
 from .slices import CODE_LEVELS, SliceCodecPeer, bits_needed
 
 #: OpenJPEG PSNR targets (dB): 10 dB is the coarsest useful layer, 110 dB is near-lossless.
@@ -51,7 +51,7 @@ class Jpeg2000Components(Peer):
         return imagecodecs_missing("JPEG2K")
 
     def _prepare(self, volume: Volume):
-        mapping = IntensityMap.fit(volume.array, volume.dtype, CODE_LEVELS, stretch=False)
+        mapping = LevelMap.fit(volume.array, volume.dtype, CODE_LEVELS, stretch=False)
         codes = mapping.codes(volume.array, CODE_LEVELS)
         return volume.array.shape, mapping, np.ascontiguousarray(np.moveaxis(codes, 0, -1))
 
@@ -67,7 +67,7 @@ class Jpeg2000Components(Peer):
         import imagecodecs
         reader = Unpacker(data)
         reader.shape(like.array.shape)
-        mapping = IntensityMap.unpack(reader)
+        mapping = LevelMap.unpack(reader)
         components = imagecodecs.jpeg2k_decode(reader.blob(), numthreads=1)
         return mapping.values(np.moveaxis(components.reshape(*components.shape[:2], -1), -1, 0))
 

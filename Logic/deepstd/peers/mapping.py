@@ -1,7 +1,7 @@
 """Affine maps between original intensities and a codec's unsigned integer codes.
 
 Image and video codecs take unsigned 8/12/16-bit samples, while scans hold int16 HU, uint8 MR or
-float values. `IntensityMap` stores the offset and step (16 bytes, counted in every stream that
+float values. `LevelMap` stores the offset and step (16 bytes, counted in every stream that
 uses one). Integer volumes whose range fits the codes keep step 1, so lossless codecs stay exact;
 `stretch` spreads the range over all codes instead, for codecs whose quality scale is relative
 to the nominal sample range (JPEG XL distance, video CRF).
@@ -16,12 +16,14 @@ from ..packing import Packer, Unpacker
 
 
 @dataclass(frozen=True)
-class IntensityMap:
+class LevelMap:
+    """Quantises float values to integer code levels: code = round((value - offset) / step)."""
+
     offset: float
     step: float
 
     @classmethod
-    def fit(cls, array: np.ndarray, dtype: str, levels: int, stretch: bool) -> "IntensityMap":
+    def fit(cls, array: np.ndarray, dtype: str, levels: int, stretch: bool) -> "LevelMap":
         low, high = float(array.min()), float(array.max())
         span = high - low
         integer = np.dtype(dtype).kind in "iu"
@@ -45,5 +47,5 @@ class IntensityMap:
         return packer.float64(self.offset).float64(self.step)
 
     @classmethod
-    def unpack(cls, unpacker: Unpacker) -> "IntensityMap":
+    def unpack(cls, unpacker: Unpacker) -> "LevelMap":
         return cls(unpacker.float64(), unpacker.float64())

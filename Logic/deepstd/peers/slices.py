@@ -14,7 +14,7 @@ import numpy as np
 from ..volume import Volume
 from .base import Peer, PeerError
 from ..packing import Packer, Unpacker
-from .mapping import IntensityMap
+from .mapping import LevelMap
 
 CODE_LEVELS = 1 << 16
 
@@ -36,8 +36,8 @@ class SliceCodecPeer(Peer):
     #: Spread the intensity range over all 16-bit codes (for codecs with a relative quality scale).
     stretch = False
 
-    def _prepare(self, volume: Volume) -> Tuple[Tuple[int, ...], IntensityMap, np.ndarray]:
-        mapping = IntensityMap.fit(volume.array, volume.dtype, CODE_LEVELS, self.stretch)
+    def _prepare(self, volume: Volume) -> Tuple[Tuple[int, ...], LevelMap, np.ndarray]:
+        mapping = LevelMap.fit(volume.array, volume.dtype, CODE_LEVELS, self.stretch)
         if self.lossless and not mapping.is_exact(volume.dtype):
             raise PeerError(f"{self.name} is lossless only for integer volumes spanning at most "
                             f"{CODE_LEVELS} values; this {volume.dtype} volume spans "
@@ -53,7 +53,7 @@ class SliceCodecPeer(Peer):
     def decode(self, data: bytes, like: Volume) -> np.ndarray:
         reader = Unpacker(data)
         reader.shape(like.array.shape)
-        mapping = IntensityMap.unpack(reader)
+        mapping = LevelMap.unpack(reader)
         slices: List[np.ndarray] = [self._decode_slice(blob) for blob in reader.blobs()]
         return mapping.values(np.stack(slices))
 

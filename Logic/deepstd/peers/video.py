@@ -26,7 +26,7 @@ from ..volume import Volume
 from .base import Peer, PeerError
 from .budget import Knob
 from ..packing import Packer, Unpacker
-from .mapping import IntensityMap
+from .mapping import LevelMap
 
 CODE_LEVELS = 1 << 12
 PIXEL_FORMAT = "gray12le"
@@ -65,7 +65,7 @@ class VideoPeer(Peer):
         return encoder_missing(self.encoder)
 
     def _prepare(self, volume: Volume):
-        mapping = IntensityMap.fit(volume.array, volume.dtype, CODE_LEVELS, stretch=True)
+        mapping = LevelMap.fit(volume.array, volume.dtype, CODE_LEVELS, stretch=True)
         return volume.array.shape, mapping, mapping.codes(volume.array, CODE_LEVELS)
 
     def _encode_at(self, prepared, value: Optional[float]) -> bytes:
@@ -80,7 +80,7 @@ class VideoPeer(Peer):
     def decode(self, data: bytes, like: Volume) -> np.ndarray:
         reader = Unpacker(data)
         shape = reader.shape(like.array.shape)
-        mapping = IntensityMap.unpack(reader)
+        mapping = LevelMap.unpack(reader)
         raw = run_ffmpeg(["-threads", "1", "-f", self.stream_format, "-i", "pipe:0",
                           "-f", "rawvideo", "-pix_fmt", PIXEL_FORMAT, "pipe:1"], reader.blob(),
                          f"{self.name} decoding")
