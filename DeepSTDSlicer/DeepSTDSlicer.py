@@ -4,6 +4,7 @@ Thin glue: the widget wires the GUI to `DeepSTDSlicerLogic`, which owns the para
 delegates all work to the Qt-free `DeepSTDSlicerLib.core.DeepSTDCore` (tested headless with
 slicer-core). torch and the codec are imported on first use, never when Slicer starts.
 """
+
 import logging
 import traceback
 from typing import Annotated
@@ -12,17 +13,27 @@ import numpy as np
 import qt
 import slicer
 import vtk
-from slicer import (vtkMRMLGridTransformNode, vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode,
-                    vtkMRMLTableNode)
+from slicer import (
+    vtkMRMLGridTransformNode,
+    vtkMRMLLabelMapVolumeNode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+    vtkMRMLTableNode,
+)
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
-                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
 from slicer.util import VTKObservationMixin
 
 from DeepSTDSlicerLib import codec, dependencies, mrml
 from DeepSTDSlicerLib.core import DeepSTDCore
+
 # Slicer registers the .dstd reader/writer by looking these names up in this module.
 from DeepSTDSlicerLib.io import DeepSTDSlicerFileReader, DeepSTDSlicerFileWriter  # noqa: F401
 
@@ -53,7 +64,8 @@ class DeepSTDSlicer(ScriptedLoadableModule):
         self.parent.contributors = ["DeepSTD developers"]
         self.parent.helpText = _(HELP)
         self.parent.acknowledgementText = _(
-            "Method: Yang, Xiao, Cheng et al., DeepSTD, Nature Communications 17, 1573 (2026).")
+            "Method: Yang, Xiao, Cheng et al., DeepSTD, Nature Communications 17, 1573 (2026)."
+        )
 
 
 @parameterNodeWrapper
@@ -188,7 +200,8 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.bundleComboBox.addItem(name, str(path))
         if not self.ui.bundleComboBox.count:
             self.ui.bundleDescriptionLabel.text = _(
-                "No codec bundle is shipped with this version of the extension: load a bundle file.")
+                "No codec bundle is shipped with this version of the extension: load a bundle file."
+            )
 
     def _selectBundle(self, value: str) -> None:
         index = self.ui.bundleComboBox.findData(value)
@@ -211,8 +224,9 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.bundleDescriptionLabel.text = str(error)
 
     def onLoadBundle(self) -> None:
-        path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), _("Load codec bundle"), "",
-                                              _("DeepSTD codec bundle") + " (*.dstdb)")
+        path = qt.QFileDialog.getOpenFileName(
+            slicer.util.mainWindow(), _("Load codec bundle"), "", _("DeepSTD codec bundle") + " (*.dstdb)"
+        )
         if path:
             self._selectBundle(path)
 
@@ -230,8 +244,10 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _showDependencyStatus(self) -> None:
         missing = dependencies.missing()
         self.ui.dependencyStatusLabel.text = (
-            _("Python packages: all installed.") if not missing else
-            _("Not installed yet (installed on first use, after asking): ") + ", ".join(missing))
+            _("Python packages: all installed.")
+            if not missing
+            else _("Not installed yet (installed on first use, after asking): ") + ", ".join(missing)
+        )
 
     # --- background jobs ------------------------------------------------------------------------
     def _startJob(self, start, progressBar, cancelButton, statusLabel) -> None:
@@ -284,8 +300,11 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         if statusLabel is not None:
             statusLabel.text = _("Failed: ") + str(error)
-        details = None if isinstance(error, (DeepSTDError, codec.CodecUnavailable)) else "".join(
-            traceback.format_exception(type(error), error, error.__traceback__))
+        details = (
+            None
+            if isinstance(error, (DeepSTDError, codec.CodecUnavailable))
+            else "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        )
         logging.error(details or str(error))
         slicer.util.errorDisplay(str(error), detailedText=details)
 
@@ -294,11 +313,22 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if not p.registrationTransform:
             p.registrationTransform = slicer.mrmlScene.AddNewNodeByClass(
-                "vtkMRMLGridTransformNode", slicer.mrmlScene.GenerateUniqueName(f"{p.inputVolume.GetName()} to template"))
-        self._startJob(lambda: self.logic.core.start_registration(
-            p.inputVolume, p.templateVolume, p.registrationTransform, on_status=self._onRegistrationStatus,
-            on_error=self._onJobError, grid_mode=p.previewMode),
-            self.ui.registrationProgressBar, self.ui.cancelRegistrationButton, self.ui.registrationStatusLabel)
+                "vtkMRMLGridTransformNode",
+                slicer.mrmlScene.GenerateUniqueName(f"{p.inputVolume.GetName()} to template"),
+            )
+        self._startJob(
+            lambda: self.logic.core.start_registration(
+                p.inputVolume,
+                p.templateVolume,
+                p.registrationTransform,
+                on_status=self._onRegistrationStatus,
+                on_error=self._onJobError,
+                grid_mode=p.previewMode,
+            ),
+            self.ui.registrationProgressBar,
+            self.ui.cancelRegistrationButton,
+            self.ui.registrationStatusLabel,
+        )
 
     def _onRegistrationStatus(self, status) -> None:
         self.ui.registrationProgressBar.value = int(100 * status.fraction)
@@ -313,45 +343,84 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # --- Compress / Decompress ------------------------------------------------------------------
     def onCompress(self) -> None:
         p = self._parameterNode
-        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), _("Compress to"),
-                                              f"{p.compressVolume.GetName()}.dstd",
-                                              _("DeepSTD compressed volume") + " (*.dstd)")
+        path = qt.QFileDialog.getSaveFileName(
+            slicer.util.mainWindow(),
+            _("Compress to"),
+            f"{p.compressVolume.GetName()}.dstd",
+            _("DeepSTD compressed volume") + " (*.dstd)",
+        )
         if not path:
             return
         if not path.endswith(".dstd"):
             path += ".dstd"
-        self._startJob(lambda: self.logic.core.start_compress(
-            p.compressVolume, p.bundle, p.ratio, p.device, path, on_progress=self._onProgress,
-            on_done=self._onCompressed, on_error=self._onJobError,
-            max_error=p.maxError if p.useMaxError else None, keep_node=p.keepVolume, keep_error=p.keepError),
-            self.ui.codingProgressBar, self.ui.cancelCodingButton, self.ui.codingStatusLabel)
+        self._startJob(
+            lambda: self.logic.core.start_compress(
+                p.compressVolume,
+                p.bundle,
+                p.ratio,
+                p.device,
+                path,
+                on_progress=self._onProgress,
+                on_done=self._onCompressed,
+                on_error=self._onJobError,
+                max_error=p.maxError if p.useMaxError else None,
+                keep_node=p.keepVolume,
+                keep_error=p.keepError,
+            ),
+            self.ui.codingProgressBar,
+            self.ui.cancelCodingButton,
+            self.ui.codingStatusLabel,
+        )
 
     def _onCompressed(self, result) -> None:
         self.ui.codingStatusLabel.text = result.summary()
 
     def onDecompress(self) -> None:
-        path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), _("Decompress"), "",
-                                              _("DeepSTD compressed volume") + " (*.dstd)")
+        path = qt.QFileDialog.getOpenFileName(
+            slicer.util.mainWindow(), _("Decompress"), "", _("DeepSTD compressed volume") + " (*.dstd)"
+        )
         if not path:
             return
-        self._startJob(lambda: self.logic.core.start_decompress(
-            path, self._parameterNode.device, on_progress=self._onProgress, on_done=self._onDecompressed,
-            on_error=self._onJobError),
-            self.ui.codingProgressBar, self.ui.cancelCodingButton, self.ui.codingStatusLabel)
+        self._startJob(
+            lambda: self.logic.core.start_decompress(
+                path,
+                self._parameterNode.device,
+                on_progress=self._onProgress,
+                on_done=self._onDecompressed,
+                on_error=self._onJobError,
+            ),
+            self.ui.codingProgressBar,
+            self.ui.cancelCodingButton,
+            self.ui.codingStatusLabel,
+        )
 
     def onPreviewRegion(self) -> None:
-        path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), _("Preview at the current slice"), "",
-                                              _("DeepSTD compressed volume") + " (*.dstd)")
+        path = qt.QFileDialog.getOpenFileName(
+            slicer.util.mainWindow(),
+            _("Preview at the current slice"),
+            "",
+            _("DeepSTD compressed volume") + " (*.dstd)",
+        )
         if not path:
             return
         slice_node = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
         to_ras = slice_node.GetSliceToRAS()
         centre = [to_ras.GetElement(i, 3) for i in range(3)]
         normal = [to_ras.GetElement(i, 2) for i in range(3)]
-        self._startJob(lambda: self.logic.core.start_slice_preview(
-            path, centre, normal, device=self._parameterNode.device, on_progress=self._onProgress,
-            on_done=self._onPreviewed, on_error=self._onJobError),
-            self.ui.codingProgressBar, self.ui.cancelCodingButton, self.ui.codingStatusLabel)
+        self._startJob(
+            lambda: self.logic.core.start_slice_preview(
+                path,
+                centre,
+                normal,
+                device=self._parameterNode.device,
+                on_progress=self._onProgress,
+                on_done=self._onPreviewed,
+                on_error=self._onJobError,
+            ),
+            self.ui.codingProgressBar,
+            self.ui.cancelCodingButton,
+            self.ui.codingStatusLabel,
+        )
 
     def _onPreviewed(self, node) -> None:
         self.ui.codingStatusLabel.text = _("Previewing ") + node.GetName()
@@ -367,20 +436,24 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Could not compute the residue."), waitCursor=True):
             residue, table, values = self.logic.core.compute_residue(
-                p.originalVolume, p.decodedVolume, p.residueVolume, p.qualityTable)
+                p.originalVolume, p.decodedVolume, p.residueVolume, p.qualityTable
+            )
             p.residueVolume, p.qualityTable = residue, table
-            self.ui.qualityStatusLabel.text = (f"MAE {values['MAE']:.3g} | PSNR {values['PSNR']:.2f} dB | "
-                                               f"SSIM {values['SSIM']:.4f}")
+            self.ui.qualityStatusLabel.text = (
+                f"MAE {values['MAE']:.3g} | PSNR {values['PSNR']:.2f} dB | SSIM {values['SSIM']:.4f}"
+            )
             self._showTable(table)
 
     def onComputeSegmentMetrics(self) -> None:
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Could not compare the segmentations."), waitCursor=True):
             table, rows = self.logic.core.compute_segment_metrics(
-                p.segmentationA, p.segmentationB, p.originalVolume, p.segmentTable)
+                p.segmentationA, p.segmentationB, p.originalVolume, p.segmentTable
+            )
             p.segmentTable = table
             self.ui.qualityStatusLabel.text = ", ".join(
-                f"{r['Segment']}: Dice {r['Dice']:.3f}, HD95 {r['HD95']:.2f} mm" for r in rows)
+                f"{r['Segment']}: Dice {r['Dice']:.3f}, HD95 {r['HD95']:.2f} mm" for r in rows
+            )
             self._showTable(table)
 
     @staticmethod
@@ -435,8 +508,14 @@ class DeepSTDSlicerTest(ScriptedLoadableModuleTest):
 
         direction = np.array([[0.0, -0.8, 0.6], [1.0, 0.0, 0.0], [0.0, 0.6, 0.8]]).T @ np.diag([1.0, -1.0, 1.0])
         z, y, x = np.indices((7, 11, 13))
-        return Volume((100 * np.sin(x / 3.0) + 10 * z).astype(np.float32), (0.7, 0.9, 3.5), (-12.5, 40.25, 7.0),
-                      tuple(direction.reshape(-1)), "int16", "HU")
+        return Volume(
+            (100 * np.sin(x / 3.0) + 10 * z).astype(np.float32),
+            (0.7, 0.9, 3.5),
+            (-12.5, 40.25, 7.0),
+            tuple(direction.reshape(-1)),
+            "int16",
+            "HU",
+        )
 
     def test_volume_round_trip(self):
         volume = self._obliqueVolume()
@@ -453,8 +532,14 @@ class DeepSTDSlicerTest(ScriptedLoadableModuleTest):
         node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLGridTransformNode")
         field = np.zeros((4, 5, 6, 3))
         field[..., 0] = 2.0  # LPS x: towards the left, i.e. -2 mm along RAS x
-        snapshot = types.SimpleNamespace(displacement=field, spacing=(5.0, 5.0, 5.0), origin=(0.0, 0.0, 0.0),
-                                         direction=tuple(np.eye(3).reshape(-1)), loss=-0.5, step=25)
+        snapshot = types.SimpleNamespace(
+            displacement=field,
+            spacing=(5.0, 5.0, 5.0),
+            origin=(0.0, 0.0, 0.0),
+            direction=tuple(np.eye(3).reshape(-1)),
+            loss=-0.5,
+            step=25,
+        )
         DeepSTDCore().apply_snapshot(node, snapshot)
         moved = node.GetTransformFromParent().TransformPoint(-5.0, -5.0, 5.0)
         np.testing.assert_allclose(moved, (-7.0, -5.0, 5.0), atol=1e-6)

@@ -1,12 +1,12 @@
 """Shared fixtures: where the real data lives, and synthetic volumes with awkward geometry."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from shared_data import OBLIQUE_DIRECTION, REQUIRE_DATA, SHARED_DATA, data_path  # noqa: F401  (re-exported)
 
 from deepstd import Volume
-
-from shared_data import OBLIQUE_DIRECTION, REQUIRE_DATA, SHARED_DATA, data_path  # noqa: F401  (re-exported)
 
 
 @pytest.fixture
@@ -15,8 +15,14 @@ def oblique_volume() -> Volume:
     rng = np.random.default_rng(0)
     z, y, x = np.meshgrid(np.arange(7), np.arange(11), np.arange(13), indexing="ij")
     array = (1000 * np.sin(x / 3.0) * np.cos(y / 4.0) + 30 * z + rng.normal(0, 5, x.shape)).round()
-    return Volume(array.astype(np.float32), spacing=(0.7, 0.9, 3.5), origin=(-12.5, 40.25, 7.0),
-                  direction=OBLIQUE_DIRECTION, dtype="int16", units="HU")
+    return Volume(
+        array.astype(np.float32),
+        spacing=(0.7, 0.9, 3.5),
+        origin=(-12.5, 40.25, 7.0),
+        direction=OBLIQUE_DIRECTION,
+        dtype="int16",
+        units="HU",
+    )
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 DEEPSTD_REQUIRE_DATA=1, when ../shared/data is absent) and the awkward geometry synthetic volumes
 use. A module of its own, not conftest, because
 the suite has several conftest files and `from conftest import` would pick the wrong one."""
+
 from __future__ import annotations
 
 import os

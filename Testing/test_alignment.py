@@ -2,6 +2,7 @@
 the choice of texture frame (covering, compact, block size), the intensity map, and `ScanReader`
 (coverage, and region reads equal to crops of whole reads) on small synthetic grids with an
 identity or a small smooth backward field."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -80,11 +81,11 @@ def test_extend_outside_fades_towards_zero_far_away(extended):
     unit, support, out = extended
     distance = ndimage.distance_transform_edt(~support)
     bound = np.abs(unit).max() * np.exp(-distance / EXTENSION_DECAY) + 1e-6
-    assert np.all(np.abs(out) <= bound)                           # never above the decay envelope
+    assert np.all(np.abs(out) <= bound)  # never above the decay envelope
     far = distance > 40
     assert far.sum() > 1000 and np.abs(out[far]).max() < 0.01
     near = (distance > 0) & (distance < 3)
-    assert np.abs(out[near]).mean() > 10 * np.abs(out[far]).mean()   # a fade, not a cut to zero
+    assert np.abs(out[near]).mean() > 10 * np.abs(out[far]).mean()  # a fade, not a cut to zero
 
 
 def test_extend_outside_with_all_or_no_support():
@@ -105,10 +106,10 @@ def test_block_for_codes_a_frame_that_fits_one_block_whole():
 
 def test_texture_frame_pads_the_template_symmetrically():
     frame, margin = texture_frame(TEMPLATE)
-    assert margin == [8, 8, 8]                                    # at least 8 voxels per side
+    assert margin == [8, 8, 8]  # at least 8 voxels per side
     assert frame.size == (36, 34, 32) and frame.origin == (-8.0, -8.0, -8.0)
     wide, margin = texture_frame(Frame((200, 100, 1), (0.5, 0.5, 2.0), (0.0, 0.0, 0.0), IDENTITY))
-    assert margin == [24, 12, 0] and wide.size == (248, 124, 1)   # 12 %, none on a single slice
+    assert margin == [24, 12, 0] and wide.size == (248, 124, 1)  # 12 %, none on a single slice
 
 
 def shifted_reader(shift_mm, scan_size=(20, 18, 16), frame=None):
@@ -118,19 +119,19 @@ def shifted_reader(shift_mm, scan_size=(20, 18, 16), frame=None):
 
 def test_covering_frame_widens_the_margins_until_a_shifted_scan_is_covered():
     frame, margin = texture_frame(TEMPLATE)
-    reader = shifted_reader((15.0, -11.0, 0.0))                   # reaches 15 mm past +x, 11 past -y
+    reader = shifted_reader((15.0, -11.0, 0.0))  # reaches 15 mm past +x, 11 past -y
     assert reader.coverage(frame) < 0.7
     wider, wide_margin = covering_frame(TEMPLATE, margin, reader)
     assert reader.coverage(wider) == 1.0
     assert wider == TEMPLATE.padded(wide_margin)
     assert wide_margin[0] >= 15 + 1 and wide_margin[1] >= 11 + 1
-    assert wide_margin[2] == margin[2]                            # z was covered: left as it was
+    assert wide_margin[2] == margin[2]  # z was covered: left as it was
     assert wide_margin[0] <= 15 + 2 and wide_margin[1] <= 11 + 2  # and no wider than needed
 
 
 def test_covering_frame_never_narrows():
     frame, margin = texture_frame(TEMPLATE)
-    reader = shifted_reader((0.0, 0.0, 0.0))                      # the template itself
+    reader = shifted_reader((0.0, 0.0, 0.0))  # the template itself
     assert reader.coverage(frame) == 1.0
     assert covering_frame(TEMPLATE, margin, reader) == (frame, margin)
     big = [12, 9, 10]
@@ -142,11 +143,11 @@ def test_covering_frame_respects_max_frame_voxels(monkeypatch):
     reader = shifted_reader((30.0, 0.0, 0.0))
     unlimited, needed = covering_frame(TEMPLATE, margin, reader)
     assert reader.coverage(unlimited) == 1.0 and needed[0] > 30
-    cap = int(np.prod(frame.size)) * 2                            # room for only part of the widening
+    cap = int(np.prod(frame.size)) * 2  # room for only part of the widening
     monkeypatch.setattr(alignment, "MAX_FRAME_VOXELS", cap)
     capped, capped_margin = covering_frame(TEMPLATE, margin, reader)
     assert np.prod(capped.size) <= cap
-    assert margin[0] < capped_margin[0] < needed[0]                # widened as far as the cap allows
+    assert margin[0] < capped_margin[0] < needed[0]  # widened as far as the cap allows
     assert all(c >= m for c, m in zip(capped_margin, margin))
     assert reader.coverage(frame) < reader.coverage(capped) < 1.0
     monkeypatch.setattr(alignment, "MAX_FRAME_VOXELS", int(np.prod(frame.size)) - 1)
@@ -163,12 +164,12 @@ def test_compact_frame_takes_the_smallest_aligned_frame_that_keeps_the_coverage(
 
     frame, margin = compact_frame(template, [8, 8, 8], everything_covered)
     assert margin == [3, 0, 3] and frame == template.padded(margin) and frame.size == (47, 47, 48)
-    assert all(n <= m + 2 * 8 for f in seen for n, m in zip(f.size, template.size))   # never wider
+    assert all(n <= m + 2 * 8 for f in seen for n, m in zip(f.size, template.size))  # never wider
     # a loss of coverage within the allowance is accepted, beyond it the default frame stays
     default = template.padded([8, 8, 8])
-    small_loss = lambda f: 1.0 if f == default else 1.0 - COMPACT_COVERAGE_LOSS / 2   # noqa: E731
+    small_loss = lambda f: 1.0 if f == default else 1.0 - COMPACT_COVERAGE_LOSS / 2  # noqa: E731
     assert compact_frame(template, [8, 8, 8], small_loss)[1] == [3, 0, 3]
-    big_loss = lambda f: 1.0 if f == default else 1.0 - 2 * COMPACT_COVERAGE_LOSS     # noqa: E731
+    big_loss = lambda f: 1.0 if f == default else 1.0 - 2 * COMPACT_COVERAGE_LOSS  # noqa: E731
     assert compact_frame(template, [8, 8, 8], big_loss) == (default, [8, 8, 8])
     assert compact_frame(template, [0, 0, 0], everything_covered) == (template, [0, 0, 0])
 
@@ -186,8 +187,9 @@ def test_intensity_map_percentile_rule_and_round_trip():
     back = mapping.from_unit(unit)
     assert back.dtype == np.float32
     np.testing.assert_allclose(back, scan, rtol=0, atol=1e-3 * (hi - lo))
-    assert IntensityMap.from_header(mapping.to_header()) == mapping   # JSON-exact floats
+    assert IntensityMap.from_header(mapping.to_header()) == mapping  # JSON-exact floats
     import json
+
     assert IntensityMap.from_header(json.loads(json.dumps(mapping.to_header()))) == mapping
 
 
@@ -197,11 +199,15 @@ def test_intensity_map_window_rule_and_bad_input():
     assert mapping == IntensityMap(-160.0, 240.0)
     np.testing.assert_allclose(mapping.to_unit(np.array([-160.0, 40.0, 240.0])), [0.0, 0.5, 1.0])
     flat = intensity_map(np.full((4, 4, 4), 7.0, np.float32))
-    assert flat.hi == flat.lo + 1.0                                # a constant scan still maps
+    assert flat.hi == flat.lo + 1.0  # a constant scan still maps
     with pytest.raises(BundleError):
         intensity_map(scan, {"kind": "nonsense"})
-    for header in ({"lo": 1.0, "hi": 1.0}, {"lo": 2.0, "hi": 1.0}, {"lo": float("nan"), "hi": 1.0},
-                   {"lo": 0.0, "hi": float("inf")}):
+    for header in (
+        {"lo": 1.0, "hi": 1.0},
+        {"lo": 2.0, "hi": 1.0},
+        {"lo": float("nan"), "hi": 1.0},
+        {"lo": 0.0, "hi": float("inf")},
+    ):
         with pytest.raises(ValueError):
             IntensityMap.from_header(header)
 
@@ -216,19 +222,19 @@ def test_identity_mapping_covers_the_scan_and_reads_the_texture_back():
     values, coverage = reader.read(reader.crop(texture), mapping)
     assert coverage == 1.0 and values.shape == TEMPLATE.shape_zyx and values.dtype == np.float32
     mx, my, mz = margin
-    inner = texture[mz:mz + 16, my:my + 18, mx:mx + 20]              # template voxel i = frame voxel i + margin
+    inner = texture[mz : mz + 16, my : my + 18, mx : mx + 20]  # template voxel i = frame voxel i + margin
     np.testing.assert_allclose(values, mapping.from_unit(inner), rtol=0, atol=1e-4)
 
 
 def test_coverage_counts_the_voxels_that_read_outside():
     frame, _ = texture_frame(TEMPLATE)
-    reader = shifted_reader((10.0, 0.0, 0.0), frame=TEMPLATE)     # the template as the frame: 10 of 20 columns out
+    reader = shifted_reader((10.0, 0.0, 0.0), frame=TEMPLATE)  # the template as the frame: 10 of 20 columns out
     assert reader.coverage() == pytest.approx(0.5)
     texture = np.ones(TEMPLATE.shape_zyx, np.float32)
     values, coverage = reader.read(reader.crop(texture), IntensityMap(100.0, 200.0))
     assert coverage == pytest.approx(0.5)
-    np.testing.assert_allclose(values[:, :, :10], 200.0, atol=1e-3)   # inside: the texture (1.0 -> hi)
-    assert np.all(values[:, :, 10:] == 100.0)                       # outside: the background (0.0 -> lo)
+    np.testing.assert_allclose(values[:, :, :10], 200.0, atol=1e-3)  # inside: the texture (1.0 -> hi)
+    assert np.all(values[:, :, 10:] == 100.0)  # outside: the background (0.0 -> lo)
 
 
 @pytest.fixture(scope="module")
@@ -249,12 +255,19 @@ def warped_reader():
     return template, frame, backward, matrix, scan, texture, mapping, values, coverage
 
 
-@pytest.mark.parametrize("window", [((3, 2, 1), (15, 11, 8)), ((0, 0, 0), (1, 1, 1)),
-                                    ((49, 39, 29), (50, 40, 30)), ((10, 0, 5), (11, 40, 6)),
-                                    ((0, 0, 0), (50, 40, 30))])
+@pytest.mark.parametrize(
+    "window",
+    [
+        ((3, 2, 1), (15, 11, 8)),
+        ((0, 0, 0), (1, 1, 1)),
+        ((49, 39, 29), (50, 40, 30)),
+        ((10, 0, 5), (11, 40, 6)),
+        ((0, 0, 0), (50, 40, 30)),
+    ],
+)
 def test_a_region_read_equals_the_crop_of_the_whole_read_exactly(warped_reader, window):
     template, frame, backward, matrix, scan, texture, mapping, whole_values, whole_coverage = warped_reader
-    assert whole_coverage == 1.0 and np.std(whole_values) > 0.1     # the read is not trivial
+    assert whole_coverage == 1.0 and np.std(whole_values) > 0.1  # the read is not trivial
     part = ScanReader(template, frame, backward, matrix, scan, window=window)
     (z0, y0, x0), (z1, y1, x1) = part.texture_box
     if window != ((0, 0, 0), (50, 40, 30)):

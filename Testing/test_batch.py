@@ -5,6 +5,7 @@ here): mirrored tree and manifest, corrupt input recorded and skipped, second ru
 Scans are small synthetic volumes and the bundle is tiny and untrained (see codec_helpers): what
 is checked here — bookkeeping, resumption, determinism — does not depend on quality.
 """
+
 from __future__ import annotations
 
 import csv
@@ -17,14 +18,13 @@ import sys
 import time
 
 import pytest
+from codec_helpers import blob_volume, tiny_bundle
 
 from deepstd import batch, read
 from deepstd.batch import manifest
 from deepstd.batch.discover import file_sha256
 from deepstd.errors import InputError
 from deepstd.io import write
-
-from codec_helpers import blob_volume, tiny_bundle
 
 RATIO = 24
 SIZE = (40, 34, 16)
@@ -63,8 +63,9 @@ def collection(tmp_path_factory):
 def cluster():
     from dask.distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      silence_logs=logging.ERROR) as local:
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
+    ) as local:
         yield local
 
 
@@ -84,9 +85,14 @@ def test_tree_is_mirrored_and_every_scan_recorded(collection, compressed):
     assert (totals["compressed"], totals["failed"], totals["skipped"]) == (5, 1, 0)
     records = records_of(out)
     dicom = sorted(name for name in records if name.startswith("site_b/dicom/"))
-    assert len(dicom) == 2                                    # one .dstd per series of the folder
-    assert set(records) == {"site_a/s0.nii.gz.dstd", "site_a/s1.nrrd.dstd", "site_b/s2.nii.gz.dstd",
-                            "site_a/broken.nii.gz.dstd", *dicom}
+    assert len(dicom) == 2  # one .dstd per series of the folder
+    assert set(records) == {
+        "site_a/s0.nii.gz.dstd",
+        "site_a/s1.nrrd.dstd",
+        "site_b/s2.nii.gz.dstd",
+        "site_a/broken.nii.gz.dstd",
+        *dicom,
+    }
     for name, record in records.items():
         if record["status"] != "ok":
             continue
@@ -112,13 +118,13 @@ def test_second_run_does_no_work_and_redoes_a_damaged_output(collection, bundle,
     lines = len(manifest.load(out))
     totals = batch.compress(collection, out, bundle, RATIO, verify=True, scheduler=cluster.scheduler_address)
     assert (totals["compressed"], totals["skipped"], totals["failed"]) == (0, 5, 1)
-    assert len(manifest.load(out)) == lines                   # nothing re-run, not even the broken scan
+    assert len(manifest.load(out)) == lines  # nothing re-run, not even the broken scan
     damaged = out / "site_a" / "s1.nrrd.dstd"
     original = damaged.read_bytes()
     damaged.write_bytes(original[:-10])
     totals = batch.compress(collection, out, bundle, RATIO, verify=True, scheduler=cluster.scheduler_address)
     assert (totals["compressed"], totals["skipped"]) == (1, 4)
-    assert damaged.read_bytes() == original                   # deterministic: the same bytes again
+    assert damaged.read_bytes() == original  # deterministic: the same bytes again
 
 
 def test_one_local_worker_writes_the_same_bytes_as_two(collection, bundle, compressed, tmp_path):
@@ -141,11 +147,29 @@ def test_interrupted_cli_run_resumes_where_it_stopped(bundle, cluster, tmp_path)
     src, out = tmp_path / "src", tmp_path / "out"
     for seed in range(count):
         write(scan(seed), src / f"scan{seed}.nii.gz")
-    command = [sys.executable, "-m", "deepstd.cli", "batch", "compress", str(src), str(out), "--bundle",
-               str(bundle.path), "--ratio", str(RATIO), "--scheduler", cluster.scheduler_address]
+    command = [
+        sys.executable,
+        "-m",
+        "deepstd.cli",
+        "batch",
+        "compress",
+        str(src),
+        str(out),
+        "--bundle",
+        str(bundle.path),
+        "--ratio",
+        str(RATIO),
+        "--scheduler",
+        cluster.scheduler_address,
+    ]
     # SIGINT restored to its default in the child: a runner started in the background ignores it
-    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    run = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 90
     while not any(r["status"] == "ok" for r in manifest.load(out)) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -172,10 +196,25 @@ def test_overlapping_source_and_output_are_refused(collection, bundle, where):
     with pytest.raises(InputError, match="inside"):
         batch.compress(collection, out, bundle, RATIO, workers=1)
     assert not (collection / "site_a" / "out").exists()
-    result = subprocess.run([sys.executable, "-m", "deepstd.cli", "batch", "compress", str(collection), str(out),
-                             "--bundle", str(bundle.path), "--ratio", "24"], capture_output=True, text=True,
-                            timeout=120)
-    last = result.stderr.strip().splitlines()[-1]                  # (above it: the progress bar's blank)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deepstd.cli",
+            "batch",
+            "compress",
+            str(collection),
+            str(out),
+            "--bundle",
+            str(bundle.path),
+            "--ratio",
+            "24",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    last = result.stderr.strip().splitlines()[-1]  # (above it: the progress bar's blank)
     assert result.returncode == 2 and last.startswith("deepstd: error:") and "inside" in last
     assert "Traceback" not in result.stderr
 
@@ -212,7 +251,9 @@ def test_scan_list_json_and_bad_lists(collection, tmp_path):
     from deepstd.batch.discover import find_scans
 
     listing = tmp_path / "scans.json"
-    listing.write_text(json.dumps([str(collection / "site_a" / "s1.nrrd"), {"path": str(collection / "site_b" / "dicom")}]))
+    listing.write_text(
+        json.dumps([str(collection / "site_a" / "s1.nrrd"), {"path": str(collection / "site_b" / "dicom")}])
+    )
     root, scans = find_scans(listing)
     assert root == collection and [s.output.split("/")[0] for s in scans] == ["site_a", "site_b", "site_b"]
     listing.write_text(json.dumps([str(tmp_path / "missing.nii.gz")]))

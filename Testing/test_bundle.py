@@ -1,4 +1,5 @@
 """Codec bundles: deterministic ids, exact template geometry, and clear refusals of bad files."""
+
 from __future__ import annotations
 
 import io
@@ -24,11 +25,11 @@ def test_round_trip_and_stable_id(tmp_path, oblique_volume):
     np.testing.assert_array_equal(bundle.template.array, oblique_volume.array)
     np.testing.assert_array_equal(bundle.template_labels.array, labels.array)
     assert len(bundle.sha256) == 64 and "trained on 3 scans" in bundle.describe()
-    assert bundle.template.units == "unitless"                     # an MR bundle
+    assert bundle.template.units == "unitless"  # an MR bundle
     changed = save_bundle(tmp_path / "c.dstdb", dict(CONFIG, region="other"), oblique_volume)
     assert load_bundle(changed).sha256 != bundle.sha256
     ct = save_bundle(tmp_path / "ct.dstdb", dict(CONFIG, modality="CT"), oblique_volume)
-    assert load_bundle(ct).template.units == "HU"                  # NIfTI cannot say so; the config does
+    assert load_bundle(ct).template.units == "HU"  # NIfTI cannot say so; the config does
 
 
 def _zip(entries):
@@ -39,15 +40,20 @@ def _zip(entries):
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"not a zip", "not a zip"),
-    (_zip({"config.json": b"{}", "weights.pt": b"pickle!"}), "unexpected entries"),
-    (_zip({"config.json": b"{}"}), "missing entries"),
-    (_zip({"config.json": b"{oops", "template.nii.gz": b""}), "not valid JSON"),
-    (_zip({"config.json": b'{"name": "x"}', "template.nii.gz": b""}), "must be an object with"),
-    (_zip({"config.json": b'{"name": "x", "modality": "MR", "region": "r"}',
-           "template.nii.gz": b"garbage"}), "template image is unreadable"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"not a zip", "not a zip"),
+        (_zip({"config.json": b"{}", "weights.pt": b"pickle!"}), "unexpected entries"),
+        (_zip({"config.json": b"{}"}), "missing entries"),
+        (_zip({"config.json": b"{oops", "template.nii.gz": b""}), "not valid JSON"),
+        (_zip({"config.json": b'{"name": "x"}', "template.nii.gz": b""}), "must be an object with"),
+        (
+            _zip({"config.json": b'{"name": "x", "modality": "MR", "region": "r"}', "template.nii.gz": b"garbage"}),
+            "template image is unreadable",
+        ),
+    ],
+)
 def test_bad_bundles_are_refused_by_name(data, message):
     with pytest.raises(BundleError, match=message):
         from_bytes(data)
@@ -84,11 +90,13 @@ def test_cli_info_describes_a_bundle(tmp_path, oblique_volume):
     import sys
 
     path = save_bundle(tmp_path / "t.dstdb", CONFIG, oblique_volume)
-    result = subprocess.run([sys.executable, "-m", "deepstd.cli", "info", str(path)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "deepstd.cli", "info", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0 and "test-mr: MR synthetic" in result.stdout and "sha256:" in result.stdout
     bad = tmp_path / "bad.dstdb"
     bad.write_bytes(b"junk")
-    result = subprocess.run([sys.executable, "-m", "deepstd.cli", "info", str(bad)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "deepstd.cli", "info", str(bad)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2 and "not a codec bundle" in result.stderr and "Traceback" not in result.stderr

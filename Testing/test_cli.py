@@ -1,4 +1,5 @@
 """The CLI: real subprocesses, exit codes, one-line errors without tracebacks."""
+
 from __future__ import annotations
 
 import subprocess
@@ -6,14 +7,15 @@ import sys
 
 import numpy as np
 import pytest
+from shared_data import data_path
 
 import deepstd
-from shared_data import data_path
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "deepstd.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "deepstd.cli", *map(str, args)], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_help_and_version():
@@ -33,12 +35,15 @@ def test_phantom_info_convert_round_trip(tmp_path):
     np.testing.assert_allclose(back.direction, original.direction, atol=1e-6)
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: p / "missing.nii.gz", "no such file"),
-    (lambda p: (p / "x.dstd").write_bytes(b"DSTD\x09\x00") and p / "x.dstd", "unsupported .dstd format version"),
-    (lambda p: (p / "y.dstd").write_bytes(b"junk") and p / "y.dstd", "not a .dstd file"),
-    (lambda p: (p / "z.nii.gz").write_bytes(b"\x1f\x8b\x08junk") and p / "z.nii.gz", "cannot read image"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p / "missing.nii.gz", "no such file"),
+        (lambda p: (p / "x.dstd").write_bytes(b"DSTD\x09\x00") and p / "x.dstd", "unsupported .dstd format version"),
+        (lambda p: (p / "y.dstd").write_bytes(b"junk") and p / "y.dstd", "not a .dstd file"),
+        (lambda p: (p / "z.nii.gz").write_bytes(b"\x1f\x8b\x08junk") and p / "z.nii.gz", "cannot read image"),
+    ],
+)
 def test_bad_input_is_one_line_nonzero_no_traceback(tmp_path, make, message):
     result = run("info", make(tmp_path))
     assert result.returncode == 2

@@ -4,6 +4,7 @@ A tiny bundle (synthetic template, untrained small texture network, short regist
 these fast; what they check — budgets, grids, dtypes, errors — does not depend on training.
 The shipped `la-mr` bundle on a real held-out scan is checked in test_codec_real.py.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -12,6 +13,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from codec_helpers import FAST_REGISTRATION
 
 from deepstd import codec
 from deepstd.bundle import TextureCoding, find_bundle, load_bundle, save_bundle
@@ -20,8 +22,6 @@ from deepstd.container import pack, unpack
 from deepstd.demo import unseen_scan
 from deepstd.errors import BudgetError, BundleError, Cancelled, DeepSTDError, FormatError, InputError
 from deepstd.progress import CancelEvent
-
-from codec_helpers import FAST_REGISTRATION
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,7 +36,7 @@ def test_decoded_volume_has_exactly_the_original_grid_and_dtype(tiny_bundle, sca
     assert out.array.shape == scan.array.shape
     assert out.spacing == scan.spacing and out.origin == scan.origin and out.direction == scan.direction
     assert out.dtype == "int16" and out.units == scan.units
-    assert np.array_equal(out.array, np.rint(out.array))           # integer values of the dtype
+    assert np.array_equal(out.array, np.rint(out.array))  # integer values of the dtype
     assert out.array.min() >= -32768 and out.array.max() <= 32767
 
 
@@ -51,7 +51,14 @@ def test_shape_path_round_trip_restores_the_scan(tiny_bundle, scan):
     mapping = intensity_map(scan.array)
     frame, margin = texture_frame(reg.frame)
     assert frame.size == tuple(n + 2 * m for n, m in zip(reg.frame.size, margin))
-    unit, support = into_template(scan, decode_shape(reg.shape_code(8)).backward, decode_shape(reg.shape_code(8)).matrix, reg.frame, frame, mapping)
+    unit, support = into_template(
+        scan,
+        decode_shape(reg.shape_code(8)).backward,
+        decode_shape(reg.shape_code(8)).matrix,
+        reg.frame,
+        frame,
+        mapping,
+    )
     assert 0.2 < support.mean() < 1.0
     code = decode_shape(reg.shape_code(8))
     back, coverage = from_template(unit, reg.frame, frame, code.backward, code.matrix, Frame.of(scan), mapping)
@@ -76,13 +83,18 @@ def test_the_header_is_lean_only_where_it_would_eat_the_budget(tiny_bundle, scan
 
     data = codec.encode(scan, tiny_bundle, budget_bytes=1000, device="cpu")
     small = unpack(data)
-    full = dict(small.header, bundle={"name": tiny_bundle.name, "sha256": tiny_bundle.sha256}, budget_bytes=1000,
-                target_ratio=round(scan.raw_bytes / 1000, 4), encoder_version="0.1.0",
-                codec=dict(small.header["codec"], omega=12.0, shape_width=4, shape_bits=8, texture_rate=0))
+    full = dict(
+        small.header,
+        bundle={"name": tiny_bundle.name, "sha256": tiny_bundle.sha256},
+        budget_bytes=1000,
+        target_ratio=round(scan.raw_bytes / 1000, 4),
+        encoder_version="0.1.0",
+        codec=dict(small.header["codec"], omega=12.0, shape_width=4, shape_bits=8, texture_rate=0),
+    )
     assert header_cost(full) > HEADER_SHARE * 1000
     typed = DstdHeader.from_dict(full)
-    assert typed.to_dict() == full                          # the typed header writes the same JSON
-    assert small.header == typed.lean().to_dict()          # only what decoding needs
+    assert typed.to_dict() == full  # the typed header writes the same JSON
+    assert small.header == typed.lean().to_dict()  # only what decoding needs
     assert set(small.header) <= set(DECODE_KEYS) | {"bundle", "codec"}
     assert len(small.header["bundle"]["sha256"]) == LEAN_BUNDLE_ID
     roomy = replace(typed, budget_bytes=100_000)
@@ -91,6 +103,7 @@ def test_the_header_is_lean_only_where_it_would_eat_the_budget(tiny_bundle, scan
     assert len(data) <= 1000 and decoded.size == scan.size and decoded.direction == scan.direction
     # no room for even a 4-wide network at 12 % of 1000 bytes: the shape code is the pre-alignment alone
     from deepstd.shape.code import PREALIGNMENT_BYTES
+
     assert len(small.sections["shape"]) <= PREALIGNMENT_BYTES
     with pytest.raises(BundleError, match="coded with bundle"):
         find_bundle(None, "0" * LEAN_BUNDLE_ID, tiny_bundle)
@@ -119,8 +132,14 @@ def test_infeasible_budget_states_the_largest_feasible_ratio(tiny_bundle, scan):
 
 
 def test_other_bundle_is_refused_and_missing_bundle_named(tiny_bundle, coded, tmp_path):
-    other = load_bundle(save_bundle(tmp_path / "other.dstdb", replace(tiny_bundle.config, name="other"),
-                                    tiny_bundle.template, texture=tiny_bundle.texture))
+    other = load_bundle(
+        save_bundle(
+            tmp_path / "other.dstdb",
+            replace(tiny_bundle.config, name="other"),
+            tiny_bundle.template,
+            texture=tiny_bundle.texture,
+        )
+    )
     with pytest.raises(BundleError, match="coded with bundle 'tiny'"):
         codec.decode(coded, other)
     with pytest.raises(BundleError, match="not installed"):
@@ -162,8 +181,10 @@ def test_corrupt_files_only_raise_deepstd_errors(tiny_bundle, coded):
         for _ in range(int(rng.integers(1, 4))):
             payload[rng.integers(len(payload))] = int(rng.integers(256))
         candidates.append(pack(parsed.header, dict(parsed.sections, **{name: bytes(payload)})))
-    bad_headers = [dict(parsed.header, intensity={"lo": 5, "hi": 1}), {k: v for k, v in parsed.header.items()
-                                                                       if k != "intensity"}]
+    bad_headers = [
+        dict(parsed.header, intensity={"lo": 5, "hi": 1}),
+        {k: v for k, v in parsed.header.items() if k != "intensity"},
+    ]
     candidates += [pack(h, parsed.sections) for h in bad_headers]
     candidates.append(pack(parsed.header, {"shape": parsed.sections["shape"]}))
     for data in candidates:
@@ -191,8 +212,10 @@ def test_decode_is_bit_identical_across_threads_and_processes(tiny_bundle, coded
     reference = codec.decode(coded, tiny_bundle, device="cpu").array
     for threads in (1, 2):
         out = tmp_path / f"out{threads}.npy"
-        subprocess.run([sys.executable, "-c", DECODE_IN_FRESH_PROCESS, str(file), str(tiny_bundle.path),
-                        str(threads), str(out)], check=True)
+        subprocess.run(
+            [sys.executable, "-c", DECODE_IN_FRESH_PROCESS, str(file), str(tiny_bundle.path), str(threads), str(out)],
+            check=True,
+        )
         assert np.array_equal(np.load(out), reference), f"{threads} threads in a fresh process differ"
 
 
@@ -217,6 +240,7 @@ def test_cli_encode_decode_and_errors(tiny_bundle, scan, tmp_path, capsys):
     series = read(dicom)
     assert series.size == scan.size and np.allclose(series.spacing, scan.spacing, atol=1e-4)
     import pydicom
+
     first = pydicom.dcmread(sorted(dicom.iterdir())[0])
     assert first.LossyImageCompression == "01" and float(first.LossyImageCompressionRatio) > 20
 
@@ -279,18 +303,28 @@ def test_a_one_block_frame_is_coded_whole_on_the_smallest_frame_that_covers(tiny
     covered = lambda f: min(1.0, 0.9 + 0.1 * min(f.size[0] - 41, f.size[2] - 42) / 6)  # noqa: E731
     frame, margin = compact_frame(template, [8, 8, 8], covered)
     assert margin == [3, 0, 3] and frame.size == (47, 47, 48)
-    frame, margin = compact_frame(template, [8, 8, 8], lambda f: 1.0 - 1e-3 * (64 ** 3 - np.prod(f.size)) / 1e4)
-    assert margin == [8, 8, 8]            # every smaller frame loses coverage: keep the default
-    one_block = load_bundle(save_bundle(tmp_path / "one.dstdb", replace(tiny_bundle.config, texture=TextureCoding(64)),
-                                        tiny_bundle.template, texture=tiny_bundle.texture))
+    frame, margin = compact_frame(template, [8, 8, 8], lambda f: 1.0 - 1e-3 * (64**3 - np.prod(f.size)) / 1e4)
+    assert margin == [8, 8, 8]  # every smaller frame loses coverage: keep the default
+    one_block = load_bundle(
+        save_bundle(
+            tmp_path / "one.dstdb",
+            replace(tiny_bundle.config, texture=TextureCoding(64)),
+            tiny_bundle.template,
+            texture=tiny_bundle.texture,
+        )
+    )
     data = codec.encode(scan, one_block, ratio=24, device="cpu")
     parsed = unpack(data)
     streams = TextureStreams.from_bytes(parsed.sections["texture"])
     default = texture_frame(Frame.of(one_block.template))[0]
     assert streams.full and np.prod(streams.block) <= np.prod([-(-n // 16) * 16 for n in default.size])
     decoded = codec.decode(data, one_block)
-    assert (decoded.size, decoded.spacing, decoded.origin, decoded.direction) == \
-        (scan.size, scan.spacing, scan.origin, scan.direction)
+    assert (decoded.size, decoded.spacing, decoded.origin, decoded.direction) == (
+        scan.size,
+        scan.spacing,
+        scan.origin,
+        scan.direction,
+    )
 
 
 def test_every_warning_in_the_header_dictionary_still_matches_it():

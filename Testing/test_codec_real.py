@@ -1,15 +1,15 @@
 """The shipped `la-mr` bundle on a real held-out left-atrium scan: rate control, geometry, quality,
 decoding by the header's bundle id, and the demo command."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from shared_data import data_path
 
 from deepstd import codec, metrics, peers, read
 from deepstd.bundle import load_bundle, shipped_bundles
 from deepstd.container import unpack
-
-from shared_data import data_path
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def coded_128(la_bundle, held_out_scan):
 
 
 def test_shipped_bundle_is_small_and_describes_itself(la_bundle):
-    assert la_bundle.path.stat().st_size <= 10 * 2 ** 20
+    assert la_bundle.path.stat().st_size <= 10 * 2**20
     config = la_bundle.config
     assert config.modality == "MR" and config.training["scans"] == 26
     assert config.registration.threshold < 0 and len(config.validation) >= 4
@@ -43,7 +43,7 @@ def test_shipped_bundle_is_small_and_describes_itself(la_bundle):
 def test_held_out_scan_at_128x_meets_the_budget_and_the_grid(held_out_scan, coded_128):
     budget = held_out_scan.raw_bytes // 128
     assert 0.98 * budget <= len(coded_128) <= budget
-    out = codec.decode(coded_128)                      # bundle found from the header's id
+    out = codec.decode(coded_128)  # bundle found from the header's id
     assert out.size == held_out_scan.size and out.spacing == held_out_scan.spacing
     assert out.origin == held_out_scan.origin and out.direction == held_out_scan.direction
     assert out.dtype == "uint8"

@@ -1,4 +1,5 @@
 """The .dstd container: exact round trips, and every corruption ends in a FormatError."""
+
 from __future__ import annotations
 
 import random
@@ -9,15 +10,31 @@ import zlib
 import pytest
 
 from deepstd import DeepSTDError, FormatError
-from deepstd.container import (geometry_header, header_cost, pack, read_file, unpack, write_atomic,
-                               FLAG_DEFLATED_HEADER, FLAG_DICTIONARY, HEADER_DICTIONARY, MAJOR)
+from deepstd.container import (
+    FLAG_DEFLATED_HEADER,
+    FLAG_DICTIONARY,
+    HEADER_DICTIONARY,
+    MAJOR,
+    geometry_header,
+    header_cost,
+    pack,
+    read_file,
+    unpack,
+    write_atomic,
+)
 
 
 @pytest.fixture
 def sample(oblique_volume):
     header = geometry_header(oblique_volume)
-    header.update({"bundle": {"name": "la-mr", "sha256": "ab" * 32}, "target_ratio": 128,
-                   "encoder": "deepstd 0.1.0", "warnings": []})
+    header.update(
+        {
+            "bundle": {"name": "la-mr", "sha256": "ab" * 32},
+            "target_ratio": 128,
+            "encoder": "deepstd 0.1.0",
+            "warnings": [],
+        }
+    )
     sections = {"shape": bytes(range(200)), "texture/0": b"\x00" * 50, "texture/1": b"xyz"}
     return header, sections
 
@@ -40,8 +57,13 @@ def test_small_header_overhead(sample):
 
 
 def test_the_preset_dictionary_makes_a_lean_header_small_and_reads_back(oblique_volume):
-    lean = dict(geometry_header(oblique_volume), units="unitless", intensity={"hi": 923.0, "lo": 28.0},
-                bundle={"name": "hippocampus-mr", "sha256": "2c1ba72910f66306"}, codec={"margin": [8, 8, 8]})
+    lean = dict(
+        geometry_header(oblique_volume),
+        units="unitless",
+        intensity={"hi": 923.0, "lo": 28.0},
+        bundle={"name": "hippocampus-mr", "sha256": "2c1ba72910f66306"},
+        codec={"margin": [8, 8, 8]},
+    )
     data = pack(lean, {"shape": b"s", "texture": b"t"})
     assert data[6] == FLAG_DEFLATED_HEADER | FLAG_DICTIONARY
     assert unpack(data).header == lean
@@ -75,17 +97,29 @@ def _with_header(text: bytes) -> bytes:
     return b"DSTD" + bytes([MAJOR, 0, 0, len(text)]) + text + struct.pack("<I", zlib.crc32(text)) + b"\x00"
 
 
-@pytest.mark.parametrize("text, message", [
-    (b"[1, 2]", "not a JSON object"),
-    (b"{\"dtype\": \"int16\"}", "no geometry"),
-    (b'{"dtype":"int16","geometry":{"size":[70000,1,1],"spacing":[1,1,1],"origin":[0,0,0],'
-     b'"direction":[1,0,0,0,1,0,0,0,1]}}', "implausible volume size"),
-    (b'{"dtype":"int16","geometry":{"size":[4,4,4],"spacing":[1,-1,1],"origin":[0,0,0],'
-     b'"direction":[1,0,0,0,1,0,0,0,1]}}', "implausible spacing"),
-    (b'{"dtype":"complex","geometry":{"size":[4,4,4],"spacing":[1,1,1],"origin":[0,0,0],'
-     b'"direction":[1,0,0,0,1,0,0,0,1]}}', "unsupported dtype"),
-    (b"{not json", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"dtype": "int16"}', "no geometry"),
+        (
+            b'{"dtype":"int16","geometry":{"size":[70000,1,1],"spacing":[1,1,1],"origin":[0,0,0],'
+            b'"direction":[1,0,0,0,1,0,0,0,1]}}',
+            "implausible volume size",
+        ),
+        (
+            b'{"dtype":"int16","geometry":{"size":[4,4,4],"spacing":[1,-1,1],"origin":[0,0,0],'
+            b'"direction":[1,0,0,0,1,0,0,0,1]}}',
+            "implausible spacing",
+        ),
+        (
+            b'{"dtype":"complex","geometry":{"size":[4,4,4],"spacing":[1,1,1],"origin":[0,0,0],'
+            b'"direction":[1,0,0,0,1,0,0,0,1]}}',
+            "unsupported dtype",
+        ),
+        (b"{not json", "not valid JSON"),
+    ],
+)
 def test_bad_headers_are_named(text, message):
     with pytest.raises(FormatError, match=message):
         unpack(_with_header(text))
@@ -98,7 +132,7 @@ def test_huge_declared_lengths_are_refused_before_allocation(sample):
         unpack(data)
     data = pack(header, {"a": b"1"})
     cut = data.index(b"\x01a") + 2
-    evil = data[:cut] + b"\xff\xff\xff\xff\x0f" + data[cut + 1:]  # 4 GiB section length
+    evil = data[:cut] + b"\xff\xff\xff\xff\x0f" + data[cut + 1 :]  # 4 GiB section length
     with pytest.raises(FormatError, match="limit|truncated"):
         unpack(evil)
 

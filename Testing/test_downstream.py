@@ -1,17 +1,17 @@
 """Downstream agreement (deepstd.downstream and `bench --downstream`): a small 3D U-Net segments the
 original and the decoded scan; Dice / HD95 between the two label maps."""
+
 from __future__ import annotations
 
 import json
 
 import numpy as np
 import pytest
+from codec_helpers import blob_volume
+from shared_data import data_path
 
 from deepstd import downstream
 from deepstd.errors import BundleError, InputError
-
-from codec_helpers import blob_volume
-from shared_data import data_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -31,10 +31,12 @@ def segmenter(volume, tmp_path_factory):
     labels = np.where(volume.array > 400, 2, np.where(volume.array > 100, 1, 0)).astype(np.float32)
     image = write(volume, folder / "blob.nii.gz")
     label = write(volume.with_array(labels, dtype="uint8"), folder / "blob-labels.nii.gz")
-    config = downstream.default_config(classes=3, channels=4, levels=2, working_spacing=[1.5, 1.5, 2.0],
-                                       name="tiny-seg")
-    return downstream.train([(image, label)], config, steps=40, patch=(16, 16, 16), batch=2, lr=1e-2,
-                            holdout_pairs=[(image, label)])
+    config = downstream.default_config(
+        classes=3, channels=4, levels=2, working_spacing=[1.5, 1.5, 2.0], name="tiny-seg"
+    )
+    return downstream.train(
+        [(image, label)], config, steps=40, patch=(16, 16, 16), batch=2, lr=1e-2, holdout_pairs=[(image, label)]
+    )
 
 
 def test_segment_is_a_deterministic_uint8_label_map_on_the_scan_grid(volume, segmenter):
@@ -80,12 +82,12 @@ def test_overlapping_tiles_reproduce_untiled_inference_for_a_local_network(volum
     seg = pointwise_segmenter(levels)
     x = downstream.prepare(volume, downstream.default_config(working_spacing=[1.5, 1.5, 2.0]))
     shape = tuple(x.shape[2:])
-    assert all(n > tile for n in shape)                             # several overlapping tiles per axis
+    assert all(n > tile for n in shape)  # several overlapping tiles per axis
     whole = downstream.predict(seg, x)
     tiled = downstream.predict(seg, x, max_voxels=0, tile=tile)
     assert tiled.shape == whole.shape == (1, 3) + shape
     assert bool((tiled - whole).abs().max() < 1e-6)
-    assert float(whole.std(dim=(2, 3, 4)).min()) > 0.05             # the probabilities do vary in space
+    assert float(whole.std(dim=(2, 3, 4)).min()) > 0.05  # the probabilities do vary in space
 
 
 def test_small_tiles_stay_close_to_untiled_inference_for_the_trained_network(volume, segmenter):
@@ -126,16 +128,15 @@ def test_weights_round_trip_and_corrupt_files_are_refused(segmenter, volume, tmp
     assert np.array_equal(downstream.segment(volume, loaded), downstream.segment(volume, segmenter))
 
     data = path.read_bytes()
-    cases = {"garbage": b"not a segmenter at all", "truncated": data[: len(data) // 2],
-             "empty": b""}
+    cases = {"garbage": b"not a segmenter at all", "truncated": data[: len(data) // 2], "empty": b""}
     header = int.from_bytes(data[:8], "little")
-    meta = json.loads(data[8:8 + header])
+    meta = json.loads(data[8 : 8 + header])
     config = json.loads(meta["__metadata__"]["config"])
     config["channels"] = 6  # weights no longer match
     meta["__metadata__"]["config"] = json.dumps(config)
     text = json.dumps(meta).encode()
     text += b" " * ((8 - len(text) % 8) % 8)
-    cases["mismatched"] = len(text).to_bytes(8, "little") + text + data[8 + header:]
+    cases["mismatched"] = len(text).to_bytes(8, "little") + text + data[8 + header :]
     for what, content in cases.items():
         bad = tmp_path / f"{what}.safetensors"
         bad.write_bytes(content)

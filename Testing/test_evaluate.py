@@ -1,16 +1,16 @@
 """The encode → decode → measure round trip `bench`, `demo` and `batch` share (deepstd.evaluate), on a
 32³ crop of a held-out hippocampus scan with the shipped `hippocampus-mr` bundle at 64x."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from shared_data import data_path
 
 from deepstd import metrics, read
 from deepstd.bundle import load_bundle
 from deepstd.evaluate import round_trip
-
-from shared_data import data_path
 
 RATIO = 64
 
@@ -26,7 +26,7 @@ def crop():
     scan = read(data_path("hippocampus_mr", "images", "hippocampus_338.nii.gz"))
     z0, y0, x0 = 5, 5, 2
     origin = tuple(float(c) for c in (scan.index_to_physical() @ np.array([x0, y0, z0, 1.0]))[:3])
-    return scan.with_array(np.ascontiguousarray(scan.array[z0:z0 + 32, y0:y0 + 32, x0:x0 + 32]), origin=origin)
+    return scan.with_array(np.ascontiguousarray(scan.array[z0 : z0 + 32, y0 : y0 + 32, x0 : x0 + 32]), origin=origin)
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +40,11 @@ def test_metrics_are_deepstd_metrics_of_the_decoded_volume(crop, trip):
     assert 0.9 * budget <= len(trip.data) <= budget
     decoded = trip.decoded
     assert decoded.same_grid(crop) and decoded.dtype == crop.dtype
-    assert trip.metrics == {"psnr": metrics.psnr(crop.array, decoded.array),
-                            "ssim": metrics.ssim(crop.array, decoded.array),
-                            "mae": metrics.mae(crop.array, decoded.array)}
+    assert trip.metrics == {
+        "psnr": metrics.psnr(crop.array, decoded.array),
+        "ssim": metrics.ssim(crop.array, decoded.array),
+        "mae": metrics.mae(crop.array, decoded.array),
+    }
     assert 15 < trip.metrics["psnr"] < 60 and 0 < trip.metrics["ssim"] <= 1 and trip.metrics["mae"] > 0
     assert trip.encode_s > 0 and trip.decode_s > 0
     assert trip.warnings == decoded.meta.get("warnings", [])

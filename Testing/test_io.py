@@ -1,16 +1,16 @@
 """Volume IO: ITK formats round-trip geometry exactly; DICOM cases read like SimpleITK or are refused."""
+
 from __future__ import annotations
 
 import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from shared_data import data_path
 
 import deepstd
 from deepstd import InputError, Volume
 from deepstd.io.dicom import list_series
-
-from shared_data import data_path
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha", ".mhd"])
@@ -101,9 +101,13 @@ def test_dicom_series_match_simpleitk(case):
 def test_compressed_and_shuffled_series_are_voxel_identical_to_reference():
     reference = deepstd.read(data_path("dicom_edge/unsigned_12bit"))
     assert reference.dtype in ("uint16", "int16") and reference.units == "unitless"
-    for case in ("unsorted_slices", "rle/series_ProstateX-0000_t2_cor",
-                 "jpeg_lossless/series_ProstateX-0000_t2_cor", "jpeg_ls/series_ProstateX-0000_t2_cor",
-                 "jpeg2000/series_ProstateX-0000_t2_cor"):
+    for case in (
+        "unsorted_slices",
+        "rle/series_ProstateX-0000_t2_cor",
+        "jpeg_lossless/series_ProstateX-0000_t2_cor",
+        "jpeg_ls/series_ProstateX-0000_t2_cor",
+        "jpeg2000/series_ProstateX-0000_t2_cor",
+    ):
         np.testing.assert_array_equal(deepstd.read(data_path("dicom_edge", case)).array, reference.array)
 
 
@@ -155,11 +159,16 @@ def test_fractional_rescale_gives_float_values():
     np.testing.assert_allclose(volume.array[0], expected, rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["rle/single_files/MR_small_RLE.dcm",
-                                  "jpeg_lossless/single_files/JPEG-LL.dcm",
-                                  "jpeg_ls/single_files/MR_small_jpeg_ls_lossless.dcm",
-                                  "jpeg2000/single_files/MR_small_jp2klossless.dcm",
-                                  "signed_12bit/single_file/mlut_18.dcm"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "rle/single_files/MR_small_RLE.dcm",
+        "jpeg_lossless/single_files/JPEG-LL.dcm",
+        "jpeg_ls/single_files/MR_small_jpeg_ls_lossless.dcm",
+        "jpeg2000/single_files/MR_small_jp2klossless.dcm",
+        "signed_12bit/single_file/mlut_18.dcm",
+    ],
+)
 def test_single_compressed_files_decode_like_pydicom(name):
     path = data_path("dicom_edge", name)
     volume = deepstd.read(path)

@@ -1,5 +1,6 @@
 """The maximum-error mode: a residual layer over the DeepSTD layer keeps every voxel within ±E
 (E = 0: lossless), the header records the bound, and a damaged residual layer is refused."""
+
 from __future__ import annotations
 
 import random
@@ -31,7 +32,7 @@ def test_lossless_mode_restores_every_voxel(tiny_bundle, scan, lossless):
 def test_bound_holds_and_a_looser_bound_costs_fewer_bytes(tiny_bundle, scan, lossless):
     coded = codec.encode(scan, tiny_bundle, max_error=3, device="cpu")
     error = np.abs(codec.decode(coded, tiny_bundle).array - scan.array)
-    assert error.max() <= 3 and error.max() > 0            # lossy, and within the bound
+    assert error.max() <= 3 and error.max() > 0  # lossy, and within the bound
     assert len(coded) < 0.8 * len(lossless)
 
 
@@ -64,7 +65,7 @@ def test_damaged_residual_layers_only_raise_format_errors(tiny_bundle, lossless)
         except FormatError:
             outcomes["refused"] += 1
 
-    for cut in (0, 1, 9, 10):                   # inside the fixed fields: always refused
+    for cut in (0, 1, 9, 10):  # inside the fixed fields: always refused
         attempt(section[:cut])
     assert outcomes["refused"] == 4
     for cut in (len(section) // 2, len(section) - 1):
@@ -78,16 +79,15 @@ def test_damaged_residual_layers_only_raise_format_errors(tiny_bundle, lossless)
     with pytest.raises(FormatError, match="step does not match"):
         codec.decode(pack(dict(parsed.header, max_error=2), parsed.sections), tiny_bundle)
     with pytest.raises(FormatError, match="no valid max_error"):
-        codec.decode(pack({k: v for k, v in parsed.header.items() if k != "max_error"}, parsed.sections),
-                     tiny_bundle)
-    assert sum(outcomes.values()) == 31           # and no exception other than FormatError
+        codec.decode(pack({k: v for k, v in parsed.header.items() if k != "max_error"}, parsed.sections), tiny_bundle)
+    assert sum(outcomes.values()) == 31  # and no exception other than FormatError
 
 
 def test_residual_coder_round_trips_with_escapes():
     rng = np.random.default_rng(0)
     base = rng.normal(100, 30, (9, 20, 30)).round()
     original = base + rng.normal(0, 4, base.shape).round()
-    original[0, 0, :4] += np.array([3000, -3000, 70000, -1])        # far outside any alphabet
+    original[0, 0, :4] += np.array([3000, -3000, 70000, -1])  # far outside any alphabet
     for bound in (0, 2):
         step = residual.step_for(bound, integer=True)
         q = residual.quantise(original - base, bound, step)
@@ -109,8 +109,18 @@ def test_cli_encodes_with_a_bound_and_info_shows_it(tiny_bundle, scan, tmp_path,
     restored = tmp_path / "restored.nii.gz"
     assert main(["decode", str(dstd), str(restored), "--bundle", str(tiny_bundle.path)]) == 0
     assert np.abs(read(restored).array - scan.array).max() <= 2
-    with pytest.raises(SystemExit) as refused:                   # argparse: mutually exclusive
-        main(["encode", str(source), str(tmp_path / "x.dstd"), "--bundle", str(tiny_bundle.path),
-              "--ratio", "20", "--max-error", "1"])
+    with pytest.raises(SystemExit) as refused:  # argparse: mutually exclusive
+        main(
+            [
+                "encode",
+                str(source),
+                str(tmp_path / "x.dstd"),
+                "--bundle",
+                str(tiny_bundle.path),
+                "--ratio",
+                "20",
+                "--max-error",
+                "1",
+            ]
+        )
     assert refused.value.code == 2 and not (tmp_path / "x.dstd").exists()
-

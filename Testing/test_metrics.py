@@ -1,4 +1,5 @@
 """Metrics agree with the field's reference implementations on cases with known answers."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 from skimage.metrics import structural_similarity
 
-from deepstd import InputError, Volume, metrics
+from deepstd import InputError, metrics
 
 
 @pytest.fixture
@@ -19,8 +20,7 @@ def pair():
 
 def test_ssim_equals_scikit_image(pair):
     a, b = pair
-    expected = structural_similarity(a.astype(np.float64), b.astype(np.float64),
-                                     data_range=float(a.max() - a.min()))
+    expected = structural_similarity(a.astype(np.float64), b.astype(np.float64), data_range=float(a.max() - a.min()))
     assert metrics.ssim(a, b) == pytest.approx(expected, abs=1e-6)
     assert metrics.ssim(a, a) == pytest.approx(1.0)
 
@@ -45,7 +45,7 @@ def test_mae_and_residue(pair, oblique_volume):
 
 def _sphere(shape, center, radius):
     zz, yy, xx = np.indices(shape)
-    return ((zz - center[0]) ** 2 + (yy - center[1]) ** 2 + (xx - center[2]) ** 2) <= radius ** 2
+    return ((zz - center[0]) ** 2 + (yy - center[1]) ** 2 + (xx - center[2]) ** 2) <= radius**2
 
 
 def test_dice_matches_simpleitk_and_known_answer():
@@ -82,8 +82,9 @@ def test_hd95_spheres_against_simpleitk_surface_distances():
     surf_a = sitk.GetArrayFromImage(sitk.LabelContour(ia)) > 0
     surf_b = sitk.GetArrayFromImage(sitk.LabelContour(ib)) > 0
     # Maurer distances are to the boundary between voxels; ours to boundary voxel centres: ≤ 1 voxel apart
-    reference = np.percentile(np.concatenate([sitk.GetArrayFromImage(dist_b)[surf_a],
-                                              sitk.GetArrayFromImage(dist_a)[surf_b]]), 95)
+    reference = np.percentile(
+        np.concatenate([sitk.GetArrayFromImage(dist_b)[surf_a], sitk.GetArrayFromImage(dist_a)[surf_b]]), 95
+    )
     assert abs(metrics.hd95(a, b) - reference) <= 1.0
     assert metrics.hd95(a, a) == 0.0
     assert metrics.hd95(a, np.zeros_like(a)) == float("inf")

@@ -1,15 +1,15 @@
 """The INR anchor (`inr-siren`): the width comes from the budget without fitting, the stream fits
 it, decoding is deterministic and bounded, more bytes give less error, and corrupt streams raise
 `FormatError` and nothing else."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from codec_helpers import blob_volume
+
 from deepstd.errors import FormatError
-from deepstd.peers import PEERS, PeerBudgetError, get
-from deepstd.peers import inr
+from deepstd.peers import PEERS, PeerBudgetError, get, inr
 from deepstd.peers.inr import InrSiren, architecture, parameter_count, stream_size
 
 #: Few steps keep the tests fast; quality still rises clearly with the width.

@@ -1,5 +1,6 @@
 """Peer codecs: budgets are met and nearly filled, quality rises with budget, lossless is exact,
 and failures (no budget, no ffmpeg, a crashing codec) surface as DeepSTD errors."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,9 +8,8 @@ import pytest
 
 from deepstd import Volume
 from deepstd.errors import FormatError, InputError
-from deepstd.peers import PEERS, PeerBudgetError, PeerError, PeerUnavailable, available, get
-from deepstd.peers import video
 from deepstd.packing import Packer, Unpacker
+from deepstd.peers import PEERS, PeerBudgetError, PeerError, PeerUnavailable, available, get, video
 
 #: every lossy peer but the INR anchor, whose per-scan fitting takes minutes (Testing/test_peer_inr.py
 #: checks it with a short fit)
@@ -92,8 +92,7 @@ def test_lossless_peer_is_exact(peer, dtype):
 def test_zstd_is_exact_on_float_and_image_lossless_refuses_it():
     volume = synthetic_volume("float32")
     zstd = get("zstd-lossless")
-    np.testing.assert_array_equal(zstd.decode(zstd.encode(volume, volume.raw_bytes), volume),
-                                  volume.array)
+    np.testing.assert_array_equal(zstd.decode(zstd.encode(volume, volume.raw_bytes), volume), volume.array)
     for name in ("jpegls-lossless", "jpegxl-lossless"):
         if get(name).available():
             with pytest.raises(PeerError, match="lossless only for integer"):
@@ -134,8 +133,20 @@ def test_container_round_trip():
 
 
 def test_registry_names_every_peer_and_rejects_unknown_ones():
-    assert {"jpeg2000-slices", "jpeg2000-components", "htj2k-slices", "jpegxl-slices", "hevc",
-            "av1", "sperr3d", "sz3", "zfp", "jpegls-lossless", "jpegxl-lossless",
-            "zstd-lossless", "inr-siren"} == set(PEERS)
+    assert {
+        "jpeg2000-slices",
+        "jpeg2000-components",
+        "htj2k-slices",
+        "jpegxl-slices",
+        "hevc",
+        "av1",
+        "sperr3d",
+        "sz3",
+        "zfp",
+        "jpegls-lossless",
+        "jpegxl-lossless",
+        "zstd-lossless",
+        "inr-siren",
+    } == set(PEERS)
     with pytest.raises(InputError, match="known"):
         get("jpeg")

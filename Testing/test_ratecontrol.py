@@ -1,5 +1,6 @@
 """Rate control (`deepstd.ratecontrol.largest_within`): the one-knob budget search every codec shares,
 checked on synthetic monotone `build(t)` functions whose output length is known in closed form."""
+
 from __future__ import annotations
 
 import pytest
@@ -27,14 +28,14 @@ def test_result_fits_the_budget_and_stops_within_the_tolerance(budget):
     assert smallest == b"x" * 100
     assert best is not None and len(best) <= budget
     assert len(best) >= 0.98 * budget, (len(best), budget)
-    assert any(best is out for out in build.outputs)               # one of build's own outputs
-    assert len(build.calls) < 2 + STEPS + 1                         # stopped early, not a full sweep
+    assert any(best is out for out in build.outputs)  # one of build's own outputs
+    assert len(build.calls) < 2 + STEPS + 1  # stopped early, not a full sweep
 
 
 def test_zero_tolerance_bisects_to_the_largest_that_fits():
     build = Build()
     best, _ = largest_within(build, 500, tolerance=0.0)
-    assert len(best) == 500                                        # t = 400/900 is reachable to 2**-18
+    assert len(best) == 500  # t = 400/900 is reachable to 2**-18
     best, _ = largest_within(Build(), 500, tolerance=0.0, steps=3)  # 3 halvings: 1/2 too big, 1/4, 3/8
     assert len(best) == int(100 + 900 * 0.375)
 
@@ -43,7 +44,7 @@ def test_too_small_a_budget_returns_none_and_the_smallest_output():
     build = Build()
     best, smallest = largest_within(build, 99)
     assert best is None and smallest == b"x" * 100
-    assert build.calls == [0.0]                                   # nothing else is tried
+    assert build.calls == [0.0]  # nothing else is tried
 
 
 def test_a_budget_that_holds_the_largest_output_returns_it_without_searching():
@@ -62,7 +63,7 @@ def test_budget_equal_to_the_smallest_output_fits():
 def test_on_step_is_called_once_per_bisection_step_in_order():
     build, steps = Build(), []
     best, _ = largest_within(lambda t: build(t) * 2, 501, tolerance=0.0, on_step=steps.append)
-    assert steps == list(range(STEPS))          # even lengths never hit 501 exactly: every step runs
+    assert steps == list(range(STEPS))  # even lengths never hit 501 exactly: every step runs
     assert len(build.calls) == 2 + STEPS and len(best) == 500
     steps.clear()
     largest_within(Build(), 500, tolerance=0.02, on_step=steps.append)
@@ -71,8 +72,9 @@ def test_on_step_is_called_once_per_bisection_step_in_order():
 
 def test_a_step_function_build_never_returns_an_oversized_output():
     """Output lengths that jump (like entropy-coded streams) still never exceed the budget."""
+
     def build(t: float) -> bytes:
-        return b"y" * (200 + 100 * int(t * 8))                     # 200, 300, ... 1000
+        return b"y" * (200 + 100 * int(t * 8))  # 200, 300, ... 1000
 
     for budget in (250, 399, 650, 999):
         best, _ = largest_within(build, budget, tolerance=0.0)

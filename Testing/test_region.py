@@ -1,6 +1,7 @@
 """Region decoding (`roi`) gives exactly the voxels of a full decode on the right sub-grid, decoding
 only the texture blocks it reads; a keep mask codes its voxels within a tighter bound (default
 lossless) inside the same byte budget, the mask stored in the file."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,10 +15,12 @@ from deepstd.texture import TextureStreams
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ROIS = [((0, 0, 0), (8, 9, 4)),            # a corner
-        ((30, 20, 9), (44, 37, 17)),       # the opposite corner
-        ((17, 11, 6), (18, 12, 7)),        # one voxel
-        ((5, 3, 2), (40, 30, 15))]         # most of the scan
+ROIS = [
+    ((0, 0, 0), (8, 9, 4)),  # a corner
+    ((30, 20, 9), (44, 37, 17)),  # the opposite corner
+    ((17, 11, 6), (18, 12, 7)),  # one voxel
+    ((5, 3, 2), (40, 30, 15)),
+]  # most of the scan
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +62,7 @@ def test_a_small_box_decodes_only_the_block_groups_it_reads(tiny_bundle, coded, 
     texture.decompress(section)
     whole = sum(blocks)
     blocks.clear()
-    texture.decompress(section, box=((0, 0, 0), (4, 4, 4)))   # inside the first block
+    texture.decompress(section, box=((0, 0, 0), (4, 4, 4)))  # inside the first block
     assert blocks == [texture_codec.GROUP] and whole > texture_codec.GROUP
 
 
@@ -71,7 +74,7 @@ def test_texture_box_decode_matches_the_whole_texture(tiny_bundle, coded):
     part = texture.decompress(section, box=box)
     np.testing.assert_array_equal(part, whole[3:20, 10:41, 20:33])
     with pytest.raises(ValueError, match="not inside"):
-        texture.decompress(section, box=((0, 0, 0), (1, 1, 10 ** 4)))
+        texture.decompress(section, box=((0, 0, 0), (1, 1, 10**4)))
 
 
 def test_region_strings_and_millimetres(scan):
@@ -130,7 +133,7 @@ def test_keep_mask_voxels_are_within_their_bound_inside_the_budget(tiny_bundle, 
     out = codec.decode(data, tiny_bundle)
     error = np.abs(out.array - scan.array)
     assert error[lesion].max() <= bound
-    assert error[~lesion].max() > bound                   # the rest is lossy
+    assert error[~lesion].max() > bound  # the rest is lossy
     parsed = unpack(data)
     assert parsed.header["keep"] == {"max_error": bound, "voxels": int(lesion.sum())}
     assert set(parsed.sections) == {"shape", "texture", "keep/mask", "keep/residual"}
@@ -147,12 +150,21 @@ def test_keep_mask_refusals(tiny_bundle, scan, lesion):
     with pytest.raises(InputError, match="empty"):
         codec.encode(scan, tiny_bundle, ratio=20, keep=labels_of(scan, np.zeros_like(lesion)))
     with pytest.raises(InputError, match="voxels"):
-        codec.encode(scan, tiny_bundle, ratio=20, keep=Volume(lesion[:-1].astype(np.float32), scan.spacing,
-                                                               scan.origin, scan.direction, dtype="uint8"))
+        codec.encode(
+            scan,
+            tiny_bundle,
+            ratio=20,
+            keep=Volume(lesion[:-1].astype(np.float32), scan.spacing, scan.origin, scan.direction, dtype="uint8"),
+        )
     with pytest.raises(InputError, match="geometry"):
-        codec.encode(scan, tiny_bundle, ratio=20, keep=labels_of(scan, lesion).with_array(lesion.astype(np.float32), spacing=(9.0, 9.0, 9.0)))
+        codec.encode(
+            scan,
+            tiny_bundle,
+            ratio=20,
+            keep=labels_of(scan, lesion).with_array(lesion.astype(np.float32), spacing=(9.0, 9.0, 9.0)),
+        )
     with pytest.raises(InputError, match="label map"):
-        codec.encode(scan, tiny_bundle, ratio=20, keep=lesion)           # a bare array has no grid to check
+        codec.encode(scan, tiny_bundle, ratio=20, keep=lesion)  # a bare array has no grid to check
     with pytest.raises(InputError, match="maximum error already"):
         codec.encode(scan, tiny_bundle, max_error=2, keep=labels_of(scan, lesion))
     everything = np.ones_like(lesion)
@@ -169,7 +181,7 @@ def test_keep_mask_section_round_trips_and_refuses_damage(lesion, scan):
     for cut in range(len(data)):
         with pytest.raises(FormatError):
             keepmask.decompress(data[:cut], scan.size)
-    for _ in range(200):                                      # never anything but a FormatError
+    for _ in range(200):  # never anything but a FormatError
         damaged = bytearray(data)
         damaged[rng.integers(len(damaged))] ^= 1 << int(rng.integers(8))
         try:
@@ -185,16 +197,46 @@ def test_cli_keep_reports_the_bytes_and_info_shows_it(tiny_bundle, scan, lesion,
     source = write(scan, tmp_path / "scan.nrrd")
     labels = write(scan.with_array(lesion.astype(np.float32), dtype="uint8"), tmp_path / "lesion.nrrd")
     dstd = tmp_path / "kept.dstd"
-    assert main(["encode", str(source), str(dstd), "--bundle", str(tiny_bundle.path), "--ratio", "12",
-                 "--keep", f"{labels}:1"]) == 0
+    assert (
+        main(
+            [
+                "encode",
+                str(source),
+                str(dstd),
+                "--bundle",
+                str(tiny_bundle.path),
+                "--ratio",
+                "12",
+                "--keep",
+                f"{labels}:1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert f"keep mask: {int(lesion.sum())} voxels within ±1" in out
     assert main(["info", str(dstd)]) == 0
     assert "keep:" in capsys.readouterr().out
-    moved = write(Volume(lesion.astype(np.float32), scan.spacing, (0.0, 0.0, 0.0), scan.direction, dtype="uint8"),
-                  tmp_path / "moved.nrrd")
-    assert main(["encode", str(source), str(tmp_path / "x.dstd"), "--bundle", str(tiny_bundle.path),
-                 "--ratio", "20", "--keep", str(moved)]) == 2
+    moved = write(
+        Volume(lesion.astype(np.float32), scan.spacing, (0.0, 0.0, 0.0), scan.direction, dtype="uint8"),
+        tmp_path / "moved.nrrd",
+    )
+    assert (
+        main(
+            [
+                "encode",
+                str(source),
+                str(tmp_path / "x.dstd"),
+                "--bundle",
+                str(tiny_bundle.path),
+                "--ratio",
+                "20",
+                "--keep",
+                str(moved),
+            ]
+        )
+        == 2
+    )
     assert "geometry" in capsys.readouterr().err and not (tmp_path / "x.dstd").exists()
 
 
@@ -217,7 +259,7 @@ def test_a_scan_beyond_the_template_widens_the_frame_or_is_flagged(tiny_bundle, 
     from deepstd.container import unpack
 
     wide = np.zeros((scan.array.shape[0], 3 * scan.array.shape[1], 3 * scan.array.shape[2]), np.float32)
-    wide[:, scan.array.shape[1]:2 * scan.array.shape[1], scan.array.shape[2]:2 * scan.array.shape[2]] = scan.array
+    wide[:, scan.array.shape[1] : 2 * scan.array.shape[1], scan.array.shape[2] : 2 * scan.array.shape[2]] = scan.array
     wide = Volume(wide, scan.spacing, scan.origin, scan.direction, dtype="int16")
     default = unpack(codec.encode(scan, tiny_bundle, ratio=20, device="cpu")).header["codec"]["margin"]
     data = codec.encode(wide, tiny_bundle, ratio=20, device="cpu")
@@ -230,5 +272,7 @@ def test_a_scan_beyond_the_template_widens_the_frame_or_is_flagged(tiny_bundle, 
     out = codec.decode(codec.encode(wide, tiny_bundle, ratio=20, device="cpu"), tiny_bundle)
     flagged = [w for w in out.meta["warnings"] if "lies inside the bundle's texture frame" in w]
     assert flagged and out.meta["dstd"]["coverage"] < 0.5
-    assert not any("texture frame" in w for w in codec.decode(codec.encode(scan, tiny_bundle, ratio=20, device="cpu"),
-                                                              tiny_bundle).meta["warnings"])
+    assert not any(
+        "texture frame" in w
+        for w in codec.decode(codec.encode(scan, tiny_bundle, ratio=20, device="cpu"), tiny_bundle).meta["warnings"]
+    )

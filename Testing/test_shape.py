@@ -1,4 +1,5 @@
 """Shape stage on synthetic volumes: SIREN, frame geometry, fields vs SimpleITK, shape code, Cycle-INR."""
+
 from __future__ import annotations
 
 import math
@@ -13,9 +14,20 @@ from deepstd import Cancelled, Volume
 from deepstd.errors import BudgetError, FormatError
 from deepstd.grid import Frame
 from deepstd.grid.sampling import compose, warp
-from deepstd.shape import (CycleSettings, FieldSnapshot, Siren, decode_shape, displacement,
-                           encode_shape, folding_fraction, inverse_consistency, jacobian_determinant, register,
-                           to_sitk_field, width_for_budget)
+from deepstd.shape import (
+    CycleSettings,
+    FieldSnapshot,
+    Siren,
+    decode_shape,
+    displacement,
+    encode_shape,
+    folding_fraction,
+    inverse_consistency,
+    jacobian_determinant,
+    register,
+    to_sitk_field,
+    width_for_budget,
+)
 from deepstd.shape.code import code_bytes
 
 torch.set_num_threads(1)
@@ -69,9 +81,9 @@ def test_frame_maps_voxel_centres_to_physical_points(oblique_volume):
     expect = (oblique_volume.index_to_physical() @ np.c_[idx, np.ones(len(idx))].T).T[:, :3]
     assert np.allclose(frame.q_to_physical(q.double()).numpy(), expect, atol=1e-3)
     assert torch.allclose(frame.physical_to_q(torch.from_numpy(expect)).float(), q, atol=1e-5)
-    assert np.isclose(np.abs(q.numpy()).max(axis=0).max(), 1.0)          # longest axis spans [-1, 1]
+    assert np.isclose(np.abs(q.numpy()).max(axis=0).max(), 1.0)  # longest axis spans [-1, 1]
     one_voxel_x = torch.tensor([[oblique_volume.spacing[0] / frame.mm_per_unit, 0, 0]], dtype=torch.float64)
-    mm = frame.units_to_mm(one_voxel_x).numpy()[0]                      # along direction column x
+    mm = frame.units_to_mm(one_voxel_x).numpy()[0]  # along direction column x
     assert np.allclose(mm, np.asarray(oblique_volume.direction).reshape(3, 3)[:, 0] * oblique_volume.spacing[0])
 
 
@@ -99,16 +111,18 @@ def test_field_file_reproduces_our_warp_in_simpleitk(oblique_volume):
     matrix = np.eye(4)
     matrix[:3, 3] = [1.0, -0.5, 2.0]
     disp = displacement(_bumpy(), frame, post=matrix)
-    assert np.abs(disp).max() > 2.0                                     # a real deformation, mm
+    assert np.abs(disp).max() > 2.0  # a real deformation, mm
     ours = warp(moving, disp, frame, "linear").array
     tx = sitk.DisplacementFieldTransform(to_sitk_field(disp, frame))
-    ref = sitk.GetArrayFromImage(sitk.Resample(moving.to_sitk(cast=False), oblique_volume.to_sitk(), tx,
-                                               sitk.sitkLinear, 0.0))
+    ref = sitk.GetArrayFromImage(
+        sitk.Resample(moving.to_sitk(cast=False), oblique_volume.to_sitk(), tx, sitk.sitkLinear, 0.0)
+    )
     assert np.abs(ours - ref).max() < 1e-3 * np.abs(ref).max()
     labels = moving.with_array((moving.array > 30).astype(np.float32) + (moving.array > 60), dtype="uint8")
     ours_l = warp(labels, disp, frame, "nearest").array
-    ref_l = sitk.GetArrayFromImage(sitk.Resample(labels.to_sitk(), oblique_volume.to_sitk(), tx,
-                                                 sitk.sitkNearestNeighbor, 0))
+    ref_l = sitk.GetArrayFromImage(
+        sitk.Resample(labels.to_sitk(), oblique_volume.to_sitk(), tx, sitk.sitkNearestNeighbor, 0)
+    )
     assert np.mean(ours_l == ref_l) > 0.995 and ours_l.max() == 2
 
 
@@ -130,8 +144,8 @@ def test_sampled_field_matches_the_network_and_continues_by_the_edge():
     q = (torch.rand(5000, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1) * aspect
     with torch.no_grad():
         exact = net(q)
-    error = frame.units_to_voxels(sampled(q) - exact).abs()        # what the warp would move by
-    assert frame.units_to_voxels(exact).abs().max() > 5               # a large, wiggly field
+    error = frame.units_to_voxels(sampled(q) - exact).abs()  # what the warp would move by
+    assert frame.units_to_voxels(exact).abs().max() > 5  # a large, wiggly field
     assert error.mean() < 0.1 and error.max() < 0.5
     outside = q * 1.5
     edge = torch.maximum(torch.minimum(outside, aspect), -aspect)
@@ -142,10 +156,11 @@ def test_jacobian_determinant_matches_finite_differences_in_mm():
     frame = Frame((20, 18, 12), (0.7, 1.1, 2.5), (3.0, -4.0, 10.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
     net = _bumpy(scale=0.08)
     det = jacobian_determinant(net, frame)
-    ref = sitk.GetArrayFromImage(sitk.DisplacementFieldJacobianDeterminant(
-        to_sitk_field(displacement(net, frame), frame)))
+    ref = sitk.GetArrayFromImage(
+        sitk.DisplacementFieldJacobianDeterminant(to_sitk_field(displacement(net, frame), frame))
+    )
     inner = (slice(2, -2),) * 3
-    assert np.abs(det - 1).max() > 0.05                                 # not trivially identity
+    assert np.abs(det - 1).max() > 0.05  # not trivially identity
     assert np.abs(det[inner] - ref[inner]).max() < 0.03
 
 
@@ -161,9 +176,10 @@ def test_inverse_consistency_and_composition(oblique_volume):
     net = _bumpy()
     assert inverse_consistency(zero, zero, frame, frame) == (0.0, 0.0)
     disp = displacement(net, frame)
-    mean, worst = inverse_consistency(net, zero, frame, frame)          # error = |u| in voxels
-    voxels = np.linalg.norm(np.asarray(frame.direction).reshape(3, 3).T @ disp.reshape(-1, 3).T
-                            / np.asarray(frame.spacing)[:, None], axis=0)
+    mean, worst = inverse_consistency(net, zero, frame, frame)  # error = |u| in voxels
+    voxels = np.linalg.norm(
+        np.asarray(frame.direction).reshape(3, 3).T @ disp.reshape(-1, 3).T / np.asarray(frame.spacing)[:, None], axis=0
+    )
     assert mean == pytest.approx(voxels.mean(), rel=1e-3) and worst == pytest.approx(voxels.max(), rel=1e-3)
     shift = np.broadcast_to(np.float32([1.0, 2.0, -1.0]), disp.shape).copy()
     assert np.allclose(compose(disp, frame, np.zeros_like(disp), frame), disp)
@@ -198,7 +214,7 @@ def test_a_shape_code_without_a_network_is_the_pre_alignment_alone(oblique_volum
     assert len(data) == PREALIGNMENT_BYTES == 60
     code = decode_shape(data)
     assert np.allclose(code.matrix, matrix, atol=1e-6)
-    assert np.abs(displacement(code.backward, frame)).max() < 1e-5     # no learned deformation
+    assert np.abs(displacement(code.backward, frame)).max() < 1e-5  # no learned deformation
     for bad in (data[:-1], data + b"\x00", data[:12]):
         with pytest.raises(FormatError):
             decode_shape(bad)
@@ -222,8 +238,12 @@ def test_corrupt_shape_code_is_refused():
 
 # --- Cycle-INR -----------------------------------------------------------------------------------
 def _pair():
-    frame = Frame((24, 20, 12), (1.0, 1.2, 2.5), (5.0, -3.0, 2.0),
-                  tuple(np.asarray([[0.0, -0.8, 0.6], [1.0, 0.0, 0.0], [0.0, 0.6, 0.8]]).T.reshape(-1)))
+    frame = Frame(
+        (24, 20, 12),
+        (1.0, 1.2, 2.5),
+        (5.0, -3.0, 2.0),
+        tuple(np.asarray([[0.0, -0.8, 0.6], [1.0, 0.0, 0.0], [0.0, 0.6, 0.8]]).T.reshape(-1)),
+    )
     c = frame.q_to_physical(torch.zeros(1, 3, dtype=torch.float64)).numpy()[0]
     template = _blobs(frame, [(c, 5.0), (c + [5, 3, 0], 3.0), (c - [4, 2, 3], 3.5)])
     moving = _blobs(frame, [(c + [1.5, 0, 0], 5.5), (c + [7, 3, 0], 3.0), (c - [3, 1, 2], 4.0)])
@@ -244,7 +264,7 @@ def test_cycle_inr_aligns_a_synthetic_pair_and_reports_previews():
     reg = register(moving, template, CycleSettings(**FAST), prealignment="none", progress=events.append)
     warped = warp(moving, reg.forward_field(), reg.frame)
     before, after = _ncc(moving.array, template.array), _ncc(warped.array, template.array)
-    assert 1 - after < 0.6 * (1 - before)                                # mismatch at least 40 % smaller
+    assert 1 - after < 0.6 * (1 - before)  # mismatch at least 40 % smaller
     assert folding_fraction(jacobian_determinant(reg.fit.forward, reg.frame)) < 0.01
     mean_ic, _ = inverse_consistency(reg.fit.forward, reg.fit.backward, reg.frame, reg.frame)
     assert mean_ic < 0.5
@@ -259,7 +279,7 @@ def test_gradual_degradation_follows_the_threshold():
     template, moving = _pair()
     quick = dict(FAST, steps=12, probe_steps=4)
     low = register(moving, template, CycleSettings(threshold=1.0, **quick), prealignment="none")
-    assert low.omega == 6.0 and low.fit.step == 12                       # 12 -> 10 -> 8 -> 6 (>= 5)
+    assert low.omega == 6.0 and low.fit.step == 12  # 12 -> 10 -> 8 -> 6 (>= 5)
     high = register(moving, template, CycleSettings(threshold=-1.0, **quick), prealignment="none")
     assert high.omega == 12.0
 

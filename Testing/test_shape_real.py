@@ -1,4 +1,5 @@
 """Shape stage on real scans: the exported field reproduces our warp in SimpleITK; registration helps."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,9 @@ def _check_equivalence(moving, labels, result, out_field, out_warped, tmp_path):
     ours = sitk.GetArrayFromImage(sitk.ReadImage(str(out_warped))).astype(np.float32)
     # our file is written in the scan's integer type: allow the rounding, nothing more
     assert np.abs(ours - ref).max() <= 0.5 + 1e-3 * np.abs(ref).max()
-    ref_l = sitk.GetArrayFromImage(sitk.Resample(sitk.ReadImage(str(labels)), template, tx,
-                                                 sitk.sitkNearestNeighbor, 0))
+    ref_l = sitk.GetArrayFromImage(
+        sitk.Resample(sitk.ReadImage(str(labels)), template, tx, sitk.sitkNearestNeighbor, 0)
+    )
     return ref_l
 
 
@@ -34,15 +36,23 @@ def test_hippocampus_registration_field_matches_simpleitk_and_improves_dice(tmp_
     moving, template = root / "images/hippocampus_019.nii.gz", root / "images/hippocampus_056.nii.gz"
     labels, tlabels = root / "labels/hippocampus_019.nii.gz", root / "labels/hippocampus_056.nii.gz"
     out_w, out_f, js = tmp_path / "w.nii.gz", tmp_path / "f.nii.gz", tmp_path / "m.json"
-    result = register_files(str(moving), str(template), str(out_w), str(out_f), str(js), moving_labels=str(labels),
-                            template_labels=str(tlabels), steps=150)
+    result = register_files(
+        str(moving),
+        str(template),
+        str(out_w),
+        str(out_f),
+        str(js),
+        moving_labels=str(labels),
+        template_labels=str(tlabels),
+        steps=150,
+    )
     assert json.loads(js.read_text())["shape_code_bytes"] == result["shape_code_bytes"] < 4096
     assert result["dice"] > result["dice_before"] + 0.1
     assert result["folding_fraction"] < 0.01 and result["inverse_consistency_voxels"] < 1.0
     ref_l = _check_equivalence(moving, labels, result, out_f, out_w, tmp_path)
     tl = sitk.GetArrayFromImage(sitk.ReadImage(str(tlabels)))
     dice_sitk = np.mean([2 * np.sum((ref_l == k) & (tl == k)) / (np.sum(ref_l == k) + np.sum(tl == k)) for k in (1, 2)])
-    assert abs(dice_sitk - result["dice"]) < 0.01                       # labels warp the same way
+    assert abs(dice_sitk - result["dice"]) < 0.01  # labels warp the same way
 
 
 def test_left_atrium_field_file_matches_simpleitk(tmp_path):

@@ -1,4 +1,5 @@
 """Texture codec: streams, bit-exact decoding, rate knob, block mode, corrupt input, weights."""
+
 from __future__ import annotations
 
 import json
@@ -50,7 +51,7 @@ def trained():
 
 @pytest.fixture(scope="module")
 def structured():
-    return structured_volume((40, 32, 48))          # 3 x 2 x 3 blocks of 16, the last z block partial
+    return structured_volume((40, 32, 48))  # 3 x 2 x 3 blocks of 16, the last z block partial
 
 
 @pytest.fixture(scope="module")
@@ -113,19 +114,20 @@ def test_bit_exact_decode_across_threads_and_processes(codec, volume, tmp_path):
     codec.save(weights)
     stream.write_bytes(data)
     for n in (1, 2):
-        subprocess.run([sys.executable, "-c", DECODE_SCRIPT, str(weights), str(stream), str(n)],
-                       check=True, timeout=120)
+        subprocess.run(
+            [sys.executable, "-c", DECODE_SCRIPT, str(weights), str(stream), str(n)], check=True, timeout=120
+        )
         assert np.array_equal(np.load(str(stream) + ".npy"), one)
 
 
 def test_bytes_grow_with_rate(codec, volume):
-    sizes = [len(codec.compress(volume, r, block=32).to_bytes()) for r in (0, .25, .5, .75, 1)]
+    sizes = [len(codec.compress(volume, r, block=32).to_bytes()) for r in (0, 0.25, 0.5, 0.75, 1)]
     assert sizes == sorted(sizes) and sizes[0] < sizes[-1] / 2, sizes
 
 
 def test_block_mode_skips_blocks_outside_support(codec, volume):
     support = np.zeros(volume.shape, bool)
-    support[2:10, 3:20, 30:45] = True       # touches blocks (0, 0..1, 1..2) of a 16³ grid
+    support[2:10, 3:20, 30:45] = True  # touches blocks (0, 0..1, 1..2) of a 16³ grid
     s = codec.compress(volume, 0.5, block=16, support=support, fill=-1.0)
     assert len(s.coded) == 2 * 3 * 4 and sum(s.coded) == 4
     assert len(s.y_strings) == len(s.z_strings) == 4
@@ -151,11 +153,11 @@ def test_corrupt_streams_raise_format_error(codec, coded):
     data = coded.to_bytes()
     rng = np.random.default_rng(7)
     bad = [b"", b"DTXS", data[:-1], data[:30], data + b"\0", b"\0" * len(data)]
-    for _ in range(20):                                   # random bit flips
+    for _ in range(20):  # random bit flips
         b = bytearray(data)
         b[rng.integers(len(b))] ^= 1 << int(rng.integers(8))
         bad.append(bytes(b))
-    for field_at in (4, 5, 6, 10, 18):                    # version, flags, shape, block
+    for field_at in (4, 5, 6, 10, 18):  # version, flags, shape, block
         b = bytearray(data)
         b[field_at] ^= 0x40
         bad.append(_recrc(bytes(b)))
@@ -181,7 +183,7 @@ def test_weights_round_trip_and_corruption(codec, coded):
     assert again.config == TINY
     assert np.array_equal(again.decompress(coded), codec.decompress(coded))
     meta_len = int.from_bytes(blob[:8], "little")
-    header = json.loads(blob[8:8 + meta_len])
+    header = json.loads(blob[8 : 8 + meta_len])
     assert "deepstd.texture.config" in header["__metadata__"]
     for broken in (blob[:100], blob[:-10], b"\xff" * 64):
         with pytest.raises(BundleError):
@@ -222,7 +224,7 @@ def test_blocks_know_their_place_in_the_template(codec):
     """The same content at two places of the template gets different latents through the
     positional field, and (up to float noise) the same ones without it."""
     tile = smooth_volume((16, 16, 16), seed=5)
-    vol = np.concatenate([tile, tile], axis=2)               # two identical 16³ blocks
+    vol = np.concatenate([tile, tile], axis=2)  # two identical 16³ blocks
 
     def latent_gap():
         y = codec.analyse(vol, block=16).latents[0]
@@ -242,13 +244,13 @@ def test_integer_hyper_synthesis_is_exact_and_close_to_float(codec):
     z_hat = torch.round(torch.randn(3, TINY.hyper, 2, 3, 4, generator=gen) * 3)
     hs = codec._int_hs
     full = hs(z_hat)
-    assert torch.equal(full, torch.cat([hs(z_hat[i:i + 1]) for i in range(3)]))
+    assert torch.equal(full, torch.cat([hs(z_hat[i : i + 1]) for i in range(3)]))
     try:
         torch.set_num_threads(2)
         assert torch.equal(full, hs(z_hat))
     finally:
         torch.set_num_threads(1)
-    assert torch.equal(full * 256, torch.round(full * 256))      # multiples of 2**-8
+    assert torch.equal(full * 256, torch.round(full * 256))  # multiples of 2**-8
     with torch.no_grad():
         assert float((full - codec.net.h_s(z_hat)).abs().max()) < 0.05
 
@@ -266,18 +268,18 @@ def test_trained_codec_decodes_close_to_the_input_in_every_block(trained, struct
             for x in range(0, v.shape[2], 16):
                 part = (slice(z, z + 16), slice(y, y + 16), slice(x, x + 16))
                 assert psnr(out[part], v[part]) >= 25.0, (z, y, x)
-    assert psnr(np.full_like(v, v.mean()), v) < 20 and psnr(v[::-1], v) < 20    # the bar is not trivial
+    assert psnr(np.full_like(v, v.mean()), v) < 20 and psnr(v[::-1], v) < 20  # the bar is not trivial
 
 
 def test_trained_codec_quality_follows_the_rate(trained, structured):
     low = trained.decompress(trained.compress(structured, 0.0, block=32))
     high = trained.decompress(trained.compress(structured, 1.0, block=32))
     assert psnr(high, structured) >= psnr(low, structured) + 5.0
-    assert np.corrcoef(low.ravel(), structured.ravel())[0, 1] > 0.5   # coarse, but the same picture
+    assert np.corrcoef(low.ravel(), structured.ravel())[0, 1] > 0.5  # coarse, but the same picture
 
 
 def test_whole_volume_mode_decodes_close_to_the_input(trained):
-    v = structured_volume((20, 27, 33), seed=4)                   # padded to 32 x 32 x 48, cropped back
+    v = structured_volume((20, 27, 33), seed=4)  # padded to 32 x 32 x 48, cropped back
     s = trained.compress(v, 1.0, block=None)
     assert s.full
     out = trained.decompress(s)
@@ -288,14 +290,25 @@ def test_whole_volume_mode_decodes_close_to_the_input(trained):
 def sparse_streams(trained, structured):
     """Blocks of 16 with a support that leaves some of them uncoded (decoded as the fill value)."""
     support = np.zeros(structured.shape, bool)
-    support[3:30, 2:14, 5:40] = True               # z blocks 0-1, y block 0, x blocks 0-2
+    support[3:30, 2:14, 5:40] = True  # z blocks 0-1, y block 0, x blocks 0-2
     return trained.compress(structured, 0.7, block=16, support=support, fill=-0.5)
 
 
-@pytest.mark.parametrize("box", [((0, 0, 0), (40, 32, 48)), ((5, 7, 9), (29, 23, 41)), ((15, 15, 15), (17, 17, 17)),
-                                 ((39, 31, 47), (40, 32, 48)), ((0, 0, 0), (1, 1, 1)), ((33, 0, 40), (40, 32, 48)),
-                                 ((0, 20, 0), (40, 32, 48)), ((10, 3, 0), (11, 4, 48)),
-                                 ((2, 2, 40), (6, 6, 44)), ((20, 2, 40), (22, 4, 46))])   # one block, mid-group
+@pytest.mark.parametrize(
+    "box",
+    [
+        ((0, 0, 0), (40, 32, 48)),
+        ((5, 7, 9), (29, 23, 41)),
+        ((15, 15, 15), (17, 17, 17)),
+        ((39, 31, 47), (40, 32, 48)),
+        ((0, 0, 0), (1, 1, 1)),
+        ((33, 0, 40), (40, 32, 48)),
+        ((0, 20, 0), (40, 32, 48)),
+        ((10, 3, 0), (11, 4, 48)),
+        ((2, 2, 40), (6, 6, 44)),
+        ((20, 2, 40), (22, 4, 46)),
+    ],
+)  # one block, mid-group
 def test_box_decode_equals_the_crop_of_a_full_decode(trained, sparse_streams, box):
     full = trained.decompress(sparse_streams)
     (z0, y0, x0), (z1, y1, x1) = box
@@ -306,11 +319,12 @@ def test_box_decode_equals_the_crop_of_a_full_decode(trained, sparse_streams, bo
 
 def test_box_decode_skips_uncoded_blocks_and_refuses_bad_boxes(trained, sparse_streams, structured):
     full = trained.decompress(sparse_streams)
-    assert np.all(full[32:] == -0.5) and np.all(full[:, 16:] == -0.5)          # blocks outside the support
+    assert np.all(full[32:] == -0.5) and np.all(full[:, 16:] == -0.5)  # blocks outside the support
     inside = (slice(3, 30), slice(2, 14), slice(5, 40))
-    assert psnr(full[inside], structured[inside]) >= 25.0                        # the data inside it
-    assert np.array_equal(trained.decompress(sparse_streams, box=((32, 16, 0), (40, 32, 48))),
-                          np.full((8, 16, 48), -0.5, np.float32))                 # a box of uncoded blocks only
+    assert psnr(full[inside], structured[inside]) >= 25.0  # the data inside it
+    assert np.array_equal(
+        trained.decompress(sparse_streams, box=((32, 16, 0), (40, 32, 48))), np.full((8, 16, 48), -0.5, np.float32)
+    )  # a box of uncoded blocks only
     for box in (((0, 0, 0), (41, 32, 48)), ((5, 5, 5), (5, 6, 6)), ((-1, 0, 0), (4, 4, 4))):
         with pytest.raises(ValueError):
             trained.decompress(sparse_streams, box=box)
@@ -320,7 +334,7 @@ def test_decode_and_encode_are_deterministic(trained, structured):
     data = trained.compress(structured, 0.5, block=16).to_bytes()
     assert trained.compress(structured, 0.5, block=16).to_bytes() == data
     first = trained.decompress(data)
-    again = TextureCodec.from_bytes(load_bundle("la-mr").texture)         # a fresh instance of the weights
+    again = TextureCodec.from_bytes(load_bundle("la-mr").texture)  # a fresh instance of the weights
     assert np.array_equal(first, trained.decompress(data))
     assert np.array_equal(first, again.decompress(data))
     assert np.array_equal(first, trained.decompress(TextureStreams.from_bytes(data), workers=2))

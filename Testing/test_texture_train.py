@@ -1,4 +1,5 @@
 """Texture training: the loss falls, checkpoints resume exactly where they stopped, cancel saves."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,8 +27,7 @@ def volumes():
 
 
 def settings(steps):
-    return TrainSettings(steps=steps, batch=2, patch=32, lr=2e-3, lambdas=[100, 300, 1000],
-                         checkpoint_every=10)
+    return TrainSettings(steps=steps, batch=2, patch=32, lr=2e-3, lambdas=[100, 300, 1000], checkpoint_every=10)
 
 
 @pytest.fixture(autouse=True)
@@ -51,8 +51,7 @@ def test_training_lowers_the_loss_and_resumes(tmp_path):
         keys = set(f.keys())
     assert meta["step"] == "60"
     assert any(k.startswith("adam.") for k in keys) and any(k.startswith("model.") for k in keys)
-    points = evaluate(TextureCodec.load(tmp_path / "texture.safetensors"), volumes()[:1],
-                      rates=[0.0, 1.0], block=32)
+    points = evaluate(TextureCodec.load(tmp_path / "texture.safetensors"), volumes()[:1], rates=[0.0, 1.0], block=32)
     assert points[0]["bytes"] < points[1]["bytes"]
 
 
@@ -77,12 +76,22 @@ def test_a_teacher_starts_the_student_and_keeps_its_features_close(tmp_path):
     with torch.no_grad():
         target = teacher.g_a(sample)
     free = train(volumes()[1:], tmp_path / "free", TINY, settings(40)).net
-    taught = train(volumes()[1:], tmp_path / "taught", TINY,
-                   TrainSettings(**{**settings(40).__dict__, "distill_alpha": 5.0}), teacher=teacher).net
+    taught = train(
+        volumes()[1:],
+        tmp_path / "taught",
+        TINY,
+        TrainSettings(**{**settings(40).__dict__, "distill_alpha": 5.0}),
+        teacher=teacher,
+    ).net
     with torch.no_grad():
         drift_free = float(distillation_loss(free.g_a(sample), target))
         drift_taught = float(distillation_loss(taught.g_a(sample), target))
     assert drift_taught < drift_free
     with pytest.raises(ValueError, match="config differs"):
-        train(volumes(), tmp_path / "x", TextureConfig(channels=8, latent=8, hyper=8, levels=3, pos_dim=2),
-              settings(1), teacher=teacher)
+        train(
+            volumes(),
+            tmp_path / "x",
+            TextureConfig(channels=8, latent=8, hyper=8, levels=3, pos_dim=2),
+            settings(1),
+            teacher=teacher,
+        )

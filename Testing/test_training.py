@@ -1,14 +1,14 @@
 """Bundle training (`deepstd.training`): the template choice and grid, augmentation, and a tiny
 end-to-end `train_bundle` run, plain and distilled from a teacher bundle."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from codec_helpers import TINY, blob_volume
 
 from deepstd import Volume
 from deepstd.training import augment, rank_templates, template_grid, train_bundle
-
-from codec_helpers import TINY, blob_volume
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -23,16 +23,17 @@ def test_template_grid_refines_a_coarse_template_to_the_finest_scan_spacing():
     capped, _ = template_grid(coarse, [coarse, fine_scan], max_voxels=5000)
     assert np.prod(capped.size) <= 5000 * 1.1 and capped.spacing[0] > 1.5
     iso = blob_volume((20, 16, 12), (1.5, 1.5, 1.5))
-    same, _ = template_grid(iso, [iso, fine_scan])              # nothing finer to reach: unchanged
+    same, _ = template_grid(iso, [iso, fine_scan])  # nothing finer to reach: unchanged
     assert same is iso
-    assert np.array_equal(out.array, np.round(out.array))       # the template keeps its integer type
+    assert np.array_equal(out.array, np.round(out.array))  # the template keeps its integer type
 
 
 def test_rank_templates_puts_the_widest_first_and_outliers_last():
     wide = blob_volume((40, 30, 20), (1.0, 1.0, 1.0))
     small = blob_volume((20, 20, 10), (1.0, 1.0, 1.0), seed=1)
-    flat = Volume(np.zeros((30, 40, 50), np.float32), (1.0, 1.0, 1.0), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1),
-                  dtype="int16")
+    flat = Volume(
+        np.zeros((30, 40, 50), np.float32), (1.0, 1.0, 1.0), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1), dtype="int16"
+    )
     ranking = rank_templates([small, flat, wide], ["small", "flat", "wide"])
     assert [r["name"] for r in ranking] == ["wide", "small", "flat"]
     assert "grey levels" in ranking[-1]["excluded"]
@@ -45,14 +46,14 @@ def test_augment_is_seeded_and_keeps_the_shape():
     b = augment(unit, np.random.default_rng(3))
     assert a.shape == unit.shape and a.dtype == np.float32
     assert np.all(np.isfinite(a))
-    np.testing.assert_array_equal(a, b)                                   # same seed, same output
-    np.testing.assert_array_equal(unit, before)                           # the input is left alone
+    np.testing.assert_array_equal(a, b)  # same seed, same output
+    np.testing.assert_array_equal(unit, before)  # the input is left alone
     assert not np.allclose(a, unit, atol=1e-3)
-    assert np.abs(a - unit).mean() > 0.005                                # changed throughout, not at a few voxels
-    assert not np.allclose(a, augment(unit, np.random.default_rng(4)), atol=1e-3)   # another seed, another output
+    assert np.abs(a - unit).mean() > 0.005  # changed throughout, not at a few voxels
+    assert not np.allclose(a, augment(unit, np.random.default_rng(4)), atol=1e-3)  # another seed, another output
     wide = augment(unit.astype(np.float64), np.random.default_rng(3))
     assert wide.dtype == np.float32 and wide.shape == unit.shape
-    np.testing.assert_allclose(wide, a, atol=1e-5)                        # the input's float type does not matter
+    np.testing.assert_allclose(wide, a, atol=1e-5)  # the input's float type does not matter
 
 
 def test_augment_is_a_plausible_variant_of_the_scan():
@@ -67,7 +68,7 @@ def test_augment_is_a_plausible_variant_of_the_scan():
         still = augment(unit, np.random.default_rng(seed), max_shift=0.0)
         assert np.corrcoef(still.ravel(), unit.ravel())[0, 1] > 0.97
         assert 0.001 < np.abs(still - unit).mean() and np.abs(still - unit).max() < 0.25
-        assert np.abs(out - still).max() > 0.05                            # and the warp does move voxels
+        assert np.abs(out - still).max() > 0.05  # and the warp does move voxels
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +77,10 @@ def population(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("population")
     for i in range(3):
-        write(blob_volume((34, 34, 26), (1.0, 1.0, 1.0), seed=i, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)),
-              folder / "images" / f"scan{i}.nii.gz")
+        write(
+            blob_volume((34, 34, 26), (1.0, 1.0, 1.0), seed=i, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)),
+            folder / "images" / f"scan{i}.nii.gz",
+        )
     return folder
 
 
@@ -85,14 +88,36 @@ def test_train_bundle_end_to_end_plain_and_with_a_teacher(population, tmp_path):
     from deepstd.bundle import load_bundle
 
     overrides = TINY.to_dict()
-    first = train_bundle(population, tmp_path / "plain.dstdb", "plain", "MR", "blob", holdout=1, steps=4,
-                         patch=16, texture_overrides=overrides, log=lambda line: None)
+    first = train_bundle(
+        population,
+        tmp_path / "plain.dstdb",
+        "plain",
+        "MR",
+        "blob",
+        holdout=1,
+        steps=4,
+        patch=16,
+        texture_overrides=overrides,
+        log=lambda line: None,
+    )
     bundle = load_bundle(first)
     training = bundle.config.training
     assert training["scans"] == 2 and training["holdout_files"] == ["scan2.nii.gz"] and training["teacher"] is None
     assert [p["rate"] for p in bundle.config.validation] == [0.0, 0.25, 0.5, 0.75, 1.0]
-    taught = load_bundle(train_bundle(population, tmp_path / "taught.dstdb", "taught", "MR", "blob", holdout=1,
-                                      steps=4, patch=16, teacher=first, log=lambda line: None,
-                                      work_dir=tmp_path / "plain.work"))
+    taught = load_bundle(
+        train_bundle(
+            population,
+            tmp_path / "taught.dstdb",
+            "taught",
+            "MR",
+            "blob",
+            holdout=1,
+            steps=4,
+            patch=16,
+            teacher=first,
+            log=lambda line: None,
+            work_dir=tmp_path / "plain.work",
+        )
+    )
     assert taught.config["training"]["teacher"] == {"name": "plain", "sha256": bundle.sha256}
     assert taught.config["training"]["texture_config"] == overrides

@@ -5,6 +5,7 @@ decoded and its maximum error measured; E = 0 also against JPEG XL and JPEG-LS l
     python scripts/bench_max_error.py --bundle la-mr --data ../shared/data/left_atrium_mr \
         --bounds 0,1,2,4 --scans 3 --out docs/bench/max_error.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,7 @@ def error_bounded(name: str, array: np.ndarray, bound: float):
     import imagecodecs
 
     a = array.astype(np.float32)
-    tiny = max(bound, 1e-6)     # the libraries need a positive bound; with integer data this is lossless
+    tiny = max(bound, 1e-6)  # the libraries need a positive bound; with integer data this is lossless
     if name == "sz3":
         data = imagecodecs.sz3_encode(a, mode="abs", abs=tiny)
         back = imagecodecs.sz3_decode(data, shape=a.shape, dtype=a.dtype)
@@ -58,8 +59,11 @@ def main() -> None:
             for peer in ("sz3", "sperr"):
                 started = time.perf_counter()
                 size, back = error_bounded(peer, volume.array, bound)
-                results[peer] = {"bytes": size, "max_error": float(np.abs(back - volume.array).max()),
-                                 "encode_s": round(time.perf_counter() - started, 1)}
+                results[peer] = {
+                    "bytes": size,
+                    "max_error": float(np.abs(back - volume.array).max()),
+                    "encode_s": round(time.perf_counter() - started, 1),
+                }
             if bound == 0:
                 for peer_name in ("jpegxl-lossless", "jpegls-lossless"):
                     peer = peers.get(peer_name)
@@ -81,8 +85,11 @@ def main() -> None:
         cells = []
         for c in codecs:
             have = [r[c] for r in sel if c in r]
-            cells.append(f"{np.mean([h['ratio'] for h in have]):.2f}× (max err {max(h['max_error'] for h in have):g})"
-                         if have else "–")
+            cells.append(
+                f"{np.mean([h['ratio'] for h in have]):.2f}× (max err {max(h['max_error'] for h in have):g})"
+                if have
+                else "–"
+            )
         print(f"| {bound:g} | " + " | ".join(cells) + " |")
 
 

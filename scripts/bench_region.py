@@ -5,6 +5,7 @@
 Times are the best of --repeat in-process runs after one warm-up (bundle and networks loaded);
 peak memory (VmHWM) comes from a fresh process per mode. Prints one JSON object.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,7 +68,7 @@ def main() -> None:
         if args.file:
             args.file.write_bytes(data)
     box = centred_box(volume.size, args.roi_size)
-    codec.decode(data, bundle, device="cpu", roi=((0, 0, 0), (1, 1, 1)))        # warm-up
+    codec.decode(data, bundle, device="cpu", roi=((0, 0, 0), (1, 1, 1)))  # warm-up
 
     def best(roi):
         times, out = [], None
@@ -85,18 +86,34 @@ def main() -> None:
     def peak(mode):
         """(max RSS once the runtime and networks are loaded, max RSS after the decode), MB"""
         arg = "full" if mode is None else "/".join(",".join(map(str, c)) for c in mode)
-        out = subprocess.run([sys.executable, "-c", CHILD, str(args.file), str(bundle_path), arg, str(args.threads)],
-                             check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, str(args.file), str(bundle_path), arg, str(args.threads)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         return [round(int(v) / 1024) for v in out.split()[-2:]]
 
-    print(json.dumps({
-        "scan": str(args.scan), "size": list(volume.size), "bundle": bundle.name, "file_bytes": len(data),
-        "ratio": round(volume.raw_bytes / len(data), 1), "roi": [list(box[0]), list(box[1])],
-        "full_decode_s": round(full_s, 3), "roi_decode_s": round(roi_s, 3), "speedup": round(full_s / roi_s, 1),
-        "identical": identical,
-        "rss_mb_loaded_then_peak_full": peak(None) if args.file else None,
-        "rss_mb_loaded_then_peak_roi": peak(box) if args.file else None,
-        "threads": args.threads}, indent=1))
+    print(
+        json.dumps(
+            {
+                "scan": str(args.scan),
+                "size": list(volume.size),
+                "bundle": bundle.name,
+                "file_bytes": len(data),
+                "ratio": round(volume.raw_bytes / len(data), 1),
+                "roi": [list(box[0]), list(box[1])],
+                "full_decode_s": round(full_s, 3),
+                "roi_decode_s": round(roi_s, 3),
+                "speedup": round(full_s / roi_s, 1),
+                "identical": identical,
+                "rss_mb_loaded_then_peak_full": peak(None) if args.file else None,
+                "rss_mb_loaded_then_peak_roi": peak(box) if args.file else None,
+                "threads": args.threads,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

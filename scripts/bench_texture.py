@@ -7,6 +7,7 @@ Encode = analysis + entropy coding at --rate; decode = entropy decoding + synthe
 count the frame's voxels; each figure is the best of --repeat runs after a warm-up. One JSON line
 per volume, then the totals.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,7 @@ import time
 import numpy as np
 import torch
 
-from deepstd.bundle import load_bundle
-from deepstd.bundle import texture_codec
+from deepstd.bundle import load_bundle, texture_codec
 
 
 def best_of(repeat: int, fn):
@@ -49,15 +49,29 @@ def main() -> None:
         encode_s, streams = best_of(args.repeat, lambda: codec.compress(unit, args.rate, block, workers=args.threads))
         data = streams.to_bytes()
         decode_s, _ = best_of(args.repeat, lambda: codec.decompress(data, workers=args.threads))
-        row = {"volume": path, "voxels": int(unit.size), "bytes": len(data), "encode_s": round(encode_s, 3),
-               "decode_s": round(decode_s, 3), "encode_mvox_s": round(unit.size / encode_s / 1e6, 2),
-               "decode_mvox_s": round(unit.size / decode_s / 1e6, 2)}
+        row = {
+            "volume": path,
+            "voxels": int(unit.size),
+            "bytes": len(data),
+            "encode_s": round(encode_s, 3),
+            "decode_s": round(decode_s, 3),
+            "encode_mvox_s": round(unit.size / encode_s / 1e6, 2),
+            "decode_mvox_s": round(unit.size / decode_s / 1e6, 2),
+        }
         print(json.dumps(row), flush=True)
         for key in total:
             total[key] += row[key]
-    print(json.dumps({"total_voxels": total["voxels"], "threads": args.threads, "rate": args.rate,
-                      "encode_mvox_s": round(total["voxels"] / total["encode_s"] / 1e6, 2),
-                      "decode_mvox_s": round(total["voxels"] / total["decode_s"] / 1e6, 2)}))
+    print(
+        json.dumps(
+            {
+                "total_voxels": total["voxels"],
+                "threads": args.threads,
+                "rate": args.rate,
+                "encode_mvox_s": round(total["voxels"] / total["encode_s"] / 1e6, 2),
+                "decode_mvox_s": round(total["voxels"] / total["decode_s"] / 1e6, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

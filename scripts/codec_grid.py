@@ -3,6 +3,7 @@ benchmark's picture (issue 12). Each codec fits the same byte budget as in `deep
 
     python scripts/codec_grid.py SCAN --bundle la-mr --ratio 128 --png docs/images/codecs-la-128.png
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,7 @@ def main() -> None:
         try:
             stream = peer.encode(volume, budget)
             results.append((peer.name, len(stream), peer.decode(stream, volume)))
-        except DeepSTDError as exc:          # cannot reach the ratio, or failed: a blank column says so
+        except DeepSTDError as exc:  # cannot reach the ratio, or failed: a blank column says so
             results.append((peer.name, None, str(exc).split(":")[0]))
         print(results[-1][0], results[-1][1], flush=True)
     lo, hi = np.percentile(volume.array, [0.5, 99.5])
@@ -59,13 +60,23 @@ def main() -> None:
             top.set_title(f"{name}\n{decoded}", fontsize=7)
             continue
         top.imshow(decoded[k], cmap="gray", vmin=lo, vmax=hi)
-        top.set_title(f"{name}\n{volume.raw_bytes / nbytes:.0f}x {metrics.psnr(volume.array, decoded):.2f} dB "
-                      f"SSIM {metrics.ssim(volume.array, decoded):.3f}", fontsize=7)
+        top.set_title(
+            f"{name}\n{volume.raw_bytes / nbytes:.0f}x {metrics.psnr(volume.array, decoded):.2f} dB "
+            f"SSIM {metrics.ssim(volume.array, decoded):.3f}",
+            fontsize=7,
+        )
         bottom.imshow(volume.array[k] - decoded[k], cmap="RdBu_r", vmin=-limit, vmax=limit)
     for ax in axes.ravel():
         ax.axis("off")
-    axes[1, 0].text(0.5, 0.5, f"residue\n(original − decoded)\n±{limit:.0f}", ha="center", va="center",
-                    fontsize=8, transform=axes[1, 0].transAxes)
+    axes[1, 0].text(
+        0.5,
+        0.5,
+        f"residue\n(original − decoded)\n±{limit:.0f}",
+        ha="center",
+        va="center",
+        fontsize=8,
+        transform=axes[1, 0].transAxes,
+    )
     fig.suptitle(f"{args.scan.name}, slice {k}, budget {budget} bytes ({args.ratio:g}x)", fontsize=9)
     fig.tight_layout()
     fig.savefig(args.png, dpi=110)

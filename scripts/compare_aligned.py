@@ -6,6 +6,7 @@ is a `.dstd` container with geometry, intensity mapping and the texture section,
     python scripts/compare_aligned.py --bundle la-mr --unaligned out/la-unaligned/texture.safetensors \
         --data ../shared/data/left_atrium_mr --out docs/bench/aligned_vs_unaligned.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,6 +36,7 @@ def unaligned_file(texture: TextureCodec, volume, budget: int, rule) -> tuple:
     if best is None:
         return None, None
     from deepstd.container import unpack
+
     decoded = texture.decompress(unpack(best).sections["texture"])
     return best, cast_to_dtype(mapping.from_unit(decoded), volume.dtype).astype(np.float32)
 
@@ -52,10 +54,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     bundle = load_bundle(args.bundle)
     texture = TextureCodec.load(args.unaligned)
-    measured = {}    # DeepSTD results already measured by `deepstd bench` on the same budgets
+    measured = {}  # DeepSTD results already measured by `deepstd bench` on the same budgets
     if args.bench:
-        measured = {(r["scan"], r["target_ratio"]): {k: r[k] for k in ("bytes", "psnr", "ssim")}
-                    for r in bench.load(args.bench) if r["codec"] == "deepstd" and r["status"] == "ok"}
+        measured = {
+            (r["scan"], r["target_ratio"]): {k: r[k] for k in ("bytes", "psnr", "ssim")}
+            for r in bench.load(args.bench)
+            if r["codec"] == "deepstd" and r["status"] == "ok"
+        }
     rows = []
     for name in bundle.config.holdout_files:
         volume = read(args.data / "images" / name)
@@ -65,14 +70,24 @@ def main() -> None:
             if known is None:
                 data = codec.encode(volume, bundle, budget_bytes=budget, device="cpu")
                 decoded = codec.decode(data, bundle).array
-                known = {"bytes": len(data), "psnr": metrics.psnr(volume.array, decoded),
-                         "ssim": metrics.ssim(volume.array, decoded)}
+                known = {
+                    "bytes": len(data),
+                    "psnr": metrics.psnr(volume.array, decoded),
+                    "ssim": metrics.ssim(volume.array, decoded),
+                }
             u_data, unaligned = unaligned_file(texture, volume, budget, bundle.config.intensity)
-            row = {"scan": name, "target_ratio": ratio,
-                   "aligned": known,
-                   "unaligned": None if u_data is None else {
-                       "bytes": len(u_data), "psnr": metrics.psnr(volume.array, unaligned),
-                       "ssim": metrics.ssim(volume.array, unaligned)}}
+            row = {
+                "scan": name,
+                "target_ratio": ratio,
+                "aligned": known,
+                "unaligned": None
+                if u_data is None
+                else {
+                    "bytes": len(u_data),
+                    "psnr": metrics.psnr(volume.array, unaligned),
+                    "ssim": metrics.ssim(volume.array, unaligned),
+                },
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -81,9 +96,12 @@ def main() -> None:
     print("|---|---|---|")
     for ratio in sorted({r["target_ratio"] for r in rows}):
         sel = [r for r in rows if r["target_ratio"] == ratio]
-        cell = lambda key: (f"{np.mean([r[key]['ssim'] for r in sel if r[key]]):.3f} / "  # noqa: E731
-                            f"{np.median([r[key]['psnr'] for r in sel if r[key]]):.2f}"
-                            if any(r[key] for r in sel) else "unreachable")
+        cell = lambda key: (  # noqa: E731
+            f"{np.mean([r[key]['ssim'] for r in sel if r[key]]):.3f} / "
+            f"{np.median([r[key]['psnr'] for r in sel if r[key]]):.2f}"
+            if any(r[key] for r in sel)
+            else "unreachable"
+        )
         print(f"| {ratio:g}× | {cell('aligned')} | {cell('unaligned')} |")
 
 

@@ -4,6 +4,7 @@ scarce-data ablation (plain / augmentation / teacher).
 
     python scripts/compare_bundles.py out/prostate/plain.dstdb out/prostate/augment.dstdb ...
 """
+
 from __future__ import annotations
 
 import sys
@@ -18,8 +19,11 @@ def main() -> None:
     for path in sys.argv[1:]:
         bundle = load_bundle(path)
         points = sorted(bundle.config.validation, key=lambda p: p["bytes"])
-        curves[path] = (np.log([p["ratio"] for p in points]), [p["psnr"] for p in points],
-                        bundle.config.training.get("seconds"))
+        curves[path] = (
+            np.log([p["ratio"] for p in points]),
+            [p["psnr"] for p in points],
+            bundle.config.training.get("seconds"),
+        )
     low = max(min(r) for r, _, _ in curves.values())
     high = min(max(r) for r, _, _ in curves.values())
     ratios = [float(np.exp(v)) for v in np.linspace(low, high, 4)]

@@ -1,5 +1,6 @@
 """Draw the DeepSTDSlicer module icon (128x128 PNG): a scan slice under a warped template grid,
 next to the small block it compresses to. Run: python scripts/make_slicer_icon.py"""
+
 from pathlib import Path
 
 import numpy as np

@@ -4,6 +4,7 @@ table (achieved ratio, PSNR, seconds) — a quick look at where each peer stands
 
     python scripts/peers_smoke.py [--data ../shared/data] [--peers hevc sperr3d ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,7 @@ from deepstd import Volume, peers
 from deepstd.errors import DeepSTDError
 from deepstd.peers import PeerBudgetError
 
-SCANS = ("hippocampus_mr/images/hippocampus_011.nii.gz",
-         "left_atrium_mr/images/LA_1D7CUD1955YZPGK8XHJX.nii.gz")
+SCANS = ("hippocampus_mr/images/hippocampus_011.nii.gz", "left_atrium_mr/images/LA_1D7CUD1955YZPGK8XHJX.nii.gz")
 RATIOS = (32, 64, 128, 256)
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 NO_RESULT = f"{'-':>8} {'-':>7} {'-':>7} {'-':>7}"
@@ -42,8 +42,9 @@ def measure(peer: peers.Peer, volume: Volume, budget: int) -> str:
         return f"{NO_RESULT}  cannot: best {volume.raw_bytes / error.smallest_bytes:.1f}x"
     except DeepSTDError as error:
         return f"{NO_RESULT}  {type(error).__name__}: {error}"
-    return (f"{volume.raw_bytes / len(data):8.1f} {psnr(volume, decoded):7.2f} "
-            f"{encoded - start:7.2f} {done - encoded:7.2f}")
+    return (
+        f"{volume.raw_bytes / len(data):8.1f} {psnr(volume, decoded):7.2f} {encoded - start:7.2f} {done - encoded:7.2f}"
+    )
 
 
 def main() -> None:
@@ -54,8 +55,7 @@ def main() -> None:
 
     for name, reason in peers.unavailable().items():
         print(f"unavailable: {name}: {reason}")
-    print(f"{'scan':<28} {'peer':<20} {'target':>6} {'ratio':>8} {'PSNR':>7} {'enc s':>7} "
-          f"{'dec s':>7}")
+    print(f"{'scan':<28} {'peer':<20} {'target':>6} {'ratio':>8} {'PSNR':>7} {'enc s':>7} {'dec s':>7}")
     for relative in SCANS:
         volume = Volume.from_sitk(sitk.ReadImage(str(args.data / relative)))
         scan = Path(relative).name.replace(".nii.gz", "")[:28]
@@ -63,8 +63,7 @@ def main() -> None:
             targets = ("lossless",) if peer.lossless else RATIOS
             for target in targets:
                 budget = volume.raw_bytes if peer.lossless else volume.raw_bytes // target
-                print(f"{scan:<28} {peer.name:<20} {target:>6} {measure(peer, volume, budget)}",
-                      flush=True)
+                print(f"{scan:<28} {peer.name:<20} {target:>6} {measure(peer, volume, budget)}", flush=True)
 
 
 if __name__ == "__main__":

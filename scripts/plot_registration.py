@@ -6,6 +6,7 @@ The template is the population's widest imaging range (as the benchmark and the 
 it); the moving scan is the first other one. The grid is the forward field's in-plane part on
 the template's middle axial slice: each line is where a straight template grid line reads the scan.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,16 +46,21 @@ def main() -> None:
     z = template.array.shape[0] // 2
     # displacement (mm, LPS) -> index units of the template grid
     to_index = np.linalg.inv(template.direction_matrix @ np.diag(template.spacing))
-    d = disp[z] @ to_index.T                                  # (y, x, 3) in (x, y, z) index units
+    d = disp[z] @ to_index.T  # (y, x, 3) in (x, y, z) index units
     ny, nx = template.array.shape[1:]
     yy, xx = np.mgrid[0:ny, 0:nx]
     gx, gy = xx + d[..., 0], yy + d[..., 1]
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
-    for ax, image, title in zip(axes, (template.array[z], before[z], warped[z]),
-                                ("template " + template_path.name.split(".")[0],
-                                 "scan " + moving_path.name.split(".")[0] + " (identity)",
-                                 f"scan warped by Cycle-INR ({reg.seconds:.1f} s)")):
+    for ax, image, title in zip(
+        axes,
+        (template.array[z], before[z], warped[z]),
+        (
+            "template " + template_path.name.split(".")[0],
+            "scan " + moving_path.name.split(".")[0] + " (identity)",
+            f"scan warped by Cycle-INR ({reg.seconds:.1f} s)",
+        ),
+    ):
         ax.imshow(image, cmap="gray", origin="lower")
         ax.set_title(title, fontsize=9)
         ax.axis("off")
@@ -68,8 +74,9 @@ def main() -> None:
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
-    print(f"wrote {args.out}: template {template_path.name}, moving {moving_path.name}, "
-          f"registration {reg.seconds:.1f} s")
+    print(
+        f"wrote {args.out}: template {template_path.name}, moving {moving_path.name}, registration {reg.seconds:.1f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ the demo's synthetic scan) and prints size, time and SHA-256 of each:
 
 `--check` exits 1 when any file differs. Real data from ../shared/data (about 4 minutes on 2 cores).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,10 +29,16 @@ CASES = {
     "hippocampus-64x": (HIPPO / "images/hippocampus_338.nii.gz", "hippocampus-mr", {"ratio": 64}),
     "hippocampus-256x-lean": (HIPPO / "images/hippocampus_338.nii.gz", "hippocampus-mr", {"ratio": 256}),
     "hippocampus-max-error-2": (HIPPO / "images/hippocampus_338.nii.gz", "hippocampus-mr", {"max_error": 2}),
-    "hippocampus-keep-16x": (HIPPO / "images/hippocampus_338.nii.gz", "hippocampus-mr",
-                             {"ratio": 16, "keep": str(HIPPO / "labels/hippocampus_338.nii.gz") + ":2"}),
-    "prostate-64x-widened": (DATA / "prostate_mr/images/ProstateX-0000_t2_tse_cor.nii.gz", "prostate-t2",
-                             {"ratio": 64}),
+    "hippocampus-keep-16x": (
+        HIPPO / "images/hippocampus_338.nii.gz",
+        "hippocampus-mr",
+        {"ratio": 16, "keep": str(HIPPO / "labels/hippocampus_338.nii.gz") + ":2"},
+    ),
+    "prostate-64x-widened": (
+        DATA / "prostate_mr/images/ProstateX-0000_t2_tse_cor.nii.gz",
+        "prostate-t2",
+        {"ratio": 64},
+    ),
     "chest-ct-64x": (DATA / "ct/chest_ct_dicom", "ct-torso", {"ratio": 64}),
 }
 
@@ -72,8 +79,9 @@ def main() -> int:
             verdict = "identical" if same else f"DIFFERENT (reference {reference.get(name)})"
             if not same:
                 differ.append(name)
-        print(f"{name:26s} {len(data):8d} B  {time.perf_counter() - started:6.1f} s  {digest[:16]}  {verdict}",
-              flush=True)
+        print(
+            f"{name:26s} {len(data):8d} B  {time.perf_counter() - started:6.1f} s  {digest[:16]}  {verdict}", flush=True
+        )
     if args.save:
         args.save.write_text(json.dumps(results, indent=1) + "\n")
     if differ:

@@ -4,6 +4,7 @@
 
     python scripts/render_region_preview.py FILE.dstd OUT.png [--slice K] [--half-width 4]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,11 +26,10 @@ def main() -> None:
     ap.add_argument("--half-width", type=int, default=4)
     args = ap.parse_args()
 
-    import vtk
     from slicer_offscreen import HeadlessApp, OffscreenSliceView  # test helper: EGL offscreen views
 
-    from DeepSTDSlicerLib import codec, core, mrml
     from deepstd.container import read_file
+    from DeepSTDSlicerLib import core, mrml
 
     app = HeadlessApp()
     logic = core.DeepSTDCore(app.scene)
@@ -38,7 +38,8 @@ def main() -> None:
     k = size[2] // 2 if args.slice is None else args.slice
     grid = header["geometry"]
     lps = np.asarray(grid["origin"]) + np.asarray(grid["direction"]).reshape(3, 3) @ (
-        np.array([size[0] / 2, size[1] / 2, k]) * np.asarray(grid["spacing"]))
+        np.array([size[0] / 2, size[1] / 2, k]) * np.asarray(grid["spacing"])
+    )
     ras = lps * [-1, -1, 1]
     normal = np.asarray(grid["direction"]).reshape(3, 3)[:, 2] * [-1, -1, 1]
     started = time.perf_counter()
@@ -52,15 +53,17 @@ def main() -> None:
         node.GetDisplayNode().AutoWindowLevelOff()
         node.GetDisplayNode().SetWindowLevelMinMax(low, high)
     panels = []
-    for name, orientation, background, foreground in (("Red", "Axial", preview, None),
-                                                      ("Yellow", "Sagittal", full, preview)):
+    for name, orientation, background, foreground in (
+        ("Red", "Axial", preview, None),
+        ("Yellow", "Sagittal", full, preview),
+    ):
         view = OffscreenSliceView(app, name, orientation, (400, 400))
         composite = view.logic.GetSliceCompositeNode()
         composite.SetBackgroundVolumeID(background.GetID())
         if foreground is not None:
             composite.SetForegroundVolumeID(foreground.GetID())
             composite.SetForegroundOpacity(0.7)
-            background.GetDisplayNode().SetWindowLevelMinMax(low, high + 3 * (high - low))   # dimmed
+            background.GetDisplayNode().SetWindowLevelMinMax(low, high + 3 * (high - low))  # dimmed
         view.fit()
         if orientation == "Axial":
             view.sliceNode.JumpSliceByCentering(*ras)
@@ -68,8 +71,10 @@ def main() -> None:
     from PIL import Image
 
     Image.fromarray(np.concatenate(panels, axis=1)).save(args.out)
-    print(f"{args.out}: preview {preview.GetName()!r} decoded in {preview_s:.2f} s, full decode {full_s:.2f} s "
-          f"(in this process, bundle already loaded for the full one)")
+    print(
+        f"{args.out}: preview {preview.GetName()!r} decoded in {preview_s:.2f} s, full decode {full_s:.2f} s "
+        f"(in this process, bundle already loaded for the full one)"
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 Needs slicer-core (pip install -e ".[slicer]"); uses a real left-atrium MR scan from
 ../shared/data when present. Run: python scripts/render_slicer_views.py
 """
+
 import sys
 from pathlib import Path
 

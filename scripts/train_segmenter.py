@@ -13,6 +13,7 @@ ground truth on them is stored in the weights' metadata. The commands that made 
 
 (docs/DOWNSTREAM.md records the exact step counts, times and the held-out Dice.)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,10 +35,15 @@ def main(argv=None) -> int:
     parser.add_argument("--classes", type=int, required=True, help="including background")
     parser.add_argument("--channels", type=int, default=8, help="features at full resolution")
     parser.add_argument("--levels", type=int, default=2, help="poolings")
-    parser.add_argument("--working-spacing", type=triple, default=None,
-                        help="mm, one value or x,y,z (default: each scan's own grid)")
-    parser.add_argument("--patch", type=lambda t: [int(v) for v in t.split(",")], required=True,
-                        help="training window z,y,x at the working spacing")
+    parser.add_argument(
+        "--working-spacing", type=triple, default=None, help="mm, one value or x,y,z (default: each scan's own grid)"
+    )
+    parser.add_argument(
+        "--patch",
+        type=lambda t: [int(v) for v in t.split(",")],
+        required=True,
+        help="training window z,y,x at the working spacing",
+    )
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -55,12 +61,20 @@ def main(argv=None) -> int:
     config = downstream.default_config(args.classes, args.channels, args.levels, args.working_spacing, args.name)
     config["command"] = "python scripts/train_segmenter.py " + " ".join(sys.argv[1:] if argv is None else argv)
     started = time.perf_counter()
-    segmenter = downstream.train(train_pairs, config, args.steps, args.patch, batch=args.batch, lr=args.lr,
-                                 seed=args.seed, out=args.out, holdout_pairs=held_out,
-                                 log=lambda line: print(line, flush=True))
+    segmenter = downstream.train(
+        train_pairs,
+        config,
+        args.steps,
+        args.patch,
+        batch=args.batch,
+        lr=args.lr,
+        seed=args.seed,
+        out=args.out,
+        holdout_pairs=held_out,
+        log=lambda line: print(line, flush=True),
+    )
     size = args.out.stat().st_size
-    print(f"wrote {args.out} ({size / 1024:.0f} KiB) in {time.perf_counter() - started:.0f} s; "
-          f"{segmenter.describe()}")
+    print(f"wrote {args.out} ({size / 1024:.0f} KiB) in {time.perf_counter() - started:.0f} s; {segmenter.describe()}")
     return 0
 
 

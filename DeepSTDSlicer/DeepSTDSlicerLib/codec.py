@@ -6,6 +6,7 @@ dependencies are installed; registration, encoding and decoding call the package
 functions, imported on first use. A missing piece raises `CodecUnavailable`, whose message the
 GUI shows as is.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -27,12 +28,15 @@ def require(module: str, purpose: str):
     try:
         return importlib.import_module(module)
     except ImportError as error:
-        raise CodecUnavailable(f"{purpose} needs {module}, which cannot be imported here: {error}. "
-                               "Update the DeepSTD extension, or install its dependencies "
-                               "(DeepSTD module, Codec section).") from error
+        raise CodecUnavailable(
+            f"{purpose} needs {module}, which cannot be imported here: {error}. "
+            "Update the DeepSTD extension, or install its dependencies "
+            "(DeepSTD module, Codec section)."
+        ) from error
 
 
 # --- bundles ------------------------------------------------------------------------------------
+
 
 def bundles():
     """`deepstd.bundle` (torch-free): shipped bundles (`shipped_bundles`, `SHIPPED_DIR`), loading
@@ -44,8 +48,12 @@ def bundles():
 def describe_bundle(name_or_path) -> str:
     """One paragraph for the Codec section: modality, region, training size and any description."""
     config = bundles().load_bundle(name_or_path).config
-    parts = [f"<b>{config.name}</b>", f"modality: {config.modality}", f"region: {config.region}",
-             f"trained on: {config.training.get('scans', '?')} scans"]
+    parts = [
+        f"<b>{config.name}</b>",
+        f"modality: {config.modality}",
+        f"region: {config.region}",
+        f"trained on: {config.training.get('scans', '?')} scans",
+    ]
     text = " | ".join(parts)
     if config.description:
         text += "<br>" + config.description
@@ -64,9 +72,17 @@ def register(moving: "Volume", template: "Volume", progress: ProgressFn = None, 
     return shape.register(moving, template, progress=progress, cancel=cancel, **options)
 
 
-def encode(volume: "Volume", bundle, ratio: Optional[float], device: str = "auto",
-           progress: ProgressFn = None, cancel=None, max_error: Optional[float] = None,
-           keep=None, keep_error: float = 0.0) -> bytes:
+def encode(
+    volume: "Volume",
+    bundle,
+    ratio: Optional[float],
+    device: str = "auto",
+    progress: ProgressFn = None,
+    cancel=None,
+    max_error: Optional[float] = None,
+    keep=None,
+    keep_error: float = 0.0,
+) -> bytes:
     """The complete `.dstd` file for `volume` at the requested compression ratio, or (`max_error`)
     with every voxel within that bound; `keep`, a label map on its grid, is coded within ±keep_error. `bundle`:
     a shipped bundle's name or a bundle file's path."""
@@ -74,8 +90,9 @@ def encode(volume: "Volume", bundle, ratio: Optional[float], device: str = "auto
     bundle = bundles().load_bundle(bundle)
     if max_error is not None:
         return codec.encode(volume, bundle, max_error=max_error, device=device, progress=progress, cancel=cancel)
-    return codec.encode(volume, bundle, ratio=ratio, keep=keep, keep_error=keep_error, device=device,
-                        progress=progress, cancel=cancel)
+    return codec.encode(
+        volume, bundle, ratio=ratio, keep=keep, keep_error=keep_error, device=device, progress=progress, cancel=cancel
+    )
 
 
 class FileHeader(NamedTuple):
@@ -93,8 +110,7 @@ def read_header(data: bytes) -> FileHeader:
     return FileHeader(header, round(parsed.achieved_ratio, 2))
 
 
-def decode(data: bytes, bundle, device: str = "auto",
-           progress: ProgressFn = None, cancel=None, roi=None) -> "Volume":
+def decode(data: bytes, bundle, device: str = "auto", progress: ProgressFn = None, cancel=None, roi=None) -> "Volume":
     """The volume stored in a `.dstd` file, exactly as `deepstd decode` writes it (`roi`: only
     that box of voxels, ((x0, y0, z0), (x1, y1, z1))). `bundle`: a name or a bundle file's path."""
     codec = require("deepstd.codec", "Decompression")

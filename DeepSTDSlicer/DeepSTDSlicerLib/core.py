@@ -5,6 +5,7 @@ the reader/writer plugins and headless tests (slicer-core).
 ScriptedLoadableModuleLogic) delegates here. Long operations return a started `Job`; callers poll
 it on the main thread (the widget with a Qt timer), which is where every MRML change happens.
 """
+
 from __future__ import annotations
 
 import os
@@ -59,8 +60,10 @@ class CompressResult:
         return self.raw_bytes / max(1, self.file_bytes)
 
     def summary(self) -> str:
-        return (f"{os.path.basename(self.path)}: {self.file_bytes:,} bytes from {self.raw_bytes:,} "
-                f"(ratio {self.ratio:.1f}:1) in {self.seconds:.1f} s")
+        return (
+            f"{os.path.basename(self.path)}: {self.file_bytes:,} bytes from {self.raw_bytes:,} "
+            f"(ratio {self.ratio:.1f}:1) in {self.seconds:.1f} s"
+        )
 
 
 @dataclass
@@ -95,9 +98,11 @@ class DeepSTDCore:
         except ValueError:
             ratio = DEFAULT_RATIO
         shipped = list(codec.bundles().shipped_bundles())
-        return {"bundle": get("bundle") or (shipped[0] if shipped else ""),
-                "ratio": min(max(ratio, RATIO_RANGE[0]), RATIO_RANGE[1]),
-                "device": get("device") if get("device") in codec.DEVICES else "auto"}
+        return {
+            "bundle": get("bundle") or (shipped[0] if shipped else ""),
+            "ratio": min(max(ratio, RATIO_RANGE[0]), RATIO_RANGE[1]),
+            "device": get("device") if get("device") in codec.DEVICES else "auto",
+        }
 
     def parameter_node(self, create: bool = True):
         """The module's singleton vtkMRMLScriptedModuleNode (what the GUI's parameter wrapper binds)."""
@@ -123,8 +128,7 @@ class DeepSTDCore:
         """Load a bundle's template (and its labels as a segmentation) and show it in the views."""
         bundle = codec.bundles().load_bundle(name_or_path)
         stem = bundle.path.stem
-        node = mrml.add_volume_node(bundle.template, f"{stem} template", self.scene,
-                                    attributes={ATTR_BUNDLE: stem})
+        node = mrml.add_volume_node(bundle.template, f"{stem} template", self.scene, attributes={ATTR_BUNDLE: stem})
         segmentation = None
         if bundle.template_labels is not None:
             segmentation = self.labels_to_segmentation(bundle.template_labels, f"{stem} template labels", node)
@@ -133,25 +137,33 @@ class DeepSTDCore:
 
     def labels_to_segmentation(self, labels, name: str, reference_node):
         """A segmentation node with one segment per label value of a label Volume."""
-        labelmap = mrml.add_volume_node(labels, f"{name} labelmap", self.scene,
-                                        class_name="vtkMRMLLabelMapVolumeNode")
+        labelmap = mrml.add_volume_node(labels, f"{name} labelmap", self.scene, class_name="vtkMRMLLabelMapVolumeNode")
         segmentation = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", self.scene.GenerateUniqueName(name))
         segmentation.CreateDefaultDisplayNodes()
         segmentation.SetReferenceImageGeometryParameterFromVolumeNode(reference_node)
         slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation)
         display = labelmap.GetDisplayNode()
-        if display is not None and display.GetColorNode() is not None \
-                and display.GetColorNode().GetName().endswith("_ColorTable"):
+        if (
+            display is not None
+            and display.GetColorNode() is not None
+            and display.GetColorNode().GetName().endswith("_ColorTable")
+        ):
             self.scene.RemoveNode(display.GetColorNode())
         self.scene.RemoveNode(labelmap)
         return segmentation
 
     # --- Registration section -------------------------------------------------------------------
-    def start_registration(self, input_node, template_node, transform_node=None,
-                           on_status: Optional[Callable[[RegistrationStatus], None]] = None,
-                           on_done: Optional[Callable[[Any], None]] = None,
-                           on_error: Optional[Callable[[BaseException], None]] = None,
-                           grid_mode: str = "grid", options: Optional[Dict[str, Any]] = None) -> Job:
+    def start_registration(
+        self,
+        input_node,
+        template_node,
+        transform_node=None,
+        on_status: Optional[Callable[[RegistrationStatus], None]] = None,
+        on_done: Optional[Callable[[Any], None]] = None,
+        on_error: Optional[Callable[[BaseException], None]] = None,
+        grid_mode: str = "grid",
+        options: Optional[Dict[str, Any]] = None,
+    ) -> Job:
         """Register `input_node` to `template_node` on a worker thread with a live preview.
 
         The preview is a grid transform node updated from the snapshots the registration reports
@@ -163,7 +175,8 @@ class DeepSTDCore:
         template = mrml.volume_from_node(template_node)
         if transform_node is None:
             transform_node = self.scene.AddNewNodeByClass(
-                "vtkMRMLGridTransformNode", self.scene.GenerateUniqueName(f"{input_node.GetName()} to template"))
+                "vtkMRMLGridTransformNode", self.scene.GenerateUniqueName(f"{input_node.GetName()} to template")
+            )
         preview = self.preview_volume(input_node, transform_node)
         mrml.show_layers(self.scene, background=template_node, foreground=preview, foreground_opacity=0.5)
         start = time.perf_counter()
@@ -188,14 +201,20 @@ class DeepSTDCore:
             if on_done:
                 on_done(transform_node)
 
-        return Job(lambda report, cancel: codec.register(moving, template, report, cancel, **(options or {})),
-                   progress, done, on_error, name="DeepSTD registration").start()
+        return Job(
+            lambda report, cancel: codec.register(moving, template, report, cancel, **(options or {})),
+            progress,
+            done,
+            on_error,
+            name="DeepSTD registration",
+        ).start()
 
     def apply_snapshot(self, transform_node, snapshot, region_node=None, grid_mode: str = "grid") -> None:
         """Show one registration snapshot (a coarse LPS field on the template grid) as the preview."""
         first = transform_node.GetDisplayNode() is None
-        mrml.update_grid_transform(transform_node, snapshot.displacement, snapshot.spacing,
-                                   snapshot.origin, snapshot.direction)
+        mrml.update_grid_transform(
+            transform_node, snapshot.displacement, snapshot.spacing, snapshot.origin, snapshot.direction
+        )
         if first:
             mrml.show_grid(transform_node, region_node, grid_mode)
 
@@ -214,9 +233,20 @@ class DeepSTDCore:
         return preview
 
     # --- Compress / Decompress section ----------------------------------------------------------
-    def start_compress(self, input_node, bundle: str, ratio: float, device: str, path: str,
-                       on_progress=None, on_done=None, on_error=None, max_error: Optional[float] = None,
-                       keep_node=None, keep_error: float = 0.0) -> Job:
+    def start_compress(
+        self,
+        input_node,
+        bundle: str,
+        ratio: float,
+        device: str,
+        path: str,
+        on_progress=None,
+        on_done=None,
+        on_error=None,
+        max_error: Optional[float] = None,
+        keep_node=None,
+        keep_error: float = 0.0,
+    ) -> Job:
         """Encode a volume node to a `.dstd` file on a worker thread; done gets a CompressResult.
         `max_error`: instead of the ratio, every voxel within that bound. `keep_node`: a label map
         on the volume's grid whose voxels are kept within ±keep_error."""
@@ -228,21 +258,34 @@ class DeepSTDCore:
             labels = mrml.volume_from_node(keep_node)
             if not labels.same_grid(volume):
                 from deepstd.errors import InputError
-                raise InputError(f"the label map {keep_node.GetName()!r} is not on the grid of "
-                                 f"{input_node.GetName()!r}; resample it first")
-            keep = labels          # a label map on the scan's grid; the codec keeps its voxels > 0
+
+                raise InputError(
+                    f"the label map {keep_node.GetName()!r} is not on the grid of "
+                    f"{input_node.GetName()!r}; resample it first"
+                )
+            keep = labels  # a label map on the scan's grid; the codec keeps its voxels > 0
 
         def work(report, cancel) -> CompressResult:
             start = time.perf_counter()
-            data = codec.encode(volume, bundle_file, ratio, device, report, cancel, max_error=max_error,
-                                keep=keep, keep_error=keep_error)
+            data = codec.encode(
+                volume,
+                bundle_file,
+                ratio,
+                device,
+                report,
+                cancel,
+                max_error=max_error,
+                keep=keep,
+                keep_error=keep_error,
+            )
             codec.write_atomic(path, data)
             return CompressResult(path, volume.raw_bytes, len(data), time.perf_counter() - start)
 
         return Job(work, on_progress, on_done, on_error, name="DeepSTD compress").start()
 
-    def start_decompress(self, path: str, device: str = "auto", name: Optional[str] = None,
-                         on_progress=None, on_done=None, on_error=None) -> Job:
+    def start_decompress(
+        self, path: str, device: str = "auto", name: Optional[str] = None, on_progress=None, on_done=None, on_error=None
+    ) -> Job:
         """Decode a `.dstd` file on a worker thread; done gets the new volume node."""
         search = self._bundle_search_paths()
 
@@ -251,11 +294,17 @@ class DeepSTDCore:
             if on_done:
                 on_done(node)
 
-        return Job(lambda report, cancel: self.decode_file(path, device, report, cancel, search),
-                   on_progress, finish, on_error, name="DeepSTD decompress").start()
+        return Job(
+            lambda report, cancel: self.decode_file(path, device, report, cancel, search),
+            on_progress,
+            finish,
+            on_error,
+            name="DeepSTD decompress",
+        ).start()
 
-    def decode_file(self, path: str, device: str = "auto", progress=None, cancel=None,
-                    search: Optional[List[Path]] = None, roi=None) -> DecodedFile:
+    def decode_file(
+        self, path: str, device: str = "auto", progress=None, cancel=None, search: Optional[List[Path]] = None, roi=None
+    ) -> DecodedFile:
         """Read and decode a `.dstd` file, or only the box `roi` of it (no MRML: safe on a worker
         thread). `roi` may also be a function of the typed header (`DstdHeader`) that returns the box."""
         with open(path, "rb") as stream:
@@ -275,12 +324,23 @@ class DeepSTDCore:
         try:
             return codec.bundles().find_bundle_file(header.bundle.name, header.bundle.sha256, search)
         except BundleError:
-            raise BundleError(f"this file needs the codec bundle {header.bundle.label()}, which is not available: "
-                              "load that bundle file in the DeepSTD module's Codec section, or install the "
-                              "extension version that ships it") from None
+            raise BundleError(
+                f"this file needs the codec bundle {header.bundle.label()}, which is not available: "
+                "load that bundle file in the DeepSTD module's Codec section, or install the "
+                "extension version that ships it"
+            ) from None
 
-    def start_slice_preview(self, path: str, ras, normal, half_width: int = 4, device: str = "auto",
-                            on_progress=None, on_done=None, on_error=None) -> Job:
+    def start_slice_preview(
+        self,
+        path: str,
+        ras,
+        normal,
+        half_width: int = 4,
+        device: str = "auto",
+        on_progress=None,
+        on_done=None,
+        on_error=None,
+    ) -> Job:
         """Decode only a slab of `path` around the plane through `ras` with `normal` (the slice a
         view shows): a quick look into a large file. The node sits exactly where those voxels sit
         in the full volume, and its voxels equal the full decode's."""
@@ -298,16 +358,32 @@ class DeepSTDCore:
             if on_done:
                 on_done(node)
 
-        return Job(lambda report, cancel: self.decode_file(
-            path, device, report, cancel, search, roi=lambda header: slab_around(header.grid, ras, normal, half_width)),
-            on_progress, finish, on_error, name="DeepSTD slice preview").start()
+        return Job(
+            lambda report, cancel: self.decode_file(
+                path,
+                device,
+                report,
+                cancel,
+                search,
+                roi=lambda header: slab_around(header.grid, ras, normal, half_width),
+            ),
+            on_progress,
+            finish,
+            on_error,
+            name="DeepSTD slice preview",
+        ).start()
 
     def add_decoded_node(self, decoded: DecodedFile, path: str, name: Optional[str] = None):
         """A volume node for a decoded file, with attributes naming ratio, bundle and encoder (empty
         for a lean header, which does not record it)."""
         header = decoded.header
-        attributes = {ATTR_SOURCE: path, ATTR_BUNDLE: header.bundle.name or "", ATTR_BUNDLE_ID: header.bundle.sha256,
-                      ATTR_RATIO: decoded.achieved_ratio, ATTR_ENCODER: header.encoder_version or ""}
+        attributes = {
+            ATTR_SOURCE: path,
+            ATTR_BUNDLE: header.bundle.name or "",
+            ATTR_BUNDLE_ID: header.bundle.sha256,
+            ATTR_RATIO: decoded.achieved_ratio,
+            ATTR_ENCODER: header.encoder_version or "",
+        }
         stem = os.path.basename(path)
         stem = stem[:-5] if stem.endswith(".dstd") else stem
         return mrml.add_volume_node(decoded.volume, name or stem, self.scene, attributes=attributes)
@@ -320,37 +396,66 @@ class DeepSTDCore:
     def register(self, input_node, template_node, transform_node=None):
         """Register and return the grid transform node showing the final field."""
         box = {}
-        job = self.start_registration(input_node, template_node, transform_node,
-                                      on_done=lambda node: box.setdefault("result", node),
-                                      on_error=lambda error: box.setdefault("error", error))
+        job = self.start_registration(
+            input_node,
+            template_node,
+            transform_node,
+            on_done=lambda node: box.setdefault("result", node),
+            on_error=lambda error: box.setdefault("error", error),
+        )
         return _finish(job, box)
 
-    def compress(self, input_node, path: str, bundle: Optional[str] = None, ratio: Optional[float] = None,
-                 device: Optional[str] = None, max_error: Optional[float] = None, keep_node=None,
-                 keep_error: float = 0.0) -> CompressResult:
+    def compress(
+        self,
+        input_node,
+        path: str,
+        bundle: Optional[str] = None,
+        ratio: Optional[float] = None,
+        device: Optional[str] = None,
+        max_error: Optional[float] = None,
+        keep_node=None,
+        keep_error: float = 0.0,
+    ) -> CompressResult:
         """Write `path` (.dstd); bundle/ratio/device default to the module's current settings."""
         settings, box = self.settings(), {}
-        job = self.start_compress(input_node, bundle or settings["bundle"], ratio or settings["ratio"],
-                                  device or settings["device"], path,
-                                  on_done=lambda result: box.setdefault("result", result),
-                                  on_error=lambda error: box.setdefault("error", error),
-                                  max_error=max_error, keep_node=keep_node, keep_error=keep_error)
+        job = self.start_compress(
+            input_node,
+            bundle or settings["bundle"],
+            ratio or settings["ratio"],
+            device or settings["device"],
+            path,
+            on_done=lambda result: box.setdefault("result", result),
+            on_error=lambda error: box.setdefault("error", error),
+            max_error=max_error,
+            keep_node=keep_node,
+            keep_error=keep_error,
+        )
         return _finish(job, box)
 
     def slice_preview(self, path: str, ras, normal, half_width: int = 4, device: Optional[str] = None):
         """Blocking `start_slice_preview`: the preview node."""
         box = {}
-        job = self.start_slice_preview(path, ras, normal, half_width, device or self.settings()["device"],
-                                       on_done=lambda node: box.setdefault("result", node),
-                                       on_error=lambda error: box.setdefault("error", error))
+        job = self.start_slice_preview(
+            path,
+            ras,
+            normal,
+            half_width,
+            device or self.settings()["device"],
+            on_done=lambda node: box.setdefault("result", node),
+            on_error=lambda error: box.setdefault("error", error),
+        )
         return _finish(job, box)
 
     def decompress(self, path: str, device: Optional[str] = None, name: Optional[str] = None):
         """Open a .dstd file as a new volume node."""
         box = {}
-        job = self.start_decompress(path, device or self.settings()["device"], name,
-                                    on_done=lambda node: box.setdefault("result", node),
-                                    on_error=lambda error: box.setdefault("error", error))
+        job = self.start_decompress(
+            path,
+            device or self.settings()["device"],
+            name,
+            on_done=lambda node: box.setdefault("result", node),
+            on_error=lambda error: box.setdefault("error", error),
+        )
         return _finish(job, box)
 
     # --- Quality section ------------------------------------------------------------------------
@@ -361,32 +466,44 @@ class DeepSTDCore:
         decoded = mrml.volume_from_node(decoded_node)
         if not original.same_grid(decoded):
             from deepstd.errors import InputError
-            raise InputError(f"{decoded_node.GetName()!r} is not on the grid of {original_node.GetName()!r} "
-                             "(size, spacing, origin or orientation differ); resample it first")
+
+            raise InputError(
+                f"{decoded_node.GetName()!r} is not on the grid of {original_node.GetName()!r} "
+                "(size, spacing, origin or orientation differ); resample it first"
+            )
         residue = metrics.residue(original, decoded)
         if residue_node is None:
             residue_node = self.scene.AddNewNodeByClass(
-                "vtkMRMLScalarVolumeNode", self.scene.GenerateUniqueName(f"{decoded_node.GetName()} residue"))
+                "vtkMRMLScalarVolumeNode", self.scene.GenerateUniqueName(f"{decoded_node.GetName()} residue")
+            )
         mrml.update_node_from_volume(residue_node, residue, cast=False)
         mrml.show_residue(residue_node)
         mrml.show_layers(self.scene, background=original_node, foreground=residue_node, foreground_opacity=0.5)
         data_range = original.data_range()
-        values = {"MAE": float(metrics.mae(original.array, decoded.array)),
-                  "PSNR": float(metrics.psnr(original.array, decoded.array, data_range=data_range)),
-                  "SSIM": float(metrics.ssim(original.array, decoded.array, data_range=data_range))}
+        values = {
+            "MAE": float(metrics.mae(original.array, decoded.array)),
+            "PSNR": float(metrics.psnr(original.array, decoded.array, data_range=data_range)),
+            "SSIM": float(metrics.ssim(original.array, decoded.array, data_range=data_range)),
+        }
         table_node = table_node or self.scene.AddNewNodeByClass(
-            "vtkMRMLTableNode", self.scene.GenerateUniqueName("DeepSTD quality"))
-        mrml.fill_table(table_node, [{"Original": original_node.GetName(), "Decoded": decoded_node.GetName(),
-                                      **values}], {"MAE": original.units, "PSNR": "dB"})
+            "vtkMRMLTableNode", self.scene.GenerateUniqueName("DeepSTD quality")
+        )
+        mrml.fill_table(
+            table_node,
+            [{"Original": original_node.GetName(), "Decoded": decoded_node.GetName(), **values}],
+            {"MAE": original.units, "PSNR": "dB"},
+        )
         return residue_node, table_node, values
 
     def compute_segment_metrics(self, segmentation_a, segmentation_b, reference_node=None, table_node=None):
         """Dice and HD95 per segment of two segmentations (matched by name), into a table node."""
         metrics = codec.require("deepstd.metrics", "Segmentation metrics")
         reference_node = reference_node or segmentation_a.GetNodeReference(
-            slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole())
+            slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
+        )
         if reference_node is None:
             from deepstd.errors import InputError
+
             raise InputError("choose a reference volume: the segmentation has no reference geometry")
         spacing = tuple(reference_node.GetSpacing())
         voxel_ml = float(np.prod(spacing)) / 1000.0
@@ -395,11 +512,19 @@ class DeepSTDCore:
         rows = []
         for name_a, name_b in mrml.pair_segments(list(masks_a), list(masks_b)):
             a, b = masks_a[name_a], masks_b[name_b]
-            rows.append({"Segment": name_a, "Compared with": name_b,
-                         "Dice": float(metrics.dice(a, b)), "HD95": float(metrics.hd95(a, b, spacing)),
-                         "Volume A": float(a.sum()) * voxel_ml, "Volume B": float(b.sum()) * voxel_ml})
+            rows.append(
+                {
+                    "Segment": name_a,
+                    "Compared with": name_b,
+                    "Dice": float(metrics.dice(a, b)),
+                    "HD95": float(metrics.hd95(a, b, spacing)),
+                    "Volume A": float(a.sum()) * voxel_ml,
+                    "Volume B": float(b.sum()) * voxel_ml,
+                }
+            )
         table_node = table_node or self.scene.AddNewNodeByClass(
-            "vtkMRMLTableNode", self.scene.GenerateUniqueName("DeepSTD segment metrics"))
+            "vtkMRMLTableNode", self.scene.GenerateUniqueName("DeepSTD segment metrics")
+        )
         mrml.fill_table(table_node, rows, {"HD95": "mm", "Volume A": "ml", "Volume B": "ml"})
         return table_node, rows
 

@@ -5,6 +5,7 @@ comes from the PyTorch extension (`PyTorchUtils` picks the CUDA or CPU build for
 compressai is installed without its dependencies (its declared numpy<2 would downgrade Slicer's
 numpy), then the few import-time packages that are still missing.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -55,19 +56,26 @@ def ensure(confirm: Callable[[str], bool]) -> bool:
         try:
             import PyTorchUtils
         except ModuleNotFoundError as error:
-            raise RuntimeError("DeepSTD needs the PyTorch extension: install it from the Extensions "
-                               "Manager and restart Slicer") from error
-        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True,
-                                                          torchVersionRequirement=TORCH_REQUIREMENT) is None:
+            raise RuntimeError(
+                "DeepSTD needs the PyTorch extension: install it from the Extensions Manager and restart Slicer"
+            ) from error
+        if (
+            PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT
+            )
+            is None
+        ):
             return False
         todo = [name for name in todo if name not in TORCH_PACKAGES]
     pip_specs = [spec for name, spec in PIP_REQUIREMENTS if name in todo]
     no_deps = [spec for name, spec in NO_DEPS_REQUIREMENTS if name in todo]
     if not pip_specs and not no_deps:
         return True
-    if not confirm("DeepSTD needs these Python packages, which are not installed yet:\n\n"
-                   + "\n".join(no_deps + pip_specs)
-                   + "\n\nInstall them now? This can take a few minutes; Slicer may not respond meanwhile."):
+    if not confirm(
+        "DeepSTD needs these Python packages, which are not installed yet:\n\n"
+        + "\n".join(no_deps + pip_specs)
+        + "\n\nInstall them now? This can take a few minutes; Slicer may not respond meanwhile."
+    ):
         return False
     import slicer.util
 

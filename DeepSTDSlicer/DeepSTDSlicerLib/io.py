@@ -5,6 +5,7 @@ creates them at start-up with a `parent` (qSlicerScriptedFileReader/Writer) and 
 methods below. Construction must stay cheap: deepstd is imported only when a file is read or
 written. Errors go to `parent.userMessages()`, which Slicer shows to the user.
 """
+
 from __future__ import annotations
 
 import logging

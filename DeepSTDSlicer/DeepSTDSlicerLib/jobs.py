@@ -7,6 +7,7 @@ callbacks on the caller's thread. Events arrive coalesced: a poll delivers the n
 carries a snapshot and the newest event, so a slow preview update never falls behind the
 optimisation.
 """
+
 from __future__ import annotations
 
 import queue
@@ -19,11 +20,14 @@ _PROGRESS, _DONE, _ERROR = "progress", "done", "error"
 class Job:
     """One background operation with cancel, progress, done and error callbacks."""
 
-    def __init__(self, work: Callable[[Callable[[Any], None], threading.Event], Any],
-                 on_progress: Optional[Callable[[Any], None]] = None,
-                 on_done: Optional[Callable[[Any], None]] = None,
-                 on_error: Optional[Callable[[BaseException], None]] = None,
-                 name: str = "DeepSTD"):
+    def __init__(
+        self,
+        work: Callable[[Callable[[Any], None], threading.Event], Any],
+        on_progress: Optional[Callable[[Any], None]] = None,
+        on_done: Optional[Callable[[Any], None]] = None,
+        on_error: Optional[Callable[[BaseException], None]] = None,
+        name: str = "DeepSTD",
+    ):
         self._work = work
         self._on_progress, self._on_done, self._on_error = on_progress, on_done, on_error
         self._events: "queue.Queue" = queue.Queue()

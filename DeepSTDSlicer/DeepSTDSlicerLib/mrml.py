@@ -5,14 +5,15 @@ in Slicer and headless with `slicer-core`. `deepstd` is imported inside the func
 `Volume`, which keeps the module importable (and Slicer starting) when the package is broken or
 still missing dependencies.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import vtk
 import slicer
 import slicer.util
+import vtk
 from vtk.util import numpy_support
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ ATTR_DIVERGING = "DeepSTD.diverging"
 
 
 # --- volumes ------------------------------------------------------------------------------------
+
 
 def ijk_to_ras(volume: "Volume") -> np.ndarray:
     """4x4 IJK -> RAS matrix of a deepstd volume (Slicer's index order I, J, K = x, y, z)."""
@@ -48,16 +50,20 @@ def volume_from_node(node) -> "Volume":
     if image is None or image.GetPointData().GetScalars() is None:
         raise InputError(f"volume {_name(node)} has no voxels")
     if image.GetNumberOfScalarComponents() != 1:
-        raise InputError(f"volume {_name(node)} has {image.GetNumberOfScalarComponents()} components "
-                         "per voxel; only scalar volumes can be compressed")
+        raise InputError(
+            f"volume {_name(node)} has {image.GetNumberOfScalarComponents()} components "
+            "per voxel; only scalar volumes can be compressed"
+        )
     matrix = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(matrix)
     ras = slicer.util.arrayFromVTKMatrix(matrix)
     parent = node.GetParentTransformNode()
     if parent is not None:
         if not parent.IsTransformToWorldLinear():
-            raise InputError(f"volume {_name(node)} is under the non-linear transform "
-                             f"{parent.GetName()!r}; harden it (Data module) before using it")
+            raise InputError(
+                f"volume {_name(node)} is under the non-linear transform "
+                f"{parent.GetName()!r}; harden it (Data module) before using it"
+            )
         world = vtk.vtkMatrix4x4()
         parent.GetMatrixTransformToWorld(world)
         ras = slicer.util.arrayFromVTKMatrix(world) @ ras
@@ -68,9 +74,15 @@ def volume_from_node(node) -> "Volume":
     dtype = node.GetAttribute(ATTR_DTYPE) or array.dtype.name
     if dtype not in SUPPORTED_DTYPES:
         dtype = "int32" if array.dtype.kind in "iu" else "float32"
-    return Volume(np.array(array, dtype=np.float32), tuple(spacing), tuple(lps[:3, 3]),
-                  tuple(direction.reshape(-1)), dtype, node.GetAttribute(ATTR_UNITS) or "unitless",
-                  {"name": node.GetName()})
+    return Volume(
+        np.array(array, dtype=np.float32),
+        tuple(spacing),
+        tuple(lps[:3, 3]),
+        tuple(direction.reshape(-1)),
+        dtype,
+        node.GetAttribute(ATTR_UNITS) or "unitless",
+        {"name": node.GetName()},
+    )
 
 
 def update_node_from_volume(node, volume: "Volume", cast: bool = True):
@@ -84,8 +96,14 @@ def update_node_from_volume(node, volume: "Volume", cast: bool = True):
     return node
 
 
-def add_volume_node(volume: "Volume", name: str, scene=None, cast: bool = True,
-                    class_name: str = "vtkMRMLScalarVolumeNode", attributes: Optional[Dict[str, str]] = None):
+def add_volume_node(
+    volume: "Volume",
+    name: str,
+    scene=None,
+    cast: bool = True,
+    class_name: str = "vtkMRMLScalarVolumeNode",
+    attributes: Optional[Dict[str, str]] = None,
+):
     """A new volume node in `scene` (default: slicer.mrmlScene) holding `volume`."""
     scene = scene or slicer.mrmlScene
     node = scene.AddNewNodeByClass(class_name, scene.GenerateUniqueName(name))
@@ -95,8 +113,9 @@ def add_volume_node(volume: "Volume", name: str, scene=None, cast: bool = True,
     return node
 
 
-def show_layers(scene, background=None, foreground=None, foreground_opacity: Optional[float] = None,
-                label=None) -> None:
+def show_layers(
+    scene, background=None, foreground=None, foreground_opacity: Optional[float] = None, label=None
+) -> None:
     """Set the layers of every slice view (what slicer.util.setSliceViewerLayers does, minus the GUI)."""
     for composite in _nodes(scene, "vtkMRMLSliceCompositeNode"):
         if background is not None:
@@ -111,8 +130,10 @@ def show_layers(scene, background=None, foreground=None, foreground_opacity: Opt
 
 # --- registration preview -----------------------------------------------------------------------
 
-def update_grid_transform(node, displacement: np.ndarray, spacing: Sequence[float],
-                          origin: Sequence[float], direction: Sequence[float]):
+
+def update_grid_transform(
+    node, displacement: np.ndarray, spacing: Sequence[float], origin: Sequence[float], direction: Sequence[float]
+):
     """Show an LPS displacement field (z, y, x, 3) mm on an LPS grid as a grid transform node.
 
     The field follows ITK's resampling convention (template point p reads the scan at p + u(p)),
@@ -125,8 +146,11 @@ def update_grid_transform(node, displacement: np.ndarray, spacing: Sequence[floa
         raise ValueError(f"expected a (z, y, x, 3) displacement field, got shape {field.shape}")
     dims = tuple(reversed(field.shape[:3]))
     grid = node.GetTransformFromParent()
-    if not isinstance(grid, slicer.vtkOrientedGridTransform) or grid.GetDisplacementGrid() is None \
-            or tuple(grid.GetDisplacementGrid().GetDimensions()) != dims:
+    if (
+        not isinstance(grid, slicer.vtkOrientedGridTransform)
+        or grid.GetDisplacementGrid() is None
+        or tuple(grid.GetDisplacementGrid().GetDimensions()) != dims
+    ):
         image = vtk.vtkImageData()
         image.SetDimensions(*dims)
         image.AllocateScalars(vtk.VTK_DOUBLE, 3)
@@ -170,13 +194,14 @@ def folding_fraction(displacement: np.ndarray, spacing: Sequence[float], directi
     jac = np.empty(field.shape[:3] + (3, 3))
     for c in range(3):
         gz, gy, gx = np.gradient(field[..., c], sz, sy, sx)
-        jac[..., c, :] = np.stack([gx, gy, gz], axis=-1)      # derivative along the grid's i, j, k
+        jac[..., c, :] = np.stack([gx, gy, gz], axis=-1)  # derivative along the grid's i, j, k
     d = np.asarray(direction, dtype=np.float64).reshape(3, 3)
-    det = np.linalg.det(np.eye(3) + jac @ d.T)                  # grid axes -> physical axes
+    det = np.linalg.det(np.eye(3) + jac @ d.T)  # grid axes -> physical axes
     return float(np.mean(det <= 0))
 
 
 # --- residue ------------------------------------------------------------------------------------
+
 
 def show_residue(node, limit: Optional[float] = None):
     """Give a residue volume a diverging blue-white-red map, symmetric about zero (white = no loss).
@@ -194,8 +219,9 @@ def show_residue(node, limit: Optional[float] = None):
     color = display.GetColorNode()
     if color is None or color.GetAttribute(ATTR_DIVERGING) != "1":
         scene = node.GetScene()
-        color = scene.AddNewNodeByClass("vtkMRMLProceduralColorNode",
-                                        scene.GenerateUniqueName(f"{node.GetName()} diverging"))
+        color = scene.AddNewNodeByClass(
+            "vtkMRMLProceduralColorNode", scene.GenerateUniqueName(f"{node.GetName()} diverging")
+        )
         color.SetAttribute(ATTR_DIVERGING, "1")
         color.SetHideFromEditors(False)
     ctf = color.GetColorTransferFunction()
@@ -211,6 +237,7 @@ def show_residue(node, limit: Optional[float] = None):
 
 
 # --- segmentations and tables -------------------------------------------------------------------
+
 
 def segment_masks(segmentation_node, reference_node) -> Dict[str, np.ndarray]:
     """Segment name -> boolean mask (z, y, x) on the reference volume's grid."""
@@ -255,6 +282,7 @@ def fill_table(table_node, rows: Sequence[Dict[str, object]], units: Optional[Di
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
 
 def _vtk3(matrix: np.ndarray) -> vtk.vtkMatrix4x4:
     """A 4x4 VTK matrix holding a 3x3 rotation (what vtkOrientedGridTransform takes)."""

@@ -4,6 +4,7 @@ The public API (see README.md and docs/): `read`/`write` volumes, `Volume`, the 
 the progress protocol. Heavy modules (torch, the codec) are imported by the functions that need them.
 The version lives in one place, pyproject.toml, and is read from the installed package's metadata.
 """
+
 from importlib.metadata import PackageNotFoundError, version
 
 from .errors import BudgetError, BundleError, Cancelled, DeepSTDError, FormatError, InputError
@@ -13,8 +14,20 @@ from .volume import Volume
 
 try:
     __version__ = version("deepstd")
-except PackageNotFoundError:    # sources without install metadata (the Slicer extension ships them so)
+except PackageNotFoundError:  # sources without install metadata (the Slicer extension ships them so)
     __version__ = "unknown"
 
-__all__ = ["Volume", "read", "write", "Progress", "CancelEvent", "DeepSTDError", "InputError",
-           "FormatError", "BundleError", "BudgetError", "Cancelled", "__version__"]
+__all__ = [
+    "Volume",
+    "read",
+    "write",
+    "Progress",
+    "CancelEvent",
+    "DeepSTDError",
+    "InputError",
+    "FormatError",
+    "BundleError",
+    "BudgetError",
+    "Cancelled",
+    "__version__",
+]

@@ -6,6 +6,7 @@ texture (template grid, ~0..1) is read through the backward field at every voxel
 own grid and mapped back to original units. Training uses exactly the same functions, so the
 codec sees at run time what it saw while it learned.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -106,7 +107,7 @@ def frame_for(scan: Volume, template_frame, code, block):
     step = 1 if scan.voxels <= COVERAGE_EXACT_VOXELS else COVERAGE_STEP
     frame, margin = texture_frame(template_frame)
     reader = ScanReader(template_frame, frame, code.backward, code.matrix, Frame.of(scan).coarse(step))
-    if reader.coverage(frame) < MIN_COVERAGE:     # the scan reaches beyond the template's field of view
+    if reader.coverage(frame) < MIN_COVERAGE:  # the scan reaches beyond the template's field of view
         frame, margin = covering_frame(template_frame, margin, reader)
     if block_for(frame.size, block) is None:
         frame, margin = compact_frame(template_frame, margin, reader.coverage)
@@ -135,7 +136,7 @@ def covering_frame(template_frame, margin, reader: "ScanReader"):
     need = np.maximum(np.ceil(-low - 0.5), np.ceil(high - (size - 0.5))) + 1
     base = np.asarray(margin, dtype=np.int64)
     extra = np.maximum(need.astype(np.int64) - base, 0)
-    for scale in np.linspace(1.0, 0.0, 21):      # the widest share of the extra that stays under the cap
+    for scale in np.linspace(1.0, 0.0, 21):  # the widest share of the extra that stays under the cap
         wider = base + np.floor(scale * extra).astype(np.int64)
         if np.prod(size + 2 * wider) <= MAX_FRAME_VOXELS:
             break
@@ -156,7 +157,7 @@ def compact_frame(template_frame, margin, coverage_of, align: int = 16):
     48x64x48 (about 190 fewer bytes at the lowest rate, same PSNR)."""
     import itertools
 
-    def options(n, widest):   # per axis: the widest margin for each aligned size up to the default
+    def options(n, widest):  # per axis: the widest margin for each aligned size up to the default
         sizes = range(-(-n // align) * align, -(-(n + 2 * widest) // align) * align + 1, align)
         return sorted({min(widest, (size - n) // 2) for size in sizes})
 
@@ -175,8 +176,15 @@ def compact_frame(template_frame, margin, coverage_of, align: int = 16):
     return best
 
 
-def into_template(scan: Volume, backward, matrix: np.ndarray, template, frame,
-                  mapping: IntensityMap, reporter: Optional[Reporter] = None) -> Tuple[np.ndarray, np.ndarray]:
+def into_template(
+    scan: Volume,
+    backward,
+    matrix: np.ndarray,
+    template,
+    frame,
+    mapping: IntensityMap,
+    reporter: Optional[Reporter] = None,
+) -> Tuple[np.ndarray, np.ndarray]:
     """The scan warped onto the texture `frame` in unit intensities, and its support there.
 
     The warp is the numerical inverse of the *backward* network (the shape code, on the `template`
@@ -188,10 +196,12 @@ def into_template(scan: Volume, backward, matrix: np.ndarray, template, frame,
     from .grid import sampling
     from .shape import field
 
-    disp = field.inverse_displacement(field.SampledField(backward, template), template, grid=frame,
-                                      post=matrix, reporter=reporter)
-    warped = sampling.warp(scan.with_array(mapping.to_unit(scan.array)), disp, frame, INTERPOLATION,
-                        default=np.nan, reporter=reporter).array
+    disp = field.inverse_displacement(
+        field.SampledField(backward, template), template, grid=frame, post=matrix, reporter=reporter
+    )
+    warped = sampling.warp(
+        scan.with_array(mapping.to_unit(scan.array)), disp, frame, INTERPOLATION, default=np.nan, reporter=reporter
+    ).array
     support = ~np.isnan(warped)
     return extend_outside(warped, support), support
 
@@ -235,16 +245,23 @@ class ScanReader:
     error, keep mask) all read through this class.
     """
 
-    def __init__(self, template, frame, backward, matrix: np.ndarray, scan_grid, window=None,
-                 reporter: Optional[Reporter] = None):
+    def __init__(
+        self, template, frame, backward, matrix: np.ndarray, scan_grid, window=None, reporter: Optional[Reporter] = None
+    ):
         from .shape import field
 
         self.frame, self.scan_grid = frame, scan_grid
         self.window = window or whole(scan_grid.size)
         self._coverage = {}
-        self.disp = field.displacement(field.SampledField(backward, template), template, grid=scan_grid,
-                                       pre=np.linalg.inv(matrix), reporter=reporter, clamp=True,
-                                       window=self.window)
+        self.disp = field.displacement(
+            field.SampledField(backward, template),
+            template,
+            grid=scan_grid,
+            pre=np.linalg.inv(matrix),
+            reporter=reporter,
+            clamp=True,
+            window=self.window,
+        )
 
     @cached_property
     def box(self):
@@ -263,7 +280,7 @@ class ScanReader:
         from .grid import sampling
 
         frame = frame or self.frame
-        if frame not in self._coverage:   # choosing a frame asks for the same ones more than once
+        if frame not in self._coverage:  # choosing a frame asks for the same ones more than once
             self._coverage[frame] = sampling.inside_fraction(frame, self.disp, self.scan_grid, self.window)
         return self._coverage[frame]
 
@@ -283,8 +300,9 @@ class ScanReader:
         (z0, y0, x0), (z1, y1, x1) = self.texture_box
         return texture[z0:z1, y0:y1, x0:x1]
 
-    def read(self, part: Optional[np.ndarray], mapping: IntensityMap,
-             reporter: Optional[Reporter] = None) -> Tuple[np.ndarray, float]:
+    def read(
+        self, part: Optional[np.ndarray], mapping: IntensityMap, reporter: Optional[Reporter] = None
+    ) -> Tuple[np.ndarray, float]:
         """The window's values in original units from the texture inside `texture_box`, and the
         fraction of its voxels whose backward map landed inside the texture frame (the rest get
         the background value; the margin makes this rare)."""
@@ -293,22 +311,44 @@ class ScanReader:
         if self.box is None:
             values = np.full(shape_zyx(self.window), np.nan, dtype=np.float32)
         else:
-            values = sampling.sample_cubic(self.frame, part, self.box[0], self.disp, self.scan_grid, self.window,
-                                        default=np.nan, reporter=reporter)
+            values = sampling.sample_cubic(
+                self.frame, part, self.box[0], self.disp, self.scan_grid, self.window, default=np.nan, reporter=reporter
+            )
         outside = np.isnan(values)
         coverage = 1.0 - float(outside.mean())
         values[outside] = 0.0
         return mapping.from_unit(values), coverage
 
 
-def from_template(texture: np.ndarray, template, frame, backward, matrix: np.ndarray, scan_grid,
-                  mapping: IntensityMap, reporter: Optional[Reporter] = None) -> Tuple[np.ndarray, float]:
+def from_template(
+    texture: np.ndarray,
+    template,
+    frame,
+    backward,
+    matrix: np.ndarray,
+    scan_grid,
+    mapping: IntensityMap,
+    reporter: Optional[Reporter] = None,
+) -> Tuple[np.ndarray, float]:
     """A whole decoded texture (on `frame`) read at every voxel of the scan's grid, in original units,
     and the coverage (see `ScanReader.read`)."""
     reader = ScanReader(template, frame, backward, matrix, scan_grid, reporter=reporter)
     return reader.read(reader.crop(texture), mapping, reporter)
 
 
-__all__ = ["IntensityMap", "intensity_map", "into_template", "extend_outside", "from_template", "ScanReader",
-           "texture_frame", "compact_frame", "covering_frame", "frame_for", "block_for", "PERCENTILE_RULE", "MIN_COVERAGE",
-           "ALIGNMENT_VERSION"]
+__all__ = [
+    "IntensityMap",
+    "intensity_map",
+    "into_template",
+    "extend_outside",
+    "from_template",
+    "ScanReader",
+    "texture_frame",
+    "compact_frame",
+    "covering_frame",
+    "frame_for",
+    "block_for",
+    "PERCENTILE_RULE",
+    "MIN_COVERAGE",
+    "ALIGNMENT_VERSION",
+]

@@ -13,6 +13,7 @@ downstream agreement: Dice and HD95 (mm) between the segmentation of the origina
 scan) and that of the decoded scan, averaged over the foreground classes; `summary()` then adds a
 mean Dice / median HD95 table.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,19 +27,33 @@ from .errors import BudgetError, DeepSTDError
 from .progress import CancelToken, ProgressCallback, Reporter
 
 DEEPSTD = "deepstd"
-DEFAULT_PEERS = ("jpeg2000-slices", "jpeg2000-components", "htj2k-slices", "jpegxl-slices", "hevc",
-                 "sperr3d", "sz3", "zfp")
+DEFAULT_PEERS = (
+    "jpeg2000-slices",
+    "jpeg2000-components",
+    "htj2k-slices",
+    "jpegxl-slices",
+    "hevc",
+    "sperr3d",
+    "sz3",
+    "zfp",
+)
 DEFAULT_RATIOS = (32, 64, 128, 256)
 
 
 def _record(volume, nbytes: int, measured: dict, t_enc: float, t_dec: float) -> dict:
-    return {"status": "ok", "bytes": nbytes, "ratio": volume.raw_bytes / nbytes, **measured,
-            "encode_s": t_enc, "decode_s": t_dec,
-            "encode_mvox_s": volume.voxels / t_enc / 1e6, "decode_mvox_s": volume.voxels / t_dec / 1e6}
+    return {
+        "status": "ok",
+        "bytes": nbytes,
+        "ratio": volume.raw_bytes / nbytes,
+        **measured,
+        "encode_s": t_enc,
+        "decode_s": t_dec,
+        "encode_mvox_s": volume.voxels / t_enc / 1e6,
+        "decode_mvox_s": volume.voxels / t_dec / 1e6,
+    }
 
 
-def run_deepstd(volume, bundle, budget: int, cancel=None,
-                judge: Optional[Callable[[np.ndarray], dict]] = None) -> dict:
+def run_deepstd(volume, bundle, budget: int, cancel=None, judge: Optional[Callable[[np.ndarray], dict]] = None) -> dict:
     from .evaluate import round_trip
 
     try:
@@ -80,16 +95,28 @@ def _judge(segmenter, volume, reference_cache: Dict[str, np.ndarray], key: str):
         if key not in reference_cache:
             reference_cache[key] = downstream.segment(volume, segmenter)
         result = downstream.agreement(volume, decoded, segmenter, original_labels=reference_cache[key])
-        return {"dice": result["dice"], "hd95": result["hd95"], "dice_per_class": result["dice_per_class"],
-                "hd95_per_class": result["hd95_per_class"], "segmenter": segmenter.name}
+        return {
+            "dice": result["dice"],
+            "hd95": result["hd95"],
+            "dice_per_class": result["dice_per_class"],
+            "hd95_per_class": result["hd95_per_class"],
+            "segmenter": segmenter.name,
+        }
 
     return judge
 
 
-def run(scans: Sequence[Path], bundle, out_jsonl, ratios: Iterable[float] = DEFAULT_RATIOS,
-        peer_names: Optional[Sequence[str]] = None, threads: int = 1,
-        progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
-        downstream=None) -> List[dict]:
+def run(
+    scans: Sequence[Path],
+    bundle,
+    out_jsonl,
+    ratios: Iterable[float] = DEFAULT_RATIOS,
+    peer_names: Optional[Sequence[str]] = None,
+    threads: int = 1,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+    downstream=None,
+) -> List[dict]:
     """Measure every codec on every scan at every ratio; append records to `out_jsonl` (resumable).
 
     `downstream`: a segmenter name or path (or a loaded one); ok records then get `dice` / `hd95`
@@ -133,8 +160,16 @@ def run(scans: Sequence[Path], bundle, out_jsonl, ratios: Iterable[float] = DEFA
             record = run_deepstd(volume, bundle, budget, cancel, judge)
         else:
             record = run_peer(peers.get(name), volume, budget, judge)
-        record.update({"scan": key[0], "codec": name, "target_ratio": key[2], "budget": budget,
-                       "voxels": volume.voxels, "threads": threads})
+        record.update(
+            {
+                "scan": key[0],
+                "codec": name,
+                "target_ratio": key[2],
+                "budget": budget,
+                "voxels": volume.voxels,
+                "threads": threads,
+            }
+        )
         with out.open("a") as stream:
             stream.write(json.dumps(record) + "\n")
         records.append(record)
@@ -151,11 +186,15 @@ def summary(records: Sequence[dict], title: str = "") -> str:
     ratios = sorted({r["target_ratio"] for r in records})
     codecs = list(dict.fromkeys(r["codec"] for r in records))
     scans = {r["scan"] for r in records}
-    lines = [f"### {title}" if title else "", "",
-             f"{len(scans)} scans; cells: mean SSIM / median PSNR dB (scans that reached the ratio); "
-             "budget = raw bytes ÷ ratio, every byte counted.", "",
-             "| codec | " + " | ".join(f"{r:g}×" for r in ratios) + " | encode Mvox/s |",
-             "|---|" + "---|" * (len(ratios) + 1)]
+    lines = [
+        f"### {title}" if title else "",
+        "",
+        f"{len(scans)} scans; cells: mean SSIM / median PSNR dB (scans that reached the ratio); "
+        "budget = raw bytes ÷ ratio, every byte counted.",
+        "",
+        "| codec | " + " | ".join(f"{r:g}×" for r in ratios) + " | encode Mvox/s |",
+        "|---|" + "---|" * (len(ratios) + 1),
+    ]
     for name in codecs:
         cells, speeds = [], []
         for ratio in ratios:
@@ -166,8 +205,10 @@ def summary(records: Sequence[dict], title: str = "") -> str:
                 status = rows[0]["status"] if rows else "-"
                 cells.append(status)
                 continue
-            cells.append(f"{np.mean([r['ssim'] for r in ok]):.3f} / {np.median([r['psnr'] for r in ok]):.2f}"
-                         + ("" if len(ok) == len(rows) else f" ({len(ok)}/{len(rows)})"))
+            cells.append(
+                f"{np.mean([r['ssim'] for r in ok]):.3f} / {np.median([r['psnr'] for r in ok]):.2f}"
+                + ("" if len(ok) == len(rows) else f" ({len(ok)}/{len(rows)})")
+            )
         speed = f"{np.median(speeds):.2f}" if speeds else "-"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {speed} |")
     if any("dice" in r for r in records):
@@ -180,11 +221,14 @@ def downstream_table(records: Sequence[dict]) -> List[str]:
     judged = [r for r in records if "dice" in r]
     ratios = sorted({r["target_ratio"] for r in records})
     segmenters = ", ".join(sorted({str(r.get("segmenter", "?")) for r in judged}))
-    lines = [f"Downstream agreement (segmenter {segmenters}): segmentation of the decoded scan vs that of the "
-             "original; cells: mean Dice / median HD95 mm, each the mean over the foreground classes "
-             "(scans with a value).", "",
-             "| codec | " + " | ".join(f"{r:g}×" for r in ratios) + " |",
-             "|---|" + "---|" * len(ratios)]
+    lines = [
+        f"Downstream agreement (segmenter {segmenters}): segmentation of the decoded scan vs that of the "
+        "original; cells: mean Dice / median HD95 mm, each the mean over the foreground classes "
+        "(scans with a value).",
+        "",
+        "| codec | " + " | ".join(f"{r:g}×" for r in ratios) + " |",
+        "|---|" + "---|" * len(ratios),
+    ]
     for name in dict.fromkeys(r["codec"] for r in records):
         cells = []
         for ratio in ratios:
@@ -193,8 +237,10 @@ def downstream_table(records: Sequence[dict]) -> List[str]:
             if not ok:
                 cells.append(rows[0]["status"] if rows and rows[0]["status"] != "ok" else "-")
                 continue
-            cells.append(f"{np.mean([r['dice'] for r in ok]):.3f} / {np.median([r['hd95'] for r in ok]):.2f}"
-                         + ("" if len(ok) == len(rows) else f" ({len(ok)}/{len(rows)})"))
+            cells.append(
+                f"{np.mean([r['dice'] for r in ok]):.3f} / {np.median([r['hd95'] for r in ok]):.2f}"
+                + ("" if len(ok) == len(rows) else f" ({len(ok)}/{len(rows)})")
+            )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
@@ -203,6 +249,7 @@ def plot(records: Sequence[dict], png, title: str = "") -> Optional[Path]:
     """Rate–distortion curves (achieved ratio vs median PSNR and mean SSIM) per codec."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -213,8 +260,13 @@ def plot(records: Sequence[dict], png, title: str = "") -> Optional[Path]:
         for ratio in sorted({r["target_ratio"] for r in records}):
             ok = [r for r in records if r["codec"] == name and r["target_ratio"] == ratio and r["status"] == "ok"]
             if ok:
-                points.append((np.mean([r["ratio"] for r in ok]), np.median([r["psnr"] for r in ok]),
-                               np.mean([r["ssim"] for r in ok])))
+                points.append(
+                    (
+                        np.mean([r["ratio"] for r in ok]),
+                        np.median([r["psnr"] for r in ok]),
+                        np.mean([r["ssim"] for r in ok]),
+                    )
+                )
         if points:
             x, p, s = zip(*points)
             style = dict(lw=2.5, color="black") if name == DEEPSTD else dict(lw=1.2)

@@ -6,6 +6,7 @@ loading never unpickles anything. Its id is the SHA-256 of the file: a `.dstd` r
 decoding with a different bundle of the same name is refused. Bundles are written with fixed zip
 timestamps, so the same content always gives the same id.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,8 +32,7 @@ REQUIRED_CONFIG = ("name", "modality", "region")
 MAX_ENTRY_BYTES = 64 << 20
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 # what zipfile raises on damaged archives: bad structure, unknown compression, "encrypted" flags, ...
-_ZIP_ERRORS = (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError, RuntimeError,
-               zlib.error)
+_ZIP_ERRORS = (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError, RuntimeError, zlib.error)
 
 
 #: pre-alignments `deepstd.shape.prealign` knows
@@ -54,15 +54,26 @@ class RegistrationConfig:
 
     def cycle_settings(self, width: Optional[int] = None) -> Dict[str, Any]:
         """Keyword arguments of `CycleSettings` for a network `width` wide (default: the bundle's)."""
-        return {**self.cycle, "width": self.width if width is None else width, "depth": self.depth,
-                "seed": self.seed, "threshold": self.threshold}
+        return {
+            **self.cycle,
+            "width": self.width if width is None else width,
+            "depth": self.depth,
+            "seed": self.seed,
+            "threshold": self.threshold,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RegistrationConfig":
         named = {"width", "depth", "seed", "threshold", "prealignment", "downsample"}
-        config = cls(width=d.get("width", 32), depth=d.get("depth", 3), seed=d.get("seed", 0),
-                     threshold=d.get("threshold"), prealignment=d.get("prealignment", "moments"),
-                     downsample=d.get("downsample", 2), cycle={k: v for k, v in d.items() if k not in named})
+        config = cls(
+            width=d.get("width", 32),
+            depth=d.get("depth", 3),
+            seed=d.get("seed", 0),
+            threshold=d.get("threshold"),
+            prealignment=d.get("prealignment", "moments"),
+            downsample=d.get("downsample", 2),
+            cycle={k: v for k, v in d.items() if k not in named},
+        )
         for key, low, high in (("width", 1, 512), ("depth", 1, 16), ("downsample", 1, 16), ("seed", 0, 2**31)):
             value = getattr(config, key)
             if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
@@ -74,8 +85,15 @@ class RegistrationConfig:
         return config
 
     def to_dict(self) -> Dict[str, Any]:
-        return {**self.cycle, "width": self.width, "depth": self.depth, "seed": self.seed,
-                "threshold": self.threshold, "prealignment": self.prealignment, "downsample": self.downsample}
+        return {
+            **self.cycle,
+            "width": self.width,
+            "depth": self.depth,
+            "seed": self.seed,
+            "threshold": self.threshold,
+            "prealignment": self.prealignment,
+            "downsample": self.downsample,
+        }
 
 
 @dataclass(frozen=True)
@@ -128,19 +146,35 @@ class BundleConfig:
             if not isinstance(d.get(key, {}), dict):
                 raise BundleError(f"config.json: {key} must be an object")
         intensity = d.get("intensity")
-        if intensity is not None and not (isinstance(intensity, dict) and intensity.get("kind") in ("percentile", "window")
-                                          and all(isinstance(intensity.get(k), (int, float)) for k in ("low", "high"))):
+        if intensity is not None and not (
+            isinstance(intensity, dict)
+            and intensity.get("kind") in ("percentile", "window")
+            and all(isinstance(intensity.get(k), (int, float)) for k in ("low", "high"))
+        ):
             raise BundleError("config.json: intensity must be a percentile or window rule with numeric low and high")
-        return cls(name=d["name"], modality=d["modality"], region=d["region"], description=str(d.get("description", "")),
-                   intensity=intensity, registration=RegistrationConfig.from_dict(d.get("registration", {})),
-                   texture=TextureCoding.from_dict(d.get("texture", {})), training=d.get("training", {}),
-                   validation=tuple(d.get("validation", ())))
+        return cls(
+            name=d["name"],
+            modality=d["modality"],
+            region=d["region"],
+            description=str(d.get("description", "")),
+            intensity=intensity,
+            registration=RegistrationConfig.from_dict(d.get("registration", {})),
+            texture=TextureCoding.from_dict(d.get("texture", {})),
+            training=d.get("training", {}),
+            validation=tuple(d.get("validation", ())),
+        )
 
     def to_dict(self) -> Dict[str, Any]:
-        out: Dict[str, Any] = {"name": self.name, "modality": self.modality, "region": self.region,
-                               "description": self.description, "registration": self.registration.to_dict(),
-                               "texture": self.texture.to_dict(), "training": dict(self.training),
-                               "validation": list(self.validation)}
+        out: Dict[str, Any] = {
+            "name": self.name,
+            "modality": self.modality,
+            "region": self.region,
+            "description": self.description,
+            "registration": self.registration.to_dict(),
+            "texture": self.texture.to_dict(),
+            "training": dict(self.training),
+            "validation": list(self.validation),
+        }
         if self.intensity is not None:
             out["intensity"] = dict(self.intensity)
         return out
@@ -160,10 +194,12 @@ class Bundle:
 
     def describe(self) -> str:
         c = self.config
-        return (f"{self.name}: {c.modality} {c.region}, template {'x'.join(map(str, self.template.size))} "
-                f"@ {' x '.join(f'{s:.3g}' for s in self.template.spacing)} mm"
-                + (f", trained on {c.training['scans']} scans" if "scans" in c.training else "")
-                + f", id {self.sha256[:12]}…")
+        return (
+            f"{self.name}: {c.modality} {c.region}, template {'x'.join(map(str, self.template.size))} "
+            f"@ {' x '.join(f'{s:.3g}' for s in self.template.spacing)} mm"
+            + (f", trained on {c.training['scans']} scans" if "scans" in c.training else "")
+            + f", id {self.sha256[:12]}…"
+        )
 
 
 def shipped_bundles() -> Dict[str, Path]:
@@ -225,13 +261,18 @@ def from_bytes(data: bytes, path: Optional[Path] = None) -> Bundle:
     labels = _volume(entry("template_labels.nii.gz")) if "template_labels.nii.gz" in infos else None
     texture = entry("texture.safetensors") if "texture.safetensors" in infos else b""
     template = _volume(entry("template.nii.gz"))
-    if config.is_ct:      # NIfTI does not say so; the bundle does
+    if config.is_ct:  # NIfTI does not say so; the bundle does
         template = replace(template, units="HU")
     return Bundle(config.name, hashlib.sha256(data).hexdigest(), config, template, labels, texture, path)
 
 
-def save_bundle(path, config: Union[BundleConfig, Mapping[str, Any]], template: Volume,
-                template_labels: Optional[Volume] = None, texture: bytes = b"") -> Path:
+def save_bundle(
+    path,
+    config: Union[BundleConfig, Mapping[str, Any]],
+    template: Volume,
+    template_labels: Optional[Volume] = None,
+    texture: bytes = b"",
+) -> Path:
     """Write a bundle atomically; identical content gives identical bytes (and id). A plain
     mapping is checked as `BundleConfig.from_dict` would check the file's config.json."""
     if not isinstance(config, BundleConfig):
@@ -239,8 +280,10 @@ def save_bundle(path, config: Union[BundleConfig, Mapping[str, Any]], template: 
             config = BundleConfig.from_dict(dict(config))
         except BundleError as exc:
             raise InputError(f"a bundle config: {exc}") from None
-    entries = {"config.json": json.dumps(config.to_dict(), indent=1, sort_keys=True).encode(),
-               "template.nii.gz": _nifti_bytes(template)}
+    entries = {
+        "config.json": json.dumps(config.to_dict(), indent=1, sort_keys=True).encode(),
+        "template.nii.gz": _nifti_bytes(template),
+    }
     if template_labels is not None:
         entries["template_labels.nii.gz"] = _nifti_bytes(template_labels)
     if texture:
@@ -312,8 +355,12 @@ def find_bundle_file(name: Optional[str], sha256: str, search: Iterable[Union[st
     raise BundleError(f"the bundle this file was coded with ({label}) is not installed; pass its file with --bundle")
 
 
-def find_bundle(name: Optional[str], sha256: str, bundle: Union[Bundle, str, Path, None] = None,
-                search: Iterable[Union[str, Path]] = ()) -> Bundle:
+def find_bundle(
+    name: Optional[str],
+    sha256: str,
+    bundle: Union[Bundle, str, Path, None] = None,
+    search: Iterable[Union[str, Path]] = (),
+) -> Bundle:
     """The bundle a file was coded with: the one given (checked against the file's id), or the
     installed one with that id (`find_bundle_file`)."""
     label = f"{name!r} ({sha256[:12]}…)" if name else f"{sha256[:12]}…"
@@ -345,7 +392,21 @@ def texture_codec(bundle: Bundle, device: str = "cpu"):
     return _codecs[key]
 
 
-__all__ = ["Bundle", "BundleConfig", "RegistrationConfig", "TextureCoding", "load_bundle", "from_bytes", "save_bundle",
-           "shipped_bundles", "shipped_path", "resolve_bundle", "find_bundle", "find_bundle_file", "bundle_sha256",
-           "texture_codec", "SHIPPED_DIR",
-           "SUFFIX"]
+__all__ = [
+    "Bundle",
+    "BundleConfig",
+    "RegistrationConfig",
+    "TextureCoding",
+    "load_bundle",
+    "from_bytes",
+    "save_bundle",
+    "shipped_bundles",
+    "shipped_path",
+    "resolve_bundle",
+    "find_bundle",
+    "find_bundle_file",
+    "bundle_sha256",
+    "texture_codec",
+    "SHIPPED_DIR",
+    "SUFFIX",
+]

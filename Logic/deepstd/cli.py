@@ -3,6 +3,7 @@
 Errors the user can cause print one line and exit 2 (1 for internal errors, 130 for Ctrl-C);
 `--debug` shows the traceback instead.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,10 @@ def cmd_phantom(args) -> None:
 
     volume = phantom(seed=args.seed)
     out = write(volume, args.output)
-    print(f"wrote {out}: synthetic {volume.units} phantom {'x'.join(map(str, volume.size))}, "
-          f"oblique direction, spacing {'x'.join(f'{s:g}' for s in volume.spacing)} mm")
+    print(
+        f"wrote {out}: synthetic {volume.units} phantom {'x'.join(map(str, volume.size))}, "
+        f"oblique direction, spacing {'x'.join(f'{s:g}' for s in volume.spacing)} mm"
+    )
 
 
 def cmd_register(args) -> None:
@@ -58,10 +61,17 @@ def cmd_register(args) -> None:
 
     settings = {k: v for k, v in (("steps", args.steps), ("omega", args.omega)) if v is not None}
     with progress_bar() as progress:
-        result = register_files(args.moving, args.template, out_warped=args.out_warped,
-                                out_field=args.out_field, json_path=args.json, progress=progress,
-                                moving_labels=args.moving_labels, template_labels=args.template_labels,
-                                **settings)
+        result = register_files(
+            args.moving,
+            args.template,
+            out_warped=args.out_warped,
+            out_field=args.out_field,
+            json_path=args.json,
+            progress=progress,
+            moving_labels=args.moving_labels,
+            template_labels=args.template_labels,
+            **settings,
+        )
     print(json.dumps(result, indent=1))
 
 
@@ -69,28 +79,53 @@ def cmd_encode(args) -> None:
     from .codec import encode_file
 
     with progress_bar() as progress:
-        report = encode_file(args.input, args.output, args.bundle, ratio=args.ratio,
-                             budget_bytes=args.budget, max_error=args.max_error, keep=args.keep,
-                             series_uid=args.series, device=args.device, workers=args.workers,
-                             progress=progress)
+        report = encode_file(
+            args.input,
+            args.output,
+            args.bundle,
+            ratio=args.ratio,
+            budget_bytes=args.budget,
+            max_error=args.max_error,
+            keep=args.keep,
+            series_uid=args.series,
+            device=args.device,
+            workers=args.workers,
+            progress=progress,
+        )
     for warning in report["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
-    target = (f"every voxel within ±{report['max_error']:g}" if report["max_error"] is not None else
-              f"target {report['target_ratio']:g}x, budget {report['budget_bytes']} B")
-    print(f"wrote {report['output']}: {report['bytes']} bytes of {report['raw_bytes']} raw, "
-          f"{report['ratio']:.1f}x ({target}) in {report['seconds']:.1f} s")
+    target = (
+        f"every voxel within ±{report['max_error']:g}"
+        if report["max_error"] is not None
+        else f"target {report['target_ratio']:g}x, budget {report['budget_bytes']} B"
+    )
+    print(
+        f"wrote {report['output']}: {report['bytes']} bytes of {report['raw_bytes']} raw, "
+        f"{report['ratio']:.1f}x ({target}) in {report['seconds']:.1f} s"
+    )
     if report.get("keep"):
         k = report["keep"]
-        print(f"keep mask: {k['voxels']} voxels within ±{k['max_error']:g}; mask {k['mask_bytes']} B, "
-              f"their residual {k['residual_bytes']} B, the rest {report['bytes'] - k['mask_bytes'] - k['residual_bytes']} B")
+        print(
+            f"keep mask: {k['voxels']} voxels within ±{k['max_error']:g}; mask {k['mask_bytes']} B, "
+            f"their residual {k['residual_bytes']} B, "
+            f"the rest {report['bytes'] - k['mask_bytes'] - k['residual_bytes']} B"
+        )
 
 
 def cmd_decode(args) -> None:
     from .codec import decode_file
 
     with progress_bar() as progress:
-        volume = decode_file(args.input, args.output, args.bundle, roi=args.roi, roi_mm=args.roi_mm,
-                             device=args.device, workers=args.workers, progress=progress)
+        volume = decode_file(
+            args.input,
+            args.output,
+            args.bundle,
+            roi=args.roi,
+            roi_mm=args.roi_mm,
+            device=args.device,
+            workers=args.workers,
+            progress=progress,
+        )
     for warning in volume.meta.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
     print(f"wrote {args.output} ({'x'.join(map(str, volume.size))}, {volume.dtype})")
@@ -116,12 +151,25 @@ def cmd_train(args) -> None:
     from .training import train_bundle
 
     with progress_bar() as progress:
-        train_bundle(args.data, args.out, args.name or args.out.stem, args.modality, args.region,
-                     holdout=args.holdout, steps=args.steps, patch=args.patch, augment_copies=args.augment,
-                     threads=args.threads, resume=args.resume, teacher=args.teacher,
-                     fine_template=args.fine_template, description=args.description or "", progress=progress,
-                     command="deepstd " + " ".join(sys.argv[1:]),
-                     log=lambda line: print(line, file=sys.stderr, flush=True))
+        train_bundle(
+            args.data,
+            args.out,
+            args.name or args.out.stem,
+            args.modality,
+            args.region,
+            holdout=args.holdout,
+            steps=args.steps,
+            patch=args.patch,
+            augment_copies=args.augment,
+            threads=args.threads,
+            resume=args.resume,
+            teacher=args.teacher,
+            fine_template=args.fine_template,
+            description=args.description or "",
+            progress=progress,
+            command="deepstd " + " ".join(sys.argv[1:]),
+            log=lambda line: print(line, file=sys.stderr, flush=True),
+        )
 
 
 def cmd_bench(args) -> None:
@@ -136,13 +184,23 @@ def cmd_bench(args) -> None:
         folder = args.data / "images" if (args.data / "images").is_dir() else args.data
         scans += [folder / name for name in held_out]
     if not scans:
-        raise InputError("no scans: give files, or --data with the bundle's population folder "
-                         "(its held-out validation scans are used)")
+        raise InputError(
+            "no scans: give files, or --data with the bundle's population folder "
+            "(its held-out validation scans are used)"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     started = time_now()
     with progress_bar() as progress:
-        bench.run(scans, bundle, args.out / "results.jsonl", args.ratios, args.peers, args.threads,
-                  progress=progress, downstream=args.downstream)
+        bench.run(
+            scans,
+            bundle,
+            args.out / "results.jsonl",
+            args.ratios,
+            args.peers,
+            args.threads,
+            progress=progress,
+            downstream=args.downstream,
+        )
     records = bench.load(args.out / "results.jsonl")
     title = f"{bundle.name}: {len(set(r['scan'] for r in records))} scans"
     text = bench.summary(records, title)
@@ -156,26 +214,53 @@ def cmd_batch_compress(args) -> None:
     from . import batch
 
     with progress_bar() as progress, _batch_interrupt(args.out_dir):
-        totals = batch.compress(args.source, args.out_dir, args.bundle, args.ratio, verify=args.verify,
-                                workers=args.workers, scheduler=args.scheduler,
-                                retry_failed=args.retry_failed, progress=progress, log=_log)
-    print(f"{totals['scans']} scans: {totals['compressed']} compressed, {totals['skipped']} already done, "
-          f"{totals['failed']} failed (this run or before)" + (f"; this run {totals['raw_bytes'] / 1e6:.1f} MB -> "
-                                          f"{totals['bytes'] / 1e6:.3f} MB" if totals["bytes"] else ""))
+        totals = batch.compress(
+            args.source,
+            args.out_dir,
+            args.bundle,
+            args.ratio,
+            verify=args.verify,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            retry_failed=args.retry_failed,
+            progress=progress,
+            log=_log,
+        )
+    print(
+        f"{totals['scans']} scans: {totals['compressed']} compressed, {totals['skipped']} already done, "
+        f"{totals['failed']} failed (this run or before)"
+        + (
+            f"; this run {totals['raw_bytes'] / 1e6:.1f} MB -> {totals['bytes'] / 1e6:.3f} MB"
+            if totals["bytes"]
+            else ""
+        )
+    )
     print(f"manifest: {args.out_dir / 'manifest.jsonl'}")
     if totals["failed"]:
-        raise DeepSTDError(f"{totals['failed']} of {totals['scans']} scans failed; their reasons are in "
-                           "the manifest (`deepstd batch report` lists them)")
+        raise DeepSTDError(
+            f"{totals['failed']} of {totals['scans']} scans failed; their reasons are in "
+            "the manifest (`deepstd batch report` lists them)"
+        )
 
 
 def cmd_batch_decompress(args) -> None:
     from . import batch
 
     with progress_bar() as progress, _batch_interrupt(args.restore_dir):
-        totals = batch.decompress(args.out_dir, args.restore_dir, as_dicom=args.dicom, bundle=args.bundle,
-                                  workers=args.workers, scheduler=args.scheduler, progress=progress, log=_log)
-    print(f"{totals['scans']} scans: {totals['restored']} restored, {totals['skipped']} already there, "
-          f"{totals['failed']} failed")
+        totals = batch.decompress(
+            args.out_dir,
+            args.restore_dir,
+            as_dicom=args.dicom,
+            bundle=args.bundle,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            progress=progress,
+            log=_log,
+        )
+    print(
+        f"{totals['scans']} scans: {totals['restored']} restored, {totals['skipped']} already there, "
+        f"{totals['failed']} failed"
+    )
     for failure in totals["failures"]:
         print(f"failed: {failure}", file=sys.stderr)
     if totals["failed"]:
@@ -187,8 +272,10 @@ def cmd_batch_report(args) -> None:
 
     report = write_report(args.out_dir, args.bandwidth)
     print(report["text"])
-    print(f"report: {report['markdown']}" + (f", {report['png']}" if report["png"] else
-                                             " (no plots: matplotlib is not installed)"))
+    print(
+        f"report: {report['markdown']}"
+        + (f", {report['png']}" if report["png"] else " (no plots: matplotlib is not installed)")
+    )
 
 
 def _log(line: str) -> None:
@@ -206,8 +293,10 @@ class _batch_interrupt:
 
     def __exit__(self, kind, exc, tb):
         if kind is KeyboardInterrupt or kind is Cancelled:
-            print(f"deepstd: interrupted; finished scans are kept in {self.folder}; run the same "
-                  "command again to resume", file=sys.stderr)
+            print(
+                f"deepstd: interrupted; finished scans are kept in {self.folder}; run the same command again to resume",
+                file=sys.stderr,
+            )
             sys.exit(130)
         return False
 
@@ -224,8 +313,13 @@ class progress_bar:
     def __enter__(self):
         from tqdm import tqdm
 
-        self._bar = tqdm(total=1000, file=sys.stderr, leave=False, dynamic_ncols=True,
-                         bar_format="{desc:<12} {bar} {percentage:3.0f}% {elapsed} {postfix}")
+        self._bar = tqdm(
+            total=1000,
+            file=sys.stderr,
+            leave=False,
+            dynamic_ncols=True,
+            bar_format="{desc:<12} {bar} {percentage:3.0f}% {elapsed} {postfix}",
+        )
         return self
 
     def __call__(self, event) -> None:
@@ -248,13 +342,17 @@ class progress_bar:
 # --- parser -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="deepstd", description="DeepSTD: compress 3D medical scans 32x-512x relative to a "
-                                    "population template, and inspect what was lost.")
+        prog="deepstd",
+        description="DeepSTD: compress 3D medical scans 32x-512x relative to a "
+        "population template, and inspect what was lost.",
+    )
     parser.add_argument("--version", action="version", version=f"deepstd {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    info = commands.add_parser("info", help="describe a volume, a DICOM folder (its series), a .dstd file or a .dstdb bundle")
+    info = commands.add_parser(
+        "info", help="describe a volume, a DICOM folder (its series), a .dstd file or a .dstdb bundle"
+    )
     info.add_argument("path", type=Path)
     info.add_argument("--series", metavar="UID", help="DICOM SeriesInstanceUID to describe")
     info.set_defaults(run=cmd_info)
@@ -269,8 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("moving", type=Path)
     register.add_argument("template", type=Path)
     register.add_argument("--out-warped", type=Path, help="the scan warped into the template frame")
-    register.add_argument("--out-field", type=Path,
-                          help="displacement field (mm, LPS, ITK resampling convention, on the template grid)")
+    register.add_argument(
+        "--out-field", type=Path, help="displacement field (mm, LPS, ITK resampling convention, on the template grid)"
+    )
     register.add_argument("--json", type=Path, help="write the registration metrics here")
     register.add_argument("--moving-labels", type=Path, help="label map of the scan (warped, Dice reported)")
     register.add_argument("--template-labels", type=Path, help="label map of the template (for Dice)")
@@ -285,11 +384,18 @@ def build_parser() -> argparse.ArgumentParser:
     size = encode.add_mutually_exclusive_group(required=True)
     size.add_argument("--ratio", type=float, help="raw bytes / file bytes, e.g. 128")
     size.add_argument("--budget", type=int, metavar="BYTES", help="file size limit in bytes")
-    size.add_argument("--max-error", type=float, metavar="E",
-                      help="instead of a size: every voxel within ±E of the original (original units; 0 = lossless)")
-    encode.add_argument("--keep", metavar="LABELMAP[:E]",
-                        help="code the voxels where this label map (same grid) is > 0 within ±E (default 0: "
-                             "lossless), the rest at the ratio; the mask is stored in the file")
+    size.add_argument(
+        "--max-error",
+        type=float,
+        metavar="E",
+        help="instead of a size: every voxel within ±E of the original (original units; 0 = lossless)",
+    )
+    encode.add_argument(
+        "--keep",
+        metavar="LABELMAP[:E]",
+        help="code the voxels where this label map (same grid) is > 0 within ±E (default 0: "
+        "lossless), the rest at the ratio; the mask is stored in the file",
+    )
     encode.add_argument("--series", metavar="UID", help="DICOM SeriesInstanceUID to read")
     _device_options(encode)
     encode.set_defaults(run=cmd_encode)
@@ -299,8 +405,11 @@ def build_parser() -> argparse.ArgumentParser:
     decode.add_argument("output", type=Path, help="image file, or a new folder for a DICOM series")
     decode.add_argument("--bundle", help="bundle name or path (default: the installed one the file names)")
     where = decode.add_mutually_exclusive_group()
-    where.add_argument("--roi", metavar="x0:x1,y0:y1,z0:z1",
-                       help="decode only this box of voxels of the original grid (exactly as a full decode has it)")
+    where.add_argument(
+        "--roi",
+        metavar="x0:x1,y0:y1,z0:z1",
+        help="decode only this box of voxels of the original grid (exactly as a full decode has it)",
+    )
     where.add_argument("--roi-mm", metavar="x0:x1,y0:y1,z0:z1", help="the same, as a box in LPS millimetres")
     _device_options(decode)
     decode.set_defaults(run=cmd_decode)
@@ -325,11 +434,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--augment", type=int, default=0, help="augmented copies per training scan")
     train.add_argument("--threads", type=int, default=1)
     train.add_argument("--resume", action="store_true")
-    train.add_argument("--teacher", metavar="BUNDLE",
-                       help="start from this bundle's texture codec and distil its features (scarce data)")
-    train.add_argument("--fine-template", action="store_true",
-                       help="code the texture on an isotropic grid at the population's finest spacing "
-                            "(at most 3 million voxels, so the bundle stays under 10 MB) instead of the template scan's own grid")
+    train.add_argument(
+        "--teacher",
+        metavar="BUNDLE",
+        help="start from this bundle's texture codec and distil its features (scarce data)",
+    )
+    train.add_argument(
+        "--fine-template",
+        action="store_true",
+        help="code the texture on an isotropic grid at the population's finest spacing "
+        "(at most 3 million voxels, so the bundle stays under 10 MB) instead of the template scan's own grid",
+    )
     train.add_argument("--description", help="what the bundle's users should know (subjects, limits)")
     train.set_defaults(run=cmd_train)
 
@@ -341,37 +456,52 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--peers", nargs="*", default=None, help="peer names (default: the lossy peers but AV1)")
     bench.add_argument("--threads", type=int, default=1)
     bench.add_argument("--out", type=Path, required=True, help="folder for results.jsonl, summary.md, rd.png")
-    bench.add_argument("--downstream", default=None, metavar="SEGMENTER",
-                       help="also segment original and decoded scans with this segmenter (shipped name, e.g. "
-                            "la-mr, or a .safetensors path) and report Dice / HD95 between the two")
+    bench.add_argument(
+        "--downstream",
+        default=None,
+        metavar="SEGMENTER",
+        help="also segment original and decoded scans with this segmenter (shipped name, e.g. "
+        "la-mr, or a .safetensors path) and report Dice / HD95 between the two",
+    )
     bench.set_defaults(run=cmd_bench)
 
     batch = commands.add_parser("batch", help="compress, restore and report on whole collections (on Dask)")
     batch_commands = batch.add_subparsers(dest="batch_command", metavar="ACTION", required=True)
     compress = batch_commands.add_parser(
-        "compress", help="every scan under a folder (or in a CSV/JSON list) to a mirrored tree of .dstd "
-                         "files with manifest.jsonl; resumable")
+        "compress",
+        help="every scan under a folder (or in a CSV/JSON list) to a mirrored tree of .dstd "
+        "files with manifest.jsonl; resumable",
+    )
     compress.add_argument("source", type=Path, help="folder of scans (files, DICOM series), or a .csv/.json list")
     compress.add_argument("out_dir", type=Path, help="output folder (not inside the sources)")
     compress.add_argument("--bundle", required=True, help="shipped bundle name or .dstdb path")
     compress.add_argument("--ratio", type=float, required=True, help="raw bytes / file bytes, e.g. 128")
     compress.add_argument("--verify", action="store_true", help="decode each result and record PSNR/SSIM/MAE")
-    compress.add_argument("--retry-failed", action="store_true",
-                          help="retry scans that failed before for a reason of their own (default: keep the record)")
+    compress.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="retry scans that failed before for a reason of their own (default: keep the record)",
+    )
     _cluster_options(compress)
     compress.set_defaults(run=cmd_batch_compress)
     decompress = batch_commands.add_parser("decompress", help="restore a compressed tree")
     decompress.add_argument("out_dir", type=Path, help="the folder `batch compress` wrote")
     decompress.add_argument("restore_dir", type=Path)
-    decompress.add_argument("--dicom", action="store_true",
-                            help="write every scan as a DICOM series (DICOM sources always are)")
+    decompress.add_argument(
+        "--dicom", action="store_true", help="write every scan as a DICOM series (DICOM sources always are)"
+    )
     decompress.add_argument("--bundle", help="bundle file, when the one recorded is not installed")
     _cluster_options(decompress)
     decompress.set_defaults(run=cmd_batch_decompress)
     report = batch_commands.add_parser("report", help="report.md and report.png from the manifest")
     report.add_argument("out_dir", type=Path)
-    report.add_argument("--bandwidth", type=float, default=10.0, metavar="MBIT",
-                        help="link speed for the transfer-time estimate (Mbit/s, default 10)")
+    report.add_argument(
+        "--bandwidth",
+        type=float,
+        default=10.0,
+        metavar="MBIT",
+        help="link speed for the transfer-time estimate (Mbit/s, default 10)",
+    )
     report.set_defaults(run=cmd_batch_report)
 
     bundles = commands.add_parser("bundles", help="list the codec bundles shipped with the package")
@@ -391,8 +521,9 @@ def _device_options(parser) -> None:
 
 def _cluster_options(parser) -> None:
     parser.add_argument("--workers", type=int, help="local worker processes (default: one per core, at most 8)")
-    parser.add_argument("--scheduler", metavar="ADDRESS",
-                        help="use this Dask cluster (e.g. tcp://host:8786) instead of a local one")
+    parser.add_argument(
+        "--scheduler", metavar="ADDRESS", help="use this Dask cluster (e.g. tcp://host:8786) instead of a local one"
+    )
 
 
 def main(argv: Optional[List[str]] = None) -> int:

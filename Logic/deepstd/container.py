@@ -14,6 +14,7 @@ varints and the JSON header is deflated. The parser trusts nothing: every length
 checked against the bytes that remain and against hard limits before anything is allocated, and
 every failure is a `FormatError` that names what is wrong.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,10 +43,10 @@ KNOWN_FLAGS = FLAG_DEFLATED_HEADER | FLAG_DICTIONARY
 #: of the format: changing one byte of it needs a new minor version and the old text kept for reading.
 HEADER_DICTIONARY = (
     b'"warnings":["the finest texture rate of this bundle fits in bytes; the budget allows more",'
-    b'"registration loss is above the bundle\'s calibrated threshold : the scan is unlike the template; '
+    b"\"registration loss is above the bundle's calibrated threshold : the scan is unlike the template; "
     b'the texture carries the difference","only % of the scan lies inside the bundle\'s texture frame (its '
-    b'template plus a margin, widened up to 16 Mvoxel); the rest decodes as background: this bundle\'s '
-    b'template does not cover scans '
+    b"template plus a margin, widened up to 16 Mvoxel); the rest decodes as background: this bundle's "
+    b"template does not cover scans "
     b'with this field of view"]}"dicom":{"encoder_version":"0.1.0","keep":{"max_error":0.0,"voxels":'
     b'"max_error":"budget_bytes":"bundle":{"name":"la-mr","sha256":"ct-torso","prostate-t2","hippocampus-mr",'
     b'"codec":{"margin":[8,8,8],"omega":12.0,"registration_loss":-0.,"shape_bits":8,"shape_width":'
@@ -54,11 +55,11 @@ HEADER_DICTIONARY = (
     b'"spacing":[1.0,1.0,1.0]},"intensity":{"hi":1.0,"lo":0.0},"units":"unitless"}'
 )
 
-MAX_HEADER_BYTES = 1 << 20          # a header is a few hundred bytes; 1 MiB is generous
-MAX_SECTIONS = 1 << 16              # block-coded CT: thousands of blocks at most
+MAX_HEADER_BYTES = 1 << 20  # a header is a few hundred bytes; 1 MiB is generous
+MAX_SECTIONS = 1 << 16  # block-coded CT: thousands of blocks at most
 MAX_SECTION_BYTES = 1 << 32
-MAX_DIM = 1 << 16                   # voxels along one axis
-MAX_VOXELS = 1 << 33                # 8 Gvoxel: far above any CT
+MAX_DIM = 1 << 16  # voxels along one axis
+MAX_VOXELS = 1 << 33  # 8 Gvoxel: far above any CT
 
 
 @dataclass
@@ -111,9 +112,10 @@ class _Reader:
 
     def take(self, count: int, what: str) -> bytes:
         if count < 0 or count > self.remaining():
-            raise FormatError(f"truncated file: {what} needs {count} bytes at offset {self.pos}, "
-                              f"{self.remaining()} remain")
-        chunk = bytes(self.data[self.pos:self.pos + count])
+            raise FormatError(
+                f"truncated file: {what} needs {count} bytes at offset {self.pos}, {self.remaining()} remain"
+            )
+        chunk = bytes(self.data[self.pos : self.pos + count])
         self.pos += count
         return chunk
 
@@ -160,9 +162,10 @@ def _stored_header(header: dict) -> Tuple[int, bytes]:
     """(flags, bytes) of the smallest of: the JSON text, deflated, deflated with the dictionary."""
     text = json.dumps(header, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
     choices = [(0, text)]
-    for flags, deflater in ((FLAG_DEFLATED_HEADER, zlib.compressobj(9, zlib.DEFLATED, -15, 9)),
-                            (FLAG_DEFLATED_HEADER | FLAG_DICTIONARY,
-                             zlib.compressobj(9, zlib.DEFLATED, -15, 9, zdict=HEADER_DICTIONARY))):
+    for flags, deflater in (
+        (FLAG_DEFLATED_HEADER, zlib.compressobj(9, zlib.DEFLATED, -15, 9)),
+        (FLAG_DEFLATED_HEADER | FLAG_DICTIONARY, zlib.compressobj(9, zlib.DEFLATED, -15, 9, zdict=HEADER_DICTIONARY)),
+    ):
         choices.append((flags, deflater.compress(text) + deflater.flush()))
     return min(choices, key=lambda choice: len(choice[1]))
 
@@ -245,8 +248,7 @@ def _read_header(reader: _Reader) -> Tuple[dict, int]:
         raise FormatError("not a .dstd file (bad magic)")
     major = reader.u8("format version")
     if major != MAJOR:
-        raise FormatError(f"unsupported .dstd format version {major} "
-                          f"(this DeepSTD reads {MAJOR}.x); upgrade deepstd")
+        raise FormatError(f"unsupported .dstd format version {major} (this DeepSTD reads {MAJOR}.x); upgrade deepstd")
     minor = reader.u8("minor version")  # minor versions only add fields older readers may ignore
     flags = reader.u8("flags")
     if flags & ~KNOWN_FLAGS or flags == FLAG_DICTIONARY:
@@ -287,9 +289,16 @@ def read_file(path) -> DstdFile:
 # --- header content -----------------------------------------------------------------------------
 def geometry_header(volume: Volume) -> dict:
     """The header fields that restore the original grid exactly: geometry, dtype and units."""
-    return {"geometry": {"size": list(volume.size), "spacing": list(volume.spacing),
-                         "origin": list(volume.origin), "direction": list(volume.direction)},
-            "dtype": volume.dtype, "units": volume.units}
+    return {
+        "geometry": {
+            "size": list(volume.size),
+            "spacing": list(volume.spacing),
+            "origin": list(volume.origin),
+            "direction": list(volume.direction),
+        },
+        "dtype": volume.dtype,
+        "units": volume.units,
+    }
 
 
 def geometry_voxels(header: dict) -> int:
@@ -333,5 +342,17 @@ def _numbers(obj: dict, key: str, count: int, integer: bool = False) -> list:
     return values
 
 
-__all__ = ["DstdFile", "pack", "unpack", "read_file", "write_atomic", "geometry_header",
-           "grid_of", "validate_header", "header_cost", "MAGIC", "MAJOR", "MINOR"]
+__all__ = [
+    "DstdFile",
+    "pack",
+    "unpack",
+    "read_file",
+    "write_atomic",
+    "geometry_header",
+    "grid_of",
+    "validate_header",
+    "header_cost",
+    "MAGIC",
+    "MAJOR",
+    "MINOR",
+]

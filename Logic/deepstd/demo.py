@@ -5,6 +5,7 @@ deformation and an intensity change (the same kind the training augmentation use
 the codec was trained on is fed back to it. The PNG needs no plotting library: a montage of a
 few axial slices (original | decoded | residue, residue mid-grey = 0) written by SimpleITK.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,9 +38,10 @@ def montage(original: np.ndarray, decoded: np.ndarray, slices: int = 4) -> np.nd
     grey = lambda a: np.clip((a - lo) / scale * 255, 0, 255)  # noqa: E731
     residue = lambda a, b: np.clip(128 + (a - b) / (0.1 * scale) * 127, 0, 255)  # noqa: E731
     picks = np.linspace(original.shape[0] * 0.2, original.shape[0] * 0.8, slices).astype(int)
-    rows = [np.concatenate([grey(original[z]), grey(decoded[z]), residue(original[z], decoded[z])], axis=1)
-            for z in picks]
-    return np.concatenate(rows, axis=0)[::-1].astype(np.uint8)   # y up, as a radiologist reads it
+    rows = [
+        np.concatenate([grey(original[z]), grey(decoded[z]), residue(original[z], decoded[z])], axis=1) for z in picks
+    ]
+    return np.concatenate(rows, axis=0)[::-1].astype(np.uint8)  # y up, as a radiologist reads it
 
 
 def write_png(image: np.ndarray, path) -> Path:
@@ -55,8 +57,15 @@ def write_png(image: np.ndarray, path) -> Path:
     return write_atomic(path, data)
 
 
-def run_demo(input_path=None, bundle=DEFAULT_BUNDLE, ratio: float = 128.0, png="deepstd_demo.png",
-             out_dstd: Optional[str] = None, progress=None, cancel=None) -> dict:
+def run_demo(
+    input_path=None,
+    bundle=DEFAULT_BUNDLE,
+    ratio: float = 128.0,
+    png="deepstd_demo.png",
+    out_dstd: Optional[str] = None,
+    progress=None,
+    cancel=None,
+) -> dict:
     """Compress and decompress one scan; return sizes, ratio, times and MAE / PSNR / SSIM."""
     from .bundle import load_bundle
     from .container import write_atomic
@@ -70,12 +79,22 @@ def run_demo(input_path=None, bundle=DEFAULT_BUNDLE, ratio: float = 128.0, png="
         write_atomic(out_dstd, result.data)
     if png:
         write_png(montage(scan.array, result.decoded.array), png)
-    return {"input": str(input_path) if input_path else scan.meta["source"], "bundle": loaded.name,
-            "size": list(scan.size), "raw_bytes": scan.raw_bytes, "bytes": len(result.data),
-            "target_ratio": ratio, "ratio": scan.raw_bytes / len(result.data),
-            "encode_s": result.encode_s, "decode_s": result.decode_s,
-            "mae": result.metrics["mae"], "psnr": result.metrics["psnr"], "ssim": result.metrics["ssim"],
-            "png": str(png) if png else None, "warnings": result.warnings}
+    return {
+        "input": str(input_path) if input_path else scan.meta["source"],
+        "bundle": loaded.name,
+        "size": list(scan.size),
+        "raw_bytes": scan.raw_bytes,
+        "bytes": len(result.data),
+        "target_ratio": ratio,
+        "ratio": scan.raw_bytes / len(result.data),
+        "encode_s": result.encode_s,
+        "decode_s": result.decode_s,
+        "mae": result.metrics["mae"],
+        "psnr": result.metrics["psnr"],
+        "ssim": result.metrics["ssim"],
+        "png": str(png) if png else None,
+        "warnings": result.warnings,
+    }
 
 
 __all__ = ["run_demo", "unseen_scan", "montage"]

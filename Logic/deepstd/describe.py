@@ -1,10 +1,10 @@
 """Human-readable descriptions of what `deepstd info` is pointed at (volume, DICOM folder, .dstd)."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import List, Optional
-
 
 from .volume import Volume
 
@@ -31,8 +31,10 @@ def describe_series_list(folder: Path) -> List[str]:
     series = list_series(folder)
     lines = [f"{folder}: {len(series)} DICOM series"]
     for s in series:
-        lines.append(f"  {s.uid or '<no SeriesInstanceUID>'}  {s.modality or '?':3} "
-                     f"{'x'.join(map(str, s.size)):>13}  {len(s.datasets)} files  {s.description}")
+        lines.append(
+            f"  {s.uid or '<no SeriesInstanceUID>'}  {s.modality or '?':3} "
+            f"{'x'.join(map(str, s.size)):>13}  {len(s.datasets)} files  {s.description}"
+        )
     return lines
 
 
@@ -61,17 +63,28 @@ def describe_dstd(path: Path) -> str:
     g = header["geometry"]
     lines = [
         f"{path}: DeepSTD file, {parsed.file_bytes} bytes, format {parsed.version[0]}.{parsed.version[1]}",
-        f"size:      {'x'.join(map(str, g['size']))} voxels, {header['dtype']} "
-        f"({parsed.raw_bytes} raw bytes)",
+        f"size:      {'x'.join(map(str, g['size']))} voxels, {header['dtype']} ({parsed.raw_bytes} raw bytes)",
         f"spacing:   {' x '.join(f'{s:.4g}' for s in g['spacing'])} mm",
         f"origin:    {', '.join(f'{o:.4g}' for o in g['origin'])} mm (LPS)",
         f"direction: {' '.join(f'{d:.4g}' for d in g['direction'])}",
         f"ratio:     {parsed.achieved_ratio:.2f}x achieved"
         + (f" (target {header['target_ratio']:g}x)" if "target_ratio" in header else ""),
-        *([f"error:     every voxel within ±{header['max_error']:g} of the original"
-           + (" (lossless)" if header["max_error"] == 0 else "")] if "max_error" in header else []),
-        *([f"keep:      {header['keep'].get('voxels')} voxels of a stored mask within "
-           f"±{header['keep'].get('max_error'):g} of the original"] if isinstance(header.get("keep"), dict) else []),
+        *(
+            [
+                f"error:     every voxel within ±{header['max_error']:g} of the original"
+                + (" (lossless)" if header["max_error"] == 0 else "")
+            ]
+            if "max_error" in header
+            else []
+        ),
+        *(
+            [
+                f"keep:      {header['keep'].get('voxels')} voxels of a stored mask within "
+                f"±{header['keep'].get('max_error'):g} of the original"
+            ]
+            if isinstance(header.get("keep"), dict)
+            else []
+        ),
         "sections:  " + ", ".join(f"{name} {len(data)} B" for name, data in parsed.sections.items()),
         "header:    " + json.dumps({k: v for k, v in header.items() if k != "geometry"}, sort_keys=True),
     ]
@@ -82,8 +95,13 @@ def describe_bundle(path) -> str:
     from .bundle import load_bundle
 
     bundle = load_bundle(path)
-    return "\n".join([bundle.describe(), f"sha256:    {bundle.sha256}",
-                      "config:    " + json.dumps(bundle.config.to_dict(), sort_keys=True)])
+    return "\n".join(
+        [
+            bundle.describe(),
+            f"sha256:    {bundle.sha256}",
+            "config:    " + json.dumps(bundle.config.to_dict(), sort_keys=True),
+        ]
+    )
 
 
 __all__ = ["describe_bundle", "describe", "describe_volume", "describe_dstd", "describe_series_list"]

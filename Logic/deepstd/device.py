@@ -1,4 +1,5 @@
 """Which torch device a job runs on: `auto` takes CUDA when there is one."""
+
 from __future__ import annotations
 
 from .errors import InputError

@@ -15,6 +15,7 @@ agrees with the ground truth (that is the segmenter's own accuracy, stored in it
 * `agreement(original, decoded, segmenter)`: Dice and HD95 per foreground class, and their mean
   over the foreground classes.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,7 @@ FORMAT = "deepstd-segmenter-1"
 #: percentiles that map the scan's intensities to 0..1 (clipped) before the network sees them
 NORM_PERCENTILES = (0.5, 99.5)
 #: above this many voxels at the working spacing, inference runs in overlapping tiles
-MAX_WHOLE_VOXELS = 160 ** 3
+MAX_WHOLE_VOXELS = 160**3
 MAX_FILE_BYTES = 64 << 20
 
 
@@ -49,25 +50,30 @@ def _nn():
 
 def _block(cin: int, cout: int):
     nn = _nn()
-    return nn.Sequential(nn.Conv3d(cin, cout, 3, padding=1, bias=False), nn.InstanceNorm3d(cout, affine=True),
-                         nn.ReLU(inplace=True),
-                         nn.Conv3d(cout, cout, 3, padding=1, bias=False), nn.InstanceNorm3d(cout, affine=True),
-                         nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv3d(cin, cout, 3, padding=1, bias=False),
+        nn.InstanceNorm3d(cout, affine=True),
+        nn.ReLU(inplace=True),
+        nn.Conv3d(cout, cout, 3, padding=1, bias=False),
+        nn.InstanceNorm3d(cout, affine=True),
+        nn.ReLU(inplace=True),
+    )
 
 
 def build_network(channels: int = 8, classes: int = 2, levels: int = 2):
     """A small 3D U-Net: `levels` poolings, `channels` features at full resolution, doubling per level."""
     import torch
+
     nn = _nn()
 
     class UNet3D(nn.Module):
         def __init__(self):
             super().__init__()
-            widths = [channels * 2 ** i for i in range(levels + 1)]
-            self.down = nn.ModuleList([_block(1, widths[0])]
-                                      + [_block(widths[i - 1], widths[i]) for i in range(1, levels + 1)])
-            self.up = nn.ModuleList([nn.ConvTranspose3d(widths[i + 1], widths[i], 2, stride=2)
-                                     for i in range(levels)])
+            widths = [channels * 2**i for i in range(levels + 1)]
+            self.down = nn.ModuleList(
+                [_block(1, widths[0])] + [_block(widths[i - 1], widths[i]) for i in range(1, levels + 1)]
+            )
+            self.up = nn.ModuleList([nn.ConvTranspose3d(widths[i + 1], widths[i], 2, stride=2) for i in range(levels)])
             self.merge = nn.ModuleList([_block(2 * widths[i], widths[i]) for i in range(levels)])
             self.head = nn.Conv3d(widths[0], classes, 1)
             self.pool = nn.MaxPool3d(2)
@@ -101,17 +107,29 @@ class Segmenter:
     def describe(self) -> str:
         c = self.config
         val = c.get("validation", {}).get("mean_dice")
-        return (f"{self.name}: {c['classes']} classes, {c['channels']} channels, working spacing "
-                f"{c.get('working_spacing') or 'native'}"
-                + (f", held-out Dice vs ground truth {val:.3f}" if val is not None else ""))
+        return (
+            f"{self.name}: {c['classes']} classes, {c['channels']} channels, working spacing "
+            f"{c.get('working_spacing') or 'native'}"
+            + (f", held-out Dice vs ground truth {val:.3f}" if val is not None else "")
+        )
 
 
-def default_config(classes: int = 2, channels: int = 8, levels: int = 2,
-                   working_spacing: Optional[Sequence[float]] = None, name: str = "segmenter") -> dict:
-    return {"format": FORMAT, "name": name, "classes": int(classes), "channels": int(channels),
-            "levels": int(levels),
-            "working_spacing": None if working_spacing is None else [float(s) for s in working_spacing],
-            "normalisation": {"kind": "percentile", "low": NORM_PERCENTILES[0], "high": NORM_PERCENTILES[1]}}
+def default_config(
+    classes: int = 2,
+    channels: int = 8,
+    levels: int = 2,
+    working_spacing: Optional[Sequence[float]] = None,
+    name: str = "segmenter",
+) -> dict:
+    return {
+        "format": FORMAT,
+        "name": name,
+        "classes": int(classes),
+        "channels": int(channels),
+        "levels": int(levels),
+        "working_spacing": None if working_spacing is None else [float(s) for s in working_spacing],
+        "normalisation": {"kind": "percentile", "low": NORM_PERCENTILES[0], "high": NORM_PERCENTILES[1]},
+    }
 
 
 def untrained(config: Optional[dict] = None, seed: int = 0) -> Segmenter:
@@ -134,8 +152,9 @@ def _check_config(config: dict) -> None:
         if not isinstance(value, int) or not low <= value <= high:
             problems.append(f"{key} must be an integer in {low}..{high}, got {value!r}")
     ws = config.get("working_spacing")
-    if ws is not None and (not isinstance(ws, list) or len(ws) != 3
-                           or not all(isinstance(s, (int, float)) and s > 0 for s in ws)):
+    if ws is not None and (
+        not isinstance(ws, list) or len(ws) != 3 or not all(isinstance(s, (int, float)) and s > 0 for s in ws)
+    ):
         problems.append(f"working_spacing must be null or three positive numbers, got {ws!r}")
     norm = config.get("normalisation", {})
     if not isinstance(norm, dict) or not all(isinstance(norm.get(k), (int, float)) for k in ("low", "high")):
@@ -170,7 +189,7 @@ def _metadata(data: bytes) -> dict:
     (n,) = struct.unpack("<Q", data[:8])
     if n <= 0 or 8 + n > len(data):
         raise ValueError("bad header length")
-    header = json.loads(data[8:8 + n].decode("utf-8"))
+    header = json.loads(data[8 : 8 + n].decode("utf-8"))
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(meta, dict):
         raise ValueError("no metadata")
@@ -283,10 +302,10 @@ def _pad_to(x, multiple: int):
 def _forward(net, x, levels: int):
     import torch
 
-    padded, size = _pad_to(x, 2 ** levels)
+    padded, size = _pad_to(x, 2**levels)
     with torch.no_grad():
         probs = torch.softmax(net(padded), dim=1)
-    return probs[:, :, :size[0], :size[1], :size[2]]
+    return probs[:, :, : size[0], : size[1], : size[2]]
 
 
 def predict(segmenter: Segmenter, x, max_voxels: int = MAX_WHOLE_VOXELS, tile: int = 96):
@@ -337,8 +356,7 @@ def segment(volume: Volume, segmenter, max_voxels: int = MAX_WHOLE_VOXELS) -> np
 
 
 # --- agreement ----------------------------------------------------------------------------------
-def label_agreement(reference: np.ndarray, other: np.ndarray, classes: int,
-                    spacing_xyz: Sequence[float]) -> dict:
+def label_agreement(reference: np.ndarray, other: np.ndarray, classes: int, spacing_xyz: Sequence[float]) -> dict:
     """Dice and HD95 (mm) per foreground class 1..classes-1, and their means over those classes.
 
     A class empty in both maps counts Dice 1 / HD95 0; empty in one only, HD95 is inf (and so is
@@ -348,8 +366,7 @@ def label_agreement(reference: np.ndarray, other: np.ndarray, classes: int,
 
     dices = [metrics.dice(reference, other, label=c) for c in range(1, classes)]
     hds = [metrics.hd95(reference, other, spacing=spacing_xyz, label=c) for c in range(1, classes)]
-    return {"dice": float(np.mean(dices)), "hd95": float(np.mean(hds)),
-            "dice_per_class": dices, "hd95_per_class": hds}
+    return {"dice": float(np.mean(dices)), "hd95": float(np.mean(hds)), "dice_per_class": dices, "hd95_per_class": hds}
 
 
 def agreement(original_volume: Volume, decoded_volume, segmenter, original_labels: Optional[np.ndarray] = None) -> dict:
@@ -363,11 +380,11 @@ def agreement(original_volume: Volume, decoded_volume, segmenter, original_label
     if not isinstance(decoded_volume, Volume):
         decoded_volume = original_volume.with_array(np.asarray(decoded_volume, dtype=np.float32))
     if decoded_volume.array.shape != original_volume.array.shape:
-        raise InputError(f"decoded scan {decoded_volume.array.shape} is not on the original's grid "
-                         f"{original_volume.array.shape}")
+        raise InputError(
+            f"decoded scan {decoded_volume.array.shape} is not on the original's grid {original_volume.array.shape}"
+        )
     reference = segment(original_volume, segmenter) if original_labels is None else original_labels
-    return label_agreement(reference, segment(decoded_volume, segmenter), segmenter.classes,
-                           original_volume.spacing)
+    return label_agreement(reference, segment(decoded_volume, segmenter), segmenter.classes, original_volume.spacing)
 
 
 # --- training -----------------------------------------------------------------------------------
@@ -412,11 +429,19 @@ def evaluate(segmenter: Segmenter, scans: Sequence[Tuple[Path, Path]]) -> dict:
         volume = read(image)
         truth = np.rint(read(label).array).astype(np.uint8)
         result = label_agreement(truth, segment(volume, segmenter), segmenter.classes, volume.spacing)
-        rows.append({"scan": Path(image).name, "dice": result["dice"], "hd95": result["hd95"],
-                     "dice_per_class": result["dice_per_class"]})
-    return {"mean_dice": float(np.mean([r["dice"] for r in rows])) if rows else None,
-            "median_hd95": float(np.median([r["hd95"] for r in rows])) if rows else None,
-            "scans": rows}
+        rows.append(
+            {
+                "scan": Path(image).name,
+                "dice": result["dice"],
+                "hd95": result["hd95"],
+                "dice_per_class": result["dice_per_class"],
+            }
+        )
+    return {
+        "mean_dice": float(np.mean([r["dice"] for r in rows])) if rows else None,
+        "median_hd95": float(np.median([r["hd95"] for r in rows])) if rows else None,
+        "scans": rows,
+    }
 
 
 def split(folder, holdout: int) -> Tuple[List[Tuple[Path, Path]], List[Tuple[Path, Path]]]:
@@ -432,12 +457,22 @@ def split(folder, holdout: int) -> Tuple[List[Tuple[Path, Path]], List[Tuple[Pat
         pairs.append((image, label))
     if not 0 <= holdout < len(pairs):
         raise InputError(f"cannot hold out {holdout} of {len(pairs)} scans")
-    return (pairs[: len(pairs) - holdout], pairs[len(pairs) - holdout:]) if holdout else (pairs, [])
+    return (pairs[: len(pairs) - holdout], pairs[len(pairs) - holdout :]) if holdout else (pairs, [])
 
 
-def train(train_pairs: Sequence[Tuple[Path, Path]], config: dict, steps: int, patch: Sequence[int],
-          batch: int = 2, lr: float = 2e-3, seed: int = 0, out=None, holdout_pairs=(),
-          log: Optional[Callable[[str], None]] = None, save_every: int = 200) -> Segmenter:
+def train(
+    train_pairs: Sequence[Tuple[Path, Path]],
+    config: dict,
+    steps: int,
+    patch: Sequence[int],
+    batch: int = 2,
+    lr: float = 2e-3,
+    seed: int = 0,
+    out=None,
+    holdout_pairs=(),
+    log: Optional[Callable[[str], None]] = None,
+    save_every: int = 200,
+) -> Segmenter:
     """Train a segmenter on (image, label) pairs: random `patch` (z, y, x) windows at the working
     spacing, Adam with a cosine learning-rate decay, Dice + CE, fixed seed and step count. Saves to
     `out` every `save_every` steps and at the end, with the held-out evaluation in the config."""
@@ -455,11 +490,14 @@ def train(train_pairs: Sequence[Tuple[Path, Path]], config: dict, steps: int, pa
         volume = read(image)
         images.append(prepare(volume, config)[0, 0].numpy())
         labels.append(labels_to_working(np.rint(read(label).array).astype(np.int64), volume.spacing, config))
-    log(f"loaded {len(images)} scans at working shapes {sorted({a.shape for a in images})[:3]}... "
-        f"({time.perf_counter() - started:.0f} s)")
+    log(
+        f"loaded {len(images)} scans at working shapes {sorted({a.shape for a in images})[:3]}... "
+        f"({time.perf_counter() - started:.0f} s)"
+    )
     optimiser = torch.optim.Adam(net.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+        optimiser, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+    )
     history = []
     for step in range(1, steps + 1):
         xs, ys = [], []
@@ -478,18 +516,28 @@ def train(train_pairs: Sequence[Tuple[Path, Path]], config: dict, steps: int, pa
         schedule.step()
         history.append(loss.item())
         if step % 25 == 0 or step == steps:
-            log(f"step {step}/{steps} loss {np.mean(history[-25:]):.4f} "
-                f"({time.perf_counter() - started:.0f} s wall, {time.process_time() - cpu0:.0f} s cpu)")
+            log(
+                f"step {step}/{steps} loss {np.mean(history[-25:]):.4f} "
+                f"({time.perf_counter() - started:.0f} s wall, {time.process_time() - cpu0:.0f} s cpu)"
+            )
         if out is not None and (step % save_every == 0) and step < steps:
             net.eval()
             save_segmenter(segmenter, out)
             net.train()
     net.eval()
     segmenter.config["training"] = {
-        "scans": len(train_pairs), "files": [Path(p[0]).name for p in train_pairs],
-        "holdout_files": [Path(p[0]).name for p in holdout_pairs], "steps": steps, "patch": list(patch),
-        "batch": batch, "lr": lr, "seed": seed, "final_loss": float(np.mean(history[-25:])),
-        "wall_s": round(time.perf_counter() - started, 1), "cpu_s": round(time.process_time() - cpu0, 1)}
+        "scans": len(train_pairs),
+        "files": [Path(p[0]).name for p in train_pairs],
+        "holdout_files": [Path(p[0]).name for p in holdout_pairs],
+        "steps": steps,
+        "patch": list(patch),
+        "batch": batch,
+        "lr": lr,
+        "seed": seed,
+        "final_loss": float(np.mean(history[-25:])),
+        "wall_s": round(time.perf_counter() - started, 1),
+        "cpu_s": round(time.process_time() - cpu0, 1),
+    }
     if holdout_pairs:
         result = evaluate(segmenter, holdout_pairs)
         segmenter.config["validation"] = result
@@ -499,6 +547,19 @@ def train(train_pairs: Sequence[Tuple[Path, Path]], config: dict, steps: int, pa
     return segmenter
 
 
-__all__ = ["Segmenter", "build_network", "default_config", "untrained", "save_segmenter", "load_segmenter",
-           "shipped_segmenters", "segment", "probabilities", "agreement", "label_agreement", "train",
-           "evaluate", "split"]
+__all__ = [
+    "Segmenter",
+    "build_network",
+    "default_config",
+    "untrained",
+    "save_segmenter",
+    "load_segmenter",
+    "shipped_segmenters",
+    "segment",
+    "probabilities",
+    "agreement",
+    "label_agreement",
+    "train",
+    "evaluate",
+    "split",
+]

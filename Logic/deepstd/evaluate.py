@@ -5,6 +5,7 @@
 PSNR and SSIM over the original's real data range and MAE, all in original units
 (`deepstd.metrics`). `measure` also serves results decoded by other means (the peer codecs).
 """
+
 from __future__ import annotations
 
 import time
@@ -20,8 +21,11 @@ def measure(original: np.ndarray, decoded: np.ndarray) -> Dict[str, float]:
     """{"psnr", "ssim", "mae"} of `decoded` against `original` (same grid, original units)."""
     from . import metrics
 
-    return {"psnr": metrics.psnr(original, decoded), "ssim": metrics.ssim(original, decoded),
-            "mae": metrics.mae(original, decoded)}
+    return {
+        "psnr": metrics.psnr(original, decoded),
+        "ssim": metrics.ssim(original, decoded),
+        "mae": metrics.mae(original, decoded),
+    }
 
 
 @dataclass
@@ -45,9 +49,17 @@ class RoundTrip:
         return [] if self.decoded is None else list(self.decoded.meta.get("warnings", []))
 
 
-def round_trip(volume: Volume, bundle, ratio: Optional[float] = None, budget_bytes: Optional[int] = None,
-               decode: bool = True, device: str = "auto", workers: Optional[int] = None,
-               progress=None, cancel=None) -> RoundTrip:
+def round_trip(
+    volume: Volume,
+    bundle,
+    ratio: Optional[float] = None,
+    budget_bytes: Optional[int] = None,
+    decode: bool = True,
+    device: str = "auto",
+    workers: Optional[int] = None,
+    progress=None,
+    cancel=None,
+) -> RoundTrip:
     """Encode `volume` with `bundle` at `ratio` (or within `budget_bytes`), then, with `decode`,
     decode it on the same `device` / `workers` and measure it.
 
@@ -56,8 +68,16 @@ def round_trip(volume: Volume, bundle, ratio: Optional[float] = None, budget_byt
     from . import codec
 
     t0 = time.perf_counter()
-    data = codec.encode(volume, bundle, ratio=ratio, budget_bytes=budget_bytes, device=device,
-                        workers=workers, progress=progress, cancel=cancel)
+    data = codec.encode(
+        volume,
+        bundle,
+        ratio=ratio,
+        budget_bytes=budget_bytes,
+        device=device,
+        workers=workers,
+        progress=progress,
+        cancel=cancel,
+    )
     encode_s = time.perf_counter() - t0
     if not decode:
         return RoundTrip(data, encode_s)

@@ -5,6 +5,7 @@ the box's bits (z slowest, packed little-endian) compressed with raw LZMA2. Labe
 with smooth borders, which LZMA codes in a few hundred bytes for an organ; the bytes are counted
 in the file like everything else.
 """
+
 from __future__ import annotations
 
 import lzma
@@ -12,8 +13,8 @@ import lzma
 import numpy as np
 
 from .errors import FormatError
-from .packing import Packer, Unpacker
 from .grid import Box, bounding_box
+from .packing import Packer, Unpacker
 
 VERSION = 1
 _FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]

@@ -5,6 +5,7 @@ maximum: a uint16 MR using 0..1200 would otherwise be scored against 65535 and e
 look ~35 dB better than it is; a CT stored as int16 but spanning -1024..3000 HU likewise. Using the
 real range makes numbers comparable across scans, scanners and the peer codecs in the benchmark.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -64,14 +65,14 @@ def ssim(original, decoded, data_range: Optional[float] = None) -> float:
         raise InputError(f"SSIM needs at least 3 voxels along every axis, got {a.shape}")
     r = _range_of(a, data_range)
     c1, c2 = (0.01 * r) ** 2, (0.03 * r) ** 2
-    n = win ** a.ndim
+    n = win**a.ndim
     cov_norm = n / (n - 1.0)
     mean = lambda x: uniform_filter(x, size=win)  # noqa: E731 - local shorthand
     ux, uy = mean(a), mean(b)
     vx = cov_norm * (mean(a * a) - ux * ux)
     vy = cov_norm * (mean(b * b) - uy * uy)
     vxy = cov_norm * (mean(a * b) - ux * uy)
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2))
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
     pad = (win - 1) // 2
     core = s[tuple(slice(pad, dim - pad) for dim in s.shape)]
     return float(core.mean())
@@ -129,5 +130,9 @@ def hd95(a, b, spacing: Sequence[float] = (1.0, 1.0, 1.0), label: Optional[int] 
 
 def summary(original: Volume, decoded: Volume) -> dict:
     """The numbers every report shows, computed once."""
-    return {"mae": mae(original, decoded), "max_abs_error": max_abs_error(original, decoded),
-            "psnr": psnr(original, decoded), "ssim": ssim(original, decoded)}
+    return {
+        "mae": mae(original, decoded),
+        "max_abs_error": max_abs_error(original, decoded),
+        "psnr": psnr(original, decoded),
+        "ssim": ssim(original, decoded),
+    }

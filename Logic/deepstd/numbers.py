@@ -1,4 +1,5 @@
 """The one check for numbers that come from users, headers and bundles: real, finite, in range."""
+
 from __future__ import annotations
 
 import math
@@ -13,7 +14,7 @@ def is_number(value: Any) -> bool:
         return False
     try:
         return math.isfinite(value)
-    except OverflowError:            # an int too large for a float
+    except OverflowError:  # an int too large for a float
         return False
 
 

@@ -5,6 +5,7 @@ volume shape, its side information such as an intensity mapping, then one blob o
 so every side byte is counted) and the residual layer of the maximum-error mode. A list of blobs
 stores its count and the lengths of all but the last; the last runs to the end of the stream.
 """
+
 from __future__ import annotations
 
 import struct
@@ -72,7 +73,7 @@ class Unpacker:
     def _take(self, n: int) -> memoryview:
         if self._at + n > len(self._data):
             raise FormatError(f"{self._what} is truncated")
-        part = self._data[self._at:self._at + n]
+        part = self._data[self._at : self._at + n]
         self._at += n
         return part
 

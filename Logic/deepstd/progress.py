@@ -4,6 +4,7 @@ A long operation takes `progress` (a callable receiving `Progress` events, or No
 (any object with `is_set() -> bool`, e.g. `threading.Event`, or None). `Reporter` wraps both so
 loops call one method per step: it forwards the event and raises `Cancelled` when asked to stop.
 """
+
 from __future__ import annotations
 
 import threading
@@ -36,8 +37,7 @@ CancelEvent = threading.Event
 class Reporter:
     """Forwards progress to an optional callback and turns a set cancel token into `Cancelled`."""
 
-    def __init__(self, progress: Optional[ProgressCallback] = None,
-                 cancel: Optional[CancelToken] = None):
+    def __init__(self, progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None):
         self._progress = progress
         self._cancel = cancel
 
@@ -67,7 +67,6 @@ class Reporter:
 
         def forward(event: Progress) -> None:
             if outer is not None:
-                outer(Progress(event.stage, start + (end - start) * event.fraction,
-                               event.message, event.snapshot))
+                outer(Progress(event.stage, start + (end - start) * event.fraction, event.message, event.snapshot))
 
         return Reporter(forward, self._cancel)

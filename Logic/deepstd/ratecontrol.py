@@ -4,6 +4,7 @@
 bisects on the *actual* length of what `build` returns, so whatever `build` includes — headers,
 side information — is counted.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional, Tuple
@@ -12,9 +13,14 @@ from typing import Callable, Optional, Tuple
 STEPS = 18
 
 
-def largest_within(build: Callable[[float], bytes], budget: int, tolerance: float = 0.02,
-                   steps: int = STEPS, on_step: Optional[Callable[[int], None]] = None,
-                   largest_first: bool = True) -> Tuple[Optional[bytes], bytes]:
+def largest_within(
+    build: Callable[[float], bytes],
+    budget: int,
+    tolerance: float = 0.02,
+    steps: int = STEPS,
+    on_step: Optional[Callable[[int], None]] = None,
+    largest_first: bool = True,
+) -> Tuple[Optional[bytes], bytes]:
     """(best, smallest): the largest output ≤ `budget` (stopping once within `tolerance` under
     it), or None when even the smallest output, returned second, is too big.
 

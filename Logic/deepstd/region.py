@@ -4,6 +4,7 @@ A region is a box ((x0, y0, z0), (x1, y1, z1)) of voxel indices in ITK order, up
 excluded, always inside the grid (`deepstd.grid.box`). Decoding a region gives exactly the voxels of a full decode
 there, on a grid with the same spacing and direction and the origin of its first voxel.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -54,8 +55,7 @@ def parse_mm(text: str, grid) -> Box:
         raise InputError(f"--roi-mm {text!r}: bounds must be numbers (mm)") from None
     if len(ranges) != 3 or any(len(r) != 2 or not r[0] < r[1] for r in ranges):
         raise InputError(f"--roi-mm {text!r}: expected x0:x1,y0:y1,z0:z1 in mm with x0 < x1 etc.")
-    corners = np.array([[ranges[0][i], ranges[1][j], ranges[2][k]]
-                        for i in (0, 1) for j in (0, 1) for k in (0, 1)])
+    corners = np.array([[ranges[0][i], ranges[1][j], ranges[2][k]] for i in (0, 1) for j in (0, 1) for k in (0, 1)])
     m = np.asarray(grid.direction, np.float64).reshape(3, 3) * np.asarray(grid.spacing)[None, :]
     idx = (corners - np.asarray(grid.origin)) @ np.linalg.inv(m).T
     lo = np.maximum(np.ceil(idx.min(axis=0) - 1e-6), 0).astype(int)

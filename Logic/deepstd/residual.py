@@ -12,6 +12,7 @@ band: lowest symbol (signed), alphabet size, counts (the escape last), then the 
 per slab of voxels, as a list of blobs. Symbols outside a band's alphabet are coded through rANS's
 escape (bypass) path.
 """
+
 from __future__ import annotations
 
 from typing import List, Tuple
@@ -63,7 +64,7 @@ def _model(symbols: np.ndarray) -> Tuple[int, np.ndarray]:
     if symbols.size == 0:
         return 0, np.array([1, 1], dtype=np.int64)
     lo, hi = int(symbols.min()), int(symbols.max())
-    if hi - lo + 1 > MAX_ALPHABET:          # keep the common centre, escape the tails
+    if hi - lo + 1 > MAX_ALPHABET:  # keep the common centre, escape the tails
         lo, hi = (int(v) for v in np.quantile(symbols, [0.0005, 0.9995]))
         hi = min(hi, lo + MAX_ALPHABET - 1)
     inside = symbols[(symbols >= lo) & (symbols <= hi)]
@@ -96,9 +97,12 @@ def compress(q: np.ndarray, base: np.ndarray, step: float) -> bytes:
     cdfs = [_cdf(counts) for _, counts in models]
     lengths = [len(c) for c in cdfs]
     offsets = [lo for lo, _ in models]
-    strings = [RansEncoder().encode_with_indexes(symbols[start:start + SLAB].tolist(),
-                                                 bands[start:start + SLAB].tolist(), cdfs, lengths, offsets)
-               for start in range(0, symbols.size, SLAB)]
+    strings = [
+        RansEncoder().encode_with_indexes(
+            symbols[start : start + SLAB].tolist(), bands[start : start + SLAB].tolist(), cdfs, lengths, offsets
+        )
+        for start in range(0, symbols.size, SLAB)
+    ]
     return out.blobs(strings).bytes()
 
 
@@ -137,11 +141,12 @@ def decompress(data: bytes, base: np.ndarray, step: float) -> np.ndarray:
         raise FormatError("the residual layer's slab count does not match the volume")
     out = np.empty(total, dtype=np.int64)
     for string, start in zip(strings, range(0, total, SLAB)):
-        index = bands[start:start + SLAB]
+        index = bands[start : start + SLAB]
         # rANS decoding trusts its input: padding keeps an over-read of corrupt data in our buffer
         padded = string + bytes(4 * index.size + 16 * len(string) + 1024)
-        out[start:start + index.size] = RansDecoder().decode_with_indexes(padded, index.tolist(), cdfs,
-                                                                          lengths, offsets)
+        out[start : start + index.size] = RansDecoder().decode_with_indexes(
+            padded, index.tolist(), cdfs, lengths, offsets
+        )
     return out.reshape(base.shape)
 
 

@@ -7,6 +7,7 @@ degradation threshold (75th percentile of the losses after the probe steps), tra
 codec on the aligned training scans (optionally with random smooth deformations and intensity
 changes), evaluate it on the held-out scans, and write the bundle.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,15 @@ def rank_templates(scans: Sequence[Volume], names: Sequence[str]) -> List[dict]:
         reason = ""
         if n < MIN_LEVEL_FRACTION * median_levels:
             reason = f"only {n} grey levels (median {median_levels:.0f})"
-        rows.append({"name": name, "extent_mm": [round(e, 1) for e in extent],
-                     "range_mm3": float(np.prod(extent)), "grey_levels": n, "excluded": reason})
+        rows.append(
+            {
+                "name": name,
+                "extent_mm": [round(e, 1) for e in extent],
+                "range_mm3": float(np.prod(extent)),
+                "grey_levels": n,
+                "excluded": reason,
+            }
+        )
     return sorted(rows, key=lambda r: (bool(r["excluded"]), -r["range_mm3"]))
 
 
@@ -63,8 +71,9 @@ def rank_templates(scans: Sequence[Volume], names: Sequence[str]) -> List[dict]:
 MAX_TEMPLATE_VOXELS = 3_000_000
 
 
-def template_grid(template: Volume, scans: Sequence[Volume], max_voxels: int = MAX_TEMPLATE_VOXELS,
-                  labels: Optional[Volume] = None):
+def template_grid(
+    template: Volume, scans: Sequence[Volume], max_voxels: int = MAX_TEMPLATE_VOXELS, labels: Optional[Volume] = None
+):
     """The template on the grid the texture will be coded on: isotropic at the finest spacing any
     training scan has (the texture cannot hold detail finer than its grid, so a population with a
     3 mm template would code a 0.8 mm scan at 3 mm), coarsened until it holds at most `max_voxels`;
@@ -80,15 +89,17 @@ def template_grid(template: Volume, scans: Sequence[Volume], max_voxels: int = M
     grid = Frame(size, (spacing,) * 3, frame.origin, frame.direction)
     zero = np.zeros(grid.shape_zyx + (3,), np.float32)
     fine = sampling.warp(template, zero, grid, "cubic")
-    fine = fine.with_array(cast_to_dtype(np.clip(fine.array, template.array.min(), template.array.max()),
-                                         template.dtype).astype(np.float32))
+    fine = fine.with_array(
+        cast_to_dtype(np.clip(fine.array, template.array.min(), template.array.max()), template.dtype).astype(
+            np.float32
+        )
+    )
     if labels is not None:
         labels = sampling.warp(labels, zero, grid, "nearest")
     return fine, labels
 
 
-def augment(array: np.ndarray, rng: np.random.Generator, bumps: int = 6,
-            max_shift: float = 4.0) -> np.ndarray:
+def augment(array: np.ndarray, rng: np.random.Generator, bumps: int = 6, max_shift: float = 4.0) -> np.ndarray:
     """A random smooth deformation (a sum of Gaussian displacement bumps) and intensity change
     (gamma, a smooth multiplicative bias field, noise) of a unit-intensity volume (Idea 6)."""
     from scipy.ndimage import map_coordinates
@@ -105,18 +116,34 @@ def augment(array: np.ndarray, rng: np.random.Generator, bumps: int = 6,
     warped = map_coordinates(array, [g + d for g, d in zip(grid, disp)], order=1, mode="nearest")
     gamma = rng.uniform(0.8, 1.25)
     out = np.sign(warped) * np.abs(warped) ** gamma
-    bias = 1.0 + sum(rng.uniform(-0.08, 0.08) * (g / max(n - 1, 1) - 0.5)
-                     for g, n in zip(grid, array.shape))
+    bias = 1.0 + sum(rng.uniform(-0.08, 0.08) * (g / max(n - 1, 1) - 0.5) for g, n in zip(grid, array.shape))
     out = out * bias + rng.normal(0.0, rng.uniform(0.0, 0.02), array.shape)
     return out.astype(np.float32)
 
 
-def train_bundle(data_dir, out, name: str, modality: str, region: str, holdout: int = 6,
-                 steps: int = 6000, patch: int = 48, work_dir=None, augment_copies: int = 0, omega: Optional[float] = None,
-                 texture_overrides: Optional[dict] = None, threads: int = 1, resume: bool = False,
-                 description: str = "", command: str = "", teacher=None, fine_template: bool = False,
-                 progress: Optional[ProgressCallback] = None,
-                 cancel: Optional[CancelToken] = None, log=print) -> Path:
+def train_bundle(
+    data_dir,
+    out,
+    name: str,
+    modality: str,
+    region: str,
+    holdout: int = 6,
+    steps: int = 6000,
+    patch: int = 48,
+    work_dir=None,
+    augment_copies: int = 0,
+    omega: Optional[float] = None,
+    texture_overrides: Optional[dict] = None,
+    threads: int = 1,
+    resume: bool = False,
+    description: str = "",
+    command: str = "",
+    teacher=None,
+    fine_template: bool = False,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+    log=print,
+) -> Path:
     """Train a bundle end to end and write it to `out` (see the module docstring)."""
     import torch
 
@@ -133,7 +160,7 @@ def train_bundle(data_dir, out, name: str, modality: str, region: str, holdout: 
     files = scan_files(data_dir)
     if holdout < 0 or holdout >= len(files):
         raise InputError(f"--holdout {holdout} leaves no training scan among {len(files)}")
-    train_files, val_files = files[:len(files) - holdout], files[len(files) - holdout:]
+    train_files, val_files = files[: len(files) - holdout], files[len(files) - holdout :]
     work = Path(work_dir or Path(out).with_suffix(".work"))
     work.mkdir(parents=True, exist_ok=True)
     scans = [read(f) for f in train_files]
@@ -144,35 +171,39 @@ def train_bundle(data_dir, out, name: str, modality: str, region: str, holdout: 
     ranking = rank_templates(scans, names)
     log("template ranking (imaging range, outliers last):")
     for i, row in enumerate(ranking[:10]):
-        log(f"  {i + 1:2d}. {row['name']:40s} {'x'.join(f'{e:g}' for e in row['extent_mm'])} mm "
-            f"{row['grey_levels']:5d} levels {row['excluded']}")
+        log(
+            f"  {i + 1:2d}. {row['name']:40s} {'x'.join(f'{e:g}' for e in row['extent_mm'])} mm "
+            f"{row['grey_levels']:5d} levels {row['excluded']}"
+        )
     template_index = names.index(ranking[0]["name"])
     labels_path = train_files[template_index].parent.parent / "labels" / train_files[template_index].name
     template, template_labels = scans[template_index], read(labels_path) if labels_path.exists() else None
     if fine_template:
         template, template_labels = template_grid(template, scans, labels=template_labels)
-    log(f"template: {names[template_index]} ({'x'.join(map(str, template.size))} voxels of "
-        f"{'x'.join(f'{s:.3g}' for s in template.spacing)} mm)")
+    log(
+        f"template: {names[template_index]} ({'x'.join(map(str, template.size))} voxels of "
+        f"{'x'.join(f'{s:.3g}' for s in template.spacing)} mm)"
+    )
 
     settings = CycleSettings(omega=omega or (10.0 if is_ct else 12.0))
     aligned, losses, probe_losses = [], [], []
     val_aligned, val_support = [], []
-    for i, (path, scan) in enumerate(zip(list(train_files) + list(val_files),
-                                         scans + [read(f) for f in val_files])):
+    for i, (path, scan) in enumerate(zip(list(train_files) + list(val_files), scans + [read(f) for f in val_files])):
         reporter("register", i / len(files), f"registering {path.name}")
         cached = work / f"{_stem(path)}.npz"
         data = np.load(cached) if cached.exists() else {}
-        if "alignment" in data and int(data["alignment"]) == ALIGNMENT_VERSION:   # else redone
+        if "alignment" in data and int(data["alignment"]) == ALIGNMENT_VERSION:  # else redone
             unit, support, loss, probe = data["unit"], data["support"], float(data["loss"]), float(data["probe"])
         else:
             reg = register(scan, template, settings, cancel=cancel)
             stored = decode_shape(reg.shape_code(SHAPE_BITS))
             frame = frame_for(scan, reg.frame, stored, TEXTURE_BLOCK)[0]
-            unit, support = into_template(scan, stored.backward, stored.matrix, reg.frame, frame,
-                                          intensity_map(scan.array, rule))
+            unit, support = into_template(
+                scan, stored.backward, stored.matrix, reg.frame, frame, intensity_map(scan.array, rule)
+            )
             loss = reg.loss
             h = reg.fit.history
-            probe = float(np.mean(h[max(0, settings.probe_steps - 20):settings.probe_steps]))
+            probe = float(np.mean(h[max(0, settings.probe_steps - 20) : settings.probe_steps]))
             np.savez(cached, unit=unit, support=support, loss=loss, probe=probe, alignment=ALIGNMENT_VERSION)
         if i < len(train_files):
             aligned.append(unit.astype(np.float32))
@@ -184,13 +215,15 @@ def train_bundle(data_dir, out, name: str, modality: str, region: str, holdout: 
             probe_losses.append(probe)
         log(f"  registered {path.name}: loss {loss:.4f}")
     threshold = float(np.percentile(probe_losses, 75.0))
-    log(f"calibrated gradual-degradation threshold (75th percentile after {settings.probe_steps} steps): "
-        f"{threshold:.4f}")
+    log(
+        f"calibrated gradual-degradation threshold (75th percentile after {settings.probe_steps} steps): "
+        f"{threshold:.4f}"
+    )
 
     training_volumes = list(aligned)
     if augment_copies:
         rng = np.random.default_rng(0)
-        for k in range(augment_copies):
+        for _ in range(augment_copies):
             for unit in aligned:
                 training_volumes.append(augment(unit, rng))
         log(f"augmentation: {augment_copies} deformed/intensity-changed copies of each training scan")
@@ -208,38 +241,70 @@ def train_bundle(data_dir, out, name: str, modality: str, region: str, holdout: 
     else:
         config = TextureConfig(**(texture_overrides or {}))
     train_settings = TrainSettings(steps=steps, patch=patch)
-    if len(train_settings.lambdas) != config.levels:   # one λ per rate level, over the same span
+    if len(train_settings.lambdas) != config.levels:  # one λ per rate level, over the same span
         span = train_settings.lambdas
         train_settings.lambdas = [float(v) for v in np.geomspace(span[0], span[-1], config.levels)]
     log(f"training the texture codec on {len(training_volumes)} aligned volumes for {steps} steps")
-    codec = train(training_volumes, work / "texture", config, train_settings, resume=resume,
-                  progress=progress, cancel=cancel, teacher=teacher_net)
+    codec = train(
+        training_volumes,
+        work / "texture",
+        config,
+        train_settings,
+        resume=resume,
+        progress=progress,
+        cancel=cancel,
+        teacher=teacher_net,
+    )
     trained = time.time() - started
 
     rates = [0.0, 0.25, 0.5, 0.75, 1.0]
     itemsize = np.dtype(template.dtype).itemsize
-    validation = evaluate(codec, val_aligned, rates, raw_itemsize=itemsize, supports=val_support,
-                          blocks=[block_for(v.shape, TEXTURE_BLOCK) for v in val_aligned]) if val_aligned else []
+    validation = (
+        evaluate(
+            codec,
+            val_aligned,
+            rates,
+            raw_itemsize=itemsize,
+            supports=val_support,
+            blocks=[block_for(v.shape, TEXTURE_BLOCK) for v in val_aligned],
+        )
+        if val_aligned
+        else []
+    )
     for point in validation:
         log("  validation " + json.dumps({k: round(v, 4) for k, v in point.items()}))
 
     subjects = len(train_files)
     bundle_config = {
-        "name": name, "modality": modality, "region": region,
-        "description": description or (f"{modality} {region}; trained on {subjects} scans "
-                                       f"(held out {holdout})"),
+        "name": name,
+        "modality": modality,
+        "region": region,
+        "description": description or (f"{modality} {region}; trained on {subjects} scans (held out {holdout})"),
         "intensity": rule,
         "texture": {"block": TEXTURE_BLOCK, "rates": [0.0, 1.0]},
-        "registration": {**{k: v for k, v in asdict(settings).items() if k != "threshold"},
-                         "threshold": threshold, "prealignment": "moments", "downsample": 2},
-        "training": {"scans": subjects, "holdout": holdout,
-                     "holdout_files": [f.name for f in val_files], "template": names[template_index],
-                     "template_ranking": ranking[:5], "registration_loss_median": float(np.median(losses)),
-                     "augment_copies": augment_copies, "steps": steps, "teacher": teacher_id,
-                     "fine_template": fine_template,
-                     "texture_config": config.to_dict(), "train_settings": asdict(train_settings),
-                     "seconds": round(trained, 1), "threads": threads,
-                     "command": command or " ".join(sys.argv)},
+        "registration": {
+            **{k: v for k, v in asdict(settings).items() if k != "threshold"},
+            "threshold": threshold,
+            "prealignment": "moments",
+            "downsample": 2,
+        },
+        "training": {
+            "scans": subjects,
+            "holdout": holdout,
+            "holdout_files": [f.name for f in val_files],
+            "template": names[template_index],
+            "template_ranking": ranking[:5],
+            "registration_loss_median": float(np.median(losses)),
+            "augment_copies": augment_copies,
+            "steps": steps,
+            "teacher": teacher_id,
+            "fine_template": fine_template,
+            "texture_config": config.to_dict(),
+            "train_settings": asdict(train_settings),
+            "seconds": round(trained, 1),
+            "threads": threads,
+            "command": command or " ".join(sys.argv),
+        },
         "validation": validation,
     }
     path = save_bundle(out, bundle_config, template, template_labels, codec.to_bytes())

@@ -4,6 +4,7 @@ Array order is (z, y, x) as SimpleITK's `GetArrayFromImage` returns it; spacing,
 direction are in ITK order (x, y, z) and in the LPS physical frame. Conversion to anything else
 (RAS for Slicer, normalised coordinates for the networks) happens at the boundary that needs it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -90,10 +91,12 @@ class Volume:
 
     def same_grid(self, other: "Volume", tol: float = 1e-5) -> bool:
         """True when both volumes sample the same physical grid (size, spacing, origin, direction)."""
-        return (self.size == other.size
-                and np.allclose(self.spacing, other.spacing, atol=tol)
-                and np.allclose(self.origin, other.origin, atol=tol * 100)
-                and np.allclose(self.direction, other.direction, atol=tol))
+        return (
+            self.size == other.size
+            and np.allclose(self.spacing, other.spacing, atol=tol)
+            and np.allclose(self.origin, other.origin, atol=tol * 100)
+            and np.allclose(self.direction, other.direction, atol=tol)
+        )
 
     def with_array(self, array: np.ndarray, **changes: Any) -> "Volume":
         """The same geometry and metadata with new voxels (and optionally other fields)."""
@@ -125,8 +128,9 @@ class Volume:
         import SimpleITK as sitk
 
         if image.GetNumberOfComponentsPerPixel() != 1:
-            raise InputError(f"expected a scalar image, got {image.GetNumberOfComponentsPerPixel()} "
-                             "components per voxel")
+            raise InputError(
+                f"expected a scalar image, got {image.GetNumberOfComponentsPerPixel()} components per voxel"
+            )
         if image.GetDimension() == 2:
             image = sitk.JoinSeries(image)
         elif image.GetDimension() == 4 and image.GetSize()[3] == 1:
@@ -135,8 +139,15 @@ class Volume:
             raise InputError(f"expected a 3-D image, got {image.GetDimension()}-D")
         array = sitk.GetArrayViewFromImage(image)
         dtype = _dtype_for(array)
-        return cls(array.astype(np.float32), image.GetSpacing(), image.GetOrigin(),
-                   image.GetDirection(), dtype, units, dict(meta or {}))
+        return cls(
+            array.astype(np.float32),
+            image.GetSpacing(),
+            image.GetOrigin(),
+            image.GetDirection(),
+            dtype,
+            units,
+            dict(meta or {}),
+        )
 
 
 def cast_to_dtype(array: np.ndarray, dtype: str) -> np.ndarray:
@@ -153,7 +164,7 @@ def _dtype_for(array: np.ndarray) -> str:
     name = array.dtype.name
     if name in SUPPORTED_DTYPES:
         return name
-    if name in ("uint64", "int64") and array.size and array.min() >= -2**31 and array.max() < 2**31:
+    if name in ("uint64", "int64") and array.size and array.min() >= -(2**31) and array.max() < 2**31:
         return "int32"
     raise InputError(f"unsupported voxel type {name}")
 

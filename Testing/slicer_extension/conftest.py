@@ -7,6 +7,7 @@ Test modules that need MRML call `require_slicer_core()` at import, so without s
 are skipped with the reason (CI installs it: `pip install -e ".[slicer]"`). The static checks and
 the job tests need no Slicer at all.
 """
+
 import sys
 from pathlib import Path
 
@@ -22,11 +23,13 @@ for path in (MODULE_DIR, Path(__file__).resolve().parent):
 def require_slicer_core():
     """Import slicer-core's `slicer` or skip the calling test module, saying why."""
     slicer = pytest.importorskip(
-        "slicer", reason="slicer-core is not installed: pip install 'slicer-core==5.13.31053.0' "
-                         "(the 'slicer' extra of deepstd)")
+        "slicer",
+        reason="slicer-core is not installed: pip install 'slicer-core==5.13.31053.0' (the 'slicer' extra of deepstd)",
+    )
     if not hasattr(slicer, "vtkMRMLScene"):
-        pytest.skip(f"the 'slicer' module at {slicer.__file__} is not slicer-core (no vtkMRMLScene)",
-                    allow_module_level=True)
+        pytest.skip(
+            f"the 'slicer' module at {slicer.__file__} is not slicer-core (no vtkMRMLScene)", allow_module_level=True
+        )
     return slicer
 
 

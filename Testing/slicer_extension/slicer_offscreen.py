@@ -3,6 +3,7 @@
 Slicer's Qt views are rebuilt on plain VTK (slice logic + image actor + displayable managers),
 rendering through EGL/llvmpipe without a display (docs/SLICER.md, section 6).
 """
+
 import os
 
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")  # before any render window
@@ -14,14 +15,26 @@ import slicer  # noqa: E402
 import vtk  # noqa: E402
 from vtk.util import numpy_support  # noqa: E402
 
-SLICE_DMS = ["vtkMRMLModelSliceDisplayableManager", "vtkMRMLSegmentationsDisplayableManager2D",
-             "vtkMRMLTransformsDisplayableManager2D", "vtkMRMLCrosshairDisplayableManager",
-             "vtkMRMLOrientationMarkerDisplayableManager", "vtkMRMLRulerDisplayableManager",
-             "vtkMRMLScalarBarDisplayableManager", "vtkMRMLColorLegendDisplayableManager"]
-THREED_DMS = ["vtkMRMLCameraDisplayableManager", "vtkMRMLViewDisplayableManager",
-              "vtkMRMLModelDisplayableManager", "vtkMRMLThreeDReformatDisplayableManager",
-              "vtkMRMLSegmentationsDisplayableManager3D", "vtkMRMLTransformsDisplayableManager3D",
-              "vtkMRMLVolumeRenderingDisplayableManager", "vtkMRMLColorLegendDisplayableManager"]
+SLICE_DMS = [
+    "vtkMRMLModelSliceDisplayableManager",
+    "vtkMRMLSegmentationsDisplayableManager2D",
+    "vtkMRMLTransformsDisplayableManager2D",
+    "vtkMRMLCrosshairDisplayableManager",
+    "vtkMRMLOrientationMarkerDisplayableManager",
+    "vtkMRMLRulerDisplayableManager",
+    "vtkMRMLScalarBarDisplayableManager",
+    "vtkMRMLColorLegendDisplayableManager",
+]
+THREED_DMS = [
+    "vtkMRMLCameraDisplayableManager",
+    "vtkMRMLViewDisplayableManager",
+    "vtkMRMLModelDisplayableManager",
+    "vtkMRMLThreeDReformatDisplayableManager",
+    "vtkMRMLSegmentationsDisplayableManager3D",
+    "vtkMRMLTransformsDisplayableManager3D",
+    "vtkMRMLVolumeRenderingDisplayableManager",
+    "vtkMRMLColorLegendDisplayableManager",
+]
 
 
 class HeadlessApp:
@@ -45,7 +58,8 @@ class HeadlessApp:
         slicer.mrmlScene = self.scene
         slicer.modules = types.SimpleNamespace(
             volumes=types.SimpleNamespace(logic=lambda: self.volumes),
-            segmentations=types.SimpleNamespace(logic=lambda: self.segmentations))
+            segmentations=types.SimpleNamespace(logic=lambda: self.segmentations),
+        )
 
     def _register(self, logic, name):
         logic.SetMRMLApplicationLogic(self.app)

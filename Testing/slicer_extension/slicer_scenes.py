@@ -4,14 +4,15 @@ Used by the render test and by scripts/render_slicer_views.py (the pictures in d
 Until the codec exists, the "decompressed" volume is a stand-in (the scan smoothed and
 re-quantised) and the deformation is a synthetic smooth field shaped like a registration snapshot.
 """
+
 import os
 import types
 from pathlib import Path
 
 import numpy as np
+from slicer_offscreen import HeadlessApp, OffscreenSliceView, OffscreenThreeDView
 
 from DeepSTDSlicerLib import core, mrml
-from slicer_offscreen import HeadlessApp, OffscreenSliceView, OffscreenThreeDView
 
 SHARED_DATA = Path(os.environ.get("DEEPSTD_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 LA_SUBJECT = "LA_1D7CUD1955YZPGK8XHJX"
@@ -32,13 +33,17 @@ def load_scan():
     organ = ((x - 60) / 16) ** 2 + ((y - 44) / 13) ** 2 + ((z - 20) / 12) ** 2 < 1
     scan = body * 60.0 + organ * 120 + np.random.default_rng(0).normal(0, 6, x.shape) * body
     geometry = dict(spacing=(0.8, 0.8, 1.5), origin=(-45.0, -38.0, -30.0))
-    return (Volume(np.clip(scan, 0, 255), dtype="uint8", **geometry),
-            Volume(organ.astype(np.float32), dtype="uint8", **geometry), False)
+    return (
+        Volume(np.clip(scan, 0, 255), dtype="uint8", **geometry),
+        Volume(organ.astype(np.float32), dtype="uint8", **geometry),
+        False,
+    )
 
 
 def stand_in_decoded(scan):
     """What a lossy decode looks like: smoothed (1 mm) and re-quantised to the scan's dtype."""
     import SimpleITK as sitk
+
     from deepstd.volume import cast_to_dtype
 
     smooth = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(scan.to_sitk(cast=False), 1.0))
@@ -50,10 +55,19 @@ def synthetic_snapshot(scan, points=17, amplitude=4.0):
     extent = np.asarray(scan.extent_mm)
     spacing = tuple(extent / (points - 1))
     k, j, i = np.indices((points, points, points)).astype(float) / (points - 1)
-    field = np.stack([amplitude * np.sin(2 * np.pi * j), amplitude * np.cos(2 * np.pi * i),
-                      0.5 * amplitude * np.sin(np.pi * k)], axis=-1)
-    return types.SimpleNamespace(displacement=field, spacing=spacing, origin=scan.origin,
-                                 direction=scan.direction, loss=-0.62, omega=12.0, step=150)
+    field = np.stack(
+        [amplitude * np.sin(2 * np.pi * j), amplitude * np.cos(2 * np.pi * i), 0.5 * amplitude * np.sin(np.pi * k)],
+        axis=-1,
+    )
+    return types.SimpleNamespace(
+        displacement=field,
+        spacing=spacing,
+        origin=scan.origin,
+        direction=scan.direction,
+        loss=-0.62,
+        omega=12.0,
+        step=150,
+    )
 
 
 def dilated(labels):
@@ -75,7 +89,7 @@ class DemoScene:
         self.transform = self.app.scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "scan to template")
         self.logic.apply_snapshot(self.transform, synthetic_snapshot(scan), self.scan)
         self.transform.GetDisplayNode().SetGridSpacingMm(8.0)
-        self.preview = self.logic.preview_volume(self.scan, self.transform)   # the scan as it aligns
+        self.preview = self.logic.preview_volume(self.scan, self.transform)  # the scan as it aligns
         original = mrml.volume_from_node(self.scan)
         residue = original.with_array(original.array - mrml.volume_from_node(self.decoded).array, dtype="float32")
         self.residue = mrml.add_volume_node(residue, "residue", self.app.scene, cast=False)

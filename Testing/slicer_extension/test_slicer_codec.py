@@ -1,13 +1,13 @@
 """The codec seam and the Codec section: bundle files (read by deepstd.bundle), template and
 labels into the scene, finding the bundle a file needs, the typed header, atomic writes, clear
 unavailability."""
+
 import numpy as np
 import pytest
-
 from conftest import require_slicer_core
 
 slicer = require_slicer_core()
-import slicer.util  # noqa: E402
+import slicer.util  # noqa: E402, F811
 
 from DeepSTDSlicerLib import codec, core  # noqa: E402
 
@@ -21,11 +21,21 @@ def bundle(tmp_path, oblique_volume, monkeypatch):
     folder = tmp_path / "deepstd" / "bundles"
     labels = np.zeros(oblique_volume.array.shape, np.float32)
     labels[1:4, 2:6, 3:8], labels[4:6, 6:9, 8:11] = 1, 2
-    label_volume = Volume(labels, oblique_volume.spacing, oblique_volume.origin, oblique_volume.direction,
-                          dtype="uint8")
-    path = save_bundle(folder / "ct-torso.dstdb", {"name": "ct-torso", "modality": "CT", "region": "torso",
-                                                    "description": "whole-body CT, arms down",
-                                                    "training": {"scans": 3}}, oblique_volume, label_volume)
+    label_volume = Volume(
+        labels, oblique_volume.spacing, oblique_volume.origin, oblique_volume.direction, dtype="uint8"
+    )
+    path = save_bundle(
+        folder / "ct-torso.dstdb",
+        {
+            "name": "ct-torso",
+            "modality": "CT",
+            "region": "torso",
+            "description": "whole-body CT, arms down",
+            "training": {"scans": 3},
+        },
+        oblique_volume,
+        label_volume,
+    )
     monkeypatch.setattr(codec.bundles(), "SHIPPED_DIR", folder)
     return path
 
@@ -49,8 +59,11 @@ def test_shipped_bundles_are_listed_and_described(bundle, tmp_path):
     from deepstd import Volume
     from deepstd.bundle import save_bundle
 
-    bare = save_bundle(tmp_path / "bare.dstdb", {"name": "bare", "modality": "MR", "region": "knee"},
-                       Volume(np.zeros((2, 2, 2), np.float32)))
+    bare = save_bundle(
+        tmp_path / "bare.dstdb",
+        {"name": "bare", "modality": "MR", "region": "knee"},
+        Volume(np.zeros((2, 2, 2), np.float32)),
+    )
     assert codec.describe_bundle(bare) == "<b>bare</b> | modality: MR | region: knee | trained on: ? scans"
 
 
@@ -59,7 +72,7 @@ def test_show_template_loads_scan_and_labels(headless, bundle, oblique_volume):
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), oblique_volume.to_dtype_array())
     assert node.GetAttribute("DeepSTD.units") == "HU"
     assert segmentation.GetSegmentation().GetNumberOfSegments() == 2
-    assert headless.scene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode") == 0   # temporary removed
+    assert headless.scene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode") == 0  # temporary removed
     composite = headless.scene.GetFirstNodeByClass("vtkMRMLSliceCompositeNode")
     if composite is not None:
         assert composite.GetBackgroundVolumeID() == node.GetID()
@@ -81,8 +94,9 @@ def _header(volume, bundle_ref, **keys):
     from deepstd.alignment import IntensityMap
     from deepstd.codec.header import CodecKeys, DstdHeader
 
-    return DstdHeader.for_volume(volume, intensity=IntensityMap(-1000.0, 1000.0), bundle=bundle_ref,
-                                 codec=CodecKeys((0, 0, 0)), **keys)
+    return DstdHeader.for_volume(
+        volume, intensity=IntensityMap(-1000.0, 1000.0), bundle=bundle_ref, codec=CodecKeys((0, 0, 0)), **keys
+    )
 
 
 def test_the_bundle_a_file_needs_is_found_by_id(bundle, tmp_path, oblique_volume):
@@ -98,10 +112,10 @@ def test_the_bundle_a_file_needs_is_found_by_id(bundle, tmp_path, oblique_volume
     shipped_id = bundle_sha256(bundle)
     assert find(_header(oblique_volume, BundleRef("ct-torso", shipped_id)), []) == bundle
     full = _header(oblique_volume, BundleRef("ct-torso", shipped_id))
-    assert find(full.lean(), [other]) == bundle                                 # a lean header: 16 hex digits
+    assert find(full.lean(), [other]) == bundle  # a lean header: 16 hex digits
     assert len(full.lean().bundle.sha256) == LEAN_BUNDLE_ID
     with pytest.raises(BundleError, match="needs the codec bundle 'ct-torso'.*not available.*Codec section"):
-        find(_header(oblique_volume, BundleRef("ct-torso", "0" * 64)), [other])   # the name alone is not enough
+        find(_header(oblique_volume, BundleRef("ct-torso", "0" * 64)), [other])  # the name alone is not enough
 
 
 def test_write_atomic_leaves_nothing_behind_on_failure(tmp_path, monkeypatch):
@@ -126,8 +140,14 @@ def test_read_header_types_the_header_and_adds_the_ratio(oblique_volume):
     from deepstd.errors import FormatError
     from deepstd.grid import Frame
 
-    header = _header(oblique_volume, BundleRef("la-mr", "ab" * 32), encoder_version="1.2.3", target_ratio=64.0,
-                     keep=KeepInfo(0.0, 12), warnings=("clipped",))
+    header = _header(
+        oblique_volume,
+        BundleRef("la-mr", "ab" * 32),
+        encoder_version="1.2.3",
+        target_ratio=64.0,
+        keep=KeepInfo(0.0, 12),
+        warnings=("clipped",),
+    )
     data = pack(header.to_dict(), {"shape": b"s" * 10, "texture": b"t" * 30})
     read = codec.read_header(data)
     assert read.header == header
@@ -139,11 +159,10 @@ def test_read_header_types_the_header_and_adds_the_ratio(oblique_volume):
     assert lean.encoder_version is None and lean.bundle.sha256 == "ab" * 8
     with pytest.raises(FormatError):
         codec.read_header(data[:-3])
-    with pytest.raises(FormatError, match="intensity"):                # the container alone would accept it
+    with pytest.raises(FormatError, match="intensity"):  # the container alone would accept it
         codec.read_header(pack({k: v for k, v in header.to_dict().items() if k != "intensity"}, {"shape": b"s"}))
 
 
 def test_unavailable_parts_raise_a_message_the_gui_can_show():
     with pytest.raises(codec.CodecUnavailable, match="Compression needs deepstd.not_there"):
         codec.require("deepstd.not_there", "Compression")
-

@@ -1,14 +1,14 @@
 """First-use installation: asks before anything is installed, torch through PyTorchUtils, compressai
 without its dependencies, and nothing at all when everything is there."""
+
 import sys
 import types
 
 import pytest
-
 from conftest import require_slicer_core
 
 slicer = require_slicer_core()
-import slicer.util  # noqa: E402
+import slicer.util  # noqa: E402, F811
 
 from DeepSTDSlicerLib import dependencies  # noqa: E402
 
@@ -62,7 +62,7 @@ def test_declining_pytorch_stops_everything(world):
 def test_pip_packages_are_listed_then_installed_compressai_without_deps(world):
     world.missing = {"compressai", "scipy", "skimage"}
     assert dependencies.ensure(world.confirm)
-    question, = world.questions
+    (question,) = world.questions
     assert "compressai==1.2.8" in question and "scipy" in question and "scikit-image" in question
     assert world.pip == [["scipy", "scikit-image"], ["--no-deps", "compressai==1.2.8"]]
 

@@ -1,10 +1,10 @@
 """The .dstd reader/writer plugins, driven as Slicer drives them but with a stand-in `parent`."""
+
 import importlib
 
 import numpy as np
 import pytest
 import vtk
-
 from conftest import require_slicer_core
 
 slicer = require_slicer_core()
@@ -73,9 +73,9 @@ def test_reader_turns_a_broken_file_into_a_user_message(headless, tmp_path):
     path.write_bytes(b"DSTD\x00\x01garbage")
     parent = FakeIOParent()
     assert DeepSTDSlicerFileReader(parent).load({"fileName": str(path)}) is False
-    (event, text), = parent._messages.messages
+    ((event, text),) = parent._messages.messages
     assert event == vtk.vtkCommand.ErrorEvent and "broken.dstd" in text
-    assert "version" in text or "truncated" in text or "cannot be imported" in text   # FormatError names it
+    assert "version" in text or "truncated" in text or "cannot be imported" in text  # FormatError names it
     assert parent.loadedNodes == []
     assert headless.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0
 
@@ -85,8 +85,13 @@ def _file_header(volume, name, sha256, **keys):
     from deepstd.alignment import IntensityMap
     from deepstd.codec.header import BundleRef, CodecKeys, DstdHeader
 
-    return DstdHeader.for_volume(volume, intensity=IntensityMap(-1000.0, 1000.0), bundle=BundleRef(name, sha256),
-                                 codec=CodecKeys((0, 0, 0)), **keys)
+    return DstdHeader.for_volume(
+        volume,
+        intensity=IntensityMap(-1000.0, 1000.0),
+        bundle=BundleRef(name, sha256),
+        codec=CodecKeys((0, 0, 0)),
+        **keys,
+    )
 
 
 def test_reader_names_a_missing_bundle(headless, oblique_volume, tmp_path, monkeypatch):
@@ -136,9 +141,12 @@ def test_reader_adds_the_decoded_volume_with_its_provenance(headless, oblique_vo
     node = headless.scene.GetNodeByID(parent.loadedNodes[0])
     assert node.GetName() == "scan"
     ratio = f"{round(oblique_volume.raw_bytes / len(data), 2)}"
-    assert (node.GetAttribute(core.ATTR_RATIO), node.GetAttribute(core.ATTR_BUNDLE),
-            node.GetAttribute(core.ATTR_BUNDLE_ID), node.GetAttribute(core.ATTR_ENCODER)) == \
-        (ratio, "la-mr", header.bundle.sha256, "" if lean else "0.1.0")
+    assert (
+        node.GetAttribute(core.ATTR_RATIO),
+        node.GetAttribute(core.ATTR_BUNDLE),
+        node.GetAttribute(core.ATTR_BUNDLE_ID),
+        node.GetAttribute(core.ATTR_ENCODER),
+    ) == (ratio, "la-mr", header.bundle.sha256, "" if lean else "0.1.0")
     assert len(node.GetAttribute(core.ATTR_BUNDLE_ID)) == (16 if lean else 64)
     back = mrml.volume_from_node(node)
     np.testing.assert_array_equal(back.array, oblique_volume.array)
@@ -180,8 +188,9 @@ def test_writer_uses_the_module_settings(headless, oblique_volume, tmp_path, mon
 
 
 def test_write_then_read_round_trip_with_the_real_codec(headless, tmp_path):
-    from deepstd import Volume
     from shared_data import OBLIQUE_DIRECTION
+
+    from deepstd import Volume
 
     codec_ready()
     name = next(iter(codec.bundles().shipped_bundles()))
@@ -191,12 +200,20 @@ def test_write_then_read_round_trip_with_the_real_codec(headless, tmp_path):
     # large enough for a real file at 16x (a 2 KB volume cannot hold the minimal shape + texture codes)
     z, y, x = np.meshgrid(np.arange(20), np.arange(40), np.arange(48), indexing="ij")
     blob = 400 * np.exp(-((x - 24) ** 2 / 150 + (y - 20) ** 2 / 90 + (z - 10) ** 2 / 40)) + 5 * (x % 7)
-    oblique_volume = Volume(blob.round().astype(np.float32), spacing=(0.8, 0.7, 2.5), origin=(-12.5, 40.25, 7.0),
-                            direction=OBLIQUE_DIRECTION, dtype="int16", units="unitless")
+    oblique_volume = Volume(
+        blob.round().astype(np.float32),
+        spacing=(0.8, 0.7, 2.5),
+        origin=(-12.5, 40.25, 7.0),
+        direction=OBLIQUE_DIRECTION,
+        dtype="int16",
+        units="unitless",
+    )
     node = mrml.add_volume_node(oblique_volume, "v")
     path = tmp_path / "v.dstd"
     parent = FakeIOParent()
-    assert DeepSTDSlicerFileWriter(parent).write({"nodeID": node.GetID(), "fileName": str(path)}), parent._messages.messages
+    assert DeepSTDSlicerFileWriter(parent).write({"nodeID": node.GetID(), "fileName": str(path)}), (
+        parent._messages.messages
+    )
     reader_parent = FakeIOParent()
     assert DeepSTDSlicerFileReader(reader_parent).load({"fileName": str(path)}), reader_parent._messages.messages
     decoded = headless.scene.GetNodeByID(reader_parent.loadedNodes[0])
@@ -207,5 +224,6 @@ def test_write_then_read_round_trip_with_the_real_codec(headless, tmp_path):
     assert float(decoded.GetAttribute(core.ATTR_RATIO)) > 1
     # exactly what the package decodes from the same bytes (the CLI's path)
     import deepstd.codec
+
     direct = deepstd.codec.decode(path.read_bytes(), codec.bundles().load_bundle(name))
     np.testing.assert_array_equal(back.array, direct.to_dtype_array())

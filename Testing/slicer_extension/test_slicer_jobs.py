@@ -1,8 +1,10 @@
 """Background jobs: work on a thread, events on the polling thread, errors never lost."""
+
 import threading
 import types
 
 from conftest import MODULE_DIR  # noqa: F401  (puts DeepSTDSlicerLib on sys.path)
+
 from DeepSTDSlicerLib.jobs import Job
 
 

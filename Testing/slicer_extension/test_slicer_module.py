@@ -1,13 +1,13 @@
 """DeepSTDSlicer.py itself, imported headless: Qt, CTK and Slicer's scripted-module base classes are
 replaced by minimal stand-ins, so this checks that the module file imports with slicer-core's real
 MRML classes, exposes the IO plugins by name, and that its self-test (DeepSTDSlicerTest) passes."""
+
 import importlib
 import sys
 import types
 import unittest
 
 import pytest
-
 from conftest import require_slicer_core
 
 slicer = require_slicer_core()
@@ -32,15 +32,22 @@ def _stand_ins():
 
     slm = types.ModuleType("slicer.ScriptedLoadableModule")
     slm.ScriptedLoadableModule, slm.ScriptedLoadableModuleWidget = ScriptedLoadableModule, ScriptedLoadableModuleWidget
-    slm.ScriptedLoadableModuleLogic, slm.ScriptedLoadableModuleTest = ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest
+    slm.ScriptedLoadableModuleLogic, slm.ScriptedLoadableModuleTest = (
+        ScriptedLoadableModuleLogic,
+        ScriptedLoadableModuleTest,
+    )
     pnw = types.ModuleType("slicer.parameterNodeWrapper")
     pnw.parameterNodeWrapper = lambda cls: cls
     pnw.Choice = pnw.WithinRange = lambda *args: None
     i18n = types.ModuleType("slicer.i18n")
     i18n.tr = lambda text: text
     i18n.translate = lambda context, text: text
-    return {"qt": types.ModuleType("qt"), "slicer.ScriptedLoadableModule": slm,
-            "slicer.parameterNodeWrapper": pnw, "slicer.i18n": i18n}
+    return {
+        "qt": types.ModuleType("qt"),
+        "slicer.ScriptedLoadableModule": slm,
+        "slicer.parameterNodeWrapper": pnw,
+        "slicer.i18n": i18n,
+    }
 
 
 @pytest.fixture

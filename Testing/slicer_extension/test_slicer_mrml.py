@@ -1,12 +1,12 @@
 """MRML <-> deepstd.Volume through the module's own helpers, checked against SimpleITK and
 Slicer's NRRD storage (LPS on disk), with an oblique and flipped direction matrix."""
+
 import numpy as np
 import pytest
-
 from conftest import require_slicer_core
 
 slicer = require_slicer_core()
-import slicer.util  # noqa: E402
+import slicer.util  # noqa: E402, F811
 import vtk  # noqa: E402
 
 from DeepSTDSlicerLib import mrml  # noqa: E402

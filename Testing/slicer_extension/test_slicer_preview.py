@@ -1,15 +1,15 @@
 """The live registration preview: grid transform nodes fed with displacement snapshots."""
+
 import threading
 import time
 import types
 
 import numpy as np
 import pytest
-
 from conftest import require_slicer_core
 
 slicer = require_slicer_core()
-import slicer.util  # noqa: E402
+import slicer.util  # noqa: E402, F811
 
 from DeepSTDSlicerLib import codec, core, mrml  # noqa: E402
 
@@ -19,8 +19,15 @@ SPACING, ORIGIN = (4.0, 5.0, 6.0), (-20.0, 10.0, 3.0)
 
 def snapshot(field, step=25, loss=-0.5):
     """What deepstd.shape reports: a coarse forward field (z, y, x, 3), LPS mm, ITK convention."""
-    return types.SimpleNamespace(displacement=field, spacing=SPACING, origin=ORIGIN,
-                                 direction=tuple(DIRECTION.reshape(-1)), loss=loss, omega=10.0, step=step)
+    return types.SimpleNamespace(
+        displacement=field,
+        spacing=SPACING,
+        origin=ORIGIN,
+        direction=tuple(DIRECTION.reshape(-1)),
+        loss=loss,
+        omega=10.0,
+        step=step,
+    )
 
 
 def smooth_field(shape=(6, 7, 8), amplitude=3.0):
@@ -73,7 +80,7 @@ def test_preview_updates_in_place_and_notifies_observers(headless):
     events = []
     node.AddObserver(slicer.vtkMRMLTransformableNode.TransformModifiedEvent, lambda *a: events.append(1))
     mrml.update_grid_transform(node, 2 * smooth_field(), SPACING, ORIGIN, DIRECTION.reshape(-1))
-    assert node.GetTransformFromParent().GetDisplacementGrid() is image       # no reallocation
+    assert node.GetTransformFromParent().GetDisplacementGrid() is image  # no reallocation
     assert events, "views must be told that the transform changed"
     np.testing.assert_allclose(slicer.util.arrayFromGridTransform(node)[..., 2], 2 * smooth_field()[..., 2])
     mrml.update_grid_transform(node, smooth_field((3, 3, 3)), SPACING, ORIGIN, DIRECTION.reshape(-1))
@@ -104,8 +111,14 @@ def test_registration_job_streams_previews_and_status(headless, oblique_volume, 
 
     def fake_register(moving, template, progress, cancel, **options):
         for n, f in enumerate(fields):
-            progress(types.SimpleNamespace(stage="register", fraction=(n + 1) / 3, message=f"step {n}",
-                                           snapshot=snapshot(f, step=25 * (n + 1), loss=-0.1 * n)))
+            progress(
+                types.SimpleNamespace(
+                    stage="register",
+                    fraction=(n + 1) / 3,
+                    message=f"step {n}",
+                    snapshot=snapshot(f, step=25 * (n + 1), loss=-0.1 * n),
+                )
+            )
         release.wait(5)
         return "registration result"
 
@@ -114,8 +127,9 @@ def test_registration_job_streams_previews_and_status(headless, oblique_volume, 
     template = mrml.add_volume_node(oblique_volume, "template")
     statuses, done = [], []
     logic = core.DeepSTDCore()
-    job = logic.start_registration(moving, template, on_status=lambda s: statuses.append((s.step, s.loss)),
-                                   on_done=done.append)
+    job = logic.start_registration(
+        moving, template, on_status=lambda s: statuses.append((s.step, s.loss)), on_done=done.append
+    )
     deadline = time.time() + 5
     while not statuses or statuses[-1][0] != 75:
         job.poll()
@@ -128,8 +142,8 @@ def test_registration_job_streams_previews_and_status(headless, oblique_volume, 
     assert done and logic.last_registration == "registration result"
     preview = headless.scene.GetFirstNodeByName("scan (registration preview)")
     assert preview.GetParentTransformNode() is done[0]
-    assert preview.GetImageData() is moving.GetImageData()                # shares the voxels
-    assert moving.GetParentTransformNode() is None                        # input left untouched
+    assert preview.GetImageData() is moving.GetImageData()  # shares the voxels
+    assert moving.GetParentTransformNode() is None  # input left untouched
     composite = headless.scene.GetFirstNodeByClass("vtkMRMLSliceCompositeNode")
     if composite is not None:
         assert composite.GetForegroundVolumeID() == preview.GetID()
@@ -156,6 +170,7 @@ def test_real_cycle_inr_registration_drives_the_preview(headless):
 
     shape = pytest.importorskip("deepstd.shape", reason="deepstd.shape (registration) is not importable")
     import SimpleITK as sitk
+
     from deepstd.volume import Volume
 
     folder = REPO.parent / "shared" / "data" / "hippocampus_mr" / "images"
@@ -166,8 +181,12 @@ def test_real_cycle_inr_registration_drives_the_preview(headless):
     statuses = []
     settings = shape.CycleSettings(steps=50, preview_every=25, probe_steps=25)
     logic = core.DeepSTDCore()
-    job = logic.start_registration(moving, template, on_status=lambda s: statuses.append((s.step, s.folding)),
-                                   options={"settings": settings, "threads": 1})
+    job = logic.start_registration(
+        moving,
+        template,
+        on_status=lambda s: statuses.append((s.step, s.folding)),
+        options={"settings": settings, "threads": 1},
+    )
     deadline = time.time() + 300
     while job.poll():
         job.wait(0.05)

@@ -1,21 +1,22 @@
 """Quality section: residue node with its diverging display, MAE/PSNR/SSIM and Dice/HD95 tables
 from real MRML volume and segmentation nodes."""
+
 import importlib
 import types
 
 import numpy as np
 import pytest
-
 from conftest import require_slicer_core
 
 slicer = require_slicer_core()
-import slicer.util  # noqa: E402
+import slicer.util  # noqa: E402, F811
 
 from DeepSTDSlicerLib import codec, core, mrml  # noqa: E402
 
 
 def stand_in_metrics():
     """Simple reference formulas, so the glue is tested before deepstd.metrics exists."""
+
     def residue(original, decoded):
         return original.with_array(original.array - decoded.array, dtype="float32")
 
@@ -25,10 +26,14 @@ def stand_in_metrics():
     def dice(a, b, label=None):
         return float(2 * np.logical_and(a, b).sum() / (a.sum() + b.sum()))
 
-    return types.SimpleNamespace(residue=residue, psnr=psnr, dice=dice,
-                                 mae=lambda a, b: float(np.mean(np.abs(a - b))),
-                                 ssim=lambda a, b, data_range=None: 0.5,
-                                 hd95=lambda a, b, spacing: float(spacing[0]))
+    return types.SimpleNamespace(
+        residue=residue,
+        psnr=psnr,
+        dice=dice,
+        mae=lambda a, b: float(np.mean(np.abs(a - b))),
+        ssim=lambda a, b, data_range=None: 0.5,
+        hd95=lambda a, b, spacing: float(spacing[0]),
+    )
 
 
 @pytest.fixture(params=["stand-in", "deepstd"])
@@ -40,8 +45,9 @@ def metrics(request, monkeypatch):
             pytest.skip(f"deepstd.metrics not importable yet ({error}); the glue is tested with the stand-in")
     fake = stand_in_metrics()
     real_require = codec.require
-    monkeypatch.setattr(codec, "require", lambda module, purpose: fake if module == "deepstd.metrics"
-                        else real_require(module, purpose))
+    monkeypatch.setattr(
+        codec, "require", lambda module, purpose: fake if module == "deepstd.metrics" else real_require(module, purpose)
+    )
     return fake
 
 
@@ -55,17 +61,18 @@ def pair(headless, oblique_volume):
 def test_residue_display_is_diverging_and_symmetric(headless, pair):
     original, _ = pair
     values = slicer.util.arrayFromVolume(original).astype(np.float32)
-    residue = mrml.add_volume_node(mrml.volume_from_node(original).with_array(values - values.mean(), dtype="float32"),
-                                   "residue", cast=False)
+    residue = mrml.add_volume_node(
+        mrml.volume_from_node(original).with_array(values - values.mean(), dtype="float32"), "residue", cast=False
+    )
     color = mrml.show_residue(residue, 40.0)
     display = residue.GetDisplayNode()
     assert display.GetColorNodeID() == color.GetID() and color.IsA("vtkMRMLProceduralColorNode")
     assert (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == (-40.0, 40.0)
     ctf = color.GetColorTransferFunction()
     low, mid, high = (np.array(ctf.GetColor(v)) for v in (-40.0, 0.0, 40.0))
-    assert low[2] > low[0] and high[0] > high[2]                   # blue below, red above
-    assert np.allclose(mid, mid[0]) and mid[0] > 0.8               # zero residue is near white
-    assert mrml.show_residue(residue, 10.0) is color               # updated, not duplicated
+    assert low[2] > low[0] and high[0] > high[2]  # blue below, red above
+    assert np.allclose(mid, mid[0]) and mid[0] > 0.8  # zero residue is near white
+    assert mrml.show_residue(residue, 10.0) is color  # updated, not duplicated
     assert color.GetColorTransferFunction().GetRange() == (-10.0, 10.0)
 
 
@@ -99,7 +106,8 @@ def _segmentation(scene, reference, labels, names):
 
     volume = mrml.volume_from_node(reference)
     seg = core.DeepSTDCore(scene).labels_to_segmentation(
-        Volume(labels.astype(np.float32), volume.spacing, volume.origin, volume.direction, "uint8"), "seg", reference)
+        Volume(labels.astype(np.float32), volume.spacing, volume.origin, volume.direction, "uint8"), "seg", reference
+    )
     segmentation = seg.GetSegmentation()
     for i, name in enumerate(names):
         segmentation.GetNthSegment(i).SetName(name)
@@ -125,7 +133,7 @@ def test_dice_and_hd95_per_segment_into_a_table(headless, pair, metrics):
     a[1:5, 2:8, 3:9] = 1
     a[2:6, 7:10, 9:12] = 2
     b = a.copy()
-    b[1:5, 2:8, 3] = 0                                             # one face of "atrium" eroded
+    b[1:5, 2:8, 3] = 0  # one face of "atrium" eroded
     seg_a = _segmentation(headless.scene, original, a, ["atrium", "vein"])
     seg_b = _segmentation(headless.scene, original, b, ["atrium", "vein"])
     table, rows = core.DeepSTDCore().compute_segment_metrics(seg_a, seg_b, original)

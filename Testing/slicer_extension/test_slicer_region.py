@@ -2,15 +2,15 @@
 (tiny synthetic bundle): a slab decoded around a slice lands exactly where the full decode has it,
 with the same voxels, and renders in a slice view; keep masks and the maximum-error mode reach
 the file."""
+
 import os
 
 import numpy as np
 import pytest
-
 from conftest import require_slicer_core
 
 slicer = require_slicer_core()
-import slicer.util  # noqa: E402
+import slicer.util  # noqa: E402, F811
 
 from DeepSTDSlicerLib import codec, core, mrml  # noqa: E402
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture
 def logic(headless, tiny_bundle, monkeypatch):
-    monkeypatch.setattr(codec.bundles(), "SHIPPED_DIR", tiny_bundle.path.parent)      # holds tiny.dstdb only
+    monkeypatch.setattr(codec.bundles(), "SHIPPED_DIR", tiny_bundle.path.parent)  # holds tiny.dstdb only
     return core.DeepSTDCore(headless.scene)
 
 
@@ -41,10 +41,10 @@ def test_slab_around_picks_the_axis_closest_to_the_normal(scan):
     from deepstd.codec.header import grid_from
     from deepstd.container import geometry_header
 
-    grid = grid_from(geometry_header(scan))                  # the grid a file's header records
+    grid = grid_from(geometry_header(scan))  # the grid a file's header records
     direction = np.asarray(scan.direction).reshape(3, 3)
     for axis in range(3):
-        normal = direction[:, axis] * np.array([-1.0, -1.0, 1.0])          # that grid axis, in RAS
+        normal = direction[:, axis] * np.array([-1.0, -1.0, 1.0])  # that grid axis, in RAS
         box = core.slab_around(grid, ras_of_voxel(scan, (20, 17, 8)), normal, half_width=2)
         lo, hi = [0, 0, 0], list(scan.size)
         lo[axis], hi[axis] = (20, 17, 8)[axis] - 2, (20, 17, 8)[axis] + 3
@@ -63,8 +63,11 @@ def test_slice_preview_is_the_full_decode_there_and_renders(logic, headless, cod
     np.testing.assert_array_equal(slab, slicer.util.arrayFromVolume(full)[6:11])
     assert "preview, k 6-10" in preview.GetName() and preview.GetAttribute("DeepSTD.region")
     # the slab's voxel (i, j, 0) is the full volume's voxel (i, j, 6), in RAS
-    np.testing.assert_allclose(mrml.ijk_to_ras(mrml.volume_from_node(preview)),
-                               mrml.ijk_to_ras(mrml.volume_from_node(full)) @ _shift(6), atol=1e-6)
+    np.testing.assert_allclose(
+        mrml.ijk_to_ras(mrml.volume_from_node(preview)),
+        mrml.ijk_to_ras(mrml.volume_from_node(full)) @ _shift(6),
+        atol=1e-6,
+    )
 
     view = OffscreenSliceView(headless, "Red", "Axial", (256, 256))
     composite = view.logic.GetSliceCompositeNode()
@@ -99,8 +102,7 @@ def test_compress_panel_options_reach_the_file(logic, headless, scan, tmp_path):
     lesion = ((xx - 20) / 4.0) ** 2 + ((yy - 17) / 4.0) ** 2 + ((zz - 8) / 2.0) ** 2 <= 1
     labels = headless.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "lesion")
     mrml.update_node_from_volume(labels, scan.with_array(lesion.astype(np.float32), dtype="uint8"))
-    kept = logic.compress(node, str(tmp_path / "kept.dstd"), bundle="tiny", ratio=12, device="cpu",
-                          keep_node=labels)
+    kept = logic.compress(node, str(tmp_path / "kept.dstd"), bundle="tiny", ratio=12, device="cpu", keep_node=labels)
     assert read_file(kept.path).header.keep.voxels == int(lesion.sum())
     restored = slicer.util.arrayFromVolume(logic.decompress(kept.path))
     assert np.abs(restored.astype(float) - scan.to_dtype_array())[lesion].max() == 0

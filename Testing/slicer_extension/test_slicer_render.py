@@ -1,8 +1,8 @@
 """What users see, rendered offscreen through Slicer's own slice logic and displayable managers:
 each view must show the scan and the layer it is about (grid, residue colours, segment outlines)."""
+
 import numpy as np
 import pytest
-
 from conftest import require_slicer_core
 
 require_slicer_core()
@@ -20,8 +20,13 @@ def changed_pixels(a, b):
 
 
 def test_views_are_not_blank(demo, tmp_path):
-    for render in (demo.render_plain, demo.render_registration, demo.render_residue, demo.render_segments,
-                   demo.render_3d):
+    for render in (
+        demo.render_plain,
+        demo.render_registration,
+        demo.render_residue,
+        demo.render_segments,
+        demo.render_3d,
+    ):
         pixels = render(tmp_path / f"{render.__name__}.png")
         assert (tmp_path / f"{render.__name__}.png").stat().st_size > 1000
         assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50, f"{render.__name__} looks blank"

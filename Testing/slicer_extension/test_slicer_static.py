@@ -1,5 +1,6 @@
 """Static checks of the Slicer extension that need no Slicer: packaging lists, the .ui file against
 the code that uses it, Python grammar for Slicer's interpreters, and no heavy import at load."""
+
 import ast
 import json
 import re
@@ -24,8 +25,11 @@ HEAVY = ("torch", "compressai", "torchvision", "deepstd", "PyTorchUtils", "Simpl
 def cmake_list(path: Path, variable: str):
     text = path.read_text()
     body = re.search(rf"set\({variable}\s+(.*?)\)", text, re.S).group(1)
-    return [line.strip().replace("${MODULE_NAME}", "DeepSTDSlicer") for line in body.splitlines()
-            if line.strip() and not line.strip().startswith("#")]
+    return [
+        line.strip().replace("${MODULE_NAME}", "DeepSTDSlicer")
+        for line in body.splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
 
 
 def test_every_module_file_is_listed_in_cmake_and_exists():
@@ -44,7 +48,7 @@ def test_deepstd_package_and_its_data_ship_with_the_extension():
     text = (MODULE / "CMakeLists.txt").read_text()
     assert "${DEEPSTD_PACKAGE_SOURCE_DIR}/deepstd/*.py" in text and "GLOB_RECURSE DEEPSTD_PYTHON_SCRIPTS" in text
     pyproject = (REPO / "pyproject.toml").read_text()
-    data = re.search(r'\[tool\.setuptools\.package-data\]\s*deepstd\s*=\s*\[(.*?)\]', pyproject, re.S).group(1)
+    data = re.search(r"\[tool\.setuptools\.package-data\]\s*deepstd\s*=\s*\[(.*?)\]", pyproject, re.S).group(1)
     for pattern in re.findall(r'"([^"]+)"', data):
         assert f"${{DEEPSTD_PACKAGE_SOURCE_DIR}}/deepstd/{pattern}" in text, f"package data {pattern} not installed"
     assert (REPO / "Logic" / "deepstd" / "__init__.py").is_file()
@@ -60,8 +64,11 @@ def test_extension_metadata_is_consistent():
     for key in ("$schema", "category", "scm_url"):
         assert catalog.get(key), f"DeepSTD.json lacks {key}"
     assert catalog["build_dependencies"] == depends == ["PyTorch"]
-    s4ext = dict(line.split(" ", 1) for line in (REPO / "DeepSTD.s4ext").read_text().splitlines()
-                 if line.strip() and not line.startswith("#"))
+    s4ext = dict(
+        line.split(" ", 1)
+        for line in (REPO / "DeepSTD.s4ext").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
     for key in ("scm", "scmurl", "scmrevision", "homepage", "category"):
         assert s4ext.get(key), f"DeepSTD.s4ext lacks {key}"
     assert s4ext["depends"].split() == depends and s4ext["homepage"] == homepage
@@ -89,8 +96,12 @@ def test_ui_has_every_widget_the_code_uses():
     names = {w.get("name") for w in _ui().iter("widget")}
     missing = _widget_code_names() - names
     assert not missing, f"used in DeepSTDSlicer.py but not in the .ui: {sorted(missing)}"
-    for section in ("codecCollapsibleButton", "registrationCollapsibleButton", "codingCollapsibleButton",
-                    "qualityCollapsibleButton"):
+    for section in (
+        "codecCollapsibleButton",
+        "registrationCollapsibleButton",
+        "codingCollapsibleButton",
+        "qualityCollapsibleButton",
+    ):
         assert section in names
 
 
@@ -114,9 +125,12 @@ def test_ui_custom_widgets_and_scene_connections():
     used = {w.get("class") for w in root.iter("widget")}
     assert {c for c in used if c.startswith(("q", "ctk"))} <= custom
     combos = {w.get("name") for w in root.iter("widget") if w.get("class") == "qMRMLNodeComboBox"}
-    connected = {c.findtext("receiver") for c in root.iter("connection")
-                 if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
-                 and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
+    connected = {
+        c.findtext("receiver")
+        for c in root.iter("connection")
+        if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+        and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"
+    }
     assert combos == connected, f"node selectors without a scene: {sorted(combos - connected)}"
     slider = next(w for w in root.iter("widget") if w.get("name") == "ratioSliderWidget")
     props = {p.get("name"): p.findtext("double") for p in slider.iter("property")}
@@ -134,8 +148,9 @@ def test_module_parses_with_slicer_python_grammar(path, version):
         for node in ast.walk(tree):
             annotation = getattr(node, "annotation", None) or getattr(node, "returns", None)
             if annotation is not None:
-                assert not any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr)
-                               for n in ast.walk(annotation)), f"{path.name}:{node.lineno} uses X | Y"
+                assert not any(
+                    isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr) for n in ast.walk(annotation)
+                ), f"{path.name}:{node.lineno} uses X | Y"
 
 
 def _load_time_imports(tree):
@@ -156,8 +171,7 @@ def _load_time_imports(tree):
 
 @pytest.mark.parametrize("path", PYTHON_FILES, ids=lambda p: p.name)
 def test_no_heavy_import_when_slicer_loads_the_module(path):
-    heavy = [m for m in _load_time_imports(ast.parse(path.read_text()))
-             if m.split(".")[0] in HEAVY]
+    heavy = [m for m in _load_time_imports(ast.parse(path.read_text())) if m.split(".")[0] in HEAVY]
     assert not heavy, f"{path.name} imports {heavy} at load time"
 
 
@@ -166,8 +180,11 @@ def test_every_third_party_import_of_the_codec_can_be_installed_in_slicer():
     sys.path.insert(0, str(MODULE))
     from DeepSTDSlicerLib import dependencies
 
-    provided = set(dependencies.SLICER_PROVIDES) | set(dependencies.TORCH_PACKAGES) | {
-        name for name, _ in dependencies.PIP_REQUIREMENTS + dependencies.NO_DEPS_REQUIREMENTS}
+    provided = (
+        set(dependencies.SLICER_PROVIDES)
+        | set(dependencies.TORCH_PACKAGES)
+        | {name for name, _ in dependencies.PIP_REQUIREMENTS + dependencies.NO_DEPS_REQUIREMENTS}
+    )
     package = REPO / "Logic" / "deepstd"
     # not used by the module: peer codecs and benchmarks, batch runs, training, the CLI
     skip = {"peers", "bench.py", "batch", "cli.py", "train.py"}
@@ -177,8 +194,13 @@ def test_every_third_party_import_of_the_codec_can_be_installed_in_slicer():
         if skip & set(path.relative_to(package).parts):
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                else []
+            )
             for name in names:
                 top = name.split(".")[0]
                 if top not in stdlib and top != "deepstd":
@@ -193,12 +215,14 @@ def test_loading_the_lib_and_creating_the_plugins_imports_nothing_heavy():
     import subprocess
 
     pytest.importorskip("slicer", reason="slicer-core is not installed (the 'slicer' extra of deepstd)")
-    code = ("import sys\n"
-            f"sys.path.insert(0, {str(MODULE)!r})\n"
-            "from DeepSTDSlicerLib import codec, core, dependencies, jobs, mrml\n"
-            "from DeepSTDSlicerLib.io import DeepSTDSlicerFileReader, DeepSTDSlicerFileWriter\n"
-            "DeepSTDSlicerFileReader(None), DeepSTDSlicerFileWriter(None), dependencies.missing()\n"
-            "print(sorted({m.split('.')[0] for m in sys.modules} & set(sys.argv[1:])))\n")
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(MODULE)!r})\n"
+        "from DeepSTDSlicerLib import codec, core, dependencies, jobs, mrml\n"
+        "from DeepSTDSlicerLib.io import DeepSTDSlicerFileReader, DeepSTDSlicerFileWriter\n"
+        "DeepSTDSlicerFileReader(None), DeepSTDSlicerFileWriter(None), dependencies.missing()\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & set(sys.argv[1:])))\n"
+    )
     out = subprocess.run([sys.executable, "-c", code, *HEAVY], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", f"imported at start-up: {out.stdout.strip()}"
@@ -261,11 +285,15 @@ def test_cmake_configures_and_installs_module_package_and_bundles(tmp_path):
     for name, text in MOCK_SLICER.items():
         (mock / name).write_text(text)
     build = tmp_path / "build"
-    run = subprocess.run([cmake, "-S", str(REPO), "-B", str(build), f"-DSlicer_DIR={mock}", "-DBUILD_TESTING=ON"],
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [cmake, "-S", str(REPO), "-B", str(build), f"-DSlicer_DIR={mock}", "-DBUILD_TESTING=ON"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     prefix = "lib/Slicer-5.10/qt-scripted-modules/"
-    installed = {line[len(prefix):] for line in (build / "installed.txt").read_text().split()}
+    installed = {line[len(prefix) :] for line in (build / "installed.txt").read_text().split()}
     package = REPO / "Logic"
     expected = {p.relative_to(MODULE).as_posix() for p in PYTHON_FILES}
     expected |= {"Resources/UI/DeepSTDSlicer.ui", "Resources/Icons/DeepSTDSlicer.png"}

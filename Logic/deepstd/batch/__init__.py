@@ -3,6 +3,7 @@ resumable manifest, restore it, and report on it, on Dask (a local cluster by de
 
 See docs/BATCH.md. `compress`, `decompress` and `write_report` are the entry points.
 """
+
 from .report import write_report
 from .run import compress, decompress, default_workers
 

@@ -5,6 +5,7 @@ Image files (NIfTI, NRRD, MHA/MHD) become `<name>.dstd` beside where they sat (t
 kept, so `a.nii.gz` and `a.nrrd` never collide); each DICOM series becomes
 `<its folder>/<SeriesInstanceUID>.dstd`, so a folder holding several series gives several files.
 """
+
 from __future__ import annotations
 
 import csv
@@ -29,7 +30,7 @@ class Scan:
     source: str
     series_uid: Optional[str]
     output: str
-    files: Tuple[str, ...]      # the bytes the scan is read from (hashed for the manifest)
+    files: Tuple[str, ...]  # the bytes the scan is read from (hashed for the manifest)
 
     def task(self) -> dict:
         """What a worker needs to read the scan (paths only; it opens them itself)."""
@@ -144,11 +145,13 @@ def check_disjoint(source_root: Path, out_dir: Path, what: str = "output") -> No
     """Refuse an output tree inside the sources (or the sources inside it): nothing is overwritten."""
     source_root, out_dir = Path(source_root).resolve(), Path(out_dir).resolve()
     if out_dir.is_relative_to(source_root):
-        raise InputError(f"the {what} folder {out_dir} is inside the source folder {source_root}; "
-                         "choose a folder outside it")
+        raise InputError(
+            f"the {what} folder {out_dir} is inside the source folder {source_root}; choose a folder outside it"
+        )
     if source_root.is_relative_to(out_dir):
-        raise InputError(f"the source folder {source_root} is inside the {what} folder {out_dir}; "
-                         "choose a folder outside it")
+        raise InputError(
+            f"the source folder {source_root} is inside the {what} folder {out_dir}; choose a folder outside it"
+        )
 
 
 def sha256_of(files: Iterable[str]) -> str:

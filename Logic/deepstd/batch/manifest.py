@@ -7,6 +7,7 @@ is asked for) and the `.dstd` on disk still has the recorded size and SHA-256. A
 "failed" for a reason of its own (unreadable, refused, budget infeasible) would fail the same way
 again, so it is not retried unless asked; an "error" (a lost worker, an internal error) is.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,7 @@ def load(out_dir) -> List[dict]:
         try:
             record = json.loads(line)
         except ValueError:
-            continue        # the tail of a run killed mid-write
+            continue  # the tail of a run killed mid-write
         if isinstance(record, dict) and "output" in record:
             records.append(record)
     return records
@@ -49,11 +50,21 @@ def append(out_dir, record: dict) -> None:
         os.fsync(stream.fileno())
 
 
-def state(record: Optional[dict], out_dir, source_sha256: str, bundle_sha256: str, ratio: float,
-          verify: bool, retry_failed: bool = False) -> str:
-    """"done", "failed" (settled, not retried) or "todo": see the module docstring."""
-    if not record or (record.get("source_sha256"), record.get("bundle_sha256"), record.get("target_ratio")) != \
-            (source_sha256, bundle_sha256, float(ratio)):
+def state(
+    record: Optional[dict],
+    out_dir,
+    source_sha256: str,
+    bundle_sha256: str,
+    ratio: float,
+    verify: bool,
+    retry_failed: bool = False,
+) -> str:
+    """ "done", "failed" (settled, not retried) or "todo": see the module docstring."""
+    if not record or (record.get("source_sha256"), record.get("bundle_sha256"), record.get("target_ratio")) != (
+        source_sha256,
+        bundle_sha256,
+        float(ratio),
+    ):
         return "todo"
     if record.get("status") == "failed":
         return "todo" if retry_failed else "failed"

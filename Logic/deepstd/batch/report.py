@@ -4,6 +4,7 @@ Totals before and after, the transfer time of both at a given link speed (the pa
 "share a collection over a slow link" case), ratio and quality distributions, the worst scans
 and every failure with its reason.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,18 +29,27 @@ def summary(records: List[dict], bandwidth_mbit: float, png: Optional[str] = Non
     ok = [r for r in records if r.get("status") == "ok"]
     failed = [r for r in records if r.get("status") != "ok"]
     raw, packed = sum(r["raw_bytes"] for r in ok), sum(r["bytes"] for r in ok)
-    lines = ["# DeepSTD batch report", "",
-             f"{len(records)} scans: {len(ok)} compressed, {len(failed)} failed. "
-             f"Bundle(s): {', '.join(sorted({r['bundle'] for r in records}))}; target ratio(s): "
-             f"{', '.join(f'{t:g}x' for t in sorted({r['target_ratio'] for r in records}))}.", ""]
+    lines = [
+        "# DeepSTD batch report",
+        "",
+        f"{len(records)} scans: {len(ok)} compressed, {len(failed)} failed. "
+        f"Bundle(s): {', '.join(sorted({r['bundle'] for r in records}))}; target ratio(s): "
+        f"{', '.join(f'{t:g}x' for t in sorted({r['target_ratio'] for r in records}))}.",
+        "",
+    ]
     if ok:
         ratios = np.array([r["ratio"] for r in ok])
-        lines += ["| | raw | compressed |", "|---|---|---|",
-                  f"| bytes | {raw / 1e6:,.1f} MB | {packed / 1e6:,.3f} MB (overall {raw / packed:.1f}x) |",
-                  f"| transfer at {bandwidth_mbit:g} Mbit/s | {duration(transfer_hours(raw, bandwidth_mbit))} "
-                  f"| {duration(transfer_hours(packed, bandwidth_mbit))} |", "",
-                  f"Achieved ratio per scan: median {np.median(ratios):.1f}x, range {ratios.min():.1f}x – "
-                  f"{ratios.max():.1f}x.", ""]
+        lines += [
+            "| | raw | compressed |",
+            "|---|---|---|",
+            f"| bytes | {raw / 1e6:,.1f} MB | {packed / 1e6:,.3f} MB (overall {raw / packed:.1f}x) |",
+            f"| transfer at {bandwidth_mbit:g} Mbit/s | {duration(transfer_hours(raw, bandwidth_mbit))} "
+            f"| {duration(transfer_hours(packed, bandwidth_mbit))} |",
+            "",
+            f"Achieved ratio per scan: median {np.median(ratios):.1f}x, range {ratios.min():.1f}x – "
+            f"{ratios.max():.1f}x.",
+            "",
+        ]
         lines += quality_lines(ok)
     if png:
         lines += [f"![distributions]({Path(png).name})", ""]
@@ -55,13 +65,20 @@ def quality_lines(ok: List[dict]) -> List[str]:
         return ["No quality figures: the batch ran without `--verify`.", ""]
     psnr = np.array([r["psnr"] for r in verified])
     ssim = np.array([r["ssim"] for r in verified])
-    lines = [f"Quality ({len(verified)} verified scans): PSNR median {np.median(psnr):.2f} dB "
-             f"(min {psnr.min():.2f}), SSIM median {np.median(ssim):.4f} (min {ssim.min():.4f}).", "",
-             f"## Worst scans (lowest PSNR, up to {WORST})", "",
-             "| scan | ratio | PSNR dB | SSIM | MAE | warnings |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"Quality ({len(verified)} verified scans): PSNR median {np.median(psnr):.2f} dB "
+        f"(min {psnr.min():.2f}), SSIM median {np.median(ssim):.4f} (min {ssim.min():.4f}).",
+        "",
+        f"## Worst scans (lowest PSNR, up to {WORST})",
+        "",
+        "| scan | ratio | PSNR dB | SSIM | MAE | warnings |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in sorted(verified, key=lambda r: r["psnr"])[:WORST]:
-        lines.append(f"| {r['output']} | {r['ratio']:.1f}x | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['mae']:.3f} "
-                     f"| {'; '.join(r.get('warnings') or [])[:120]} |")
+        lines.append(
+            f"| {r['output']} | {r['ratio']:.1f}x | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['mae']:.3f} "
+            f"| {'; '.join(r.get('warnings') or [])[:120]} |"
+        )
     return lines + [""]
 
 
@@ -79,6 +96,7 @@ def plot(records: List[dict], png, bandwidth_mbit: float) -> Optional[Path]:
     Returns None when matplotlib is not installed (extra `bench`)."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -94,9 +112,13 @@ def plot(records: List[dict], png, bandwidth_mbit: float) -> Optional[Path]:
     axes[3].set_yscale("log")
     axes[3].set_ylabel("total MB (log)")
     for bar, nbytes in zip(bars, (raw, packed)):
-        axes[3].annotate(f"{nbytes / 1e6:,.2f} MB\n{duration(transfer_hours(nbytes, bandwidth_mbit))} "
-                         f"@ {bandwidth_mbit:g} Mbit/s", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                         ha="center", va="bottom", fontsize=8)
+        axes[3].annotate(
+            f"{nbytes / 1e6:,.2f} MB\n{duration(transfer_hours(nbytes, bandwidth_mbit))} @ {bandwidth_mbit:g} Mbit/s",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     axes[3].set_ylim(top=max(raw / 1e6, 1e-3) * 20)
     fig.suptitle(f"DeepSTD batch: {len(ok)} scans compressed, {len(records) - len(ok)} failed")
     fig.tight_layout()

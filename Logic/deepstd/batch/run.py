@@ -5,6 +5,7 @@ manifest has one writer and a killed worker or an interrupted run loses only sca
 Workers read the sources by path: with `--scheduler` they must see the same paths (a shared
 filesystem); the bundle travels to them as bytes.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,10 +30,19 @@ def default_workers() -> int:
     return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
-def compress(source, out_dir, bundle, ratio: float, verify: bool = False, workers: Optional[int] = None,
-             scheduler: Optional[str] = None, retry_failed: bool = False,
-             progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
-             log: Log = lambda line: None) -> dict:
+def compress(
+    source,
+    out_dir,
+    bundle,
+    ratio: float,
+    verify: bool = False,
+    workers: Optional[int] = None,
+    scheduler: Optional[str] = None,
+    retry_failed: bool = False,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+    log: Log = lambda line: None,
+) -> dict:
     """Compress every scan of `source` (folder or list) into `out_dir`; returns the run's totals
     (scans, compressed, skipped, failed — this run's and earlier settled ones — and byte sums)."""
     from ..bundle import load_bundle
@@ -48,10 +58,18 @@ def compress(source, out_dir, bundle, ratio: float, verify: bool = False, worker
     out_dir.mkdir(parents=True, exist_ok=True)
     reporter = Reporter(progress, cancel)
     todo, skipped, settled = plan(scans, root, out_dir, bundle, ratio, verify, retry_failed, reporter)
-    log(f"{len(scans)} scans under {root}: {skipped} already done, {settled} failed before (not retried), "
-        f"{len(todo)} to compress")
-    totals = {"scans": len(scans), "skipped": skipped, "compressed": 0, "failed": len(scans) - skipped - len(todo),
-              "raw_bytes": 0, "bytes": 0}
+    log(
+        f"{len(scans)} scans under {root}: {skipped} already done, {settled} failed before (not retried), "
+        f"{len(todo)} to compress"
+    )
+    totals = {
+        "scans": len(scans),
+        "skipped": skipped,
+        "compressed": 0,
+        "failed": len(scans) - skipped - len(todo),
+        "raw_bytes": 0,
+        "bytes": 0,
+    }
     if todo:
         bundle_bytes = bundle_file_bytes(bundle)
         tasks = [(scan.task(), ratio, verify) for scan, _ in todo]
@@ -72,22 +90,35 @@ def compress(source, out_dir, bundle, ratio: float, verify: bool = False, worker
     return totals
 
 
-def plan(scans: List[Scan], root: Path, out_dir: Path, bundle, ratio: float, verify: bool,
-         retry_failed: bool, reporter: Reporter) -> Tuple[List[tuple], int, int]:
+def plan(
+    scans: List[Scan],
+    root: Path,
+    out_dir: Path,
+    bundle,
+    ratio: float,
+    verify: bool,
+    retry_failed: bool,
+    reporter: Reporter,
+) -> Tuple[List[tuple], int, int]:
     """(scans to code with their base records, how many are done, how many failed before)."""
     done = manifest.latest(manifest.load(out_dir))
     todo, skipped, settled = [], 0, 0
     for i, scan in enumerate(scans):
         reporter("checking", i / len(scans), scan.output)
         base = base_record(scan, root, bundle, ratio)
-        known = manifest.state(done.get(scan.output), out_dir, base["source_sha256"], bundle.sha256, ratio,
-                               verify, retry_failed) if base["source_sha256"] else "todo"
+        known = (
+            manifest.state(
+                done.get(scan.output), out_dir, base["source_sha256"], bundle.sha256, ratio, verify, retry_failed
+            )
+            if base["source_sha256"]
+            else "todo"
+        )
         if known == "done":
             skipped += 1
         elif known == "failed":
             settled += 1
         elif base["status"] == "failed":
-            manifest.append(out_dir, base)      # unreadable source: recorded here, nothing to send
+            manifest.append(out_dir, base)  # unreadable source: recorded here, nothing to send
         else:
             todo.append((scan, base))
     return todo, skipped, settled
@@ -105,10 +136,19 @@ def bundle_file_bytes(bundle) -> bytes:
 
 def base_record(scan: Scan, root: Path, bundle, ratio: float) -> dict:
     """What the driver knows before coding: identity of source, bundle and settings."""
-    record = {"output": scan.output, "source": scan.source, "series_uid": scan.series_uid,
-              "source_root": str(root), "bundle": bundle.name, "bundle_sha256": bundle.sha256,
-              "target_ratio": float(ratio), "encoder_version": __version__, "status": "pending",
-              "error": None, "source_sha256": None}
+    record = {
+        "output": scan.output,
+        "source": scan.source,
+        "series_uid": scan.series_uid,
+        "source_root": str(root),
+        "bundle": bundle.name,
+        "bundle_sha256": bundle.sha256,
+        "target_ratio": float(ratio),
+        "encoder_version": __version__,
+        "status": "pending",
+        "error": None,
+        "source_sha256": None,
+    }
     try:
         record["source_sha256"] = sha256_of(scan.files)
     except OSError as exc:
@@ -142,14 +182,25 @@ class Throughput:
         self.raw += record.get("raw_bytes") or 0
         elapsed = max(time.perf_counter() - self.started, 1e-6)
         eta = elapsed / self.count * (self.total - self.count)
-        self.reporter("batch", self.count / self.total,
-                      f"{self.count}/{self.total} scans {self.voxels / elapsed / 1e6:.3g} Mvox/s "
-                      f"{self.raw / elapsed * 3600 / 1e9:.3g} GB/h ETA {eta:.0f} s")
+        self.reporter(
+            "batch",
+            self.count / self.total,
+            f"{self.count}/{self.total} scans {self.voxels / elapsed / 1e6:.3g} Mvox/s "
+            f"{self.raw / elapsed * 3600 / 1e9:.3g} GB/h ETA {eta:.0f} s",
+        )
 
 
-def execute(function, tasks: List[tuple], bundle_sha256: str, bundle_bytes: bytes,
-            finished: Callable[[dict, object], None], workers: Optional[int], scheduler: Optional[str],
-            cancel: Optional[CancelToken], log: Log) -> None:
+def execute(
+    function,
+    tasks: List[tuple],
+    bundle_sha256: str,
+    bundle_bytes: bytes,
+    finished: Callable[[dict, object], None],
+    workers: Optional[int],
+    scheduler: Optional[str],
+    cancel: Optional[CancelToken],
+    log: Log,
+) -> None:
     """Run `function(*task[:1], bundle_sha256, bundle_bytes, *task[1:])` for every task on Dask and
     hand each outcome (or the exception that lost it) to `finished` as it completes."""
     from dask.distributed import as_completed
@@ -158,13 +209,22 @@ def execute(function, tasks: List[tuple], bundle_sha256: str, bundle_bytes: byte
     futures: dict = {}
     try:
         shipped = client.scatter(bundle_bytes, broadcast=True, hash=False)
-        futures = {client.submit(function, task[0], bundle_sha256, shipped, *task[1:], pure=False,
-                                 key=f"deepstd-{i}-{os.getpid()}-{time.time_ns()}"): task[0]
-                   for i, task in enumerate(tasks)}
+        futures = {
+            client.submit(
+                function,
+                task[0],
+                bundle_sha256,
+                shipped,
+                *task[1:],
+                pure=False,
+                key=f"deepstd-{i}-{os.getpid()}-{time.time_ns()}",
+            ): task[0]
+            for i, task in enumerate(tasks)
+        }
         for future in as_completed(futures):
             try:
                 outcome = future.result()
-            except Exception as exc:       # a killed worker (KilledWorker) or a lost connection
+            except Exception as exc:  # a killed worker (KilledWorker) or a lost connection
                 outcome = exc
             finished(futures[future], outcome)
             if cancel is not None and cancel.is_set():
@@ -193,11 +253,14 @@ def connect(workers: Optional[int], scheduler: Optional[str], log: Log):
     count = default_workers() if workers is None else workers
     if count < 1:
         raise InputError(f"--workers must be at least 1, got {count}")
-    cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True, dashboard_address=":0",
-                           silence_logs=logging.ERROR)
+    cluster = LocalCluster(
+        n_workers=count, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
+    )
     client = Client(cluster)
-    log(f"dask: local cluster, {count} worker processes x 1 thread"
-        + (f", dashboard {client.dashboard_link}" if dashboard_running(cluster) else ""))
+    log(
+        f"dask: local cluster, {count} worker processes x 1 thread"
+        + (f", dashboard {client.dashboard_link}" if dashboard_running(cluster) else "")
+    )
     return client, cluster
 
 
@@ -211,9 +274,17 @@ def dashboard_running(cluster) -> bool:
 
 
 # --- restoring ----------------------------------------------------------------------------------
-def decompress(out_dir, restore_dir, as_dicom: bool = False, bundle=None, workers: Optional[int] = None,
-               scheduler: Optional[str] = None, progress: Optional[ProgressCallback] = None,
-               cancel: Optional[CancelToken] = None, log: Log = lambda line: None) -> dict:
+def decompress(
+    out_dir,
+    restore_dir,
+    as_dicom: bool = False,
+    bundle=None,
+    workers: Optional[int] = None,
+    scheduler: Optional[str] = None,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+    log: Log = lambda line: None,
+) -> dict:
     """Restore every scan the manifest has as done: image sources to their format, DICOM series
     (or every scan with `as_dicom`) to DICOM series marked as lossy-compressed."""
     out_dir, restore_dir = Path(out_dir).resolve(), Path(restore_dir).resolve()
@@ -229,8 +300,7 @@ def decompress(out_dir, restore_dir, as_dicom: bool = False, bundle=None, worker
         target, dicom_out = restored_path(record, as_dicom)
         if not (restore_dir / target).exists():
             todo.append((str(out_dir / record["output"]), str(restore_dir / target), dicom_out, record))
-    totals = {"scans": len(records), "skipped": len(records) - len(todo), "restored": 0, "failed": 0,
-              "failures": []}
+    totals = {"scans": len(records), "skipped": len(records) - len(todo), "restored": 0, "failed": 0, "failures": []}
     log(f"{len(records)} scans in the manifest: {totals['skipped']} already restored, {len(todo)} to restore")
     for sha, group in group_by_bundle(todo).items():
         meter = Throughput(len(group), reporter)
@@ -244,8 +314,17 @@ def decompress(out_dir, restore_dir, as_dicom: bool = False, bundle=None, worker
             meter.add(outcome)
 
         data = bundle_bytes_for(group[0][3], bundle)
-        execute(decompress_task, [(dstd, target, dicom_out) for dstd, target, dicom_out, _ in group],
-                sha, data, finished, workers, scheduler, cancel, log)
+        execute(
+            decompress_task,
+            [(dstd, target, dicom_out) for dstd, target, dicom_out, _ in group],
+            sha,
+            data,
+            finished,
+            workers,
+            scheduler,
+            cancel,
+            log,
+        )
     reporter("batch", 1.0, "done")
     return totals
 

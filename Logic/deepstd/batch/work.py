@@ -7,6 +7,7 @@ then deterministic, and the files are the same bytes whatever the number of work
 user can cause comes back as a "failed" record with a one-line reason, a library failure as an
 "error" record, never as an exception, so one bad scan never stops the batch.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,9 @@ def one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def compress_task(task: dict, bundle_sha256: str, bundle_bytes: bytes, ratio: float,
-                  verify: bool) -> Tuple[dict, Optional[bytes]]:
+def compress_task(
+    task: dict, bundle_sha256: str, bundle_bytes: bytes, ratio: float, verify: bool
+) -> Tuple[dict, Optional[bytes]]:
     """Read, encode and (with `verify`) decode and measure one scan: (record, .dstd bytes or None)."""
     started = time.perf_counter()
     record = {"worker": f"{socket.gethostname()}:{os.getpid()}"}
@@ -51,7 +53,7 @@ def compress_task(task: dict, bundle_sha256: str, bundle_bytes: bytes, ratio: fl
     except DeepSTDError as exc:
         record.update(status="failed", error=one_line(str(exc)))
         data = None
-    except (MemoryError, RuntimeError, ValueError, OSError) as exc:   # library failures on odd input
+    except (MemoryError, RuntimeError, ValueError, OSError) as exc:  # library failures on odd input
         record.update(status="error", error=one_line(f"internal error: {type(exc).__name__}: {exc}"))
         data = None
     record["seconds"] = round(time.perf_counter() - started, 3)
@@ -67,18 +69,29 @@ def encode_and_measure(task: dict, bundle, ratio: float, verify: bool) -> dict:
     volume = read(task["source"], series_uid=task["series_uid"])
     trip = round_trip(volume, bundle, ratio=ratio, decode=verify, device="cpu", workers=1)
     data = trip.data
-    result = {"status": "ok", "error": None, "data": data, "voxels": volume.voxels,
-              "raw_bytes": volume.raw_bytes, "bytes": len(data), "ratio": round(volume.raw_bytes / len(data), 4),
-              "units": volume.units, "encode_s": round(trip.encode_s, 3),
-              "warnings": unpack(data).header.get("warnings", [])}
+    result = {
+        "status": "ok",
+        "error": None,
+        "data": data,
+        "voxels": volume.voxels,
+        "raw_bytes": volume.raw_bytes,
+        "bytes": len(data),
+        "ratio": round(volume.raw_bytes / len(data), 4),
+        "units": volume.units,
+        "encode_s": round(trip.encode_s, 3),
+        "warnings": unpack(data).header.get("warnings", []),
+    }
     if verify:
-        result.update(decode_s=round(trip.decode_s, 3), psnr=round(trip.metrics["psnr"], 4),
-                      ssim=round(trip.metrics["ssim"], 5), mae=round(trip.metrics["mae"], 5))
+        result.update(
+            decode_s=round(trip.decode_s, 3),
+            psnr=round(trip.metrics["psnr"], 4),
+            ssim=round(trip.metrics["ssim"], 5),
+            mae=round(trip.metrics["mae"], 5),
+        )
     return result
 
 
-def decompress_task(dstd_path: str, bundle_sha256: str, bundle_bytes: bytes, target: str,
-                    as_dicom: bool) -> dict:
+def decompress_task(dstd_path: str, bundle_sha256: str, bundle_bytes: bytes, target: str, as_dicom: bool) -> dict:
     """Decode one `.dstd` to an image file, or to a DICOM series marked lossy when `as_dicom`."""
     from .. import codec
     from ..io import dicom, write
@@ -90,8 +103,7 @@ def decompress_task(dstd_path: str, bundle_sha256: str, bundle_bytes: bytes, tar
             data = stream.read()
         volume = codec.decode(data, bundle_from(bundle_sha256, bundle_bytes), device="cpu", workers=1)
         if as_dicom:
-            dicom.write_dicom_series(volume, target, lossy_ratio=volume.raw_bytes / len(data),
-                                     lossy_method="DEEPSTD")
+            dicom.write_dicom_series(volume, target, lossy_ratio=volume.raw_bytes / len(data), lossy_method="DEEPSTD")
         else:
             write(volume, target)
         record = {"status": "ok", "error": None, "voxels": volume.voxels, "raw_bytes": volume.raw_bytes}

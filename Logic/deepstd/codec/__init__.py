@@ -10,10 +10,20 @@ dtype exactly.
     layers   keep mask and maximum-error residual     header   `DstdHeader`, lean/fitted policy
     files    `encode_file`, `decode_file`, `read_keep`
 """
+
 from .decoder import Decoder, decode
 from .encoder import TOLERANCE, budget_for, encode
 from .files import decode_file, encode_file, read_keep
 from .header import DstdHeader
 
-__all__ = ["encode", "decode", "encode_file", "decode_file", "read_keep", "budget_for", "Decoder", "DstdHeader",
-           "TOLERANCE"]
+__all__ = [
+    "encode",
+    "decode",
+    "encode_file",
+    "decode_file",
+    "read_keep",
+    "budget_for",
+    "Decoder",
+    "DstdHeader",
+    "TOLERANCE",
+]

@@ -3,6 +3,7 @@
 `Decoder` computes what the file holds for a window of the scan grid from the bytes it reads:
 `decode` uses it, and the maximum-error and keep encoders code against exactly its numbers.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
@@ -25,8 +26,16 @@ class Decoder:
     """The DeepSTD layer of a file on a window of the scan grid. The backward map (which does not
     depend on the texture) is evaluated once, so the encoders can call `base` at many rates."""
 
-    def __init__(self, bundle: Bundle, header: DstdHeader, shape: bytes, window: Optional[Box], codec,
-                 workers: Optional[int] = None, reporter: Optional[Reporter] = None):
+    def __init__(
+        self,
+        bundle: Bundle,
+        header: DstdHeader,
+        shape: bytes,
+        window: Optional[Box],
+        codec,
+        workers: Optional[int] = None,
+        reporter: Optional[Reporter] = None,
+    ):
         from ..shape import decode_shape
 
         self.header = header
@@ -49,12 +58,13 @@ class Decoder:
         return cast_to_dtype(values, self.header.dtype).astype(np.float32), coverage
 
 
-def add_residual(base: np.ndarray, section: bytes, bound: Optional[float], dtype: str,
-                 key: str = "max_error") -> np.ndarray:
+def add_residual(
+    base: np.ndarray, section: bytes, bound: Optional[float], dtype: str, key: str = "max_error"
+) -> np.ndarray:
     """The DeepSTD layer plus a residual layer coded within ±bound (the header's value)."""
     from .. import residual
 
-    if bound is None:                      # DstdHeader.from_dict checked the value when there is one
+    if bound is None:  # DstdHeader.from_dict checked the value when there is one
         raise FormatError(f"the file has a residual layer but no valid {key} in its header")
     integer = np.dtype(dtype).kind in "iu"
     if not integer and bound <= 0:
@@ -64,9 +74,15 @@ def add_residual(base: np.ndarray, section: bytes, bound: Optional[float], dtype
     return cast_to_dtype(base.astype(np.float64) + residual.dequantise(q, step), dtype).astype(np.float32)
 
 
-def decode(data: bytes, bundle=None, device: str = "auto", workers: Optional[int] = None,
-           progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
-           roi=None) -> Volume:
+def decode(
+    data: bytes,
+    bundle=None,
+    device: str = "auto",
+    workers: Optional[int] = None,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+    roi=None,
+) -> Volume:
     """A `.dstd` byte string -> the Volume on the original grid, in the original dtype's values.
 
     `roi` ((x0, y0, z0), (x1, y1, z1)), voxels of the original grid: only that box, exactly as a
@@ -112,8 +128,9 @@ def decode(data: bytes, bundle=None, device: str = "auto", workers: Optional[int
     if header.dicom:
         meta["dicom"] = header.dicom
     scan_grid = header.grid if roi is None else header.grid.window(*window)
-    return Volume(values, scan_grid.spacing, scan_grid.origin, scan_grid.direction, dtype=dtype, units=header.units,
-                  meta=meta)
+    return Volume(
+        values, scan_grid.spacing, scan_grid.origin, scan_grid.direction, dtype=dtype, units=header.units, meta=meta
+    )
 
 
 __all__ = ["Decoder", "decode", "add_residual"]

@@ -5,6 +5,7 @@ texture rate knob is bisected on the packed file's length (`ratecontrol.largest_
 is ≤ the budget and within TOLERANCE under it. The keep and maximum-error layers (`layers`) add
 their sections on top of the same `EncodedScan`.
 """
+
 from __future__ import annotations
 
 import time
@@ -35,11 +36,14 @@ BundleLike = Union[Bundle, str]
 # Warnings a file may carry. Their fixed words are in the header's preset dictionary
 # (`container.HEADER_DICTIONARY`), so rewording one would silently change file sizes: test_codec
 # checks each against the dictionary, which only a new format minor version may change.
-FINEST_RATE_WARNING = ("the finest texture rate of this bundle fits in {bytes} bytes ({ratio:.1f}x); "
-                       "the budget allows more")
-COVERAGE_WARNING = ("only {percent:.0f} % of the scan lies inside the bundle's texture frame (its template plus a "
-                    "margin, widened up to {mvoxel:.0f} Mvoxel); the rest decodes as background: this bundle's "
-                    "template does not cover scans with this field of view")
+FINEST_RATE_WARNING = (
+    "the finest texture rate of this bundle fits in {bytes} bytes ({ratio:.1f}x); the budget allows more"
+)
+COVERAGE_WARNING = (
+    "only {percent:.0f} % of the scan lies inside the bundle's texture frame (its template plus a "
+    "margin, widened up to {mvoxel:.0f} Mvoxel); the rest decodes as background: this bundle's "
+    "template does not cover scans with this field of view"
+)
 
 
 def budget_for(volume: Volume, ratio: Optional[float], budget_bytes: Optional[int]) -> int:
@@ -54,9 +58,11 @@ def budget_for(volume: Volume, ratio: Optional[float], budget_bytes: Optional[in
 
 
 def infeasible(volume: Volume, budget: int, smallest: int) -> BudgetError:
-    return BudgetError(f"a budget of {budget} bytes ({volume.raw_bytes / budget:.0f}x) is too small for "
-                       f"this scan: the smallest file it can be coded in is about {smallest} bytes, i.e. the "
-                       f"largest feasible ratio is {volume.raw_bytes / smallest:.0f}x")
+    return BudgetError(
+        f"a budget of {budget} bytes ({volume.raw_bytes / budget:.0f}x) is too small for "
+        f"this scan: the smallest file it can be coded in is about {smallest} bytes, i.e. the "
+        f"largest feasible ratio is {volume.raw_bytes / smallest:.0f}x"
+    )
 
 
 @dataclass
@@ -77,16 +83,16 @@ class EncodedScan:
 
     def file(self, header: DstdHeader, streams, extra: Optional[Dict[str, bytes]] = None) -> bytes:
         """The whole file: `header` (fitted to its budget) with the streams' rate and the warnings."""
-        final = replace(header, codec=replace(header.codec, texture_rate=streams.rate_q),
-                        warnings=tuple(self.warnings))
+        final = replace(header, codec=replace(header.codec, texture_rate=streams.rate_q), warnings=tuple(self.warnings))
         return pack(final.fitted().to_dict(), {"shape": self.shape, "texture": streams.to_bytes(), **(extra or {})})
 
     def pack(self, header: DstdHeader, rate: float) -> bytes:
         return self.file(header, self.streams(rate))
 
 
-def prepare(volume: Volume, bundle: BundleLike, budget: Optional[int], device: str, workers: Optional[int],
-            reporter: Reporter) -> EncodedScan:
+def prepare(
+    volume: Volume, bundle: BundleLike, budget: Optional[int], device: str, workers: Optional[int], reporter: Reporter
+) -> EncodedScan:
     """Register, align and analyse; the shape code takes its share of `budget` (None: full width)."""
     from ..shape import decode_shape
     from ..shape.code import PREALIGNMENT_BYTES
@@ -101,29 +107,45 @@ def prepare(volume: Volume, bundle: BundleLike, budget: Optional[int], device: s
     config = bundle.config
     warnings = list(volume.meta.get("warnings", []))
     if config.is_ct != (volume.units == "HU"):
-        warnings.append(f"the scan ({volume.units}) does not look like the bundle's modality "
-                        f"({config.modality.upper()}); quality may be poor")
+        warnings.append(
+            f"the scan ({volume.units}) does not look like the bundle's modality "
+            f"({config.modality.upper()}); quality may be poor"
+        )
     shape = code_shape(volume, bundle.template, config.registration, budget, reporter)
     if shape.warning:
         warnings.append(shape.warning)
     mapping = intensity_map(volume.array, config.intensity)
-    stored = decode_shape(shape.code)      # warp with exactly what the decoder will have
+    stored = decode_shape(shape.code)  # warp with exactly what the decoder will have
     frame, margin, block, coverage = frame_for(volume, shape.frame, stored, config.texture.block)
     unit, support = into_template(volume, stored.backward, stored.matrix, shape.frame, frame, mapping)
     if coverage < MIN_COVERAGE:
         warnings.append(COVERAGE_WARNING.format(percent=100 * coverage, mvoxel=MAX_FRAME_VOXELS / 1e6))
     reporter("texture", 0.5, "analysing the aligned texture")
     analysis = codec.analyse(unit, block, support, 0.0, workers, reporter.scaled(0.5, 0.85))
-    header = DstdHeader.for_volume(volume, intensity=mapping, bundle=BundleRef(bundle.name, bundle.sha256),
-                                   codec=CodecKeys(tuple(margin), **shape.stats), encoder_version=__version__,
-                                   dicom=volume.meta.get("dicom") or None)
+    header = DstdHeader.for_volume(
+        volume,
+        intensity=mapping,
+        bundle=BundleRef(bundle.name, bundle.sha256),
+        codec=CodecKeys(tuple(margin), **shape.stats),
+        encoder_version=__version__,
+        dicom=volume.meta.get("dicom") or None,
+    )
     return EncodedScan(header, shape.code, analysis, codec, warnings, workers, started)
 
 
-def encode(volume: Volume, bundle: BundleLike, ratio: Optional[float] = None, budget_bytes: Optional[int] = None,
-           max_error: Optional[float] = None, keep: Optional[Volume] = None, keep_error: float = 0.0,
-           device: str = "auto", workers: Optional[int] = None,
-           progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> bytes:
+def encode(
+    volume: Volume,
+    bundle: BundleLike,
+    ratio: Optional[float] = None,
+    budget_bytes: Optional[int] = None,
+    max_error: Optional[float] = None,
+    keep: Optional[Volume] = None,
+    keep_error: float = 0.0,
+    device: str = "auto",
+    workers: Optional[int] = None,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+) -> bytes:
     """Compress `volume` to at most `raw_bytes / ratio` (or `budget_bytes`) bytes, headers included;
     or, with `max_error`, so that every voxel is within ±max_error of the original (0: lossless),
     at whatever size that takes. `keep`: a label map on the scan's grid whose voxels > 0 are coded
@@ -135,8 +157,9 @@ def encode(volume: Volume, bundle: BundleLike, ratio: Optional[float] = None, bu
         if ratio is not None or budget_bytes is not None:
             raise InputError("give either a ratio/byte budget or a maximum error, not both")
         if keep is not None:
-            raise InputError("a keep mask goes with a ratio or a byte budget; a maximum error already "
-                             "bounds every voxel")
+            raise InputError(
+                "a keep mask goes with a ratio or a byte budget; a maximum error already bounds every voxel"
+            )
         return layers.encode_max_error(volume, bundle, max_error, device, workers, progress, cancel)
 
     budget = budget_for(volume, ratio, budget_bytes)
@@ -153,20 +176,25 @@ def encode(volume: Volume, bundle: BundleLike, ratio: Optional[float] = None, bu
     search = reporter.scaled(0.85, 1.0)
     search("entropy", 0.0, f"fitting {budget} bytes")
     best, smallest = largest_within(
-        build, budget, TOLERANCE,
-        on_step=lambda step: search("entropy", (step + 1) / SEARCH_STEPS, f"fitting {budget} bytes"))
+        build,
+        budget,
+        TOLERANCE,
+        on_step=lambda step: search("entropy", (step + 1) / SEARCH_STEPS, f"fitting {budget} bytes"),
+    )
     if best is None:
         if mask is not None:
             sections = unpack(smallest).sections
-            raise BudgetError(f"a budget of {budget} bytes ({volume.raw_bytes / budget:.0f}x) is too small with "
-                              f"this keep mask: the mask takes {len(sections['keep/mask'])} bytes and its voxels "
-                              f"within ±{keep_error:g} another {len(sections['keep/residual'])}; the whole file "
-                              f"needs at least {len(smallest)} bytes ({volume.raw_bytes / len(smallest):.0f}x)")
+            raise BudgetError(
+                f"a budget of {budget} bytes ({volume.raw_bytes / budget:.0f}x) is too small with "
+                f"this keep mask: the mask takes {len(sections['keep/mask'])} bytes and its voxels "
+                f"within ±{keep_error:g} another {len(sections['keep/residual'])}; the whole file "
+                f"needs at least {len(smallest)} bytes ({volume.raw_bytes / len(smallest):.0f}x)"
+            )
         raise infeasible(volume, budget, len(smallest))
     if len(best) < (1 - TOLERANCE) * budget and _texture_rate(best) == RATE_STEPS:
         scan.warnings.append(FINEST_RATE_WARNING.format(bytes=len(best), ratio=volume.raw_bytes / len(best)))
         noted = build(1.0)
-        best = noted if len(noted) <= budget else best   # the note itself must not break the budget
+        best = noted if len(noted) <= budget else best  # the note itself must not break the budget
     reporter("write", 1.0, f"{len(best)} bytes in {time.perf_counter() - scan.started:.1f} s")
     return best
 

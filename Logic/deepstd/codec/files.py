@@ -1,4 +1,5 @@
 """Files in, files out: what `deepstd encode` / `decode` call. Outputs are written atomically."""
+
 from __future__ import annotations
 
 import time
@@ -14,9 +15,17 @@ from .encoder import budget_for, encode
 from .header import DstdHeader
 
 
-def encode_file(source, output, bundle, ratio: Optional[float] = None, budget_bytes: Optional[int] = None,
-                max_error: Optional[float] = None, keep: Optional[str] = None, series_uid: Optional[str] = None,
-                **kw) -> dict:
+def encode_file(
+    source,
+    output,
+    bundle,
+    ratio: Optional[float] = None,
+    budget_bytes: Optional[int] = None,
+    max_error: Optional[float] = None,
+    keep: Optional[str] = None,
+    series_uid: Optional[str] = None,
+    **kw,
+) -> dict:
     """Read a scan (file or DICOM folder), encode it, write `output` atomically; return a report.
     `keep`: 'LABELMAP[:E]', a label map on the scan's grid whose voxels > 0 are kept within ±E."""
     from ..io import read
@@ -24,21 +33,38 @@ def encode_file(source, output, bundle, ratio: Optional[float] = None, budget_by
     started = time.perf_counter()
     volume = read(source, series_uid=series_uid)
     labels, keep_error = (None, 0.0) if keep is None else read_keep(keep)
-    data = encode(volume, bundle, ratio=ratio, budget_bytes=budget_bytes, max_error=max_error, keep=labels,
-                  keep_error=keep_error, **kw)
+    data = encode(
+        volume,
+        bundle,
+        ratio=ratio,
+        budget_bytes=budget_bytes,
+        max_error=max_error,
+        keep=labels,
+        keep_error=keep_error,
+        **kw,
+    )
     write_atomic(output, data)
     parsed = unpack(data)
     header = parsed.header
     budget = None if max_error is not None else budget_for(volume, ratio, budget_bytes)
-    report = {"input": str(source), "output": str(output), "raw_bytes": volume.raw_bytes,
-              "bytes": len(data), "budget_bytes": budget,
-              "ratio": volume.raw_bytes / len(data),
-              "target_ratio": None if budget is None else round(volume.raw_bytes / budget, 4),
-              "max_error": header.get("max_error"),
-              "seconds": time.perf_counter() - started, "warnings": header.get("warnings", [])}
+    report = {
+        "input": str(source),
+        "output": str(output),
+        "raw_bytes": volume.raw_bytes,
+        "bytes": len(data),
+        "budget_bytes": budget,
+        "ratio": volume.raw_bytes / len(data),
+        "target_ratio": None if budget is None else round(volume.raw_bytes / budget, 4),
+        "max_error": header.get("max_error"),
+        "seconds": time.perf_counter() - started,
+        "warnings": header.get("warnings", []),
+    }
     if "keep" in header:
-        report["keep"] = dict(header["keep"], mask_bytes=len(parsed.sections["keep/mask"]),
-                              residual_bytes=len(parsed.sections["keep/residual"]))
+        report["keep"] = dict(
+            header["keep"],
+            mask_bytes=len(parsed.sections["keep/mask"]),
+            residual_bytes=len(parsed.sections["keep/residual"]),
+        )
     return report
 
 
@@ -73,7 +99,7 @@ def decode_file(source, output, bundle=None, roi=None, roi_mm: Optional[str] = N
         volume = decode(data, bundle, roi=roi, **kw)
     except FormatError as exc:
         raise FormatError(f"{path}: {exc}") from None
-    if itk.suffix_of(Path(output)) is None:     # a folder: a DICOM series marked as lossy
+    if itk.suffix_of(Path(output)) is None:  # a folder: a DICOM series marked as lossy
         write(volume, output, lossy_ratio=volume.raw_bytes / len(data), lossy_method="DEEPSTD")
     else:
         write(volume, output)

@@ -6,6 +6,7 @@ needs; `DstdHeader.from_dict` checks the rest (types and ranges of every key dec
 are ignored on reading. When the full header would take more than HEADER_SHARE of a byte budget
 the encoder writes the lean form (`lean`): only what decoding needs.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -88,15 +89,26 @@ class DstdHeader:
     def to_dict(self) -> Dict[str, Any]:
         g = self.grid
         out: Dict[str, Any] = {
-            "geometry": {"size": list(g.size), "spacing": list(g.spacing), "origin": list(g.origin),
-                         "direction": list(g.direction)},
-            "dtype": self.dtype, "units": self.units, "intensity": self.intensity.to_header(),
-            "bundle": {"sha256": self.bundle.sha256} if self.bundle.name is None
+            "geometry": {
+                "size": list(g.size),
+                "spacing": list(g.spacing),
+                "origin": list(g.origin),
+                "direction": list(g.direction),
+            },
+            "dtype": self.dtype,
+            "units": self.units,
+            "intensity": self.intensity.to_header(),
+            "bundle": {"sha256": self.bundle.sha256}
+            if self.bundle.name is None
             else {"name": self.bundle.name, "sha256": self.bundle.sha256},
-            "codec": {"margin": list(self.codec.margin),
-                      **{k: getattr(self.codec, k) for k in ("texture_rate", "shape_width", "shape_bits", "omega",
-                                                             "registration_loss")
-                         if getattr(self.codec, k) is not None}},
+            "codec": {
+                "margin": list(self.codec.margin),
+                **{
+                    k: getattr(self.codec, k)
+                    for k in ("texture_rate", "shape_width", "shape_bits", "omega", "registration_loss")
+                    if getattr(self.codec, k) is not None
+                },
+            },
         }
         for key in ("encoder_version", "target_ratio", "budget_bytes", "max_error", "dicom"):
             if getattr(self, key) is not None:
@@ -130,21 +142,35 @@ class DstdHeader:
             k = _object(header, "keep")
             keep = KeepInfo(_bound(k.get("max_error"), "keep.max_error"), _integer(k.get("voxels", 0), "keep.voxels"))
         max_error = _bound(header["max_error"], "max_error") if "max_error" in header else None
-        return cls(grid=grid_from(header), dtype=header["dtype"], units=units, intensity=mapping,
-                   bundle=_bundle_ref(header.get("bundle")), codec=_codec_keys(header.get("codec", {})),
-                   warnings=tuple(warnings), encoder_version=_optional(header, "encoder_version", str),
-                   target_ratio=_optional(header, "target_ratio", (int, float)),
-                   budget_bytes=_optional(header, "budget_bytes", int), max_error=max_error, keep=keep,
-                   dicom=dicom)
+        return cls(
+            grid=grid_from(header),
+            dtype=header["dtype"],
+            units=units,
+            intensity=mapping,
+            bundle=_bundle_ref(header.get("bundle")),
+            codec=_codec_keys(header.get("codec", {})),
+            warnings=tuple(warnings),
+            encoder_version=_optional(header, "encoder_version", str),
+            target_ratio=_optional(header, "target_ratio", (int, float)),
+            budget_bytes=_optional(header, "budget_bytes", int),
+            max_error=max_error,
+            keep=keep,
+            dicom=dicom,
+        )
 
     # --- policy ------------------------------------------------------------------------------------
     def lean(self) -> "DstdHeader":
         """What decoding needs: geometry, intensity mapping, bundle name and id (shortened), texture
         margin and any warnings. Encoder version, targets and codec statistics go (the texture and
         shape sections carry their own rate and width)."""
-        return replace(self, bundle=BundleRef(self.bundle.name, self.bundle.sha256[:LEAN_BUNDLE_ID]),
-                       codec=CodecKeys(self.codec.margin), encoder_version=None, target_ratio=None,
-                       budget_bytes=None)
+        return replace(
+            self,
+            bundle=BundleRef(self.bundle.name, self.bundle.sha256[:LEAN_BUNDLE_ID]),
+            codec=CodecKeys(self.codec.margin),
+            encoder_version=None,
+            target_ratio=None,
+            budget_bytes=None,
+        )
 
     def fitted(self) -> "DstdHeader":
         """This header, or its lean form when it would take more than HEADER_SHARE of the byte
@@ -207,12 +233,20 @@ def _codec_keys(value: Any) -> CodecKeys:
     if not isinstance(value, dict):
         raise FormatError("the header's codec entry must be an object")
     margin = value.get("margin", [0, 0, 0])
-    if not (isinstance(margin, list) and len(margin) == 3
-            and all(isinstance(m, int) and not isinstance(m, bool) and 0 <= m <= MAX_MARGIN for m in margin)):
+    if not (
+        isinstance(margin, list)
+        and len(margin) == 3
+        and all(isinstance(m, int) and not isinstance(m, bool) and 0 <= m <= MAX_MARGIN for m in margin)
+    ):
         raise FormatError("the header's texture margin is invalid")
     stats = {}
-    for key, kind in (("texture_rate", int), ("shape_width", int), ("shape_bits", int), ("omega", (int, float)),
-                      ("registration_loss", (int, float))):
+    for key, kind in (
+        ("texture_rate", int),
+        ("shape_width", int),
+        ("shape_bits", int),
+        ("omega", (int, float)),
+        ("registration_loss", (int, float)),
+    ):
         item = value.get(key)
         if item is not None and not (isinstance(item, kind) and not isinstance(item, bool) and is_number(item)):
             raise FormatError(f"the header's codec.{key} has the wrong type")

@@ -2,6 +2,7 @@
 maximum-error residual that bounds every voxel. Both code the difference to exactly what the
 decoder computes (`Decoder.base`) from the bytes it will read.
 """
+
 from __future__ import annotations
 
 import time
@@ -31,10 +32,14 @@ def keep_mask(volume: Volume, keep: Volume, keep_error: float) -> np.ndarray:
     if not isinstance(keep, Volume):
         raise InputError("a keep mask is a label map (a Volume) on the scan's grid")
     if tuple(keep.size) != tuple(volume.size):
-        raise InputError(f"the keep label map is {'x'.join(map(str, keep.size))} voxels, "
-                         f"the scan {'x'.join(map(str, volume.size))}")
-    if not (np.allclose(keep.spacing, volume.spacing, atol=1e-3) and np.allclose(keep.origin, volume.origin, atol=1e-2)
-            and np.allclose(keep.direction, volume.direction, atol=1e-4)):
+        raise InputError(
+            f"the keep label map is {'x'.join(map(str, keep.size))} voxels, the scan {'x'.join(map(str, volume.size))}"
+        )
+    if not (
+        np.allclose(keep.spacing, volume.spacing, atol=1e-3)
+        and np.allclose(keep.origin, volume.origin, atol=1e-2)
+        and np.allclose(keep.direction, volume.direction, atol=1e-4)
+    ):
         raise InputError("the keep label map's geometry (spacing, origin, direction) differs from the scan's")
     mask = keep.array > 0
     if not mask.any():
@@ -50,13 +55,14 @@ class KeepLayer:
     """The DeepSTD layer plus, inside the keep mask, the residual within ±bound: packs the whole file
     at a texture rate. Only the mask's bounding box is reconstructed per rate (a region decode)."""
 
-    def __init__(self, scan: EncodedScan, bundle: Bundle, header: DstdHeader, volume: Volume, mask: np.ndarray,
-                 bound: float):
+    def __init__(
+        self, scan: EncodedScan, bundle: Bundle, header: DstdHeader, volume: Volume, mask: np.ndarray, bound: float
+    ):
         from .. import keepmask, residual
 
         self.scan, self.header, self.bound = scan, header, bound
         box = grid.bounding_box(mask)
-        assert box is not None      # keep_mask refused an empty mask
+        assert box is not None  # keep_mask refused an empty mask
         self.box = box
         inside = grid.slices(self.box, grid.whole(volume.size))
         self.mask = mask[inside]
@@ -71,8 +77,9 @@ class KeepLayer:
         streams = self.scan.streams(rate)
         base = self.view.base(streams)[0][self.mask]
         q = residual.quantise(self.original - base, self.bound, self.step)
-        return self.scan.file(self.header, streams, {"keep/mask": self.mask_bytes,
-                                                     "keep/residual": residual.compress(q, base, self.step)})
+        return self.scan.file(
+            self.header, streams, {"keep/mask": self.mask_bytes, "keep/residual": residual.compress(q, base, self.step)}
+        )
 
 
 def encode_max_error(volume: Volume, bundle, max_error, device, workers, progress, cancel) -> bytes:
@@ -83,8 +90,9 @@ def encode_max_error(volume: Volume, bundle, max_error, device, workers, progres
     number_at_least(max_error, 0, "the maximum error")
     integer = np.dtype(volume.dtype).kind in "iu"
     if not integer and max_error <= 0:
-        raise InputError(f"a lossless bound needs integer voxels; this scan is {volume.dtype}: "
-                         "give a positive --max-error")
+        raise InputError(
+            f"a lossless bound needs integer voxels; this scan is {volume.dtype}: give a positive --max-error"
+        )
     bundle = resolve_bundle(bundle)
     reporter = Reporter(progress, cancel)
     scan = prepare(volume, bundle, None, device, workers, reporter)
@@ -110,8 +118,12 @@ def encode_max_error(volume: Volume, bundle, max_error, device, workers, progres
     worst = float(np.max(np.abs(restored - original)))
     if worst > max_error + (0 if integer else 1e-6 * max(1.0, float(np.ptp(original)))):
         raise RuntimeError(f"internal error: the residual layer missed its bound ({worst} > {max_error})")
-    reporter("write", 1.0, f"{len(data)} bytes ({volume.raw_bytes / len(data):.2f}x), max error {worst:g}, "
-                           f"in {time.perf_counter() - scan.started:.1f} s")
+    reporter(
+        "write",
+        1.0,
+        f"{len(data)} bytes ({volume.raw_bytes / len(data):.2f}x), max error {worst:g}, "
+        f"in {time.perf_counter() - scan.started:.1f} s",
+    )
     return data
 
 

@@ -5,6 +5,7 @@
 The shape stage and the alignment glue both build on this package; neither reaches into the other
 for geometry. Importing `deepstd.grid` does not import torch.
 """
+
 from .box import Box, bounding_box, shape_zyx, slices, union, whole
 from .frame import Frame
 

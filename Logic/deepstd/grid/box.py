@@ -4,6 +4,7 @@ A box is ((x0, y0, z0), (x1, y1, z1)), ITK index order, upper bounds excluded. A
 so `slices` and `shape_zyx` translate. Region decoding, keep masks, texture blocks and the sampling
 functions all pass boxes of this form.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
@@ -28,8 +29,10 @@ def union(a: Box, b: Optional[Box]) -> Box:
     """The smallest box holding `a` and `b` (`a` when `b` is None)."""
     if b is None:
         return a
-    return (tuple(min(x, y) for x, y in zip(a[0], b[0])),  # type: ignore[return-value]
-            tuple(max(x, y) for x, y in zip(a[1], b[1])))
+    return (
+        tuple(min(x, y) for x, y in zip(a[0], b[0])),  # type: ignore[return-value]
+        tuple(max(x, y) for x, y in zip(a[1], b[1])),
+    )
 
 
 def slices(inner: Box, outer: Box) -> Tuple[slice, slice, slice]:

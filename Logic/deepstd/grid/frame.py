@@ -9,6 +9,7 @@ isotropic in physical space even for 0.6 x 0.6 x 3.6 mm voxels.
 Importing this module does not import torch (the container, the CLI's `info` and the Slicer module
 describe grids without it); the coordinate maps import it when called.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import numpy as np
 
 from ..volume import Volume
 
-if TYPE_CHECKING:       # torch is imported by the methods that compute with it: a Frame is plain data
+if TYPE_CHECKING:  # torch is imported by the methods that compute with it: a Frame is plain data
     import torch
 
 
@@ -65,27 +66,38 @@ class Frame:
 
     def window(self, lo, hi) -> "Frame":
         """The sub-grid of voxels lo..hi-1 (x, y, z): same spacing and direction, shifted origin."""
-        origin = np.asarray(self.origin) + self.direction_matrix @ (np.asarray(lo, np.float64) * np.asarray(self.spacing))
-        return Frame(tuple(int(b - a) for a, b in zip(lo, hi)), self.spacing, tuple(float(v) for v in origin),
-                     self.direction)
+        origin = np.asarray(self.origin) + self.direction_matrix @ (
+            np.asarray(lo, np.float64) * np.asarray(self.spacing)
+        )
+        return Frame(
+            tuple(int(b - a) for a, b in zip(lo, hi)), self.spacing, tuple(float(v) for v in origin), self.direction
+        )
 
     def coarse(self, factor: int) -> "Frame":
         """A grid over the same physical box (same corner voxel centres) with ~1/factor the voxels."""
         size = tuple(max(1, (n - 1) // factor + 1) for n in self.size)
-        spacing = tuple(float(l / max(m - 1, 1)) if m > 1 else s
-                        for l, m, s in zip(self.lengths, size, self.spacing))
+        spacing = tuple(
+            float(length / max(m - 1, 1)) if m > 1 else s for length, m, s in zip(self.lengths, size, self.spacing)
+        )
         return Frame(size, spacing, self.origin, self.direction)
 
     def padded(self, margin) -> "Frame":
         """The same grid extended by `margin` voxels (x, y, z) on both sides of each axis."""
         m = np.asarray(margin, dtype=np.float64)
         origin = np.asarray(self.origin) - self.direction_matrix @ (m * np.asarray(self.spacing))
-        return Frame(tuple(int(n + 2 * k) for n, k in zip(self.size, margin)), self.spacing,
-                     tuple(float(v) for v in origin), self.direction)
+        return Frame(
+            tuple(int(n + 2 * k) for n, k in zip(self.size, margin)),
+            self.spacing,
+            tuple(float(v) for v in origin),
+            self.direction,
+        )
 
     def same_box(self, other: "Frame") -> bool:
-        return bool(np.allclose(self.lengths, other.lengths) and np.allclose(self.origin, other.origin)
-                    and np.allclose(self.direction, other.direction))
+        return bool(
+            np.allclose(self.lengths, other.lengths)
+            and np.allclose(self.origin, other.origin)
+            and np.allclose(self.direction, other.direction)
+        )
 
     def volume(self, array: np.ndarray, **kw) -> Volume:
         return Volume(array, self.spacing, self.origin, self.direction, **kw)
@@ -99,9 +111,12 @@ class Frame:
 
         z1 = self.size[2] if z1 is None else z1
         (x0, x1), (y0, y1) = box or ((0, self.size[0]), (0, self.size[1]))
-        zz, yy, xx = torch.meshgrid(torch.arange(z0, z1, dtype=torch.float64),
-                                    torch.arange(y0, y1, dtype=torch.float64),
-                                    torch.arange(x0, x1, dtype=torch.float64), indexing="ij")
+        zz, yy, xx = torch.meshgrid(
+            torch.arange(z0, z1, dtype=torch.float64),
+            torch.arange(y0, y1, dtype=torch.float64),
+            torch.arange(x0, x1, dtype=torch.float64),
+            indexing="ij",
+        )
         idx = torch.stack([xx, yy, zz], dim=-1).reshape(-1, 3)
         return self.index_to_q(idx).float()
 

@@ -6,6 +6,7 @@ resampling convention: mm, LPS, and for an output-grid point p the input is read
 Every point's value is computed from its own grid indices, and the cubic prefilter has a finite
 reach, so a window of a grid gets exactly the values of the whole (region decoding relies on it).
 """
+
 from __future__ import annotations
 
 from typing import Iterator, Optional, Tuple
@@ -36,8 +37,15 @@ def window_points(grid: Frame, window: Box, z0: int, z1: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def warp(volume: Volume, disp: np.ndarray, grid: Frame, mode: str = "linear", default: float = 0.0,
-         chunk: int = CHUNK, reporter: Optional[Reporter] = None) -> Volume:
+def warp(
+    volume: Volume,
+    disp: np.ndarray,
+    grid: Frame,
+    mode: str = "linear",
+    default: float = 0.0,
+    chunk: int = CHUNK,
+    reporter: Optional[Reporter] = None,
+) -> Volume:
     """`volume` read at p + u(p) for every point p of `grid`: linear (or cubic B-spline, sharper:
     the codec warps twice) for images, nearest for labels.
 
@@ -46,8 +54,9 @@ def warp(volume: Volume, disp: np.ndarray, grid: Frame, mode: str = "linear", de
     if mode not in ("linear", "nearest", "cubic"):
         raise ValueError("mode is 'linear', 'nearest' or 'cubic'")
     if mode == "cubic":
-        out = sample_cubic(Frame.of(volume), volume.array, (0, 0, 0), disp, grid, default=default,
-                           chunk=chunk, reporter=reporter)
+        out = sample_cubic(
+            Frame.of(volume), volume.array, (0, 0, 0), disp, grid, default=default, chunk=chunk, reporter=reporter
+        )
         return grid.volume(out, dtype=volume.dtype, units=volume.units, meta=dict(volume.meta))
     image = torch.from_numpy(volume.array)[None, None]
     out = np.empty(grid.shape_zyx, dtype=np.float32)
@@ -56,8 +65,9 @@ def warp(volume: Volume, disp: np.ndarray, grid: Frame, mode: str = "linear", de
         idx = _read_index(volume, grid, whole(grid.size), disp, z0, z1, 0)
         inside = ((idx > -0.5) & (idx < size - 0.5)).all(dim=1)  # ITK: within half a voxel of the grid
         g = index_to_grid(volume, idx).float().view(1, 1, 1, -1, 3)
-        vals = F.grid_sample(image, g, mode="bilinear" if mode == "linear" else "nearest",
-                             padding_mode="border", align_corners=True).view(-1)
+        vals = F.grid_sample(
+            image, g, mode="bilinear" if mode == "linear" else "nearest", padding_mode="border", align_corners=True
+        ).view(-1)
         vals = torch.where(inside, vals, torch.full_like(vals, default))
         out[z0:z1] = vals.reshape(z1 - z0, grid.size[1], grid.size[0]).numpy()
         if reporter is not None:
@@ -65,11 +75,12 @@ def warp(volume: Volume, disp: np.ndarray, grid: Frame, mode: str = "linear", de
     return grid.volume(out, dtype=volume.dtype, units=volume.units, meta=dict(volume.meta))
 
 
-def _read_index(source: Frame, grid: Frame, window: Box, disp: np.ndarray, z0: int, z1: int,
-                start: int) -> torch.Tensor:
+def _read_index(
+    source: Frame, grid: Frame, window: Box, disp: np.ndarray, z0: int, z1: int, start: int
+) -> torch.Tensor:
     """Continuous (x, y, z) index in `source` where the `grid` points of slices z0..z1 read (float64)."""
     p = grid.q_to_physical(window_points(grid, window, z0, z1).double())
-    d = torch.from_numpy(disp[z0 - start:z1 - start].reshape(-1, 3)).double()
+    d = torch.from_numpy(disp[z0 - start : z1 - start].reshape(-1, 3)).double()
     return physical_to_index(source, p + d)
 
 
@@ -104,8 +115,9 @@ def _inside(source: Frame, idx: torch.Tensor) -> torch.Tensor:
     return ((idx > -0.5) & (idx < size - 0.5)).all(dim=1)
 
 
-def read_box(source: Frame, disp: np.ndarray, grid: Frame, window: Optional[Box] = None,
-             chunk: int = CHUNK) -> Optional[Box]:
+def read_box(
+    source: Frame, disp: np.ndarray, grid: Frame, window: Optional[Box] = None, chunk: int = CHUNK
+) -> Optional[Box]:
     """The box of `source` voxels that the cubic values at the `window` points of `grid` depend on
     (None when every point reads outside `source`)."""
     window = window or whole(grid.size)
@@ -122,8 +134,9 @@ def read_box(source: Frame, disp: np.ndarray, grid: Frame, window: Optional[Box]
     return tuple(int(v) for v in lo), tuple(int(v) for v in hi)
 
 
-def read_extent(source: Frame, disp: np.ndarray, grid: Frame, window: Optional[Box] = None,
-                chunk: int = CHUNK) -> Tuple[np.ndarray, np.ndarray]:
+def read_extent(
+    source: Frame, disp: np.ndarray, grid: Frame, window: Optional[Box] = None, chunk: int = CHUNK
+) -> Tuple[np.ndarray, np.ndarray]:
     """The lowest and highest continuous (x, y, z) index of `source` that the `window` points of
     `grid` read, inside `source` or not (how far a frame must reach to hold them all)."""
     low, high = np.full(3, np.inf), np.full(3, -np.inf)
@@ -133,8 +146,9 @@ def read_extent(source: Frame, disp: np.ndarray, grid: Frame, window: Optional[B
     return low, high
 
 
-def inside_fraction(source: Frame, disp: np.ndarray, grid: Frame, window: Optional[Box] = None,
-                    chunk: int = CHUNK) -> float:
+def inside_fraction(
+    source: Frame, disp: np.ndarray, grid: Frame, window: Optional[Box] = None, chunk: int = CHUNK
+) -> float:
     """The fraction of the `window` points of `grid` whose p + u(p) lies within `source`."""
     inside = total = 0
     for idx in _read_indices(source, disp, grid, window or whole(grid.size), chunk):
@@ -144,9 +158,17 @@ def inside_fraction(source: Frame, disp: np.ndarray, grid: Frame, window: Option
 
 
 @torch.no_grad()
-def sample_cubic(source: Frame, array: np.ndarray, offset, disp: np.ndarray, grid: Frame,
-                 window: Optional[Box] = None, default: float = 0.0, chunk: int = CHUNK,
-                 reporter: Optional[Reporter] = None) -> np.ndarray:
+def sample_cubic(
+    source: Frame,
+    array: np.ndarray,
+    offset,
+    disp: np.ndarray,
+    grid: Frame,
+    window: Optional[Box] = None,
+    default: float = 0.0,
+    chunk: int = CHUNK,
+    reporter: Optional[Reporter] = None,
+) -> np.ndarray:
     """Cubic B-spline values of the image on `source` at p + u(p), p the `window` points of `grid`.
 
     `array` (z, y, x) holds the `source` voxels from `offset` (x, y, z) on: all of them, or a box
@@ -163,7 +185,7 @@ def sample_cubic(source: Frame, array: np.ndarray, offset, disp: np.ndarray, gri
         inside = ((idx > -0.5) & (idx < size - 0.5)).all(dim=1)  # ITK: within half a voxel of the grid
         vals = torch.from_numpy(_cubic(coefficients, (idx - shift).numpy()))
         vals = torch.where(inside, vals, torch.full_like(vals, default))
-        out[z0 - start:z1 - start] = vals.reshape((z1 - z0,) + out.shape[1:]).numpy()
+        out[z0 - start : z1 - start] = vals.reshape((z1 - z0,) + out.shape[1:]).numpy()
         if reporter is not None:
             reporter("warp", (z1 - start) / max(end - start, 1), "warping")
     return out
@@ -174,13 +196,11 @@ def _cubic(coefficients: np.ndarray, idx: np.ndarray) -> np.ndarray:
     from scipy.ndimage import map_coordinates
 
     zyx = [np.clip(idx[:, 2 - a], 0, coefficients.shape[a] - 1) for a in range(3)]
-    return map_coordinates(coefficients, zyx, order=3, mode="nearest", prefilter=False,
-                           output=np.float32)
+    return map_coordinates(coefficients, zyx, order=3, mode="nearest", prefilter=False, output=np.float32)
 
 
 @torch.no_grad()
-def compose(first: np.ndarray, grid: Frame, second: np.ndarray, second_grid: Frame,
-            chunk: int = CHUNK) -> np.ndarray:
+def compose(first: np.ndarray, grid: Frame, second: np.ndarray, second_grid: Frame, chunk: int = CHUNK) -> np.ndarray:
     """Displacement on `grid` of p -> q = p + first(p) -> q + second(q) (second read linearly)."""
     comps = torch.from_numpy(np.ascontiguousarray(np.moveaxis(second, -1, 0)))[None]
     ref = second_grid.volume(np.zeros(second_grid.shape_zyx, np.float32))

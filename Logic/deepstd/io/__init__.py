@@ -3,6 +3,7 @@
 `read(path)` and `write(volume, path)` pick the format from the path: a folder (or a `.dcm` file)
 is DICOM, a known suffix is an ITK format. Every failure is an `InputError` naming the file.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,14 +17,15 @@ ITK_SUFFIXES = itk.SUFFIXES
 
 
 def format_of(path) -> str:
-    """"dicom" for folders, `.dcm` and extension-less files that are DICOM, else "itk"."""
+    """ "dicom" for folders, `.dcm` and extension-less files that are DICOM, else "itk"."""
     path = Path(path)
     if itk.suffix_of(path) is not None:
         return "itk"
     if path.is_dir() or path.suffix.lower() in (".dcm", ".dicom", "") or dicom.is_dicom_file(path):
         return "dicom"
-    raise InputError(f"{path}: unknown volume format (expected {', '.join(ITK_SUFFIXES)}, "
-                     "a .dcm file or a DICOM folder)")
+    raise InputError(
+        f"{path}: unknown volume format (expected {', '.join(ITK_SUFFIXES)}, a .dcm file or a DICOM folder)"
+    )
 
 
 def read(path, series_uid: Optional[str] = None) -> Volume:
@@ -49,8 +51,10 @@ def write(volume: Volume, path, **dicom_options) -> Path:
             raise InputError(f"{path}: DICOM options given for a non-DICOM output")
         return itk.write_itk(volume, path)
     if path.suffix:
-        raise InputError(f"{path}: unknown output format {path.suffix!r} (use "
-                         f"{', '.join(ITK_SUFFIXES)}, or a folder name for a DICOM series)")
+        raise InputError(
+            f"{path}: unknown output format {path.suffix!r} (use "
+            f"{', '.join(ITK_SUFFIXES)}, or a folder name for a DICOM series)"
+        )
     return dicom.write_dicom_series(volume, path, **dicom_options)
 
 

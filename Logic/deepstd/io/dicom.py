@@ -9,6 +9,7 @@ Enhanced (multi-frame) files take their geometry from the functional groups.
 Writing: a decoded volume becomes a new derived series whose lossy-compression tags say what
 happened to it, carrying the patient and study of the source when the source was DICOM.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -26,10 +27,26 @@ from ..errors import InputError
 from ..volume import Volume
 
 #: Patient/study/frame-of-reference tags carried from a DICOM source into decoded output.
-CARRIED_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge",
-                "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
-                "ReferringPhysicianName", "StudyDescription", "FrameOfReferenceUID", "Modality",
-                "BodyPartExamined", "Manufacturer", "SeriesDescription", "SeriesNumber")
+CARRIED_TAGS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "StudyDescription",
+    "FrameOfReferenceUID",
+    "Modality",
+    "BodyPartExamined",
+    "Manufacturer",
+    "SeriesDescription",
+    "SeriesNumber",
+)
 
 _MAX_FILES = 100_000
 
@@ -96,8 +113,7 @@ def _read_header(file: Path):
     try:
         with warnings.catch_warnings():  # odd files are expected here; they are skipped, not shouted about
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(file, stop_before_pixels=True,
-                                 force=file.suffix.lower() in (".dcm", ".dicom"))
+            ds = pydicom.dcmread(file, stop_before_pixels=True, force=file.suffix.lower() in (".dcm", ".dicom"))
     except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError, AttributeError):
         return None
     if "Rows" not in ds or "Columns" not in ds:
@@ -121,8 +137,9 @@ def list_series(path) -> List[Series]:
         if key not in groups:
             groups[key] = Series(uid=uid, datasets=[])
             if not uid:
-                groups[key].warnings.append("SeriesInstanceUID missing or empty: slices grouped by "
-                                            "study, orientation and matrix size")
+                groups[key].warnings.append(
+                    "SeriesInstanceUID missing or empty: slices grouped by study, orientation and matrix size"
+                )
         groups[key].datasets.append(ds)
     if not groups:
         raise InputError(f"{path}: no DICOM images found")
@@ -131,8 +148,9 @@ def list_series(path) -> List[Series]:
 
 def _fallback_key(ds) -> str:
     orientation = tuple(round(float(v), 4) for v in getattr(ds, "ImageOrientationPatient", []) or [])
-    return "|".join(["no-uid", str(getattr(ds, "StudyInstanceUID", "")), str(orientation),
-                     str(ds.Rows), str(ds.Columns)])
+    return "|".join(
+        ["no-uid", str(getattr(ds, "StudyInstanceUID", "")), str(orientation), str(ds.Rows), str(ds.Columns)]
+    )
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -144,22 +162,33 @@ def read_dicom(path, series_uid: Optional[str] = None) -> Volume:
     if series_uid is not None:
         chosen = [s for s in series if s.uid == series_uid]
         if not chosen:
-            raise InputError(f"{path}: no series with SeriesInstanceUID {series_uid} "
-                             f"(found: {', '.join(s.uid or '<none>' for s in series)})")
+            raise InputError(
+                f"{path}: no series with SeriesInstanceUID {series_uid} "
+                f"(found: {', '.join(s.uid or '<none>' for s in series)})"
+            )
         picked = chosen[0]
     else:
         picked = series[0]
         if len(series) > 1:
-            warnings.append(f"{len(series)} series found; read the largest, {picked.uid or '<no UID>'} "
-                            f"({'x'.join(map(str, picked.size))}); choose another with --series")
+            warnings.append(
+                f"{len(series)} series found; read the largest, {picked.uid or '<no UID>'} "
+                f"({'x'.join(map(str, picked.size))}); choose another with --series"
+            )
     warnings += picked.warnings
     if len(picked.datasets) == 1 and int(getattr(picked.datasets[0], "NumberOfFrames", 1) or 1) > 1:
         volume = _read_multiframe(picked.datasets[0], warnings)
     else:
         volume = _read_slices(picked.datasets, warnings)
-    volume.meta.update({"source": str(path), "format": "dicom", "series_uid": picked.uid,
-                        "dicom": _carried(picked.datasets[0]), "warnings": warnings,
-                        "series_count": len(series)})
+    volume.meta.update(
+        {
+            "source": str(path),
+            "format": "dicom",
+            "series_uid": picked.uid,
+            "dicom": _carried(picked.datasets[0]),
+            "warnings": warnings,
+            "series_count": len(series),
+        }
+    )
     return volume
 
 
@@ -180,8 +209,10 @@ def _pixels(ds) -> np.ndarray:
     except Exception as exc:  # decoders raise many types; all mean "cannot decode this file"
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", str(syntax))
-        raise InputError(f"{file}: cannot decode pixel data (transfer syntax {name}): "
-                         f"{str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}") from None
+        raise InputError(
+            f"{file}: cannot decode pixel data (transfer syntax {name}): "
+            f"{str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}"
+        ) from None
     if int(getattr(full, "SamplesPerPixel", 1) or 1) != 1:
         raise InputError(f"{file}: colour images (SamplesPerPixel > 1) are not supported")
     return array
@@ -222,8 +253,10 @@ def _read_slices(datasets: Sequence, warnings: List[str]) -> Volume:
     positions = [getattr(ds, "ImagePositionPatient", None) for ds in datasets]
     if direction is None or any(p is None or len(p) != 3 for p in positions):
         if len(datasets) > 1:
-            raise InputError(f"{Path(first.filename).parent}: slices lack ImagePositionPatient/"
-                             "ImageOrientationPatient; cannot order them")
+            raise InputError(
+                f"{Path(first.filename).parent}: slices lack ImagePositionPatient/"
+                "ImageOrientationPatient; cannot order them"
+            )
         direction, positions = np.eye(3), [(0.0, 0.0, 0.0)]
         warnings.append("geometry missing (no position/orientation): identity direction used")
     points = np.asarray(positions, dtype=float)
@@ -231,8 +264,10 @@ def _read_slices(datasets: Sequence, warnings: List[str]) -> Volume:
     order = np.argsort(along, kind="stable")
     along = along[order]
     if len(along) > 1 and np.min(np.diff(along)) < 1e-4:
-        raise InputError(f"{Path(first.filename).parent}: {len(along) - len(np.unique(along.round(4)))} "
-                         "slices share a position; the files mix acquisitions (choose one series)")
+        raise InputError(
+            f"{Path(first.filename).parent}: {len(along) - len(np.unique(along.round(4)))} "
+            "slices share a position; the files mix acquisitions (choose one series)"
+        )
     pixel_spacing = _pixel_spacing(first)
     if pixel_spacing is None:
         pixel_spacing = (1.0, 1.0)
@@ -258,9 +293,14 @@ def _read_slices(datasets: Sequence, warnings: List[str]) -> Volume:
         warnings.append("Modality LUT Sequence present but not applied: stored values are kept")
     values = _apply_rescale(stored, slopes)
     dtype = _output_dtype(stored, slopes, values, warnings)
-    return Volume(values, spacing=(pixel_spacing[0], pixel_spacing[1], dz),
-                  origin=tuple(positions[order[0]]), direction=tuple(direction.reshape(-1)),
-                  dtype=dtype, units=_units(first))
+    return Volume(
+        values,
+        spacing=(pixel_spacing[0], pixel_spacing[1], dz),
+        origin=tuple(positions[order[0]]),
+        direction=tuple(direction.reshape(-1)),
+        dtype=dtype,
+        units=_units(first),
+    )
 
 
 def _read_multiframe(ds, warnings: List[str]) -> Volume:
@@ -283,9 +323,13 @@ def _read_multiframe(ds, warnings: List[str]) -> Volume:
     spacing = lookup(0, "PixelMeasuresSequence", "PixelSpacing")
     iop = lookup(0, "PlaneOrientationSequence", "ImageOrientationPatient")
     positions = [lookup(i, "PlanePositionSequence", "ImagePositionPatient") for i in range(frames)]
-    rescales = [(float(lookup(i, "PixelValueTransformationSequence", "RescaleSlope") or 1),
-                 float(lookup(i, "PixelValueTransformationSequence", "RescaleIntercept") or 0))
-                for i in range(frames)]
+    rescales = [
+        (
+            float(lookup(i, "PixelValueTransformationSequence", "RescaleSlope") or 1),
+            float(lookup(i, "PixelValueTransformationSequence", "RescaleIntercept") or 0),
+        )
+        for i in range(frames)
+    ]
     pixels = _pixels(ds)
     if pixels.ndim != 3 or pixels.shape[0] != frames:
         raise InputError(f"{ds.filename}: expected {frames} frames, decoded shape {pixels.shape}")
@@ -300,14 +344,14 @@ def _read_multiframe(ds, warnings: List[str]) -> Volume:
         order = np.argsort(along, kind="stable")
         gaps = np.diff(along[order])
         if frames > 1 and np.min(gaps) < 1e-4:
-            raise InputError(f"{ds.filename}: frames share a position (a 4-D or multi-stack file); "
-                             "not supported")
-        dz = float(np.mean(gaps)) if frames > 1 else float(
-            lookup(0, "PixelMeasuresSequence", "SliceThickness") or 1.0)
+            raise InputError(f"{ds.filename}: frames share a position (a 4-D or multi-stack file); not supported")
+        dz = float(np.mean(gaps)) if frames > 1 else float(lookup(0, "PixelMeasuresSequence", "SliceThickness") or 1.0)
         origin = tuple(points[order[0]])
     else:
-        warnings.append("geometry missing (no per-frame position/orientation): frames stacked in "
-                        "file order with 1 mm spacing and identity direction")
+        warnings.append(
+            "geometry missing (no per-frame position/orientation): frames stacked in "
+            "file order with 1 mm spacing and identity direction"
+        )
         direction, order, dz, origin = np.eye(3), np.arange(frames), 1.0, (0.0, 0.0, 0.0)
     if spacing is None or len(spacing) != 2:
         warnings.append("PixelSpacing missing: 1 mm assumed")
@@ -317,8 +361,14 @@ def _read_multiframe(ds, warnings: List[str]) -> Volume:
     rescales = [rescales[i] for i in order]
     values = _apply_rescale(stored, rescales)
     dtype = _output_dtype(stored, rescales, values, warnings)
-    return Volume(values, spacing=(float(spacing[1]), float(spacing[0]), dz), origin=origin,
-                  direction=tuple(direction.reshape(-1)), dtype=dtype, units=_units(ds))
+    return Volume(
+        values,
+        spacing=(float(spacing[1]), float(spacing[0]), dz),
+        origin=origin,
+        direction=tuple(direction.reshape(-1)),
+        dtype=dtype,
+        units=_units(ds),
+    )
 
 
 def _apply_rescale(stored: np.ndarray, rescales) -> np.ndarray:
@@ -356,8 +406,13 @@ _SOP_CLASSES = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.
 _SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
 
-def write_dicom_series(volume: Volume, folder, lossy_ratio: Optional[float] = None,
-                       lossy_method: str = "DEEPSTD", series_description: Optional[str] = None) -> Path:
+def write_dicom_series(
+    volume: Volume,
+    folder,
+    lossy_ratio: Optional[float] = None,
+    lossy_method: str = "DEEPSTD",
+    series_description: Optional[str] = None,
+) -> Path:
     """Write `volume` as a new single-frame series in `folder` (created; must be empty or absent).
 
     With `lossy_ratio` the series is marked as lossy-compressed (LossyImageCompression "01", the
@@ -394,9 +449,20 @@ def write_dicom_series(volume: Volume, folder, lossy_ratio: Optional[float] = No
             meta.TransferSyntaxUID = ExplicitVRLittleEndian
             meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
             ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)  # type: ignore[arg-type]
-            for tag in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge",
-                        "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
-                        "ReferringPhysicianName", "StudyDescription", "BodyPartExamined"):
+            for tag in (
+                "PatientName",
+                "PatientID",
+                "PatientBirthDate",
+                "PatientSex",
+                "PatientAge",
+                "StudyDate",
+                "StudyTime",
+                "StudyID",
+                "AccessionNumber",
+                "ReferringPhysicianName",
+                "StudyDescription",
+                "BodyPartExamined",
+            ):
                 if tag in source:
                     setattr(ds, tag, source[tag])
             ds.PatientName = source.get("PatientName", "Anonymous")
@@ -407,9 +473,14 @@ def write_dicom_series(volume: Volume, folder, lossy_ratio: Optional[float] = No
             ds.Modality = modality
             ds.SeriesNumber = int(source.get("SeriesNumber", 0) or 0) + 1000
             ds.InstanceNumber = k + 1
-            ds.SeriesDescription = (series_description or (
-                f"{source.get('SeriesDescription', '')} DeepSTD {lossy_ratio:.0f}x".strip()
-                if lossy_ratio else (source.get("SeriesDescription") or "DeepSTD")))[-64:]  # VR LO
+            ds.SeriesDescription = (
+                series_description
+                or (
+                    f"{source.get('SeriesDescription', '')} DeepSTD {lossy_ratio:.0f}x".strip()
+                    if lossy_ratio
+                    else (source.get("SeriesDescription") or "DeepSTD")
+                )
+            )[-64:]  # VR LO
             ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
             ds.ImageType = ["DERIVED", "SECONDARY"]
             if lossy_ratio:

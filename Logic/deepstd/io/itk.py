@@ -1,4 +1,5 @@
 """NIfTI, NRRD and MetaImage through SimpleITK (which reports geometry in LPS, as Volume wants)."""
+
 from __future__ import annotations
 
 import os

@@ -3,10 +3,12 @@
 `PEERS` maps a peer's name to its adapter; `get(name)` looks one up with a clear error, and
 `available()` lists those that can run here with the reason for each that cannot.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional
 
+from ..errors import InputError
 from .base import Peer, PeerError, PeerUnavailable
 from .budget import PeerBudgetError
 from .inr import InrSiren
@@ -15,11 +17,25 @@ from .jpegxl import JpegXlLossless, JpegXlSlices
 from .lossless import JpegLsSlices, ZstdRaw
 from .scientific import Sperr3d, Sz3, Zfp
 from .video import Av1, Hevc
-from ..errors import InputError
 
-PEERS: Dict[str, Peer] = {peer.name: peer for peer in (
-    Jpeg2000Slices(), Jpeg2000Components(), Htj2kSlices(), JpegXlSlices(), Hevc(), Av1(),
-    Sperr3d(), Sz3(), Zfp(), InrSiren(), JpegLsSlices(), JpegXlLossless(), ZstdRaw())}
+PEERS: Dict[str, Peer] = {
+    peer.name: peer
+    for peer in (
+        Jpeg2000Slices(),
+        Jpeg2000Components(),
+        Htj2kSlices(),
+        JpegXlSlices(),
+        Hevc(),
+        Av1(),
+        Sperr3d(),
+        Sz3(),
+        Zfp(),
+        InrSiren(),
+        JpegLsSlices(),
+        JpegXlLossless(),
+        ZstdRaw(),
+    )
+}
 
 
 def get(name: str) -> Peer:
@@ -42,5 +58,4 @@ def available(names: Optional[List[str]] = None) -> List[Peer]:
     return [get(name) for name in (names or list(PEERS)) if name not in missing]
 
 
-__all__ = ["PEERS", "Peer", "PeerError", "PeerUnavailable", "PeerBudgetError", "get",
-           "available", "unavailable"]
+__all__ = ["PEERS", "Peer", "PeerError", "PeerUnavailable", "PeerBudgetError", "get", "available", "unavailable"]

@@ -5,6 +5,7 @@ picks the codec's own quality parameter (its `Knob`) so that the returned bytes 
 side information needed to reconstruct — fit the byte budget as closely as possible; `decode`
 returns float32 values in the volume's original units, on `like`'s grid.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -52,8 +53,7 @@ class Peer(ABC):
         if reason is not None:
             raise PeerUnavailable(f"{self.name} is unavailable: {reason}")
 
-    def encode(self, volume: Volume, budget_bytes: int,
-               reporter: Optional[Reporter] = None) -> bytes:
+    def encode(self, volume: Volume, budget_bytes: int, reporter: Optional[Reporter] = None) -> bytes:
         """The largest output this peer makes that still fits `budget_bytes` (all bytes counted).
 
         Raises `PeerBudgetError` when even the smallest output is too big. The search assumes
@@ -69,7 +69,7 @@ class Peer(ABC):
             if len(data) > budget_bytes:
                 raise PeerBudgetError(self.name, len(data), budget_bytes)
             return data
-        encoded: Dict[float, bytes] = {}   # per knob value: an integer knob repeats values
+        encoded: Dict[float, bytes] = {}  # per knob value: an integer knob repeats values
 
         def build(t: float) -> bytes:
             value = knob.value(t)
@@ -80,8 +80,13 @@ class Peer(ABC):
         reporter("encode", 0.0, self.name)
         # The largest-output end is often slow (near-lossless), so it is tried last.
         best, smallest = largest_within(
-            build, budget_bytes, CLOSE_ENOUGH, STEPS, largest_first=False,
-            on_step=lambda step: reporter("encode", (step + 1) / (STEPS + 1), self.name))
+            build,
+            budget_bytes,
+            CLOSE_ENOUGH,
+            STEPS,
+            largest_first=False,
+            on_step=lambda step: reporter("encode", (step + 1) / (STEPS + 1), self.name),
+        )
         if best is None:
             raise PeerBudgetError(self.name, len(smallest), budget_bytes)
         # Not every codec is quite monotone: keep the largest output tried that fits.

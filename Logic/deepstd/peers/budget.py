@@ -5,6 +5,7 @@ each peer describes its knob as the value giving its smallest output, the value 
 largest, and whether to search it on a log scale; the search itself is DeepSTD's own
 (`deepstd.ratecontrol.largest_within`), run by `Peer.encode` with the settings below.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,8 +18,7 @@ class PeerBudgetError(BudgetError):
     """The peer cannot fit the budget; `smallest_bytes` is the least it can produce."""
 
     def __init__(self, peer: str, smallest_bytes: int, budget_bytes: int):
-        super().__init__(f"{peer} cannot fit {budget_bytes} bytes: its smallest output is "
-                         f"{smallest_bytes} bytes")
+        super().__init__(f"{peer} cannot fit {budget_bytes} bytes: its smallest output is {smallest_bytes} bytes")
         self.peer = peer
         self.smallest_bytes = smallest_bytes
         self.budget_bytes = budget_bytes

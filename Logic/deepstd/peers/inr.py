@@ -24,6 +24,7 @@ Stream (every byte counted): shape (3 varints), depth (varint), the hidden width
 omega_first, omega_hidden, lo, hi (float64 each), then the float16 weights, little-endian, layer
 by layer (weight matrix row-major as (out, in), then bias), running to the end of the stream.
 """
+
 from __future__ import annotations
 
 import math
@@ -68,8 +69,9 @@ def parameter_count(widths: Sequence[int]) -> int:
     return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
 
 
-def _header(shape: Sequence[int], widths: Sequence[int], omega_first: float, omega_hidden: float,
-            lo: float, hi: float) -> Packer:
+def _header(
+    shape: Sequence[int], widths: Sequence[int], omega_first: float, omega_hidden: float, lo: float, hi: float
+) -> Packer:
     packer = Packer().shape(shape).uint(len(widths))
     for w in widths:
         packer.uint(int(w))
@@ -81,8 +83,9 @@ def stream_size(shape: Sequence[int], widths: Sequence[int]) -> int:
     return len(_header(shape, widths, 0.0, 0.0, 0.0, 0.0).bytes()) + 2 * parameter_count(widths)
 
 
-def architecture(shape: Sequence[int], budget: int, depth: int = DEPTH,
-                 max_width: int = MAX_WIDTH) -> Optional[List[int]]:
+def architecture(
+    shape: Sequence[int], budget: int, depth: int = DEPTH, max_width: int = MAX_WIDTH
+) -> Optional[List[int]]:
     """The hidden widths with the most parameters whose stream fits `budget` bytes: the widest
     uniform width w that fits, then the last layer widened as far as it still fits (at most 2w).
     None when even `MIN_WIDTH` does not fit."""
@@ -133,9 +136,17 @@ class InrSiren(Peer):
     name = "inr-siren"
     summary = "per-scan SIREN fitted to the voxels (INR anchor), float16 weights, width from the budget"
 
-    def __init__(self, steps: int = STEPS, batch: int = BATCH, depth: int = DEPTH, lr: float = LR,
-                 omega_first: float = OMEGA_FIRST, omega_hidden: float = OMEGA_HIDDEN,
-                 seed: int = SEED, max_width: int = MAX_WIDTH):
+    def __init__(
+        self,
+        steps: int = STEPS,
+        batch: int = BATCH,
+        depth: int = DEPTH,
+        lr: float = LR,
+        omega_first: float = OMEGA_FIRST,
+        omega_hidden: float = OMEGA_HIDDEN,
+        seed: int = SEED,
+        max_width: int = MAX_WIDTH,
+    ):
         if steps < 1 or batch < 1 or depth < 1 or max_width < MIN_WIDTH:
             raise ValueError("an INR peer needs steps, batch, depth >= 1 and max_width >= MIN_WIDTH")
         self.steps, self.batch, self.depth, self.lr = int(steps), int(batch), int(depth), float(lr)
@@ -149,16 +160,14 @@ class InrSiren(Peer):
         self.last_widths: Optional[List[int]] = None
 
     # --- encode -----------------------------------------------------------------------------------
-    def encode(self, volume: Volume, budget_bytes: int,
-               reporter: Optional[Reporter] = None) -> bytes:
+    def encode(self, volume: Volume, budget_bytes: int, reporter: Optional[Reporter] = None) -> bytes:
         """Fit once, at the largest architecture whose stream fits `budget_bytes`."""
         self.require_available()
         reporter = reporter or Reporter()
         shape = volume.array.shape
         widths = architecture(shape, budget_bytes, self.depth, self.max_width)
         if widths is None:
-            raise PeerBudgetError(self.name, stream_size(shape, [MIN_WIDTH] * self.depth),
-                                  budget_bytes)
+            raise PeerBudgetError(self.name, stream_size(shape, [MIN_WIDTH] * self.depth), budget_bytes)
         data = self._fit(self._prepare(volume), widths, reporter)
         assert len(data) == stream_size(shape, widths) <= budget_bytes
         return data
@@ -177,8 +186,7 @@ class InrSiren(Peer):
         array, lo, hi = prepared
         span = hi - lo if hi > lo else 1.0
         shape = array.shape
-        targets = torch.from_numpy(((array.reshape(-1).astype(np.float64) - lo) / span)
-                                   .astype(np.float32))
+        targets = torch.from_numpy(((array.reshape(-1).astype(np.float64) - lo) / span).astype(np.float32))
         total = targets.numel()
         batch = min(self.batch, total)
 
@@ -189,25 +197,23 @@ class InrSiren(Peer):
         for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             bound = 1.0 / n_in if i == 0 else math.sqrt(6.0 / n_in) / self.omega_hidden
             weight = torch.empty(n_out, n_in).uniform_(-bound, bound, generator=generator)
-            bias = torch.empty(n_out).uniform_(-1 / math.sqrt(n_in), 1 / math.sqrt(n_in),
-                                               generator=generator)
+            bias = torch.empty(n_out).uniform_(-1 / math.sqrt(n_in), 1 / math.sqrt(n_in), generator=generator)
             layers.append((weight.requires_grad_(), bias.requires_grad_()))
         with torch.no_grad():
             layers[-1][1].fill_(float(targets.mean()))
         params = [p for layer in layers for p in layer]
         optimiser = torch.optim.Adam(params, lr=self.lr)
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimiser, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / self.steps)))
+            optimiser, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / self.steps))
+        )
 
         start = time.perf_counter()
         every = max(1, self.steps // 50)
         for step in range(self.steps):
             if step % every == 0:
                 reporter("encode", step / self.steps, f"{self.name} width {widths}")
-            index = (torch.randint(total, (batch,), generator=generator) if batch < total
-                     else torch.arange(total))
-            prediction = _forward(layers, _coordinates(index, shape), self.omega_first,
-                                  self.omega_hidden)
+            index = torch.randint(total, (batch,), generator=generator) if batch < total else torch.arange(total)
+            prediction = _forward(layers, _coordinates(index, shape), self.omega_first, self.omega_hidden)
             loss = torch.mean((prediction - targets[index]) ** 2)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -217,8 +223,7 @@ class InrSiren(Peer):
         self.last_widths = list(widths)
         reporter("encode", 1.0, self.name)
 
-        weights = np.concatenate([p.detach().numpy().reshape(-1) for layer in layers
-                                  for p in layer]).astype("<f2")
+        weights = np.concatenate([p.detach().numpy().reshape(-1) for layer in layers for p in layer]).astype("<f2")
         if not np.all(np.isfinite(weights)):
             # A diverged fit (or weights beyond float16) must not produce an undecodable stream.
             weights = np.nan_to_num(weights, nan=0.0, posinf=65504.0, neginf=-65504.0)
@@ -239,14 +244,12 @@ class InrSiren(Peer):
             raise FormatError(f"peer stream has INR widths {widths}")
         omega_first, omega_hidden, lo, hi = (reader.float64() for _ in range(4))
         values = (omega_first, omega_hidden, lo, hi)
-        if not all(math.isfinite(v) for v in values) or not (0 < omega_first <= 1e4
-                                                               and 0 < omega_hidden <= 1e4):
+        if not all(math.isfinite(v) for v in values) or not (0 < omega_first <= 1e4 and 0 < omega_hidden <= 1e4):
             raise FormatError("peer stream has an invalid INR header")
         payload = reader.blob()
         count = parameter_count(widths)
         if len(payload) != 2 * count:
-            raise FormatError(f"peer stream holds {len(payload)} weight bytes, the INR "
-                              f"{widths} needs {2 * count}")
+            raise FormatError(f"peer stream holds {len(payload)} weight bytes, the INR {widths} needs {2 * count}")
         weights = np.frombuffer(payload, dtype="<f2").astype(np.float32)
         if not np.all(np.isfinite(weights)):
             raise FormatError("peer stream holds non-finite INR weights")
@@ -254,9 +257,9 @@ class InrSiren(Peer):
         layers, at = [], 0
         sizes = [3, *widths, 1]
         for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-            weight = torch.from_numpy(weights[at:at + n_in * n_out].reshape(n_out, n_in))
+            weight = torch.from_numpy(weights[at : at + n_in * n_out].reshape(n_out, n_in))
             at += n_in * n_out
-            bias = torch.from_numpy(weights[at:at + n_out])
+            bias = torch.from_numpy(weights[at : at + n_out])
             at += n_out
             layers.append((weight, bias))
 
@@ -267,7 +270,7 @@ class InrSiren(Peer):
             for begin in range(0, total, CHUNK):
                 index = torch.arange(begin, min(begin + CHUNK, total))
                 y = _forward(layers, _coordinates(index, shape), omega_first, omega_hidden)
-                out[begin:begin + len(index)] = (lo + y.double().numpy() * span).astype(np.float32)
+                out[begin : begin + len(index)] = (lo + y.double().numpy() * span).astype(np.float32)
         if not np.all(np.isfinite(out)):
             raise FormatError("peer stream decodes to non-finite values")
         return out.reshape(shape)

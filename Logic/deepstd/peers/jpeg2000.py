@@ -5,16 +5,17 @@ lossless), relative to the precision we declare, so we declare the bits the code
 `htj2k_encode`'s `level` is the base quantisation step of the irreversible path (0 = lossless),
 searched on a log scale. Both write raw codestreams (J2K), not the larger JP2 wrapper.
 """
+
 from __future__ import annotations
 
 from typing import Optional
 
 import numpy as np
 
+from ..packing import Packer, Unpacker
 from ..volume import Volume
 from .base import Peer, imagecodecs_missing
 from .budget import Knob
-from ..packing import Packer, Unpacker
 from .mapping import LevelMap
 from .slices import CODE_LEVELS, SliceCodecPeer, bits_needed
 
@@ -32,11 +33,12 @@ class Jpeg2000Slices(SliceCodecPeer):
 
     def _encode_slice(self, codes: np.ndarray, bits: int, value: Optional[float]) -> bytes:
         import imagecodecs
-        return imagecodecs.jpeg2k_encode(codes, level=value, codecformat="J2K",
-                                         bitspersample=bits, numthreads=1)
+
+        return imagecodecs.jpeg2k_encode(codes, level=value, codecformat="J2K", bitspersample=bits, numthreads=1)
 
     def _decode_slice(self, blob: bytes) -> np.ndarray:
         import imagecodecs
+
         return imagecodecs.jpeg2k_decode(blob, numthreads=1)
 
 
@@ -57,14 +59,22 @@ class Jpeg2000Components(Peer):
 
     def _encode_at(self, prepared, value: Optional[float]) -> bytes:
         import imagecodecs
+
         shape, mapping, components = prepared
-        stream = imagecodecs.jpeg2k_encode(components, level=value, codecformat="J2K", mct=False,
-                                           colorspace="UNSPECIFIED",
-                                           bitspersample=bits_needed(components), numthreads=1)
+        stream = imagecodecs.jpeg2k_encode(
+            components,
+            level=value,
+            codecformat="J2K",
+            mct=False,
+            colorspace="UNSPECIFIED",
+            bitspersample=bits_needed(components),
+            numthreads=1,
+        )
         return mapping.pack(Packer().shape(shape)).blob(stream).bytes()
 
     def decode(self, data: bytes, like: Volume) -> np.ndarray:
         import imagecodecs
+
         reader = Unpacker(data)
         reader.shape(like.array.shape)
         mapping = LevelMap.unpack(reader)
@@ -82,8 +92,10 @@ class Htj2kSlices(SliceCodecPeer):
 
     def _encode_slice(self, codes: np.ndarray, bits: int, value: Optional[float]) -> bytes:
         import imagecodecs
+
         return imagecodecs.htj2k_encode(codes, level=value)
 
     def _decode_slice(self, blob: bytes) -> np.ndarray:
         import imagecodecs
+
         return imagecodecs.htj2k_decode(blob)

@@ -5,6 +5,7 @@ relative to the nominal sample range, so the lossy peer stretches intensities ov
 codes. The lossless peer keeps integer codes unchanged (`lossless=True`) and declares the bits
 actually used.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -27,10 +28,12 @@ class JpegXlSlices(SliceCodecPeer):
 
     def _encode_slice(self, codes: np.ndarray, bits: int, value: Optional[float]) -> bytes:
         import imagecodecs
+
         return imagecodecs.jpegxl_encode(codes, distance=value, numthreads=1)
 
     def _decode_slice(self, blob: bytes) -> np.ndarray:
         import imagecodecs
+
         return imagecodecs.jpegxl_decode(blob, numthreads=1)
 
 
@@ -43,9 +46,10 @@ class JpegXlLossless(SliceCodecPeer):
 
     def _encode_slice(self, codes: np.ndarray, bits: int, value: Optional[float]) -> bytes:
         import imagecodecs
-        return imagecodecs.jpegxl_encode(narrowest(codes, bits), lossless=True, bitspersample=bits,
-                                         numthreads=1)
+
+        return imagecodecs.jpegxl_encode(narrowest(codes, bits), lossless=True, bitspersample=bits, numthreads=1)
 
     def _decode_slice(self, blob: bytes) -> np.ndarray:
         import imagecodecs
+
         return imagecodecs.jpegxl_decode(blob, numthreads=1)

@@ -3,15 +3,16 @@
 They ignore the budget except to check it: the output has one size, and a budget below it
 raises `PeerBudgetError` carrying that size (which is the peer's lossless ratio).
 """
+
 from __future__ import annotations
 
 from typing import Optional
 
 import numpy as np
 
+from ..packing import Packer, Unpacker
 from ..volume import Volume
 from .base import Peer, imagecodecs_missing
-from ..packing import Packer, Unpacker
 from .slices import SliceCodecPeer, narrowest
 
 #: zstd's strongest ordinary level (the "ultra" levels 20-22 need far more memory for little gain).
@@ -27,10 +28,12 @@ class JpegLsSlices(SliceCodecPeer):
 
     def _encode_slice(self, codes: np.ndarray, bits: int, value: Optional[float]) -> bytes:
         import imagecodecs
+
         return imagecodecs.jpegls_encode(narrowest(codes, bits), level=0)
 
     def _decode_slice(self, blob: bytes) -> np.ndarray:
         import imagecodecs
+
         return imagecodecs.jpegls_decode(blob)
 
 
@@ -48,12 +51,13 @@ class ZstdRaw(Peer):
 
     def _encode_at(self, prepared, value: Optional[float]) -> bytes:
         import imagecodecs
+
         shape, samples = prepared
-        return Packer().shape(shape).blob(imagecodecs.zstd_encode(samples.tobytes(),
-                                                                  level=ZSTD_LEVEL)).bytes()
+        return Packer().shape(shape).blob(imagecodecs.zstd_encode(samples.tobytes(), level=ZSTD_LEVEL)).bytes()
 
     def decode(self, data: bytes, like: Volume) -> np.ndarray:
         import imagecodecs
+
         reader = Unpacker(data)
         shape = reader.shape(like.array.shape)
         raw = imagecodecs.zstd_decode(reader.blob())

@@ -6,6 +6,7 @@ uses one). Integer volumes whose range fits the codes keep step 1, so lossless c
 `stretch` spreads the range over all codes instead, for codecs whose quality scale is relative
 to the nominal sample range (JPEG XL distance, video CRF).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

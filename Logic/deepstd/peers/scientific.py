@@ -12,6 +12,7 @@ holds the shape and the codec payload. Knobs, per the imagecodecs signatures:
 SZ3's error bound is searched as a fraction of the volume's data range, on a log scale. ZFP's own
 header is dropped (`header=False`) because our stream already carries shape and type.
 """
+
 from __future__ import annotations
 
 from abc import abstractmethod
@@ -19,10 +20,10 @@ from typing import Optional
 
 import numpy as np
 
+from ..packing import Packer, Unpacker
 from ..volume import Volume
 from .base import Peer, imagecodecs_missing
 from .budget import Knob
-from ..packing import Packer, Unpacker
 
 
 class FloatFieldPeer(Peer):
@@ -59,10 +60,12 @@ class Sperr3d(FloatFieldPeer):
 
     def _compress(self, array, data_range, value):
         import imagecodecs
+
         return imagecodecs.sperr_encode(array, value, "bpp", numthreads=1)
 
     def _decompress(self, payload, shape):
         import imagecodecs
+
         return imagecodecs.sperr_decode(payload, numthreads=1)
 
 
@@ -76,10 +79,12 @@ class Sz3(FloatFieldPeer):
 
     def _compress(self, array, data_range, value):
         import imagecodecs
+
         return imagecodecs.sz3_encode(array, mode="abs", abs=value * data_range)
 
     def _decompress(self, payload, shape):
         import imagecodecs
+
         return imagecodecs.sz3_decode(payload, shape=shape, dtype=np.float32)
 
 
@@ -93,9 +98,10 @@ class Zfp(FloatFieldPeer):
 
     def _compress(self, array, data_range, value):
         import imagecodecs
-        return imagecodecs.zfp_encode(array, level=value, mode="rate", header=False,
-                                      numthreads=1)
+
+        return imagecodecs.zfp_encode(array, level=value, mode="rate", header=False, numthreads=1)
 
     def _decompress(self, payload, shape):
         import imagecodecs
+
         return imagecodecs.zfp_decode(payload, shape=shape, dtype=np.float32)

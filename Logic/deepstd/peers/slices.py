@@ -4,6 +4,7 @@ Every slice goes through the same knob value; the stream holds the shape, the in
 and each slice's codestream with its length, so per-slice headers count against the budget —
 which is why such codecs cannot reach high ratios on small crops.
 """
+
 from __future__ import annotations
 
 from abc import abstractmethod
@@ -11,9 +12,9 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+from ..packing import Packer, Unpacker
 from ..volume import Volume
 from .base import Peer, PeerError
-from ..packing import Packer, Unpacker
 from .mapping import LevelMap
 
 CODE_LEVELS = 1 << 16
@@ -39,9 +40,11 @@ class SliceCodecPeer(Peer):
     def _prepare(self, volume: Volume) -> Tuple[Tuple[int, ...], LevelMap, np.ndarray]:
         mapping = LevelMap.fit(volume.array, volume.dtype, CODE_LEVELS, self.stretch)
         if self.lossless and not mapping.is_exact(volume.dtype):
-            raise PeerError(f"{self.name} is lossless only for integer volumes spanning at most "
-                            f"{CODE_LEVELS} values; this {volume.dtype} volume spans "
-                            f"{volume.data_range():g}")
+            raise PeerError(
+                f"{self.name} is lossless only for integer volumes spanning at most "
+                f"{CODE_LEVELS} values; this {volume.dtype} volume spans "
+                f"{volume.data_range():g}"
+            )
         return volume.array.shape, mapping, mapping.codes(volume.array, CODE_LEVELS)
 
     def _encode_at(self, prepared, value: Optional[float]) -> bytes:

@@ -12,6 +12,7 @@ at the same speed. Its lookahead also needs `lookahead-slices=0` on small frames
 runs it on one thread.
 The knob is the constant-rate factor (integer for libaom, fractional for x265).
 """
+
 from __future__ import annotations
 
 import platform
@@ -22,10 +23,10 @@ from typing import List, Optional
 
 import numpy as np
 
+from ..packing import Packer, Unpacker
 from ..volume import Volume
 from .base import Peer, PeerError
 from .budget import Knob
-from ..packing import Packer, Unpacker
 from .mapping import LevelMap
 
 CODE_LEVELS = 1 << 12
@@ -39,8 +40,7 @@ def run_ffmpeg(args: List[str], stdin: bytes, what: str) -> bytes:
     if result.returncode != 0:
         detail = result.stderr.decode(errors="replace").strip().splitlines()[-3:]
         signal = f" (killed by signal {-result.returncode})" if result.returncode < 0 else ""
-        raise PeerError(f"{what} failed with exit status {result.returncode}{signal}: "
-                        + " | ".join(detail))
+        raise PeerError(f"{what} failed with exit status {result.returncode}{signal}: " + " | ".join(detail))
     return result.stdout
 
 
@@ -48,8 +48,7 @@ def encoder_missing(encoder: str) -> Optional[str]:
     """Why ffmpeg cannot encode with `encoder` here, or None."""
     if shutil.which("ffmpeg") is None:
         return "the ffmpeg program is not installed (Debian: apt-get install ffmpeg)"
-    listed = subprocess.run(["ffmpeg", "-hide_banner", "-encoders"], capture_output=True,
-                            text=True).stdout
+    listed = subprocess.run(["ffmpeg", "-hide_banner", "-encoders"], capture_output=True, text=True).stdout
     if f" {encoder} " not in listed:
         return f"this ffmpeg was built without the {encoder} encoder"
     return None
@@ -71,23 +70,49 @@ class VideoPeer(Peer):
     def _encode_at(self, prepared, value: Optional[float]) -> bytes:
         shape, mapping, codes = prepared
         z, y, x = shape
-        args = ["-f", "rawvideo", "-pix_fmt", PIXEL_FORMAT, "-s:v", f"{x}x{y}", "-r", "25",
-                "-i", "pipe:0", *self._encoder_args(value), "-f", self.stream_format, "pipe:1"]
-        stream = run_ffmpeg(args, codes.astype("<u2").tobytes(),
-                            f"{self.name} encoding {x}x{y}x{z} at {value:g}")
+        args = [
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            PIXEL_FORMAT,
+            "-s:v",
+            f"{x}x{y}",
+            "-r",
+            "25",
+            "-i",
+            "pipe:0",
+            *self._encoder_args(value),
+            "-f",
+            self.stream_format,
+            "pipe:1",
+        ]
+        stream = run_ffmpeg(args, codes.astype("<u2").tobytes(), f"{self.name} encoding {x}x{y}x{z} at {value:g}")
         return mapping.pack(Packer().shape(shape)).blob(stream).bytes()
 
     def decode(self, data: bytes, like: Volume) -> np.ndarray:
         reader = Unpacker(data)
         shape = reader.shape(like.array.shape)
         mapping = LevelMap.unpack(reader)
-        raw = run_ffmpeg(["-threads", "1", "-f", self.stream_format, "-i", "pipe:0",
-                          "-f", "rawvideo", "-pix_fmt", PIXEL_FORMAT, "pipe:1"], reader.blob(),
-                         f"{self.name} decoding")
+        raw = run_ffmpeg(
+            [
+                "-threads",
+                "1",
+                "-f",
+                self.stream_format,
+                "-i",
+                "pipe:0",
+                "-f",
+                "rawvideo",
+                "-pix_fmt",
+                PIXEL_FORMAT,
+                "pipe:1",
+            ],
+            reader.blob(),
+            f"{self.name} decoding",
+        )
         frames = np.frombuffer(raw, dtype="<u2")
         if frames.size != np.prod(shape):
-            raise PeerError(f"{self.name} decoded {frames.size} samples, expected "
-                            f"{int(np.prod(shape))}")
+            raise PeerError(f"{self.name} decoded {frames.size} samples, expected {int(np.prod(shape))}")
         return mapping.values(frames.reshape(shape))
 
     @abstractmethod
@@ -106,8 +131,7 @@ class Hevc(VideoPeer):
         params = "lookahead-slices=0:info=0:pools=none:frame-threads=1:log-level=error"
         if platform.machine().lower() in ("x86_64", "amd64"):
             params += ":asm=sse4.2"
-        return ["-c:v", "libx265", "-preset", "medium", "-crf", f"{value:.3f}",
-                "-x265-params", params]
+        return ["-c:v", "libx265", "-preset", "medium", "-crf", f"{value:.3f}", "-x265-params", params]
 
 
 class Av1(VideoPeer):
@@ -120,5 +144,17 @@ class Av1(VideoPeer):
     cpu_used = 4
 
     def _encoder_args(self, value: float) -> List[str]:
-        return ["-c:v", "libaom-av1", "-crf", str(int(value)), "-b:v", "0",
-                "-cpu-used", str(self.cpu_used), "-row-mt", "0", "-threads", "1"]
+        return [
+            "-c:v",
+            "libaom-av1",
+            "-crf",
+            str(int(value)),
+            "-b:v",
+            "0",
+            "-cpu-used",
+            str(self.cpu_used),
+            "-row-mt",
+            "0",
+            "-threads",
+            "1",
+        ]

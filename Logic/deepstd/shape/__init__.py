@@ -5,6 +5,7 @@ and warping: `deepstd.grid`);
 `encode_shape`/`decode_shape`/`width_for_budget` in `code`; `register_files` is what
 `deepstd register` calls.
 """
+
 from .code import ShapeCode, decode_shape, encode_shape, width_for_budget
 from .cycle_inr import CycleSettings
 from .field import displacement, folding_fraction, inverse_consistency, jacobian_determinant, to_sitk_field
@@ -13,6 +14,20 @@ from .preview import FieldSnapshot
 from .register import Registration, register
 from .siren import Siren
 
-__all__ = ["CycleSettings", "FieldSnapshot", "Registration", "ShapeCode", "Siren", "decode_shape", "displacement",
-           "encode_shape", "folding_fraction", "inverse_consistency", "jacobian_determinant", "register",
-           "register_files", "to_sitk_field", "width_for_budget"]
+__all__ = [
+    "CycleSettings",
+    "FieldSnapshot",
+    "Registration",
+    "ShapeCode",
+    "Siren",
+    "decode_shape",
+    "displacement",
+    "encode_shape",
+    "folding_fraction",
+    "inverse_consistency",
+    "jacobian_determinant",
+    "register",
+    "register_files",
+    "to_sitk_field",
+    "width_for_budget",
+]

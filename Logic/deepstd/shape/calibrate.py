@@ -1,5 +1,6 @@
 """The gradual-degradation threshold: 75th percentile of the registration loss after the probe
 steps at the default omega, over training registrations (paper, Methods). Stored in the bundle."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -15,9 +16,14 @@ from .register import register
 PERCENTILE = 75.0
 
 
-def calibrate_threshold(scans: Iterable[Volume], template: Volume, settings: Optional[CycleSettings] = None,
-                        progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
-                        **register_kw) -> float:
+def calibrate_threshold(
+    scans: Iterable[Volume],
+    template: Volume,
+    settings: Optional[CycleSettings] = None,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+    **register_kw,
+) -> float:
     """Register each scan for `probe_steps` at the default omega; return the loss percentile."""
     base = settings or CycleSettings()
     probe = replace(base, steps=base.probe_steps, threshold=None)

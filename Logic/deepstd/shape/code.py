@@ -7,6 +7,7 @@ smaller (flag). With the no-network flag there are no weights: the deformation i
 pre-alignment alone (60 bytes, for budgets too small for any network). Everything the decoder
 needs is in the bytes; nothing depends on float rounding of the platform beyond IEEE float16/32.
 """
+
 from __future__ import annotations
 
 import struct
@@ -61,8 +62,14 @@ def decode_shape(data: bytes) -> ShapeCode:
     if len(data) < _HEAD.size:
         raise FormatError("shape code truncated")
     magic, version, bits, depth, flags, width, omega = _HEAD.unpack_from(data)
-    if magic != MAGIC or version != VERSION or bits not in BITS or not (1 <= depth <= 16) \
-            or not (1 <= width <= 4096) or not np.isfinite(omega):
+    if (
+        magic != MAGIC
+        or version != VERSION
+        or bits not in BITS
+        or not (1 <= depth <= 16)
+        or not (1 <= width <= 4096)
+        or not np.isfinite(omega)
+    ):
         raise FormatError("not a valid shape code (bad header)")
     pos, matrix = _HEAD.size, np.eye(4)
     if len(data) < pos + (12 if flags & _TRANSLATION else 48 if flags & _AFFINE else 0):
@@ -85,7 +92,7 @@ def decode_shape(data: bytes) -> ShapeCode:
             raise FormatError("shape code without a network has trailing bytes")
         with torch.no_grad():
             for t in net.parameters():
-                t.zero_()          # displacement exactly 0: the pre-alignment alone
+                t.zero_()  # displacement exactly 0: the pre-alignment alone
         return ShapeCode(net, matrix)
     offset = 0
     with torch.no_grad():
@@ -113,8 +120,10 @@ def code_bytes(width: int, depth: int, bits: int = 8) -> int:
 def width_for_budget(budget: int, depth: int = 3, bits: int = 8, max_width: int = 256) -> int:
     """The widest SIREN whose shape code is guaranteed to fit in `budget` bytes (the paper's knob)."""
     if code_bytes(MIN_WIDTH, depth, bits) > budget:
-        raise BudgetError(f"a shape code needs at least {code_bytes(MIN_WIDTH, depth, bits)} bytes "
-                          f"(depth {depth}, {bits} bits); the budget is {budget}")
+        raise BudgetError(
+            f"a shape code needs at least {code_bytes(MIN_WIDTH, depth, bits)} bytes "
+            f"(depth {depth}, {bits} bits); the budget is {budget}"
+        )
     width = MIN_WIDTH
     while width < max_width and code_bytes(width + 1, depth, bits) <= budget:
         width += 1
@@ -141,8 +150,8 @@ def _quantise(values: np.ndarray, bits: int) -> bytes:
         return values.astype("<f2").tobytes()
     lo, hi = float(values.min()), float(values.max())
     lo32 = np.float32(lo)
-    step = np.float32((hi - lo) / (2 ** bits - 1)) if hi > lo else np.float32(1.0)
-    codes = np.clip(np.rint((values - lo32) / step), 0, 2 ** bits - 1).astype(np.uint16)
+    step = np.float32((hi - lo) / (2**bits - 1)) if hi > lo else np.float32(1.0)
+    codes = np.clip(np.rint((values - lo32) / step), 0, 2**bits - 1).astype(np.uint16)
     return struct.pack("<ff", lo32, step) + _pack(codes, bits)
 
 
@@ -156,7 +165,7 @@ def _dequantise(payload: bytes, offset: int, n: int, bits: int):
     if end > len(payload):
         raise FormatError("shape code weights truncated")
     lo, step = struct.unpack_from("<ff", payload, offset)
-    codes = _unpack(payload[offset + 8:end], n, bits)
+    codes = _unpack(payload[offset + 8 : end], n, bits)
     return (np.float32(lo) + codes.astype(np.float32) * np.float32(step)).astype(np.float32), end
 
 

@@ -5,6 +5,7 @@ moving scan D resampled there after pre-alignment. Phi_F(x) = x + u_F(x) reads D
 point x; Phi_B(y) = y + u_B(y) reads R for point y of D. Loss per batch (paper, Methods):
 -NCC(D[Phi_F], R) - NCC(R[Phi_B], D) + alpha (Ljac_F + Ljac_B) + beta ramp (Lcyc_F + Lcyc_B).
 """
+
 from __future__ import annotations
 
 import time
@@ -30,10 +31,10 @@ class CycleSettings:
     steps: int = 300
     batch: int = 1024
     lr: float = 3e-3
-    alpha: float = 0.1           # Jacobian regulariser weight
-    beta: float = 0.1            # cycle weight, per squared template voxel
-    cycle_ramp: int = 100        # steps over which beta ramps from 0 to its value
-    threshold: Optional[float] = None   # calibrated loss threshold; None = fixed omega
+    alpha: float = 0.1  # Jacobian regulariser weight
+    beta: float = 0.1  # cycle weight, per squared template voxel
+    cycle_ramp: int = 100  # steps over which beta ramps from 0 to its value
+    threshold: Optional[float] = None  # calibrated loss threshold; None = fixed omega
     probe_steps: int = 100
     omega_step: float = 2.0
     min_omega: float = 5.0
@@ -50,7 +51,7 @@ class Fit:
     backward: Siren
     optimizer: "Adam"
     step: int = 0
-    history: List[float] = field(default_factory=list)   # registration (similarity) loss per step
+    history: List[float] = field(default_factory=list)  # registration (similarity) loss per step
 
     @property
     def loss(self) -> float:
@@ -59,10 +60,16 @@ class Fit:
         return float(np.mean(tail)) if tail else float("inf")
 
 
-def fit_cycle(fixed: torch.Tensor, moving: torch.Tensor, frame: Frame, coarse: Frame,
-              settings: CycleSettings, reporter: Reporter,
-              preview: Optional[Callable[[Fit], object]] = None,
-              mask: Optional[torch.Tensor] = None) -> Fit:
+def fit_cycle(
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    frame: Frame,
+    coarse: Frame,
+    settings: CycleSettings,
+    reporter: Reporter,
+    preview: Optional[Callable[[Fit], object]] = None,
+    mask: Optional[torch.Tensor] = None,
+) -> Fit:
     """Fit both fields; with a threshold, lower omega while the loss after `probe_steps` stays below it.
 
     `fixed`, `moving`: (1, 1, D, H, W) tensors on `coarse`; `frame` is the full template grid
@@ -118,7 +125,7 @@ class Adam:
     def step(self) -> None:
         self.t += 1
         b1, b2 = self.betas
-        c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+        c1, c2 = 1 - b1**self.t, 1 - b2**self.t
         for p, m, v in zip(self.params, self.m, self.v):
             if p.grad is None:
                 continue
@@ -136,7 +143,7 @@ class _Sampler:
         self.index = None
         if mask is not None and bool(mask.any()):
             zyx = torch.nonzero(mask)
-            self.index = zyx.flip(1).to(torch.float64)   # (x, y, z)
+            self.index = zyx.flip(1).to(torch.float64)  # (x, y, z)
 
     def __call__(self, n: int) -> torch.Tensor:
         if self.index is None:
@@ -167,8 +174,10 @@ class _Context:
             r_at_q, d_at_q = sample(self.fixed, grid), sample(self.moving, grid)
             u_f, j_f = fit.forward.forward_jacobian(q)
             u_b, j_b = fit.backward.forward_jacobian(q)
-            sim = -0.5 * (ncc(sample(self.moving, (q + u_f) / aspect), r_at_q)
-                          + ncc(sample(self.fixed, (q + u_b) / aspect), d_at_q))
+            sim = -0.5 * (
+                ncc(sample(self.moving, (q + u_f) / aspect), r_at_q)
+                + ncc(sample(self.fixed, (q + u_b) / aspect), d_at_q)
+            )
             loss = sim + self.s.alpha * (jacobian_loss(j_f) + jacobian_loss(j_b))
             ramp = min(1.0, (fit.step + 1) / max(1, self.s.cycle_ramp))
             if self.s.beta > 0:
@@ -183,8 +192,10 @@ class _Context:
             self._report(fit, start)
 
     def _report(self, fit: Fit, start: float) -> None:
-        message = (f"omega {fit.omega:g} step {fit.step}/{self.s.steps} loss {fit.loss:.4f} "
-                   f"({time.perf_counter() - start:.1f} s)")
+        message = (
+            f"omega {fit.omega:g} step {fit.step}/{self.s.steps} loss {fit.loss:.4f} "
+            f"({time.perf_counter() - start:.1f} s)"
+        )
         snapshot = None
         if self.preview is not None and (fit.step % self.s.preview_every == 0 or fit.step == self.s.steps):
             snapshot = self.preview(fit)

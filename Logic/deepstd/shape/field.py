@@ -4,6 +4,7 @@ The shape stage's fields are networks u(q) on a template `Frame`; these function
 ITK displacements (mm, LPS, for an output-grid point p the input is read at p + u(p)) slab by slab
 (`deepstd.grid.sampling` then reads images through them).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional, Tuple
@@ -57,9 +58,17 @@ def _apply(matrix: np.ndarray, points: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def displacement(net: Field, frame: Frame, grid: Optional[Frame] = None, pre: np.ndarray = np.eye(4),
-                 post: np.ndarray = np.eye(4), reporter: Optional[Reporter] = None,
-                 chunk: int = CHUNK, clamp: bool = False, window: Optional[Box] = None) -> np.ndarray:
+def displacement(
+    net: Field,
+    frame: Frame,
+    grid: Optional[Frame] = None,
+    pre: np.ndarray = np.eye(4),
+    post: np.ndarray = np.eye(4),
+    reporter: Optional[Reporter] = None,
+    chunk: int = CHUNK,
+    clamp: bool = False,
+    window: Optional[Box] = None,
+) -> np.ndarray:
     """ITK displacement (z, y, x, 3) float32 mm on `grid` (default: `frame`) of p -> post(Phi(pre(p))).
 
     Forward field of a registration: grid = template, pre = I, post = the pre-alignment matrix.
@@ -79,16 +88,23 @@ def displacement(net: Field, frame: Frame, grid: Optional[Frame] = None, pre: np
         at = torch.maximum(torch.minimum(q, aspect), -aspect) if clamp else q
         phi = q + net(at.float()).double()
         d = _apply(post, frame.q_to_physical(phi)) - p
-        out[z0 - start:z1 - start] = d.reshape((z1 - z0,) + out.shape[1:]).float().numpy()
+        out[z0 - start : z1 - start] = d.reshape((z1 - z0,) + out.shape[1:]).float().numpy()
         if reporter is not None:
             reporter("field", (z1 - start) / max(end - start, 1), "evaluating the displacement field")
     return out
 
 
 @torch.no_grad()
-def inverse_displacement(net: Field, frame: Frame, grid: Optional[Frame] = None,
-                         post: np.ndarray = np.eye(4), iterations: int = 12, chunk: int = CHUNK,
-                         reporter: Optional[Reporter] = None, coarse: int = 2) -> np.ndarray:
+def inverse_displacement(
+    net: Field,
+    frame: Frame,
+    grid: Optional[Frame] = None,
+    post: np.ndarray = np.eye(4),
+    iterations: int = 12,
+    chunk: int = CHUNK,
+    reporter: Optional[Reporter] = None,
+    coarse: int = 2,
+) -> np.ndarray:
     """ITK displacement on `grid` of p -> post(Psi(p)), Psi the numerical inverse of Phi = q + u(q).
 
     Fixed-point iteration y <- x - u(y) (u clamped to `frame`'s box, as `displacement(clamp=True)`
@@ -134,8 +150,9 @@ def folding_fraction(det: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def inverse_consistency(forward: Siren, backward: Siren, grid: Frame, voxel: Frame,
-                        chunk: int = CHUNK) -> Tuple[float, float]:
+def inverse_consistency(
+    forward: Siren, backward: Siren, grid: Frame, voxel: Frame, chunk: int = CHUNK
+) -> Tuple[float, float]:
     """Mean and max |Phi_B(Phi_F(x)) - x| over `grid`'s voxel centres, in `voxel`'s voxel units."""
     total, worst, count = 0.0, 0.0, 0
     for z0, z1 in slabs(grid, chunk):

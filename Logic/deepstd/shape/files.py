@@ -1,4 +1,5 @@
 """`register_files`: what `deepstd register MOVING TEMPLATE` calls (read, register, write, report)."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ from typing import Optional
 import numpy as np
 
 from ..errors import InputError
-from ..progress import CancelToken, ProgressCallback, Reporter
 from ..grid.sampling import warp
+from ..progress import CancelToken, ProgressCallback, Reporter
 from . import field as F
 from .cycle_inr import CycleSettings
 from .register import register
@@ -19,11 +20,20 @@ _SETTINGS = {f.name for f in dc_fields(CycleSettings)}
 METRICS_STRIDE = 2
 
 
-def register_files(moving: str, template: str, out_warped: Optional[str] = None,
-                   out_field: Optional[str] = None, json_path: Optional[str] = None,
-                   progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
-                   moving_labels: Optional[str] = None, template_labels: Optional[str] = None,
-                   prealignment: str = "moments", threads: Optional[int] = None, **settings) -> dict:
+def register_files(
+    moving: str,
+    template: str,
+    out_warped: Optional[str] = None,
+    out_field: Optional[str] = None,
+    json_path: Optional[str] = None,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+    moving_labels: Optional[str] = None,
+    template_labels: Optional[str] = None,
+    prealignment: str = "moments",
+    threads: Optional[int] = None,
+    **settings,
+) -> dict:
     """Register the scan at `moving` to `template`; write the warped scan and the ITK field.
 
     The field is a vector float64 image on the template grid (mm, LPS): template point p reads
@@ -42,17 +52,34 @@ def register_files(moving: str, template: str, out_warped: Optional[str] = None,
     reporter = Reporter(progress, cancel)
     reporter("read", 0.0, f"reading {moving}")
     mov, tpl = read(moving), read(template)
-    reg = register(mov, tpl, CycleSettings(**settings), prealignment=prealignment,
-                   progress=progress, cancel=cancel, threads=threads)
+    reg = register(
+        mov,
+        tpl,
+        CycleSettings(**settings),
+        prealignment=prealignment,
+        progress=progress,
+        cancel=cancel,
+        threads=threads,
+    )
     disp = reg.forward_field(reporter)
     warped = warp(mov, disp, reg.frame, "linear", reporter=reporter)
-    check = reg.frame.coarse(METRICS_STRIDE)     # folding and inverse consistency on every 2nd voxel
+    check = reg.frame.coarse(METRICS_STRIDE)  # folding and inverse consistency on every 2nd voxel
     det = F.jacobian_determinant(reg.fit.forward, check)
     ic_mean, ic_max = F.inverse_consistency(reg.fit.forward, reg.fit.backward, check, reg.frame)
-    result = dict(moving=str(moving), template=str(template), seconds=round(reg.seconds, 3),
-                  omega=reg.omega, loss=reg.loss, steps=reg.fit.step, prealignment=prealignment,
-                  folding_fraction=F.folding_fraction(det), inverse_consistency_voxels=ic_mean,
-                  inverse_consistency_max_voxels=ic_max, metrics_grid_stride=METRICS_STRIDE, shape_code_bytes=len(reg.shape_code()))
+    result = dict(
+        moving=str(moving),
+        template=str(template),
+        seconds=round(reg.seconds, 3),
+        omega=reg.omega,
+        loss=reg.loss,
+        steps=reg.fit.step,
+        prealignment=prealignment,
+        folding_fraction=F.folding_fraction(det),
+        inverse_consistency_voxels=ic_mean,
+        inverse_consistency_max_voxels=ic_max,
+        metrics_grid_stride=METRICS_STRIDE,
+        shape_code_bytes=len(reg.shape_code()),
+    )
     if out_warped:
         reporter("write", 0.0, f"writing {out_warped}")
         write(warped, out_warped)
@@ -76,5 +103,8 @@ def register_files(moving: str, template: str, out_warped: Optional[str] = None,
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
     """Mean Dice over the template's foreground labels."""
     labels = [k for k in np.unique(b) if k != 0]
-    return float(np.mean([2.0 * np.sum((a == k) & (b == k)) / max(1, np.sum(a == k) + np.sum(b == k))
-                          for k in labels])) if labels else float("nan")
+    return (
+        float(np.mean([2.0 * np.sum((a == k) & (b == k)) / max(1, np.sum(a == k) + np.sum(b == k)) for k in labels]))
+        if labels
+        else float("nan")
+    )

@@ -4,6 +4,7 @@ MR is unitless and scanner-dependent, so each scan is mapped by its own robust p
 CT is in HU, so a fixed soft-tissue-to-bone window keeps the same tissue at the same value in
 every scan. NCC is scale-invariant; the clipping is what matters (bright outliers, metal).
 """
+
 from __future__ import annotations
 
 import numpy as np

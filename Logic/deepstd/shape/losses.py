@@ -1,4 +1,5 @@
 """Cycle-INR loss terms on a batch of points (paper, Methods; ../shared/docs/METHOD.md Idea 2)."""
+
 from __future__ import annotations
 
 import torch
@@ -7,8 +8,7 @@ import torch.nn.functional as F
 
 def sample(image: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
     """Values (M,) of a (1, 1, D, H, W) image at `grid_sample` points (M, 3) ordered (x, y, z)."""
-    out = F.grid_sample(image, grid.view(1, 1, 1, -1, 3), mode=mode, padding_mode="border",
-                        align_corners=True)
+    out = F.grid_sample(image, grid.view(1, 1, 1, -1, 3), mode=mode, padding_mode="border", align_corners=True)
     return out.view(-1)
 
 

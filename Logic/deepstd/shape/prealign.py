@@ -5,6 +5,7 @@ Scans of one population are often cropped differently (the left-atrium crops all
 the remaining non-linear part. The result is a 4x4 matrix mapping template LPS points to moving
 LPS points, composed into every exported field.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,8 +26,9 @@ def prealign(fixed: sitk.Image, moving: sitk.Image, mode: str = "moments", seed:
         raise InputError(f"unknown pre-alignment {mode!r}; choose one of {', '.join(MODES)}")
     if mode == "none":
         return np.eye(4)
-    init = sitk.CenteredTransformInitializer(fixed, moving, sitk.AffineTransform(3),
-                                             sitk.CenteredTransformInitializerFilter.MOMENTS)
+    init = sitk.CenteredTransformInitializer(
+        fixed, moving, sitk.AffineTransform(3), sitk.CenteredTransformInitializerFilter.MOMENTS
+    )
     if mode == "affine":
         init = _fit_affine(fixed, moving, sitk.AffineTransform(init), seed)
     return affine_matrix(sitk.AffineTransform(init))

@@ -1,4 +1,5 @@
 """Low-resolution field snapshots carried by progress events while a registration converges."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ PREVIEW_SIZE = 24
 class FieldSnapshot:
     """The current forward field on a coarse template grid (ITK convention, mm, LPS)."""
 
-    displacement: np.ndarray              # (z, y, x, 3) float32
+    displacement: np.ndarray  # (z, y, x, 3) float32
     spacing: Tuple[float, float, float]
     origin: Tuple[float, float, float]
     direction: Tuple[float, ...]

@@ -1,4 +1,5 @@
 """Register a scan to a template: prepare the image pair, run Cycle-INR, package the result."""
+
 from __future__ import annotations
 
 import time
@@ -25,7 +26,7 @@ class Registration:
     """Result of `register`: both networks, the pre-alignment and the template frame."""
 
     frame: Frame
-    matrix: np.ndarray          # template LPS -> moving LPS pre-alignment
+    matrix: np.ndarray  # template LPS -> moving LPS pre-alignment
     fit: Fit
     settings: CycleSettings
     seconds: float
@@ -47,10 +48,17 @@ class Registration:
         return encode_shape(self.fit.backward, self.matrix, bits)
 
 
-def register(moving: Volume, template: Volume, settings: Optional[CycleSettings] = None,
-             prealignment: str = "moments", downsample: int = 2, foreground: bool = False,
-             progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
-             threads: Optional[int] = None) -> Registration:
+def register(
+    moving: Volume,
+    template: Volume,
+    settings: Optional[CycleSettings] = None,
+    prealignment: str = "moments",
+    downsample: int = 2,
+    foreground: bool = False,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+    threads: Optional[int] = None,
+) -> Registration:
     """Cycle-INR registration of `moving` to `template` (fields live on the template grid).
 
     `foreground` restricts the training batches to voxels where either image is above 5 % of
@@ -71,14 +79,27 @@ def register(moving: Volume, template: Volume, settings: Optional[CycleSettings]
     moved = _resample(moving_img, coarse, matrix, downsample)
     mask = torch.from_numpy((np.maximum(fixed, moved) > 0.05)) if foreground else None
     grid = preview_grid(frame)
-    fit = fit_cycle(torch.from_numpy(fixed)[None, None], torch.from_numpy(moved)[None, None], frame, coarse,
-                    settings, reporter, preview=lambda f: snapshot(f, frame, matrix, grid), mask=mask)
-    return Registration(frame, matrix, fit, settings, time.perf_counter() - start,
-                        {"prealignment": prealignment, "downsample": downsample})
+    fit = fit_cycle(
+        torch.from_numpy(fixed)[None, None],
+        torch.from_numpy(moved)[None, None],
+        frame,
+        coarse,
+        settings,
+        reporter,
+        preview=lambda f: snapshot(f, frame, matrix, grid),
+        mask=mask,
+    )
+    return Registration(
+        frame,
+        matrix,
+        fit,
+        settings,
+        time.perf_counter() - start,
+        {"prealignment": prealignment, "downsample": downsample},
+    )
 
 
-def prealignment_only(moving: Volume, template: Volume, prealignment: str = "moments",
-                      seed: int = 0) -> np.ndarray:
+def prealignment_only(moving: Volume, template: Volume, prealignment: str = "moments", seed: int = 0) -> np.ndarray:
     """The template LPS -> moving LPS pre-alignment matrix alone (no Cycle-INR): what a shape code
     without a network stores."""
     return prealign(_as_sitk(template), _as_sitk(moving), prealignment, seed)

@@ -5,6 +5,7 @@ for folding metrics. Propagating the three tangent directions alongside the forw
 about three extra matrix products per layer, far less than three autograd backward passes, and
 stays differentiable with respect to the weights.
 """
+
 from __future__ import annotations
 
 import math

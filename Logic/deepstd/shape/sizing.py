@@ -5,6 +5,7 @@ On hippocampus crops at 200x the narrowest (4-wide) network was worth 0.0-0.3 dB
 bytes more than the 60-byte pre-alignment-only code, so below SHAPE_SHARE of the budget the
 network goes.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -20,8 +21,10 @@ SHAPE_SHARE = 0.12
 #: bits per network weight in a shape code
 SHAPE_BITS = 8
 #: in the header's preset dictionary like the encoder's warnings (see `codec.encoder`)
-UNLIKE_TEMPLATE_WARNING = ("registration loss {loss:.3f} is above the bundle's calibrated threshold {threshold:.3f}: "
-                           "the scan is unlike the template; the texture carries the difference")
+UNLIKE_TEMPLATE_WARNING = (
+    "registration loss {loss:.3f} is above the bundle's calibrated threshold {threshold:.3f}: "
+    "the scan is unlike the template; the texture carries the difference"
+)
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,9 @@ class CodedShape:
     warning: Optional[str] = None
 
 
-def code_shape(volume: Volume, template: Volume, config: RegistrationConfig, budget: Optional[int],
-               reporter: Reporter) -> CodedShape:
+def code_shape(
+    volume: Volume, template: Volume, config: RegistrationConfig, budget: Optional[int], reporter: Reporter
+) -> CodedShape:
     """Register `volume` to `template` and code the backward network in SHAPE_SHARE of `budget`
     (None: the bundle's full width)."""
     from .code import MIN_WIDTH, code_bytes, encode_shape, width_for_budget
@@ -53,14 +57,24 @@ def code_shape(volume: Volume, template: Volume, config: RegistrationConfig, bud
     width = width_for_budget(shape_budget, config.depth, SHAPE_BITS, max_width=config.width)
     known = set(CycleSettings.__dataclass_fields__)
     settings = replace(CycleSettings(**{k: v for k, v in config.cycle_settings().items() if k in known}), width=width)
-    reg = register(volume, template, settings, prealignment=config.prealignment, downsample=config.downsample,
-                   progress=monotonic(reporter.scaled(0.0, 0.45).callback()), cancel=reporter.cancel)
+    reg = register(
+        volume,
+        template,
+        settings,
+        prealignment=config.prealignment,
+        downsample=config.downsample,
+        progress=monotonic(reporter.scaled(0.0, 0.45).callback()),
+        cancel=reporter.cancel,
+    )
     warning = None
     if config.threshold is not None and reg.loss > config.threshold:
         warning = UNLIKE_TEMPLATE_WARNING.format(loss=reg.loss, threshold=config.threshold)
-    return CodedShape(reg.frame, reg.shape_code(SHAPE_BITS),
-                      {"shape_width": width, "shape_bits": SHAPE_BITS, "omega": reg.omega,
-                       "registration_loss": round(reg.loss, 5)}, warning)
+    return CodedShape(
+        reg.frame,
+        reg.shape_code(SHAPE_BITS),
+        {"shape_width": width, "shape_bits": SHAPE_BITS, "omega": reg.omega, "registration_loss": round(reg.loss, 5)},
+        warning,
+    )
 
 
 def monotonic(callback: ProgressCallback) -> ProgressCallback:

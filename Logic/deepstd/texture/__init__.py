@@ -3,6 +3,7 @@
 `TextureCodec.compress(x, rate) -> TextureStreams`, `TextureCodec.decompress(streams) -> ndarray`;
 `TextureStreams.to_bytes()/from_bytes()`; training in `deepstd.texture.train`.
 """
+
 from .codec import TextureCodec
 from .network import TextureConfig, TextureNet
 from .streams import TextureStreams

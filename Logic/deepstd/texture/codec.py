@@ -10,6 +10,7 @@ is applied by the caller) on the template grid. `block=None` codes the whole vol
 (small inputs); an int or triple codes fixed blocks, skipping those outside `support`.
 Weights are safetensors with the config in the metadata; the CDF tables travel with them.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,11 +28,11 @@ from safetensors.torch import save as st_save
 
 from ..errors import BudgetError, BundleError, FormatError
 from ..progress import Reporter
+from ..ratecontrol import STEPS, largest_within
 from . import tiling
 from .entropy import IntegerHyperSynthesis, compress_latents, decompress_latents
 from .network import TextureConfig, TextureNet
 from .position import block_coords
-from ..ratecontrol import STEPS, largest_within
 from .rate import quantise_rate
 from .streams import TextureStreams
 
@@ -104,8 +105,7 @@ class TextureCodec:
     def to_bytes(self) -> bytes:
         """Weights and CDF tables as safetensors, config in the metadata."""
         state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-        return st_save(state, metadata={"deepstd.texture.config":
-                                        json.dumps(self.config.to_dict())})
+        return st_save(state, metadata={"deepstd.texture.config": json.dumps(self.config.to_dict())})
 
     def save(self, path: Union[str, Path]) -> None:
         Path(path).write_bytes(self.to_bytes())
@@ -132,9 +132,17 @@ class TextureCodec:
     def _level(self, rate_q: int) -> torch.Tensor:
         return self.net.gain.level_of(rate_q)
 
-    def compress(self, x, rate: float, block=64, support: Optional[np.ndarray] = None,
-                 fill: float = 0.0, workers: Optional[int] = None, progress=None,
-                 cancel=None) -> TextureStreams:
+    def compress(
+        self,
+        x,
+        rate: float,
+        block=64,
+        support: Optional[np.ndarray] = None,
+        fill: float = 0.0,
+        workers: Optional[int] = None,
+        progress=None,
+        cancel=None,
+    ) -> TextureStreams:
         """Code a normalised volume (z, y, x) at `rate` in [0, 1] (0: fewest bytes).
 
         Blocks with no voxel in `support` are skipped and decode as `fill`; `workers` threads
@@ -143,10 +151,18 @@ class TextureCodec:
         analysis = self.analyse(x, block, support, fill, workers, report.scaled(0.0, 0.9))
         return self.code(analysis, rate, workers, report.scaled(0.9, 1.0))
 
-    def compress_to_budget(self, x, max_bytes: int, block=64,
-                           support: Optional[np.ndarray] = None, fill: float = 0.0,
-                           tolerance: float = 0.02, workers: Optional[int] = None,
-                           progress=None, cancel=None) -> TextureStreams:
+    def compress_to_budget(
+        self,
+        x,
+        max_bytes: int,
+        block=64,
+        support: Optional[np.ndarray] = None,
+        fill: float = 0.0,
+        tolerance: float = 0.02,
+        workers: Optional[int] = None,
+        progress=None,
+        cancel=None,
+    ) -> TextureStreams:
         """The largest rate whose serialised streams fit in `max_bytes` (within `tolerance`
         below it when reachable): one analysis pass, then bisection on entropy coding only."""
         report = Reporter(progress, cancel)
@@ -158,16 +174,27 @@ class TextureCodec:
             return streams[rate].to_bytes()
 
         best, smallest = largest_within(
-            build, max_bytes, tolerance,
-            on_step=lambda i: report("texture", 0.5 + 0.5 * i / STEPS, f"fitting {max_bytes} bytes"))
+            build,
+            max_bytes,
+            tolerance,
+            on_step=lambda i: report("texture", 0.5 + 0.5 * i / STEPS, f"fitting {max_bytes} bytes"),
+        )
         if best is None:
-            raise BudgetError(f"the texture needs at least {len(smallest)} bytes at the lowest rate, "
-                              f"the budget is {max_bytes}")
+            raise BudgetError(
+                f"the texture needs at least {len(smallest)} bytes at the lowest rate, the budget is {max_bytes}"
+            )
         return TextureStreams.from_bytes(best)
 
     @torch.no_grad()
-    def analyse(self, x, block=64, support: Optional[np.ndarray] = None, fill: float = 0.0,
-                workers: Optional[int] = None, report: Optional[Reporter] = None) -> Analysis:
+    def analyse(
+        self,
+        x,
+        block=64,
+        support: Optional[np.ndarray] = None,
+        fill: float = 0.0,
+        workers: Optional[int] = None,
+        report: Optional[Reporter] = None,
+    ) -> Analysis:
         """The rate-independent part of encoding: g_a over every coded block."""
         arr = x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
         if arr.ndim != 3 or arr.size == 0 or not np.all(np.isfinite(arr)):
@@ -187,14 +214,16 @@ class TextureCodec:
             xb = torch.from_numpy(np.stack([tiling.cut(xp, o, blk) for o in group]))[:, None]
             return self.net.g_a(xb.to(self.device), self._coords(group, blk, shape)).cpu()
 
-        latents = list(_run_groups(encode, list(tiling.batches(todo, GROUP)), workers, report,
-                                   "encoding texture blocks"))
+        latents = list(
+            _run_groups(encode, list(tiling.batches(todo, GROUP)), workers, report, "encoding texture blocks")
+        )
         report("texture", 1.0, "texture analysed")
         return Analysis(shape, blk, full, float(np.float32(fill)), coded, latents)
 
     @torch.no_grad()
-    def code(self, analysis: Analysis, rate: float, workers: Optional[int] = None,
-             report: Optional[Reporter] = None) -> TextureStreams:
+    def code(
+        self, analysis: Analysis, rate: float, workers: Optional[int] = None, report: Optional[Reporter] = None
+    ) -> TextureStreams:
         """Entropy-code analysed latents at `rate` (cheap: repeat it to search a budget)."""
         rate_q = quantise_rate(rate)
         gain = self.net.gain.gain(self._level(rate_q)).cpu()
@@ -205,8 +234,7 @@ class TextureCodec:
             return compress_latents(self.net, self._int_hs, y * gain)
 
         z_all, y_all = [], []
-        for z_s, y_s in _run_groups(entropy_code, analysis.latents, workers, report,
-                                    "entropy coding"):
+        for z_s, y_s in _run_groups(entropy_code, analysis.latents, workers, report, "entropy coding"):
             z_all += z_s
             y_all += y_s
         report("texture", 1.0, "texture encoded")
@@ -214,8 +242,9 @@ class TextureCodec:
         return TextureStreams(a.shape, a.block, a.full, rate_q, a.fill, a.coded, z_all, y_all)
 
     @torch.no_grad()
-    def decompress(self, streams: Union[TextureStreams, bytes], workers: Optional[int] = None,
-                   progress=None, cancel=None, box=None) -> np.ndarray:
+    def decompress(
+        self, streams: Union[TextureStreams, bytes], workers: Optional[int] = None, progress=None, cancel=None, box=None
+    ) -> np.ndarray:
         """Streams (or their bytes) -> the decoded float32 volume of the original shape, or with
         `box` ((z0, y0, x0), (z1, y1, x1)) only that part of it, decoding only the block groups
         that reach it; the values are exactly those of the whole decode (same groups, same calls)."""
@@ -234,15 +263,19 @@ class TextureCodec:
         report = Reporter(progress, cancel)
         report.check()
         meets = [tiling.overlap(o, blk, lo, hi) is not None for o in todo]
-        starts = [k for k in range(0, len(todo), GROUP) if any(meets[k:k + GROUP])]
+        starts = [k for k in range(0, len(todo), GROUP) if any(meets[k : k + GROUP])]
 
         @torch.no_grad()
         def decode(k):
-            group = todo[k:k + GROUP]
+            group = todo[k : k + GROUP]
             try:
-                y_hat = decompress_latents(self.net, self._int_hs,
-                                           streams.z_strings[k:k + len(group)],
-                                           streams.y_strings[k:k + len(group)], y_size)
+                y_hat = decompress_latents(
+                    self.net,
+                    self._int_hs,
+                    streams.z_strings[k : k + len(group)],
+                    streams.y_strings[k : k + len(group)],
+                    y_size,
+                )
             except FormatError:
                 raise
             except Exception as exc:  # the entropy coder's own complaints about bad input
@@ -267,7 +300,7 @@ def _st_metadata(data: bytes) -> dict:
     (n,) = struct.unpack_from("<Q", data, 0)
     if n > len(data) - 8 or n > 1 << 24:
         raise ValueError("bad safetensors header length")
-    return json.loads(bytes(data[8:8 + n]).decode("utf-8")).get("__metadata__") or {}
+    return json.loads(bytes(data[8 : 8 + n]).decode("utf-8")).get("__metadata__") or {}
 
 
 __all__ = ["Analysis", "TextureCodec", "TextureStreams"]

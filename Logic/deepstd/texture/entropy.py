@@ -9,6 +9,7 @@ and scales come out as multiples of 2**-ACT_BITS, which float32 holds exactly, s
 index lookup is exact too. The CDF tables are built once when weights are saved and loaded
 verbatim (`TextureNet.update`).
 """
+
 from __future__ import annotations
 
 from typing import List, Sequence, Tuple
@@ -24,10 +25,10 @@ from .layers import PixelShuffle3d
 ACT_BITS = 8
 WEIGHT_BITS = 14
 #: magnitude limits that keep every accumulation exact in float64 (see module docstring)
-ACT_LIMIT = 2.0 ** 21
-WEIGHT_LIMIT = 2.0 ** 17
+ACT_LIMIT = 2.0**21
+WEIGHT_LIMIT = 2.0**17
 #: decoded symbols beyond this are corrupt data, not latents
-SYMBOL_LIMIT = 2 ** 16
+SYMBOL_LIMIT = 2**16
 
 
 class IntegerHyperSynthesis:
@@ -48,17 +49,17 @@ class IntegerHyperSynthesis:
     @torch.no_grad()
     def __call__(self, z_hat: torch.Tensor) -> torch.Tensor:
         """ẑ (float) -> h_s output as float32 multiples of 2**-ACT_BITS (exact everywhere)."""
-        a = torch.round(z_hat.detach().double().cpu() * 2 ** ACT_BITS).clamp(-ACT_LIMIT, ACT_LIMIT)
+        a = torch.round(z_hat.detach().double().cpu() * 2**ACT_BITS).clamp(-ACT_LIMIT, ACT_LIMIT)
         for kind, p in self.layers:
             if kind == "conv":
                 w, b, bits, stride, padding = p
                 a = F.conv3d(a, w, b, stride=stride, padding=padding)
-                a = torch.floor(a / 2 ** bits).clamp(-ACT_LIMIT, ACT_LIMIT)
+                a = torch.floor(a / 2**bits).clamp(-ACT_LIMIT, ACT_LIMIT)
             elif kind == "relu":
                 a = a.clamp(min=0)
             else:
                 a = p(a)
-        return (a / 2 ** ACT_BITS).float()
+        return (a / 2**ACT_BITS).float()
 
 
 def _integer_conv(m: nn.Conv3d):
@@ -66,10 +67,10 @@ def _integer_conv(m: nn.Conv3d):
     every accumulation exact; the bits are a function of the stored weights only."""
     w64, b64 = m.weight.detach().double().cpu(), m.bias.detach().double().cpu()
     for bits in range(WEIGHT_BITS, -1, -1):
-        w = torch.round(w64 * 2 ** bits)
+        w = torch.round(w64 * 2**bits)
         b = torch.round(b64 * 2 ** (bits + ACT_BITS))
         worst = w.abs().flatten(1).sum(1) * ACT_LIMIT + b.abs()
-        if w.abs().max() <= WEIGHT_LIMIT and worst.max() < 2.0 ** 53:
+        if w.abs().max() <= WEIGHT_LIMIT and worst.max() < 2.0**53:
             return w, b, bits, m.stride, m.padding
     raise ValueError("hyper-synthesis weights too large for exact integer coding")
 
@@ -81,8 +82,7 @@ def _entropy_params(net, int_hs: IntegerHyperSynthesis, z_hat: torch.Tensor):
 
 
 @torch.no_grad()
-def compress_latents(net, int_hs: IntegerHyperSynthesis, y: torch.Tensor
-                     ) -> Tuple[List[bytes], List[bytes]]:
+def compress_latents(net, int_hs: IntegerHyperSynthesis, y: torch.Tensor) -> Tuple[List[bytes], List[bytes]]:
     """Gained latents y (N, M, d, h, w) -> per-item (z string, y string)."""
     y = y.detach().cpu()
     z = net.h_a(y)
@@ -100,8 +100,9 @@ def _padded(s: bytes, n_symbols: int) -> bytes:
 
 
 @torch.no_grad()
-def decompress_latents(net, int_hs: IntegerHyperSynthesis, z_strings: Sequence[bytes],
-                       y_strings: Sequence[bytes], y_size: Sequence[int]) -> torch.Tensor:
+def decompress_latents(
+    net, int_hs: IntegerHyperSynthesis, z_strings: Sequence[bytes], y_strings: Sequence[bytes], y_size: Sequence[int]
+) -> torch.Tensor:
     """Per-item strings -> ŷ (N, M, d, h, w) on the CPU (before the inverse gain)."""
     z_size = [s // 2 for s in y_size]
     n_z = net.entropy_bottleneck.channels * z_size[0] * z_size[1] * z_size[2]
@@ -109,8 +110,7 @@ def decompress_latents(net, int_hs: IntegerHyperSynthesis, z_strings: Sequence[b
     _check_symbols(z_hat)
     indexes, means = _entropy_params(net, int_hs, z_hat)
     n_y = indexes[0].numel()
-    y_hat = net.gaussian_conditional.decompress([_padded(s, n_y) for s in y_strings], indexes,
-                                                means=means)
+    y_hat = net.gaussian_conditional.decompress([_padded(s, n_y) for s in y_strings], indexes, means=means)
     _check_symbols(y_hat)
     return y_hat
 

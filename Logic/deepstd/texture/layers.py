@@ -4,6 +4,7 @@ Each block is a small `nn.Module` with one job so the analysis/synthesis transfo
 list of named blocks, CompressAI style. Sizes are chosen by the caller; nothing here assumes a
 channel count.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -31,14 +32,14 @@ class PixelShuffle3d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, d, h, w = x.shape
         r = self.r
-        x = x.reshape(n, c // r ** 3, r, r, r, d, h, w)
+        x = x.reshape(n, c // r**3, r, r, r, d, h, w)
         x = x.permute(0, 1, 5, 2, 6, 3, 7, 4)
-        return x.reshape(n, c // r ** 3, d * r, h * r, w * r)
+        return x.reshape(n, c // r**3, d * r, h * r, w * r)
 
 
 def subpel_conv3(cin: int, cout: int, r: int = 2) -> nn.Sequential:
     """Up-sampling by 3×3×3 conv to cout·r³ channels and a 3D pixel shuffle (no checkerboard)."""
-    return nn.Sequential(conv3(cin, cout * r ** 3), PixelShuffle3d(r))
+    return nn.Sequential(conv3(cin, cout * r**3), PixelShuffle3d(r))
 
 
 class ResidualBlockWithStride(nn.Module):
@@ -74,8 +75,7 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, ch: int):
         super().__init__()
-        self.body = nn.Sequential(conv3(ch, ch), nn.LeakyReLU(inplace=True),
-                                  conv3(ch, ch), nn.LeakyReLU(inplace=True))
+        self.body = nn.Sequential(conv3(ch, ch), nn.LeakyReLU(inplace=True), conv3(ch, ch), nn.LeakyReLU(inplace=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -110,8 +110,8 @@ class WindowAttention3d(nn.Module):
             t = torch.roll(t, (-s, -s, -s), dims=(2, 3, 4))
         # (n, c, D, H, W) -> (n·windows, ws³, c)
         t = t.reshape(n, c, D // ws, ws, H // ws, ws, W // ws, ws)
-        t = t.permute(0, 2, 4, 6, 3, 5, 7, 1).reshape(-1, ws ** 3, c)
-        y = self.qkv(self.norm1(t)).reshape(t.shape[0], ws ** 3, 3, self.heads, c // self.heads)
+        t = t.permute(0, 2, 4, 6, 3, 5, 7, 1).reshape(-1, ws**3, c)
+        y = self.qkv(self.norm1(t)).reshape(t.shape[0], ws**3, 3, self.heads, c // self.heads)
         q, k, v = y.permute(2, 0, 3, 1, 4)
         a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(t.shape)
         t = t + self.proj(a)
@@ -128,8 +128,7 @@ class TCMBlock(nn.Module):
     """Transformer–CNN mixture: 1×1×1 in, channel split into a residual CNN path and a window
     attention path run in parallel, concatenation, 1×1×1 out, residual over the whole block."""
 
-    def __init__(self, ch: int, window: int = 4, heads: int = 1, shift: bool = False,
-                 pos_dim: int = 0):
+    def __init__(self, ch: int, window: int = 4, heads: int = 1, shift: bool = False, pos_dim: int = 0):
         super().__init__()
         self.conv_ch = ch // 2
         self.trans_ch = ch - self.conv_ch

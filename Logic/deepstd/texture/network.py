@@ -9,6 +9,7 @@ attention path reads the learned positional field at its tokens (block mode). h_
 3×3×3 convs, ReLU and pixel shuffles so it can be run exactly in integer arithmetic
 (`entropy.IntegerHyperSynthesis`) for bit-exact decoding.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,25 +21,25 @@ from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.models.utils import update_registered_buffers
 from torch import nn
 
-from .layers import (PixelShuffle3d, ResidualBlockUpsample, ResidualBlockWithStride, TCMBlock,
-                     conv3, subpel_conv3)
+from .layers import PixelShuffle3d, ResidualBlockUpsample, ResidualBlockWithStride, TCMBlock, conv3, subpel_conv3
 from .position import PositionalField
 from .rate import GainUnit
+
 
 @dataclass(frozen=True)
 class TextureConfig:
     """Network sizes. Defaults are sized for 2 CPU cores (see docs/TEXTURE.md)."""
 
-    channels: int = 24         # N: feature channels of g_a / g_s
-    latent: int = 32           # M: channels of y
-    hyper: int = 24            # channels of z and of the hyper transforms
-    window: int = 4            # attention window (tokens per axis)
+    channels: int = 24  # N: feature channels of g_a / g_s
+    latent: int = 32  # M: channels of y
+    hyper: int = 24  # channels of z and of the hyper transforms
+    window: int = 4  # attention window (tokens per axis)
     heads: int = 1
-    half_res_tcm: bool = True   # a TCM block at 1/2 resolution too (better, slower)
-    pos_dim: int = 8           # positional-field channels (0 disables block positions)
+    half_res_tcm: bool = True  # a TCM block at 1/2 resolution too (better, slower)
+    pos_dim: int = 8  # positional-field channels (0 disables block positions)
     pos_grid: int = 6
-    levels: int = 6            # trained rate levels of the gain unit
-    gain_span: float = 3.0     # initial spread of log-gains across levels
+    levels: int = 6  # trained rate levels of the gain unit
+    gain_span: float = 3.0  # initial spread of log-gains across levels
 
     def to_dict(self) -> Dict:
         return asdict(self)
@@ -77,12 +78,10 @@ class TextureNet(nn.Module):
         self.s_tcm2 = tcm(False) if c.half_res_tcm else None
         self.s_out = subpel_conv3(N, 1)
         # hyperprior
-        self.h_a = nn.Sequential(conv3(M, H), nn.LeakyReLU(inplace=True),
-                                 conv3(H, H, stride=2), nn.LeakyReLU(inplace=True),
-                                 conv3(H, H))
-        self.h_s = nn.Sequential(conv3(H, H), nn.ReLU(),
-                                 conv3(H, H * 8), PixelShuffle3d(2), nn.ReLU(),
-                                 conv3(H, 2 * M))
+        self.h_a = nn.Sequential(
+            conv3(M, H), nn.LeakyReLU(inplace=True), conv3(H, H, stride=2), nn.LeakyReLU(inplace=True), conv3(H, H)
+        )
+        self.h_s = nn.Sequential(conv3(H, H), nn.ReLU(), conv3(H, H * 8), PixelShuffle3d(2), nn.ReLU(), conv3(H, 2 * M))
         self.entropy_bottleneck = EntropyBottleneck(H)
         self.gaussian_conditional = GaussianConditional(None)
         self.gain = GainUnit(c.levels, M, c.gain_span)
@@ -131,9 +130,13 @@ class TextureNet(nn.Module):
         self.entropy_bottleneck.update(force=True)
 
     def load_state_dict(self, state_dict, strict: bool = True):
-        update_registered_buffers(self.entropy_bottleneck, "entropy_bottleneck",
-                                  ["_quantized_cdf", "_offset", "_cdf_length"], state_dict)
-        update_registered_buffers(self.gaussian_conditional, "gaussian_conditional",
-                                  ["_quantized_cdf", "_offset", "_cdf_length", "scale_table"],
-                                  state_dict)
+        update_registered_buffers(
+            self.entropy_bottleneck, "entropy_bottleneck", ["_quantized_cdf", "_offset", "_cdf_length"], state_dict
+        )
+        update_registered_buffers(
+            self.gaussian_conditional,
+            "gaussian_conditional",
+            ["_quantized_cdf", "_offset", "_cdf_length", "scale_table"],
+            state_dict,
+        )
         return super().load_state_dict(state_dict, strict=strict)

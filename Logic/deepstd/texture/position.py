@@ -5,6 +5,7 @@ coordinates −1..1, `align_corners=True` as everywhere in DeepSTD). Each token 
 reads the field at its own centre by trilinear interpolation, so a block knows its place in the
 template whatever the block size, and the full-volume mode is the one-block special case.
 """
+
 from __future__ import annotations
 
 from typing import Sequence, Tuple
@@ -14,8 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def token_grid(origin: Sequence[int], size: Sequence[int], factor: int,
-               full: Sequence[int]) -> torch.Tensor:
+def token_grid(origin: Sequence[int], size: Sequence[int], factor: int, full: Sequence[int]) -> torch.Tensor:
     """Normalised (x, y, z) coordinates of the token centres of one block at stride `factor`.
 
     origin/size/full are voxel counts in array order (z, y, x); returns (d, h, w, 3) float32.
@@ -38,11 +38,11 @@ class PositionalField(nn.Module):
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         """coords: (N, d, h, w, 3) normalised (x, y, z) -> encodings (N, dim, d, h, w)."""
         field = self.field.expand(coords.shape[0], -1, -1, -1, -1)
-        return F.grid_sample(field, coords, mode="bilinear", padding_mode="border",
-                             align_corners=True)
+        return F.grid_sample(field, coords, mode="bilinear", padding_mode="border", align_corners=True)
 
 
-def block_coords(origins: Sequence[Tuple[int, int, int]], size: Sequence[int], factor: int,
-                 full: Sequence[int]) -> torch.Tensor:
+def block_coords(
+    origins: Sequence[Tuple[int, int, int]], size: Sequence[int], factor: int, full: Sequence[int]
+) -> torch.Tensor:
     """Token coordinates for a batch of equally sized blocks: (N, d, h, w, 3)."""
     return torch.stack([token_grid(o, size, factor, full) for o in origins])

@@ -6,6 +6,7 @@ and an inverse gain applied after. Between levels the vectors are interpolated g
 which makes the effective quantisation step vary smoothly, so a byte budget can be met by
 bisection on one float. `rate` 0 is the coarsest level (fewest bytes), 1 the finest.
 """
+
 from __future__ import annotations
 
 import math

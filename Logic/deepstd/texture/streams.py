@@ -6,6 +6,7 @@ slowest), then per coded block the LEB128 lengths of its z and y strings, then t
 a CRC32 of everything before it. The parser checks every field against limits and the exact
 length before it allocates or decodes anything, and raises only `FormatError`.
 """
+
 from __future__ import annotations
 
 import struct
@@ -74,8 +75,7 @@ class TextureStreams:
     # --- serialisation -----------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         self.validate()
-        out = bytearray(_HEAD.pack(MAGIC, VERSION, int(self.full), *self.shape, *self.block,
-                                   self.rate_q, self.fill))
+        out = bytearray(_HEAD.pack(MAGIC, VERSION, int(self.full), *self.shape, *self.block, self.rate_q, self.fill))
         out += np.packbits(np.asarray(self.coded, dtype=bool), bitorder="little").tobytes()
         for z, y in zip(self.z_strings, self.y_strings):
             out += _leb128(len(z)) + _leb128(len(y))
@@ -129,7 +129,7 @@ class TextureStreams:
             raise FormatError("texture stream: string lengths do not match the data size")
         strings = []
         for length in lengths:
-            strings.append(data[pos:pos + length])
+            strings.append(data[pos : pos + length])
             pos += length
         # lengths were written as (z, y) pairs, strings as z, y, z, y ...
         out = cls(shape, block, full, rate_q, fill, coded, strings[0::2], strings[1::2])

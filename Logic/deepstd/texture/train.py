@@ -9,6 +9,7 @@ training resumes from them exactly where it stopped.
 
     python -m deepstd.texture.train DATA_DIR --out out/la-texture --steps 6000 --holdout 6
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,7 +56,7 @@ def normalise(volume: np.ndarray, lo_pct: float = 0.5, hi_pct: float = 99.5) -> 
 
 def psnr(a: np.ndarray, b: np.ndarray, data_range: float) -> float:
     mse = float(np.mean((a.astype(np.float64) - b) ** 2))
-    return float("inf") if mse == 0 else 10 * math.log10(data_range ** 2 / mse)
+    return float("inf") if mse == 0 else 10 * math.log10(data_range**2 / mse)
 
 
 class PatchSampler:
@@ -67,8 +68,10 @@ class PatchSampler:
         self.volumes = [v for v in volumes if min(v.shape) >= patch]
         if not self.volumes:
             smallest = min(min(v.shape) for v in volumes)
-            raise InputError(f"--patch {patch}: no aligned training volume is that large along every axis "
-                             f"(the thinnest axis has {smallest} voxels); use a smaller --patch")
+            raise InputError(
+                f"--patch {patch}: no aligned training volume is that large along every axis "
+                f"(the thinnest axis has {smallest} voxels); use a smaller --patch"
+            )
         self.patch = patch
         self.rng = np.random.default_rng(seed)
 
@@ -78,19 +81,18 @@ class PatchSampler:
             v = self.volumes[self.rng.integers(len(self.volumes))]
             o = tuple(int(self.rng.integers(0, s - self.patch + 1)) for s in v.shape)
             p = self.patch
-            xs.append(v[o[0]:o[0] + p, o[1]:o[1] + p, o[2]:o[2] + p])
+            xs.append(v[o[0] : o[0] + p, o[1] : o[1] + p, o[2] : o[2] + p])
             origins.append(o)
             shapes.append(v.shape)
         size = (self.patch,) * 3
-        coords = {f: torch.cat([block_coords([o], size, f, s) for o, s in zip(origins, shapes)])
-                  for f in POS_FACTORS}
+        coords = {f: torch.cat([block_coords([o], size, f, s) for o, s in zip(origins, shapes)]) for f in POS_FACTORS}
         return torch.from_numpy(np.stack(xs))[:, None], coords
 
 
 def rd_loss(out: Dict, x: torch.Tensor, lam: torch.Tensor):
     """Per-patch bits per voxel and MSE; loss = mean(bpv + λ·MSE)."""
     voxels = x[0].numel()
-    bits = sum(torch.log2(l).flatten(1).sum(1) for l in out["likelihoods"].values())
+    bits = sum(torch.log2(lik).flatten(1).sum(1) for lik in out["likelihoods"].values())
     bpv = -bits / voxels
     mse = ((out["x_hat"] - x) ** 2).flatten(1).mean(1)
     return (bpv + lam * mse).mean(), bpv, mse
@@ -103,19 +105,21 @@ def _split_params(net: TextureNet):
     return main, aux
 
 
-def save_checkpoint(path: Path, net: TextureNet, opts, step: int, history: list,
-                    settings: TrainSettings) -> None:
+def save_checkpoint(path: Path, net: TextureNet, opts, step: int, history: list, settings: TrainSettings) -> None:
     """Weights + Adam moments as tensors, the rest as metadata. Written atomically."""
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in net.state_dict().items()
-               if v.numel()}
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in net.state_dict().items() if v.numel()}
     for tag, opt, params in opts:
         for name, p in params.items():
             st = opt.state.get(p)
             if st:
                 tensors[f"{tag}.{name}.exp_avg"] = st["exp_avg"].contiguous()
                 tensors[f"{tag}.{name}.exp_avg_sq"] = st["exp_avg_sq"].contiguous()
-    meta = {"step": str(step), "config": json.dumps(net.config.to_dict()),
-            "settings": json.dumps(asdict(settings)), "history": json.dumps(history)}
+    meta = {
+        "step": str(step),
+        "config": json.dumps(net.config.to_dict()),
+        "settings": json.dumps(asdict(settings)),
+        "history": json.dumps(history),
+    }
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata=meta)
     tmp.replace(path)
@@ -123,6 +127,7 @@ def save_checkpoint(path: Path, net: TextureNet, opts, step: int, history: list,
 
 def load_checkpoint(path: Path, net: TextureNet, opts):
     from safetensors import safe_open
+
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
     tensors = load_file(str(path))
@@ -134,16 +139,24 @@ def load_checkpoint(path: Path, net: TextureNet, opts):
         for name, p in params.items():
             key = f"{tag}.{name}"
             if f"{key}.exp_avg" in tensors:
-                opt.state[p] = {"step": torch.tensor(float(step)),
-                                "exp_avg": tensors[f"{key}.exp_avg"].clone(),
-                                "exp_avg_sq": tensors[f"{key}.exp_avg_sq"].clone()}
+                opt.state[p] = {
+                    "step": torch.tensor(float(step)),
+                    "exp_avg": tensors[f"{key}.exp_avg"].clone(),
+                    "exp_avg_sq": tensors[f"{key}.exp_avg_sq"].clone(),
+                }
     return step, json.loads(meta["history"])
 
 
 @torch.no_grad()
-def evaluate(codec: TextureCodec, volumes: Sequence[np.ndarray], rates: Sequence[float],
-             block=64, raw_itemsize: int = 1, supports: Optional[Sequence[np.ndarray]] = None,
-             blocks: Optional[Sequence] = None) -> List[Dict]:
+def evaluate(
+    codec: TextureCodec,
+    volumes: Sequence[np.ndarray],
+    rates: Sequence[float],
+    block=64,
+    raw_itemsize: int = 1,
+    supports: Optional[Sequence[np.ndarray]] = None,
+    blocks: Optional[Sequence] = None,
+) -> List[Dict]:
     """RD points over whole volumes with real entropy coding: bytes, ratio (raw bytes of the
     original dtype ÷ texture bytes), bits per voxel, PSNR over the data range, and the encode
     and decode speeds in Mvoxel/s of the coded frame. With `supports` (where each aligned volume holds its scan),
@@ -170,23 +183,36 @@ def evaluate(codec: TextureCodec, volumes: Sequence[np.ndarray], rates: Sequence
             sq += float(np.sum((rec[inside].astype(np.float64) - v[inside]) ** 2))
         rng = max(float(np.ptp(v[m] if m is not None else v)) for v, m in zip(volumes, masks))
         mse = sq / voxels
-        points.append({"rate": rate, "bytes": nbytes, "bpv": 8 * nbytes / voxels,
-                       "ratio": voxels * raw_itemsize / nbytes,
-                       "psnr": 10 * math.log10(rng ** 2 / mse) if mse > 0 else float("inf"),
-                       "encode_mvox_s": coded / t_enc / 1e6,
-                       "decode_mvox_s": coded / t_dec / 1e6})
+        points.append(
+            {
+                "rate": rate,
+                "bytes": nbytes,
+                "bpv": 8 * nbytes / voxels,
+                "ratio": voxels * raw_itemsize / nbytes,
+                "psnr": 10 * math.log10(rng**2 / mse) if mse > 0 else float("inf"),
+                "encode_mvox_s": coded / t_enc / 1e6,
+                "decode_mvox_s": coded / t_dec / 1e6,
+            }
+        )
     return points
 
 
 def distillation_loss(features: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Mean squared distance of the student's analysis features to the teacher's on the same patch,
     relative to the teacher's feature energy (so α means the same for any latent scale)."""
-    return ((features - teacher) ** 2).mean() / (teacher ** 2).mean().clamp_min(1e-8)
+    return ((features - teacher) ** 2).mean() / (teacher**2).mean().clamp_min(1e-8)
 
 
-def train(volumes: Sequence[np.ndarray], out_dir, config: TextureConfig = TextureConfig(),
-          settings: TrainSettings = TrainSettings(), resume: bool = False,
-          progress=None, cancel=None, teacher: "TextureNet | None" = None) -> TextureCodec:
+def train(
+    volumes: Sequence[np.ndarray],
+    out_dir,
+    config: TextureConfig = TextureConfig(),
+    settings: TrainSettings = TrainSettings(),
+    resume: bool = False,
+    progress=None,
+    cancel=None,
+    teacher: "TextureNet | None" = None,
+) -> TextureCodec:
     """Train on normalised volumes; checkpoints in out_dir; returns the codec (CDFs built).
 
     With a `teacher` (a trained net of the same config; the scarce-data case), the student starts
@@ -237,15 +263,18 @@ def train(volumes: Sequence[np.ndarray], out_dir, config: TextureConfig = Textur
             net.aux_loss().backward()
             aux_opt.step()
             step += 1
-            window.append((loss.item(), bpv.mean().item(),
-                           float(-10 * torch.log10(mse.clamp_min(1e-10)).mean())))
+            window.append((loss.item(), bpv.mean().item(), float(-10 * torch.log10(mse.clamp_min(1e-10)).mean())))
             if step % 25 == 0 or step == settings.steps:
-                l, b, p = np.mean(window, axis=0)
+                mean_loss, mean_bpv, mean_psnr = np.mean(window, axis=0)
                 rate = (step - first) / (time.time() - t0)
-                history.append({"step": step, "loss": l, "bpv": b, "psnr": p,
-                                "steps_per_s": rate})
-                report("train", step / settings.steps,
-                       f"step {step} loss {l:.4f} bpv {b:.4f} psnr {p:.2f} ({rate:.2f} it/s)")
+                history.append(
+                    {"step": step, "loss": mean_loss, "bpv": mean_bpv, "psnr": mean_psnr, "steps_per_s": rate}
+                )
+                report(
+                    "train",
+                    step / settings.steps,
+                    f"step {step} loss {mean_loss:.4f} bpv {mean_bpv:.4f} psnr {mean_psnr:.2f} ({rate:.2f} it/s)",
+                )
                 window = []
             if step % settings.checkpoint_every == 0:
                 save_checkpoint(ckpt, net, opts, step, history, settings)
@@ -262,6 +291,7 @@ def train(volumes: Sequence[np.ndarray], out_dir, config: TextureConfig = Textur
 
 def _read(path: Path) -> np.ndarray:
     import SimpleITK as sitk
+
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.float32)
 
 
@@ -273,8 +303,12 @@ def main(argv=None) -> None:
     ap.add_argument("--patch", type=int, default=TrainSettings.patch)
     ap.add_argument("--batch", type=int, default=TrainSettings.batch)
     ap.add_argument("--lr", type=float, default=TrainSettings.lr)
-    ap.add_argument("--lambdas", type=lambda t: [float(v) for v in t.split(",")],
-                    default=TrainSettings().lambdas, help="λ per rate level, comma-separated")
+    ap.add_argument(
+        "--lambdas",
+        type=lambda t: [float(v) for v in t.split(",")],
+        default=TrainSettings().lambdas,
+        help="λ per rate level, comma-separated",
+    )
     ap.add_argument("--holdout", type=int, default=6, help="last N scans kept for validation")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--config", type=json.loads, default={}, help="TextureConfig overrides")
@@ -282,14 +316,12 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     files = sorted((args.data / "images").glob("*.nii*")) or sorted(args.data.glob("*.nii*"))
-    train_files, val_files = files[:len(files) - args.holdout], files[len(files) - args.holdout:]
+    train_files, val_files = files[: len(files) - args.holdout], files[len(files) - args.holdout :]
     vols = [normalise(_read(f)) for f in train_files]
-    settings = TrainSettings(steps=args.steps, patch=args.patch, batch=args.batch, lr=args.lr,
-                             lambdas=args.lambdas)
+    settings = TrainSettings(steps=args.steps, patch=args.patch, batch=args.batch, lr=args.lr, lambdas=args.lambdas)
     config = TextureConfig(**args.config)
     print(f"training on {len(vols)} scans, validating on {len(val_files)}", flush=True)
-    codec = train(vols, args.out, config, settings, resume=args.resume,
-                  progress=lambda e: print(e.message, flush=True))
+    codec = train(vols, args.out, config, settings, resume=args.resume, progress=lambda e: print(e.message, flush=True))
     val = [normalise(_read(f)) for f in val_files]
     points = evaluate(codec, val, rates=[0.0, 0.25, 0.5, 0.75, 1.0])
     (args.out / "validation.json").write_text(json.dumps(points, indent=1))
