@@ -56,37 +56,31 @@ def describe_volume(volume: Volume) -> List[str]:
 
 
 def describe_dstd(path: Path) -> str:
+    from .codec.header import DstdHeader
     from .container import read_file
 
     parsed = read_file(path)
-    header = parsed.header
-    g = header["geometry"]
+    header = DstdHeader.from_dict(parsed.header)
+    g = header.grid
     lines = [
         f"{path}: DeepSTD file, {parsed.file_bytes} bytes, format {parsed.version[0]}.{parsed.version[1]}",
-        f"size:      {'x'.join(map(str, g['size']))} voxels, {header['dtype']} ({parsed.raw_bytes} raw bytes)",
-        f"spacing:   {' x '.join(f'{s:.4g}' for s in g['spacing'])} mm",
-        f"origin:    {', '.join(f'{o:.4g}' for o in g['origin'])} mm (LPS)",
-        f"direction: {' '.join(f'{d:.4g}' for d in g['direction'])}",
+        f"size:      {'x'.join(map(str, g.size))} voxels, {header.dtype} ({parsed.raw_bytes} raw bytes)",
+        f"spacing:   {' x '.join(f'{s:.4g}' for s in g.spacing)} mm",
+        f"origin:    {', '.join(f'{o:.4g}' for o in g.origin)} mm (LPS)",
+        f"direction: {' '.join(f'{d:.4g}' for d in g.direction)}",
         f"ratio:     {parsed.achieved_ratio:.2f}x achieved"
-        + (f" (target {header['target_ratio']:g}x)" if "target_ratio" in header else ""),
-        *(
-            [
-                f"error:     every voxel within ±{header['max_error']:g} of the original"
-                + (" (lossless)" if header["max_error"] == 0 else "")
-            ]
-            if "max_error" in header
-            else []
-        ),
-        *(
-            [
-                f"keep:      {header['keep'].get('voxels')} voxels of a stored mask within "
-                f"±{header['keep'].get('max_error'):g} of the original"
-            ]
-            if isinstance(header.get("keep"), dict)
-            else []
-        ),
+        + (f" (target {header.target_ratio:g}x)" if header.target_ratio is not None else ""),
+    ]
+    if header.max_error is not None:
+        lossless = " (lossless)" if header.max_error == 0 else ""
+        lines.append(f"error:     every voxel within ±{header.max_error:g} of the original{lossless}")
+    if header.keep is not None:
+        lines.append(
+            f"keep:      {header.keep.voxels} voxels of a stored mask within ±{header.keep.max_error:g} of the original"
+        )
+    lines += [
         "sections:  " + ", ".join(f"{name} {len(data)} B" for name, data in parsed.sections.items()),
-        "header:    " + json.dumps({k: v for k, v in header.items() if k != "geometry"}, sort_keys=True),
+        "header:    " + json.dumps({k: v for k, v in parsed.header.items() if k != "geometry"}, sort_keys=True),
     ]
     return "\n".join(lines)
 

@@ -147,7 +147,7 @@ def train_bundle(
     """Train a bundle end to end and write it to `out` (see the module docstring)."""
     import torch
 
-    from .bundle import save_bundle
+    from .bundle import BundleConfig, RegistrationConfig, TextureCoding, save_bundle
     from .io import read
     from .shape import CycleSettings, decode_shape, register
     from .shape.sizing import SHAPE_BITS
@@ -275,20 +275,18 @@ def train_bundle(
         log("  validation " + json.dumps({k: round(v, 4) for k, v in point.items()}))
 
     subjects = len(train_files)
-    bundle_config = {
-        "name": name,
-        "modality": modality,
-        "region": region,
-        "description": description or (f"{modality} {region}; trained on {subjects} scans (held out {holdout})"),
-        "intensity": rule,
-        "texture": {"block": TEXTURE_BLOCK, "rates": [0.0, 1.0]},
-        "registration": {
-            **{k: v for k, v in asdict(settings).items() if k != "threshold"},
-            "threshold": threshold,
-            "prealignment": "moments",
-            "downsample": 2,
-        },
-        "training": {
+    cycle = {k: v for k, v in asdict(settings).items() if k not in ("width", "depth", "seed", "threshold")}
+    bundle_config = BundleConfig(
+        name=name,
+        modality=modality,
+        region=region,
+        description=description or f"{modality} {region}; trained on {subjects} scans (held out {holdout})",
+        intensity=rule,
+        texture=TextureCoding(TEXTURE_BLOCK, (0.0, 1.0)),
+        registration=RegistrationConfig(
+            width=settings.width, depth=settings.depth, seed=settings.seed, threshold=threshold, cycle=cycle
+        ),
+        training={
             "scans": subjects,
             "holdout": holdout,
             "holdout_files": [f.name for f in val_files],
@@ -305,8 +303,8 @@ def train_bundle(
             "threads": threads,
             "command": command or " ".join(sys.argv),
         },
-        "validation": validation,
-    }
+        validation=tuple(validation),
+    )
     path = save_bundle(out, bundle_config, template, template_labels, codec.to_bytes())
     log(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) in {trained / 60:.1f} min")
     return path
