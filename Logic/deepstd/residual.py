@@ -25,6 +25,8 @@ from .packing import Packer, Unpacker
 VERSION = 1
 BANDS = 4
 MAX_ALPHABET = 1024
+#: a residual symbol (in steps) beyond this is corrupt data: the coder works in int32
+MAX_SYMBOL = 1 << 30
 #: voxels per rANS string: bounds the Python lists the coder needs
 SLAB = 1 << 20
 PRECISION = 16
@@ -127,8 +129,10 @@ def decompress(data: bytes, base: np.ndarray, step: float) -> np.ndarray:
         size = reader.uint()
         if not 1 <= size <= MAX_ALPHABET + 1:
             raise FormatError("the residual layer's alphabet size is invalid")
+        if not -MAX_SYMBOL <= lo <= MAX_SYMBOL - size:  # the coder's offsets are int32
+            raise FormatError("the residual layer's lowest symbol is out of range")
         counts = np.array([reader.uint() for _ in range(size + 1)], dtype=np.float64)
-        if counts.sum() <= 0 or counts[-1] <= 0:
+        if counts.sum() <= 0 or counts[-1] <= 0 or counts.max() >= 2.0**53:
             raise FormatError("the residual layer's histogram is invalid")
         cdf = _cdf(counts)
         cdfs.append(cdf)

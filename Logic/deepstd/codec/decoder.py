@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from .. import grid, region
+from .. import grid, memory, region
 from ..alignment import ScanReader, texture_frame
 from ..bundle import Bundle, find_bundle, texture_codec
 from ..container import unpack
@@ -20,6 +20,13 @@ from ..grid import Box, Frame
 from ..progress import CancelToken, ProgressCallback, Reporter
 from ..volume import Volume, cast_to_dtype
 from .header import DstdHeader
+
+#: planned bytes per voxel of the scan grid read (values, the backward displacement, sampling
+#: temporaries), more with a residual or keep layer (symbols, bands, float64 sums), and per voxel
+#: of the texture frame (decoded texture, spline coefficients, filter temporaries)
+SCAN_BYTES_PER_VOXEL = 48
+RESIDUAL_BYTES_PER_VOXEL = 40
+FRAME_BYTES_PER_VOXEL = 32
 
 
 class Decoder:
@@ -95,10 +102,16 @@ def decode(
     for name in ("shape", "texture"):
         if name not in parsed.sections:
             raise FormatError(f"the file has no {name!r} section")
-    bundle = find_bundle(header.bundle.name, header.bundle.sha256, bundle)
-    reporter = Reporter(progress, cancel)
     size = header.grid.size
     window = grid.whole(size) if roi is None else region.checked(roi, size)
+    whole_read = "residual" in parsed.sections or "keep/mask" in parsed.sections
+    scan_voxels = int(np.prod(size if whole_read else grid.shape_zyx(window), dtype=np.int64))
+    scan_bytes = scan_voxels * (SCAN_BYTES_PER_VOXEL + (RESIDUAL_BYTES_PER_VOXEL if whole_read else 0))
+    memory.require(scan_bytes, "decoding this file", header.raw_bytes, len(data))
+    bundle = find_bundle(header.bundle.name, header.bundle.sha256, bundle)
+    frame_voxels = int(np.prod(np.add(bundle.template.size, 2 * np.asarray(header.codec.margin)), dtype=np.int64))
+    memory.require(scan_bytes + frame_voxels * FRAME_BYTES_PER_VOXEL, "decoding this file", header.raw_bytes, len(data))
+    reporter = Reporter(progress, cancel)
     keep = keepmask.decompress(parsed.sections["keep/mask"], size) if "keep/mask" in parsed.sections else None
     if "residual" in parsed.sections:
         reading = grid.whole(size)

@@ -51,7 +51,10 @@ def budget_for(volume: Volume, ratio: Optional[float], budget_bytes: Optional[in
     if (ratio is None) == (budget_bytes is None):
         raise InputError("give exactly one of a ratio or a byte budget")
     if ratio is not None:
-        return int(volume.raw_bytes // number_at_least(ratio, 1, "the ratio"))
+        budget = int(volume.raw_bytes // number_at_least(ratio, 1, "the ratio"))
+        if budget < 1:
+            raise BudgetError(f"a ratio of {ratio:g} leaves no byte for this scan ({volume.raw_bytes} raw bytes)")
+        return budget
     if int(budget_bytes) < 1:  # type: ignore[arg-type]
         raise InputError(f"the byte budget must be positive, got {budget_bytes!r}")
     return int(budget_bytes)  # type: ignore[arg-type]

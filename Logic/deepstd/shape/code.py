@@ -26,6 +26,11 @@ _HEAD = struct.Struct("<2sBBBBHf")
 _DEFLATED, _TRANSLATION, _AFFINE, _NO_NETWORK = 1, 2, 4, 8
 BITS = (4, 6, 8, 10, 12, 16)
 MIN_WIDTH = 4
+#: limits a decoder accepts: far above any bundle (width ≤ 32, depth 3, ω ≤ 12), small enough that
+#: the network and its evaluation stay a few MB
+MAX_WIDTH, MAX_DEPTH, MAX_OMEGA = 512, 8, 1000.0
+#: a pre-alignment must be an invertible, sanely scaled map (the decoder inverts it)
+MAX_CONDITION = 1e6
 
 
 @dataclass
@@ -62,15 +67,14 @@ def decode_shape(data: bytes) -> ShapeCode:
     if len(data) < _HEAD.size:
         raise FormatError("shape code truncated")
     magic, version, bits, depth, flags, width, omega = _HEAD.unpack_from(data)
-    if (
-        magic != MAGIC
-        or version != VERSION
-        or bits not in BITS
-        or not (1 <= depth <= 16)
-        or not (1 <= width <= 4096)
-        or not np.isfinite(omega)
-    ):
+    if magic != MAGIC or version != VERSION or bits not in BITS:
         raise FormatError("not a valid shape code (bad header)")
+    if not (1 <= depth <= MAX_DEPTH and 1 <= width <= MAX_WIDTH):
+        raise FormatError(f"shape code: network size {width}x{depth} is out of range")
+    if not (np.isfinite(omega) and 0 < omega <= MAX_OMEGA):
+        raise FormatError(f"shape code: omega {omega!r} is out of range (0, {MAX_OMEGA:g}]")
+    if flags & ~(_DEFLATED | _TRANSLATION | _AFFINE | _NO_NETWORK) or (flags & _TRANSLATION and flags & _AFFINE):
+        raise FormatError("shape code: unknown or conflicting flags")
     pos, matrix = _HEAD.size, np.eye(4)
     if len(data) < pos + (12 if flags & _TRANSLATION else 48 if flags & _AFFINE else 0):
         raise FormatError("shape code truncated (pre-alignment)")
@@ -80,12 +84,17 @@ def decode_shape(data: bytes) -> ShapeCode:
     elif flags & _AFFINE:
         matrix[:3, :4] = np.frombuffer(data, "<f4", 12, pos).reshape(3, 4)
         pos += 48
+    _check_matrix(matrix)
     payload = data[pos:]
     if flags & _DEFLATED:
+        expected = code_bytes(width, depth, bits) - PREALIGNMENT_BYTES
         try:
-            payload = zlib.decompress(payload, wbits=-15)
+            inflater = zlib.decompressobj(wbits=-15)
+            payload = inflater.decompress(payload, expected + 1)  # bounded: no inflation bomb
         except zlib.error as exc:
             raise FormatError(f"shape code weights corrupt: {exc}") from None
+        if len(payload) > expected or inflater.unconsumed_tail:
+            raise FormatError("shape code weights are longer than the network they describe")
     net = Siren(width, depth, omega)
     if flags & _NO_NETWORK:
         if pos != len(data):
@@ -98,10 +107,18 @@ def decode_shape(data: bytes) -> ShapeCode:
     with torch.no_grad():
         for t in _tensors(net):
             values, offset = _dequantise(payload, offset, t.numel(), bits)
+            if not np.all(np.isfinite(values)):
+                raise FormatError("shape code weights are not finite")
             t.copy_(torch.from_numpy(values).view_as(t))
     if offset != len(payload):
         raise FormatError("shape code has trailing or missing bytes")
     return ShapeCode(net, matrix)
+
+
+def _check_matrix(matrix: np.ndarray) -> None:
+    linear = matrix[:3, :3]
+    if not np.all(np.isfinite(matrix)) or np.linalg.cond(linear) > MAX_CONDITION or np.abs(matrix[:3, 3]).max() > 1e6:
+        raise FormatError("shape code: the pre-alignment is not an invertible, finite map")
 
 
 #: bytes of a shape code without a network (affine pre-alignment)
