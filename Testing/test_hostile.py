@@ -156,3 +156,37 @@ def test_a_bundle_with_zeroed_texture_tables_is_refused_not_a_crash(tiny_bundle,
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "refused:" in run.stdout and ("NaN" in run.stdout or "CDF" in run.stdout or "scale" in run.stdout)
+
+
+def _nifti_header(size) -> bytes:
+    """A NIfTI-1 header (int16) declaring `size` voxels, with no voxel data after it."""
+    header = bytearray(352)
+    struct.pack_into("<i", header, 0, 348)
+    struct.pack_into("<8h", header, 40, 3, *size, 1, 1, 1, 1)
+    struct.pack_into("<hh", header, 70, 4, 16)  # datatype int16, bitpix
+    struct.pack_into("<8f", header, 76, 1, 1, 1, 1, 1, 1, 1, 1)
+    struct.pack_into("<f", header, 108, 352.0)  # vox_offset
+    header[344:348] = b"n+1\0"
+    return bytes(header)
+
+
+def test_a_bundle_template_declaring_a_huge_grid_is_refused_from_its_header(tiny_bundle):
+    import gzip
+
+    data = tiny_bundle.path.read_bytes()
+    huge = gzip.compress(_nifti_header((2048, 2048, 2048)))  # 17 GB of voxels declared in ~100 bytes
+    with pytest.raises(BundleError, match="not a plausible 3-D template"):
+        from_bytes(_rezip(data, **{"template.nii.gz": huge}))
+
+
+def test_a_texture_block_larger_than_the_bundle_codes_is_refused(tiny_bundle, coded):
+    from deepstd.texture import TextureStreams
+
+    parsed = unpack(coded)
+    streams = TextureStreams.from_bytes(parsed.sections["texture"])
+    shape = tuple(streams.shape)
+    whole = tuple(-(-n // 16) * 16 for n in shape)  # one block holding the frame: a huge network pass
+    crafted = TextureStreams(shape, whole, True, streams.rate_q, streams.fill, [False], [], [])
+    sections = dict(parsed.sections, texture=crafted.to_bytes())
+    with pytest.raises(FormatError, match="larger than this bundle codes"):
+        codec.decode(pack(parsed.header, sections), tiny_bundle)

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Union
 
+import numpy as np
+
 from .container import write_atomic
 from .errors import BundleError, InputError
 from .volume import Volume
@@ -304,12 +306,27 @@ def _nifti_bytes(volume: Volume) -> bytes:
         return write_itk(volume, Path(folder) / "v.nii.gz").read_bytes()
 
 
+#: a template (and its labels) is one scan of the population: far below this many voxels
+MAX_TEMPLATE_VOXELS = 64_000_000
+
+
 def _volume(payload: bytes) -> Volume:
+    import SimpleITK as sitk
+
     from .io.itk import read_itk
 
     with tempfile.TemporaryDirectory() as folder:
         file = Path(folder) / "v.nii.gz"
         file.write_bytes(payload)
+        info = sitk.ImageFileReader()
+        info.SetFileName(str(file))
+        try:
+            info.ReadImageInformation()  # the header alone: refuse a huge size before reading
+        except RuntimeError:
+            raise BundleError("the template image is unreadable") from None
+        size = info.GetSize()
+        if len(size) != 3 or not 0 < int(np.prod(size, dtype=np.float64)) <= MAX_TEMPLATE_VOXELS:
+            raise BundleError(f"the template image's size {size} is not a plausible 3-D template")
         try:
             return read_itk(file)
         except InputError:

@@ -51,6 +51,8 @@ class Decoder:
         code = decode_shape(shape)
         self.reader = ScanReader(template, self.frame, code.backward, code.matrix, header.grid, window, reporter)
         self.codec, self.workers = codec, workers
+        #: the encoder codes blocks of the bundle's size, or a frame that fits in one such block whole
+        self.block_limit = bundle.config.texture.block or max(-(-n // 16) * 16 for n in self.frame.size)
 
     def base(self, texture, progress=None, cancel=None) -> Tuple[np.ndarray, float]:
         """The DeepSTD layer on the window (original dtype's values, as float32) and its coverage."""
@@ -59,6 +61,8 @@ class Decoder:
         streams = texture if isinstance(texture, TextureStreams) else TextureStreams.from_bytes(texture)
         if tuple(streams.shape) != self.frame.shape_zyx:
             raise FormatError(f"texture shape {tuple(streams.shape)} does not match the bundle's template grid")
+        if max(streams.block) > self.block_limit:  # the synthesis network's memory grows with the block
+            raise FormatError(f"texture block {tuple(streams.block)} is larger than this bundle codes")
         box = self.reader.texture_box
         part = None if box is None else self.codec.decompress(streams, self.workers, progress, cancel, box=box)
         values, coverage = self.reader.read(part, self.header.intensity)
