@@ -119,5 +119,5 @@ def test_train_bundle_end_to_end_plain_and_with_a_teacher(population, tmp_path):
             work_dir=tmp_path / "plain.work",
         )
     )
-    assert taught.config["training"]["teacher"] == {"name": "plain", "sha256": bundle.sha256}
-    assert taught.config["training"]["texture_config"] == overrides
+    assert taught.config.training["teacher"] == {"name": "plain", "sha256": bundle.sha256}
+    assert taught.config.training["texture_config"] == overrides

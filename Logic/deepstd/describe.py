@@ -9,18 +9,24 @@ from typing import List, Optional
 from .volume import Volume
 
 
-def describe(path, series_uid: Optional[str] = None) -> str:
+def describe(path, series_uid: Optional[str] = None, allow_gaps: bool = False) -> str:
     path = Path(path)
     if path.is_file() and path.name.lower().endswith(".dstd"):
         return describe_dstd(path)
     if path.is_file() and path.name.lower().endswith(".dstdb"):
         return describe_bundle(path)
     from .io import format_of, read
+    from .io.dicom import SeriesChoiceError
 
     lines: List[str] = []
     if path.exists() and format_of(path) == "dicom" and path.is_dir():
         lines += describe_series_list(path)
-    volume = read(path, series_uid=series_uid)
+    try:
+        volume = read(path, series_uid=series_uid, allow_gaps=allow_gaps)
+    except SeriesChoiceError:
+        if not lines:
+            raise
+        return "\n".join(lines + ["several series of the same size: describe one with --series UID"])
     lines += describe_volume(volume)
     return "\n".join(lines)
 

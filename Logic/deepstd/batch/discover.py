@@ -100,11 +100,15 @@ def series_scans(folder: Path, root: Path, only: Optional[str] = None) -> List[S
         return [Scan(str(folder), only, f"{prefix}{only or 'series'}{SUFFIX}", ())]
     scans = []
     for index, s in enumerate(series):
-        if only and s.uid != only:
+        if only and only not in (s.uid, s.key):
             continue
         name = s.uid or f"series-{index + 1}"
         files = tuple(sorted(str(ds.filename) for ds in s.datasets))
-        scans.append(Scan(str(folder), s.uid or None, f"{prefix}{name}{SUFFIX}", files))
+        # Every scan names its series: reading a folder of several without one is refused when
+        # two share the largest size. A series without a UID is named by its grouping key (only
+        # needed when it has neighbours; alone in its folder it is read as before, by None).
+        selector = s.uid or (s.key if len(series) > 1 else None)
+        scans.append(Scan(str(folder), selector, f"{prefix}{name}{SUFFIX}", files))
     if only and not scans:
         raise InputError(f"{folder}: no DICOM series {only}")
     return scans

@@ -24,14 +24,16 @@ def encode_file(
     max_error: Optional[float] = None,
     keep: Optional[str] = None,
     series_uid: Optional[str] = None,
+    allow_gaps: bool = False,
     **kw,
 ) -> dict:
     """Read a scan (file or DICOM folder), encode it, write `output` atomically; return a report.
-    `keep`: 'LABELMAP[:E]', a label map on the scan's grid whose voxels > 0 are kept within ±E."""
+    `keep`: 'LABELMAP[:E]', a label map on the scan's grid whose voxels > 0 are kept within ±E.
+    `allow_gaps`: a DICOM series with missing slices is interpolated instead of refused."""
     from ..io import read
 
     started = time.perf_counter()
-    volume = read(source, series_uid=series_uid)
+    volume = read(source, series_uid=series_uid, allow_gaps=allow_gaps)
     labels, keep_error = (None, 0.0) if keep is None else read_keep(keep)
     data = encode(
         volume,

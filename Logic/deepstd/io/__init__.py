@@ -28,13 +28,19 @@ def format_of(path) -> str:
     )
 
 
-def read(path, series_uid: Optional[str] = None) -> Volume:
-    """Read a volume from an image file, a DICOM file or a DICOM folder (one series of it)."""
+def read(path, series_uid: Optional[str] = None, allow_gaps: bool = False) -> Volume:
+    """Read a volume from an image file, a DICOM file or a DICOM folder (one series of it).
+
+    Input is complete or refused: a truncated or corrupt image file, a DICOM series with missing
+    slices, or a folder whose series cannot be told apart without `series_uid` is an InputError.
+    `allow_gaps` (DICOM only) interpolates missing slices instead, with a warning in
+    `volume.meta["warnings"]`.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     if format_of(path) == "dicom":
-        return dicom.read_dicom(path, series_uid=series_uid)
+        return dicom.read_dicom(path, series_uid=series_uid, allow_gaps=allow_gaps)
     if series_uid is not None:
         raise InputError(f"{path}: a series UID only applies to DICOM input")
     return itk.read_itk(path)

@@ -2,8 +2,10 @@
 
 Reading: a folder is scanned for DICOM files (headers only), files are grouped into series by
 SeriesInstanceUID (files without one are grouped by study, orientation and matrix size, with a
-warning), one series is chosen (by UID, or the largest), its slices are sorted by position along
-the slice normal (never by file name or InstanceNumber) and rescaled to real units (HU for CT).
+warning), one series is chosen (by UID, or the largest; a tie for largest is refused), its slices
+are sorted by position along the slice normal (never by file name or InstanceNumber), checked to lie
+on a regular grid (a missing slice is refused, or interpolated on request) and rescaled to real
+units (HU for CT).
 Enhanced (multi-frame) files take their geometry from the functional groups.
 
 Writing: a decoded volume becomes a new derived series whose lossy-compression tags say what
@@ -68,6 +70,19 @@ class Series:
     uid: str
     datasets: list = field(repr=False)
     warnings: List[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        """What selects this series: its SeriesInstanceUID, or (without one) its grouping key."""
+        return self.uid or _fallback_key(self.datasets[0])
+
+    def summary(self) -> str:
+        """UID, modality, size, file count and description, as a refusal lists a series."""
+        description = f" {self.description!r}" if self.description else ""
+        return (
+            f"{self.key} ({self.modality or '?'} {'x'.join(map(str, self.size))}, "
+            f"{len(self.datasets)} files{description})"
+        )
 
     @property
     def description(self) -> str:
@@ -143,7 +158,7 @@ def list_series(path) -> List[Series]:
         groups[key].datasets.append(ds)
     if not groups:
         raise InputError(f"{path}: no DICOM images found")
-    return sorted(groups.values(), key=lambda s: (-s.voxels, s.uid))
+    return sorted(groups.values(), key=lambda s: (-s.voxels, s.uid, s.key))
 
 
 def _fallback_key(ds) -> str:
@@ -154,21 +169,48 @@ def _fallback_key(ds) -> str:
 
 
 # --- reading ------------------------------------------------------------------------------------
-def read_dicom(path, series_uid: Optional[str] = None) -> Volume:
-    """Read one series of a DICOM folder (or one file) as a Volume in real units."""
+class SeriesChoiceError(InputError):
+    """A folder holds several series and none is clearly the one meant: `series_uid` must choose.
+
+    `series` lists them (largest first), so a caller such as `deepstd info` can show them.
+    """
+
+    def __init__(self, message: str, series: List[Series]):
+        super().__init__(message)
+        self.series = series
+
+
+def read_dicom(path, series_uid: Optional[str] = None, allow_gaps: bool = False) -> Volume:
+    """Read one series of a DICOM folder (or one file) as a Volume in real units.
+
+    `series_uid` picks a series (a SeriesInstanceUID, or the grouping key `list_series` gives a
+    series without one). Without it the largest series is read; when two or more series share the
+    largest size the choice would be a guess, so it is refused with the series listed.
+    A series with missing slices (a gap in positions) is refused, unless `allow_gaps`: then the
+    missing slices are interpolated linearly from their neighbours onto the regular grid (the
+    slices that exist keep their values and positions) and a warning says so.
+    """
     path = Path(path)
     series = list_series(path)
     warnings: List[str] = []
     if series_uid is not None:
-        chosen = [s for s in series if s.uid == series_uid]
+        chosen = [s for s in series if series_uid in (s.uid, s.key)]
         if not chosen:
             raise InputError(
                 f"{path}: no series with SeriesInstanceUID {series_uid} "
-                f"(found: {', '.join(s.uid or '<none>' for s in series)})"
+                f"(found: {'; '.join(s.summary() for s in series)})"
             )
         picked = chosen[0]
     else:
         picked = series[0]
+        tied = [s for s in series if s.voxels == picked.voxels]
+        if len(tied) > 1:
+            raise SeriesChoiceError(
+                f"{path}: {len(series)} series found, {len(tied)} of the same size "
+                f"({'x'.join(map(str, picked.size))}); choose one with series_uid (--series): "
+                + "; ".join(s.summary() for s in series),
+                series,
+            )
         if len(series) > 1:
             warnings.append(
                 f"{len(series)} series found; read the largest, {picked.uid or '<no UID>'} "
@@ -176,9 +218,9 @@ def read_dicom(path, series_uid: Optional[str] = None) -> Volume:
             )
     warnings += picked.warnings
     if len(picked.datasets) == 1 and int(getattr(picked.datasets[0], "NumberOfFrames", 1) or 1) > 1:
-        volume = _read_multiframe(picked.datasets[0], warnings)
+        volume = _read_multiframe(picked.datasets[0], warnings, allow_gaps)
     else:
-        volume = _read_slices(picked.datasets, warnings)
+        volume = _read_slices(picked.datasets, warnings, allow_gaps)
     volume.meta.update(
         {
             "source": str(path),
@@ -190,6 +232,90 @@ def read_dicom(path, series_uid: Optional[str] = None) -> Volume:
         }
     )
     return volume
+
+
+#: Slice positions must lie on a regular grid. Within `_EXACT_*` of it (DS decimal rounding of
+#: ImagePositionPatient, float noise) the series is regular and read silently, as SimpleITK does.
+_EXACT_FRACTION, _EXACT_MM = 0.01, 1e-3
+#: Up to a tenth of the slice spacing off the grid (scanner jitter in reported table positions) the
+#: series is still read, with a warning giving the largest offset: a tenth of a slice is below the
+#: slice's own partial-volume extent (thickness >= spacing in contiguous acquisitions) and an order
+#: of magnitude below the one-slice error of a missing slice, and it keeps steps of 0.8..1.2
+#: spacings apart from gaps (about 2 spacings). Anything further off is refused: the voxels could
+#: only be placed on a grid by moving them.
+_JITTER_FRACTION = 0.1
+
+
+def _mm(value: float) -> str:
+    text = f"{value:.3f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
+
+
+def _slice_grid(along: np.ndarray, normal, where, allow_gaps: bool, warnings: List[str]):
+    """(spacing, grid index of each slice) for sorted, distinct slice positions along the normal.
+
+    The spacing is the series' regular step (the median step: most steps are regular when only a
+    few slices are missing); each step must be a whole number of spacings (1, or 2+ for missing
+    slices) and every slice within `_JITTER_FRACTION` of a spacing of the grid through the first and
+    last slice. Missing slices are refused with their positions unless `allow_gaps`; more missing
+    slices than present ones are refused even then (that is not a gap to bridge).
+    """
+    steps = np.diff(along)
+    base = float(np.median(steps))
+    counts = np.maximum(1, np.rint(steps / base)).astype(np.int64)
+    index = np.concatenate([[0], np.cumsum(counts)])
+    dz = float((along[-1] - along[0]) / index[-1])
+    offsets = along - (along[0] + dz * index)
+    worst = float(np.max(np.abs(offsets)))
+    missing = int(index[-1] + 1 - len(along))
+    axis = "z" if abs(float(normal[2])) > 0.99 else "position (along the slice normal)"
+    if worst > _JITTER_FRACTION * dz:
+        raise InputError(
+            f"{where}: irregular slice spacing (steps {_mm(steps.min())}..{_mm(steps.max())} mm): the "
+            f"slices do not lie on a regular grid (one is {_mm(worst)} mm off a {_mm(dz)} mm grid); refused"
+        )
+    if worst > _EXACT_FRACTION * dz + _EXACT_MM:
+        warnings.append(
+            f"irregular slice spacing ({_mm(steps.min())}..{_mm(steps.max())} mm): slices lie within "
+            f"{_mm(worst)} mm of the regular {_mm(dz)} mm grid used"
+        )
+    if missing:
+        gaps = np.nonzero(counts > 1)[0]
+        spans = [f"{_mm(along[i])} and {_mm(along[i + 1])} mm" for i in gaps[:3]]
+        more = f" (and {len(gaps) - 3} more gaps)" if len(gaps) > 3 else ""
+        text = f"{missing} missing slice(s) between {axis} = " + ", between ".join(spans) + more
+        if not allow_gaps:
+            raise InputError(
+                f"{where}: {text} (spacing {_mm(dz)} mm); a series with a gap is refused "
+                "(allow_gaps / --allow-gaps interpolates the missing slices)"
+            )
+        if missing > len(along):
+            raise InputError(
+                f"{where}: {text} (spacing {_mm(dz)} mm): more slices missing than present ({len(along)}); "
+                "refused even with allow_gaps"
+            )
+        warnings.append(
+            f"{text}: interpolated linearly from the neighbouring slices onto the regular {_mm(dz)} mm grid"
+        )
+    return dz, index
+
+
+def _fill_gaps(values: np.ndarray, index: np.ndarray, dtype: str) -> np.ndarray:
+    """`values` (one slice per entry of `index`) on the full grid; missing slices interpolated
+    linearly between their neighbours (rounded for integer types). Existing slices are copied."""
+    if index[-1] + 1 == len(index):
+        return values
+    full = np.empty((int(index[-1]) + 1, *values.shape[1:]), np.float32)
+    full[index] = values
+    integer = np.dtype(dtype).kind in "iu"
+    for k in np.nonzero(np.diff(index) > 1)[0]:
+        lo, hi = int(index[k]), int(index[k + 1])
+        below, above = values[k].astype(np.float64), values[k + 1].astype(np.float64)
+        for j in range(lo + 1, hi):
+            t = (j - lo) / (hi - lo)
+            slab = (1.0 - t) * below + t * above
+            full[j] = np.rint(slab) if integer else slab
+    return full
 
 
 def _carried(ds) -> Dict[str, str]:
@@ -244,7 +370,7 @@ def _pixel_spacing(ds) -> Optional[tuple]:
     return (dx, dy) if dx > 0 and dy > 0 else None
 
 
-def _read_slices(datasets: Sequence, warnings: List[str]) -> Volume:
+def _read_slices(datasets: Sequence, warnings: List[str], allow_gaps: bool = False) -> Volume:
     first = datasets[0]
     shape = (int(first.Rows), int(first.Columns))
     if any((int(ds.Rows), int(ds.Columns)) != shape for ds in datasets):
@@ -272,11 +398,9 @@ def _read_slices(datasets: Sequence, warnings: List[str]) -> Volume:
     if pixel_spacing is None:
         pixel_spacing = (1.0, 1.0)
         warnings.append("PixelSpacing missing: 1 mm assumed")
+    grid = np.arange(len(along))
     if len(along) > 1:
-        gaps = np.diff(along)
-        dz = float(np.mean(gaps))
-        if np.max(np.abs(gaps - dz)) > 0.01 * dz + 1e-3:
-            warnings.append(f"irregular slice spacing ({gaps.min():.3f}..{gaps.max():.3f} mm); mean used")
+        dz, grid = _slice_grid(along, direction[:, 2], Path(first.filename).parent, allow_gaps, warnings)
     else:
         dz = float(getattr(first, "SpacingBetweenSlices", 0) or getattr(first, "SliceThickness", 0) or 1.0)
     stored = []
@@ -294,7 +418,7 @@ def _read_slices(datasets: Sequence, warnings: List[str]) -> Volume:
     values = _apply_rescale(stored, slopes)
     dtype = _output_dtype(stored, slopes, values, warnings)
     return Volume(
-        values,
+        _fill_gaps(values, grid, dtype),
         spacing=(pixel_spacing[0], pixel_spacing[1], dz),
         origin=tuple(positions[order[0]]),
         direction=tuple(direction.reshape(-1)),
@@ -303,7 +427,7 @@ def _read_slices(datasets: Sequence, warnings: List[str]) -> Volume:
     )
 
 
-def _read_multiframe(ds, warnings: List[str]) -> Volume:
+def _read_multiframe(ds, warnings: List[str], allow_gaps: bool = False) -> Volume:
     """Enhanced CT/MR: spacing, positions and orientation from the functional groups."""
     frames = int(ds.NumberOfFrames)
     shared = (getattr(ds, "SharedFunctionalGroupsSequence", None) or [None])[0]
@@ -345,7 +469,11 @@ def _read_multiframe(ds, warnings: List[str]) -> Volume:
         gaps = np.diff(along[order])
         if frames > 1 and np.min(gaps) < 1e-4:
             raise InputError(f"{ds.filename}: frames share a position (a 4-D or multi-stack file); not supported")
-        dz = float(np.mean(gaps)) if frames > 1 else float(lookup(0, "PixelMeasuresSequence", "SliceThickness") or 1.0)
+        index = np.arange(frames)
+        if frames > 1:
+            dz, index = _slice_grid(along[order], direction[:, 2], ds.filename, allow_gaps, warnings)
+        else:
+            dz = float(lookup(0, "PixelMeasuresSequence", "SliceThickness") or 1.0)
         origin = tuple(points[order[0]])
     else:
         warnings.append(
@@ -353,6 +481,7 @@ def _read_multiframe(ds, warnings: List[str]) -> Volume:
             "file order with 1 mm spacing and identity direction"
         )
         direction, order, dz, origin = np.eye(3), np.arange(frames), 1.0, (0.0, 0.0, 0.0)
+        index = np.arange(frames)
     if spacing is None or len(spacing) != 2:
         warnings.append("PixelSpacing missing: 1 mm assumed")
         spacing = (1.0, 1.0)
@@ -362,7 +491,7 @@ def _read_multiframe(ds, warnings: List[str]) -> Volume:
     values = _apply_rescale(stored, rescales)
     dtype = _output_dtype(stored, rescales, values, warnings)
     return Volume(
-        values,
+        _fill_gaps(values, index, dtype),
         spacing=(float(spacing[1]), float(spacing[0]), dz),
         origin=origin,
         direction=tuple(direction.reshape(-1)),
@@ -528,4 +657,12 @@ def _stored_pixels(volume: Volume):
     return stored, slope, lo, False, 16
 
 
-__all__ = ["Series", "list_series", "read_dicom", "write_dicom_series", "is_dicom_file", "CARRIED_TAGS"]
+__all__ = [
+    "Series",
+    "SeriesChoiceError",
+    "list_series",
+    "read_dicom",
+    "write_dicom_series",
+    "is_dicom_file",
+    "CARRIED_TAGS",
+]

@@ -10,6 +10,7 @@ from typing import Optional
 
 from ..errors import InputError
 from ..volume import Volume
+from .integrity import check_image_file
 
 SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -29,9 +30,11 @@ def guess_units(volume: Volume) -> str:
 
 
 def read_itk(path) -> Volume:
+    """Read an image file whole: truncated or corrupt data is an InputError, never zeros."""
     import SimpleITK as sitk
 
     path = Path(path)
+    check_image_file(path)  # SimpleITK reads truncated or corrupt data without complaint
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -72,5 +75,10 @@ def write_image_atomic(image, path) -> Path:
 
 def _first_line(exc: Exception) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    useful = [line for line in lines if not line.startswith(("sitk::ERROR", "/"))] or lines or ["unknown error"]
-    return useful[-1][:200]
+    useful = []
+    for line in lines:
+        if line.startswith("sitk::ERROR:"):
+            line = line[len("sitk::ERROR:") :].strip()
+        if line and not line.startswith(("/", "Exception thrown in SimpleITK")):
+            useful.append(line)
+    return (useful or lines or ["unknown error"])[-1][:200]
