@@ -84,11 +84,26 @@ def describe_dstd(path: Path) -> str:
         lines.append(
             f"keep:      {header.keep.voxels} voxels of a stored mask within ±{header.keep.max_error:g} of the original"
         )
+    from .deidentify import identity_line
+
+    lines.append(f"identity:  {identity_line(header.dicom)}")
     lines += [
         "sections:  " + ", ".join(f"{name} {len(data)} B" for name, data in parsed.sections.items()),
-        "header:    " + json.dumps({k: v for k, v in parsed.header.items() if k != "geometry"}, sort_keys=True),
+        "header:    " + json.dumps(_shown(parsed.header), sort_keys=True),
     ]
     return "\n".join(lines)
+
+
+def _shown(header: dict) -> dict:
+    """The header for `info`: geometry is printed above; the DICOM entry's per-slice source
+    references (one UID per slice) are counted, not listed."""
+    shown = {k: v for k, v in header.items() if k != "geometry"}
+    dicom = shown.get("dicom")
+    if isinstance(dicom, dict):
+        shown["dicom"] = {
+            k: (f"<{len(v)} entries>" if isinstance(v, list) and len(v) > 4 else v) for k, v in dicom.items()
+        }
+    return shown
 
 
 def describe_bundle(path) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 from .. import region
 from ..container import unpack, write_atomic
@@ -25,15 +25,24 @@ def encode_file(
     keep: Optional[str] = None,
     series_uid: Optional[str] = None,
     allow_gaps: bool = False,
+    deidentify: Union[bool, str] = False,
     **kw,
 ) -> dict:
     """Read a scan (file or DICOM folder), encode it, write `output` atomically; return a report.
     `keep`: 'LABELMAP[:E]', a label map on the scan's grid whose voxels > 0 are kept within ±E.
-    `allow_gaps`: a DICOM series with missing slices is interpolated instead of refused."""
+    `allow_gaps`: a DICOM series with missing slices is interpolated instead of refused.
+    `deidentify`: True (or a salt string) removes the patient's identity from the header (PS3.15
+    basic profile, `deepstd.deidentify`); files of one process share replacement UIDs, a salt
+    string makes them agree across processes and runs."""
     from ..io import read
 
     started = time.perf_counter()
     volume = read(source, series_uid=series_uid, allow_gaps=allow_gaps)
+    if deidentify:
+        from ..deidentify import deidentify_meta
+
+        salt = None if deidentify is True else str(deidentify)
+        volume.meta.update(deidentify_meta(volume.meta, salt))
     labels, keep_error = (None, 0.0) if keep is None else read_keep(keep)
     data = encode(
         volume,
@@ -61,6 +70,8 @@ def encode_file(
         "seconds": time.perf_counter() - started,
         "warnings": header.get("warnings", []),
     }
+    if deidentify:
+        report["deidentified"] = (header.get("dicom") or {}).get("DeidentificationMethod")
     if "keep" in header:
         report["keep"] = dict(
             header["keep"],
@@ -95,14 +106,17 @@ def decode_file(source, output, bundle=None, roi=None, roi_mm: Optional[str] = N
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror})") from None
     try:
+        header = DstdHeader.from_dict(unpack(data).header)
         if isinstance(roi, str) or roi_mm is not None:
-            grid = DstdHeader.from_dict(unpack(data).header).grid
+            grid = header.grid
             roi = region.parse(roi, grid.size) if roi_mm is None else region.parse_mm(roi_mm, grid)
         volume = decode(data, bundle, roi=roi, **kw)
     except FormatError as exc:
         raise FormatError(f"{path}: {exc}") from None
-    if itk.suffix_of(Path(output)) is None:  # a folder: a DICOM series marked as lossy
-        write(volume, output, lossy_ratio=volume.raw_bytes / len(data), lossy_method="DEEPSTD")
+    if itk.suffix_of(Path(output)) is None:  # a folder: a DICOM series, marked lossy unless it is lossless
+        # the ratio is the whole file's, also when only a region is written
+        lossless = header.max_error == 0
+        write(volume, output, lossy_ratio=None if lossless else header.raw_bytes / len(data), lossy_method="DEEPSTD")
     else:
         write(volume, output)
     return volume

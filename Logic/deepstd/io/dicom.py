@@ -28,13 +28,22 @@ import numpy as np
 from ..errors import InputError
 from ..volume import Volume
 
-#: Patient/study/frame-of-reference tags carried from a DICOM source into decoded output.
+#: Tags carried from a DICOM source into decoded output (`volume.meta["dicom"]`, stored in the
+#: `.dstd` header): what the decoded series needs to be a valid CT/MR Image of the same patient,
+#: study and frame of reference (the Type 1/2 attributes of those IODs that a writer cannot make up),
+#: plus display (window), equipment and de-identification status. Values are the first file's;
+#: only CT or MR tags the source has are stored, empty values are not (the writer writes Type 2
+#: attributes present-empty). Docs: FORMAT.md ("The dicom entry").
 CARRIED_TAGS = (
+    # patient
     "PatientName",
     "PatientID",
     "PatientBirthDate",
     "PatientSex",
     "PatientAge",
+    "PatientIdentityRemoved",
+    "DeidentificationMethod",
+    # study
     "StudyInstanceUID",
     "StudyDate",
     "StudyTime",
@@ -42,13 +51,50 @@ CARRIED_TAGS = (
     "AccessionNumber",
     "ReferringPhysicianName",
     "StudyDescription",
-    "FrameOfReferenceUID",
+    # series and frame of reference
     "Modality",
-    "BodyPartExamined",
-    "Manufacturer",
     "SeriesDescription",
     "SeriesNumber",
+    "BodyPartExamined",
+    "Laterality",
+    "PatientPosition",
+    "FrameOfReferenceUID",
+    "PositionReferenceIndicator",
+    # equipment
+    "Manufacturer",
+    "ManufacturerModelName",
+    "InstitutionName",
+    "StationName",
+    # image
+    "SpecificCharacterSet",
+    "ImageType",
+    "AcquisitionNumber",
+    "BurnedInAnnotation",
+    "WindowCenter",
+    "WindowWidth",
+    "WindowCenterWidthExplanation",
+    "ContrastBolusAgent",
+    "LossyImageCompression",
+    "LossyImageCompressionRatio",
+    "LossyImageCompressionMethod",
+    # CT Image module
+    "KVP",
+    # MR Image module
+    "ScanningSequence",
+    "SequenceVariant",
+    "ScanOptions",
+    "MRAcquisitionType",
+    "RepetitionTime",
+    "EchoTime",
+    "EchoTrainLength",
+    "InversionTime",
+    "MagneticFieldStrength",
+    "FlipAngle",
 )
+
+#: Carried even when present-empty in the source: a Type 2C attribute whose presence matters
+#: (Laterality must be absent for an unpaired body part and present, perhaps empty, otherwise).
+_KEEP_EMPTY = ("Laterality",)
 
 _MAX_FILES = 100_000
 
@@ -217,16 +263,20 @@ def read_dicom(path, series_uid: Optional[str] = None, allow_gaps: bool = False)
                 f"({'x'.join(map(str, picked.size))}); choose another with --series"
             )
     warnings += picked.warnings
+    references: Dict[str, object] = {}
     if len(picked.datasets) == 1 and int(getattr(picked.datasets[0], "NumberOfFrames", 1) or 1) > 1:
-        volume = _read_multiframe(picked.datasets[0], warnings, allow_gaps)
+        volume = _read_multiframe(picked.datasets[0], warnings, allow_gaps, references)
     else:
-        volume = _read_slices(picked.datasets, warnings, allow_gaps)
+        volume = _read_slices(picked.datasets, warnings, allow_gaps, references)
+    carried = _carried(picked.datasets[0])
+    if references:
+        carried["source"] = references
     volume.meta.update(
         {
             "source": str(path),
             "format": "dicom",
             "series_uid": picked.uid,
-            "dicom": _carried(picked.datasets[0]),
+            "dicom": carried,
             "warnings": warnings,
             "series_count": len(series),
         }
@@ -318,8 +368,84 @@ def _fill_gaps(values: np.ndarray, index: np.ndarray, dtype: str) -> np.ndarray:
     return full
 
 
-def _carried(ds) -> Dict[str, str]:
-    return {tag: str(getattr(ds, tag)) for tag in CARRIED_TAGS if getattr(ds, tag, None) not in (None, "")}
+def _carried(ds) -> Dict[str, object]:
+    """The CARRIED_TAGS `ds` has, as JSON: a string, or a list of strings for a multi-valued one."""
+    out: Dict[str, object] = {}
+    for tag in CARRIED_TAGS:
+        if tag not in ds:
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # an odd value is carried as read, or not at all
+                value = _json_value(ds[tag].value)
+        except Exception:  # a value pydicom cannot convert: not carried
+            continue
+        if value is not None:
+            out[tag] = value
+        elif tag in _KEEP_EMPTY:
+            out[tag] = ""
+    try:
+        codes = [_stored_code(item) for item in getattr(ds, "DeidentificationMethodCodeSequence", None) or []]
+    except Exception:  # a damaged sequence: not carried
+        codes = []
+    if any(codes):
+        out["DeidentificationMethodCodeSequence"] = [c for c in codes if c]
+    return out
+
+
+def _stored_code(item):
+    """A code as the header stores it: a DCM code value alone, else [value, scheme, meaning]."""
+    from ..deidentify import CONFIDENTIALITY_CODES
+
+    value, scheme = str(getattr(item, "CodeValue", "") or ""), str(getattr(item, "CodingSchemeDesignator", "") or "")
+    if not value or not scheme:
+        return None
+    if scheme == "DCM" and value in CONFIDENTIALITY_CODES:
+        return value
+    return [value, scheme, str(getattr(item, "CodeMeaning", "") or "")]
+
+
+def _json_value(value):
+    """A DICOM value as JSON (its string form; a list for VM > 1), or None when empty."""
+    from pydicom.multival import MultiValue
+    from pydicom.sequence import Sequence as DicomSequence
+
+    if value is None or isinstance(value, (DicomSequence, bytes)):
+        return None
+    if isinstance(value, (MultiValue, list, tuple)):
+        items = ["" if v is None else str(v) for v in value]
+        return items if any(items) else None
+    text = str(value)
+    return text or None
+
+
+def _instance_uid(ds) -> str:
+    meta = getattr(ds, "file_meta", None)
+    return str(getattr(ds, "SOPInstanceUID", "") or getattr(meta, "MediaStorageSOPInstanceUID", "") or "")
+
+
+def _class_uid(ds) -> str:
+    meta = getattr(ds, "file_meta", None)
+    return str(getattr(ds, "SOPClassUID", "") or getattr(meta, "MediaStorageSOPClassUID", "") or "")
+
+
+def _references(references: Dict[str, object], datasets: Sequence, uids: List[str], frames=None) -> None:
+    """Fill `references` (the header's `dicom.source`): the source series and, per slice of the
+    read grid, the instance it came from ("" for an interpolated slice), the UIDs' common prefix
+    stored once. Nothing when the source lacks a SeriesInstanceUID or an instance UID (the decoded
+    series could not reference it validly)."""
+    series = str(getattr(datasets[0], "SeriesInstanceUID", "") or "").strip()
+    present = [u for u in uids if u]
+    sop_class = _class_uid(datasets[0])
+    if not series or not sop_class or any(not _instance_uid(ds) for ds in datasets):
+        return
+    prefix = os.path.commonprefix(present) if len(present) > 1 else ""
+    prefix = prefix[: prefix.rfind(".") + 1]
+    references.update(
+        {"series": series, "class": sop_class, "prefix": prefix, "instances": [u[len(prefix) :] for u in uids]}
+    )
+    if frames is not None:
+        references["frames"] = frames
 
 
 def _pixels(ds) -> np.ndarray:
@@ -370,7 +496,9 @@ def _pixel_spacing(ds) -> Optional[tuple]:
     return (dx, dy) if dx > 0 and dy > 0 else None
 
 
-def _read_slices(datasets: Sequence, warnings: List[str], allow_gaps: bool = False) -> Volume:
+def _read_slices(
+    datasets: Sequence, warnings: List[str], allow_gaps: bool = False, references: Optional[Dict[str, object]] = None
+) -> Volume:
     first = datasets[0]
     shape = (int(first.Rows), int(first.Columns))
     if any((int(ds.Rows), int(ds.Columns)) != shape for ds in datasets):
@@ -417,6 +545,11 @@ def _read_slices(datasets: Sequence, warnings: List[str], allow_gaps: bool = Fal
         warnings.append("Modality LUT Sequence present but not applied: stored values are kept")
     values = _apply_rescale(stored, slopes)
     dtype = _output_dtype(stored, slopes, values, warnings)
+    if references is not None:
+        uids = [""] * (int(grid[-1]) + 1)
+        for slot, index in zip(grid, order):
+            uids[int(slot)] = _instance_uid(datasets[index])
+        _references(references, datasets, uids)
     return Volume(
         _fill_gaps(values, grid, dtype),
         spacing=(pixel_spacing[0], pixel_spacing[1], dz),
@@ -427,7 +560,9 @@ def _read_slices(datasets: Sequence, warnings: List[str], allow_gaps: bool = Fal
     )
 
 
-def _read_multiframe(ds, warnings: List[str], allow_gaps: bool = False) -> Volume:
+def _read_multiframe(
+    ds, warnings: List[str], allow_gaps: bool = False, references: Optional[Dict[str, object]] = None
+) -> Volume:
     """Enhanced CT/MR: spacing, positions and orientation from the functional groups."""
     frames = int(ds.NumberOfFrames)
     shared = (getattr(ds, "SharedFunctionalGroupsSequence", None) or [None])[0]
@@ -490,6 +625,11 @@ def _read_multiframe(ds, warnings: List[str], allow_gaps: bool = False) -> Volum
     rescales = [rescales[i] for i in order]
     values = _apply_rescale(stored, rescales)
     dtype = _output_dtype(stored, rescales, values, warnings)
+    if references is not None:
+        frame_numbers = [0] * (int(index[-1]) + 1)
+        for slot, frame in zip(index, order):
+            frame_numbers[int(slot)] = int(frame) + 1
+        _references(references, [ds], [_instance_uid(ds)], frame_numbers)
     return Volume(
         _fill_gaps(values, index, dtype),
         spacing=(float(spacing[1]), float(spacing[0]), dz),
@@ -534,6 +674,77 @@ def _units(ds) -> str:
 _SOP_CLASSES = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4"}
 _SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
+#: Type 2 attributes (PS3.3 Patient, General Study, Frame of Reference, General Equipment modules)
+#: written present-empty when the source gave no value.
+_TYPE2 = (
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+    "Manufacturer",
+)
+#: Type 2 (and 2C that apply to a plain axial image) attributes of the CT / MR Image IODs.
+_TYPE2_BY_MODALITY = {
+    "CT": ("PositionReferenceIndicator", "PatientPosition", "KVP", "AcquisitionNumber"),
+    "MR": (
+        "PositionReferenceIndicator",
+        "PatientPosition",
+        "ScanOptions",
+        "MRAcquisitionType",
+        "EchoTime",
+        "EchoTrainLength",
+        "RepetitionTime",
+    ),
+}
+#: BodyPartExamined terms (PS3.16 CID 4031) of unpaired parts: Laterality (Type 2C, for paired
+#: parts) stays absent for them unless the source has it; any other part, or none, gets it
+#: present-empty ("unknown"), as dciodvfy requires.
+_UNPAIRED = frozenset(
+    """ABDOMEN ABDOMENPELVIS AORTA BLADDER BRAIN CHEST CHESTABDOMEN CHESTABDPELVIS CSPINE COCCYX
+    ESOPHAGUS HEAD HEADNECK HEART LIVER LSPINE NECK NECKCHEST NECKCHESTABDOMEN NECKCHESTABDPELV
+    PANCREAS PELVIS PROSTATE RECTUM SACRUM SKULL SPINE SPLEEN SSPINE STOMACH THORAX TSPINE UTERUS
+    WHOLEBODY""".split()
+)
+#: carried tags of one image IOD only: not written into another
+_ONLY_IN = {
+    "KVP": "CT",
+    **{
+        tag: "MR"
+        for tag in (
+            "ScanningSequence",
+            "SequenceVariant",
+            "ScanOptions",
+            "MRAcquisitionType",
+            "RepetitionTime",
+            "EchoTime",
+            "EchoTrainLength",
+            "InversionTime",
+            "MagneticFieldStrength",
+            "FlipAngle",
+        )
+    },
+}
+#: carried tags the writer sets itself (new UIDs, description, lossy history) rather than copying
+_DERIVED_HERE = (
+    "SpecificCharacterSet",
+    "StudyInstanceUID",
+    "FrameOfReferenceUID",
+    "Modality",
+    "SeriesDescription",
+    "SeriesNumber",
+    "ImageType",
+    "LossyImageCompression",
+    "LossyImageCompressionRatio",
+    "LossyImageCompressionMethod",
+)
+
+#: (code value, scheme, meaning) of the codes the writer uses (PS3.16 DCM)
+_LOSSY_COMPRESSION = ("113040", "DCM", "Lossy Compression")  # CID 7203 Image Derivation
+_UNCOMPRESSED_PREDECESSOR = ("121320", "DCM", "Uncompressed predecessor")  # CID 7202 purpose of reference
+_LOSSY_PREDECESSOR = ("121330", "DCM", "Lossy compressed predecessor")
+
 
 def write_dicom_series(
     volume: Volume,
@@ -545,8 +756,12 @@ def write_dicom_series(
     """Write `volume` as a new single-frame series in `folder` (created; must be empty or absent).
 
     With `lossy_ratio` the series is marked as lossy-compressed (LossyImageCompression "01", the
-    ratio and the method) and derived (ImageType DERIVED\\SECONDARY). Patient and study tags come
-    from `volume.meta["dicom"]` when the volume was read from DICOM; otherwise a new study is made.
+    ratio and the method appended to any lossy history of the source) and derived (ImageType
+    DERIVED\\SECONDARY plus the source's value 3 on, DerivationCodeSequence "Lossy Compression").
+    Patient, study, equipment, window and acquisition tags come from `volume.meta["dicom"]` when the
+    volume was read from DICOM (Type 2 attributes without a value are written empty; otherwise a
+    new study is made), and each slice references the source instance it was decoded from
+    (SourceImageSequence, ReferencedSeriesSequence) when the header stored them.
     Files go to a temporary folder that is renamed into place: no partial series on failure.
     """
     from pydicom.dataset import FileDataset, FileMetaDataset
@@ -555,17 +770,29 @@ def write_dicom_series(
     folder = Path(folder)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise InputError(f"{folder}: DICOM output needs a new or empty folder")
-    source = dict(volume.meta.get("dicom", {}))
-    modality = source.get("Modality") or ("CT" if volume.units == "HU" else "OT")
+    raw = volume.meta.get("dicom", {})
+    source = {k: v for k, v in (raw.items() if isinstance(raw, dict) else ()) if _valid_value(v)}
+    from_dicom = bool(_text(source.get("Modality")))  # read from DICOM (Modality is Type 1 there)
+    modality = _text(source.get("Modality")) or ("CT" if volume.units == "HU" else "OT")
     sop_class = _SOP_CLASSES.get(modality, _SECONDARY_CAPTURE)
+    image_modality = modality if sop_class != _SECONDARY_CAPTURE else ""
     stored, slope, intercept, signed, bits = _stored_pixels(volume)
     series_uid = generate_uid()
-    study_uid = source.get("StudyInstanceUID") or generate_uid()
-    frame_uid = source.get("FrameOfReferenceUID") or generate_uid()
+    study_uid = _text(source.get("StudyInstanceUID")) or generate_uid()
+    frame_uid = _text(source.get("FrameOfReferenceUID")) or generate_uid()
     now = _dt.datetime.now()
     direction = volume.direction_matrix
     row, col = direction[:, 0], direction[:, 1]
     nz = stored.shape[0]
+    references = _slice_references(raw.get("source") if isinstance(raw, dict) else None, volume, nz)
+    source_lossy = _text(source.get("LossyImageCompression")) == "01"
+    methods, ratios = _lossy_history(source) if source_lossy else ([], [])
+    if lossy_ratio:
+        methods, ratios = methods + [lossy_method], ratios + [f"{lossy_ratio:.4g}"]
+    image_type = ["DERIVED", "SECONDARY", *_values(source.get("ImageType"))[2:]]
+    if modality == "CT" and len(image_type) == 2:
+        image_type.append("AXIAL")  # CT Image: value 3 is required (AXIAL or LOCALIZER)
+    purpose = _LOSSY_PREDECESSOR if source_lossy else _UNCOMPRESSED_PREDECESSOR
 
     parent = folder.parent
     parent.mkdir(parents=True, exist_ok=True)
@@ -578,45 +805,64 @@ def write_dicom_series(
             meta.TransferSyntaxUID = ExplicitVRLittleEndian
             meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
             ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)  # type: ignore[arg-type]
-            for tag in (
-                "PatientName",
-                "PatientID",
-                "PatientBirthDate",
-                "PatientSex",
-                "PatientAge",
-                "StudyDate",
-                "StudyTime",
-                "StudyID",
-                "AccessionNumber",
-                "ReferringPhysicianName",
-                "StudyDescription",
-                "BodyPartExamined",
-            ):
-                if tag in source:
-                    setattr(ds, tag, source[tag])
-            ds.PatientName = source.get("PatientName", "Anonymous")
-            ds.PatientID = source.get("PatientID", "DEEPSTD")
-            ds.StudyDate = source.get("StudyDate", now.strftime("%Y%m%d"))
+            if "SpecificCharacterSet" in source:
+                _set(ds, "SpecificCharacterSet", source["SpecificCharacterSet"])
+            for tag in _TYPE2 + _TYPE2_BY_MODALITY.get(image_modality, ()):
+                setattr(ds, tag, None)
+            if _text(source.get("BodyPartExamined")).upper() not in _UNPAIRED:
+                ds.Laterality = None  # Type 2C: present (empty: unknown) unless the part is unpaired
+            for tag, value in source.items():
+                if (
+                    tag in CARRIED_TAGS
+                    and tag not in _DERIVED_HERE
+                    and _ONLY_IN.get(tag, image_modality) == image_modality
+                ):
+                    _set(ds, tag, value)
+            if image_modality == "MR" and "IR" in _values(source.get("ScanningSequence")) and "InversionTime" not in ds:
+                ds.InversionTime = None  # Type 2C: required for inversion recovery
+            codes = source.get("DeidentificationMethodCodeSequence")
+            if isinstance(codes, list) and codes:
+                ds.DeidentificationMethodCodeSequence = [_code(*c) for c in _deidentification_codes(codes)]
+            if not from_dicom:  # a made-up patient; a DICOM source's empty ones stay empty
+                ds.PatientName, ds.PatientID = "Anonymous", "DEEPSTD"
+            ds.PatientName = _text(source.get("PatientName", ds.get("PatientName")))
+            ds.PatientID = _text(source.get("PatientID", ds.get("PatientID")))
+            _set(ds, "StudyDate", _text(source.get("StudyDate")) or now.strftime("%Y%m%d"))
             ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
             ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
             ds.Modality = modality
-            ds.SeriesNumber = int(source.get("SeriesNumber", 0) or 0) + 1000
+            ds.SeriesNumber = int(_number(source.get("SeriesNumber"))) + 1000
             ds.InstanceNumber = k + 1
             ds.SeriesDescription = (
                 series_description
                 or (
-                    f"{source.get('SeriesDescription', '')} DeepSTD {lossy_ratio:.0f}x".strip()
+                    f"{_text(source.get('SeriesDescription'))} DeepSTD {lossy_ratio:.0f}x".strip()
                     if lossy_ratio
-                    else (source.get("SeriesDescription") or "DeepSTD")
+                    else (_text(source.get("SeriesDescription")) or "DeepSTD")
                 )
             )[-64:]  # VR LO
+            ds.SeriesDate, ds.SeriesTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
             ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-            ds.ImageType = ["DERIVED", "SECONDARY"]
-            if lossy_ratio:
+            ds.ImageType = image_type
+            if sop_class == _SECONDARY_CAPTURE:
+                ds.ConversionType = "WSD"  # SC Equipment (Type 1): workstation
+                ds.PatientOrientation = None  # Type 2C without an Image Plane module
+            if methods:
                 ds.LossyImageCompression = "01"
-                ds.LossyImageCompressionRatio = f"{lossy_ratio:.4g}"
-                ds.LossyImageCompressionMethod = lossy_method
+                ds.LossyImageCompressionRatio = ratios
+                ds.LossyImageCompressionMethod = methods
+            if lossy_ratio:
                 ds.DerivationDescription = f"Lossy compression by {lossy_method}, ratio {lossy_ratio:.4g}:1"
+                ds.DerivationCodeSequence = [_code(*_LOSSY_COMPRESSION)]
+            reference = references[k]
+            if reference is not None:
+                ref_series, ref_class, ref_uid, ref_frame = reference
+                image = _instance_reference(ref_class, ref_uid, ref_frame)
+                image.PurposeOfReferenceCodeSequence = [_code(*purpose)]
+                ds.SourceImageSequence = [image]
+                item = _dataset(SeriesInstanceUID=ref_series)
+                item.ReferencedInstanceSequence = [_instance_reference(ref_class, ref_uid, None)]
+                ds.ReferencedSeriesSequence = [item]  # Common Instance Reference (1C: same study)
             position = np.asarray(volume.origin) + direction[:, 2] * volume.spacing[2] * k
             ds.ImagePositionPatient = [f"{v:.6f}" for v in position]
             ds.ImageOrientationPatient = [f"{v:.8f}" for v in (*row, *col)]
@@ -628,9 +874,14 @@ def write_dicom_series(
             ds.BitsAllocated = ds.BitsStored = bits
             ds.HighBit = bits - 1
             ds.PixelRepresentation = 1 if signed else 0
-            ds.RescaleSlope, ds.RescaleIntercept = f"{slope:.10g}", f"{intercept:.10g}"
+            if image_modality != "MR" or (slope, intercept) != (1.0, 0.0):  # not in the MR Image IOD
+                ds.RescaleSlope, ds.RescaleIntercept = f"{slope:.10g}", f"{intercept:.10g}"
             if modality == "CT":
                 ds.RescaleType = "HU"
+            elif sop_class == _SECONDARY_CAPTURE:
+                ds.RescaleType = "US"  # Type 1C with a rescale: unspecified units
+            if "SpecificCharacterSet" not in ds and not _ascii(ds):
+                ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8 for carried non-ASCII text
             ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
             ds.save_as(staging / f"IM{k + 1:05d}.dcm", enforce_file_format=True)
         if folder.exists():
@@ -640,6 +891,122 @@ def write_dicom_series(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return folder
+
+
+def _valid_value(value) -> bool:
+    """A header value the writer may set: a string, or a list of strings (codes: lists)."""
+    return isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, (str, list)) for v in value))
+
+
+def _set(ds, tag: str, value) -> None:
+    """Set a carried value; one its VR cannot hold (a damaged header) is left out, not fatal."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # pydicom warns of a value invalid for the VR
+            setattr(ds, tag, value)
+    except (ValueError, TypeError, OverflowError, UserWarning):
+        pass
+
+
+def _text(value) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _values(value) -> List[str]:
+    if isinstance(value, str):
+        return value.split("\\") if value else []
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def _number(value) -> float:
+    try:
+        number = float(_text(value) or 0)
+    except ValueError:
+        return 0.0
+    return number if abs(number) < 1e9 else 0.0
+
+
+def _ascii(ds) -> bool:
+    for element in ds:
+        if isinstance(element.value, str) and not element.value.isascii():
+            return False
+        if element.VR == "PN" and element.value is not None and not str(element.value).isascii():
+            return False
+    return True
+
+
+def _lossy_history(source) -> tuple:
+    """The source's lossy steps (methods, ratios) when it states both, one per step."""
+    methods = _values(source.get("LossyImageCompressionMethod"))
+    ratios = _values(source.get("LossyImageCompressionRatio"))
+    return (methods, ratios) if methods and len(methods) == len(ratios) else ([], [])
+
+
+def _dataset(**values):
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    for key, value in values.items():
+        setattr(ds, key, value)
+    return ds
+
+
+def _code(value: str, scheme: str, meaning: str):
+    return _dataset(CodeValue=value, CodingSchemeDesignator=scheme, CodeMeaning=meaning)
+
+
+def _instance_reference(sop_class: str, sop_instance: str, frame: Optional[int]):
+    item = _dataset(ReferencedSOPClassUID=sop_class, ReferencedSOPInstanceUID=sop_instance)
+    if frame:
+        item.ReferencedFrameNumber = frame
+    return item
+
+
+def _deidentification_codes(codes: list) -> List[tuple]:
+    """(value, scheme, meaning) of the stored de-identification codes: a DCM code value of CID 7050
+    alone, any other code as [value, scheme, meaning]."""
+    from ..deidentify import CONFIDENTIALITY_CODES
+
+    out = []
+    for code in codes:
+        if isinstance(code, str) and code in CONFIDENTIALITY_CODES:
+            out.append((code, "DCM", CONFIDENTIALITY_CODES[code]))
+        elif isinstance(code, list) and len(code) == 3 and all(isinstance(c, str) and c for c in code):
+            out.append(tuple(code))
+    return out
+
+
+def _slice_references(references, volume: Volume, nz: int) -> list:
+    """Per written slice: (series, SOP class, SOP instance, frame or None) of the source image it
+    was decoded from, or None. The header's list covers the read grid; a region decode starts at
+    its window's first slice. No references when the volume is not on that grid."""
+    none = [None] * nz
+    if not isinstance(references, dict):
+        return none
+    try:
+        series, sop_class = references["series"], references["class"]
+        prefix, instances = references.get("prefix", ""), references["instances"]
+        frames = references.get("frames")
+        if not (isinstance(series, str) and isinstance(sop_class, str) and isinstance(prefix, str)):
+            return none
+        if not (series and sop_class and isinstance(instances, list) and all(isinstance(u, str) for u in instances)):
+            return none
+        roi = (volume.meta.get("dstd") or {}).get("roi")
+        z0 = int(roi[0][2]) if roi else 0
+        count = len(frames) if isinstance(frames, list) else len(instances)
+        if z0 < 0 or z0 + nz > count or (roi is None and nz != count):
+            return none
+        out: list = []
+        for j in range(z0, z0 + nz):
+            if isinstance(frames, list):
+                frame = int(frames[j])
+                uid = prefix + instances[0] if frame > 0 and instances and instances[0] else ""
+                out.append((series, sop_class, uid, frame) if uid else None)
+            else:
+                out.append((series, sop_class, prefix + instances[j], None) if instances[j] else None)
+        return out
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+        return none
 
 
 def _stored_pixels(volume: Volume):
