@@ -24,6 +24,7 @@ import numpy as np
 
 from .container import write_atomic
 from .errors import BundleError, InputError
+from .numbers import is_number
 from .volume import Volume
 
 SUFFIX = ".dstdb"
@@ -98,6 +99,10 @@ class RegistrationConfig:
         }
 
 
+def is_rate(value: Any) -> bool:
+    return is_number(value) and 0 <= value <= 1
+
+
 @dataclass(frozen=True)
 class TextureCoding:
     """How the aligned texture is coded: block size (None: whole frame) and the rate span."""
@@ -110,7 +115,10 @@ class TextureCoding:
         block = d.get("block", 64)
         if block is not None and not (isinstance(block, int) and 16 <= block <= 1024 and block % 16 == 0):
             raise BundleError(f"texture.block must be a multiple of 16 in 16..1024, got {block!r}")
-        return cls(block, tuple(d.get("rates", (0.0, 1.0))))
+        rates = d.get("rates", (0.0, 1.0))
+        if not (isinstance(rates, (list, tuple)) and rates and all(is_rate(r) for r in rates)):
+            raise BundleError(f"texture.rates must be a list of numbers in 0..1, got {rates!r}")
+        return cls(block, tuple(rates))
 
     def to_dict(self) -> Dict[str, Any]:
         return {"block": self.block, "rates": list(self.rates)}
@@ -258,7 +266,7 @@ def from_bytes(data: bytes, path: Optional[Path] = None) -> Bundle:
 
     try:
         config = BundleConfig.from_dict(json.loads(entry("config.json").decode("utf-8")))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise BundleError("config.json is not valid JSON") from None
     labels = _volume(entry("template_labels.nii.gz")) if "template_labels.nii.gz" in infos else None
     texture = entry("texture.safetensors") if "texture.safetensors" in infos else b""

@@ -337,9 +337,11 @@ def _numbers(obj: dict, key: str, count: int, integer: bool = False) -> list:
     values = obj.get(key)
     if not isinstance(values, list) or len(values) != count or not all(is_number(v) for v in values):
         raise FormatError(f"geometry field {key!r} must be {count} finite numbers")
-    if integer and not all(isinstance(v, int) for v in values):
-        raise FormatError(f"geometry field {key!r} must be integers")
-    return values
+    if integer:
+        if not all(isinstance(v, int) for v in values):
+            raise FormatError(f"geometry field {key!r} must be integers")
+        return values
+    return [float(v) for v in values]  # an integer too large for int64 would make an object array
 
 
 __all__ = [

@@ -171,7 +171,10 @@ def _nifti_layout(head: bytes) -> Optional[Tuple[int, str]]:
         if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
             dims = struct.unpack(endian + "8h", head[40:56])
             datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
-            vox_offset = int(struct.unpack(endian + "f", head[108:112])[0])
+            offset = struct.unpack(endian + "f", head[108:112])[0]
+            if not 0 <= offset < 2**31:  # also NaN: not a header we understand
+                return None
+            vox_offset = int(offset)
             break
         if len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540:
             datatype, bitpix = struct.unpack(endian + "2h", head[12:16])

@@ -28,7 +28,7 @@ BITS = (4, 6, 8, 10, 12, 16)
 MIN_WIDTH = 4
 #: limits a decoder accepts: far above any bundle (width ≤ 32, depth 3, ω ≤ 12), small enough that
 #: the network and its evaluation stay a few MB
-MAX_WIDTH, MAX_DEPTH, MAX_OMEGA = 512, 8, 1000.0
+MAX_WIDTH, MAX_DEPTH, MIN_OMEGA, MAX_OMEGA = 512, 8, 0.01, 1000.0
 #: a pre-alignment must be an invertible, sanely scaled map (the decoder inverts it)
 MAX_CONDITION = 1e6
 
@@ -71,8 +71,8 @@ def decode_shape(data: bytes) -> ShapeCode:
         raise FormatError("not a valid shape code (bad header)")
     if not (1 <= depth <= MAX_DEPTH and 1 <= width <= MAX_WIDTH):
         raise FormatError(f"shape code: network size {width}x{depth} is out of range")
-    if not (np.isfinite(omega) and 0 < omega <= MAX_OMEGA):
-        raise FormatError(f"shape code: omega {omega!r} is out of range (0, {MAX_OMEGA:g}]")
+    if not (np.isfinite(omega) and MIN_OMEGA <= omega <= MAX_OMEGA):
+        raise FormatError(f"shape code: omega {omega!r} is out of range [{MIN_OMEGA:g}, {MAX_OMEGA:g}]")
     if flags & ~(_DEFLATED | _TRANSLATION | _AFFINE | _NO_NETWORK) or (flags & _TRANSLATION and flags & _AFFINE):
         raise FormatError("shape code: unknown or conflicting flags")
     pos, matrix = _HEAD.size, np.eye(4)

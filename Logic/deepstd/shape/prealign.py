@@ -44,8 +44,9 @@ def _fit_affine(fixed: sitk.Image, moving: sitk.Image, start: sitk.AffineTransfo
     reg.SetOptimizerScalesFromPhysicalShift()
     reg.SetShrinkFactorsPerLevel([4, 2])
     reg.SetSmoothingSigmasPerLevel([2, 1])
-    reg.SetInitialTransform(start, inPlace=False)
-    return reg.Execute(fixed, moving)
+    reg.SetInitialTransform(start, inPlace=True)  # `start` itself is optimised: it stays an AffineTransform
+    reg.Execute(fixed, moving)
+    return start
 
 
 def affine_matrix(transform: sitk.AffineTransform) -> np.ndarray:
