@@ -1,31 +1,77 @@
 """The `deepstd` command: parses arguments, calls the package API, prints. Nothing else lives here.
 
-Errors the user can cause print one line and exit 2 (1 for internal errors, 130 for Ctrl-C);
-`--debug` shows the traceback instead.
+Errors the user can cause print one line and exit 2 (1 for internal errors, 130 for Ctrl-C, 143
+for SIGTERM); `--debug` shows the traceback instead. Argument errors are one line too, and every
+output is checked to be writable (`check_writable`) before any work starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 from . import __version__
-from .errors import Cancelled, DeepSTDError
+from .errors import Cancelled, DeepSTDError, InputError
+from .progress import Terminated, terminate_on_sigterm
+
+ALLOW_GAPS_HELP = "resample a DICOM series with missing slices onto a regular grid instead of refusing it"
+
+
+# --- outputs ------------------------------------------------------------------------------------
+def check_writable(path, kind: str = "file") -> None:
+    """Refuse an output that cannot be written, before the work that would produce it starts.
+
+    `kind`: "file" (created or replaced), "image" (an image file by its suffix, or a new or empty
+    folder for a DICOM series when it has none, as `io.write` decides), "image-file" (an image
+    file only) or "folder" (created if absent, written into). Missing parent folders are fine
+    (they are created, as the writers do) when the nearest existing one is a folder this user may
+    write in. Raises `InputError` naming the path; writes nothing.
+    """
+    from .io import itk
+
+    path = Path(path)
+    if kind in ("image", "image-file") and itk.suffix_of(path) is None:
+        if path.suffix or kind == "image-file":
+            raise InputError(
+                (f"{path}: unknown output format {path.suffix!r}" if path.suffix else f"{path}: no image suffix")
+                + f" (use {', '.join(itk.SUFFIXES)}"
+                + (", or a folder name for a DICOM series)" if kind == "image" else ")")
+            )
+        kind = "dicom"
+    try:
+        if kind == "dicom" and path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise InputError(f"{path}: DICOM output needs a new or empty folder")
+        if kind == "folder" and path.exists() and not path.is_dir():
+            raise InputError(f"{path}: is a file, not a folder")
+        if kind not in ("dicom", "folder") and path.is_dir():
+            raise InputError(f"{path}: is a folder; give a file name")
+        # the folder that gets new entries, or the nearest existing folder above it
+        folder = path if kind == "folder" else path.parent
+        existing = next(p for p in (folder, *folder.parents) if p.exists() or p.is_symlink())  # (a dangling link)
+    except OSError as exc:  # e.g. a parent folder this user may not enter
+        raise InputError(f"{path}: cannot check the output ({exc.strerror or exc})") from None
+    if not existing.is_dir():
+        raise InputError(f"{path}: cannot write there: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{path}: cannot write there: no permission to write in {existing}")
 
 
 # --- commands -----------------------------------------------------------------------------------
 def cmd_info(args) -> None:
     from . import describe
 
-    print(describe.describe(args.path, series_uid=args.series))
+    print(describe.describe(args.path, series_uid=args.series, allow_gaps=args.allow_gaps))
 
 
 def cmd_convert(args) -> None:
     from .io import read, write
 
-    volume = read(args.input, series_uid=args.series)
+    check_writable(args.output, "image")
+    volume = read(args.input, series_uid=args.series, allow_gaps=args.allow_gaps)
     for warning in volume.meta.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
     out = write(volume, args.output)
@@ -46,6 +92,7 @@ def cmd_phantom(args) -> None:
     from .io import write
     from .phantom import phantom
 
+    check_writable(args.output, "image")
     volume = phantom(seed=args.seed)
     out = write(volume, args.output)
     print(
@@ -59,6 +106,9 @@ def cmd_register(args) -> None:
 
     from .shape import register_files
 
+    for output, kind in ((args.out_warped, "image"), (args.out_field, "image-file"), (args.json, "file")):
+        if output is not None:
+            check_writable(output, kind)
     settings = {k: v for k, v in (("steps", args.steps), ("omega", args.omega)) if v is not None}
     with progress_bar() as progress:
         result = register_files(
@@ -78,6 +128,7 @@ def cmd_register(args) -> None:
 def cmd_encode(args) -> None:
     from .codec import encode_file
 
+    check_writable(args.output, "file")
     with progress_bar() as progress:
         report = encode_file(
             args.input,
@@ -88,6 +139,7 @@ def cmd_encode(args) -> None:
             max_error=args.max_error,
             keep=args.keep,
             series_uid=args.series,
+            allow_gaps=args.allow_gaps,
             device=args.device,
             workers=args.workers,
             progress=progress,
@@ -115,6 +167,7 @@ def cmd_encode(args) -> None:
 def cmd_decode(args) -> None:
     from .codec import decode_file
 
+    check_writable(args.output, "image")
     with progress_bar() as progress:
         volume = decode_file(
             args.input,
@@ -134,6 +187,10 @@ def cmd_decode(args) -> None:
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
+    if args.png:
+        check_writable(args.png, "file")
+    if args.out:
+        check_writable(args.out, "file")
     with progress_bar() as progress:
         r = run_demo(args.input, args.bundle, args.ratio, png=args.png, out_dstd=args.out, progress=progress)
     print(f"scan:      {r['input']} ({'x'.join(map(str, r['size']))}, {r['raw_bytes']} raw bytes)")
@@ -150,6 +207,8 @@ def cmd_demo(args) -> None:
 def cmd_train(args) -> None:
     from .training import train_bundle
 
+    check_writable(args.out, "file")
+    check_writable(args.out.with_suffix(".work"), "folder")  # its resumable intermediate results
     with progress_bar() as progress:
         train_bundle(
             args.data,
@@ -168,15 +227,16 @@ def cmd_train(args) -> None:
             description=args.description or "",
             progress=progress,
             command="deepstd " + " ".join(sys.argv[1:]),
-            log=lambda line: print(line, file=sys.stderr, flush=True),
+            log=_log,
         )
 
 
 def cmd_bench(args) -> None:
     from . import bench
     from .bundle import load_bundle
-    from .errors import InputError
+    from .container import write_atomic
 
+    check_writable(args.out, "folder")
     bundle = load_bundle(args.bundle)
     scans = list(args.scans)
     if args.data:
@@ -204,7 +264,7 @@ def cmd_bench(args) -> None:
     records = bench.load(args.out / "results.jsonl")
     title = f"{bundle.name}: {len(set(r['scan'] for r in records))} scans"
     text = bench.summary(records, title)
-    (args.out / "summary.md").write_text(text)
+    write_atomic(args.out / "summary.md", text.encode())
     bench.plot(records, args.out / "rd.png", title)
     print(text)
     print(f"results: {args.out}/results.jsonl, summary.md, rd.png ({time_now() - started:.0f} s this run)")
@@ -213,7 +273,8 @@ def cmd_bench(args) -> None:
 def cmd_batch_compress(args) -> None:
     from . import batch
 
-    with progress_bar() as progress, _batch_interrupt(args.out_dir):
+    check_writable(args.out_dir, "folder")
+    with _batch_interrupt(args.out_dir), progress_bar() as progress:
         totals = batch.compress(
             args.source,
             args.out_dir,
@@ -223,6 +284,7 @@ def cmd_batch_compress(args) -> None:
             workers=args.workers,
             scheduler=args.scheduler,
             retry_failed=args.retry_failed,
+            allow_gaps=args.allow_gaps,
             progress=progress,
             log=_log,
         )
@@ -246,7 +308,8 @@ def cmd_batch_compress(args) -> None:
 def cmd_batch_decompress(args) -> None:
     from . import batch
 
-    with progress_bar() as progress, _batch_interrupt(args.restore_dir):
+    check_writable(args.restore_dir, "folder")
+    with _batch_interrupt(args.restore_dir), progress_bar() as progress:
         totals = batch.decompress(
             args.out_dir,
             args.restore_dir,
@@ -270,6 +333,7 @@ def cmd_batch_decompress(args) -> None:
 def cmd_batch_report(args) -> None:
     from .batch import write_report
 
+    check_writable(args.out_dir, "folder")
     report = write_report(args.out_dir, args.bandwidth)
     print(report["text"])
     print(
@@ -279,11 +343,15 @@ def cmd_batch_report(args) -> None:
 
 
 def _log(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    """A line on stderr above the progress bar (not glued to its end)."""
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stderr)
 
 
 class _batch_interrupt:
-    """Ctrl-C during a batch: finished scans stay; say so (not "no output written") and exit 130."""
+    """Ctrl-C or SIGTERM during a batch: finished scans stay; say so (not "no output written") and
+    exit 130 (143 for SIGTERM)."""
 
     def __init__(self, folder):
         self.folder = folder
@@ -292,12 +360,13 @@ class _batch_interrupt:
         return self
 
     def __exit__(self, kind, exc, tb):
-        if kind is KeyboardInterrupt or kind is Cancelled:
+        if kind is not None and issubclass(kind, (KeyboardInterrupt, Cancelled)):
+            what, status = ("terminated", 143) if issubclass(kind, Terminated) else ("interrupted", 130)
             print(
-                f"deepstd: interrupted; finished scans are kept in {self.folder}; run the same command again to resume",
+                f"deepstd: {what}; finished scans are kept in {self.folder}; run the same command again to resume",
                 file=sys.stderr,
             )
-            sys.exit(130)
+            sys.exit(status)
         return False
 
 
@@ -340,8 +409,49 @@ class progress_bar:
 
 
 # --- parser -------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """Argument errors in one line (`deepstd: error: ...`, exit 2), for subcommands too (they are
+    made with the parser's class); `--help` shows the usage."""
+
+    def error(self, message: str):
+        message = " ".join(str(message).split())
+        self.exit(2, f"deepstd: error: {message} (see `{self.prog} --help`)\n")
+
+
+def number(kind=float, at_least: float = 0.0, above: bool = False, what: str = ""):
+    """An argparse `type`: a finite int or float ≥ `at_least` (> with `above`); `what` says what it is."""
+    noun = "a whole number" if kind is int else "a number"
+    bound = f"{'above' if above else 'at least'} {at_least:g}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value < at_least or (above and value == at_least):
+            raise argparse.ArgumentTypeError(f"must be {noun} {bound}{what}, got {text!r}")
+        return value
+
+    parse.__name__ = noun
+    return parse
+
+
+def number_list(kind=float, at_least: float = 0.0, what: str = ""):
+    """Comma-separated `number`s, e.g. `--ratios 32,64,128`."""
+    one = number(kind, at_least, what=what)
+
+    def parse(text: str):
+        return [one(part.strip()) for part in text.split(",")]
+
+    return parse
+
+
+COUNT = number(int, 1)
+RATIO = number(float, 1, what=" (raw bytes / file bytes)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="deepstd",
         description="DeepSTD: compress 3D medical scans 32x-512x relative to a "
         "population template, and inspect what was lost.",
@@ -355,12 +465,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument("path", type=Path)
     info.add_argument("--series", metavar="UID", help="DICOM SeriesInstanceUID to describe")
+    info.add_argument("--allow-gaps", action="store_true", help=ALLOW_GAPS_HELP)
     info.set_defaults(run=cmd_info)
 
     convert = commands.add_parser("convert", help="convert between NIfTI, NRRD, MHA/MHD and DICOM")
     convert.add_argument("input", type=Path, help="image file, DICOM file or DICOM folder")
     convert.add_argument("output", type=Path, help="image file, or a new folder for a DICOM series")
     convert.add_argument("--series", metavar="UID", help="DICOM SeriesInstanceUID to read")
+    convert.add_argument("--allow-gaps", action="store_true", help=ALLOW_GAPS_HELP)
     convert.set_defaults(run=cmd_convert)
 
     register = commands.add_parser("register", help="Cycle-INR registration of a scan to a template")
@@ -373,8 +485,10 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--json", type=Path, help="write the registration metrics here")
     register.add_argument("--moving-labels", type=Path, help="label map of the scan (warped, Dice reported)")
     register.add_argument("--template-labels", type=Path, help="label map of the template (for Dice)")
-    register.add_argument("--steps", type=int, help="optimisation steps per omega level")
-    register.add_argument("--omega", type=float, help="starting SIREN omega (bundle default otherwise)")
+    register.add_argument("--steps", type=COUNT, help="optimisation steps per omega level")
+    register.add_argument(
+        "--omega", type=number(float, 0, above=True), help="starting SIREN omega (bundle default otherwise)"
+    )
     register.set_defaults(run=cmd_register)
 
     encode = commands.add_parser("encode", help="compress a scan to a .dstd file at a target ratio")
@@ -382,11 +496,11 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("output", type=Path, help="the .dstd file to write")
     encode.add_argument("--bundle", required=True, help="shipped bundle name or .dstdb path")
     size = encode.add_mutually_exclusive_group(required=True)
-    size.add_argument("--ratio", type=float, help="raw bytes / file bytes, e.g. 128")
-    size.add_argument("--budget", type=int, metavar="BYTES", help="file size limit in bytes")
+    size.add_argument("--ratio", type=RATIO, help="raw bytes / file bytes, e.g. 128")
+    size.add_argument("--budget", type=COUNT, metavar="BYTES", help="file size limit in bytes")
     size.add_argument(
         "--max-error",
-        type=float,
+        type=number(float, 0),
         metavar="E",
         help="instead of a size: every voxel within ±E of the original (original units; 0 = lossless)",
     )
@@ -397,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
         "lossless), the rest at the ratio; the mask is stored in the file",
     )
     encode.add_argument("--series", metavar="UID", help="DICOM SeriesInstanceUID to read")
+    encode.add_argument("--allow-gaps", action="store_true", help=ALLOW_GAPS_HELP)
     _device_options(encode)
     encode.set_defaults(run=cmd_encode)
 
@@ -417,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="compress and decompress an example (or --input) and show the loss")
     demo.add_argument("--input", type=Path, help="a scan of your own (default: an unseen scan made from the template)")
     demo.add_argument("--bundle", default="la-mr")
-    demo.add_argument("--ratio", type=float, default=128.0)
+    demo.add_argument("--ratio", type=RATIO, default=128.0)
     demo.add_argument("--png", default="deepstd_demo.png", help="picture of original | decoded | residue")
     demo.add_argument("--out", help="also keep the .dstd file here")
     demo.set_defaults(run=cmd_demo)
@@ -428,11 +543,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--name")
     train.add_argument("--modality", required=True, help="MR or CT")
     train.add_argument("--region", required=True)
-    train.add_argument("--holdout", type=int, default=6, help="last N scans kept out for validation")
-    train.add_argument("--steps", type=int, default=6000)
-    train.add_argument("--patch", type=int, default=48)
-    train.add_argument("--augment", type=int, default=0, help="augmented copies per training scan")
-    train.add_argument("--threads", type=int, default=1)
+    train.add_argument("--holdout", type=number(int, 0), default=6, help="last N scans kept out for validation")
+    train.add_argument("--steps", type=COUNT, default=6000)
+    train.add_argument("--patch", type=COUNT, default=48)
+    train.add_argument("--augment", type=number(int, 0), default=0, help="augmented copies per training scan")
+    train.add_argument("--threads", type=COUNT, default=1)
     train.add_argument("--resume", action="store_true")
     train.add_argument(
         "--teacher",
@@ -452,9 +567,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("scans", type=Path, nargs="*", help="scan files")
     bench.add_argument("--bundle", required=True)
     bench.add_argument("--data", type=Path, help="the bundle's population folder: bench its held-out scans")
-    bench.add_argument("--ratios", type=lambda t: [float(v) for v in t.split(",")], default=[32, 64, 128, 256])
+    bench.add_argument(
+        "--ratios",
+        type=number_list(float, 1, what=" (raw bytes / file bytes)"),
+        default=[32, 64, 128, 256],
+        help="comma-separated target ratios (default 32,64,128,256)",
+    )
     bench.add_argument("--peers", nargs="*", default=None, help="peer names (default: the lossy peers but AV1)")
-    bench.add_argument("--threads", type=int, default=1)
+    bench.add_argument("--threads", type=COUNT, default=1)
     bench.add_argument("--out", type=Path, required=True, help="folder for results.jsonl, summary.md, rd.png")
     bench.add_argument(
         "--downstream",
@@ -475,13 +595,14 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("source", type=Path, help="folder of scans (files, DICOM series), or a .csv/.json list")
     compress.add_argument("out_dir", type=Path, help="output folder (not inside the sources)")
     compress.add_argument("--bundle", required=True, help="shipped bundle name or .dstdb path")
-    compress.add_argument("--ratio", type=float, required=True, help="raw bytes / file bytes, e.g. 128")
+    compress.add_argument("--ratio", type=RATIO, required=True, help="raw bytes / file bytes, e.g. 128")
     compress.add_argument("--verify", action="store_true", help="decode each result and record PSNR/SSIM/MAE")
     compress.add_argument(
         "--retry-failed",
         action="store_true",
         help="retry scans that failed before for a reason of their own (default: keep the record)",
     )
+    compress.add_argument("--allow-gaps", action="store_true", help=ALLOW_GAPS_HELP)
     _cluster_options(compress)
     compress.set_defaults(run=cmd_batch_compress)
     decompress = batch_commands.add_parser("decompress", help="restore a compressed tree")
@@ -497,7 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("out_dir", type=Path)
     report.add_argument(
         "--bandwidth",
-        type=float,
+        type=number(float, 0, above=True),
         default=10.0,
         metavar="MBIT",
         help="link speed for the transfer-time estimate (Mbit/s, default 10)",
@@ -516,11 +637,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _device_options(parser) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--workers", type=int, help="threads for block coding (default: all cores)")
+    parser.add_argument("--workers", type=COUNT, help="threads for block coding (default: all cores)")
 
 
 def _cluster_options(parser) -> None:
-    parser.add_argument("--workers", type=int, help="local worker processes (default: one per core, at most 8)")
+    parser.add_argument("--workers", type=COUNT, help="local worker processes (default: one per core, at most 8)")
     parser.add_argument(
         "--scheduler", metavar="ADDRESS", help="use this Dask cluster (e.g. tcp://host:8786) instead of a local one"
     )
@@ -532,10 +653,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     # torch/compressai deprecation notices are for their developers, not for our users
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    with terminate_on_sigterm():  # SIGTERM: stop as on Ctrl-C, but exit 143
+        try:
+            args = build_parser().parse_args(argv)
+        except Terminated:
+            print("deepstd: terminated", file=sys.stderr)
+            return 143
+        return run(args)
+
+
+def run(args) -> int:
+    """Run the parsed command; every failure becomes one line on stderr and an exit status."""
     try:
         args.run(args)
+    except Terminated:
+        if args.debug:
+            raise
+        print("deepstd: terminated; no output written", file=sys.stderr)
+        return 143
     except Cancelled:
         if args.debug:
             raise
@@ -551,9 +686,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         print(f"deepstd: error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # a bug: still one line, but say how to get the details
+    except Exception as exc:
         if args.debug:
             raise
+        if isinstance(exc, OSError) and exc.filename is not None:  # refused by the system: a full disk,
+            # a permission changed after the checks; not a bug
+            print(f"deepstd: error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        # a bug: still one line, but say how to get the details
         print(f"deepstd: internal error: {type(exc).__name__}: {exc} (rerun with --debug)", file=sys.stderr)
         return 1
     return 0

@@ -4,12 +4,21 @@ Only the driver writes into the output tree (atomically, then one manifest line)
 manifest has one writer and a killed worker or an interrupted run loses only scans in flight.
 Workers read the sources by path: with `--scheduler` they must see the same paths (a shared
 filesystem); the bundle travels to them as bytes.
+
+Ctrl-C or SIGTERM stops the driver, which cancels what is in flight and closes its client and
+local cluster before the exception goes on. Local workers ignore SIGINT (a Ctrl-C at a terminal
+reaches the whole process group; a worker it killed would print a traceback and lose its
+scattered data): they stop when the driver closes them. A `.dstd` and its manifest line are
+stored with signals held, so a signal never parts them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Tuple
@@ -17,7 +26,7 @@ from typing import Callable, Iterable, List, Optional, Tuple
 from .. import __version__
 from ..container import write_atomic
 from ..errors import BundleError, Cancelled, InputError
-from ..progress import CancelToken, ProgressCallback, Reporter
+from ..progress import CancelToken, ProgressCallback, Reporter, signals_deferred
 from . import manifest
 from .discover import Scan, check_disjoint, file_sha256, find_scans, sha256_of
 from .work import compress_task, decompress_task, one_line
@@ -42,13 +51,17 @@ def compress(
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
     log: Log = lambda line: None,
+    allow_gaps: bool = False,
 ) -> dict:
     """Compress every scan of `source` (folder or list) into `out_dir`; returns the run's totals
-    (scans, compressed, skipped, failed — this run's and earlier settled ones — and byte sums)."""
+    (scans, compressed, skipped, failed — this run's and earlier settled ones — and byte sums).
+    `allow_gaps`: DICOM series with missing slices are resampled instead of failing (scans that
+    failed before without it are retried)."""
     from ..bundle import load_bundle
 
     if not (ratio >= 1):
         raise InputError(f"the ratio must be a number ≥ 1, got {ratio!r}")
+    check_workers(workers)
     root, scans = find_scans(source)
     out_dir = Path(out_dir).resolve()
     check_disjoint(root, out_dir)
@@ -57,7 +70,7 @@ def compress(
     bundle = load_bundle(bundle) if isinstance(bundle, (str, Path)) else bundle
     out_dir.mkdir(parents=True, exist_ok=True)
     reporter = Reporter(progress, cancel)
-    todo, skipped, settled = plan(scans, root, out_dir, bundle, ratio, verify, retry_failed, reporter)
+    todo, skipped, settled = plan(scans, root, out_dir, bundle, ratio, verify, retry_failed, reporter, allow_gaps)
     log(
         f"{len(scans)} scans under {root}: {skipped} already done, {settled} failed before (not retried), "
         f"{len(todo)} to compress"
@@ -72,14 +85,15 @@ def compress(
     }
     if todo:
         bundle_bytes = bundle_file_bytes(bundle)
-        tasks = [(scan.task(), ratio, verify) for scan, _ in todo]
+        tasks = [(scan.task(), ratio, verify, allow_gaps) for scan, _ in todo]
         bases = {scan.output: base for scan, base in todo}
         meter = Throughput(len(todo), reporter)
 
         def finished(task: dict, outcome) -> None:
             record = dict(bases[task["output"]])
-            record.update(store(out_dir, task["output"], outcome))
-            manifest.append(out_dir, record)
+            with signals_deferred():  # the file and its manifest line, or neither
+                record.update(store(out_dir, task["output"], outcome))
+                manifest.append(out_dir, record)
             totals["compressed" if record["status"] == "ok" else "failed"] += 1
             totals["raw_bytes"] += record.get("raw_bytes") or 0
             totals["bytes"] += record.get("bytes") or 0
@@ -99,17 +113,19 @@ def plan(
     verify: bool,
     retry_failed: bool,
     reporter: Reporter,
+    allow_gaps: bool = False,
 ) -> Tuple[List[tuple], int, int]:
-    """(scans to code with their base records, how many are done, how many failed before)."""
+    """(scans to code with their base records, how many are done, how many failed before).
+    A failure recorded without `allow_gaps` is retried with it (it may have been a gap)."""
     done = manifest.latest(manifest.load(out_dir))
     todo, skipped, settled = [], 0, 0
     for i, scan in enumerate(scans):
         reporter("checking", i / len(scans), scan.output)
-        base = base_record(scan, root, bundle, ratio)
+        base = base_record(scan, root, bundle, ratio, allow_gaps)
+        before = done.get(scan.output)
+        retry = retry_failed or (allow_gaps and not (before or {}).get("allow_gaps"))
         known = (
-            manifest.state(
-                done.get(scan.output), out_dir, base["source_sha256"], bundle.sha256, ratio, verify, retry_failed
-            )
+            manifest.state(before, out_dir, base["source_sha256"], bundle.sha256, ratio, verify, retry)
             if base["source_sha256"]
             else "todo"
         )
@@ -134,7 +150,7 @@ def bundle_file_bytes(bundle) -> bytes:
     return data
 
 
-def base_record(scan: Scan, root: Path, bundle, ratio: float) -> dict:
+def base_record(scan: Scan, root: Path, bundle, ratio: float, allow_gaps: bool = False) -> dict:
     """What the driver knows before coding: identity of source, bundle and settings."""
     record = {
         "output": scan.output,
@@ -144,6 +160,7 @@ def base_record(scan: Scan, root: Path, bundle, ratio: float) -> dict:
         "bundle": bundle.name,
         "bundle_sha256": bundle.sha256,
         "target_ratio": float(ratio),
+        "allow_gaps": bool(allow_gaps),
         "encoder_version": __version__,
         "status": "pending",
         "error": None,
@@ -207,6 +224,7 @@ def execute(
 
     client, cluster = connect(workers, scheduler, log)
     futures: dict = {}
+    interrupted = False
     try:
         shipped = client.scatter(bundle_bytes, broadcast=True, hash=False)
         futures = {
@@ -230,13 +248,39 @@ def execute(
             if cancel is not None and cancel.is_set():
                 client.cancel(list(futures))
                 raise Cancelled("cancelled by the user; finished scans are in the manifest")
-    except KeyboardInterrupt:
-        client.cancel(list(futures))
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as `Terminated`
+        interrupted = True
         raise
     finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        with signals_deferred(), quiet_dask(interrupted):
+            if interrupted:
+                client.cancel(list(futures))
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+
+@contextlib.contextmanager
+def quiet_dask(quiet: bool):
+    """While an interrupted run shuts its cluster down, Dask's complaints about the tasks and data
+    it is told to drop are expected: not shown."""
+    if not quiet:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in ("distributed", "tornado")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def check_workers(workers: Optional[int]) -> None:
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers must be at least 1, got {workers}")
 
 
 def connect(workers: Optional[int], scheduler: Optional[str], log: Log):
@@ -250,18 +294,45 @@ def connect(workers: Optional[int], scheduler: Optional[str], log: Log):
             raise InputError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") from None
         log(f"dask: scheduler {scheduler}, {len(client.scheduler_info()['workers'])} workers")
         return client, None
+    check_workers(workers)
     count = default_workers() if workers is None else workers
-    if count < 1:
-        raise InputError(f"--workers must be at least 1, got {count}")
-    cluster = LocalCluster(
-        n_workers=count, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
-    )
-    client = Client(cluster)
+    cluster = None
+    try:
+        with sigint_ignored():  # inherited by the worker processes started meanwhile
+            cluster = LocalCluster(
+                n_workers=count,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",
+                silence_logs=logging.ERROR,
+                preload=["deepstd.batch.work"],  # workers restarted later ignore it too (`dask_setup`)
+            )
+        client = Client(cluster)
+    except BaseException:
+        if cluster is not None:
+            with signals_deferred(), quiet_dask(True):
+                cluster.close()
+        raise
     log(
         f"dask: local cluster, {count} worker processes x 1 thread"
         + (f", dashboard {client.dashboard_link}" if dashboard_running(cluster) else "")
     )
     return client, cluster
+
+
+@contextlib.contextmanager
+def sigint_ignored():
+    """Ignore SIGINT for the block, so that processes started meanwhile ignore it from their start
+    (an ignored signal stays ignored across exec; a handler does not). A Ctrl-C in these seconds
+    is lost: the next one stops the run. Main thread only (signals are set there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
 
 
 def dashboard_running(cluster) -> bool:
@@ -287,6 +358,7 @@ def decompress(
 ) -> dict:
     """Restore every scan the manifest has as done: image sources to their format, DICOM series
     (or every scan with `as_dicom`) to DICOM series marked as lossy-compressed."""
+    check_workers(workers)
     out_dir, restore_dir = Path(out_dir).resolve(), Path(restore_dir).resolve()
     records = [r for r in manifest.latest(manifest.load(out_dir)).values() if r.get("status") == "ok"]
     if not records:

@@ -20,6 +20,17 @@ from ..errors import DeepSTDError
 _bundles: Dict[str, object] = {}
 
 
+def dask_setup(worker) -> None:
+    """Run by Dask in each local worker process as it starts (the driver preloads this module):
+    ignore SIGINT, so that a Ctrl-C at the terminal stops the driver, which closes the workers,
+    instead of killing them with a traceback each."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def bundle_from(sha256: str, data: bytes):
     """The parsed bundle for these bytes, parsed once per worker process."""
     from ..bundle import from_bytes
@@ -41,14 +52,15 @@ def one_thread() -> None:
 
 
 def compress_task(
-    task: dict, bundle_sha256: str, bundle_bytes: bytes, ratio: float, verify: bool
+    task: dict, bundle_sha256: str, bundle_bytes: bytes, ratio: float, verify: bool, allow_gaps: bool = False
 ) -> Tuple[dict, Optional[bytes]]:
-    """Read, encode and (with `verify`) decode and measure one scan: (record, .dstd bytes or None)."""
+    """Read, encode and (with `verify`) decode and measure one scan: (record, .dstd bytes or None).
+    `allow_gaps`: a DICOM series with missing slices is resampled instead of refused."""
     started = time.perf_counter()
     record = {"worker": f"{socket.gethostname()}:{os.getpid()}"}
     try:
         one_thread()
-        record.update(encode_and_measure(task, bundle_from(bundle_sha256, bundle_bytes), ratio, verify))
+        record.update(encode_and_measure(task, bundle_from(bundle_sha256, bundle_bytes), ratio, verify, allow_gaps))
         data = record.pop("data")
     except DeepSTDError as exc:
         record.update(status="failed", error=one_line(str(exc)))
@@ -61,12 +73,12 @@ def compress_task(
     return record, data
 
 
-def encode_and_measure(task: dict, bundle, ratio: float, verify: bool) -> dict:
+def encode_and_measure(task: dict, bundle, ratio: float, verify: bool, allow_gaps: bool = False) -> dict:
     from ..container import unpack
     from ..evaluate import round_trip
     from ..io import read
 
-    volume = read(task["source"], series_uid=task["series_uid"])
+    volume = read(task["source"], series_uid=task["series_uid"], allow_gaps=allow_gaps)
     trip = round_trip(volume, bundle, ratio=ratio, decode=verify, device="cpu", workers=1)
     data = trip.data
     result = {
