@@ -36,6 +36,7 @@ from DeepSTDSlicerLib.core import DeepSTDCore
 
 # Slicer registers the .dstd reader/writer by looking these names up in this module.
 from DeepSTDSlicerLib.io import DeepSTDSlicerFileReader, DeepSTDSlicerFileWriter  # noqa: F401
+from DeepSTDSlicerLib.jobs import WorkerError
 
 HELP = """
 <p>Compress CT and MR volumes 32&ndash;512&times; relative to a template of their population
@@ -112,7 +113,9 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = DeepSTDSlicerLogic()
 
-        # Background jobs report through a queue; this timer delivers it on the GUI thread.
+        # Jobs run in a child Python process (PythonSlicer -m deepstd.worker): Slicer's PythonQt
+        # starves Python threads. This timer reads what the child reported, without blocking,
+        # and applies it (progress, previews, results, errors) on the GUI thread.
         self._timer = qt.QTimer()
         self._timer.setInterval(100)
         self._timer.connect("timeout()", self._pollJob)
@@ -190,8 +193,8 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.maxErrorSpinBox.enabled = p.useMaxError
         self.ui.ratioSliderWidget.enabled = not p.useMaxError
         self.ui.showTemplateButton.enabled = bool(p.bundle)
-        self.ui.computeResidueButton.enabled = bool(p.originalVolume and p.decodedVolume)
-        self.ui.computeSegmentMetricsButton.enabled = bool(p.segmentationA and p.segmentationB)
+        self.ui.computeResidueButton.enabled = idle and bool(p.originalVolume and p.decodedVolume)
+        self.ui.computeSegmentMetricsButton.enabled = idle and bool(p.segmentationA and p.segmentationB)
 
     # --- Codec ----------------------------------------------------------------------------------
     def _populateBundles(self) -> None:
@@ -251,13 +254,16 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # --- background jobs ------------------------------------------------------------------------
     def _startJob(self, start, progressBar, cancelButton, statusLabel) -> None:
-        """Run `start()` (which returns a started Job) and drive its progress widgets."""
+        """Run `start()` (which returns a started Job) and drive its progress widgets (the
+        progress bar and cancel button may be None)."""
         if not self.logic.ensureDependencies():
             statusLabel.text = _("Cancelled: the required Python packages are not installed.")
             return
-        progressBar.value = 0
-        progressBar.show()
-        cancelButton.enabled = True
+        if progressBar is not None:
+            progressBar.value = 0
+            progressBar.show()
+        if cancelButton is not None:
+            cancelButton.enabled = True
         self._jobWidgets = (progressBar, cancelButton, statusLabel)
         try:
             self._job = start()
@@ -269,7 +275,14 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.start()
 
     def _pollJob(self) -> None:
-        if self._job is not None and not self._job.poll():
+        if self._job is None:
+            return
+        try:
+            running = self._job.poll()
+        except Exception as error:  # a failing callback must not fire again every 100 ms
+            running = False
+            self._onJobError(error)
+        if not running:
             self._finishJob()
 
     def _finishJob(self) -> None:
@@ -277,17 +290,21 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._job = None
         if self._jobWidgets:
             progressBar, cancelButton, _status = self._jobWidgets
-            progressBar.hide()
-            cancelButton.enabled = False
+            if progressBar is not None:
+                progressBar.hide()
+            if cancelButton is not None:
+                cancelButton.enabled = False
         self._updateButtons()
 
     def onCancel(self) -> None:
+        """Stops the running job: its worker process tree is terminated, nothing partial stays."""
         if self._job is not None:
             self._job.cancel()
 
     def _onProgress(self, event) -> None:
         progressBar, _cancel, statusLabel = self._jobWidgets
-        progressBar.value = int(100 * event.fraction)
+        if progressBar is not None:
+            progressBar.value = int(100 * event.fraction)
         statusLabel.text = f"{event.stage}: {event.message}" if event.message else event.stage
 
     def _onJobError(self, error) -> None:
@@ -300,12 +317,13 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         if statusLabel is not None:
             statusLabel.text = _("Failed: ") + str(error)
-        details = (
-            None
-            if isinstance(error, (DeepSTDError, codec.CodecUnavailable))
-            else "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        )
-        logging.error(details or str(error))
+        if isinstance(error, WorkerError):  # crash, signal, garbage or a bug: what the worker left
+            details = error.details or None
+        elif isinstance(error, (DeepSTDError, codec.CodecUnavailable)):
+            details = None
+        else:
+            details = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        logging.error(f"{error}\n{details}" if details else str(error))
         slicer.util.errorDisplay(str(error), detailedText=details)
 
     # --- Registration ---------------------------------------------------------------------------
@@ -434,27 +452,55 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # --- Quality --------------------------------------------------------------------------------
     def onComputeResidue(self) -> None:
         p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay(_("Could not compute the residue."), waitCursor=True):
-            residue, table, values = self.logic.core.compute_residue(
-                p.originalVolume, p.decodedVolume, p.residueVolume, p.qualityTable
-            )
-            p.residueVolume, p.qualityTable = residue, table
-            self.ui.qualityStatusLabel.text = (
-                f"MAE {values['MAE']:.3g} | PSNR {values['PSNR']:.2f} dB | SSIM {values['SSIM']:.4f}"
-            )
-            self._showTable(table)
+        self.ui.qualityStatusLabel.text = _("Computing the residue and metrics...")
+        self._startJob(
+            lambda: self.logic.core.start_residue(
+                p.originalVolume,
+                p.decodedVolume,
+                p.residueVolume,
+                p.qualityTable,
+                on_progress=self._onProgress,
+                on_done=self._onResidue,
+                on_error=self._onJobError,
+            ),
+            None,
+            None,
+            self.ui.qualityStatusLabel,
+        )
+
+    def _onResidue(self, result) -> None:
+        residue, table, values = result
+        self._parameterNode.residueVolume, self._parameterNode.qualityTable = residue, table
+        self.ui.qualityStatusLabel.text = (
+            f"MAE {values['MAE']:.3g} | PSNR {values['PSNR']:.2f} dB | SSIM {values['SSIM']:.4f}"
+        )
+        self._showTable(table)
 
     def onComputeSegmentMetrics(self) -> None:
         p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay(_("Could not compare the segmentations."), waitCursor=True):
-            table, rows = self.logic.core.compute_segment_metrics(
-                p.segmentationA, p.segmentationB, p.originalVolume, p.segmentTable
-            )
-            p.segmentTable = table
-            self.ui.qualityStatusLabel.text = ", ".join(
-                f"{r['Segment']}: Dice {r['Dice']:.3f}, HD95 {r['HD95']:.2f} mm" for r in rows
-            )
-            self._showTable(table)
+        self.ui.qualityStatusLabel.text = _("Comparing the segmentations...")
+        self._startJob(
+            lambda: self.logic.core.start_segment_metrics(
+                p.segmentationA,
+                p.segmentationB,
+                p.originalVolume,
+                p.segmentTable,
+                on_progress=self._onProgress,
+                on_done=self._onSegmentMetrics,
+                on_error=self._onJobError,
+            ),
+            None,
+            None,
+            self.ui.qualityStatusLabel,
+        )
+
+    def _onSegmentMetrics(self, result) -> None:
+        table, rows = result
+        self._parameterNode.segmentTable = table
+        self.ui.qualityStatusLabel.text = ", ".join(
+            f"{r['Segment']}: Dice {r['Dice']:.3f}, HD95 {r['HD95']:.2f} mm" for r in rows
+        )
+        self._showTable(table)
 
     @staticmethod
     def _showTable(table) -> None:
@@ -502,6 +548,8 @@ class DeepSTDSlicerTest(ScriptedLoadableModuleTest):
         self.test_residue_display()
         self.setUp()
         self.test_reader_rejects_other_files()
+        self.setUp()
+        self.test_worker_process()
 
     def _obliqueVolume(self):
         from deepstd.volume import Volume
@@ -562,3 +610,27 @@ class DeepSTDSlicerTest(ScriptedLoadableModuleTest):
             stream.write(b"not a DeepSTD file")
         self.assertEqual(DeepSTDSlicerFileReader(None).canLoadFileConfidence(path), 0.0)
         self.delayDisplay("Reader test passed")
+
+    def test_worker_process(self):
+        """A small job in the worker process (PythonSlicer -m deepstd.worker inside Slicer)."""
+        import time
+
+        from DeepSTDSlicerLib import jobs
+
+        mask = np.zeros((4, 5, 6), bool)
+        mask[1:3, 1:4, 2:5] = True
+        box = {}
+        job = jobs.start_worker(
+            "segment_metrics",
+            lambda folder: folder.add_arrays("masks", {"a0": mask, "b0": mask}),
+            options={"pairs": [["a", "a"]], "spacing": [1.0, 1.0, 1.0]},
+            on_done=lambda result: box.setdefault("result", result),
+            on_error=lambda error: box.setdefault("error", error),
+        )
+        deadline = time.time() + 120
+        while job.poll():
+            self.assertLess(time.time(), deadline, "the worker process did not finish")
+            job.wait(0.05)
+        self.assertNotIn("error", box, getattr(box.get("error"), "details", box.get("error")))
+        self.assertEqual(box["result"]["rows"][0]["Dice"], 1.0)
+        self.delayDisplay("Worker process test passed")

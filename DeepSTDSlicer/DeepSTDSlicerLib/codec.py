@@ -5,6 +5,11 @@ neither torch nor the codec, so choosing a codec and showing its template work b
 dependencies are installed; registration, encoding and decoding call the package's public
 functions, imported on first use. A missing piece raises `CodecUnavailable`, whose message the
 GUI shows as is.
+
+The module's long operations do not call these in Slicer's process: they run in the worker
+process (`jobs.start_worker`, `deepstd.worker`), which calls the same public functions. What
+runs here in-process is quick (headers, bundles) or synchronous by nature (the `.dstd`
+reader/writer plugins, which Slicer waits for).
 """
 
 from __future__ import annotations

@@ -2,8 +2,11 @@
 the reader/writer plugins and headless tests (slicer-core).
 
 `DeepSTDSlicerLogic` in DeepSTDSlicer.py (which must subclass Slicer's Qt-based
-ScriptedLoadableModuleLogic) delegates here. Long operations return a started `Job`; callers poll
-it on the main thread (the widget with a Qt timer), which is where every MRML change happens.
+ScriptedLoadableModuleLogic) delegates here. Long operations (registration, compression,
+decompression, region preview, quality metrics) run in a child Python process (`jobs`,
+`deepstd.worker`) and return a started `Job`; callers poll it on the main thread (the widget with
+a Qt timer), which is where every MRML change happens. The blocking variants (`compress`,
+`decompress`, ...) start the same jobs and wait for them.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 import slicer
 
 from . import codec, mrml
-from .jobs import Job
+from .jobs import Job, start_worker
 
 if TYPE_CHECKING:
     from deepstd.codec.header import DstdHeader
@@ -46,6 +49,19 @@ class RegistrationStatus:
     folding: Optional[float] = None
     step: Optional[int] = None
     elapsed: float = 0.0
+
+
+@dataclass
+class RegistrationResult:
+    """What a finished registration reports (the networks stay in the worker): the final
+    registration loss and omega, the steps taken, the seconds it took, and the final coarse
+    field (a `deepstd.shape.FieldSnapshot`-like object) that the transform node shows."""
+
+    loss: float
+    omega: float
+    steps: int
+    seconds: float
+    snapshot: Any = None
 
 
 @dataclass
@@ -164,12 +180,14 @@ class DeepSTDCore:
         grid_mode: str = "grid",
         options: Optional[Dict[str, Any]] = None,
     ) -> Job:
-        """Register `input_node` to `template_node` on a worker thread with a live preview.
+        """Register `input_node` to `template_node` in the worker process with a live preview.
 
         The preview is a grid transform node updated from the snapshots the registration reports
         every few steps, drawn over the views, with a zero-copy view of the input placed under it
         (so the input overlays the template as it aligns). The input node itself is not touched.
-        `options` go to `deepstd.shape.register` (registration settings, thread count).
+        `options` go to `deepstd.shape.register` (`settings`: a CycleSettings or a dict of its
+        fields, `threads`, `prealignment`, `downsample`, `foreground`). Done gets the transform
+        node; `last_registration` then holds a `RegistrationResult`.
         """
         moving = mrml.volume_from_node(input_node)
         template = mrml.volume_from_node(template_node)
@@ -182,32 +200,47 @@ class DeepSTDCore:
         start = time.perf_counter()
         status = RegistrationStatus()
 
+        def show(snap) -> None:
+            self.apply_snapshot(transform_node, snap, template_node, grid_mode)
+            status.loss, status.step = getattr(snap, "loss", None), getattr(snap, "step", None)
+            status.folding = mrml.folding_fraction(snap.displacement, snap.spacing, snap.direction)
+
         def progress(event) -> None:
             status.fraction, status.message = event.fraction, event.message
             status.elapsed = time.perf_counter() - start
-            snap = event.snapshot
-            if snap is not None:
-                self.apply_snapshot(transform_node, snap, template_node, grid_mode)
-                status.loss, status.step = getattr(snap, "loss", None), getattr(snap, "step", None)
-                status.folding = mrml.folding_fraction(snap.displacement, snap.spacing, snap.direction)
+            if event.snapshot is not None:
+                show(event.snapshot)
             if on_status:
                 on_status(status)
 
-        def done(result) -> None:
-            self.last_registration = result
+        def finish(result, folder) -> Any:
+            from deepstd.worker import read_snapshot
+
+            snap = read_snapshot(result["snapshot"]) if result.get("snapshot") else None
+            self.last_registration = RegistrationResult(
+                result["loss"], result["omega"], result["steps"], result["seconds"], snap
+            )
+            if snap is not None:
+                show(snap)
             status.fraction, status.elapsed = 1.0, time.perf_counter() - start
             if on_status:
                 on_status(status)
-            if on_done:
-                on_done(transform_node)
+            return transform_node
 
-        return Job(
-            lambda report, cancel: codec.register(moving, template, report, cancel, **(options or {})),
-            progress,
-            done,
-            on_error,
+        def prepare(folder) -> None:
+            folder.add_volume("moving", moving)
+            folder.add_volume("template", template)
+
+        return start_worker(
+            "register",
+            prepare,
+            options=dict(options or {}),
+            on_progress=progress,
+            on_done=on_done,
+            on_error=on_error,
+            finish=finish,
             name="DeepSTD registration",
-        ).start()
+        )
 
     def apply_snapshot(self, transform_node, snapshot, region_node=None, grid_mode: str = "grid") -> None:
         """Show one registration snapshot (a coarse LPS field on the template grid) as the preview."""
@@ -247,9 +280,10 @@ class DeepSTDCore:
         keep_node=None,
         keep_error: float = 0.0,
     ) -> Job:
-        """Encode a volume node to a `.dstd` file on a worker thread; done gets a CompressResult.
-        `max_error`: instead of the ratio, every voxel within that bound. `keep_node`: a label map
-        on the volume's grid whose voxels are kept within ±keep_error."""
+        """Encode a volume node to a `.dstd` file in the worker process; done gets a
+        CompressResult. `max_error`: instead of the ratio, every voxel within that bound.
+        `keep_node`: a label map on the volume's grid whose voxels are kept within ±keep_error.
+        The worker writes `path` atomically: a cancelled or failed job leaves no file."""
         volume = mrml.volume_from_node(input_node)
         bundles = codec.bundles()
         bundle_file = bundles.shipped_path(bundle, bundles.shipped_bundles(), "codec bundle")
@@ -264,49 +298,82 @@ class DeepSTDCore:
                     f"{input_node.GetName()!r}; resample it first"
                 )
             keep = labels  # a label map on the scan's grid; the codec keeps its voxels > 0
+        path = os.path.abspath(path)
+        start = time.perf_counter()
 
-        def work(report, cancel) -> CompressResult:
-            start = time.perf_counter()
-            data = codec.encode(
-                volume,
-                bundle_file,
-                ratio,
-                device,
-                report,
-                cancel,
-                max_error=max_error,
-                keep=keep,
-                keep_error=keep_error,
+        def prepare(folder) -> None:
+            folder.add_volume("volume", volume)
+            if keep is not None:
+                folder.add_volume("keep", keep)
+
+        def finish(result, folder) -> CompressResult:
+            return CompressResult(
+                result["path"], result["raw_bytes"], result["file_bytes"], time.perf_counter() - start
             )
-            codec.write_atomic(path, data)
-            return CompressResult(path, volume.raw_bytes, len(data), time.perf_counter() - start)
 
-        return Job(work, on_progress, on_done, on_error, name="DeepSTD compress").start()
+        options = {"bundle": str(bundle_file), "ratio": ratio, "device": device, "max_error": max_error}
+        options["keep_error"] = keep_error
+        return start_worker(
+            "encode",
+            prepare,
+            options=options,
+            outputs={"dstd": path},
+            on_progress=on_progress,
+            on_done=on_done,
+            on_error=on_error,
+            finish=finish,
+            name="DeepSTD compress",
+        )
 
     def start_decompress(
         self, path: str, device: str = "auto", name: Optional[str] = None, on_progress=None, on_done=None, on_error=None
     ) -> Job:
-        """Decode a `.dstd` file on a worker thread; done gets the new volume node."""
-        search = self._bundle_search_paths()
-
-        def finish(decoded: DecodedFile) -> None:
-            node = self.add_decoded_node(decoded, path, name)
-            if on_done:
-                on_done(node)
-
-        return Job(
-            lambda report, cancel: self.decode_file(path, device, report, cancel, search),
+        """Decode a `.dstd` file in the worker process; done gets the new volume node."""
+        return self._start_decode(
+            path,
+            device,
+            None,
+            lambda decoded: self.add_decoded_node(decoded, path, name),
             on_progress,
-            finish,
+            on_done,
             on_error,
-            name="DeepSTD decompress",
-        ).start()
+            "DeepSTD decompress",
+        )
+
+    def _start_decode(self, path, device, roi, make_node, on_progress, on_done, on_error, name) -> Job:
+        """Read the header here (a bad file or a missing bundle fails at once), decode in the
+        worker, and turn the decoded volume into a node with `make_node(DecodedFile)`."""
+        path = os.path.abspath(path)
+        with open(path, "rb") as stream:
+            header, achieved_ratio = codec.read_header(stream.read())
+        bundle_file = self.bundle_file_for(header, self._bundle_search_paths())
+        box = roi(header) if callable(roi) else roi
+
+        def finish(result, folder):
+            from deepstd.worker import read_volume
+
+            volume = read_volume(result["volume"], folder)
+            volume.meta["dstd"] = result.get("dstd", {})
+            return make_node(DecodedFile(volume, header, achieved_ratio, bundle_file))
+
+        return start_worker(
+            "decode",
+            lambda folder: folder.add_path("dstd", path),
+            options={"bundle": str(bundle_file), "device": device, "roi": box},
+            on_progress=on_progress,
+            on_done=on_done,
+            on_error=on_error,
+            finish=finish,
+            name=name,
+        )
 
     def decode_file(
         self, path: str, device: str = "auto", progress=None, cancel=None, search: Optional[List[Path]] = None, roi=None
     ) -> DecodedFile:
-        """Read and decode a `.dstd` file, or only the box `roi` of it (no MRML: safe on a worker
-        thread). `roi` may also be a function of the typed header (`DstdHeader`) that returns the box."""
+        """Read and decode a `.dstd` file in this process, or only the box `roi` of it (no MRML).
+        `roi` may also be a function of the typed header (`DstdHeader`) that returns the box.
+        (The .dstd reader plugin uses this: Slicer waits for it anyway. The module's jobs decode
+        in the worker process.)"""
         with open(path, "rb") as stream:
             data = stream.read()
         header, achieved_ratio = codec.read_header(data)
@@ -342,11 +409,10 @@ class DeepSTDCore:
         on_error=None,
     ) -> Job:
         """Decode only a slab of `path` around the plane through `ras` with `normal` (the slice a
-        view shows): a quick look into a large file. The node sits exactly where those voxels sit
-        in the full volume, and its voxels equal the full decode's."""
-        search = self._bundle_search_paths()
+        view shows), in the worker process: a quick look into a large file. The node sits exactly
+        where those voxels sit in the full volume, and its voxels equal the full decode's."""
 
-        def finish(decoded: DecodedFile) -> None:
+        def make_node(decoded: DecodedFile):
             lo, hi = decoded.volume.meta["dstd"]["roi"]
             cut = [a for a in range(3) if hi[a] - lo[a] < decoded.header.grid.size[a]]
             axis = cut[0] if cut else 2
@@ -354,24 +420,19 @@ class DeepSTDCore:
             stem = stem[:-5] if stem.endswith(".dstd") else stem
             name = f"{stem} (preview, {'ijk'[axis]} {lo[axis]}-{hi[axis] - 1})"
             node = self.add_decoded_node(decoded, path, name)
-            node.SetAttribute("DeepSTD.region", f"{lo}:{hi}")
-            if on_done:
-                on_done(node)
+            node.SetAttribute("DeepSTD.region", f"{tuple(lo)}:{tuple(hi)}")
+            return node
 
-        return Job(
-            lambda report, cancel: self.decode_file(
-                path,
-                device,
-                report,
-                cancel,
-                search,
-                roi=lambda header: slab_around(header.grid, ras, normal, half_width),
-            ),
+        return self._start_decode(
+            path,
+            device,
+            lambda header: slab_around(header.grid, ras, normal, half_width),
+            make_node,
             on_progress,
-            finish,
+            on_done,
             on_error,
-            name="DeepSTD slice preview",
-        ).start()
+            "DeepSTD slice preview",
+        )
 
     def add_decoded_node(self, decoded: DecodedFile, path: str, name: Optional[str] = None):
         """A volume node for a decoded file, with attributes naming ratio, bundle and encoder (empty
@@ -459,9 +520,19 @@ class DeepSTDCore:
         return _finish(job, box)
 
     # --- Quality section ------------------------------------------------------------------------
-    def compute_residue(self, original_node, decoded_node, residue_node=None, table_node=None):
-        """Residue (original − decoded) as a diverging overlay, and MAE / PSNR / SSIM in a table."""
-        metrics = codec.require("deepstd.metrics", "Quality metrics")
+    def start_residue(
+        self,
+        original_node,
+        decoded_node,
+        residue_node=None,
+        table_node=None,
+        on_progress=None,
+        on_done=None,
+        on_error=None,
+    ) -> Job:
+        """Residue (original − decoded) and MAE / PSNR / SSIM, computed in the worker process; done
+        gets (residue node, table node, values): the residue as a diverging overlay, the values
+        in a table."""
         original = mrml.volume_from_node(original_node)
         decoded = mrml.volume_from_node(decoded_node)
         if not original.same_grid(decoded):
@@ -471,7 +542,35 @@ class DeepSTDCore:
                 f"{decoded_node.GetName()!r} is not on the grid of {original_node.GetName()!r} "
                 "(size, spacing, origin or orientation differ); resample it first"
             )
-        residue = metrics.residue(original, decoded)
+
+        def prepare(folder) -> None:
+            folder.add_volume("original", original)
+            folder.add_volume("decoded", decoded)
+
+        def finish(result, folder):
+            from deepstd.worker import read_volume
+
+            return self._show_residue(
+                read_volume(result["residue"], folder),
+                result["values"],
+                original,
+                original_node,
+                decoded_node,
+                residue_node,
+                table_node,
+            )
+
+        return start_worker(
+            "residue",
+            prepare,
+            on_progress=on_progress,
+            on_done=on_done,
+            on_error=on_error,
+            finish=finish,
+            name="DeepSTD residue",
+        )
+
+    def _show_residue(self, residue, values, original, original_node, decoded_node, residue_node, table_node):
         if residue_node is None:
             residue_node = self.scene.AddNewNodeByClass(
                 "vtkMRMLScalarVolumeNode", self.scene.GenerateUniqueName(f"{decoded_node.GetName()} residue")
@@ -479,12 +578,7 @@ class DeepSTDCore:
         mrml.update_node_from_volume(residue_node, residue, cast=False)
         mrml.show_residue(residue_node)
         mrml.show_layers(self.scene, background=original_node, foreground=residue_node, foreground_opacity=0.5)
-        data_range = original.data_range()
-        values = {
-            "MAE": float(metrics.mae(original.array, decoded.array)),
-            "PSNR": float(metrics.psnr(original.array, decoded.array, data_range=data_range)),
-            "SSIM": float(metrics.ssim(original.array, decoded.array, data_range=data_range)),
-        }
+        values = {key: float(values[key]) for key in ("MAE", "PSNR", "SSIM")}
         table_node = table_node or self.scene.AddNewNodeByClass(
             "vtkMRMLTableNode", self.scene.GenerateUniqueName("DeepSTD quality")
         )
@@ -495,9 +589,18 @@ class DeepSTDCore:
         )
         return residue_node, table_node, values
 
-    def compute_segment_metrics(self, segmentation_a, segmentation_b, reference_node=None, table_node=None):
-        """Dice and HD95 per segment of two segmentations (matched by name), into a table node."""
-        metrics = codec.require("deepstd.metrics", "Segmentation metrics")
+    def start_segment_metrics(
+        self,
+        segmentation_a,
+        segmentation_b,
+        reference_node=None,
+        table_node=None,
+        on_progress=None,
+        on_done=None,
+        on_error=None,
+    ) -> Job:
+        """Dice and HD95 per segment of two segmentations (matched by name), computed in the
+        worker process; done gets (table node, rows)."""
         reference_node = reference_node or segmentation_a.GetNodeReference(
             slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
         )
@@ -506,27 +609,57 @@ class DeepSTDCore:
 
             raise InputError("choose a reference volume: the segmentation has no reference geometry")
         spacing = tuple(reference_node.GetSpacing())
-        voxel_ml = float(np.prod(spacing)) / 1000.0
         masks_a = mrml.segment_masks(segmentation_a, reference_node)
         masks_b = mrml.segment_masks(segmentation_b, reference_node)
-        rows = []
-        for name_a, name_b in mrml.pair_segments(list(masks_a), list(masks_b)):
-            a, b = masks_a[name_a], masks_b[name_b]
-            rows.append(
-                {
-                    "Segment": name_a,
-                    "Compared with": name_b,
-                    "Dice": float(metrics.dice(a, b)),
-                    "HD95": float(metrics.hd95(a, b, spacing)),
-                    "Volume A": float(a.sum()) * voxel_ml,
-                    "Volume B": float(b.sum()) * voxel_ml,
-                }
+        pairs = mrml.pair_segments(list(masks_a), list(masks_b))
+        arrays = {}
+        for n, (name_a, name_b) in enumerate(pairs):
+            arrays[f"a{n}"], arrays[f"b{n}"] = masks_a[name_a], masks_b[name_b]
+
+        def finish(result, folder):
+            rows = result["rows"]
+            node = table_node or self.scene.AddNewNodeByClass(
+                "vtkMRMLTableNode", self.scene.GenerateUniqueName("DeepSTD segment metrics")
             )
-        table_node = table_node or self.scene.AddNewNodeByClass(
-            "vtkMRMLTableNode", self.scene.GenerateUniqueName("DeepSTD segment metrics")
+            mrml.fill_table(node, rows, {"HD95": "mm", "Volume A": "ml", "Volume B": "ml"})
+            return node, rows
+
+        return start_worker(
+            "segment_metrics",
+            lambda folder: folder.add_arrays("masks", arrays),
+            options={"pairs": pairs, "spacing": spacing},
+            on_progress=on_progress,
+            on_done=on_done,
+            on_error=on_error,
+            finish=finish,
+            name="DeepSTD segment metrics",
         )
-        mrml.fill_table(table_node, rows, {"HD95": "mm", "Volume A": "ml", "Volume B": "ml"})
-        return table_node, rows
+
+    def compute_residue(self, original_node, decoded_node, residue_node=None, table_node=None):
+        """Blocking `start_residue`: (residue node, table node, values)."""
+        box = {}
+        job = self.start_residue(
+            original_node,
+            decoded_node,
+            residue_node,
+            table_node,
+            on_done=lambda result: box.setdefault("result", result),
+            on_error=lambda error: box.setdefault("error", error),
+        )
+        return _finish(job, box)
+
+    def compute_segment_metrics(self, segmentation_a, segmentation_b, reference_node=None, table_node=None):
+        """Blocking `start_segment_metrics`: (table node, rows)."""
+        box = {}
+        job = self.start_segment_metrics(
+            segmentation_a,
+            segmentation_b,
+            reference_node,
+            table_node,
+            on_done=lambda result: box.setdefault("result", result),
+            on_error=lambda error: box.setdefault("error", error),
+        )
+        return _finish(job, box)
 
 
 def slab_around(grid: "Frame", ras, normal, half_width: int = 4):
@@ -546,9 +679,10 @@ def slab_around(grid: "Frame", ras, normal, half_width: int = 4):
 
 
 def _finish(job: Job, box: Dict[str, Any]):
-    """Wait for a job, deliver its events here, and return its result or raise its error."""
-    job.wait()
-    job.poll()
+    """Wait for a job, delivering its events here as they come, and return its result or raise
+    its error."""
+    while job.poll():
+        job.wait(0.05)
     if "error" in box:
         raise box["error"]
     return box.get("result")

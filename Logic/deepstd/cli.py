@@ -140,6 +140,7 @@ def cmd_encode(args) -> None:
             keep=args.keep,
             series_uid=args.series,
             allow_gaps=args.allow_gaps,
+            deidentify=_deidentify_salt(args) or False,
             device=args.device,
             workers=args.workers,
             progress=progress,
@@ -162,6 +163,8 @@ def cmd_encode(args) -> None:
             f"their residual {k['residual_bytes']} B, "
             f"the rest {report['bytes'] - k['mask_bytes'] - k['residual_bytes']} B"
         )
+    if report.get("deidentified"):
+        print(f"de-identified: {report['deidentified']}")
 
 
 def cmd_decode(args) -> None:
@@ -270,6 +273,29 @@ def cmd_bench(args) -> None:
     print(f"results: {args.out}/results.jsonl, summary.md, rd.png ({time_now() - started:.0f} s this run)")
 
 
+def _deidentify_options(command) -> None:
+    command.add_argument(
+        "--deidentify",
+        action="store_true",
+        help="remove patient identity from the .dstd header (DICOM PS3.15 basic profile, via dicognito)",
+    )
+    command.add_argument(
+        "--deidentify-salt",
+        metavar="SALT",
+        help="key of the pseudonyms: the same salt gives the same replacement UIDs (give it again to "
+        "resume a batch or to add series of a study later); default: a new random one",
+    )
+
+
+def _deidentify_salt(args) -> Optional[str]:
+    """The salt to de-identify with, or None when not asked; a salt alone implies --deidentify."""
+    if not (args.deidentify or args.deidentify_salt):
+        return None
+    from .deidentify import new_salt
+
+    return args.deidentify_salt or new_salt()
+
+
 def cmd_batch_compress(args) -> None:
     from . import batch
 
@@ -285,6 +311,7 @@ def cmd_batch_compress(args) -> None:
             scheduler=args.scheduler,
             retry_failed=args.retry_failed,
             allow_gaps=args.allow_gaps,
+            deidentify_salt=_deidentify_salt(args),
             progress=progress,
             log=_log,
         )
@@ -512,6 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     encode.add_argument("--series", metavar="UID", help="DICOM SeriesInstanceUID to read")
     encode.add_argument("--allow-gaps", action="store_true", help=ALLOW_GAPS_HELP)
+    _deidentify_options(encode)
     _device_options(encode)
     encode.set_defaults(run=cmd_encode)
 
@@ -603,6 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="retry scans that failed before for a reason of their own (default: keep the record)",
     )
     compress.add_argument("--allow-gaps", action="store_true", help=ALLOW_GAPS_HELP)
+    _deidentify_options(compress)
     _cluster_options(compress)
     compress.set_defaults(run=cmd_batch_compress)
     decompress = batch_commands.add_parser("decompress", help="restore a compressed tree")

@@ -20,6 +20,21 @@ for path in (MODULE_DIR, Path(__file__).resolve().parent):
         sys.path.insert(0, str(path))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_worker_thread():
+    """Jobs run in a child Python (deepstd.worker) that the `one_thread` fixture cannot reach:
+    one torch thread there too, since two threads on busy shared cores are many times slower."""
+    import os
+
+    previous = os.environ.get("DEEPSTD_WORKER_THREADS")
+    os.environ["DEEPSTD_WORKER_THREADS"] = "1"
+    yield
+    if previous is None:
+        os.environ.pop("DEEPSTD_WORKER_THREADS", None)
+    else:
+        os.environ["DEEPSTD_WORKER_THREADS"] = previous
+
+
 def require_slicer_core():
     """Import slicer-core's `slicer` or skip the calling test module, saying why."""
     slicer = pytest.importorskip(

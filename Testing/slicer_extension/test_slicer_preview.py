@@ -1,6 +1,5 @@
 """The live registration preview: grid transform nodes fed with displacement snapshots."""
 
-import threading
 import time
 import types
 
@@ -11,7 +10,7 @@ from conftest import require_slicer_core
 slicer = require_slicer_core()
 import slicer.util  # noqa: E402, F811
 
-from DeepSTDSlicerLib import codec, core, mrml  # noqa: E402
+from DeepSTDSlicerLib import core, mrml  # noqa: E402
 
 DIRECTION = np.array([[0.0, -0.8, 0.6], [1.0, 0.0, 0.0], [0.0, 0.6, 0.8]]).T @ np.diag([1.0, -1.0, 1.0])
 SPACING, ORIGIN = (4.0, 5.0, 6.0), (-20.0, 10.0, 3.0)
@@ -104,71 +103,11 @@ def test_folding_fraction():
     assert mrml.folding_fraction(folded, SPACING, DIRECTION.reshape(-1)) == 1.0
 
 
-def test_registration_job_streams_previews_and_status(headless, oblique_volume, monkeypatch):
-    """The registration runs on a worker thread; the preview is updated on the polling thread."""
-    fields = [smooth_field(amplitude=a) for a in (0.5, 1.0, 2.0)]
-    release = threading.Event()
-
-    def fake_register(moving, template, progress, cancel, **options):
-        for n, f in enumerate(fields):
-            progress(
-                types.SimpleNamespace(
-                    stage="register",
-                    fraction=(n + 1) / 3,
-                    message=f"step {n}",
-                    snapshot=snapshot(f, step=25 * (n + 1), loss=-0.1 * n),
-                )
-            )
-        release.wait(5)
-        return "registration result"
-
-    monkeypatch.setattr(codec, "register", fake_register)
-    moving = mrml.add_volume_node(oblique_volume, "scan")
-    template = mrml.add_volume_node(oblique_volume, "template")
-    statuses, done = [], []
-    logic = core.DeepSTDCore()
-    job = logic.start_registration(
-        moving, template, on_status=lambda s: statuses.append((s.step, s.loss)), on_done=done.append
-    )
-    deadline = time.time() + 5
-    while not statuses or statuses[-1][0] != 75:
-        job.poll()
-        assert time.time() < deadline
-    transform = done[0] if done else headless.scene.GetFirstNodeByClass("vtkMRMLGridTransformNode")
-    np.testing.assert_allclose(slicer.util.arrayFromGridTransform(transform)[..., 2], fields[-1][..., 2])
-    release.set()
-    job.wait(5)
-    job.poll()
-    assert done and logic.last_registration == "registration result"
-    preview = headless.scene.GetFirstNodeByName("scan (registration preview)")
-    assert preview.GetParentTransformNode() is done[0]
-    assert preview.GetImageData() is moving.GetImageData()  # shares the voxels
-    assert moving.GetParentTransformNode() is None  # input left untouched
-    composite = headless.scene.GetFirstNodeByClass("vtkMRMLSliceCompositeNode")
-    if composite is not None:
-        assert composite.GetForegroundVolumeID() == preview.GetID()
-
-
-def test_registration_errors_reach_the_main_thread(headless, oblique_volume, monkeypatch):
-    from deepstd.errors import Cancelled
-
-    def fake_register(moving, template, progress, cancel, **options):
-        raise Cancelled("cancelled by the user")
-
-    monkeypatch.setattr(codec, "register", fake_register)
-    node = mrml.add_volume_node(oblique_volume, "scan")
-    errors = []
-    job = core.DeepSTDCore().start_registration(node, node, on_error=errors.append)
-    job.wait(5)
-    assert not job.poll()
-    assert isinstance(errors[0], Cancelled)
-
-
-def test_real_cycle_inr_registration_drives_the_preview(headless):
-    """deepstd.shape on two real hippocampus MR crops: real snapshots reach the grid node."""
+def real_pair(headless):
+    """Two real hippocampus MR scans as volume nodes (moving, template)."""
     from conftest import REPO
 
-    shape = pytest.importorskip("deepstd.shape", reason="deepstd.shape (registration) is not importable")
+    pytest.importorskip("deepstd.shape", reason="deepstd.shape (registration) is not importable")
     import SimpleITK as sitk
 
     from deepstd.volume import Volume
@@ -177,24 +116,67 @@ def test_real_cycle_inr_registration_drives_the_preview(headless):
     files = sorted(folder.glob("*.nii.gz"))[:2] if folder.is_dir() else []
     if len(files) < 2:
         pytest.skip(f"real data not found at {folder}")
-    moving, template = (mrml.add_volume_node(Volume.from_sitk(sitk.ReadImage(str(f))), f.name[:-7]) for f in files)
-    statuses = []
-    settings = shape.CycleSettings(steps=50, preview_every=25, probe_steps=25)
+    return [mrml.add_volume_node(Volume.from_sitk(sitk.ReadImage(str(f))), f.name[:-7]) for f in files]
+
+
+def test_real_cycle_inr_registration_streams_previews_and_status(headless):
+    """deepstd.shape on two real hippocampus MR crops, in the worker process: its snapshots reach
+    the grid node on the polling thread, the status follows, the input is left alone."""
+    from deepstd.shape import CycleSettings
+
+    moving, template = real_pair(headless)
+    statuses, done = [], []
     logic = core.DeepSTDCore()
     job = logic.start_registration(
         moving,
         template,
-        on_status=lambda s: statuses.append((s.step, s.folding)),
-        options={"settings": settings, "threads": 1},
+        on_status=lambda s: statuses.append((s.step, s.folding, s.fraction)),
+        on_done=done.append,
+        options={"settings": CycleSettings(steps=50, preview_every=25, probe_steps=25), "threads": 1},
     )
     deadline = time.time() + 300
     while job.poll():
         job.wait(0.05)
         assert time.time() < deadline, "registration did not finish in 5 minutes"
-    assert logic.last_registration is not None, "registration failed"
-    steps = [step for step, _ in statuses if step is not None]
-    assert steps and steps[-1] == 50
-    transform = headless.scene.GetFirstNodeByClass("vtkMRMLGridTransformNode")
+    assert done, "registration failed"
+    steps = [step for step, _, _ in statuses if step is not None]
+    assert 25 in steps and steps[-1] == 50 and statuses[-1][2] == 1.0
+    assert all(0.0 <= f <= 1.0 for _, f, _ in statuses if f is not None)
+    result = logic.last_registration
+    assert isinstance(result, core.RegistrationResult) and result.steps == 50 and np.isfinite(result.loss)
+    transform = done[0]
     field = slicer.util.arrayFromGridTransform(transform)
     assert np.isfinite(field).all() and np.abs(field).max() > 0
-    assert all(0.0 <= f <= 1.0 for _, f in statuses if f is not None)
+    np.testing.assert_allclose(field[..., 2], result.snapshot.displacement[..., 2], atol=1e-5)  # z: same in RAS
+    preview = headless.scene.GetFirstNodeByName(f"{moving.GetName()} (registration preview)")
+    assert preview.GetParentTransformNode() is transform
+    assert preview.GetImageData() is moving.GetImageData()  # shares the voxels
+    assert moving.GetParentTransformNode() is None  # input left untouched
+    composite = headless.scene.GetFirstNodeByClass("vtkMRMLSliceCompositeNode")
+    if composite is not None:
+        assert composite.GetForegroundVolumeID() == preview.GetID()
+
+
+def test_cancelled_registration_reaches_the_main_thread(headless):
+    from deepstd.errors import Cancelled
+    from deepstd.shape import CycleSettings
+
+    moving, template = real_pair(headless)
+    errors, statuses = [], []
+    job = core.DeepSTDCore().start_registration(
+        moving,
+        template,
+        on_status=statuses.append,
+        on_error=errors.append,
+        options={"settings": CycleSettings(steps=100000, preview_every=25, probe_steps=25), "threads": 1},
+    )
+    deadline = time.time() + 120
+    while not statuses:
+        assert job.poll() and time.time() < deadline
+        job.wait(0.05)
+    job.cancel()
+    started = time.time()
+    while job.poll():
+        job.wait(0.05)
+    assert time.time() - started < 10
+    assert isinstance(errors[0], Cancelled) and job.returncode != 0

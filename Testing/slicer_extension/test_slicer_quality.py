@@ -2,7 +2,6 @@
 from real MRML volume and segmentation nodes."""
 
 import importlib
-import types
 
 import numpy as np
 import pytest
@@ -11,44 +10,16 @@ from conftest import require_slicer_core
 slicer = require_slicer_core()
 import slicer.util  # noqa: E402, F811
 
-from DeepSTDSlicerLib import codec, core, mrml  # noqa: E402
+from DeepSTDSlicerLib import core, mrml  # noqa: E402
 
 
-def stand_in_metrics():
-    """Simple reference formulas, so the glue is tested before deepstd.metrics exists."""
-
-    def residue(original, decoded):
-        return original.with_array(original.array - decoded.array, dtype="float32")
-
-    def psnr(a, b, data_range=None):
-        return float(20 * np.log10(data_range / np.sqrt(np.mean((a - b) ** 2))))
-
-    def dice(a, b, label=None):
-        return float(2 * np.logical_and(a, b).sum() / (a.sum() + b.sum()))
-
-    return types.SimpleNamespace(
-        residue=residue,
-        psnr=psnr,
-        dice=dice,
-        mae=lambda a, b: float(np.mean(np.abs(a - b))),
-        ssim=lambda a, b, data_range=None: 0.5,
-        hd95=lambda a, b, spacing: float(spacing[0]),
-    )
-
-
-@pytest.fixture(params=["stand-in", "deepstd"])
-def metrics(request, monkeypatch):
-    if request.param == "deepstd":
-        try:
-            return importlib.import_module("deepstd.metrics")
-        except ImportError as error:
-            pytest.skip(f"deepstd.metrics not importable yet ({error}); the glue is tested with the stand-in")
-    fake = stand_in_metrics()
-    real_require = codec.require
-    monkeypatch.setattr(
-        codec, "require", lambda module, purpose: fake if module == "deepstd.metrics" else real_require(module, purpose)
-    )
-    return fake
+@pytest.fixture
+def metrics():
+    """The metrics are computed by deepstd.metrics in the worker process (deepstd.worker)."""
+    try:
+        return importlib.import_module("deepstd.metrics")
+    except ImportError as error:
+        pytest.skip(f"deepstd.metrics not importable ({error})")
 
 
 @pytest.fixture

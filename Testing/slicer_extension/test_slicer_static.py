@@ -186,8 +186,9 @@ def test_every_third_party_import_of_the_codec_can_be_installed_in_slicer():
         | {name for name, _ in dependencies.PIP_REQUIREMENTS + dependencies.NO_DEPS_REQUIREMENTS}
     )
     package = REPO / "Logic" / "deepstd"
-    # not used by the module: peer codecs and benchmarks, batch runs, training, the CLI
-    skip = {"peers", "bench.py", "batch", "cli.py", "train.py"}
+    # not used by the module: peer codecs and benchmarks, batch runs, training, the CLI, and the
+    # CLI's de-identification and PACS commands
+    skip = {"peers", "bench.py", "batch", "cli.py", "train.py", "deidentify.py", "pacs"}
     stdlib = set(sys.stdlib_module_names)
     needed = {}
     for path in package.rglob("*.py"):

@@ -52,11 +52,14 @@ def compress(
     cancel: Optional[CancelToken] = None,
     log: Log = lambda line: None,
     allow_gaps: bool = False,
+    deidentify_salt: Optional[str] = None,
 ) -> dict:
     """Compress every scan of `source` (folder or list) into `out_dir`; returns the run's totals
     (scans, compressed, skipped, failed — this run's and earlier settled ones — and byte sums).
     `allow_gaps`: DICOM series with missing slices are resampled instead of failing (scans that
-    failed before without it are retried)."""
+    failed before without it are retried). `deidentify_salt`: every file's header is de-identified
+    (`deepstd.deidentify`) with this one salt, so the series of a study keep one replacement
+    study UID; give the same salt when resuming."""
     from ..bundle import load_bundle
 
     if not (ratio >= 1):
@@ -85,8 +88,8 @@ def compress(
     }
     if todo:
         bundle_bytes = bundle_file_bytes(bundle)
-        tasks = [(scan.task(), ratio, verify, allow_gaps) for scan, _ in todo]
-        bases = {scan.output: base for scan, base in todo}
+        tasks = [(scan.task(), ratio, verify, allow_gaps, deidentify_salt) for scan, _ in todo]
+        bases = {scan.output: dict(base, deidentified=deidentify_salt is not None) for scan, base in todo}
         meter = Throughput(len(todo), reporter)
 
         def finished(task: dict, outcome) -> None:

@@ -52,15 +52,23 @@ def one_thread() -> None:
 
 
 def compress_task(
-    task: dict, bundle_sha256: str, bundle_bytes: bytes, ratio: float, verify: bool, allow_gaps: bool = False
+    task: dict,
+    bundle_sha256: str,
+    bundle_bytes: bytes,
+    ratio: float,
+    verify: bool,
+    allow_gaps: bool = False,
+    deidentify_salt: Optional[str] = None,
 ) -> Tuple[dict, Optional[bytes]]:
     """Read, encode and (with `verify`) decode and measure one scan: (record, .dstd bytes or None).
-    `allow_gaps`: a DICOM series with missing slices is resampled instead of refused."""
+    `allow_gaps`: a DICOM series with missing slices is resampled instead of refused.
+    `deidentify_salt`: remove patient identity, pseudonyms keyed by this salt (one per run)."""
     started = time.perf_counter()
     record = {"worker": f"{socket.gethostname()}:{os.getpid()}"}
     try:
         one_thread()
-        record.update(encode_and_measure(task, bundle_from(bundle_sha256, bundle_bytes), ratio, verify, allow_gaps))
+        bundle = bundle_from(bundle_sha256, bundle_bytes)
+        record.update(encode_and_measure(task, bundle, ratio, verify, allow_gaps, deidentify_salt))
         data = record.pop("data")
     except DeepSTDError as exc:
         record.update(status="failed", error=one_line(str(exc)))
@@ -73,12 +81,18 @@ def compress_task(
     return record, data
 
 
-def encode_and_measure(task: dict, bundle, ratio: float, verify: bool, allow_gaps: bool = False) -> dict:
+def encode_and_measure(
+    task: dict, bundle, ratio: float, verify: bool, allow_gaps: bool = False, deidentify_salt: Optional[str] = None
+) -> dict:
     from ..container import unpack
     from ..evaluate import round_trip
     from ..io import read
 
     volume = read(task["source"], series_uid=task["series_uid"], allow_gaps=allow_gaps)
+    if deidentify_salt is not None:
+        from ..deidentify import deidentify_meta
+
+        volume.meta.update(deidentify_meta(volume.meta, deidentify_salt))
     trip = round_trip(volume, bundle, ratio=ratio, decode=verify, device="cpu", workers=1)
     data = trip.data
     result = {
