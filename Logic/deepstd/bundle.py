@@ -155,6 +155,8 @@ class BundleConfig:
         for key in ("registration", "texture", "training"):
             if not isinstance(d.get(key, {}), dict):
                 raise BundleError(f"config.json: {key} must be an object")
+        if not isinstance(d.get("validation", []), list):
+            raise BundleError("config.json: validation must be a list")
         intensity = d.get("intensity")
         if intensity is not None and not (
             isinstance(intensity, dict)

@@ -44,13 +44,32 @@ class TextureConfig:
     def to_dict(self) -> Dict:
         return asdict(self)
 
+    #: (low, high) of every integer size a bundle may state: far above any trained network, small
+    #: enough that building one stays within a few hundred MB (a bundle is checked before use)
+    LIMITS = {"channels": (1, 256), "latent": (1, 256), "hyper": (1, 256), "window": (1, 16), "heads": (1, 16),
+              "pos_dim": (0, 64), "pos_grid": (1, 64), "levels": (1, 64)}  # fmt: skip
+
     @classmethod
     def from_dict(cls, d: Dict) -> "TextureConfig":
+        if not isinstance(d, dict):
+            raise ValueError("the texture config is not an object")
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown texture config keys {sorted(unknown)}")
-        return cls(**d)
+        for key, (low, high) in cls.LIMITS.items():
+            value = d.get(key, getattr(cls, key))
+            if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
+                raise ValueError(f"texture config {key} must be an integer in {low}..{high}, got {value!r}")
+        if not isinstance(d.get("half_res_tcm", True), bool):
+            raise ValueError("texture config half_res_tcm must be true or false")
+        span = d.get("gain_span", cls.gain_span)
+        if not (isinstance(span, (int, float)) and not isinstance(span, bool) and 0 <= span <= 20):
+            raise ValueError(f"texture config gain_span must be a number in 0..20, got {span!r}")
+        config = cls(**d)
+        if config.channels % config.heads:
+            raise ValueError("texture config channels must be a multiple of heads")
+        return config
 
 
 def scale_table():
