@@ -37,6 +37,16 @@ ATTR_BUNDLE = "DeepSTD.bundle"
 ATTR_BUNDLE_ID = "DeepSTD.bundleId"
 ATTR_ENCODER = "DeepSTD.encoderVersion"
 ATTR_SOURCE = "DeepSTD.sourceFile"
+#: The encoder's warnings (the header's "warnings", one per line) and the lossy-compression note
+#: ("lossy compressed (DeepSTD, 64:1)"), which is also the node's description.
+ATTR_WARNINGS = "DeepSTD.warnings"
+ATTR_LOSSY = "DeepSTD.lossy"
+
+
+def lossy_note(ratio: float, lossless: bool = False) -> str:
+    """The note a decoded node carries: "lossy compressed (DeepSTD, 64:1)"."""
+    shown = f"{ratio:.0f}" if ratio >= 10 else f"{ratio:.1f}"
+    return f"{'lossless' if lossless else 'lossy'} compressed (DeepSTD, {shown}:1)"
 
 
 @dataclass
@@ -376,6 +386,18 @@ class DeepSTDCore:
         in the worker process.)"""
         with open(path, "rb") as stream:
             data = stream.read()
+        return self.decode_data(data, device, progress, cancel, search, roi)
+
+    def decode_data(
+        self,
+        data: bytes,
+        device: str = "auto",
+        progress=None,
+        cancel=None,
+        search: Optional[List[Path]] = None,
+        roi=None,
+    ) -> DecodedFile:
+        """`decode_file` for the bytes of a `.dstd` file (the DICOM plugin's unwrapped payload)."""
         header, achieved_ratio = codec.read_header(data)
         bundle_file = self.bundle_file_for(header, self._bundle_search_paths() if search is None else search)
         box = roi(header) if callable(roi) else roi
@@ -436,18 +458,24 @@ class DeepSTDCore:
 
     def add_decoded_node(self, decoded: DecodedFile, path: str, name: Optional[str] = None):
         """A volume node for a decoded file, with attributes naming ratio, bundle and encoder (empty
-        for a lean header, which does not record it)."""
+        for a lean header, which does not record it), the encoder's warnings, and the lossy note
+        (also the node's description, which Slicer shows with the node)."""
         header = decoded.header
+        note = lossy_note(decoded.achieved_ratio, lossless=header.max_error == 0)
         attributes = {
             ATTR_SOURCE: path,
             ATTR_BUNDLE: header.bundle.name or "",
             ATTR_BUNDLE_ID: header.bundle.sha256,
             ATTR_RATIO: decoded.achieved_ratio,
             ATTR_ENCODER: header.encoder_version or "",
+            ATTR_WARNINGS: "\n".join(str(w) for w in header.warnings),
+            ATTR_LOSSY: note,
         }
         stem = os.path.basename(path)
         stem = stem[:-5] if stem.endswith(".dstd") else stem
-        return mrml.add_volume_node(decoded.volume, name or stem, self.scene, attributes=attributes)
+        node = mrml.add_volume_node(decoded.volume, name or stem, self.scene, attributes=attributes)
+        node.SetDescription(note)
+        return node
 
     def _bundle_search_paths(self) -> List[Path]:
         selected = self.settings()["bundle"]

@@ -85,6 +85,19 @@ def texture_frame(template_frame, margin=None):
     return template_frame.padded(margin), [int(m) for m in margin]
 
 
+#: a scan whose physical volume exceeds that of its texture frame (as the pre-alignment maps it into
+#: the scan) this many times would decode almost entirely as background: the encoder refuses to
+#: code it and the decoder refuses a header that declares it (a crafted grid costs minutes of CPU)
+MAX_SCAN_TO_FRAME = 64.0
+
+
+def scan_to_frame(scan_grid, frame, matrix: np.ndarray) -> float:
+    """Physical volume of the scan grid over that of the texture frame mapped into scan space."""
+    scan = float(np.prod(np.asarray(scan_grid.size, np.float64) * np.asarray(scan_grid.spacing)))
+    covered = float(np.prod(np.asarray(frame.size, np.float64) * np.asarray(frame.spacing)))
+    return scan / max(covered * abs(float(np.linalg.det(np.asarray(matrix)[:3, :3]))), 1e-300)
+
+
 #: a scan less covered than this by the default texture frame gets a wider one (and, if even that
 #: cannot hold it, a warning)
 MIN_COVERAGE = 0.98
@@ -351,4 +364,6 @@ __all__ = [
     "PERCENTILE_RULE",
     "MIN_COVERAGE",
     "ALIGNMENT_VERSION",
+    "MAX_SCAN_TO_FRAME",
+    "scan_to_frame",
 ]

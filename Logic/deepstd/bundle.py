@@ -337,6 +337,9 @@ def _volume(payload: bytes) -> Volume:
         size = info.GetSize()
         if len(size) != 3 or not 0 < int(np.prod(size, dtype=np.float64)) <= MAX_TEMPLATE_VOXELS:
             raise BundleError(f"the template image's size {size} is not a plausible 3-D template")
+        spacing = info.GetSpacing()
+        if not all(1e-3 <= s <= 1e3 for s in spacing):
+            raise BundleError(f"the template image's spacing {spacing} mm is not plausible")
         try:
             return read_itk(file)
         except InputError:

@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from .. import grid, memory, region
-from ..alignment import ScanReader, texture_frame
+from ..alignment import MAX_SCAN_TO_FRAME, ScanReader, scan_to_frame, texture_frame
 from ..bundle import Bundle, find_bundle, texture_codec
 from ..container import unpack
 from ..device import pick_device
@@ -69,6 +69,19 @@ class Decoder:
         return cast_to_dtype(values, self.header.dtype).astype(np.float32), coverage
 
 
+def _check_reach(header: DstdHeader, bundle: Bundle, shape: bytes) -> None:
+    """Refuse a grid far larger than the texture it reads (see `alignment.MAX_SCAN_TO_FRAME`)."""
+    from ..shape import decode_shape
+
+    frame, _ = texture_frame(Frame.of(bundle.template), list(header.codec.margin))
+    reach = scan_to_frame(header.grid, frame, decode_shape(shape).matrix)
+    if reach > MAX_SCAN_TO_FRAME:
+        raise FormatError(
+            f"the header declares a scan {reach:.0f}x the physical volume of the texture it decodes from "
+            "(corrupt or crafted geometry)"
+        )
+
+
 def add_residual(
     base: np.ndarray, section: bytes, bound: Optional[float], dtype: str, key: str = "max_error"
 ) -> np.ndarray:
@@ -115,6 +128,7 @@ def decode(
     bundle = find_bundle(header.bundle.name, header.bundle.sha256, bundle)
     frame_voxels = int(np.prod(np.add(bundle.template.size, 2 * np.asarray(header.codec.margin)), dtype=np.int64))
     memory.require(scan_bytes + frame_voxels * FRAME_BYTES_PER_VOXEL, "decoding this file", header.raw_bytes, len(data))
+    _check_reach(header, bundle, parsed.sections["shape"])
     reporter = Reporter(progress, cancel)
     keep = keepmask.decompress(parsed.sections["keep/mask"], size) if "keep/mask" in parsed.sections else None
     if "residual" in parsed.sections:

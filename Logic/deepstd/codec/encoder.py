@@ -13,11 +13,20 @@ from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Union
 
 from .. import __version__
-from ..alignment import MAX_FRAME_VOXELS, MIN_COVERAGE, frame_for, intensity_map, into_template
+from ..alignment import (
+    MAX_FRAME_VOXELS,
+    MAX_SCAN_TO_FRAME,
+    MIN_COVERAGE,
+    frame_for,
+    intensity_map,
+    into_template,
+    scan_to_frame,
+)
 from ..bundle import Bundle, resolve_bundle, texture_codec
 from ..container import pack, unpack
 from ..device import pick_device
 from ..errors import BudgetError, InputError
+from ..grid import Frame
 from ..numbers import number_at_least
 from ..progress import CancelToken, ProgressCallback, Reporter
 from ..ratecontrol import STEPS as SEARCH_STEPS
@@ -120,6 +129,12 @@ def prepare(
     mapping = intensity_map(volume.array, config.intensity)
     stored = decode_shape(shape.code)  # warp with exactly what the decoder will have
     frame, margin, block, coverage = frame_for(volume, shape.frame, stored, config.texture.block)
+    reach = scan_to_frame(Frame.of(volume), frame, stored.matrix)
+    if reach > MAX_SCAN_TO_FRAME:
+        raise InputError(
+            f"this scan covers {reach:.0f}x the physical volume of the bundle's texture frame; it would decode "
+            f"almost entirely as background: use a bundle whose template covers this field of view"
+        )
     unit, support = into_template(volume, stored.backward, stored.matrix, shape.frame, frame, mapping)
     if coverage < MIN_COVERAGE:
         warnings.append(COVERAGE_WARNING.format(percent=100 * coverage, mvoxel=MAX_FRAME_VOXELS / 1e6))
