@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import lzma
 import tempfile
 import zipfile
 import zlib
@@ -35,7 +36,16 @@ REQUIRED_CONFIG = ("name", "modality", "region")
 MAX_ENTRY_BYTES = 64 << 20
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 # what zipfile raises on damaged archives: bad structure, unknown compression, "encrypted" flags, ...
-_ZIP_ERRORS = (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError, RuntimeError, zlib.error)
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    OSError,
+    ValueError,
+    NotImplementedError,
+    EOFError,
+    RuntimeError,
+    zlib.error,
+    lzma.LZMAError,  # an entry that claims LZMA compression
+)
 
 
 #: pre-alignments `deepstd.shape.prealign` knows
@@ -161,9 +171,11 @@ class BundleConfig:
         if intensity is not None and not (
             isinstance(intensity, dict)
             and intensity.get("kind") in ("percentile", "window")
-            and all(isinstance(intensity.get(k), (int, float)) for k in ("low", "high"))
+            and all(is_number(intensity.get(k)) for k in ("low", "high"))
+            and intensity["low"] < intensity["high"]
+            and (intensity["kind"] == "window" or 0 <= intensity["low"] and intensity["high"] <= 100)
         ):
-            raise BundleError("config.json: intensity must be a percentile or window rule with numeric low and high")
+            raise BundleError("config.json: intensity must be a percentile or window rule with finite low < high")
         return cls(
             name=d["name"],
             modality=d["modality"],
