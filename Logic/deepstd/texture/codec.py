@@ -82,6 +82,9 @@ def _run_groups(fn, groups, workers, report, stage_message):
 
 #: the entropy coder's fixed-point precision: every CDF row ends at 2**PRECISION
 CDF_PRECISION = 16
+#: trained weights stay below ~30 (the scale table reaches 256): larger values are tampering, and
+#: would make the coder escape-code enormous latents for minutes
+MAX_WEIGHT = 1e4
 #: a symbol offset beyond this is no latent (and would overflow the coder's int32 arithmetic)
 MAX_OFFSET = 1 << 20
 
@@ -94,6 +97,8 @@ def validate_tables(net: TextureNet) -> None:
     for name, tensor in net.state_dict().items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise BundleError(f"texture weights: {name} holds NaN or infinite values")
+        if tensor.is_floating_point() and tensor.numel() and float(tensor.abs().max()) > MAX_WEIGHT:
+            raise BundleError(f"texture weights: {name} holds implausibly large values")
     for name, model, rows in (
         ("entropy_bottleneck", net.entropy_bottleneck, net.entropy_bottleneck.channels),
         ("gaussian_conditional", net.gaussian_conditional, None),

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import FormatError
+from ..errors import BundleError, FormatError
 from .layers import PixelShuffle3d
 
 #: fractional bits of activations, and at most of weights, in the integer hyper-synthesis
@@ -85,6 +85,8 @@ def _entropy_params(net, int_hs: IntegerHyperSynthesis, z_hat: torch.Tensor):
 def compress_latents(net, int_hs: IntegerHyperSynthesis, y: torch.Tensor) -> Tuple[List[bytes], List[bytes]]:
     """Gained latents y (N, M, d, h, w) -> per-item (z string, y string)."""
     y = y.detach().cpu()
+    if not torch.isfinite(y).all() or y.abs().max() > SYMBOL_LIMIT:
+        raise BundleError("the texture network produced impossible latents: its weights are unusable")
     z = net.h_a(y)
     z_strings = net.entropy_bottleneck.compress(z)
     z_hat = net.entropy_bottleneck.decompress(z_strings, z.shape[2:])
