@@ -129,6 +129,8 @@ def cmd_encode(args) -> None:
     from .codec import encode_file
 
     check_writable(args.output, "file")
+    if args.dicom_object:
+        from .dicom_object import encode_object as encode_file  # the same report, the file a DICOM object
     with progress_bar() as progress:
         report = encode_file(
             args.input,
@@ -271,6 +273,26 @@ def cmd_bench(args) -> None:
     bench.plot(records, args.out / "rd.png", title)
     print(text)
     print(f"results: {args.out}/results.jsonl, summary.md, rd.png ({time_now() - started:.0f} s this run)")
+
+
+def cmd_pacs(args) -> None:
+    from . import pacs
+
+    check_writable(args.workdir, "folder")
+    query = pacs.parse_query(args.query or [])
+    common = dict(orthanc_url=args.orthanc_url, timeout=args.timeout, retry_failed=args.retry_failed,
+                  threads=args.threads, log=_log)  # fmt: skip
+    with progress_bar() as progress:
+        if args.pacs_command == "archive":
+            totals = pacs.archive(args.server, query, args.bundle, args.ratio, args.workdir,
+                                  delete_originals=args.delete_originals, allow_gaps=args.allow_gaps,
+                                  progress=progress, **common)  # fmt: skip
+        else:
+            totals = pacs.restore(args.server, query, args.workdir, bundle=args.bundle, progress=progress, **common)
+    print(", ".join(f"{key} {value}" for key, value in totals.items() if not isinstance(value, (dict, list))))
+    print(f"manifest: {args.workdir / 'manifest.jsonl'}")
+    if totals.get("failed"):
+        raise DeepSTDError(f"{totals['failed']} series failed; their reasons are in the manifest")
 
 
 def _deidentify_options(command) -> None:
@@ -539,11 +561,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     encode.add_argument("--series", metavar="UID", help="DICOM SeriesInstanceUID to read")
     encode.add_argument("--allow-gaps", action="store_true", help=ALLOW_GAPS_HELP)
+    encode.add_argument(
+        "--dicom-object",
+        action="store_true",
+        help="write OUT as one DICOM instance (Raw Data Storage) holding the .dstd, in the source's "
+        "patient and study, for a PACS (docs/FORMAT.md)",
+    )
     _deidentify_options(encode)
     _device_options(encode)
     encode.set_defaults(run=cmd_encode)
 
-    decode = commands.add_parser("decode", help="restore a .dstd file (NIfTI, NRRD, MHA, or a folder: DICOM)")
+    decode = commands.add_parser(
+        "decode", help="restore a .dstd file or DeepSTD DICOM object (NIfTI, NRRD, MHA, or a folder: DICOM)"
+    )
     decode.add_argument("input", type=Path)
     decode.add_argument("output", type=Path, help="image file, or a new folder for a DICOM series")
     decode.add_argument("--bundle", help="bundle name or path (default: the installed one the file names)")
@@ -653,6 +683,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="link speed for the transfer-time estimate (Mbit/s, default 10)",
     )
     report.set_defaults(run=cmd_batch_report)
+
+    pacs = commands.add_parser("pacs", help="archive or restore series on a DICOM server (DICOMweb; docs/PACS.md)")
+    pacs_commands = pacs.add_subparsers(dest="pacs_command", metavar="ACTION", required=True)
+    archive = pacs_commands.add_parser(
+        "archive",
+        help="query series, compress each into a DeepSTD object stored back on the server, verified; resumable",
+    )
+    archive.add_argument("--bundle", required=True, help="shipped bundle name or .dstdb path")
+    archive.add_argument("--ratio", type=RATIO, required=True, help="raw bytes / file bytes, e.g. 128")
+    archive.add_argument(
+        "--delete-originals",
+        action="store_true",
+        help="delete each original series after its object is stored and verified (Orthanc's REST API)",
+    )
+    archive.add_argument("--allow-gaps", action="store_true", help=ALLOW_GAPS_HELP)
+    restore = pacs_commands.add_parser(
+        "restore", help="find DeepSTD objects, decode each and store it back as a lossy-tagged series"
+    )
+    restore.add_argument("--bundle", help="bundle file, when the one an object names is not installed")
+    for action in (archive, restore):
+        action.add_argument("server", help="the DICOMweb root, e.g. http://localhost:8042/dicom-web")
+        action.add_argument(
+            "--query", nargs="*", metavar="KEY=VALUE", help="QIDO-RS series filters, e.g. Modality=CT StudyDate=2020-"
+        )
+        action.add_argument("--workdir", type=Path, required=True, help="work folder and manifest.jsonl (resumable)")
+        action.add_argument("--orthanc-url", help="Orthanc's REST root, when it differs from the DICOMweb server's")
+        action.add_argument("--timeout", type=number(float, 0, above=True), default=120.0, help="seconds per request")
+        action.add_argument("--retry-failed", action="store_true", help="retry series that failed before")
+        action.add_argument("--threads", type=COUNT, default=1, help="torch threads for coding (default 1)")
+        action.set_defaults(run=cmd_pacs)
 
     bundles = commands.add_parser("bundles", help="list the codec bundles shipped with the package")
     bundles.set_defaults(run=cmd_bundles)

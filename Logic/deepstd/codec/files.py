@@ -96,7 +96,8 @@ def read_keep(spec: str) -> Tuple[Volume, float]:
 
 
 def decode_file(source, output, bundle=None, roi=None, roi_mm: Optional[str] = None, **kw) -> Volume:
-    """Decode a `.dstd` file and write the volume (a folder without suffix: a DICOM series).
+    """Decode a `.dstd` file (or a DeepSTD DICOM object holding one) and write the volume (a folder
+    without suffix: a DICOM series).
     `roi`: a box or 'x0:x1,y0:y1,z0:z1' (voxels); `roi_mm`: the same in LPS millimetres."""
     from ..io import itk, write
 
@@ -105,6 +106,10 @@ def decode_file(source, output, bundle=None, roi=None, roi_mm: Optional[str] = N
         data = path.read_bytes()
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+    if len(data) > 132 and data[128:132] == b"DICM":  # a DeepSTD object: the .dstd is inside it
+        from ..dicom_object import unwrap
+
+        data = unwrap(data)
     try:
         header = DstdHeader.from_dict(unpack(data).header)
         if isinstance(roi, str) or roi_mm is not None:
