@@ -117,7 +117,7 @@ def validate_tables(net: TextureNet) -> None:
             or offset.shape != (rows,)
         ):
             raise BundleError(f"texture weights: {name} CDF tables have the wrong shape")
-        if int(length.min()) < 2 or int(length.max()) > cdf.shape[1] or int(offset.abs().max()) > MAX_OFFSET:
+        if int(length.min()) < 2 or int(length.max()) > cdf.shape[1] or int(offset.long().abs().max()) > MAX_OFFSET:
             raise BundleError(f"texture weights: {name} CDF lengths or offsets are out of range")
         columns = torch.arange(cdf.shape[1])[None, :]
         inside = columns < length[:, None].long()
