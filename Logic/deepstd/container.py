@@ -60,6 +60,8 @@ MAX_SECTIONS = 1 << 16  # block-coded CT: thousands of blocks at most
 MAX_SECTION_BYTES = 1 << 32
 MAX_DIM = 1 << 16  # voxels along one axis
 MAX_VOXELS = 1 << 33  # 8 Gvoxel: far above any CT
+#: a scanner's patient coordinates stay within a few metres; beyond this an origin is corrupt
+MAX_ORIGIN_MM = 1e6
 
 
 @dataclass
@@ -325,7 +327,9 @@ def validate_header(header) -> None:
     spacing = _numbers(geometry, "spacing", 3)
     if any(not 0 < s < 1e4 for s in spacing):
         raise FormatError(f"implausible spacing {spacing}")
-    _numbers(geometry, "origin", 3)
+    origin = _numbers(geometry, "origin", 3)
+    if any(abs(o) > MAX_ORIGIN_MM for o in origin):
+        raise FormatError(f"implausible origin {origin} (beyond ±{MAX_ORIGIN_MM:g} mm)")
     direction = np.asarray(_numbers(geometry, "direction", 9)).reshape(3, 3)
     if abs(abs(np.linalg.det(direction)) - 1.0) > 1e-3:
         raise FormatError("direction matrix is not orthonormal")

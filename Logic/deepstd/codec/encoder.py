@@ -23,7 +23,7 @@ from ..alignment import (
     scan_to_frame,
 )
 from ..bundle import Bundle, resolve_bundle, texture_codec
-from ..container import pack, unpack
+from ..container import MAX_ORIGIN_MM, pack, unpack
 from ..device import pick_device
 from ..errors import BudgetError, InputError
 from ..grid import Frame
@@ -111,6 +111,8 @@ def prepare(
     from ..shape.sizing import code_shape
 
     bundle = resolve_bundle(bundle)
+    if any(abs(o) > MAX_ORIGIN_MM for o in volume.origin):  # the decoder would refuse the file
+        raise InputError(f"the scan's origin {volume.origin} lies beyond ±{MAX_ORIGIN_MM:g} mm: corrupt geometry")
     if budget is not None and budget < MIN_FILE_BYTES + PREALIGNMENT_BYTES:
         raise infeasible(volume, budget, MIN_FILE_BYTES + PREALIGNMENT_BYTES)
     codec = texture_codec(bundle, pick_device(device))

@@ -192,10 +192,14 @@ def sample_cubic(
 
 
 def _cubic(coefficients: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Cubic B-spline values at continuous (x, y, z) indices (borders continued by the edge)."""
+    """Cubic B-spline values at continuous (x, y, z) indices (borders continued by the edge).
+
+    Non-finite indices (a corrupt geometry or field) are made finite first: SciPy's compiled
+    interpolator crashes the process on NaN coordinates. Such points read outside the grid, so
+    their value is the caller's default anyway; finite indices are unchanged (same bytes)."""
     from scipy.ndimage import map_coordinates
 
-    zyx = [np.clip(idx[:, 2 - a], 0, coefficients.shape[a] - 1) for a in range(3)]
+    zyx = [np.clip(np.nan_to_num(idx[:, 2 - a], nan=-1.0), 0, coefficients.shape[a] - 1) for a in range(3)]
     return map_coordinates(coefficients, zyx, order=3, mode="nearest", prefilter=False, output=np.float32)
 
 
