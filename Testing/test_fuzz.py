@@ -91,7 +91,8 @@ def test_mutator_is_seeded_and_every_class_makes_cases(corpus):
 def test_runner_classifies_crashes_hangs_and_memory(tiny_bundle, tmp_path):
     """The runner itself: a segfault, a hang, an allocation swallowed under a DeepSTDError and a
     peak above the limit are each caught, and the worker is replaced."""
-    runner = fuzz.Runner(fuzz.CORPUS, Path(tiny_bundle.path), tmp_path, timeout=2, memory_gb=0.25, address_space_gb=1)
+    # the timeout must let a 400 MB touch finish on a loaded machine (it read as a hang at 2 s)
+    runner = fuzz.Runner(fuzz.CORPUS, Path(tiny_bundle.path), tmp_path, timeout=10, memory_gb=0.25, address_space_gb=1)
     kinds = [("raise", 0), ("segv", 0), ("hang", 0), ("swallowed", 40_000), ("touch", 400), ("touch", 8)]
     cases = [{"op": "selftest", "kind": k, "mb": mb, "id": i, "cls": k} for i, (k, mb) in enumerate(kinds)]
     results = {}
