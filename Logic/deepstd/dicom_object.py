@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 from .errors import FormatError, InputError
+from .io.dicom import UNCOMPRESSED_PREDECESSOR
 
 #: Raw Data Storage: a non-image instance whose IOD accepts the patient/study/series modules and
 #: private data, so every PACS stores it and no viewer tries to render the payload.
@@ -47,7 +48,6 @@ PAYLOAD, PAYLOAD_LENGTH, PAYLOAD_SHA256, SOURCE_JSON, VOXEL_SHA256, BUNDLE_NAME,
 SERIES_NUMBER_OFFSET = 2000
 #: PurposeOfReferenceCodeSequence of the source reference (DICOM CID 7202 "Source Image Purposes of
 #: Reference"): the referenced series is the uncompressed predecessor of this one.
-PREDECESSOR_CODE = ("121320", "DCM", "Uncompressed predecessor")
 #: Carried from the source into the object (standard attributes; all of them also in the source JSON).
 PATIENT_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex")
 STUDY_TAGS = ("StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
@@ -192,7 +192,7 @@ def wrap(
         related = Dataset()
         related.StudyInstanceUID = ds.StudyInstanceUID
         related.SeriesInstanceUID = source_series
-        related.PurposeOfReferenceCodeSequence = Sequence([_code(*PREDECESSOR_CODE)])
+        related.PurposeOfReferenceCodeSequence = Sequence([_code(*UNCOMPRESSED_PREDECESSOR)])
         ds.RelatedSeriesSequence = Sequence([related])
     # Frame of Reference module: the decoded volume lies in the source's frame
     if _plain(source.get("FrameOfReferenceUID")):
@@ -423,28 +423,15 @@ def encode_object(
     in the object. Returns a report with `encode_file`'s keys plus `dstd_bytes`, `series_uid`
     (the source's), `object_series_uid`, `object_sop_uid`, `voxel_sha256`."""
     from .bundle import resolve_bundle
-    from .codec import budget_for, decode, encode, read_keep
-    from .container import unpack
-    from .io import read
+    from .codec import budget_for, decode
+    from .codec.files import encode_report, encode_scan
 
     started = time.perf_counter()
     bundle = resolve_bundle(bundle)
-    volume = read(source, series_uid=series_uid, allow_gaps=allow_gaps)
-    if deidentify:
-        from .deidentify import deidentify_meta
-
-        volume.meta.update(deidentify_meta(volume.meta, None if deidentify is True else str(deidentify)))
-    labels, keep_error = (None, 0.0) if keep is None else read_keep(keep)
-    data = encode(
-        volume,
-        bundle,
-        ratio=ratio,
-        budget_bytes=budget_bytes,
-        max_error=max_error,
-        keep=labels,
-        keep_error=keep_error,
-        **encode_options,
-    )
+    volume, data = encode_scan(
+        source, bundle, ratio, budget_bytes, max_error, keep=keep, series_uid=series_uid, allow_gaps=allow_gaps,
+        deidentify=deidentify, **encode_options,
+    )  # fmt: skip
     digest = None
     if check:
         decoded = decode(
@@ -453,26 +440,18 @@ def encode_object(
         digest = voxel_sha256(decoded)
     path = write_object(data, volume.meta, output, voxel_sha256=digest)
     info = object_info(path)
-    header = unpack(data).header
     budget = None if max_error is not None else budget_for(volume, ratio, budget_bytes)
     size = path.stat().st_size
     return {
-        "input": str(source),
-        "output": str(path),
-        "raw_bytes": volume.raw_bytes,
+        **encode_report(source, path, volume, data, budget, started),
         "bytes": size,
         "dstd_bytes": len(data),
-        "budget_bytes": budget,
         "ratio": volume.raw_bytes / size,
         "dstd_ratio": volume.raw_bytes / len(data),
-        "target_ratio": None if budget is None else round(volume.raw_bytes / budget, 4),
-        "max_error": header.get("max_error"),
         "series_uid": volume.meta.get("series_uid"),
         "object_series_uid": info["series_uid"],
         "object_sop_uid": info["sop_instance_uid"],
         "voxel_sha256": digest,
-        "seconds": time.perf_counter() - started,
-        "warnings": header.get("warnings", []),
     }
 
 

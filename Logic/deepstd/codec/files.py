@@ -15,9 +15,8 @@ from .encoder import budget_for, encode
 from .header import DstdHeader
 
 
-def encode_file(
+def encode_scan(
     source,
-    output,
     bundle,
     ratio: Optional[float] = None,
     budget_bytes: Optional[int] = None,
@@ -27,8 +26,8 @@ def encode_file(
     allow_gaps: bool = False,
     deidentify: Union[bool, str] = False,
     **kw,
-) -> dict:
-    """Read a scan (file or DICOM folder), encode it, write `output` atomically; return a report.
+) -> Tuple[Volume, bytes]:
+    """Read a scan (file or DICOM folder) and encode it: (the volume read, the `.dstd` bytes).
     `keep`: 'LABELMAP[:E]', a label map on the scan's grid whose voxels > 0 are kept within ±E.
     `allow_gaps`: a DICOM series with missing slices is interpolated instead of refused.
     `deidentify`: True (or a salt string) removes the patient's identity from the header (PS3.15
@@ -36,7 +35,6 @@ def encode_file(
     string makes them agree across processes and runs."""
     from ..io import read
 
-    started = time.perf_counter()
     volume = read(source, series_uid=series_uid, allow_gaps=allow_gaps)
     if deidentify:
         from ..deidentify import deidentify_meta
@@ -45,19 +43,16 @@ def encode_file(
         volume.meta.update(deidentify_meta(volume.meta, salt))
     labels, keep_error = (None, 0.0) if keep is None else read_keep(keep)
     data = encode(
-        volume,
-        bundle,
-        ratio=ratio,
-        budget_bytes=budget_bytes,
-        max_error=max_error,
-        keep=labels,
-        keep_error=keep_error,
-        **kw,
-    )
-    write_atomic(output, data)
+        volume, bundle, ratio=ratio, budget_bytes=budget_bytes, max_error=max_error, keep=labels,
+        keep_error=keep_error, **kw,
+    )  # fmt: skip
+    return volume, data
+
+
+def encode_report(source, output, volume: Volume, data: bytes, budget: Optional[int], started: float) -> dict:
+    """What `deepstd encode` prints about a file it wrote: sizes, ratios, bound, warnings, keep mask."""
     parsed = unpack(data)
     header = parsed.header
-    budget = None if max_error is not None else budget_for(volume, ratio, budget_bytes)
     report = {
         "input": str(source),
         "output": str(output),
@@ -70,8 +65,9 @@ def encode_file(
         "seconds": time.perf_counter() - started,
         "warnings": header.get("warnings", []),
     }
-    if deidentify:
-        report["deidentified"] = (header.get("dicom") or {}).get("DeidentificationMethod")
+    method = (header.get("dicom") or {}).get("DeidentificationMethod")
+    if method:
+        report["deidentified"] = method
     if "keep" in header:
         report["keep"] = dict(
             header["keep"],
@@ -79,6 +75,16 @@ def encode_file(
             residual_bytes=len(parsed.sections["keep/residual"]),
         )
     return report
+
+
+def encode_file(source, output, bundle, ratio: Optional[float] = None, budget_bytes: Optional[int] = None,
+                max_error: Optional[float] = None, **kw) -> dict:  # fmt: skip
+    """Read a scan, encode it (`encode_scan`'s options), write `output` atomically; return a report."""
+    started = time.perf_counter()
+    volume, data = encode_scan(source, bundle, ratio, budget_bytes, max_error, **kw)
+    write_atomic(output, data)
+    budget = None if max_error is not None else budget_for(volume, ratio, budget_bytes)
+    return encode_report(source, output, volume, data, budget, started)
 
 
 def read_keep(spec: str) -> Tuple[Volume, float]:
@@ -127,4 +133,4 @@ def decode_file(source, output, bundle=None, roi=None, roi_mm: Optional[str] = N
     return volume
 
 
-__all__ = ["encode_file", "decode_file", "read_keep"]
+__all__ = ["encode_file", "encode_scan", "encode_report", "decode_file", "read_keep"]

@@ -28,6 +28,20 @@ import numpy as np
 from ..errors import InputError
 from ..volume import Volume
 
+#: attributes of the MR Image module a decoded MR series carries (and only an MR series)
+MR_IMAGE_TAGS = (
+    "ScanningSequence",
+    "SequenceVariant",
+    "ScanOptions",
+    "MRAcquisitionType",
+    "RepetitionTime",
+    "EchoTime",
+    "EchoTrainLength",
+    "InversionTime",
+    "MagneticFieldStrength",
+    "FlipAngle",
+)
+
 #: Tags carried from a DICOM source into decoded output (`volume.meta["dicom"]`, stored in the
 #: `.dstd` header): what the decoded series needs to be a valid CT/MR Image of the same patient,
 #: study and frame of reference (the Type 1/2 attributes of those IODs that a writer cannot make up),
@@ -80,16 +94,7 @@ CARRIED_TAGS = (
     # CT Image module
     "KVP",
     # MR Image module
-    "ScanningSequence",
-    "SequenceVariant",
-    "ScanOptions",
-    "MRAcquisitionType",
-    "RepetitionTime",
-    "EchoTime",
-    "EchoTrainLength",
-    "InversionTime",
-    "MagneticFieldStrength",
-    "FlipAngle",
+    *MR_IMAGE_TAGS,
 )
 
 #: Carried even when present-empty in the source: a Type 2C attribute whose presence matters
@@ -710,21 +715,7 @@ _UNPAIRED = frozenset(
 #: carried tags of one image IOD only: not written into another
 _ONLY_IN = {
     "KVP": "CT",
-    **{
-        tag: "MR"
-        for tag in (
-            "ScanningSequence",
-            "SequenceVariant",
-            "ScanOptions",
-            "MRAcquisitionType",
-            "RepetitionTime",
-            "EchoTime",
-            "EchoTrainLength",
-            "InversionTime",
-            "MagneticFieldStrength",
-            "FlipAngle",
-        )
-    },
+    **{tag: "MR" for tag in MR_IMAGE_TAGS},
 }
 #: carried tags the writer sets itself (new UIDs, description, lossy history) rather than copying
 _DERIVED_HERE = (
@@ -742,7 +733,7 @@ _DERIVED_HERE = (
 
 #: (code value, scheme, meaning) of the codes the writer uses (PS3.16 DCM)
 _LOSSY_COMPRESSION = ("113040", "DCM", "Lossy Compression")  # CID 7203 Image Derivation
-_UNCOMPRESSED_PREDECESSOR = ("121320", "DCM", "Uncompressed predecessor")  # CID 7202 purpose of reference
+UNCOMPRESSED_PREDECESSOR = ("121320", "DCM", "Uncompressed predecessor")  # CID 7202 purpose of reference
 _LOSSY_PREDECESSOR = ("121330", "DCM", "Lossy compressed predecessor")
 
 
@@ -792,7 +783,7 @@ def write_dicom_series(
     image_type = ["DERIVED", "SECONDARY", *_values(source.get("ImageType"))[2:]]
     if modality == "CT" and len(image_type) == 2:
         image_type.append("AXIAL")  # CT Image: value 3 is required (AXIAL or LOCALIZER)
-    purpose = _LOSSY_PREDECESSOR if source_lossy else _UNCOMPRESSED_PREDECESSOR
+    purpose = _LOSSY_PREDECESSOR if source_lossy else UNCOMPRESSED_PREDECESSOR
 
     parent = folder.parent
     parent.mkdir(parents=True, exist_ok=True)
