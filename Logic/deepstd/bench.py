@@ -33,6 +33,7 @@ DEFAULT_PEERS = (
     "htj2k-slices",
     "jpegxl-slices",
     "hevc",
+    "vvc",
     "sperr3d",
     "sz3",
     "zfp",

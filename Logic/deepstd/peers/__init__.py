@@ -17,6 +17,7 @@ from .jpegxl import JpegXlLossless, JpegXlSlices
 from .lossless import JpegLsSlices, ZstdRaw
 from .scientific import Sperr3d, Sz3, Zfp
 from .video import Av1, Hevc
+from .vvc import Vvc
 
 PEERS: Dict[str, Peer] = {
     peer.name: peer
@@ -26,6 +27,7 @@ PEERS: Dict[str, Peer] = {
         Htj2kSlices(),
         JpegXlSlices(),
         Hevc(),
+        Vvc(),
         Av1(),
         Sperr3d(),
         Sz3(),

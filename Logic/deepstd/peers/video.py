@@ -33,9 +33,9 @@ CODE_LEVELS = 1 << 12
 PIXEL_FORMAT = "gray12le"
 
 
-def run_ffmpeg(args: List[str], stdin: bytes, what: str) -> bytes:
+def run_ffmpeg(args: List[str], stdin: bytes, what: str, program: str = "ffmpeg") -> bytes:
     """ffmpeg's stdout for `args`; a crash or error exit becomes a PeerError naming the codec."""
-    command = ["ffmpeg", "-hide_banner", "-loglevel", "error", *args]
+    command = [program, "-hide_banner", "-loglevel", "error", *args]
     result = subprocess.run(command, input=stdin, capture_output=True)
     if result.returncode != 0:
         detail = result.stderr.decode(errors="replace").strip().splitlines()[-3:]
