@@ -93,7 +93,7 @@ def test_a_deflated_shape_code_cannot_inflate_beyond_its_network():
 def test_a_residual_band_with_an_impossible_lowest_symbol_is_a_format_error():
     from deepstd import residual
 
-    section = Packer().uint(1).float64(5.0).uint(4)
+    section = Packer().uint(residual.VERSION).float64(5.0).uint(4)
     for edge in (1.0, 2.0, 3.0):
         section.float64(edge)
     for _ in range(4):  # was a TypeError whose message held the whole 4 MB buffer

@@ -16,7 +16,7 @@ from deepstd.bundle import load_bundle
 from deepstd.errors import BudgetError, BundleError, Cancelled, FormatError
 from deepstd.progress import CancelEvent
 from deepstd.texture import TextureCodec, TextureConfig, TextureStreams
-from deepstd.texture.entropy import compress_latents, decompress_latents
+from deepstd.texture.entropy import compress_latents, decompress_hyper, decompress_latents
 
 TINY = TextureConfig(channels=8, latent=8, hyper=8, levels=3, pos_dim=4)
 
@@ -86,7 +86,7 @@ def test_decoder_reproduces_encoder_latents(codec, volume):
     y = codec.net.g_a(x).detach() * 1.7
     z_s, y_s = compress_latents(codec.net, codec._int_hs, y)
     y_hat = decompress_latents(codec.net, codec._int_hs, z_s, y_s, y.shape[2:])
-    z_hat = codec.net.entropy_bottleneck.decompress(z_s, [s // 2 for s in y.shape[2:]])
+    z_hat = decompress_hyper(codec.net, z_s, [s // 2 for s in y.shape[2:]])
     means = codec._int_hs(z_hat).chunk(2, 1)[1]
     assert torch.equal(y_hat, torch.round(y - means) + means)
 

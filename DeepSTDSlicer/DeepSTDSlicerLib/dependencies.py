@@ -1,35 +1,51 @@
 """Install what deepstd needs inside Slicer, on first use and only after the user agrees.
 
-Slicer ships Python with numpy, SimpleITK, pydicom and vtk; they must never be replaced. torch
-comes from the PyTorch extension (`PyTorchUtils` picks the CUDA or CPU build for the machine),
-compressai is installed without its dependencies (its declared numpy<2 would downgrade Slicer's
-numpy), then the few import-time packages that are still missing.
+Slicer (5.10 or later: Python 3.12) ships Python with numpy, SimpleITK, pydicom and vtk; they must
+never be replaced. torch comes from the PyTorch extension (`PyTorchUtils` picks the CUDA or CPU
+build for the machine, any version meeting `TORCH_REQUIREMENT`), then a few packages with binary
+wheels for Windows x64, macOS and Linux x86_64 (`scripts/wheel_check.py` checks that in CI).
+Encoding and decoding need no compressai: it is only for training, outside Slicer.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from typing import Callable, List, Tuple
+from typing import Callable, Iterable, List, NamedTuple, Optional, Tuple
 
-#: Installed together by PyTorchUtils (light-the-torch matches torchvision to the torch build).
-TORCH_PACKAGES = ("torch", "torchvision")
-#: (import name, pip requirement) installed with pip after torch: what deepstd imports (pins as in
-#: pyproject where they cannot disturb Slicer's numpy) and what `import compressai` needs.
+#: The oldest Slicer whose Python (3.12) these requirements are checked for.
+MINIMUM_SLICER = "5.10"
+PYTHON_VERSION = "3.12"
+#: Installed by PyTorchUtils (the CUDA or CPU build for the machine), not by pip.
+TORCH_PACKAGES = ("torch",)
+#: Any torch from here on (the first release with Python 3.12 wheels); PyTorchUtils picks the build.
+TORCH_REQUIREMENT = ">=2.2"
+#: (import name, pip requirement) installed with pip after torch: what deepstd imports that Slicer
+#: does not ship (pins as in pyproject where they matter for the format).
 PIP_REQUIREMENTS: Tuple[Tuple[str, str], ...] = (
     ("scipy", "scipy"),
-    ("skimage", "scikit-image"),
     ("safetensors", "safetensors==0.8.0"),
-    ("tqdm", "tqdm"),
-    ("einops", "einops"),
-    ("pandas", "pandas"),
-    ("pytorch_msssim", "pytorch-msssim"),
-    ("torch_geometric", "torch-geometric"),
+    ("constriction", "constriction==0.5.0"),
+    ("imagecodecs", "imagecodecs==2026.1.14"),  # SPERR: the refinement layer of files coded at the finest end
 )
-#: Installed with --no-deps (see the module docstring).
-NO_DEPS_REQUIREMENTS: Tuple[Tuple[str, str], ...] = (("compressai", "compressai==1.2.8"),)
 #: What Slicer itself provides; deepstd may import these freely.
 SLICER_PROVIDES = ("numpy", "SimpleITK", "pydicom", "vtk", "PIL", "typing_extensions")
-TORCH_REQUIREMENT = ">=2.1"
+
+
+class Requirement(NamedTuple):
+    """One package to install: its import name, its pip requirement and who installs it."""
+
+    name: str
+    spec: str
+    via: str
+
+    def __str__(self) -> str:
+        return f"{self.spec} ({self.via})"
+
+
+def requirements() -> List[Requirement]:
+    """Everything deepstd needs at run time in Slicer beyond what Slicer ships, torch first."""
+    torch = [Requirement(name, f"{name}{TORCH_REQUIREMENT}", "PyTorch extension") for name in TORCH_PACKAGES]
+    return torch + [Requirement(name, spec, "pip") for name, spec in PIP_REQUIREMENTS]
 
 
 def installed(import_name: str) -> bool:
@@ -39,8 +55,14 @@ def installed(import_name: str) -> bool:
 
 def missing() -> List[str]:
     """Import names of what still has to be installed, torch first."""
-    names = list(TORCH_PACKAGES) + [name for name, _ in NO_DEPS_REQUIREMENTS + PIP_REQUIREMENTS]
-    return [name for name in names if not installed(name)]
+    return [r.name for r in requirements() if not installed(r.name)]
+
+
+def install_plan(missing_names: Optional[Iterable[str]] = None) -> List[Requirement]:
+    """Exactly what `ensure` would install for these missing import names (default: what is
+    missing now), in order, so the GUI can show it before asking."""
+    todo = set(missing() if missing_names is None else missing_names)
+    return [r for r in requirements() if r.name in todo]
 
 
 def ensure(confirm: Callable[[str], bool]) -> bool:
@@ -49,10 +71,10 @@ def ensure(confirm: Callable[[str], bool]) -> bool:
     Only callable inside Slicer (PyTorchUtils, slicer.util.pip_install); call it from a button
     handler, never at module load.
     """
-    todo = missing()
-    if not todo:
+    plan = install_plan()
+    if not plan:
         return True
-    if any(name in todo for name in TORCH_PACKAGES):
+    if plan[0].name in TORCH_PACKAGES:
         try:
             import PyTorchUtils
         except ModuleNotFoundError as error:
@@ -66,22 +88,17 @@ def ensure(confirm: Callable[[str], bool]) -> bool:
             is None
         ):
             return False
-        todo = [name for name in todo if name not in TORCH_PACKAGES]
-    pip_specs = [spec for name, spec in PIP_REQUIREMENTS if name in todo]
-    no_deps = [spec for name, spec in NO_DEPS_REQUIREMENTS if name in todo]
-    if not pip_specs and not no_deps:
-        return True
+        plan = plan[1:]
+    if not plan:
+        return not missing()
     if not confirm(
         "DeepSTD needs these Python packages, which are not installed yet:\n\n"
-        + "\n".join(no_deps + pip_specs)
+        + "\n".join(str(r) for r in plan)
         + "\n\nInstall them now? This can take a few minutes; Slicer may not respond meanwhile."
     ):
         return False
     import slicer.util
 
-    if pip_specs:
-        slicer.util.pip_install(pip_specs)
-    for spec in no_deps:
-        slicer.util.pip_install(["--no-deps", spec])
+    slicer.util.pip_install([r.spec for r in plan])
     importlib.invalidate_caches()
     return not missing()

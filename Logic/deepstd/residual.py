@@ -3,14 +3,15 @@
 The residual r = original − base (base = the decoded DeepSTD layer, in the original dtype's
 values) is quantised uniformly: for integer data with step 2E + 1, q = sign(r)·⌊(|r| + E)/(2E + 1)⌋,
 so |r − (2E + 1)q| ≤ E and E = 0 is lossless; for float data with step 2E (E > 0). The symbols are
-coded with CompressAI's rANS under a few order-0 models, one per band of the *base* intensity
+rANS-coded (`deepstd.rans`) under a few order-0 models, one per band of the *base* intensity
 (noise in MR and CT grows with the signal; the decoder knows the base, so the bands cost nothing
-but their edges). Each model's histogram travels in the section, so decoding needs nothing else.
+but their edges). Each model's histogram travels in the section, so decoding needs nothing else;
+both sides turn it into the same 16-bit table with integer arithmetic only.
 
 Section bytes (`deepstd.packing`): version, step (f64), band count, band edges (f64 each), then per
 band: lowest symbol (signed), alphabet size, counts (the escape last), then the rANS strings, one
-per slab of voxels, as a list of blobs. Symbols outside a band's alphabet are coded through rANS's
-escape (bypass) path.
+per slab of voxels, as a list of blobs. Symbols outside a band's alphabet are coded as the escape
+followed by their value (`deepstd.rans`).
 """
 
 from __future__ import annotations
@@ -21,15 +22,16 @@ import numpy as np
 
 from .errors import FormatError
 from .packing import Packer, Unpacker
+from .rans import MAX_TOTAL, RETIRED_CODER, CdfTable, cdf_of, quantised_frequencies
 
-VERSION = 1
+#: 2: constriction's rANS; 1 was CompressAI's (refused with `RETIRED_CODER`)
+VERSION = 2
 BANDS = 4
 MAX_ALPHABET = 1024
 #: a residual symbol (in steps) beyond this is corrupt data: the coder works in int32
 MAX_SYMBOL = 1 << 30
-#: voxels per rANS string: bounds the Python lists the coder needs
+#: voxels per rANS string: bounds the coder's working arrays
 SLAB = 1 << 20
-PRECISION = 16
 
 
 def step_for(bound: float, integer: bool) -> float:
@@ -75,16 +77,20 @@ def _model(symbols: np.ndarray) -> Tuple[int, np.ndarray]:
     return lo, np.concatenate([counts, [max(escapes, 1)]])
 
 
-def _cdf(counts: np.ndarray) -> List[int]:
-    from compressai._CXX import pmf_to_quantized_cdf
-
-    return pmf_to_quantized_cdf((counts / counts.sum()).tolist(), PRECISION)
+def _table(models: List[Tuple[int, np.ndarray]]) -> CdfTable:
+    """One CDF row per band, from its (lowest symbol, counts)."""
+    cdfs = [cdf_of(quantised_frequencies(counts)) for _, counts in models]
+    width = max(len(c) for c in cdfs)
+    rows = np.zeros((len(cdfs), width), np.int64)
+    for r, c in enumerate(cdfs):
+        rows[r, : len(c)] = c
+    lengths = np.array([len(c) for c in cdfs], np.int64)
+    offsets = np.array([lo for lo, _ in models], np.int64)
+    return CdfTable(rows, lengths, offsets, "the residual layer's", FormatError)
 
 
 def compress(q: np.ndarray, base: np.ndarray, step: float) -> bytes:
     """Quantised residual `q` (same shape as `base`) -> section bytes."""
-    from compressai.ans import RansEncoder
-
     edges = band_edges(base)
     bands = _bands(base, edges)
     symbols = q.ravel()
@@ -96,13 +102,9 @@ def compress(q: np.ndarray, base: np.ndarray, step: float) -> bytes:
         out.sint(lo).uint(len(counts) - 1)
         for c in counts:
             out.uint(int(c))
-    cdfs = [_cdf(counts) for _, counts in models]
-    lengths = [len(c) for c in cdfs]
-    offsets = [lo for lo, _ in models]
+    table = _table(models)
     strings = [
-        RansEncoder().encode_with_indexes(
-            symbols[start : start + SLAB].tolist(), bands[start : start + SLAB].tolist(), cdfs, lengths, offsets
-        )
+        table.encode(symbols[start : start + SLAB], bands[start : start + SLAB])
         for start in range(0, symbols.size, SLAB)
     ]
     return out.blobs(strings).bytes()
@@ -110,12 +112,11 @@ def compress(q: np.ndarray, base: np.ndarray, step: float) -> bytes:
 
 def decompress(data: bytes, base: np.ndarray, step: float) -> np.ndarray:
     """Section bytes -> quantised residual (shape of `base`); FormatError on anything inconsistent."""
-    from compressai.ans import RansDecoder
-
     reader = Unpacker(data, "the residual layer")
     version = reader.uint()
     if version != VERSION:
-        raise FormatError(f"residual layer version {version} is not supported")
+        old = f" ({RETIRED_CODER})" if version == 1 else ""
+        raise FormatError(f"residual layer version {version} is not supported{old}")
     if reader.float64() != step:
         raise FormatError("the residual layer's step does not match the header's error bound")
     if reader.uint() != BANDS:
@@ -123,21 +124,19 @@ def decompress(data: bytes, base: np.ndarray, step: float) -> np.ndarray:
     edges = np.array([reader.float64() for _ in range(BANDS - 1)])
     if not np.all(np.isfinite(edges)) or np.any(np.diff(edges) < 0):
         raise FormatError("the residual layer's band edges are invalid")
-    cdfs, lengths, offsets = [], [], []
+    models = []
     for _ in range(BANDS):
         lo = reader.sint()
         size = reader.uint()
         if not 1 <= size <= MAX_ALPHABET + 1:
             raise FormatError("the residual layer's alphabet size is invalid")
-        if not -MAX_SYMBOL <= lo <= MAX_SYMBOL - size:  # the coder's offsets are int32
+        if not -MAX_SYMBOL <= lo <= MAX_SYMBOL - size:
             raise FormatError("the residual layer's lowest symbol is out of range")
-        counts = np.array([reader.uint() for _ in range(size + 1)], dtype=np.float64)
-        if counts.sum() <= 0 or counts[-1] <= 0 or counts.max() >= 2.0**53:
+        counts = [reader.uint() for _ in range(size + 1)]
+        if sum(counts) > MAX_TOTAL or counts[-1] <= 0:
             raise FormatError("the residual layer's histogram is invalid")
-        cdf = _cdf(counts)
-        cdfs.append(cdf)
-        lengths.append(len(cdf))
-        offsets.append(lo)
+        models.append((lo, np.array(counts, dtype=np.int64)))
+    table = _table(models)
     bands = _bands(base, edges)
     total = bands.size
     strings = reader.blobs()
@@ -146,11 +145,7 @@ def decompress(data: bytes, base: np.ndarray, step: float) -> np.ndarray:
     out = np.empty(total, dtype=np.int64)
     for string, start in zip(strings, range(0, total, SLAB)):
         index = bands[start : start + SLAB]
-        # rANS decoding trusts its input: padding keeps an over-read of corrupt data in our buffer
-        padded = string + bytes(4 * index.size + 16 * len(string) + 1024)
-        out[start : start + index.size] = RansDecoder().decode_with_indexes(
-            padded, index.tolist(), cdfs, lengths, offsets
-        )
+        out[start : start + index.size] = table.decode(string, index)
     return out.reshape(base.shape)
 
 

@@ -1,5 +1,5 @@
-"""First-use installation: asks before anything is installed, torch through PyTorchUtils, compressai
-without its dependencies, and nothing at all when everything is there."""
+"""First-use installation: asks before anything is installed, torch through PyTorchUtils, the rest
+with pip as listed by `install_plan`, no compressai, and nothing at all when everything is there."""
 
 import sys
 import types
@@ -24,13 +24,13 @@ def world(monkeypatch):
     def pip_install(args):
         state.pip.append(args)
         for spec in args:
-            state.missing.discard({"compressai==1.2.8": "compressai", "scikit-image": "skimage"}.get(spec, spec))
+            state.missing.discard(spec.split("==")[0])
 
     class Logic:
         def installTorch(self, askConfirmation, torchVersionRequirement):
             state.torch_calls.append((askConfirmation, torchVersionRequirement))
             if state.torch_result:
-                state.missing -= {"torch", "torchvision"}
+                state.missing -= {"torch"}
             return state.torch_result
 
     monkeypatch.setattr(dependencies, "installed", installed)
@@ -47,28 +47,44 @@ def test_nothing_missing_means_no_question_and_no_install(world):
 
 
 def test_torch_goes_through_pytorchutils_with_confirmation(world):
-    world.missing = {"torch", "torchvision"}
+    world.missing = {"torch"}
     assert dependencies.ensure(world.confirm)
     assert world.torch_calls == [(True, dependencies.TORCH_REQUIREMENT)] and world.pip == []
 
 
 def test_declining_pytorch_stops_everything(world):
-    world.missing = {"torch", "compressai"}
+    world.missing = {"torch", "constriction"}
     world.torch_result = None
     assert not dependencies.ensure(world.confirm)
     assert world.pip == [] and world.questions == []
 
 
-def test_pip_packages_are_listed_then_installed_compressai_without_deps(world):
-    world.missing = {"compressai", "scipy", "skimage"}
+def test_pip_packages_are_listed_as_planned_then_installed(world):
+    world.missing = {"constriction", "scipy", "safetensors"}
+    plan = dependencies.install_plan(world.missing)
+    assert [(r.name, r.spec) for r in plan] == [
+        ("scipy", "scipy"),
+        ("safetensors", "safetensors==0.8.0"),
+        ("constriction", "constriction==0.5.0"),
+    ]
+    assert dependencies.install_plan() == plan  # the default asks what is missing now
     assert dependencies.ensure(world.confirm)
     (question,) = world.questions
-    assert "compressai==1.2.8" in question and "scipy" in question and "scikit-image" in question
-    assert world.pip == [["scipy", "scikit-image"], ["--no-deps", "compressai==1.2.8"]]
+    assert all(str(r) in question for r in plan) and "(pip)" in question
+    assert world.pip == [["scipy", "safetensors==0.8.0", "constriction==0.5.0"]]
+
+
+def test_the_plan_names_torch_with_its_minimum_and_never_compressai():
+    everything = dependencies.install_plan(r.name for r in dependencies.requirements())
+    assert str(everything[0]) == f"torch{dependencies.TORCH_REQUIREMENT} (PyTorch extension)"
+    names = {r.name for r in everything}
+    assert "compressai" not in names and "torchvision" not in names
+    assert not names & set(dependencies.SLICER_PROVIDES)
+    assert dependencies.install_plan([]) == []
 
 
 def test_declining_pip_installs_nothing(world):
-    world.missing = {"einops"}
+    world.missing = {"constriction"}
     world.answer = False
     assert not dependencies.ensure(world.confirm)
     assert world.pip == []

@@ -8,7 +8,8 @@ floats are reproducible on one machine and torch build, not across CPU types or 
 The codec works on intensities already normalised to roughly 0..1 (the bundle's intensity rule
 is applied by the caller) on the template grid. `block=None` codes the whole volume as one block
 (small inputs); an int or triple codes fixed blocks, skipping those outside `support`.
-Weights are safetensors with the config in the metadata; the CDF tables travel with them.
+Weights are safetensors with the config in the metadata; the CDF tables travel with them, and a
+codec loaded from them needs no compressai (`TextureNet(trainable=False)`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from .network import TextureConfig, TextureNet
 from .position import block_coords
 from .rate import quantise_rate
 from .streams import TextureStreams
+from .tables import EntropyTables
 
 
 @dataclass
@@ -80,57 +82,29 @@ def _run_groups(fn, groups, workers, report, stage_message):
                     f.cancel()
 
 
-#: the entropy coder's fixed-point precision: every CDF row ends at 2**PRECISION
-CDF_PRECISION = 16
 #: trained weights stay below ~30 (the scale table reaches 256): larger values are tampering, and
 #: would make the coder escape-code enormous latents for minutes
 MAX_WEIGHT = 1e4
-#: a symbol offset beyond this is no latent (and would overflow the coder's int32 arithmetic)
-MAX_OFFSET = 1 << 20
 
 
-def validate_tables(net: TextureNet) -> None:
-    """Check what the compiled rANS coder will trust before it sees it: every weight finite, and
-    per entropy model a CDF table whose rows start at 0, rise strictly and end at 2**16 within
-    their stated length, sane offsets, and a positive increasing scale table. A bundle that fails
-    is a BundleError; without this, a bundle with zeroed tables crashed the process in the coder."""
+def validate_tables(net: TextureNet) -> EntropyTables:
+    """Check what the coder will trust before it sees it: every weight finite and plausible, and
+    the entropy tables (`EntropyTables.from_state`: CDF rows that start at 0, rise strictly and end
+    at 2**16 within their stated length, sane offsets, a positive increasing scale table). A bundle
+    that fails is a BundleError; a bundle with zeroed tables once crashed the process in the coder."""
     for name, tensor in net.state_dict().items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise BundleError(f"texture weights: {name} holds NaN or infinite values")
         if tensor.is_floating_point() and tensor.numel() and float(tensor.abs().max()) > MAX_WEIGHT:
             raise BundleError(f"texture weights: {name} holds implausibly large values")
-    for name, model, rows in (
-        ("entropy_bottleneck", net.entropy_bottleneck, net.entropy_bottleneck.channels),
-        ("gaussian_conditional", net.gaussian_conditional, None),
-    ):
-        cdf, length, offset = model._quantized_cdf, model._cdf_length, model._offset
-        if rows is None:
-            scales = model.scale_table
-            rows = len(scales)
-            if rows < 1 or not (scales > 0).all() or not (scales[1:] > scales[:-1]).all():
-                raise BundleError(f"texture weights: {name} scale table is not positive and increasing")
-        if (
-            cdf.dim() != 2
-            or cdf.shape[0] != rows
-            or cdf.shape[1] < 2
-            or length.shape != (rows,)
-            or offset.shape != (rows,)
-        ):
-            raise BundleError(f"texture weights: {name} CDF tables have the wrong shape")
-        if int(length.min()) < 2 or int(length.max()) > cdf.shape[1] or int(offset.long().abs().max()) > MAX_OFFSET:
-            raise BundleError(f"texture weights: {name} CDF lengths or offsets are out of range")
-        columns = torch.arange(cdf.shape[1])[None, :]
-        inside = columns < length[:, None].long()
-        rises = (cdf[:, 1:] > cdf[:, :-1]) | ~inside[:, 1:]
-        last = cdf.gather(1, (length.long() - 1)[:, None])
-        if (cdf[:, 0] != 0).any() or not rises.all() or (last != 1 << CDF_PRECISION).any():
-            raise BundleError(f"texture weights: {name} CDF tables are not valid distributions")
+    return net.entropy_tables
 
 
 class TextureCodec:
     def __init__(self, net: TextureNet, device: Union[str, torch.device] = "cpu"):
-        if net.entropy_bottleneck._quantized_cdf.numel() == 0:
+        if net.state_dict().get("entropy_bottleneck._quantized_cdf", torch.zeros(0)).numel() == 0:
             raise ValueError("the network has no CDF tables: call net.update() first")
+        validate_tables(net)
         self.net = net.eval()
         self.device = torch.device(device)
         self.net.to(self.device)
@@ -162,11 +136,10 @@ class TextureCodec:
         try:
             config = TextureConfig.from_dict(json.loads(_st_metadata(data)["deepstd.texture.config"]))
             state = st_load(bytes(data))
-            net = TextureNet(config)
+            net = TextureNet(config, trainable=False)
             net.load_state_dict(state)
         except Exception as exc:  # safetensors raises its own error type on bad bytes
             raise BundleError(f"texture weights are corrupt or incompatible: {str(exc)[:300]}") from None
-        validate_tables(net)
         try:
             return cls(net, **kw)
         except ValueError as exc:  # weights with no exact integer form

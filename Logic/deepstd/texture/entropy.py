@@ -5,21 +5,23 @@ derails. Floating-point convolutions differ between thread counts, processes and
 hyper-synthesis `h_s` is run here in integer fixed point: weights, biases and activations are
 integers (carried in float64, where every product and partial sum stays far below 2**53 and is
 therefore exact in any summation order), requantised by flooring after each convolution. Means
-and scales come out as multiples of 2**-ACT_BITS, which float32 holds exactly, so CompressAI's
-index lookup is exact too. The CDF tables are built once when weights are saved and loaded
-verbatim (`TextureNet.update`).
+and scales come out as multiples of 2**-ACT_BITS, which float32 holds exactly, so the scale-index
+lookup is exact too. The CDF tables are built once when weights are saved and loaded verbatim
+(`TextureNet.update`, `tables.EntropyTables`); the rANS coding is integer work (`deepstd.rans`).
 """
 
 from __future__ import annotations
 
 from typing import List, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import BundleError, FormatError
 from .layers import PixelShuffle3d
+from .tables import EntropyTables, channel_rows
 
 #: fractional bits of activations, and at most of weights, in the integer hyper-synthesis
 ACT_BITS = 8
@@ -75,30 +77,40 @@ def _integer_conv(m: nn.Conv3d):
     raise ValueError("hyper-synthesis weights too large for exact integer coding")
 
 
-def _entropy_params(net, int_hs: IntegerHyperSynthesis, z_hat: torch.Tensor):
+def _entropy_params(tables: EntropyTables, int_hs: IntegerHyperSynthesis, z_hat: torch.Tensor):
     scales, means = int_hs(z_hat).chunk(2, 1)
-    indexes = net.gaussian_conditional.build_indexes(scales)
-    return indexes, means
+    return tables.scale_indexes(scales), means
 
 
 @torch.no_grad()
 def compress_latents(net, int_hs: IntegerHyperSynthesis, y: torch.Tensor) -> Tuple[List[bytes], List[bytes]]:
-    """Gained latents y (N, M, d, h, w) -> per-item (z string, y string)."""
+    """Gained latents y (N, M, d, h, w) -> per-item (z string, y string): z through the
+    bottleneck's per-channel tables around its medians, y through the Gaussian table of its exact
+    scale index around its exact mean."""
+    tables: EntropyTables = net.entropy_tables
     y = y.detach().cpu()
     if not torch.isfinite(y).all() or y.abs().max() > SYMBOL_LIMIT:
         raise BundleError("the texture network produced impossible latents: its weights are unusable")
-    z = net.h_a(y)
-    z_strings = net.entropy_bottleneck.compress(z)
-    z_hat = net.entropy_bottleneck.decompress(z_strings, z.shape[2:])
-    indexes, means = _entropy_params(net, int_hs, z_hat)
-    y_strings = net.gaussian_conditional.compress(y, indexes, means=means)
+    medians = tables.medians[:, None, None, None]
+    z_sym = torch.round(net.h_a(y.to(next(net.h_a.parameters()).device)).cpu() - medians)
+    if not torch.isfinite(z_sym).all() or z_sym.abs().max() > SYMBOL_LIMIT:
+        raise BundleError("the texture network produced impossible latents: its weights are unusable")
+    rows = channel_rows(list(z_sym.shape[1:]))
+    z_strings = [tables.z.encode(s.numpy().ravel().astype(np.int64), rows) for s in z_sym]
+    indexes, means = _entropy_params(tables, int_hs, z_sym + medians)
+    y_sym = torch.round(y - means).numpy().astype(np.int64)
+    y_strings = [tables.y.encode(s.ravel(), i.ravel()) for s, i in zip(y_sym, indexes)]
     return z_strings, y_strings
 
 
-def _padded(s: bytes, n_symbols: int) -> bytes:
-    """rANS decoding trusts its input; zero padding keeps any over-read of corrupt data
-    inside our buffer (≤ one 32-bit word per symbol plus bypass bits bounded by the string)."""
-    return s + bytes(4 * n_symbols + 16 * len(s) + 1024)
+def decompress_hyper(net, z_strings: Sequence[bytes], z_size: Sequence[int]) -> torch.Tensor:
+    """Per-item z strings -> ẑ (N, C, d, h, w)."""
+    tables: EntropyTables = net.entropy_tables
+    channels = tables.z.rows
+    rows = channel_rows([channels, *z_size])
+    z = np.stack([tables.z.decode(s, rows) for s in z_strings]).reshape(-1, channels, *z_size)
+    _check_symbols(z)
+    return torch.from_numpy(z.astype(np.float32)) + tables.medians[:, None, None, None]
 
 
 @torch.no_grad()
@@ -106,17 +118,14 @@ def decompress_latents(
     net, int_hs: IntegerHyperSynthesis, z_strings: Sequence[bytes], y_strings: Sequence[bytes], y_size: Sequence[int]
 ) -> torch.Tensor:
     """Per-item strings -> ŷ (N, M, d, h, w) on the CPU (before the inverse gain)."""
-    z_size = [s // 2 for s in y_size]
-    n_z = net.entropy_bottleneck.channels * z_size[0] * z_size[1] * z_size[2]
-    z_hat = net.entropy_bottleneck.decompress([_padded(s, n_z) for s in z_strings], z_size)
-    _check_symbols(z_hat)
-    indexes, means = _entropy_params(net, int_hs, z_hat)
-    n_y = indexes[0].numel()
-    y_hat = net.gaussian_conditional.decompress([_padded(s, n_y) for s in y_strings], indexes, means=means)
-    _check_symbols(y_hat)
-    return y_hat
+    tables: EntropyTables = net.entropy_tables
+    z_hat = decompress_hyper(net, z_strings, [s // 2 for s in y_size])
+    indexes, means = _entropy_params(tables, int_hs, z_hat)
+    y = np.stack([tables.y.decode(s, i.ravel()) for s, i in zip(y_strings, indexes)])
+    _check_symbols(y)
+    return torch.from_numpy(y.reshape(indexes.shape).astype(np.float32)) + means
 
 
-def _check_symbols(t: torch.Tensor) -> None:
-    if not torch.isfinite(t).all() or t.abs().max() > SYMBOL_LIMIT:
+def _check_symbols(symbols: np.ndarray) -> None:
+    if np.abs(symbols).max() > SYMBOL_LIMIT:
         raise FormatError("texture stream decodes to impossible latent values (corrupt data)")

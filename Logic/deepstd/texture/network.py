@@ -8,6 +8,10 @@ g_s mirrors it with sub-pixel up-sampling. h_a goes /8→/16, h_s back. Every TC
 attention path reads the learned positional field at its tokens (block mode). h_s uses only
 3×3×3 convs, ReLU and pixel shuffles so it can be run exactly in integer arithmetic
 (`entropy.IntegerHyperSynthesis`) for bit-exact decoding.
+
+CompressAI's entropy models are needed only to train and to build the CDF tables
+(`trainable=True`); a network built for coding (`trainable=False`) keeps their tensors as stored
+and codes with `tables.EntropyTables`, so encoding and decoding need no compressai.
 """
 
 from __future__ import annotations
@@ -17,13 +21,12 @@ from dataclasses import asdict, dataclass
 from typing import Dict, Optional
 
 import torch
-from compressai.entropy_models import EntropyBottleneck, GaussianConditional
-from compressai.models.utils import update_registered_buffers
 from torch import nn
 
 from .layers import PixelShuffle3d, ResidualBlockUpsample, ResidualBlockWithStride, TCMBlock, conv3, subpel_conv3
 from .position import PositionalField
 from .rate import GainUnit
+from .tables import EntropyTables
 
 
 @dataclass(frozen=True)
@@ -77,9 +80,38 @@ def scale_table():
     return [float(v) for v in torch.exp(torch.linspace(math.log(0.11), math.log(256), 64))]
 
 
-class TextureNet(nn.Module):
-    def __init__(self, config: TextureConfig = TextureConfig()):
+class StoredTensors(nn.Module):
+    """Stands in for a CompressAI entropy model when coding: keeps whatever tensors the state dict
+    holds under its name, verbatim, and gives them back in `state_dict()`."""
+
+    def __init__(self):
         super().__init__()
+        self.stored: Dict[str, torch.Tensor] = {}
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        for key, value in self.stored.items():
+            destination[prefix + key] = value
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+        mine = {k: v for k, v in state_dict.items() if k.startswith(prefix)}
+        self.stored = {k[len(prefix) :]: v.detach().cpu().clone() for k, v in mine.items()}
+
+
+def _compressai_entropy_models(hyper: int):
+    try:
+        from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError(
+            "training the texture network needs compressai (pip install compressai==1.2.8); coding does not"
+        ) from error
+    return EntropyBottleneck(hyper), GaussianConditional(None)
+
+
+class TextureNet(nn.Module):
+    def __init__(self, config: TextureConfig = TextureConfig(), trainable: bool = True):
+        super().__init__()
+        self.trainable = trainable
+        self._tables: Optional[EntropyTables] = None
         c = self.config = config
         N, M, H, P = c.channels, c.latent, c.hyper, c.pos_dim
         self.pos = PositionalField(P, c.pos_grid) if P else None
@@ -101,8 +133,10 @@ class TextureNet(nn.Module):
             conv3(M, H), nn.LeakyReLU(inplace=True), conv3(H, H, stride=2), nn.LeakyReLU(inplace=True), conv3(H, H)
         )
         self.h_s = nn.Sequential(conv3(H, H), nn.ReLU(), conv3(H, H * 8), PixelShuffle3d(2), nn.ReLU(), conv3(H, 2 * M))
-        self.entropy_bottleneck = EntropyBottleneck(H)
-        self.gaussian_conditional = GaussianConditional(None)
+        if trainable:
+            self.entropy_bottleneck, self.gaussian_conditional = _compressai_entropy_models(H)
+        else:
+            self.entropy_bottleneck, self.gaussian_conditional = StoredTensors(), StoredTensors()
         self.gain = GainUnit(c.levels, M, c.gain_span)
 
     # --- transforms --------------------------------------------------------------------------
@@ -128,6 +162,8 @@ class TextureNet(nn.Module):
     # --- training ----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, level: torch.Tensor, coords=None):
         """Noisy-quantisation pass for training. level: (N,) fractional levels in [0, K−1]."""
+        if not self.trainable:
+            raise RuntimeError("this network was built for coding (trainable=False): it cannot be trained")
         features = self.g_a(x, coords)
         y = features * self.gain.gain(level)
         z = self.h_a(y)
@@ -142,20 +178,32 @@ class TextureNet(nn.Module):
 
     # --- entropy tables ----------------------------------------------------------------------
     def update(self) -> None:
-        """Build the CDF tables. Done once when weights are saved; loading never recomputes
-        them, so every machine codes with the very same tables."""
+        """Build the CDF tables (CompressAI). Done once when weights are saved; loading never
+        recomputes them, so every machine codes with the very same tables."""
         self.gaussian_conditional.update_scale_table(scale_table(), force=True)
         self.gaussian_conditional.update()
         self.entropy_bottleneck.update(force=True)
+        self._tables = None
+
+    @property
+    def entropy_tables(self) -> EntropyTables:
+        """The coding tables, read from the state dict once (BundleError if unusable)."""
+        if self._tables is None:
+            self._tables = EntropyTables.from_state(self.state_dict(), self.config.hyper)
+        return self._tables
 
     def load_state_dict(self, state_dict, strict: bool = True):
-        update_registered_buffers(
-            self.entropy_bottleneck, "entropy_bottleneck", ["_quantized_cdf", "_offset", "_cdf_length"], state_dict
-        )
-        update_registered_buffers(
-            self.gaussian_conditional,
-            "gaussian_conditional",
-            ["_quantized_cdf", "_offset", "_cdf_length", "scale_table"],
-            state_dict,
-        )
+        if self.trainable:
+            from compressai.models.utils import update_registered_buffers
+
+            update_registered_buffers(
+                self.entropy_bottleneck, "entropy_bottleneck", ["_quantized_cdf", "_offset", "_cdf_length"], state_dict
+            )
+            update_registered_buffers(
+                self.gaussian_conditional,
+                "gaussian_conditional",
+                ["_quantized_cdf", "_offset", "_cdf_length", "scale_table"],
+                state_dict,
+            )
+        self._tables = None
         return super().load_state_dict(state_dict, strict=strict)

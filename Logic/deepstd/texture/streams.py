@@ -3,7 +3,8 @@
 Layout (little-endian): magic "DTXS", version u8, flags u8 (bit 0: full-volume mode), shape
 3×u32 (z, y, x), block 3×u16, rate u16, fill f32, a bitmap of coded blocks (grid order, z
 slowest), then per coded block the LEB128 lengths of its z and y strings, then the strings, then
-a CRC32 of everything before it. The parser checks every field against limits and the exact
+a CRC32 of everything before it. The strings are constriction rANS words (`deepstd.rans`), each a
+whole number of little-endian u32. The parser checks every field against limits and the exact
 length before it allocates or decodes anything, and raises only `FormatError`.
 """
 
@@ -17,9 +18,11 @@ from typing import List, Tuple
 import numpy as np
 
 from ..errors import FormatError
+from ..rans import RETIRED_CODER
 
 MAGIC = b"DTXS"
-VERSION = 1
+#: 2: constriction's rANS strings (`deepstd.rans`); 1 was CompressAI's (refused with `RETIRED_CODER`)
+VERSION = 2
 _HEAD = struct.Struct("<4sBB3I3HHf")
 MAX_AXIS = 16384
 MAX_BLOCK = 1024
@@ -99,7 +102,8 @@ class TextureStreams:
         if magic != MAGIC:
             raise FormatError("texture stream: bad magic")
         if version != VERSION:
-            raise FormatError(f"texture stream: unsupported version {version}")
+            old = f" ({RETIRED_CODER})" if version == 1 else ""
+            raise FormatError(f"texture stream: unsupported version {version}{old}")
         if flags & ~1:
             raise FormatError("texture stream: unknown flags")
         shape, block, rate_q, fill = tuple(rest[0:3]), tuple(rest[3:6]), rest[6], rest[7]
