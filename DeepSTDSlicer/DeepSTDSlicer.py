@@ -6,7 +6,6 @@ slicer-core). torch and the codec are imported on first use, never when Slicer s
 """
 
 import logging
-import traceback
 from typing import Annotated
 
 import numpy as np
@@ -32,11 +31,10 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from DeepSTDSlicerLib import codec, dependencies, mrml
-from DeepSTDSlicerLib.core import DeepSTDCore
+from DeepSTDSlicerLib.core import ATTR_WARNINGS, DeepSTDCore, describe_error, ensure_dependencies, is_cancel
 
 # Slicer registers the .dstd reader/writer by looking these names up in this module.
 from DeepSTDSlicerLib.io import DeepSTDSlicerFileReader, DeepSTDSlicerFileWriter  # noqa: F401
-from DeepSTDSlicerLib.jobs import WorkerError
 
 HELP = """
 <p>Compress CT and MR volumes 32&ndash;512&times; relative to a template of their population
@@ -104,6 +102,7 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._job = None
         self._jobWidgets = ()
         self._timer = None
+        self._pickedFor = None  # the volume the codec was last picked for (by its modality)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -135,15 +134,17 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelCodingButton.connect("clicked(bool)", self.onCancel)
         self.ui.computeResidueButton.connect("clicked(bool)", self.onComputeResidue)
         self.ui.computeSegmentMetricsButton.connect("clicked(bool)", self.onComputeSegmentMetrics)
+        self.ui.cancelQualityButton.connect("clicked(bool)", self.onCancel)
         self.ui.registrationProgressBar.hide()
         self.ui.codingProgressBar.hide()
+        self.ui.qualityProgressBar.hide()
 
         self._populateBundles()
         self._showDependencyStatus()
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        self.onCancel()
+        self._abandonJob()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -156,8 +157,20 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
 
     def onSceneStartClose(self, caller, event) -> None:
-        self.onCancel()
+        """The scene (and every node a job would update) is going away: end the job at once,
+        without its callbacks, before any node is deleted."""
+        if self._abandonJob():
+            self._jobWidgets[2].text = _("Cancelled: the scene was closed.")
         self.setParameterNode(None)
+        self._pickedFor = None
+
+    def _abandonJob(self) -> bool:
+        """Kill the running job without calling back into nodes; True if there was one."""
+        if self._job is None:
+            return False
+        self._job.abandon()
+        self._finishJob()
+        return True
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -171,8 +184,9 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.compressVolume = self._parameterNode.inputVolume
         if self._parameterNode.bundle:
             self._selectBundle(self._parameterNode.bundle)
-        elif self.ui.bundleComboBox.count:
-            self.onBundleChanged(self.ui.bundleComboBox.currentIndex)
+        else:  # no silent default: picked by the volume's modality, or chosen by the user
+            self.ui.bundleComboBox.setCurrentIndex(-1)
+            self._pickBundle()
 
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
@@ -185,7 +199,12 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updateButtons()
 
     def _updateButtons(self, caller=None, event=None) -> None:
+        """Enable what can run now; also picks the codec when the volume to compress changes."""
         p, idle = self._parameterNode, self._job is None
+        if p is None:  # between scene close and the new parameter node
+            return
+        if caller is not None:
+            self._pickBundle()
         self.ui.registerButton.enabled = idle and bool(p.inputVolume and p.templateVolume)
         self.ui.compressButton.enabled = idle and bool(p.compressVolume and p.bundle)
         self.ui.decompressButton.enabled = idle
@@ -206,7 +225,7 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 "No codec bundle is shipped with this version of the extension: load a bundle file."
             )
 
-    def _selectBundle(self, value: str) -> None:
+    def _selectBundle(self, value: str, why: str = "") -> None:
         index = self.ui.bundleComboBox.findData(value)
         if index < 0:
             index = self.ui.bundleComboBox.findText(value)
@@ -214,17 +233,36 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.bundleComboBox.addItem(qt.QFileInfo(value).completeBaseName(), value)
             index = self.ui.bundleComboBox.count - 1
         self.ui.bundleComboBox.setCurrentIndex(index)
-        self.onBundleChanged(index)
+        self.onBundleChanged(index, why)
 
-    def onBundleChanged(self, index) -> None:
+    def onBundleChanged(self, index, why: str = "") -> None:
         if index < 0 or not self._parameterNode:
             return
         path = self.ui.bundleComboBox.itemData(index)
         self._parameterNode.bundle = path
         try:
-            self.ui.bundleDescriptionLabel.text = DeepSTDCore.describe_bundle(path)
+            text = DeepSTDCore.describe_bundle(path)
         except Exception as error:
-            self.ui.bundleDescriptionLabel.text = str(error)
+            text = str(error)
+        self.ui.bundleDescriptionLabel.text = text + (f"<br><i>{why}</i>" if why else "")
+
+    def _pickBundle(self) -> None:
+        """When the volume to compress changes, select the codec for its modality (from Slicer:
+        DICOM attributes, subject hierarchy, voxel units) and say why; never a silent default."""
+        p = self._parameterNode
+        node = p.compressVolume if p else None
+        if node is None or node is self._pickedFor:
+            return
+        self._pickedFor = node
+        try:
+            path, why = self.logic.bundleFor(node, p.bundle)
+        except Exception as error:
+            self.ui.bundleDescriptionLabel.text = _("Choose a codec: ") + str(error)
+            return
+        if path != p.bundle:
+            self._selectBundle(path, why)
+        else:
+            self.onBundleChanged(self.ui.bundleComboBox.currentIndex, why)
 
     def onLoadBundle(self) -> None:
         path = qt.QFileDialog.getOpenFileName(
@@ -234,14 +272,19 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._selectBundle(path)
 
     def onShowTemplate(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Could not load the template."), waitCursor=True):
+        try:
             template, _labels = self.logic.core.show_template(self._parameterNode.bundle)
-            self._parameterNode.templateVolume = template
-            slicer.util.resetSliceViews()
+        except Exception as error:
+            self._showError(error, _("Could not load the template: "))
+            return
+        self._parameterNode.templateVolume = template
+        slicer.util.resetSliceViews()
 
     def onInstallDependencies(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Could not install the dependencies."), waitCursor=True):
+        try:
             self.logic.ensureDependencies()
+        except Exception as error:
+            self._showError(error)
         self._showDependencyStatus()
 
     def _showDependencyStatus(self) -> None:
@@ -256,7 +299,13 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _startJob(self, start, progressBar, cancelButton, statusLabel) -> None:
         """Run `start()` (which returns a started Job) and drive its progress widgets (the
         progress bar and cancel button may be None)."""
-        if not self.logic.ensureDependencies():
+        try:
+            ready = self.logic.ensureDependencies()
+        except Exception as error:  # a failed install, no PyTorch extension: a dialog, nothing started
+            self._showError(error, statusLabel=statusLabel)
+            self._showDependencyStatus()
+            return
+        if not ready:
             statusLabel.text = _("Cancelled: the required Python packages are not installed.")
             return
         if progressBar is not None:
@@ -265,6 +314,7 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if cancelButton is not None:
             cancelButton.enabled = True
         self._jobWidgets = (progressBar, cancelButton, statusLabel)
+        self.ui.codingWarningsLabel.text = ""
         try:
             self._job = start()
         except Exception as error:
@@ -308,23 +358,21 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         statusLabel.text = f"{event.stage}: {event.message}" if event.message else event.stage
 
     def _onJobError(self, error) -> None:
-        from deepstd.errors import Cancelled, DeepSTDError
-
         statusLabel = self._jobWidgets[2] if self._jobWidgets else None
-        if isinstance(error, Cancelled):
+        if is_cancel(error):
             if statusLabel is not None:
                 statusLabel.text = _("Cancelled.")
             return
+        self._showError(error, statusLabel=statusLabel)
+
+    def _showError(self, error, prefix: str = "", statusLabel=None) -> None:
+        """Every failure the user causes or meets ends here: one clear message in a dialog, the
+        traceback or the worker's output under "Show details", and the status line."""
+        message, details = describe_error(error)
         if statusLabel is not None:
-            statusLabel.text = _("Failed: ") + str(error)
-        if isinstance(error, WorkerError):  # crash, signal, garbage or a bug: what the worker left
-            details = error.details or None
-        elif isinstance(error, (DeepSTDError, codec.CodecUnavailable)):
-            details = None
-        else:
-            details = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        logging.error(f"{error}\n{details}" if details else str(error))
-        slicer.util.errorDisplay(str(error), detailedText=details)
+            statusLabel.text = _("Failed: ") + message
+        logging.error(f"{prefix}{message}\n{details}" if details else prefix + message)
+        slicer.util.errorDisplay(prefix + message, detailedText=details)
 
     # --- Registration ---------------------------------------------------------------------------
     def onRegister(self) -> None:
@@ -342,6 +390,7 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 on_status=self._onRegistrationStatus,
                 on_error=self._onJobError,
                 grid_mode=p.previewMode,
+                device=p.device,
             ),
             self.ui.registrationProgressBar,
             self.ui.cancelRegistrationButton,
@@ -371,10 +420,16 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         if not path.endswith(".dstd"):
             path += ".dstd"
+        try:
+            bundle, why = self.logic.bundleFor(p.compressVolume, p.bundle)
+        except Exception as error:
+            self._showError(error, statusLabel=self.ui.codingStatusLabel)
+            return
+        self.ui.codingStatusLabel.text = _("Compressing with ") + f"{qt.QFileInfo(bundle).completeBaseName()} ({why})"
         self._startJob(
             lambda: self.logic.core.start_compress(
                 p.compressVolume,
-                p.bundle,
+                bundle,
                 p.ratio,
                 p.device,
                 path,
@@ -392,6 +447,12 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _onCompressed(self, result) -> None:
         self.ui.codingStatusLabel.text = result.summary()
+        self._showWarnings(result.warnings)
+
+    def _showWarnings(self, warnings) -> None:
+        """The codec's warnings (modality, scan unlike the template, finest rate reached)."""
+        warnings = [w for w in warnings if w]
+        self.ui.codingWarningsLabel.text = "\n".join(_("Warning: ") + w for w in warnings)
 
     def onDecompress(self) -> None:
         path = qt.QFileDialog.getOpenFileName(
@@ -442,11 +503,13 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _onPreviewed(self, node) -> None:
         self.ui.codingStatusLabel.text = _("Previewing ") + node.GetName()
+        self._showWarnings((node.GetAttribute(ATTR_WARNINGS) or "").split("\n"))
         slicer.util.setSliceViewerLayers(background=node)
 
     def _onDecompressed(self, node) -> None:
         self._parameterNode.decodedVolume = node
-        self.ui.codingStatusLabel.text = _("Opened ") + node.GetName()
+        self.ui.codingStatusLabel.text = _("Opened ") + node.GetName() + f" ({node.GetDescription()})"
+        self._showWarnings((node.GetAttribute(ATTR_WARNINGS) or "").split("\n"))
         slicer.util.setSliceViewerLayers(background=node, fit=True)
 
     # --- Quality --------------------------------------------------------------------------------
@@ -463,8 +526,8 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 on_done=self._onResidue,
                 on_error=self._onJobError,
             ),
-            None,
-            None,
+            self.ui.qualityProgressBar,
+            self.ui.cancelQualityButton,
             self.ui.qualityStatusLabel,
         )
 
@@ -489,8 +552,8 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 on_done=self._onSegmentMetrics,
                 on_error=self._onJobError,
             ),
-            None,
-            None,
+            self.ui.qualityProgressBar,
+            self.ui.cancelQualityButton,
             self.ui.qualityStatusLabel,
         )
 
@@ -529,8 +592,13 @@ class DeepSTDSlicerLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def ensureDependencies() -> bool:
-        """Install missing packages after asking; False if the user declined."""
-        return dependencies.ensure(lambda message: slicer.util.confirmOkCancelDisplay(message, windowTitle="DeepSTD"))
+        """Install missing packages after listing them and asking; False if the user declined.
+        A failed install raises (the widget shows it in a dialog)."""
+        return ensure_dependencies(lambda message: slicer.util.confirmOkCancelDisplay(message, windowTitle="DeepSTD"))
+
+    def bundleFor(self, volumeNode, selected: str = ""):
+        """(bundle file, why): the codec for this volume, by the modality Slicer knows for it."""
+        return self.core.bundle_for_node(volumeNode, selected)
 
 
 class DeepSTDSlicerTest(ScriptedLoadableModuleTest):

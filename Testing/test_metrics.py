@@ -88,3 +88,17 @@ def test_hd95_spheres_against_simpleitk_surface_distances():
     assert abs(metrics.hd95(a, b) - reference) <= 1.0
     assert metrics.hd95(a, a) == 0.0
     assert metrics.hd95(a, np.zeros_like(a)) == float("inf")
+
+
+def test_ssim_in_slabs_equals_the_whole_volume():
+    """The slab-wise SSIM (bounded memory) gives the whole-volume value, whatever the slab."""
+    rng = np.random.default_rng(5)
+    a = rng.normal(100, 30, (37, 21, 18)).astype(np.float32)
+    b = a + rng.normal(0, 8, a.shape).astype(np.float32)
+    whole = metrics.ssim(a, b, slab=10_000)
+    seen = []
+    for slab in (1, 5, 16):
+        assert metrics.ssim(a, b, slab=slab, progress=seen.append) == pytest.approx(whole, rel=1e-12)
+    assert seen[-1] == pytest.approx(1.0)
+    expected = structural_similarity(a.astype(np.float64), b.astype(np.float64), data_range=float(a.max() - a.min()))
+    assert whole == pytest.approx(expected, abs=1e-6)

@@ -95,6 +95,9 @@ def test_real_encode_then_decode_through_the_worker(tmp_path, crop):
     result = lines[-1]
     data = out.read_bytes()
     assert result["path"] == str(out) and result["file_bytes"] == len(data) and data[:4] == b"DSTD"
+    from deepstd.container import unpack
+
+    assert result["warnings"] == list(unpack(data).header.get("warnings", []))  # shown in Slicer's panel
     assert result["raw_bytes"] == crop.raw_bytes and crop.raw_bytes / len(data) >= 16 * 0.98
     assert sorted(p.name for p in out.parent.iterdir()) == ["crop.dstd"]
 
@@ -221,3 +224,28 @@ def test_sigterm_cancels_and_leaves_no_partial_file(tmp_path, crop):
     assert proc.wait(30) == EXIT_CANCELLED and time.time() - started < 10
     assert rest[-1] == {"type": "error", "kind": "Cancelled", "message": "cancelled by the user"}
     assert not out.exists() and not partial_files(out)
+
+
+def test_residue_in_slabs_matches_the_metrics(tmp_path, monkeypatch):
+    """The residue job works slab by slab (bounded memory): same numbers as deepstd.metrics."""
+    from deepstd import metrics
+
+    rng = np.random.default_rng(2)
+    array = rng.integers(-1000, 2000, (23, 30, 26)).astype(np.float32)
+    original = Volume(array, (0.8, 0.8, 2.0), (1.0, 2.0, 3.0), tuple(np.eye(3).reshape(-1)), "int16", "HU")
+    decoded = original.with_array(array + rng.integers(-20, 21, array.shape).astype(np.float32))
+    folder = JobFolder.create(tmp_path)
+    folder.add_volume("original", original)
+    folder.add_volume("decoded", decoded)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "Logic"))
+    job = folder.write("residue")
+    code = "import deepstd.worker as w, sys; w.SLAB_VOXELS = 1000; sys.exit(w.main(sys.argv[1:]))"
+    out = subprocess.run([sys.executable, "-c", code, str(job)], capture_output=True, env=env, timeout=300)
+    lines = [json.loads(line) for line in out.stdout.decode().splitlines()]
+    assert out.returncode == 0, out.stderr.decode()
+    values = lines[-1]["values"]
+    assert values["MAE"] == pytest.approx(metrics.mae(original, decoded), rel=1e-12)
+    assert values["PSNR"] == pytest.approx(metrics.psnr(original, decoded, original.data_range()), rel=1e-12)
+    assert values["SSIM"] == pytest.approx(metrics.ssim(original, decoded, original.data_range()), rel=1e-12)
+    assert len([m for m in lines if m["type"] == "progress" and m["stage"] == "residue"]) > 5
+    np.testing.assert_array_equal(read_volume(lines[-1]["residue"], folder.path).array, array - decoded.array)

@@ -15,7 +15,7 @@ reader/writer plugins, which Slicer waits for).
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Callable, List, NamedTuple, Optional
 
 if TYPE_CHECKING:
     from deepstd.codec.header import DstdHeader
@@ -63,6 +63,59 @@ def describe_bundle(name_or_path) -> str:
     if config.description:
         text += "<br>" + config.description
     return text
+
+
+class BundleInfo(NamedTuple):
+    """What choosing a bundle needs: its name, file, modality ("CT", "MR") and the template's
+    physical extent in mm (x, y, z)."""
+
+    name: str
+    path: str
+    modality: str
+    extent_mm: tuple
+
+
+_CATALOG: dict = {}
+
+
+def bundle_catalog() -> List[BundleInfo]:
+    """The shipped bundles with their modality and template extent (read once per file)."""
+    out = []
+    for name, path in bundles().shipped_bundles().items():
+        key = (str(path), path.stat().st_mtime_ns)
+        if key not in _CATALOG:
+            bundle = bundles().load_bundle(path)
+            t = bundle.template
+            extent = tuple(float(n) * float(s) for n, s in zip(t.size, t.spacing))
+            _CATALOG[key] = BundleInfo(name, str(path), str(bundle.config.modality).upper(), extent)
+        out.append(_CATALOG[key])
+    return out
+
+
+def pick_bundle(modality: Optional[str], extent_mm=None, catalog: Optional[List[BundleInfo]] = None):
+    """The bundle for a scan of `modality`: among the bundles of that modality, the one whose
+    template's field of view is closest to the scan's (`extent_mm`, log ratio), and a sentence
+    saying why, for the panel. None (and the reason) when no bundle serves the modality or the
+    modality is unknown: then the user must choose; there is no silent default."""
+    import math
+
+    catalog = bundle_catalog() if catalog is None else catalog
+    if not modality:
+        return None, "the scan's modality is unknown (no DICOM modality, no Hounsfield units): choose a codec"
+    matching = [b for b in catalog if b.modality == modality.upper()]
+    if not matching:
+        return None, f"no shipped codec serves {modality} scans: load a bundle file"
+
+    def distance(info: BundleInfo) -> float:
+        if not extent_mm:
+            return 0.0
+        return sum(abs(math.log(max(e, 1e-3) / max(t, 1e-3))) for e, t in zip(extent_mm, info.extent_mm))
+
+    best = min(matching, key=distance)
+    why = f"picked for {modality.upper()}"
+    if len(matching) > 1:
+        why += f" (closest field of view of {len(matching)} {modality.upper()} codecs; check the body region)"
+    return best, why
 
 
 # --- operations ---------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
@@ -72,6 +72,7 @@ class RegistrationResult:
     steps: int
     seconds: float
     snapshot: Any = None
+    device: str = "cpu"
 
 
 @dataclass
@@ -80,6 +81,8 @@ class CompressResult:
     raw_bytes: int
     file_bytes: int
     seconds: float
+    warnings: List[str] = field(default_factory=list)
+    bundle: str = ""
 
     @property
     def ratio(self) -> float:
@@ -89,6 +92,7 @@ class CompressResult:
         return (
             f"{os.path.basename(self.path)}: {self.file_bytes:,} bytes from {self.raw_bytes:,} "
             f"(ratio {self.ratio:.1f}:1) in {self.seconds:.1f} s"
+            + (f" with {os.path.basename(self.bundle)}" if self.bundle else "")
         )
 
 
@@ -116,16 +120,16 @@ class DeepSTDCore:
 
     # --- settings shared with the GUI and the file writer ---------------------------------------
     def settings(self) -> Dict[str, Any]:
-        """Bundle, ratio and device from the module's parameter node (defaults if there is none)."""
+        """Bundle, ratio and device from the module's parameter node (defaults if there is none).
+        The bundle is "" unless one was chosen: `bundle_for_node` picks one by the scan's modality."""
         node = self.parameter_node(create=False)
         get = (lambda key: node.GetParameter(key)) if node is not None else (lambda key: "")
         try:
             ratio = float(get("ratio") or DEFAULT_RATIO)
         except ValueError:
             ratio = DEFAULT_RATIO
-        shipped = list(codec.bundles().shipped_bundles())
         return {
-            "bundle": get("bundle") or (shipped[0] if shipped else ""),
+            "bundle": get("bundle") or "",
             "ratio": min(max(ratio, RATIO_RANGE[0]), RATIO_RANGE[1]),
             "device": get("device") if get("device") in codec.DEVICES else "auto",
         }
@@ -149,6 +153,29 @@ class DeepSTDCore:
     @staticmethod
     def describe_bundle(name_or_path: str) -> str:
         return codec.describe_bundle(name_or_path)
+
+    @staticmethod
+    def bundle_for_node(node, selected: str = ""):
+        """(bundle file, why) for coding `node`: the `selected` bundle when it serves the scan's
+        modality (or the modality is unknown), else the shipped bundle picked by modality and
+        field of view (`codec.pick_bundle`). The modality comes from Slicer (DICOM attributes,
+        subject hierarchy, DICOM database, voxel units). Raises `CodecUnavailable` saying what to
+        do when neither applies, never falling back to an arbitrary bundle."""
+        modality = mrml.node_modality(node)
+        if selected:
+            chosen = _bundle_modality(selected)
+            if modality is None or chosen is None or chosen == modality:
+                return selected, "chosen in the DeepSTD module"
+        spacing, dims = node.GetSpacing(), node.GetImageData().GetDimensions() if node.GetImageData() else (0, 0, 0)
+        info, why = codec.pick_bundle(modality, tuple(n * s for n, s in zip(dims, spacing)))
+        if info is None:
+            if selected and modality is not None:
+                why = (
+                    f"the selected codec is for {_bundle_modality(selected)} scans but "
+                    f"{node.GetName()!r} is {modality}, and {why.split(': ')[0]}"
+                )
+            raise codec.CodecUnavailable(f"{why} (DeepSTD module, Codec section)")
+        return info.path, f"{info.name}: {why}"
 
     def show_template(self, name_or_path: str):
         """Load a bundle's template (and its labels as a segmentation) and show it in the views."""
@@ -189,6 +216,7 @@ class DeepSTDCore:
         on_error: Optional[Callable[[BaseException], None]] = None,
         grid_mode: str = "grid",
         options: Optional[Dict[str, Any]] = None,
+        device: str = "auto",
     ) -> Job:
         """Register `input_node` to `template_node` in the worker process with a live preview.
 
@@ -197,7 +225,10 @@ class DeepSTDCore:
         (so the input overlays the template as it aligns). The input node itself is not touched.
         `options` go to `deepstd.shape.register` (`settings`: a CycleSettings or a dict of its
         fields, `threads`, `prealignment`, `downsample`, `foreground`). Done gets the transform
-        node; `last_registration` then holds a `RegistrationResult`.
+        node; `last_registration` then holds a `RegistrationResult`. At the end the transform node
+        holds the full-resolution field on the template grid, equal to what
+        `deepstd register --out-field` writes (the coarse previews only show progress).
+        `device` ("auto", "cpu", "cuda") goes to the worker.
         """
         moving = mrml.volume_from_node(input_node)
         template = mrml.volume_from_node(template_node)
@@ -228,10 +259,12 @@ class DeepSTDCore:
 
             snap = read_snapshot(result["snapshot"]) if result.get("snapshot") else None
             self.last_registration = RegistrationResult(
-                result["loss"], result["omega"], result["steps"], result["seconds"], snap
+                result["loss"], result["omega"], result["steps"], result["seconds"], snap, result.get("device", "cpu")
             )
             if snap is not None:
                 show(snap)
+            if result.get("field"):
+                self.apply_field(transform_node, folder / result["field"]["file"], template_node, grid_mode)
             status.fraction, status.elapsed = 1.0, time.perf_counter() - start
             if on_status:
                 on_status(status)
@@ -244,7 +277,7 @@ class DeepSTDCore:
         return start_worker(
             "register",
             prepare,
-            options=dict(options or {}),
+            options={"field": True, "device": device, **(options or {})},
             on_progress=progress,
             on_done=on_done,
             on_error=on_error,
@@ -258,6 +291,24 @@ class DeepSTDCore:
         mrml.update_grid_transform(
             transform_node, snapshot.displacement, snapshot.spacing, snapshot.origin, snapshot.direction
         )
+        if first:
+            mrml.show_grid(transform_node, region_node, grid_mode)
+
+    def apply_field(self, transform_node, path, region_node=None, grid_mode: str = "grid") -> None:
+        """Put a displacement field file (vector image, mm, LPS, ITK convention: what
+        `deepstd register --out-field` writes) into the transform node at full resolution."""
+        import SimpleITK as sitk
+
+        first = transform_node.GetDisplayNode() is None
+        image = sitk.ReadImage(str(path))
+        mrml.update_grid_transform(
+            transform_node,
+            sitk.GetArrayViewFromImage(image),
+            image.GetSpacing(),
+            image.GetOrigin(),
+            image.GetDirection(),
+        )
+        transform_node.SetAttribute("DeepSTD.field", "full resolution (deepstd register --out-field)")
         if first:
             mrml.show_grid(transform_node, region_node, grid_mode)
 
@@ -294,6 +345,7 @@ class DeepSTDCore:
         CompressResult. `max_error`: instead of the ratio, every voxel within that bound.
         `keep_node`: a label map on the volume's grid whose voxels are kept within ±keep_error.
         The worker writes `path` atomically: a cancelled or failed job leaves no file."""
+        mrml.require_scalar_volume(input_node)
         volume = mrml.volume_from_node(input_node)
         bundles = codec.bundles()
         bundle_file = bundles.shipped_path(bundle, bundles.shipped_bundles(), "codec bundle")
@@ -318,7 +370,12 @@ class DeepSTDCore:
 
         def finish(result, folder) -> CompressResult:
             return CompressResult(
-                result["path"], result["raw_bytes"], result["file_bytes"], time.perf_counter() - start
+                result["path"],
+                result["raw_bytes"],
+                result["file_bytes"],
+                time.perf_counter() - start,
+                list(result.get("warnings") or []),
+                str(bundle_file),
             )
 
         options = {"bundle": str(bundle_file), "ratio": ratio, "device": device, "max_error": max_error}
@@ -482,8 +539,8 @@ class DeepSTDCore:
         return [Path(selected)] if selected and Path(selected).is_file() else []
 
     # --- the same operations, blocking (scripts, the Python console) --------------------------
-    def register(self, input_node, template_node, transform_node=None):
-        """Register and return the grid transform node showing the final field."""
+    def register(self, input_node, template_node, transform_node=None, options=None, device: str = "auto"):
+        """Register and return the grid transform node holding the full-resolution field."""
         box = {}
         job = self.start_registration(
             input_node,
@@ -491,6 +548,8 @@ class DeepSTDCore:
             transform_node,
             on_done=lambda node: box.setdefault("result", node),
             on_error=lambda error: box.setdefault("error", error),
+            options=options,
+            device=device,
         )
         return _finish(job, box)
 
@@ -509,7 +568,7 @@ class DeepSTDCore:
         settings, box = self.settings(), {}
         job = self.start_compress(
             input_node,
-            bundle or settings["bundle"],
+            bundle or self.bundle_for_node(input_node, settings["bundle"])[0],
             ratio or settings["ratio"],
             device or settings["device"],
             path,
@@ -704,6 +763,93 @@ def slab_around(grid: "Frame", ras, normal, half_width: int = 4):
     lo, hi = [0, 0, 0], list(size)
     lo[axis], hi[axis] = max(0, centre - half_width), min(size[axis], centre + half_width + 1)
     return tuple(lo), tuple(hi)
+
+
+def _bundle_modality(name_or_path: str) -> Optional[str]:
+    """The modality ("CT", "MR") a bundle serves, or None if it cannot be read here."""
+    for info in codec.bundle_catalog():
+        if name_or_path in (info.name, info.path):
+            return info.modality
+    try:
+        return str(codec.bundles().load_bundle(name_or_path).config.modality).upper()
+    except Exception:  # an unreadable bundle fails later, with its own message
+        return None
+
+
+def describe_error(error: BaseException):
+    """(message, details) for an error dialog: one clear sentence, and the technical details
+    (the worker's traceback or stderr, or this process's traceback) only where they help.
+    A DeepSTD error (bad input, corrupt file, wrong bundle, impossible budget) is its message."""
+    import traceback
+
+    from .jobs import WorkerError
+
+    try:
+        from deepstd.errors import DeepSTDError
+    except ImportError:  # deepstd itself not importable: every error is unexpected
+        DeepSTDError = ()  # noqa: N806
+    if isinstance(error, WorkerError):  # crash, signal, garbage or a bug: what the worker left
+        return str(error), error.details or None
+    if isinstance(error, DependencyInstallError):  # pip's or PyTorchUtils' own error as the details
+        cause = error.__cause__ or error
+        return str(error), "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
+    if isinstance(error, DeepSTDError) or isinstance(error, codec.CodecUnavailable):
+        return str(error), None
+    details = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    return f"{type(error).__name__}: {error}" if not str(error) else str(error), details
+
+
+def is_cancel(error: BaseException) -> bool:
+    """A cancel the user asked for: shown as "Cancelled.", never as an error dialog."""
+    if getattr(error, "kind", None) == "Cancelled":
+        return True
+    try:
+        from deepstd.errors import Cancelled
+    except ImportError:
+        return False
+    return isinstance(error, Cancelled)
+
+
+def install_plan() -> List[str]:
+    """What installing the dependencies would install, one line each: the dependencies module's
+    own plan when it has one, else the missing import names."""
+    from . import dependencies
+
+    for name in ("install_plan", "plan", "what_would_be_installed"):
+        plan = getattr(dependencies, name, None)
+        if callable(plan):
+            try:
+                return [str(line) for line in plan()]
+            except Exception:  # a plan that cannot be made: fall back to the names
+                break
+    return list(dependencies.missing())
+
+
+def ensure_dependencies(confirm: Callable[[str], bool]) -> bool:
+    """Install what deepstd still needs after `confirm(message)` agrees, listing what will be
+    installed; True when everything is there, False if the user declined. Failures raise
+    `DependencyInstallError` with the cause attached, for an error dialog."""
+    from . import dependencies
+
+    if not dependencies.missing():
+        return True
+    plan = install_plan()
+    message = (
+        "DeepSTD needs these Python packages, which are not installed yet:\n\n"
+        + "\n".join(f"  {line}" for line in plan)
+        + "\n\nPyTorch comes from the PyTorch extension (CPU or CUDA build for this computer), the "
+        "others from the Python Package Index. Install them now? This can take several minutes."
+    )
+    if not confirm(message):
+        return False
+    try:
+        return bool(dependencies.ensure(lambda _message: True))  # already confirmed above
+    except Exception as error:
+        raise DependencyInstallError(f"Could not install DeepSTD's Python packages: {error}") from error
+
+
+class DependencyInstallError(RuntimeError):
+    """Installing the dependencies failed (no network, no PyTorch extension, pip error)."""
 
 
 def _finish(job: Job, box: Dict[str, Any]):

@@ -3,7 +3,9 @@
 Slicer finds these classes by name as attributes of the DeepSTDSlicer module (it imports them),
 creates them at start-up with a `parent` (qSlicerScriptedFileReader/Writer) and calls the
 methods below. Construction must stay cheap: deepstd is imported only when a file is read or
-written. Errors go to `parent.userMessages()`, which Slicer shows to the user.
+written. Errors go to `parent.userMessages()`, which Slicer shows to the user. Opening a file
+while DeepSTD's Python packages are missing offers to install them (listing them, asking first)
+instead of failing with "cannot be imported".
 """
 
 from __future__ import annotations
@@ -22,6 +24,22 @@ def _report(parent, error: BaseException, action: str) -> bool:
     logging.error(text)
     parent.userMessages().AddMessage(vtk.vtkCommand.ErrorEvent, text)
     return False
+
+
+def offer_install() -> bool:
+    """True when DeepSTD's packages are installed, or were just installed after the user agreed
+    (inside Slicer: a dialog lists them first). False if they declined or there is no GUI to ask."""
+    from . import dependencies
+    from .core import ensure_dependencies
+
+    if not dependencies.missing():
+        return True
+    import slicer
+
+    util = getattr(slicer, "util", None)
+    if getattr(slicer, "app", None) is None or util is None:  # headless: nobody to ask
+        return False
+    return ensure_dependencies(lambda message: util.confirmOkCancelDisplay(message, windowTitle="DeepSTD"))
 
 
 class DeepSTDSlicerFileReader:
@@ -52,6 +70,11 @@ class DeepSTDSlicerFileReader:
 
         path = properties["fileName"]
         try:
+            if not offer_install():
+                raise RuntimeError(
+                    "opening .dstd files needs DeepSTD's Python packages, which are not installed: "
+                    "install them when asked, or with 'Install dependencies...' in the DeepSTD module"
+                )
             core = DeepSTDCore()
             decoded = core.decode_file(path, core.settings()["device"])
             node = core.add_decoded_node(decoded, path, properties.get("name"))
@@ -77,12 +100,11 @@ class DeepSTDSlicerFileWriter:
         return ["DeepSTD compressed volume (.dstd)"]
 
     def canWriteObjectConfidence(self, obj):
-        """Offered for scalar volumes (not label maps), below Slicer's own lossless formats."""
-        import slicer
+        """Offered for single-component scalar volumes only (not label maps, vector, tensor or
+        diffusion volumes, which the codec cannot represent), below Slicer's lossless formats."""
+        from . import mrml
 
-        if isinstance(obj, slicer.vtkMRMLScalarVolumeNode) and not isinstance(obj, slicer.vtkMRMLLabelMapVolumeNode):
-            return 0.3
-        return 0.0
+        return 0.3 if mrml.is_scalar_volume(obj) else 0.0
 
     def write(self, properties):
         import slicer
@@ -93,10 +115,14 @@ class DeepSTDSlicerFileWriter:
         path = properties["fileName"]
         try:
             node = slicer.mrmlScene.GetNodeByID(properties["nodeID"])
-            settings = DeepSTDCore().settings()
-            if not settings["bundle"]:
-                raise codec.CodecUnavailable("no codec bundle is selected (DeepSTD module, Codec section)")
-            data = codec.encode(mrml.volume_from_node(node), settings["bundle"], settings["ratio"], settings["device"])
+            mrml.require_scalar_volume(node)
+            if not offer_install():
+                raise codec.CodecUnavailable("saving .dstd files needs DeepSTD's Python packages (not installed)")
+            core = DeepSTDCore()
+            settings = core.settings()
+            bundle, why = core.bundle_for_node(node, settings["bundle"])  # by modality, never a silent default
+            logging.info(f"Saving {node.GetName()} as .dstd with {bundle} ({why})")
+            data = codec.encode(mrml.volume_from_node(node), bundle, settings["ratio"], settings["device"])
             codec.write_atomic(path, data)
         except Exception as error:  # any failure must reach the user as a message, not a traceback
             return _report(self.parent, error, f"Could not save {os.path.basename(path)}")

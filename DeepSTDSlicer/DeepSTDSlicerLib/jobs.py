@@ -221,6 +221,23 @@ class Job:
         else:
             self._signal_group(signal.SIGTERM)
 
+    def abandon(self, timeout: float = 5.0) -> None:
+        """End the job now without calling back: its process tree is killed, its partial outputs
+        and folder removed. For when the scene the callbacks would touch is going away (scene
+        close): no `finish`, `on_done` or `on_error` runs, so no deleted node is touched."""
+        if self.finished or self._proc is None:
+            return
+        self._on_progress = self._on_done = self._finish = None
+        self._on_error = lambda error: None
+        if self._cancel_at is None:
+            self._cancel_at = time.perf_counter()
+        self._kill_tree()
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:  # unkillable (very rare): the next poll() ends it
+            return
+        self.poll()
+
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Block until the child ends (scripts and tests); True if it has. Callbacks are
         delivered by the next `poll()`. A cancelled child is killed when its grace runs out."""

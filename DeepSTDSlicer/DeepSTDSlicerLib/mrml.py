@@ -27,6 +27,13 @@ FLIP4 = np.diag([-1.0, -1.0, 1.0, 1.0])
 ATTR_DTYPE = "DeepSTD.dtype"
 ATTR_UNITS = "DeepSTD.units"
 ATTR_DIVERGING = "DeepSTD.diverging"
+#: What Slicer's DICOM module records: the modality (node or subject-hierarchy item attribute)
+#: and the instances a volume was loaded from (space-separated SOP Instance UIDs).
+ATTR_DICOM_MODALITY = "DICOM.Modality"
+ATTR_DICOM_INSTANCES = "DICOM.instanceUIDs"
+MODALITY_TAG = "0008,0060"
+#: UCUM code of the Hounsfield unit, which Slicer's DICOM module sets as a CT's voxel value units.
+HU_CODE = "[hnsf'U]"
 
 
 # --- volumes ------------------------------------------------------------------------------------
@@ -80,9 +87,105 @@ def volume_from_node(node) -> "Volume":
         tuple(lps[:3, 3]),
         tuple(direction.reshape(-1)),
         dtype,
-        node.GetAttribute(ATTR_UNITS) or "unitless",
+        node_units(node),
         {"name": node.GetName()},
     )
+
+
+def is_scalar_volume(node) -> bool:
+    """A single-component scalar volume: not a vector, tensor or diffusion-weighted volume (all
+    of which subclass vtkMRMLScalarVolumeNode), not a label map (a lossy codec would change
+    label values)."""
+    excluded = (
+        "vtkMRMLLabelMapVolumeNode",
+        "vtkMRMLVectorVolumeNode",
+        "vtkMRMLTensorVolumeNode",
+        "vtkMRMLDiffusionWeightedVolumeNode",
+    )
+    if not isinstance(node, slicer.vtkMRMLScalarVolumeNode):
+        return False
+    if any(isinstance(node, getattr(slicer, name)) for name in excluded if hasattr(slicer, name)):
+        return False
+    image = node.GetImageData()
+    return image is None or image.GetNumberOfScalarComponents() == 1
+
+
+def require_scalar_volume(node) -> None:
+    """An InputError naming the node unless it is a scalar volume DeepSTD can code."""
+    if not is_scalar_volume(node):
+        from deepstd.errors import InputError
+
+        kind = node.GetClassName() if node is not None else "nothing"
+        raise InputError(f"{_name(node)} is a {kind}: DeepSTD compresses single-component scalar volumes only")
+
+
+def node_modality(node) -> Optional[str]:
+    """The DICOM modality ("CT", "MR", ...) Slicer knows for a volume node, or None.
+
+    Looked up where Slicer keeps it, in this order: the node's `DICOM.Modality` attribute, the
+    attribute of its subject-hierarchy item (or a parent item: Slicer's DICOM module sets it on
+    the series), the DICOM database entry of its first instance (`DICOM.instanceUIDs`, tag
+    0008,0060), then the voxel value units (Hounsfield units mean CT) and our own units attribute.
+    """
+    if node is None:
+        return None
+    value = node.GetAttribute(ATTR_DICOM_MODALITY)
+    if value:
+        return value.strip().upper()
+    value = _subject_hierarchy_modality(node)
+    if value:
+        return value
+    value = _database_modality(node)
+    if value:
+        return value
+    if _voxel_units_code(node) == HU_CODE or node.GetAttribute(ATTR_UNITS) == "HU":
+        return "CT"
+    return None
+
+
+def node_units(node) -> str:
+    """deepstd's units for a node's voxels: "HU" when Slicer says the values are Hounsfield units
+    (voxel value units, a CT modality) or we wrote them as such; else "unitless"."""
+    if _voxel_units_code(node) == HU_CODE or node.GetAttribute(ATTR_UNITS) == "HU":
+        return "HU"
+    if node.GetAttribute(ATTR_UNITS):
+        return node.GetAttribute(ATTR_UNITS)
+    return "HU" if node_modality(node) == "CT" else "unitless"
+
+
+def _voxel_units_code(node) -> str:
+    get = getattr(node, "GetVoxelValueUnits", None)
+    units = get() if get is not None else None
+    return (units.GetCodeValue() or "") if units is not None else ""
+
+
+def _subject_hierarchy_modality(node) -> str:
+    scene = node.GetScene()
+    if scene is None:
+        return ""
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    if sh is None:
+        return ""
+    item, root = sh.GetItemByDataNode(node), sh.GetSceneItemID()
+    while item and item != root:
+        value = sh.GetItemAttribute(item, ATTR_DICOM_MODALITY)
+        if value:
+            return value.strip().upper()
+        item = sh.GetItemParent(item)
+    return ""
+
+
+def _database_modality(node) -> str:
+    """The modality tag of the node's first DICOM instance (Slicer's DICOM database, if any)."""
+    uids = (node.GetAttribute(ATTR_DICOM_INSTANCES) or "").split()
+    database = getattr(slicer, "dicomDatabase", None)
+    if not uids or database is None:
+        return ""
+    try:
+        value = database.fileValue(database.fileForInstance(uids[0]), MODALITY_TAG)
+    except Exception:  # a closed or foreign database: no answer, not an error
+        return ""
+    return str(value or "").strip().upper()
 
 
 def update_node_from_volume(node, volume: "Volume", cast: bool = True):
@@ -91,6 +194,10 @@ def update_node_from_volume(node, volume: "Volume", cast: bool = True):
     node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijk_to_ras(volume)))
     node.SetAttribute(ATTR_DTYPE, volume.dtype)
     node.SetAttribute(ATTR_UNITS, volume.units)
+    if volume.units == "HU" and hasattr(node, "SetVoxelValueUnits"):  # as Slicer's DICOM module marks CT
+        units = slicer.vtkCodedEntry()
+        units.SetValueSchemeMeaning(HU_CODE, "UCUM", "Hounsfield unit")
+        node.SetVoxelValueUnits(units)
     if node.GetDisplayNode() is None:
         node.CreateDefaultDisplayNodes()
     return node

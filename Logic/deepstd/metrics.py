@@ -15,6 +15,9 @@ import numpy as np
 from .errors import InputError
 from .volume import Volume
 
+#: planes per SSIM slab (`ssim`): bounded memory whatever the volume's size
+SSIM_SLAB = 16
+
 
 def _pair(a, b):
     a = np.asarray(a.array if isinstance(a, Volume) else a, dtype=np.float64)
@@ -25,7 +28,7 @@ def _pair(a, b):
 
 
 def _range_of(a: np.ndarray, data_range: Optional[float]) -> float:
-    value = float(a.max() - a.min()) if data_range is None else float(data_range)
+    value = float(a.max()) - float(a.min()) if data_range is None else float(data_range)
     return value if value > 0 else 1.0
 
 
@@ -50,32 +53,47 @@ def psnr(original, decoded, data_range: Optional[float] = None) -> float:
     return float(10.0 * np.log10(_range_of(a, data_range) ** 2 / mse))
 
 
-def ssim(original, decoded, data_range: Optional[float] = None) -> float:
+def ssim(original, decoded, data_range: Optional[float] = None, slab: int = SSIM_SLAB, progress=None) -> float:
     """3D SSIM (7×7×7 uniform window, K1 = 0.01, K2 = 0.03, sample covariance), real data range.
 
     These are scikit-image's defaults for `structural_similarity` on a 3-D array, so the value equals
     `skimage.metrics.structural_similarity(a, b, data_range=range)`; volumes thinner than 7 voxels
-    along an axis use the largest odd window that fits.
+    along an axis use the largest odd window that fits. Computed `slab` planes (first axis) at a
+    time with a halo of half a window, which gives the whole-volume value exactly (the filters only
+    reach that far) in bounded memory: a 512×512×300 CT needs ~0.4 GB instead of ~6 GB.
+    `progress(fraction)` is called after each slab (it may raise to cancel).
     """
     from scipy.ndimage import uniform_filter
 
-    a, b = _pair(original, decoded)
-    win = min(7, *[(n if n % 2 else n - 1) for n in a.shape])
+    a0 = np.asarray(original.array if isinstance(original, Volume) else original)
+    b0 = np.asarray(decoded.array if isinstance(decoded, Volume) else decoded)
+    if a0.shape != b0.shape:
+        raise InputError(f"cannot compare volumes of shapes {a0.shape} and {b0.shape}")
+    win = min(7, *[(n if n % 2 else n - 1) for n in a0.shape])
     if win < 3:
-        raise InputError(f"SSIM needs at least 3 voxels along every axis, got {a.shape}")
-    r = _range_of(a, data_range)
+        raise InputError(f"SSIM needs at least 3 voxels along every axis, got {a0.shape}")
+    r = _range_of(a0, data_range)
     c1, c2 = (0.01 * r) ** 2, (0.03 * r) ** 2
-    n = win**a.ndim
+    n = win**a0.ndim
     cov_norm = n / (n - 1.0)
     mean = lambda x: uniform_filter(x, size=win)  # noqa: E731 - local shorthand
-    ux, uy = mean(a), mean(b)
-    vx = cov_norm * (mean(a * a) - ux * ux)
-    vy = cov_norm * (mean(b * b) - uy * uy)
-    vxy = cov_norm * (mean(a * b) - ux * uy)
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
     pad = (win - 1) // 2
-    core = s[tuple(slice(pad, dim - pad) for dim in s.shape)]
-    return float(core.mean())
+    rest = tuple(slice(pad, dim - pad) for dim in a0.shape[1:])
+    total, count, first, last = 0.0, 0, pad, a0.shape[0] - pad
+    for z0 in range(first, last, max(1, int(slab))):
+        z1 = min(z0 + max(1, int(slab)), last)
+        a = a0[z0 - pad : z1 + pad].astype(np.float64)
+        b = b0[z0 - pad : z1 + pad].astype(np.float64)
+        ux, uy = mean(a), mean(b)
+        vx = cov_norm * (mean(a * a) - ux * ux)
+        vy = cov_norm * (mean(b * b) - uy * uy)
+        vxy = cov_norm * (mean(a * b) - ux * uy)
+        s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
+        core = s[(slice(pad, pad + z1 - z0),) + rest]
+        total, count = total + float(core.sum()), count + core.size
+        if progress is not None:
+            progress((z1 - first) / max(1, last - first))
+    return total / count
 
 
 def residue(original: Volume, decoded: Volume) -> Volume:

@@ -16,12 +16,16 @@ other files (`{"path": …}`, e.g. a `.dstd`) or arrays (`{"file": "masks.npz"}`
 are inside the job folder. Operations (`OPERATIONS`) and what their `result` holds:
 
     register         inputs moving, template; options settings (CycleSettings fields), threads,
-                     prealignment, downsample, foreground -> loss, omega, steps, seconds, snapshot
+                     prealignment, downsample, foreground, device, field (also write the
+                     full-resolution field, as `deepstd register --out-field`) -> loss, omega,
+                     steps, seconds, snapshot, device [, field (a vector .nrrd)]
     encode           inputs volume [, keep]; options bundle, ratio | max_error, keep_error, device;
-                     outputs dstd (written atomically) -> path, raw_bytes, file_bytes, seconds
+                     outputs dstd (written atomically) -> path, raw_bytes, file_bytes, seconds,
+                     warnings (the header's)
     decode           inputs dstd; options bundle (path; else found from the header and
                      bundle_search), device, roi ((x0, y0, z0), (x1, y1, z1)) -> volume, dstd
-    residue          inputs original, decoded -> residue (volume), values (MAE, PSNR, SSIM)
+    residue          inputs original, decoded -> residue (volume), values (MAE, PSNR, SSIM);
+                     computed in slabs (bounded memory), progress per slab
     segment_metrics  inputs masks (a0, b0, a1, b1, … boolean arrays); options pairs, spacing -> rows
 
 Output is one JSON object per line on stdout, and nothing else (anything else the operation
@@ -63,6 +67,8 @@ JOB_FILE = "job.json"
 #: torch's CPU threads for jobs whose options do not say (default: torch's own choice).
 THREADS_ENV = "DEEPSTD_WORKER_THREADS"
 EXIT_OK, EXIT_BUG, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 2, 130
+#: voxels per slab of the residue job's float64 work (bounded memory on large CT)
+SLAB_VOXELS = 1 << 22
 
 
 # --- the job folder (written by the caller, read here) ------------------------------------------
@@ -273,9 +279,16 @@ class Channel:
 
 
 def _register(job: Job, channel: Channel, cancel) -> Dict[str, Any]:
+    import inspect
+
+    from .progress import Reporter
     from .shape import CycleSettings, register
 
     options = job.options
+    extra = {}
+    device = options.get("device") or "auto"
+    if "device" in inspect.signature(register).parameters:
+        extra["device"] = device
     reg = register(
         job.volume("moving"),
         job.volume("template"),
@@ -286,21 +299,32 @@ def _register(job: Job, channel: Channel, cancel) -> Dict[str, Any]:
         progress=channel.progress,
         cancel=cancel,
         threads=options.get("threads"),
+        **extra,
     )
-    return {
+    result = {
         "loss": reg.loss,
         "omega": reg.omega,
         "steps": reg.fit.step,
         "seconds": reg.seconds,
         "info": reg.info,
         "snapshot": channel.last_snapshot,
+        "device": device if extra else "cpu",
     }
+    if options.get("field"):
+        # the full-resolution field, exactly what `deepstd register --out-field` writes
+        from .io.itk import write_image_atomic
+        from .shape import field as fields
+
+        disp = reg.forward_field(Reporter(channel.progress, cancel))
+        write_image_atomic(fields.to_sitk_field(disp, reg.frame), str(job.folder / "field.nrrd"))
+        result["field"] = {"file": "field.nrrd"}
+    return result
 
 
 def _encode(job: Job, channel: Channel, cancel) -> Dict[str, Any]:
     from .bundle import load_bundle
     from .codec import encode
-    from .container import write_atomic
+    from .container import unpack, write_atomic
     from .progress import Reporter
 
     started = time.perf_counter()
@@ -329,6 +353,7 @@ def _encode(job: Job, channel: Channel, cancel) -> Dict[str, Any]:
         "raw_bytes": volume.raw_bytes,
         "file_bytes": len(data),
         "seconds": time.perf_counter() - started,
+        "warnings": [str(w) for w in unpack(data).header.get("warnings", [])],
     }
 
 
@@ -366,6 +391,8 @@ def _decode(job: Job, channel: Channel, cancel) -> Dict[str, Any]:
 
 
 def _residue(job: Job, channel: Channel, cancel) -> Dict[str, Any]:
+    """Residue, MAE, PSNR and SSIM in slabs, so memory stays bounded (a 512×512×300 CT: the two
+    inputs and the residue as float32, plus one slab's float64 work)."""
     from . import metrics
     from .errors import InputError
     from .progress import Reporter
@@ -374,16 +401,30 @@ def _residue(job: Job, channel: Channel, cancel) -> Dict[str, Any]:
     original, decoded = job.volume("original"), job.volume("decoded")
     if not original.same_grid(decoded):
         raise InputError("the two volumes are not on the same grid (size, spacing, origin or orientation differ)")
-    report("residue", 0.0, "residue")
-    residue = metrics.residue(original, decoded)
+    a, b = original.array, decoded.array
+    residue = np.empty(a.shape, np.float32)
+    absolute = squared = 0.0
+    step = max(1, SLAB_VOXELS // max(1, a[0].size))
+    for z0 in range(0, a.shape[0], step):
+        diff = a[z0 : z0 + step].astype(np.float64) - b[z0 : z0 + step]
+        residue[z0 : z0 + step] = diff
+        absolute += float(np.abs(diff).sum())
+        squared += float(np.square(diff).sum())
+        report("residue", 0.2 * min(1.0, (z0 + step) / a.shape[0]), "residue, MAE and PSNR")
     data_range = original.data_range()
-    values = {"MAE": float(metrics.mae(original.array, decoded.array))}
-    report("residue", 0.3, "PSNR")
-    values["PSNR"] = float(metrics.psnr(original.array, decoded.array, data_range=data_range))
-    report("residue", 0.5, "SSIM")
-    values["SSIM"] = float(metrics.ssim(original.array, decoded.array, data_range=data_range))
-    report("residue", 1.0, "writing the residue")
-    spec = write_volume(residue, job.folder / "residue.nrrd", relative_to=job.folder)
+    mse = squared / max(1, a.size)
+    values = {
+        "MAE": absolute / max(1, a.size),
+        # as metrics.psnr: the original's real data range, inf when identical
+        "PSNR": float("inf") if mse == 0 else float(10.0 * np.log10(metrics._range_of(a, data_range) ** 2 / mse)),
+    }
+    values["SSIM"] = metrics.ssim(
+        a, b, data_range=data_range, progress=lambda f: report("residue", 0.2 + 0.75 * f, "SSIM")
+    )
+    report("residue", 0.95, "writing the residue")
+    residue_volume = original.with_array(residue, dtype="float32")
+    del original, decoded, a, b  # the inputs' memory is free again before the residue is written
+    spec = write_volume(residue_volume, job.folder / "residue.nrrd", relative_to=job.folder)
     return {"residue": spec, "values": values}
 
 

@@ -44,7 +44,9 @@ def made(tmp_path_factory, one_thread):
     dstd = encode(scan, load_bundle(BUNDLE), ratio=64)
     folder = tmp_path_factory.mktemp("deepstd_object")
     path = write_object(dstd, scan.meta, folder / "object.dcm")
-    return types.SimpleNamespace(path=path, dstd=dstd, scan=scan)
+    # the series is named by the achieved ratio (64x asked, up to 2 % less bytes written)
+    ratio = f"{scan.raw_bytes / len(dstd):.0f}"
+    return types.SimpleNamespace(path=path, dstd=dstd, scan=scan, name=f"DeepSTD {ratio}x", ratio=f"{ratio}:1")
 
 
 @pytest.fixture
@@ -105,9 +107,9 @@ def test_examine_lists_the_deepstd_object_and_nothing_else(folder, made, monkeyp
         # with the database's SOP class the CT slice is never opened by the plugin
         assert (folder.ct in opened) == (sop_class_of is None)
     (candidate,) = found
-    assert candidate.name == "DeepSTD 64x"  # the object's SeriesDescription
-    assert "64:1" in candidate.tooltip and f"'{BUNDLE}'" in candidate.tooltip
-    assert candidate.warning.startswith("Lossy compressed (DeepSTD, 64:1)")
+    assert candidate.name == made.name  # the object's SeriesDescription
+    assert made.ratio in candidate.tooltip and f"'{BUNDLE}'" in candidate.tooltip
+    assert candidate.warning.startswith(f"Lossy compressed (DeepSTD, {made.ratio})")
     assert candidate.selected and candidate.confidence > 0.5  # above DICOMScalarVolumePlugin's
 
 
@@ -119,9 +121,9 @@ def test_a_raw_data_object_of_another_vendor_is_not_claimed(folder):
     assert dicom_plugin.examine_files([folder.ct]) == []
 
 
-def test_a_damaged_object_is_listed_but_fails_to_load_with_a_clear_message(folder, headless):
+def test_a_damaged_object_is_listed_but_fails_to_load_with_a_clear_message(folder, made, headless):
     (candidate,) = dicom_plugin.examine_files([folder.corrupt], sop_class_from_file)
-    assert candidate.name == "DeepSTD 64x"
+    assert candidate.name == made.name
     with pytest.raises(dicom_plugin.LoadError) as caught:
         dicom_plugin.load_object(folder.corrupt, candidate.name)
     text = str(caught.value)
@@ -137,8 +139,8 @@ def test_load_decodes_exactly_as_the_package_and_the_dstd_reader(folder, made, h
     from deepstd.bundle import load_bundle
     from deepstd.dicom_object import unwrap
 
-    node = dicom_plugin.load_object(folder.object, "DeepSTD 64x")
-    assert node.GetName() == "DeepSTD 64x" and node.IsA("vtkMRMLScalarVolumeNode")
+    node = dicom_plugin.load_object(folder.object, made.name)
+    assert node.GetName() == made.name and node.IsA("vtkMRMLScalarVolumeNode")
     voxels, matrix = array_and_matrix(node)
 
     # what the package decodes from the unwrapped bytes, put in RAS as the module does
@@ -174,7 +176,7 @@ def test_load_decodes_exactly_as_the_package_and_the_dstd_reader(folder, made, h
     header = deepstd.codec.header.DstdHeader.from_dict(deepstd.container.unpack(payload).header)
     assert node.GetAttribute(core.ATTR_ENCODER) == (header.encoder_version or "")  # a lean header has none
     assert node.GetAttribute(core.ATTR_WARNINGS) == "\n".join(header.warnings)
-    assert node.GetAttribute(core.ATTR_LOSSY) == "lossy compressed (DeepSTD, 64:1)" == node.GetDescription()
+    assert node.GetAttribute(core.ATTR_LOSSY) == f"lossy compressed (DeepSTD, {made.ratio})" == node.GetDescription()
     assert node.GetAttribute(core.ATTR_SOURCE) == folder.object
     assert node.GetAttribute("DeepSTD.dicomInstanceUID") == str(
         __import__("pydicom").dcmread(folder.object, stop_before_pixels=True).SOPInstanceUID
@@ -319,15 +321,15 @@ def test_the_plugin_class_examines_and_loads_through_the_helper(plugin_module, f
     assert len(loadables) == 1
     (loadable,) = loadables
     assert isinstance(loadable, StrictDICOMLoadable)
-    assert loadable.files == [folder.object] and loadable.name == "DeepSTD 64x"
+    assert loadable.files == [folder.object] and loadable.name == made.name
     assert loadable.selected and loadable.confidence == dicom_plugin.CONFIDENCE
-    assert "64:1" in loadable.tooltip and loadable.warning.startswith("Lossy compressed")
+    assert made.ratio in loadable.tooltip and loadable.warning.startswith("Lossy compressed")
     assert sorted(plugin_module.database.asked) == sorted([folder.ct, folder.object, folder.raw])
     assert plugin.examine(lists)[0] is loadable  # cached per file list; the old name answers too
     assert len(plugin_module.database.asked) == 3
 
     node = plugin.load(loadable)
-    assert node and node.GetName() == "DeepSTD 64x" and node.GetAttribute(core.ATTR_LOSSY)
+    assert node and node.GetName() == made.name and node.GetAttribute(core.ATTR_LOSSY)
     assert StrictDICOMPlugin.subject_hierarchy == [(loadable, node)]
     assert plugin_module.shown == []
 

@@ -227,3 +227,30 @@ def test_write_then_read_round_trip_with_the_real_codec(headless, tmp_path):
 
     direct = deepstd.codec.decode(path.read_bytes(), codec.bundles().load_bundle(name))
     np.testing.assert_array_equal(back.array, direct.to_dtype_array())
+
+
+def test_writer_is_not_offered_for_vector_or_tensor_volumes(headless):
+    writer = DeepSTDSlicerFileWriter(FakeIOParent())
+    for cls in ("vtkMRMLVectorVolumeNode", "vtkMRMLDiffusionTensorVolumeNode", "vtkMRMLDiffusionWeightedVolumeNode"):
+        assert writer.canWriteObjectConfidence(headless.scene.AddNewNodeByClass(cls)) == 0, cls
+
+
+def test_writer_picks_the_bundle_by_the_volumes_modality(headless, oblique_volume, tmp_path, monkeypatch):
+    """File > Save as .dstd of a CT (Hounsfield units, as Slicer's DICOM module loads it) with no
+    codec chosen uses the CT bundle, and an MR the selected MR bundle: never the first one."""
+    calls = []
+    monkeypatch.setattr(codec, "encode", lambda volume, bundle, *a, **k: calls.append(bundle) or b"DSTD" + bytes(4))
+    ct = mrml.add_volume_node(oblique_volume.with_array(oblique_volume.array, units="HU"), "ct")
+    parent = FakeIOParent()
+    assert DeepSTDSlicerFileWriter(parent).write({"nodeID": ct.GetID(), "fileName": str(tmp_path / "ct.dstd")})
+    assert calls[-1].endswith("ct-torso.dstdb")
+
+    mr = mrml.add_volume_node(oblique_volume, "mr")
+    mr.SetAttribute("DICOM.Modality", "MR")
+    settings = core.DeepSTDCore().parameter_node()
+    settings.SetParameter("bundle", "ct-torso")  # selected, but for another modality: not used
+    assert DeepSTDSlicerFileWriter(parent).write({"nodeID": mr.GetID(), "fileName": str(tmp_path / "mr.dstd")})
+    assert not calls[-1].endswith("ct-torso.dstdb") and calls[-1].endswith(".dstdb")
+    settings.SetParameter("bundle", "prostate-t2")  # an MR codec the user chose: kept
+    assert DeepSTDSlicerFileWriter(parent).write({"nodeID": mr.GetID(), "fileName": str(tmp_path / "mr2.dstd")})
+    assert calls[-1] == "prostate-t2"

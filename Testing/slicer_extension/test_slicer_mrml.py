@@ -107,3 +107,80 @@ def test_empty_node_is_an_input_error(headless):
     node = headless.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
     with pytest.raises(InputError, match="no voxels"):
         mrml.volume_from_node(node)
+
+
+# --- units and modality as Slicer knows them ----------------------------------------------------
+
+
+def _plain_node(scene, name="scan"):
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    slicer.util.updateVolumeFromArray(node, np.zeros((4, 5, 6), np.int16))
+    return node
+
+
+def test_units_and_modality_come_from_slicer_not_only_our_attribute(headless, monkeypatch):
+    """A CT loaded by Slicer's DICOM module has Hounsfield voxel value units and a DICOM modality,
+    but none of the module's own attributes: it must arrive as HU / CT."""
+    scene = headless.scene
+    plain = _plain_node(scene)
+    assert mrml.node_modality(plain) is None and mrml.volume_from_node(plain).units == "unitless"
+
+    hu = _plain_node(scene, "hu")
+    units = slicer.vtkCodedEntry()
+    units.SetValueSchemeMeaning("[hnsf'U]", "UCUM", "Hounsfield unit")
+    hu.SetVoxelValueUnits(units)
+    assert mrml.volume_from_node(hu).units == "HU" and mrml.node_modality(hu) == "CT"
+
+    tagged = _plain_node(scene, "tagged")
+    tagged.SetAttribute("DICOM.Modality", "ct")
+    assert mrml.node_modality(tagged) == "CT" and mrml.volume_from_node(tagged).units == "HU"
+
+    mr = _plain_node(scene, "series item")
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    series = sh.CreateFolderItem(sh.GetSceneItemID(), "series")
+    sh.SetItemAttribute(series, "DICOM.Modality", "MR")
+    sh.CreateItem(series, mr)
+    assert mrml.node_modality(mr) == "MR" and mrml.volume_from_node(mr).units == "unitless"
+
+    class Database:  # slicer.dicomDatabase: instance -> file -> tag value
+        def fileForInstance(self, uid):
+            return {"1.2.3": "/db/ct1.dcm"}[uid]
+
+        def fileValue(self, path, tag):
+            return {("/db/ct1.dcm", "0008,0060"): "CT"}[(path, tag)]
+
+    monkeypatch.setattr(slicer, "dicomDatabase", Database(), raising=False)
+    from_db = _plain_node(scene, "from database")
+    from_db.SetAttribute("DICOM.instanceUIDs", "1.2.3 1.2.4")
+    assert mrml.node_modality(from_db) == "CT" and mrml.volume_from_node(from_db).units == "HU"
+
+
+def test_hu_volumes_get_slicers_voxel_value_units(headless, oblique_volume):
+    node = mrml.add_volume_node(oblique_volume.with_array(oblique_volume.array, units="HU"), "ct")
+    assert node.GetVoxelValueUnits().GetCodeValue() == "[hnsf'U]"
+    mr = mrml.add_volume_node(oblique_volume.with_array(oblique_volume.array, units="unitless"), "mr")
+    assert mr.GetVoxelValueUnits() is None
+
+
+def test_only_single_component_scalar_volumes_are_codable(headless, oblique_volume):
+    from deepstd.errors import InputError
+
+    scene = headless.scene
+    assert mrml.is_scalar_volume(mrml.add_volume_node(oblique_volume, "v"))
+    for cls in (
+        "vtkMRMLVectorVolumeNode",
+        "vtkMRMLDiffusionTensorVolumeNode",
+        "vtkMRMLDiffusionWeightedVolumeNode",
+        "vtkMRMLLabelMapVolumeNode",
+        "vtkMRMLTableNode",
+    ):
+        node = scene.AddNewNodeByClass(cls)
+        assert not mrml.is_scalar_volume(node), cls
+        with pytest.raises(InputError, match="scalar volumes only"):
+            mrml.require_scalar_volume(node)
+    rgb = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "rgb in a scalar node")
+    image = vtk.vtkImageData()
+    image.SetDimensions(4, 3, 2)
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 3)
+    rgb.SetAndObserveImageData(image)
+    assert not mrml.is_scalar_volume(rgb)

@@ -147,7 +147,9 @@ def test_real_cycle_inr_registration_streams_previews_and_status(headless):
     transform = done[0]
     field = slicer.util.arrayFromGridTransform(transform)
     assert np.isfinite(field).all() and np.abs(field).max() > 0
-    np.testing.assert_allclose(field[..., 2], result.snapshot.displacement[..., 2], atol=1e-5)  # z: same in RAS
+    # the result is the full-resolution field on the template grid, not the coarse preview
+    assert field.shape == tuple(reversed(template.GetImageData().GetDimensions())) + (3,)
+    assert transform.GetAttribute("DeepSTD.field").startswith("full resolution")
     preview = headless.scene.GetFirstNodeByName(f"{moving.GetName()} (registration preview)")
     assert preview.GetParentTransformNode() is transform
     assert preview.GetImageData() is moving.GetImageData()  # shares the voxels
@@ -180,3 +182,30 @@ def test_cancelled_registration_reaches_the_main_thread(headless):
         job.wait(0.05)
     assert time.time() - started < 10
     assert isinstance(errors[0], Cancelled) and job.returncode != 0
+
+
+def test_registration_result_equals_deepstd_register_out_field(headless, tmp_path):
+    """The transform node the module leaves holds exactly what `deepstd register --out-field`
+    writes for the same scans and settings (LPS -> RAS: x and y change sign), at full resolution."""
+    import SimpleITK as sitk
+    from conftest import REPO
+
+    from deepstd.shape import CycleSettings, register_files
+
+    folder = REPO.parent / "shared" / "data" / "hippocampus_mr" / "images"
+    files = sorted(folder.glob("*.nii.gz"))[:2]
+    moving, template = real_pair(headless)
+    settings = dict(steps=30, preview_every=15, probe_steps=15)
+    transform = core.DeepSTDCore().register(
+        moving, template, options={"settings": CycleSettings(**settings), "threads": 1}
+    )
+    out = tmp_path / "field.nrrd"
+    register_files(str(files[0]), str(files[1]), out_field=str(out), threads=1, **settings)
+    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    field = slicer.util.arrayFromGridTransform(transform)
+    assert field.shape == expected.shape
+    np.testing.assert_allclose(field, expected * np.array([-1.0, -1.0, 1.0]), atol=1e-4)
+    grid = transform.GetTransformFromParent().GetDisplacementGrid()
+    reference = sitk.ReadImage(str(out))
+    np.testing.assert_allclose(grid.GetSpacing(), reference.GetSpacing(), atol=1e-9)
+    np.testing.assert_allclose(grid.GetOrigin(), np.array(reference.GetOrigin()) * [-1, -1, 1], atol=1e-6)
