@@ -117,6 +117,43 @@ def shifted_reader(shift_mm, scan_size=(20, 18, 16), frame=None):
     return ScanReader(TEMPLATE, frame or texture_frame(TEMPLATE)[0], identity_field(), np.eye(4), scan)
 
 
+def test_a_resampled_frame_keeps_its_box():
+    frame = Frame((11, 21, 5), (2.0, 1.0, 3.0), (5.0, -3.0, 1.0), (0, 1, 0, -1, 0, 0, 0, 0, 1))
+    fine = frame.resampled((31, 21, 13))
+    assert fine.same_box(frame) and fine.spacing == (20 / 30, 1.0, 1.0)
+    assert fine.resampled(frame.size) == frame
+
+
+NO_PREALIGNMENT = np.eye(4)
+
+
+def test_native_size_refines_only_the_axes_the_scan_samples_finer():
+    template = Frame((158, 131, 145), (2.3, 2.3, 2.3), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    ct = Frame((512, 512, 64), (0.84, 0.84, 5.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    size, warning = alignment.native_size(template, ct, NO_PREALIGNMENT)
+    assert warning is None and size[2] == 145  # 5 mm slices: the template's 2.3 mm is finer
+    fine = template.resampled(size)
+    assert all(s <= 0.84 + 1e-9 for s in fine.spacing[:2]) and all(s > 0.8 for s in fine.spacing[:2])
+    # a coronal acquisition: rows along -z, 5 mm slices along y
+    coronal = Frame((512, 512, 64), (0.84, 0.84, 5.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 0, 1, 0, -1, 0))
+    size, _ = alignment.native_size(template, coronal, NO_PREALIGNMENT)
+    assert size[1] == 131 and size[0] > 400 and size[2] > 390
+    mr = Frame((200, 150, 88), (0.625, 0.625, 0.625), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    same = Frame((223, 155, 88), (0.625, 0.625, 0.625), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    assert alignment.native_size(same, mr, NO_PREALIGNMENT) == (None, None)  # the template is fine enough
+    # a pre-alignment that shrinks the template (scan mm per template mm < 1) asks for less
+    assert alignment.native_size(template, ct, np.diag([0.3, 0.3, 1.0, 1.0]))[0] is None
+
+
+def test_native_size_stays_within_the_voxel_cap_and_says_so(monkeypatch):
+    monkeypatch.setattr(alignment, "MAX_NATIVE_FRAME_VOXELS", 5_000_000)
+    template = Frame((158, 131, 145), (2.3, 2.3, 2.3), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    ct = Frame((512, 512, 64), (0.84, 0.84, 5.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    size, warning = alignment.native_size(template, ct, NO_PREALIGNMENT)
+    assert np.prod(size) <= 5_000_000 and size[0] > 158
+    assert "coarser than the scan's 0.84×0.84×5.00 mm" in warning
+
+
 def test_covering_frame_widens_the_margins_until_a_shifted_scan_is_covered():
     frame, margin = texture_frame(TEMPLATE)
     reader = shifted_reader((15.0, -11.0, 0.0))  # reaches 15 mm past +x, 11 past -y

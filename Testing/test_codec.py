@@ -111,10 +111,25 @@ def test_the_header_is_lean_only_where_it_would_eat_the_budget(tiny_bundle, scan
         DstdHeader.from_dict(dict(small.header, bundle={"sha256": "abc"}))
 
 
-def test_budget_beyond_the_finest_rate_is_said_not_padded(tiny_bundle, scan):
+def test_budget_beyond_the_finest_rate_goes_to_the_refinement_layer(tiny_bundle, scan, monkeypatch):
+    from deepstd import refine
+
+    budget = scan.raw_bytes // 4
     data = codec.encode(scan, tiny_bundle, ratio=4, device="cpu")
-    assert len(data) < scan.raw_bytes // 4
-    assert any("finest texture rate" in w for w in unpack(data).header["warnings"])
+    parsed = unpack(data)
+    assert 0.98 * budget <= len(data) <= budget and refine.SECTION in parsed.sections
+    assert not any("finest texture rate" in w for w in parsed.header.get("warnings", []))
+    refined = codec.decode(data, tiny_bundle)
+    error = lambda decoded: float(np.sqrt(np.mean((decoded.array - scan.array) ** 2)))  # noqa: E731
+    box = ((3, 4, 2), (30, 25, 11))  # a region of a refined file is the crop of the whole decode
+    region = codec.decode(data, tiny_bundle, roi=box)
+    np.testing.assert_array_equal(region.array, refined.array[2:11, 4:25, 3:30])
+    # without SPERR the encoder says the budget is not filled instead of padding it
+    monkeypatch.setattr(refine, "unavailable_reason", lambda: "no SPERR here")
+    plain = codec.encode(scan, tiny_bundle, ratio=4, device="cpu")
+    assert len(plain) < 0.9 * budget and refine.SECTION not in unpack(plain).sections
+    assert any("finest texture rate" in w for w in unpack(plain).header["warnings"])
+    assert error(refined) < 0.8 * error(codec.decode(plain, tiny_bundle))
 
 
 def test_byte_budget_option(tiny_bundle, scan):
@@ -294,7 +309,8 @@ def test_output_bytes_do_not_depend_on_the_worker_count(tiny_bundle, scan, coded
 
 
 def test_a_one_block_frame_is_coded_whole_on_the_smallest_frame_that_covers(tiny_bundle, scan, tmp_path):
-    from deepstd.alignment import compact_frame, texture_frame
+    from deepstd.alignment import compact_frame
+    from deepstd.codec.decoder import coded_frame
     from deepstd.grid import Frame
     from deepstd.texture import TextureStreams
 
@@ -316,8 +332,11 @@ def test_a_one_block_frame_is_coded_whole_on_the_smallest_frame_that_covers(tiny
     data = codec.encode(scan, one_block, ratio=24, device="cpu")
     parsed = unpack(data)
     streams = TextureStreams.from_bytes(parsed.sections["texture"])
-    default = texture_frame(Frame.of(one_block.template))[0]
-    assert streams.full and np.prod(streams.block) <= np.prod([-(-n // 16) * 16 for n in default.size])
+    # the compact frame, resampled where the scan is finer than the template (0.9 mm against 1 mm here)
+    assert streams.full and max(streams.block) <= 64
+    header = DstdHeader.from_dict(parsed.header)
+    assert header.codec.frame_size is not None
+    assert tuple(streams.shape) == coded_frame(header, Frame.of(one_block.template)).shape_zyx
     decoded = codec.decode(data, one_block)
     assert (decoded.size, decoded.spacing, decoded.origin, decoded.direction) == (
         scan.size,

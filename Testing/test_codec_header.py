@@ -64,6 +64,11 @@ def test_lean_keeps_only_what_decoding_needs_and_fits_the_budget(header):
         ("codec", [1, 2], "codec entry"),
         ("codec", {"margin": [8, -1, 8]}, "margin"),
         ("codec", {"margin": [8, 8, 8], "omega": "12"}, "codec.omega"),
+        ("codec", {"margin": [8, 8, 8], "frame_size": [10, 10]}, "frame size"),
+        ("codec", {"margin": [8, 8, 8], "frame_size": [10, 0, 10]}, "frame size"),
+        ("codec", {"margin": [8, 8, 8], "frame_size": [10000, 10000, 10]}, "exceeds"),
+        ("codec", {"margin": [8, 8, 8], "frame_window": [0, 0, 0, 4, 4]}, "frame window"),
+        ("codec", {"margin": [8, 8, 8], "frame_window": [5, 0, 0, 4, 4, 4]}, "frame window"),
         ("codec", {"margin": [8, 8, 8], "texture_rate": True}, "codec.texture_rate"),
         ("intensity", {"lo": 5.0, "hi": 1.0}, "intensity"),
         ("intensity", [0, 1], "intensity"),
@@ -83,6 +88,17 @@ def test_every_malformed_key_is_a_format_error(header, key, value, message):
     bad = dict(header.to_dict(), **{key: value})
     with pytest.raises(FormatError, match=message):
         DstdHeader.from_dict(bad)
+
+
+def test_a_resampled_and_cut_texture_frame_travels_in_every_header_form(header):
+    keys = replace(header.codec, frame_size=(300, 200, 90), frame_window=((4, 0, 2), (290, 200, 80)))
+    native = replace(header, codec=keys)
+    d = native.to_dict()
+    assert d["codec"]["frame_size"] == [300, 200, 90] and d["codec"]["frame_window"] == [4, 0, 2, 290, 200, 80]
+    assert DstdHeader.from_dict(d) == native
+    lean = native.lean()  # the decoder needs both to rebuild the frame
+    assert (lean.codec.frame_size, lean.codec.frame_window) == (keys.frame_size, keys.frame_window)
+    assert "frame_size" not in header.to_dict()["codec"]  # absent for frames on the template's grid
 
 
 def test_unknown_keys_are_ignored_and_geometry_is_the_containers_check(header):

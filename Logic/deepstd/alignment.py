@@ -78,11 +78,67 @@ MARGIN_FRACTION = 0.12
 INTERPOLATION = "cubic"
 
 
-def texture_frame(template_frame, margin=None):
-    """The grid the texture is coded on: the template grid padded by `margin` voxels (x, y, z)."""
+def texture_frame(template_frame, margin=None, size=None):
+    """The grid the texture frame is cut from (`frame_for`): the template grid padded by `margin`
+    voxels (x, y, z), resampled to `size` voxels over the same box when the scan is finer than the
+    template (`native_size`)."""
     if margin is None:
         margin = [max(8, int(round(MARGIN_FRACTION * n))) if n > 1 else 0 for n in template_frame.size]
-    return template_frame.padded(margin), [int(m) for m in margin]
+    frame = template_frame.padded(margin)
+    if size is not None:
+        frame = frame.resampled(size)
+    return frame, [int(m) for m in margin]
+
+
+#: a texture frame refined to the scan's resolution stays below this many voxels (memory of the warp
+#: and the texture: ~32 bytes per voxel when decoding); a finer scan is coded on a uniformly coarser
+#: frame, with a warning
+MAX_NATIVE_FRAME_VOXELS = 64_000_000
+#: an axis is resampled only where the scan samples it this much more finely (not for rounding-level
+#: differences such as 0.6245 against 0.625 mm, which would add a voxel row and a resampling for nothing)
+NATIVE_TOLERANCE = 1.05
+NATIVE_WARNING = (
+    "the texture is coded at {coded} mm, coarser than the scan's {scan} mm: a finer frame would exceed "
+    "{mvoxel:.0f} Mvoxel"
+)
+
+
+def native_size(frame, scan_grid, matrix: np.ndarray):
+    """(size, warning): the voxels per axis (x, y, z) that sample `frame`'s box at least as finely as
+    the scan samples the same direction, or (None, None) when the frame is already that fine.
+
+    The template's grid is a registration device: a CT template at 2.3 mm must not cap a 0.84 mm scan.
+    Along each frame axis the scan's sampling step is measured through the pre-alignment `matrix`
+    (template -> scan mm): for a unit direction u in scan space, a grid samples 1/step = |(S^T u) / s|
+    planes per mm (S its direction, s its spacing)."""
+    linear = np.asarray(matrix, dtype=np.float64)[:3, :3]
+    scan_axes = scan_grid.direction_matrix
+    scan_spacing = np.asarray(scan_grid.spacing, dtype=np.float64)
+    wanted = np.ones(3)
+    for axis in range(3):
+        along = linear @ frame.direction_matrix[:, axis]
+        stretch = float(np.linalg.norm(along))
+        density = float(np.linalg.norm((scan_axes.T @ (along / stretch)) / scan_spacing))
+        factor = frame.spacing[axis] * stretch * density
+        wanted[axis] = factor if factor > NATIVE_TOLERANCE else 1.0
+    size = np.asarray(frame.size, dtype=np.int64)
+    refined = lambda factors: np.where(size > 1, np.ceil((size - 1) * factors - 1e-6).astype(np.int64) + 1, size)  # noqa: E731
+    if np.all(refined(wanted) == size):
+        return None, None
+    factors, warning = wanted, None
+    while np.prod(refined(factors).astype(np.float64)) > MAX_NATIVE_FRAME_VOXELS and np.any(factors > 1):
+        factors = np.maximum(1.0, factors * 0.97)
+    final = refined(factors)
+    if not np.array_equal(factors, wanted):
+        coded = frame.resampled(final).spacing
+        warning = NATIVE_WARNING.format(
+            coded="×".join(f"{v:.2f}" for v in coded),
+            scan="×".join(f"{v:.2f}" for v in scan_grid.spacing),
+            mvoxel=MAX_NATIVE_FRAME_VOXELS / 1e6,
+        )
+    if np.array_equal(final, size):
+        return None, warning
+    return tuple(int(n) for n in final), warning
 
 
 #: a scan whose physical volume exceeds that of its texture frame (as the pre-alignment maps it into
@@ -109,12 +165,25 @@ COVERAGE_EXACT_VOXELS = 1 << 20
 COVERAGE_STEP = 4
 
 
-def frame_for(scan: Volume, template_frame, code, block):
-    """The texture frame a scan is coded on through the decoded shape `code`: (frame, margins,
-    block size to code it with, the fraction of the scan inside it). The default frame, widened
-    until it holds the scan when it does not (`covering_frame`), and when the result fits in one
-    texture block, the compact frame coded whole (block None). Encoding and training both choose
-    frames here, so the codec learns on the frames it will code."""
+@dataclass(frozen=True)
+class CodingFrame:
+    """The texture frame a scan is coded on, and how the decoder rebuilds it from the header."""
+
+    frame: Any
+    margin: Tuple[int, int, int]
+    size: Optional[Tuple[int, int, int]]  # refined to the scan's resolution; None: the template's
+    window: Optional[Tuple[Tuple[int, int, int], Tuple[int, int, int]]]  # the part the scan reads; None: all
+    block: Optional[int]  # None: coded whole
+    coverage: float  # the fraction of the scan inside the frame
+    warning: Optional[str]
+
+
+def frame_for(scan: Volume, template_frame, code, block) -> CodingFrame:
+    """The texture frame a scan is coded on through the decoded shape `code`. The default frame,
+    widened until it holds the scan when it does not (`covering_frame`); when the result fits in one
+    texture block, the compact frame coded whole; then resampled to the scan's resolution where the
+    scan is finer than the template (`native_size`), and cut to the box the scan reads (`read_window`).
+    Encoding and training both choose frames here, so the codec learns on the frames it will code."""
     from .grid import Frame
 
     step = 1 if scan.voxels <= COVERAGE_EXACT_VOXELS else COVERAGE_STEP
@@ -124,7 +193,34 @@ def frame_for(scan: Volume, template_frame, code, block):
         frame, margin = covering_frame(template_frame, margin, reader)
     if block_for(frame.size, block) is None:
         frame, margin = compact_frame(template_frame, margin, reader.coverage)
-    return frame, margin, block_for(frame.size, block), reader.coverage(frame)
+    coverage = reader.coverage(frame)  # a resampled frame covers the same box
+    size, warning = native_size(frame, Frame.of(scan), code.matrix)
+    if size is not None:
+        frame = frame.resampled(size)
+    window = read_window(frame, reader, step)
+    if window is not None:
+        frame = frame.window(*window)
+    return CodingFrame(frame, tuple(margin), size, window, block_for(frame.size, block), coverage, warning)
+
+
+def read_window(frame, reader: "ScanReader", step: int):
+    """The box of `frame` voxels the scan reads, widened by the cubic prefilter's reach and by the
+    gap between the sampled scan points (`reader` sees every `step`-th voxel), or None when that is
+    the whole frame. Coding only this box spares the warp, the analysis and the memory of the frame
+    voxels no scan voxel reads (a chest CT reads 60 % of a torso template's padded frame)."""
+    from .grid import sampling
+
+    box = sampling.read_box(frame, reader.disp, reader.scan_grid, reader.window)
+    if box is None:
+        return None
+    gap = float(np.max(reader.scan_grid.spacing) / np.min(frame.spacing))
+    halo = sampling.CUBIC_HALO + int(np.ceil(step * gap)) if step > 1 else 0
+    size = np.asarray(frame.size)
+    lo = np.maximum(np.asarray(box[0]) - halo, 0)
+    hi = np.minimum(np.asarray(box[1]) + halo, size)
+    if np.all(lo == 0) and np.all(hi == size):
+        return None
+    return tuple(int(v) for v in lo), tuple(int(v) for v in hi)
 
 
 def block_for(size, block):
@@ -360,6 +456,9 @@ __all__ = [
     "compact_frame",
     "covering_frame",
     "frame_for",
+    "CodingFrame",
+    "native_size",
+    "MAX_NATIVE_FRAME_VOXELS",
     "block_for",
     "PERCENTILE_RULE",
     "MIN_COVERAGE",

@@ -197,7 +197,7 @@ def train_bundle(
         else:
             reg = register(scan, template, settings, cancel=cancel)
             stored = decode_shape(reg.shape_code(SHAPE_BITS))
-            frame = frame_for(scan, reg.frame, stored, TEXTURE_BLOCK)[0]
+            frame = frame_for(scan, reg.frame, stored, TEXTURE_BLOCK).frame
             unit, support = into_template(
                 scan, stored.backward, stored.matrix, reg.frame, frame, intensity_map(scan.array, rule)
             )

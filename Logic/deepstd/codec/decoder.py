@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from .. import grid, memory, region
+from .. import grid, memory, refine, region
 from ..alignment import MAX_SCAN_TO_FRAME, ScanReader, scan_to_frame, texture_frame
 from ..bundle import Bundle, find_bundle, texture_codec
 from ..container import unpack
@@ -47,7 +47,7 @@ class Decoder:
 
         self.header = header
         template = Frame.of(bundle.template)
-        self.frame, _ = texture_frame(template, list(header.codec.margin))
+        self.frame = coded_frame(header, template)
         code = decode_shape(shape)
         self.reader = ScanReader(template, self.frame, code.backward, code.matrix, header.grid, window, reporter)
         self.codec, self.workers = codec, workers
@@ -69,11 +69,22 @@ class Decoder:
         return cast_to_dtype(values, self.header.dtype).astype(np.float32), coverage
 
 
+def coded_frame(header: DstdHeader, template: Frame) -> Frame:
+    """The texture frame the header says the scan was coded on (`alignment.frame_for`)."""
+    keys = header.codec
+    frame, _ = texture_frame(template, list(keys.margin), keys.frame_size)
+    if keys.frame_window is None:
+        return frame
+    if any(hi > n for hi, n in zip(keys.frame_window[1], frame.size)):
+        raise FormatError("the header's texture frame window reaches outside the texture frame")
+    return frame.window(*keys.frame_window)
+
+
 def _check_reach(header: DstdHeader, bundle: Bundle, shape: bytes) -> None:
     """Refuse a grid far larger than the texture it reads (see `alignment.MAX_SCAN_TO_FRAME`)."""
     from ..shape import decode_shape
 
-    frame, _ = texture_frame(Frame.of(bundle.template), list(header.codec.margin))
+    frame = coded_frame(header, Frame.of(bundle.template))
     reach = scan_to_frame(header.grid, frame, decode_shape(shape).matrix)
     if reach > MAX_SCAN_TO_FRAME:
         raise FormatError(
@@ -111,7 +122,7 @@ def decode(
 
     `roi` ((x0, y0, z0), (x1, y1, z1)), voxels of the original grid: only that box, exactly as a
     full decode has it, decoding only the texture blocks it reads (a file with a maximum-error
-    layer is decoded whole and cropped: its residual's context needs every voxel)."""
+    layer or a refinement layer is decoded whole and cropped: their residual coders need every voxel)."""
     from .. import keepmask
 
     parsed = unpack(data)
@@ -121,17 +132,18 @@ def decode(
             raise FormatError(f"the file has no {name!r} section")
     size = header.grid.size
     window = grid.whole(size) if roi is None else region.checked(roi, size)
-    whole_read = "residual" in parsed.sections or "keep/mask" in parsed.sections
+    whole_read = any(name in parsed.sections for name in ("residual", "keep/mask", refine.SECTION))
     scan_voxels = int(np.prod(size if whole_read else grid.shape_zyx(window), dtype=np.int64))
     scan_bytes = scan_voxels * (SCAN_BYTES_PER_VOXEL + (RESIDUAL_BYTES_PER_VOXEL if whole_read else 0))
     memory.require(scan_bytes, "decoding this file", header.raw_bytes, len(data))
     bundle = find_bundle(header.bundle.name, header.bundle.sha256, bundle)
-    frame_voxels = int(np.prod(np.add(bundle.template.size, 2 * np.asarray(header.codec.margin)), dtype=np.int64))
+    frame = coded_frame(header, Frame.of(bundle.template))
+    frame_voxels = int(np.prod(frame.size, dtype=np.int64))
     memory.require(scan_bytes + frame_voxels * FRAME_BYTES_PER_VOXEL, "decoding this file", header.raw_bytes, len(data))
     _check_reach(header, bundle, parsed.sections["shape"])
     reporter = Reporter(progress, cancel)
     keep = keepmask.decompress(parsed.sections["keep/mask"], size) if "keep/mask" in parsed.sections else None
-    if "residual" in parsed.sections:
+    if "residual" in parsed.sections or refine.SECTION in parsed.sections:
         reading = grid.whole(size)
     else:
         reading = grid.union(window, keep[0] if keep else None)
@@ -139,6 +151,9 @@ def decode(
     view = Decoder(bundle, header, parsed.sections["shape"], reading, codec, workers, reporter.scaled(0.0, 0.2))
     values, coverage = view.base(parsed.sections["texture"], reporter.scaled(0.2, 0.9).callback(), cancel)
     dtype = header.dtype
+    if refine.SECTION in parsed.sections:
+        correction = refine.decompress(parsed.sections[refine.SECTION], grid.shape_zyx(reading))
+        values = cast_to_dtype(values.astype(np.float64) + correction, dtype).astype(np.float32)
     if "residual" in parsed.sections:
         values = add_residual(values, parsed.sections["residual"], header.max_error, dtype)
     if keep is not None:

@@ -130,7 +130,10 @@ def prepare(
         warnings.append(shape.warning)
     mapping = intensity_map(volume.array, config.intensity)
     stored = decode_shape(shape.code)  # warp with exactly what the decoder will have
-    frame, margin, block, coverage = frame_for(volume, shape.frame, stored, config.texture.block)
+    coding = frame_for(volume, shape.frame, stored, config.texture.block)
+    frame, margin, block, coverage = coding.frame, coding.margin, coding.block, coding.coverage
+    if coding.warning:
+        warnings.append(coding.warning)
     reach = scan_to_frame(Frame.of(volume), frame, stored.matrix)
     if reach > MAX_SCAN_TO_FRAME:
         raise InputError(
@@ -146,7 +149,7 @@ def prepare(
         volume,
         intensity=mapping,
         bundle=BundleRef(bundle.name, bundle.sha256),
-        codec=CodecKeys(tuple(margin), **shape.stats),
+        codec=CodecKeys(margin, frame_size=coding.size, frame_window=coding.window, **shape.stats),
         encoder_version=__version__,
         dicom=volume.meta.get("dicom") or None,
     )
@@ -212,11 +215,44 @@ def encode(
             )
         raise infeasible(volume, budget, len(smallest))
     if len(best) < (1 - TOLERANCE) * budget and _texture_rate(best) == RATE_STEPS:
-        scan.warnings.append(FINEST_RATE_WARNING.format(bytes=len(best), ratio=volume.raw_bytes / len(best)))
-        noted = build(1.0)
-        best = noted if len(noted) <= budget else best  # the note itself must not break the budget
+        refined = None if mask is not None else _refined(scan, resolve_bundle(bundle), header, volume, budget, search)
+        if refined is not None:
+            best = refined
+        else:
+            scan.warnings.append(FINEST_RATE_WARNING.format(bytes=len(best), ratio=volume.raw_bytes / len(best)))
+            noted = build(1.0)
+            best = noted if len(noted) <= budget else best  # the note itself must not break the budget
     reporter("write", 1.0, f"{len(best)} bytes in {time.perf_counter() - scan.started:.1f} s")
     return best
+
+
+def _refined(
+    scan: EncodedScan, bundle: Bundle, header: DstdHeader, volume: Volume, budget: int, reporter: Reporter
+) -> Optional[bytes]:
+    """The file at the finest texture rate plus a refinement layer (`deepstd.refine`) filling the rest
+    of the budget, or None when SPERR is not available here or no layer fits."""
+    import numpy as np
+
+    from .. import refine
+    from ..volume import cast_to_dtype
+    from .decoder import Decoder
+
+    if refine.unavailable_reason() is not None:
+        return None
+    reporter("refine", 0.0, "coding what the finest texture rate missed")
+    streams = scan.streams(1.0)
+    base, _ = Decoder(bundle, header, scan.shape, None, scan.codec, scan.workers).base(streams)
+    residual = cast_to_dtype(volume.array, volume.dtype).astype(np.float32) - base
+    framing = len(scan.file(header, streams, {refine.SECTION: b""}))
+    if framing >= budget:
+        return None
+    section = refine.fit(
+        residual, budget - framing, TOLERANCE / 2, lambda n: reporter("refine", (n + 1) / 9, "fitting the budget")
+    )
+    if section is None:
+        return None
+    data = scan.file(header, streams, {refine.SECTION: section})
+    return data if len(data) <= budget else None
 
 
 def _texture_rate(data: bytes) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Dict, Optional, Tuple
 
-from ..alignment import IntensityMap
+from ..alignment import MAX_NATIVE_FRAME_VOXELS, IntensityMap
 from ..container import geometry_header, grid_of, header_cost, validate_header
 from ..errors import FormatError
 from ..grid import Frame
@@ -27,8 +27,10 @@ LEAN_BUNDLE_ID = 16
 DECODE_KEYS = ("geometry", "dtype", "units", "intensity", "max_error", "keep", "dicom", "warnings")
 #: the largest error bound a header may state (a residual step beyond it is meaningless)
 MAX_BOUND = 1e12
-#: a texture frame's margin beyond the template, voxels per side
+#: a texture frame's margin beyond the template, voxels per side, and its voxels per axis when it is
+#: resampled (the frame's total is checked against memory before decoding)
 MAX_MARGIN = 4096
+MAX_FRAME_AXIS = 16384
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,10 @@ class CodecKeys:
     """How the texture and shape were coded: the frame margin and the encoder's statistics."""
 
     margin: Tuple[int, int, int]
+    #: voxels (x, y, z) of the texture frame when it is resampled finer than the template grid
+    frame_size: Optional[Tuple[int, int, int]] = None
+    #: the part of that frame coded, ((x0, y0, z0), (x1, y1, z1)) voxels: the box the scan reads
+    frame_window: Optional[Tuple[Tuple[int, int, int], Tuple[int, int, int]]] = None
     texture_rate: Optional[int] = None
     shape_width: Optional[int] = None
     shape_bits: Optional[int] = None
@@ -103,6 +109,8 @@ class DstdHeader:
             else {"name": self.bundle.name, "sha256": self.bundle.sha256},
             "codec": {
                 "margin": list(self.codec.margin),
+                **({} if self.codec.frame_size is None else {"frame_size": list(self.codec.frame_size)}),
+                **({} if self.codec.frame_window is None else {"frame_window": [*lo_hi(self.codec.frame_window)]}),
                 **{
                     k: getattr(self.codec, k)
                     for k in ("texture_rate", "shape_width", "shape_bits", "omega", "registration_loss")
@@ -166,7 +174,7 @@ class DstdHeader:
         return replace(
             self,
             bundle=BundleRef(self.bundle.name, self.bundle.sha256[:LEAN_BUNDLE_ID]),
-            codec=CodecKeys(self.codec.margin),
+            codec=CodecKeys(self.codec.margin, self.codec.frame_size, self.codec.frame_window),
             encoder_version=None,
             target_ratio=None,
             budget_bytes=None,
@@ -239,6 +247,25 @@ def _codec_keys(value: Any) -> CodecKeys:
         and all(isinstance(m, int) and not isinstance(m, bool) and 0 <= m <= MAX_MARGIN for m in margin)
     ):
         raise FormatError("the header's texture margin is invalid")
+    frame_size = value.get("frame_size")
+    if frame_size is not None and not (
+        isinstance(frame_size, list)
+        and len(frame_size) == 3
+        and all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_FRAME_AXIS for n in frame_size)
+    ):
+        raise FormatError("the header's texture frame size is invalid")
+    if frame_size is not None and frame_size[0] * frame_size[1] * frame_size[2] > MAX_NATIVE_FRAME_VOXELS:
+        raise FormatError(f"the header's texture frame exceeds {MAX_NATIVE_FRAME_VOXELS} voxels")
+    window = value.get("frame_window")
+    if window is not None:
+        if not (
+            isinstance(window, list)
+            and len(window) == 6
+            and all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_FRAME_AXIS for n in window)
+            and all(window[i] < window[i + 3] for i in range(3))
+        ):
+            raise FormatError("the header's texture frame window is invalid")
+        window = (tuple(window[:3]), tuple(window[3:]))
     stats = {}
     for key, kind in (
         ("texture_rate", int),
@@ -251,7 +278,13 @@ def _codec_keys(value: Any) -> CodecKeys:
         if item is not None and not (isinstance(item, kind) and not isinstance(item, bool) and is_number(item)):
             raise FormatError(f"the header's codec.{key} has the wrong type")
         stats[key] = item
-    return CodecKeys(tuple(margin), **stats)  # type: ignore[arg-type]
+    size = None if frame_size is None else tuple(frame_size)
+    return CodecKeys(tuple(margin), size, window, **stats)  # type: ignore[arg-type]
+
+
+def lo_hi(window) -> Tuple[int, ...]:
+    """A window ((x0, y0, z0), (x1, y1, z1)) as the header's flat list."""
+    return (*window[0], *window[1])
 
 
 __all__ = ["DstdHeader", "BundleRef", "CodecKeys", "KeepInfo", "HEADER_SHARE", "LEAN_BUNDLE_ID", "DECODE_KEYS"]

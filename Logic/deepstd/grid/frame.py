@@ -81,6 +81,15 @@ class Frame:
         )
         return Frame(size, spacing, self.origin, self.direction)
 
+    def resampled(self, size) -> "Frame":
+        """A grid over the same physical box (same corner voxel centres) with `size` voxels (x, y, z)."""
+        size = tuple(int(n) for n in size)
+        spacing = tuple(
+            float(length / (m - 1)) if m > 1 and n > 1 else s
+            for length, m, n, s in zip(self.lengths, size, self.size, self.spacing)
+        )
+        return Frame(size, spacing, self.origin, self.direction)
+
     def padded(self, margin) -> "Frame":
         """The same grid extended by `margin` voxels (x, y, z) on both sides of each axis."""
         m = np.asarray(margin, dtype=np.float64)

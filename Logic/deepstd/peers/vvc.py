@@ -7,10 +7,10 @@ which costs almost nothing; frame sides are padded to multiples of 8 by edge rep
 cropped on decode. Settings follow how VVC is measured against other codecs: preset medium,
 `-qpa 0` (no perceptual adaptation, which would trade PSNR for a subjective metric), one thread.
 
-Budget: VVenC's own two-pass rate control aims at a bitrate; the target is rescaled from the
-previous pass's actual size until the stream lands within `FILL` under the budget (largest
-stream that fits is kept), instead of a blind bisection, because each try is a full two-pass
-encode. Ten-bit codes quantise a 12-bit CT range in steps of 4 HU (RMSE ~1.2 HU), far below the
+Budget: VVenC's own two-pass rate control aims at a bitrate; the target is rescaled from what the
+previous tries actually gave (`ratecontrol.largest_by_target`) until the stream lands within `FILL`
+under the budget, instead of a blind bisection, because each try is a full two-pass encode.
+Ten-bit codes quantise a 12-bit CT range in steps of 4 HU (RMSE ~1.2 HU), far below the
 error at the ratios measured.
 """
 
@@ -27,6 +27,7 @@ import numpy as np
 
 from ..packing import Packer, Unpacker
 from ..progress import Reporter
+from ..ratecontrol import largest_by_target
 from ..volume import Volume
 from .base import Peer, PeerError
 from .budget import PeerBudgetError
@@ -127,39 +128,24 @@ class Vvc(Peer):
         self.require_available()
         reporter = reporter or Reporter()
         prepared = self._prepare(volume)
-        aim = (1 - FILL / 2) * budget_bytes
-        fits: List[bytes] = []
-        below: Optional[tuple] = None  # (target, size) of the largest fitting try
-        above: Optional[tuple] = None  # (target, size) of the smallest try over the budget
-        target = aim
-        for attempt in range(TRIES):
-            reporter("encode", attempt / TRIES, self.name)
+        refused: List[PeerError] = []
+
+        def build(target: float) -> bytes:
+            if refused:  # VVenC's rate control gives up on targets of a few bytes per frame
+                return bytes(budget_bytes + 1)
             try:
-                data = self._encode_at(prepared, target)
-            except PeerError:
-                break  # VVenC's rate control gives up on targets of a few bytes per frame
-            size = len(data)
-            if size <= budget_bytes:
-                fits.append(data)
-                if size >= (1 - FILL) * budget_bytes:
-                    break
-                below = max(below or (0.0, 0), (target, size), key=lambda pair: pair[1])
-            else:
-                above = min(above or (target, size), (target, size), key=lambda pair: pair[1])
-            if below and above and above[1] > below[1]:
-                # log-linear interpolation between the bracketing tries (sizes are not proportional
-                # to targets on small volumes)
-                share = np.log(aim / below[1]) / np.log(above[1] / below[1])
-                target = float(np.exp(np.log(below[0]) + share * np.log(above[0] / below[0])))
-            else:
-                target *= aim / size
-        if not fits:
-            coarsest = self._encode_at(prepared, None)
-            if len(coarsest) > budget_bytes:
-                raise PeerBudgetError(self.name, len(coarsest), budget_bytes)
-            fits.append(coarsest)
+                return self._encode_at(prepared, target)
+            except PeerError as error:
+                refused.append(error)
+                return bytes(budget_bytes + 1)
+
+        data = largest_by_target(build, budget_bytes, FILL, TRIES, lambda n: reporter("encode", n / TRIES, self.name))
+        if data is None:
+            data = self._encode_at(prepared, None)
+            if len(data) > budget_bytes:
+                raise PeerBudgetError(self.name, len(data), budget_bytes)
         reporter("encode", 1.0, self.name)
-        return max(fits, key=len)
+        return data
 
     def decode(self, data: bytes, like: Volume) -> np.ndarray:
         reader = Unpacker(data)

@@ -1,0 +1,78 @@
+"""The refinement layer: SPERR fills the budget the texture codec cannot use, and its untrusted
+bytes never reach SPERR's decoder unchecked or in our process."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+from deepstd import refine
+from deepstd.errors import FormatError, InputError
+
+pytestmark = pytest.mark.skipif(refine.unavailable_reason() is not None, reason=str(refine.unavailable_reason()))
+
+SHAPE = (12, 20, 24)
+
+
+@pytest.fixture(scope="module")
+def residual() -> np.ndarray:
+    rng = np.random.default_rng(7)
+    return rng.normal(0, 5, SHAPE).astype(np.float32).cumsum(axis=2)
+
+
+def test_fit_fills_the_spare_bytes_and_more_bytes_code_it_better(residual):
+    errors = []
+    for spare in (400, 1600, 6400):
+        section = refine.fit(residual, spare, 0.01, lambda n: None)
+        assert section is not None and 0.97 * spare <= len(section) <= spare
+        decoded = refine.decompress(section, SHAPE)
+        errors.append(float(np.sqrt(np.mean((decoded - residual) ** 2))))
+    assert errors[0] > errors[1] > errors[2]
+
+
+def test_a_section_is_checked_against_the_scan_before_decoding(residual):
+    section = refine.compress(residual, 1.0)
+    with pytest.raises(FormatError, match="coded for 24x20x12 voxels"):
+        refine.decompress(section, (12, 20, 25))
+    with pytest.raises(FormatError, match="version"):
+        refine.decompress(b"\x09" + section[1:], SHAPE)
+    with pytest.raises(FormatError, match="length"):
+        refine.decompress(section[:-3], SHAPE)
+    with pytest.raises(FormatError, match="truncated"):
+        refine.decompress(section[:10], SHAPE)
+    with pytest.raises(FormatError, match="single-chunk"):
+        refine.decompress(section[:2] + b"\x70" + section[3:], SHAPE)
+
+
+def test_crafted_streams_that_abort_sperr_are_format_errors(residual):
+    """SPERR's decoder aborts the process on some streams with a valid header (found by fuzzing);
+    the child process turns that into a FormatError, and every mutation gives an array or one."""
+    section = bytearray(refine.compress(residual, 2.0))
+    rng = np.random.default_rng(20261205)
+    outcomes = {"decoded": 0, "refused": 0}
+    head = 1 + 18
+    for _ in range(24):
+        mutated = bytearray(section)
+        if rng.random() < 0.5:
+            for position in rng.integers(head, len(mutated), 8):
+                mutated[position] = int(rng.integers(256))
+        else:  # random payload behind a consistent header: what aborted SPERR in the fuzz runs
+            payload = bytes(rng.integers(0, 256, int(rng.integers(1, 400)), dtype=np.uint8))
+            mutated = mutated[:head] + payload
+            mutated[head - 4 : head] = struct.pack("<I", len(payload))
+        try:
+            values = refine.decompress(bytes(mutated), SHAPE)
+            assert values.shape == SHAPE and np.isfinite(values).all()
+            outcomes["decoded"] += 1
+        except FormatError:
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 0  # the aborting streams are among them
+
+
+def test_decoding_without_sperr_says_what_is_missing(residual, monkeypatch):
+    section = refine.compress(residual, 1.0)
+    monkeypatch.setattr(refine, "unavailable_reason", lambda: "the imagecodecs package is not installed")
+    with pytest.raises(InputError, match="refinement layer.*imagecodecs"):
+        refine.decompress(section, SHAPE)
