@@ -33,7 +33,7 @@ CI_CASES = int(os.environ.get("DEEPSTD_FUZZ_CASES", "2000"))
 #: fixed, so that a failure reproduces with `python scripts/fuzz.py --cases N --seed S`
 CI_SEED = int(os.environ.get("DEEPSTD_FUZZ_SEED", "20260"))
 WORKERS = int(os.environ.get("DEEPSTD_FUZZ_WORKERS", str(min(2, os.cpu_count() or 1))))
-SECTIONS = {"shape", "texture", "residual", "keep/mask", "keep/residual"}
+SECTIONS = {"shape", "texture", "residual", "keep/mask", "keep/residual", "refine"}
 
 
 @pytest.fixture(scope="module")

@@ -795,7 +795,8 @@ def make_corpus(folder: Path) -> dict:
         float_scan = blob_volume(**dict(CORPUS_SCAN, seed=4, dtype="float32"))
         seeds = {
             "plain.dstd": ("full header (ratio 2: the header is a small share of the budget)", scan, {"ratio": 2}),
-            "lean.dstd": ("lean header (budget_bytes=600)", scan, {"budget_bytes": 600}),
+            "lean.dstd": ("lean header (budget_bytes=800)", scan, {"budget_bytes": 800}),
+            "refine.dstd": ("ratio 1.25, past the finest texture rate: a refine section", scan, {"ratio": 1.25}),
             "max_error.dstd": ("maximum-error mode, max_error=2 (int16): a residual section", scan, {"max_error": 2}),
             "keep.dstd": (
                 "keep mask, keep_error=1, budget_bytes=2500: keep/mask and keep/residual sections",
@@ -827,6 +828,8 @@ def make_corpus(folder: Path) -> dict:
             lean = "encoder_version" not in parsed.header
             if (name == "lean.dstd") != lean and name in ("plain.dstd", "lean.dstd"):
                 raise SystemExit(f"{name}: expected a {'lean' if name == 'lean.dstd' else 'full'} header")
+            if name == "refine.dstd" and "refine" not in parsed.sections:
+                raise SystemExit(f"{name}: expected a refine section")
             (folder / name).write_bytes(data)
             manifest["seeds"][name] = {
                 "about": about,
