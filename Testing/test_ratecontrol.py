@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from deepstd.ratecontrol import STEPS, largest_within
+from deepstd.ratecontrol import STEPS, largest_by_target, largest_within
 
 
 class Build:
@@ -79,3 +79,35 @@ def test_a_step_function_build_never_returns_an_oversized_output():
     for budget in (250, 399, 650, 999):
         best, _ = largest_within(build, budget, tolerance=0.0)
         assert len(best) <= budget and len(best) > budget - 100
+
+
+# --- largest_by_target: coders with their own rate control -------------------------------------------
+class TargetCoder:
+    """A coder whose output misses its byte target by a size-dependent factor, like a real rate
+    control: `gain(target)` bytes per target byte."""
+
+    def __init__(self, gain):
+        self.gain, self.targets = gain, []
+
+    def __call__(self, target: float) -> bytes:
+        self.targets.append(target)
+        return b"x" * max(1, int(target * self.gain(target)))
+
+
+@pytest.mark.parametrize(
+    "gain",
+    [lambda t: 1.0, lambda t: 1.07, lambda t: 0.8, lambda t: 0.5 + 0.0007 * t],
+    ids=["exact", "overshoots", "undershoots", "nonlinear"],
+)
+def test_largest_by_target_lands_within_the_tolerance_in_few_tries(gain):
+    coder = TargetCoder(gain)
+    data = largest_by_target(coder, 1000, tolerance=0.02, tries=8)
+    assert data is not None and 980 <= len(data) <= 1000
+    assert len(coder.targets) <= 4
+
+
+def test_largest_by_target_keeps_the_largest_fit_and_says_when_none_fits():
+    sizes = iter([1100, 900, 1050, 950])  # never within 2 %: the best fit of the tries is kept
+    data = largest_by_target(lambda target: b"x" * next(sizes), 1000, tolerance=0.02, tries=4)
+    assert data is not None and len(data) == 950
+    assert largest_by_target(lambda target: b"x" * 2000, 1000, tries=3) is None
