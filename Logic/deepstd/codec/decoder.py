@@ -26,6 +26,7 @@ from .header import DstdHeader
 #: of the texture frame (decoded texture, spline coefficients, filter temporaries)
 SCAN_BYTES_PER_VOXEL = 48
 RESIDUAL_BYTES_PER_VOXEL = 40
+REFINE_BYTES_PER_VOXEL = 8
 FRAME_BYTES_PER_VOXEL = 32
 
 
@@ -122,7 +123,8 @@ def decode(
 
     `roi` ((x0, y0, z0), (x1, y1, z1)), voxels of the original grid: only that box, exactly as a
     full decode has it, decoding only the texture blocks it reads (a file with a maximum-error
-    layer or a refinement layer is decoded whole and cropped: their residual coders need every voxel)."""
+    layer is decoded whole and cropped: its residual's context needs every voxel; a refinement layer
+    is decoded whole, the texture only where the box reads it)."""
     from .. import keepmask
 
     parsed = unpack(data)
@@ -132,9 +134,11 @@ def decode(
             raise FormatError(f"the file has no {name!r} section")
     size = header.grid.size
     window = grid.whole(size) if roi is None else region.checked(roi, size)
-    whole_read = any(name in parsed.sections for name in ("residual", "keep/mask", refine.SECTION))
+    whole_read = "residual" in parsed.sections or "keep/mask" in parsed.sections
     scan_voxels = int(np.prod(size if whole_read else grid.shape_zyx(window), dtype=np.int64))
     scan_bytes = scan_voxels * (SCAN_BYTES_PER_VOXEL + (RESIDUAL_BYTES_PER_VOXEL if whole_read else 0))
+    if refine.SECTION in parsed.sections:  # the whole decoded residual, as bytes and as an array
+        scan_bytes += int(np.prod(size, dtype=np.int64)) * REFINE_BYTES_PER_VOXEL
     memory.require(scan_bytes, "decoding this file", header.raw_bytes, len(data))
     bundle = find_bundle(header.bundle.name, header.bundle.sha256, bundle)
     frame = coded_frame(header, Frame.of(bundle.template))
@@ -143,7 +147,7 @@ def decode(
     _check_reach(header, bundle, parsed.sections["shape"])
     reporter = Reporter(progress, cancel)
     keep = keepmask.decompress(parsed.sections["keep/mask"], size) if "keep/mask" in parsed.sections else None
-    if "residual" in parsed.sections or refine.SECTION in parsed.sections:
+    if "residual" in parsed.sections:
         reading = grid.whole(size)
     else:
         reading = grid.union(window, keep[0] if keep else None)
@@ -152,7 +156,10 @@ def decode(
     values, coverage = view.base(parsed.sections["texture"], reporter.scaled(0.2, 0.9).callback(), cancel)
     dtype = header.dtype
     if refine.SECTION in parsed.sections:
-        correction = refine.decompress(parsed.sections[refine.SECTION], grid.shape_zyx(reading))
+        # SPERR decodes the whole scan; its values do not depend on the base, so a region adds its crop
+        whole = grid.whole(size)
+        residual = refine.decompress(parsed.sections[refine.SECTION], grid.shape_zyx(whole))
+        correction = residual[grid.slices(reading, whole)]
         values = cast_to_dtype(values.astype(np.float64) + correction, dtype).astype(np.float32)
     if "residual" in parsed.sections:
         values = add_residual(values, parsed.sections["residual"], header.max_error, dtype)
