@@ -360,3 +360,23 @@ def test_every_warning_in_the_header_dictionary_still_matches_it():
         literal = re.sub(r"\{[^}]*\}", " ", template)
         missing = [word for word in re.findall(r"[A-Za-z']{3,}", literal) if word not in dictionary]
         assert not missing, f"{template[:40]}…: {missing} not in the header dictionary"
+
+
+def test_effort_one_keeps_the_closer_of_texture_alone_and_texture_plus_refinement(tiny_bundle, scan):
+    from deepstd import refine
+    from deepstd.codec.encoder import SPLIT_RATE
+    from deepstd.texture import TextureStreams
+
+    budget = scan.raw_bytes // 24  # the texture alone fills it, above SPLIT_RATE
+    plain = codec.encode(scan, tiny_bundle, budget_bytes=budget, device="cpu")
+    assert refine.SECTION not in unpack(plain).sections
+    tried = codec.encode(scan, tiny_bundle, budget_bytes=budget, device="cpu", effort=1)
+    assert len(plain) <= budget and len(tried) <= budget
+    error = lambda data: float(np.mean((codec.decode(data, tiny_bundle).array - scan.array) ** 2))  # noqa: E731
+    assert error(tried) <= error(plain)  # effort 1 measured both and kept the closer one
+    texture = TextureStreams.from_bytes(unpack(plain).sections["texture"])
+    if refine.SECTION in unpack(tried).sections:  # the split's texture sits at SPLIT_RATE
+        split = TextureStreams.from_bytes(unpack(tried).sections["texture"])
+        assert split.rate_q == round(SPLIT_RATE * 65535) < texture.rate_q
+    with pytest.raises(InputError, match="effort"):
+        codec.encode(scan, tiny_bundle, ratio=8, device="cpu", effort=3)

@@ -146,6 +146,7 @@ def cmd_encode(args) -> None:
             device=args.device,
             workers=args.workers,
             progress=progress,
+            effort=args.effort,
         )
     for warning in report["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
@@ -559,6 +560,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="code the voxels where this label map (same grid) is > 0 within ±E (default 0: "
         "lossless), the rest at the ratio; the mask is stored in the file",
     )
+    encode.add_argument(
+        "--effort",
+        type=int,
+        choices=(0, 1),
+        default=0,
+        help="1: where the budget allows, also try the texture at a middle rate plus a SPERR refinement "
+        "layer and keep the closer file (slower; docs/CODEC.md)",
+    )
     encode.add_argument("--series", metavar="UID", help="DICOM SeriesInstanceUID to read")
     encode.add_argument("--allow-gaps", action="store_true", help=ALLOW_GAPS_HELP)
     encode.add_argument(
@@ -631,7 +640,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[32, 64, 128, 256],
         help="comma-separated target ratios (default 32,64,128,256)",
     )
-    bench.add_argument("--peers", nargs="*", default=None, help="peer names (default: the lossy peers but AV1)")
+    bench.add_argument(
+        "--peers",
+        nargs="*",
+        default=None,
+        help="peer names (default: the lossy peers but AV1); deepstd-effort1 adds DeepSTD's slower preset",
+    )
     bench.add_argument("--threads", type=COUNT, default=1)
     bench.add_argument("--out", type=Path, required=True, help="folder for results.jsonl, summary.md, rd.png")
     bench.add_argument(

@@ -59,6 +59,7 @@ def round_trip(
     workers: Optional[int] = None,
     progress=None,
     cancel=None,
+    effort: int = 0,
 ) -> RoundTrip:
     """Encode `volume` with `bundle` at `ratio` (or within `budget_bytes`), then, with `decode`,
     decode it on the same `device` / `workers` and measure it.
@@ -77,6 +78,7 @@ def round_trip(
         workers=workers,
         progress=progress,
         cancel=cancel,
+        effort=effort,
     )
     encode_s = time.perf_counter() - t0
     if not decode:

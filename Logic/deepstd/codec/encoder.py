@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 from .. import __version__
 from ..alignment import (
@@ -36,6 +36,12 @@ from .header import BundleRef, CodecKeys, DstdHeader, KeepInfo
 
 #: the whole file must land within this fraction under the budget
 TOLERANCE = 0.02
+#: the texture rate a refinement layer builds on (`Refinement`): where the texture codec saturates,
+#: and with effort 1 wherever the budget allows more texture. Chosen on a *training* LA scan
+#: (LA_1D7C…): at 32x texture rates 0.2-0.6 plus SPERR land within 0.15 dB of each other (35.73-35.86
+#: dB) and the finest rate plus SPERR 1.3 dB lower (34.53 dB); at 64x 0.2-0.6 within 0.15 dB.
+SPLIT_RATE = 0.5
+EFFORTS = (0, 1)
 #: a lean header, the section framing and the texture stream's own header; below this (plus the
 #: smallest shape code) no scan can be coded
 MIN_FILE_BYTES = 160
@@ -168,13 +174,20 @@ def encode(
     workers: Optional[int] = None,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
+    effort: int = 0,
 ) -> bytes:
     """Compress `volume` to at most `raw_bytes / ratio` (or `budget_bytes`) bytes, headers included;
     or, with `max_error`, so that every voxel is within ±max_error of the original (0: lossless),
     at whatever size that takes. `keep`: a label map on the scan's grid whose voxels > 0 are coded
-    within ±keep_error (0: lossless) inside the same budget; the mask is stored in the file."""
-    from ..texture.rate import RATE_STEPS
+    within ±keep_error (0: lossless) inside the same budget; the mask is stored in the file.
+    `effort` 1: where the budget allows the texture more than SPLIT_RATE, also code it at SPLIT_RATE
+    with a refinement layer and keep whichever file decodes closer to the scan (slower)."""
+    from .. import refine
+    from ..texture.rate import RATE_STEPS, quantise_rate
     from . import layers
+
+    if effort not in EFFORTS:
+        raise InputError(f"effort must be one of {', '.join(map(str, EFFORTS))}, got {effort!r}")
 
     if max_error is not None:
         if ratio is not None or budget_bytes is not None:
@@ -214,45 +227,71 @@ def encode(
                 f"needs at least {len(smallest)} bytes ({volume.raw_bytes / len(smallest):.0f}x)"
             )
         raise infeasible(volume, budget, len(smallest))
-    if len(best) < (1 - TOLERANCE) * budget and _texture_rate(best) == RATE_STEPS:
-        refined = None if mask is not None else _refined(scan, resolve_bundle(bundle), header, volume, budget, search)
-        if refined is not None:
-            best = refined
-        else:
-            scan.warnings.append(FINEST_RATE_WARNING.format(bytes=len(best), ratio=volume.raw_bytes / len(best)))
-            noted = build(1.0)
-            best = noted if len(noted) <= budget else best  # the note itself must not break the budget
+    saturated = len(best) < (1 - TOLERANCE) * budget and _texture_rate(best) == RATE_STEPS
+    generous = effort >= 1 and _texture_rate(best) > quantise_rate(SPLIT_RATE)
+    refined = None
+    if mask is None and (saturated or generous) and refine.unavailable_reason() is None:
+        search("refine", 0.0, "coding what the texture misses")
+        layer = Refinement(scan, resolve_bundle(bundle), header, volume, budget)
+        refined = layer.file(SPLIT_RATE, search)
+        if refined is not None and not saturated and layer.texture_error(best) <= refined[1]:
+            refined = None  # effort 1 measured both: the texture alone was as good
+    if refined is not None:
+        best = refined[0]
+    elif saturated:
+        scan.warnings.append(FINEST_RATE_WARNING.format(bytes=len(best), ratio=volume.raw_bytes / len(best)))
+        noted = build(1.0)
+        best = noted if len(noted) <= budget else best  # the note itself must not break the budget
     reporter("write", 1.0, f"{len(best)} bytes in {time.perf_counter() - scan.started:.1f} s")
     return best
 
 
-def _refined(
-    scan: EncodedScan, bundle: Bundle, header: DstdHeader, volume: Volume, budget: int, reporter: Reporter
-) -> Optional[bytes]:
-    """The file at the finest texture rate plus a refinement layer (`deepstd.refine`) filling the rest
-    of the budget, or None when SPERR is not available here or no layer fits."""
-    import numpy as np
+class Refinement:
+    """Files made of the texture at some rate plus a refinement layer (`deepstd.refine`) filling the
+    rest of the budget, and their error as the decoder will see it (to choose between candidates)."""
 
-    from .. import refine
-    from ..volume import cast_to_dtype
-    from .decoder import Decoder
+    def __init__(self, scan: EncodedScan, bundle: Bundle, header: DstdHeader, volume: Volume, budget: int):
+        import numpy as np
 
-    if refine.unavailable_reason() is not None:
-        return None
-    reporter("refine", 0.0, "coding what the finest texture rate missed")
-    streams = scan.streams(1.0)
-    base, _ = Decoder(bundle, header, scan.shape, None, scan.codec, scan.workers).base(streams)
-    residual = cast_to_dtype(volume.array, volume.dtype).astype(np.float32) - base
-    framing = len(scan.file(header, streams, {refine.SECTION: b""}))
-    if framing >= budget:
-        return None
-    section = refine.fit(
-        residual, budget - framing, TOLERANCE / 2, lambda n: reporter("refine", (n + 1) / 9, "fitting the budget")
-    )
-    if section is None:
-        return None
-    data = scan.file(header, streams, {refine.SECTION: section})
-    return data if len(data) <= budget else None
+        from ..volume import cast_to_dtype
+        from .decoder import Decoder
+
+        self.scan, self.header, self.budget, self.dtype = scan, header, budget, volume.dtype
+        self.original = cast_to_dtype(volume.array, volume.dtype).astype(np.float32)
+        self.view = Decoder(bundle, header, scan.shape, None, scan.codec, scan.workers)
+
+    def texture_error(self, data: bytes) -> float:
+        """Mean squared error of a texture-only file."""
+        import numpy as np
+
+        base, _ = self.view.base(unpack(data).sections["texture"])
+        return float(np.mean((base.astype(np.float64) - self.original) ** 2))
+
+    def file(self, rate: float, reporter: Reporter) -> Optional[Tuple[bytes, float]]:
+        """(file, mean squared error) with the texture at `rate`, or None when no layer fits."""
+        import numpy as np
+
+        from .. import refine
+        from ..volume import cast_to_dtype
+
+        streams = self.scan.streams(rate)
+        base, _ = self.view.base(streams)
+        residual = self.original - base
+        framing = len(self.scan.file(self.header, streams, {refine.SECTION: b""}))
+        if framing >= self.budget:
+            return None
+        section = refine.fit(
+            residual, self.budget - framing, TOLERANCE / 2, lambda n: reporter("refine", (n + 1) / 9, "fitting")
+        )
+        if section is None:
+            return None
+        data = self.scan.file(self.header, streams, {refine.SECTION: section})
+        if len(data) > self.budget:
+            return None
+        decoded = cast_to_dtype(
+            base.astype(np.float64) + refine.decompress(section, self.header.grid.shape_zyx), self.dtype
+        )
+        return data, float(np.mean((decoded.astype(np.float64) - self.original) ** 2))
 
 
 def _texture_rate(data: bytes) -> int:
