@@ -294,3 +294,60 @@ def test_registration_is_deterministic_and_cancellable():
     token.set()
     with pytest.raises(Cancelled):
         register(moving, template, s, cancel=token)
+
+
+# --- device --------------------------------------------------------------------------------------
+def test_registration_on_an_explicit_cpu_device_matches_the_default():
+    template, moving = _pair()
+    s = CycleSettings(**dict(FAST, steps=10, threshold=-1.0, probe_steps=4))
+    default = register(moving, template, s, foreground=True)
+    cpu = register(moving, template, s, foreground=True, device="cpu")
+    assert cpu.shape_code(8) == default.shape_code(8) and cpu.fit.history == default.fit.history
+    assert default.info["device"] == cpu.info["device"] == "cpu"
+    assert all(p.device.type == "cpu" for p in cpu.fit.forward.parameters())
+
+
+def test_an_unknown_or_absent_device_is_refused_before_any_work(tmp_path):
+    from deepstd.bundle import RegistrationConfig
+    from deepstd.cli import build_parser
+    from deepstd.errors import InputError
+    from deepstd.progress import Reporter
+    from deepstd.shape import register_files
+    from deepstd.shape.sizing import code_shape
+
+    template, moving = _pair()
+    events = []
+    absent = ["gpu", "cuda:x", "cpu:0"] + ([] if torch.cuda.is_available() else ["cuda", "cuda:1"])
+    for device in absent:
+        with pytest.raises(InputError, match="device"):
+            register(moving, template, CycleSettings(**FAST), progress=events.append, device=device)
+        with pytest.raises(InputError, match="device"):  # before reading the (missing) files
+            register_files(str(tmp_path / "no.nii.gz"), str(tmp_path / "none.nii.gz"), device=device)
+        with pytest.raises(InputError, match="device"):
+            code_shape(moving, template, RegistrationConfig(), None, Reporter(events.append), device)
+    assert events == []
+    assert build_parser().parse_args(["register", "m.nii.gz", "t.nii.gz", "--device", "cpu"]).device == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_scan_encoded_with_registration_on_cuda_decodes_on_the_cpu():
+    from shared_data import data_path
+
+    from deepstd import codec
+    from deepstd.bundle import load_bundle
+    from deepstd.io import read
+    from deepstd.metrics import psnr
+
+    template, moving = _pair()
+    reg = register(moving, template, CycleSettings(**dict(FAST, steps=20)), device="cuda")
+    assert reg.info["device"].startswith("cuda")
+    assert all(p.device.type == "cpu" for p in list(reg.fit.forward.parameters()) + list(reg.fit.backward.parameters()))
+    assert decode_shape(reg.shape_code(8)).backward.width == 16
+
+    scan = read(data_path("hippocampus_mr", "images", "hippocampus_338.nii.gz"))
+    bundle = load_bundle("hippocampus-mr")
+    quality = {}
+    for device in ("cpu", "cuda"):
+        data = codec.encode(scan, bundle, ratio=32, device=device, workers=1)
+        quality[device] = psnr(scan, codec.decode(data, bundle, device="cpu", workers=1))
+    assert abs(quality["cuda"] - quality["cpu"]) < 1.0, quality

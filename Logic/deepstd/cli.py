@@ -120,6 +120,7 @@ def cmd_register(args) -> None:
             progress=progress,
             moving_labels=args.moving_labels,
             template_labels=args.template_labels,
+            device=args.device,
             **settings,
         )
     print(json.dumps(result, indent=1))
@@ -539,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument(
         "--omega", type=number(float, 0, above=True), help="starting SIREN omega (bundle default otherwise)"
     )
+    _device_options(register)  # where the fit runs; the field and metrics are computed on the CPU
     register.set_defaults(run=cmd_register)
 
     encode = commands.add_parser("encode", help="compress a scan to a .dstd file at a target ratio")

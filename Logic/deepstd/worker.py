@@ -279,16 +279,10 @@ class Channel:
 
 
 def _register(job: Job, channel: Channel, cancel) -> Dict[str, Any]:
-    import inspect
-
     from .progress import Reporter
     from .shape import CycleSettings, register
 
     options = job.options
-    extra = {}
-    device = options.get("device") or "auto"
-    if "device" in inspect.signature(register).parameters:
-        extra["device"] = device
     reg = register(
         job.volume("moving"),
         job.volume("template"),
@@ -299,7 +293,7 @@ def _register(job: Job, channel: Channel, cancel) -> Dict[str, Any]:
         progress=channel.progress,
         cancel=cancel,
         threads=options.get("threads"),
-        **extra,
+        device=options.get("device") or "auto",
     )
     result = {
         "loss": reg.loss,
@@ -308,7 +302,7 @@ def _register(job: Job, channel: Channel, cancel) -> Dict[str, Any]:
         "seconds": reg.seconds,
         "info": reg.info,
         "snapshot": channel.last_snapshot,
-        "device": device if extra else "cpu",
+        "device": reg.info["device"],  # the one it ran on ("auto" resolved)
     }
     if options.get("field"):
         # the full-resolution field, exactly what `deepstd register --out-field` writes

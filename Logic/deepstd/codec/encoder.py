@@ -131,7 +131,7 @@ def prepare(
             f"the scan ({volume.units}) does not look like the bundle's modality "
             f"({config.modality.upper()}); quality may be poor"
         )
-    shape = code_shape(volume, bundle.template, config.registration, budget, reporter)
+    shape = code_shape(volume, bundle.template, config.registration, budget, reporter, device)
     if shape.warning:
         warnings.append(shape.warning)
     mapping = intensity_map(volume.array, config.intensity)

@@ -59,6 +59,13 @@ class Fit:
         tail = self.history[-20:]
         return float(np.mean(tail)) if tail else float("inf")
 
+    def to(self, device: torch.device) -> "Fit":
+        """Move both networks and the optimiser's state (in place)."""
+        self.forward.to(device)
+        self.backward.to(device)
+        self.optimizer.to(device)
+        return self
+
 
 def fit_cycle(
     fixed: torch.Tensor,
@@ -74,10 +81,13 @@ def fit_cycle(
 
     `fixed`, `moving`: (1, 1, D, H, W) tensors on `coarse`; `frame` is the full template grid
     (voxel units of the cycle loss); `mask`: optional boolean (D, H, W) restricting the batches.
+    The networks and the loop run on `fixed`'s device; the batch points are drawn on the CPU (one
+    random stream whatever the device) and moved there.
     """
+    device = fixed.device
     gen = torch.Generator().manual_seed(settings.seed)
-    sampler = _Sampler(coarse, mask, gen)
-    to_vox = torch.as_tensor(frame.mm_per_unit / np.asarray(frame.spacing), dtype=torch.float32)
+    sampler = _Sampler(coarse, None if mask is None else mask.cpu(), gen)
+    to_vox = torch.as_tensor(frame.mm_per_unit / np.asarray(frame.spacing), dtype=torch.float32).to(device)
     ctx = _Context(fixed, moving, coarse, settings, sampler, to_vox, reporter, preview)
 
     omegas = [settings.omega]
@@ -87,12 +97,12 @@ def fit_cycle(
             omegas.append(w)
             w -= settings.omega_step
     probe = min(settings.probe_steps, settings.steps) if len(omegas) > 1 else settings.steps
-    best = _new_fit(omegas[0], settings)
+    best = _new_fit(omegas[0], settings, device)
     ctx.run(best, probe)
     for omega in omegas[1:]:
         if not best.loss < settings.threshold:
             break
-        trial = _new_fit(omega, settings)
+        trial = _new_fit(omega, settings, device)
         ctx.run(trial, probe)
         if trial.loss < settings.threshold:
             best = trial
@@ -102,9 +112,9 @@ def fit_cycle(
     return best
 
 
-def _new_fit(omega: float, s: CycleSettings) -> Fit:
-    torch.manual_seed(s.seed)
-    fwd, bwd = Siren(s.width, s.depth, omega), Siren(s.width, s.depth, omega)
+def _new_fit(omega: float, s: CycleSettings, device: torch.device) -> Fit:
+    torch.manual_seed(s.seed)  # initialised on the CPU: the same start on every device
+    fwd, bwd = Siren(s.width, s.depth, omega).to(device), Siren(s.width, s.depth, omega).to(device)
     return Fit(omega, fwd, bwd, Adam(list(fwd.parameters()) + list(bwd.parameters()), s.lr))
 
 
@@ -116,6 +126,11 @@ class Adam:
         self.params, self.lr, self.betas, self.eps, self.t = params, lr, betas, eps, 0
         self.m = [torch.zeros_like(p) for p in params]
         self.v = [torch.zeros_like(p) for p in params]
+
+    def to(self, device: torch.device) -> None:
+        """Move the moment estimates to `device` (the parameters move with their module)."""
+        self.m = [m.to(device) for m in self.m]
+        self.v = [v.to(device) for v in self.v]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
@@ -166,10 +181,11 @@ class _Context:
     preview: Optional[Callable[[Fit], object]]
 
     def run(self, fit: Fit, n: int) -> None:
-        aspect = torch.as_tensor(self.coarse.aspect, dtype=torch.float32)
+        device = self.fixed.device
+        aspect = torch.as_tensor(self.coarse.aspect, dtype=torch.float32).to(device)
         start = time.perf_counter()
         for _ in range(max(0, n)):
-            q = self.sampler(self.s.batch)
+            q = self.sampler(self.s.batch).to(device)
             grid = q / aspect
             r_at_q, d_at_q = sample(self.fixed, grid), sample(self.moving, grid)
             u_f, j_f = fit.forward.forward_jacobian(q)

@@ -14,7 +14,7 @@ from ..grid.sampling import warp
 from ..progress import CancelToken, ProgressCallback, Reporter
 from . import field as F
 from .cycle_inr import CycleSettings
-from .register import register
+from .register import register, resolve_device
 
 _SETTINGS = {f.name for f in dc_fields(CycleSettings)}
 METRICS_STRIDE = 2
@@ -32,6 +32,7 @@ def register_files(
     template_labels: Optional[str] = None,
     prealignment: str = "moments",
     threads: Optional[int] = None,
+    device: str = "cpu",
     **settings,
 ) -> dict:
     """Register the scan at `moving` to `template`; write the warped scan and the ITK field.
@@ -40,7 +41,8 @@ def register_files(
     the moving scan at p + u(p), so `sitk.Resample(moving, template,
     sitk.DisplacementFieldTransform(field))` reproduces `out_warped`. With `moving_labels` (and
     `template_labels`) the labels are warped nearest-neighbour and Dice is reported.
-    `settings` are `CycleSettings` fields (steps, omega, width, threshold, ...).
+    `settings` are `CycleSettings` fields (steps, omega, width, threshold, ...). `device`: where
+    the fit runs ("cpu", "cuda", "cuda:N", "auto"); the fields and metrics are computed on the CPU.
     Returns the metrics dict that is also written to `json_path`.
     """
     from ..io import read, write
@@ -49,6 +51,7 @@ def register_files(
     unknown = set(settings) - _SETTINGS
     if unknown:
         raise InputError(f"unknown registration setting(s): {', '.join(sorted(unknown))}")
+    resolve_device(device)  # before reading anything
     reporter = Reporter(progress, cancel)
     reporter("read", 0.0, f"reading {moving}")
     mov, tpl = read(moving), read(template)
@@ -60,6 +63,7 @@ def register_files(
         progress=progress,
         cancel=cancel,
         threads=threads,
+        device=device,
     )
     disp = reg.forward_field(reporter)
     warped = warp(mov, disp, reg.frame, "linear", reporter=reporter)
@@ -74,6 +78,7 @@ def register_files(
         loss=reg.loss,
         steps=reg.fit.step,
         prealignment=prealignment,
+        device=reg.info["device"],
         folding_fraction=F.folding_fraction(det),
         inverse_consistency_voxels=ic_mean,
         inverse_consistency_max_voxels=ic_max,

@@ -21,7 +21,7 @@ def ncc(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 def jacobian_loss(jac_u: torch.Tensor) -> torch.Tensor:
     """Balanced regulariser mean |1 - det(I + du/dq)|: penalises compression and folding alike."""
-    eye = torch.eye(3, dtype=jac_u.dtype)
+    eye = torch.eye(3, dtype=jac_u.dtype, device=jac_u.device)
     return (1.0 - torch.linalg.det(eye + jac_u)).abs().mean()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Tuple
 
@@ -33,5 +34,8 @@ def preview_grid(frame: Frame, size: int = PREVIEW_SIZE) -> Frame:
 
 
 def snapshot(fit, frame: Frame, matrix: np.ndarray, grid: Frame) -> FieldSnapshot:
-    disp = displacement(fit.forward, frame, grid=grid, post=matrix)
+    net = fit.forward
+    if next(net.parameters()).device.type != "cpu":  # a fit on CUDA: evaluate a CPU copy
+        net = copy.deepcopy(net).cpu()
+    disp = displacement(net, frame, grid=grid, post=matrix)
     return FieldSnapshot(disp, grid.spacing, grid.origin, grid.direction, fit.loss, fit.omega, fit.step)

@@ -10,6 +10,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from ..device import pick_device
+from ..errors import InputError
 from ..grid import Frame
 from ..progress import CancelToken, ProgressCallback, Reporter
 from ..volume import Volume
@@ -23,7 +25,8 @@ from .preview import preview_grid, snapshot
 
 @dataclass
 class Registration:
-    """Result of `register`: both networks, the pre-alignment and the template frame."""
+    """Result of `register`: both networks (on the CPU, whatever device fitted them), the
+    pre-alignment and the template frame."""
 
     frame: Frame
     matrix: np.ndarray  # template LPS -> moving LPS pre-alignment
@@ -58,12 +61,17 @@ def register(
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
     threads: Optional[int] = None,
+    device: str = "cpu",
 ) -> Registration:
     """Cycle-INR registration of `moving` to `template` (fields live on the template grid).
 
     `foreground` restricts the training batches to voxels where either image is above 5 % of
     its normalised range (saves effort on air in CT). `threads` caps torch's CPU threads.
+    `device` ("cpu", "cuda", "cuda:1", "auto") is where the networks and the fit loop run; the
+    pre-alignment and the resampling of the pair stay on the CPU, and the result's networks are
+    moved back to the CPU. An unknown or absent device is an InputError before any work.
     """
+    target = resolve_device(device)
     settings = settings or CycleSettings()
     reporter = Reporter(progress, cancel)
     if threads:
@@ -80,8 +88,8 @@ def register(
     mask = torch.from_numpy((np.maximum(fixed, moved) > 0.05)) if foreground else None
     grid = preview_grid(frame)
     fit = fit_cycle(
-        torch.from_numpy(fixed)[None, None],
-        torch.from_numpy(moved)[None, None],
+        torch.from_numpy(fixed)[None, None].to(target),
+        torch.from_numpy(moved)[None, None].to(target),
         frame,
         coarse,
         settings,
@@ -89,14 +97,28 @@ def register(
         preview=lambda f: snapshot(f, frame, matrix, grid),
         mask=mask,
     )
+    fit.to(torch.device("cpu"))  # what leaves registration lives on the CPU (the decoder's side)
     return Registration(
         frame,
         matrix,
         fit,
         settings,
         time.perf_counter() - start,
-        {"prealignment": prealignment, "downsample": downsample},
+        {"prealignment": prealignment, "downsample": downsample, "device": str(target)},
     )
+
+
+def resolve_device(device: str = "cpu") -> torch.device:
+    """The torch device a registration runs on: `pick_device`'s choices plus "cuda:N"."""
+    name, colon, index = str(device).partition(":")
+    if not colon:
+        return torch.device(pick_device(name))
+    if name != "cuda" or not index.isdigit():
+        raise InputError(f"unknown device {device!r} (auto, cpu, cuda or cuda:N)")
+    pick_device("cuda")  # an InputError when there is no CUDA at all
+    if int(index) >= torch.cuda.device_count():
+        raise InputError(f"device {device!r} requested but there are {torch.cuda.device_count()} CUDA device(s)")
+    return torch.device(name, int(index))
 
 
 def prealignment_only(moving: Volume, template: Volume, prealignment: str = "moments", seed: int = 0) -> np.ndarray:

@@ -39,14 +39,21 @@ class CodedShape:
 
 
 def code_shape(
-    volume: Volume, template: Volume, config: RegistrationConfig, budget: Optional[int], reporter: Reporter
+    volume: Volume,
+    template: Volume,
+    config: RegistrationConfig,
+    budget: Optional[int],
+    reporter: Reporter,
+    device: str = "cpu",
 ) -> CodedShape:
     """Register `volume` to `template` and code the backward network in SHAPE_SHARE of `budget`
-    (None: the bundle's full width)."""
+    (None: the bundle's full width). The fit runs on `device`; the code is made from the networks
+    back on the CPU, so its bytes are what the (CPU) decoder reads."""
     from .code import MIN_WIDTH, code_bytes, encode_shape, width_for_budget
     from .cycle_inr import CycleSettings
-    from .register import prealignment_only, register
+    from .register import prealignment_only, register, resolve_device
 
+    resolve_device(device)  # an unknown or absent device fails here, before any work
     narrowest = code_bytes(MIN_WIDTH, config.depth, SHAPE_BITS)
     if budget is not None and SHAPE_SHARE * budget < narrowest:
         reporter("register", 0.45, f"pre-alignment only ({config.prealignment}): the budget has no room for a network")
@@ -65,6 +72,7 @@ def code_shape(
         downsample=config.downsample,
         progress=monotonic(reporter.scaled(0.0, 0.45).callback()),
         cancel=reporter.cancel,
+        device=device,
     )
     warning = None
     if config.threshold is not None and reg.loss > config.threshold:
