@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -98,7 +99,7 @@ def main(argv=None) -> None:
         training=dict(
             training,
             finetune={
-                "command": "python scripts/finetune_texture.py " + " ".join(argv or []),
+                "command": "python scripts/finetune_texture.py " + " ".join(sys.argv[1:] if argv is None else argv),
                 "scans": len(volumes),
                 "steps": args.steps,
                 "lr": args.lr,
