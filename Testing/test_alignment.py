@@ -313,3 +313,17 @@ def test_a_region_read_equals_the_crop_of_the_whole_read_exactly(warped_reader, 
     (a0, b0, c0), (a1, b1, c1) = window
     assert coverage == 1.0
     assert np.array_equal(values, whole_values[c0:c1, b0:b1, a0:a1])
+
+
+def test_native_size_spends_resolution_only_where_the_budget_pays_for_it():
+    template = Frame((158, 131, 145), (2.3, 2.3, 2.3), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    ct = Frame((512, 512, 64), (0.84, 0.84, 5.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    full, _ = alignment.native_size(template, ct, NO_PREALIGNMENT)
+    rich, _ = alignment.native_size(template, ct, NO_PREALIGNMENT, budget=10**8)
+    assert rich == full
+    budget = 10_000  # 80 kbit: 13 Mvoxel at the minimum bits per voxel, less than the native 22 Mvoxel
+    fitted, warning = alignment.native_size(template, ct, NO_PREALIGNMENT, budget=budget)
+    assert warning is None  # a rate decision, not a memory cap
+    assert np.prod(fitted) <= 8 * budget / alignment.MIN_BITS_PER_FRAME_VOXEL < np.prod(full)
+    assert all(f >= t for f, t in zip(fitted, template.size))  # never coarser than the template
+    assert alignment.native_size(template, ct, NO_PREALIGNMENT, budget=100) == (None, None)

@@ -136,7 +136,7 @@ def prepare(
         warnings.append(shape.warning)
     mapping = intensity_map(volume.array, config.intensity)
     stored = decode_shape(shape.code)  # warp with exactly what the decoder will have
-    coding = frame_for(volume, shape.frame, stored, config.texture.block)
+    coding = frame_for(volume, shape.frame, stored, config.texture.block, budget)
     frame, margin, block, coverage = coding.frame, coding.margin, coding.block, coding.coverage
     if coding.warning:
         warnings.append(coding.warning)
