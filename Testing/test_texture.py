@@ -272,10 +272,17 @@ def test_trained_codec_decodes_close_to_the_input_in_every_block(trained, struct
 
 
 def test_trained_codec_quality_follows_the_rate(trained, structured):
-    low = trained.decompress(trained.compress(structured, 0.0, block=32))
+    from deepstd.texture.rate import EXTRAPOLATED_LEVELS
+
+    levels = trained.net.gain.levels
+    coarsest_trained = EXTRAPOLATED_LEVELS / (levels - 1 + EXTRAPOLATED_LEVELS)  # rate of level 0
+    low_streams = trained.compress(structured, coarsest_trained, block=32)
+    low = trained.decompress(low_streams)
     high = trained.decompress(trained.compress(structured, 1.0, block=32))
     assert psnr(high, structured) >= psnr(low, structured) + 5.0
     assert np.corrcoef(low.ravel(), structured.ravel())[0, 1] > 0.5  # coarse, but the same picture
+    # rate 0 lies below the coarsest trained level (gains extrapolated): fewer bytes still
+    assert trained.compress(structured, 0.0, block=32).payload_bytes() < low_streams.payload_bytes()
 
 
 def test_whole_volume_mode_decodes_close_to_the_input(trained):
