@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Union
 
 from .. import __version__
 from ..alignment import (
@@ -234,10 +234,10 @@ def encode(
         search("refine", 0.0, "coding what the texture misses")
         layer = Refinement(scan, resolve_bundle(bundle), header, volume, budget)
         refined = layer.file(SPLIT_RATE, search)
-        if refined is not None and not saturated and layer.texture_error(best) <= refined[1]:
+        if refined is not None and not saturated and layer.error(best) <= layer.error(refined):
             refined = None  # effort 1 measured both: the texture alone was as good
     if refined is not None:
-        best = refined[0]
+        best = refined
     elif saturated:
         scan.warnings.append(FINEST_RATE_WARNING.format(bytes=len(best), ratio=volume.raw_bytes / len(best)))
         noted = build(1.0)
@@ -259,24 +259,34 @@ class Refinement:
         self.scan, self.header, self.budget, self.dtype = scan, header, budget, volume.dtype
         self.original = cast_to_dtype(volume.array, volume.dtype).astype(np.float32)
         self.view = Decoder(bundle, header, scan.shape, None, scan.codec, scan.workers)
+        self._bases: Dict[bytes, np.ndarray] = {}
 
-    def texture_error(self, data: bytes) -> float:
-        """Mean squared error of a texture-only file."""
-        import numpy as np
+    def _base(self, texture: bytes):
+        """The DeepSTD layer a texture section decodes to (kept: effort 1 asks twice)."""
+        if texture not in self._bases:
+            self._bases[texture] = self.view.base(texture)[0]
+        return self._bases[texture]
 
-        base, _ = self.view.base(unpack(data).sections["texture"])
-        return float(np.mean((base.astype(np.float64) - self.original) ** 2))
-
-    def file(self, rate: float, reporter: Reporter) -> Optional[Tuple[bytes, float]]:
-        """(file, mean squared error) with the texture at `rate`, or None when no layer fits."""
+    def error(self, data: bytes) -> float:
+        """Mean squared error of a file (texture alone or with a refinement layer), decoded as the
+        decoder will; only effort 1 compares candidates, so the default path never pays for this."""
         import numpy as np
 
         from .. import refine
         from ..volume import cast_to_dtype
 
+        sections = unpack(data).sections
+        decoded = self._base(sections["texture"]).astype(np.float64)
+        if refine.SECTION in sections:
+            decoded = decoded + refine.decompress(sections[refine.SECTION], self.header.grid.shape_zyx)
+        return float(np.mean((cast_to_dtype(decoded, self.dtype).astype(np.float64) - self.original) ** 2))
+
+    def file(self, rate: float, reporter: Reporter) -> Optional[bytes]:
+        """The file with the texture at `rate` and the refinement layer, or None when no layer fits."""
+        from .. import refine
+
         streams = self.scan.streams(rate)
-        base, _ = self.view.base(streams)
-        residual = self.original - base
+        residual = self.original - self._base(streams.to_bytes())
         framing = len(self.scan.file(self.header, streams, {refine.SECTION: b""}))
         if framing >= self.budget:
             return None
@@ -286,12 +296,7 @@ class Refinement:
         if section is None:
             return None
         data = self.scan.file(self.header, streams, {refine.SECTION: section})
-        if len(data) > self.budget:
-            return None
-        decoded = cast_to_dtype(
-            base.astype(np.float64) + refine.decompress(section, self.header.grid.shape_zyx), self.dtype
-        )
-        return data, float(np.mean((decoded.astype(np.float64) - self.original) ** 2))
+        return data if len(data) <= self.budget else None
 
 
 def _texture_rate(data: bytes) -> int:
