@@ -136,6 +136,9 @@ class TextureCodec:
         try:
             config = TextureConfig.from_dict(json.loads(_st_metadata(data)["deepstd.texture.config"]))
             state = st_load(bytes(data))
+            odd = sorted(k for k, v in state.items() if v.dtype not in _STATE_DTYPES)
+            if odd:
+                raise ValueError(f"tensors of an unexpected type: {odd[:3]}")
             net = TextureNet(config, trainable=False)
             net.load_state_dict(state)
         except Exception as exc:  # safetensors raises its own error type on bad bytes
@@ -315,6 +318,11 @@ class TextureCodec:
                     out[dst] = v[src]
         report("texture", 1.0, "texture decoded")
         return out
+
+
+#: what `TextureNet.state_dict()` holds: float32 weights, int32 CDF tables (anything else, e.g. a
+#: bfloat16 tensor in a tampered bundle, would reach NumPy or the coder as a type they reject)
+_STATE_DTYPES = (torch.float32, torch.int32)
 
 
 def _st_metadata(data: bytes) -> dict:
