@@ -95,3 +95,24 @@ def test_a_teacher_starts_the_student_and_keeps_its_features_close(tmp_path):
             settings(1),
             teacher=teacher,
         )
+
+
+def test_resuming_with_a_teacher_keeps_the_checkpoint(tmp_path):
+    """A fine-tune resumed from its checkpoint must not first load the teacher: once the teacher's
+    CDF tables differ in size from the checkpoint's (a re-saved bundle), loading failed."""
+    from deepstd.texture.network import TextureNet
+
+    teacher = train(volumes(), tmp_path / "teacher", TINY, settings(20)).net
+    train(volumes()[1:], tmp_path / "student", TINY, settings(10), teacher=teacher)
+    widened = TextureNet(TINY)
+    widened.load_state_dict(teacher.state_dict())
+    with torch.no_grad():
+        widened.entropy_bottleneck.quantiles[:, :, 0] -= 5
+        widened.entropy_bottleneck.quantiles[:, :, 2] += 5
+    widened.update()
+    with safe_open(str(tmp_path / "student" / "checkpoint.safetensors"), "pt") as f:
+        stored = f.get_tensor("model.entropy_bottleneck._quantized_cdf")
+    assert widened.state_dict()["entropy_bottleneck._quantized_cdf"].shape != stored.shape
+    train(volumes()[1:], tmp_path / "student", TINY, settings(20), resume=True, teacher=widened)
+    with safe_open(str(tmp_path / "student" / "checkpoint.safetensors"), "pt") as f:
+        assert f.metadata()["step"] == "20"

@@ -227,17 +227,19 @@ def train(
     ckpt = out / "checkpoint.safetensors"
     torch.manual_seed(settings.seed)
     net = TextureNet(config)
+    resuming = resume and ckpt.exists()
     if teacher is not None:
         if teacher.config != config:
             raise ValueError("the teacher's texture config differs from the student's")
-        net.load_state_dict(teacher.state_dict())
+        if not resuming:  # a checkpoint supersedes the start (its CDF tables may differ in size)
+            net.load_state_dict(teacher.state_dict())
         teacher = teacher.eval()
     main, aux = _split_params(net)
     opt = torch.optim.Adam(main.values(), lr=settings.lr)
     aux_opt = torch.optim.Adam(aux.values(), lr=settings.aux_lr)
     opts = [("adam", opt, main), ("aux", aux_opt, aux)]
     step, history = 0, []
-    if resume and ckpt.exists():
+    if resuming:
         step, history = load_checkpoint(ckpt, net, opts)
     sampler = PatchSampler(volumes, settings.patch, settings.seed + step)
     lambdas = torch.tensor(settings.lambdas, dtype=torch.float32)
