@@ -2423,8 +2423,18 @@ def _short(value: Any, n: int = 80) -> str:
 # =================================================================================================
 # the worker (child process)
 # =================================================================================================
+#: cases may hold values nested 500 deep (`_big_value`); pickling them on top of the caller's
+#: frames passed Python's default limit of 1000 and stopped a long run (case 20607 of seed 2026)
+PICKLE_RECURSION = 5000
+
+
 def _send(fd: int, obj: Any) -> None:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, PICKLE_RECURSION))
+    try:
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    finally:
+        sys.setrecursionlimit(limit)
     msg = struct.pack("<Q", len(data)) + data
     view = memoryview(msg)
     while view:
