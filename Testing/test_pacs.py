@@ -25,7 +25,7 @@ from deepstd import codec, read
 from deepstd import dicom_object as obj
 from deepstd.batch import manifest
 from deepstd.errors import InputError
-from deepstd.pacs import PacsError, Server, ServerUnreachable, archive, parse_query, restore
+from deepstd.pacs import PacsError, Server, ServerUnreachable, archive, parse_bundles, parse_query, restore
 from deepstd.pacs.orthanc import find_dicomweb_plugin, find_orthanc, free_port, local_orthanc
 
 BUNDLES = {"CT": "ct-torso", "MR": "prostate-t2"}
@@ -107,6 +107,20 @@ def test_query_parsing():
         parse_query(["StudyDate=2007-01-01"])
     with pytest.raises(InputError, match="KEYWORD=VALUE"):
         parse_query(["CT"])
+
+
+def test_bundle_parsing():
+    assert parse_bundles(["ct-torso"]) == "ct-torso"
+    assert parse_bundles(["/data/b=1/x.dstdb"]) == "/data/b=1/x.dstdb"  # not MODALITY=: a path
+    assert parse_bundles(["ct=ct-torso", "MR=prostate-t2", "la-mr"]) == {
+        "CT": "ct-torso",
+        "MR": "prostate-t2",
+        "*": "la-mr",
+    }
+    with pytest.raises(InputError, match="already given"):
+        parse_bundles(["CT=ct-torso", "CT=la-mr"])
+    with pytest.raises(InputError, match="MODALITY=BUNDLE"):
+        parse_bundles(["CT="])
 
 
 def test_server_down_is_one_line(tmp_path):

@@ -282,15 +282,16 @@ def cmd_pacs(args) -> None:
 
     check_writable(args.workdir, "folder")
     query = pacs.parse_query(args.query or [])
+    bundles = pacs.parse_bundles(args.bundle) if args.pacs_command == "archive" else args.bundle
     common = dict(orthanc_url=args.orthanc_url, timeout=args.timeout, retry_failed=args.retry_failed,
                   threads=args.threads, log=_log)  # fmt: skip
     with progress_bar() as progress:
         if args.pacs_command == "archive":
-            totals = pacs.archive(args.server, query, args.bundle, args.ratio, args.workdir,
+            totals = pacs.archive(args.server, query, bundles, args.ratio, args.workdir,
                                   delete_originals=args.delete_originals, allow_gaps=args.allow_gaps,
                                   progress=progress, **common)  # fmt: skip
         else:
-            totals = pacs.restore(args.server, query, args.workdir, bundle=args.bundle, progress=progress, **common)
+            totals = pacs.restore(args.server, query, args.workdir, bundle=bundles, progress=progress, **common)
     print(", ".join(f"{key} {value}" for key, value in totals.items() if not isinstance(value, (dict, list))))
     print(f"manifest: {args.workdir / 'manifest.jsonl'}")
     if totals.get("failed"):
@@ -706,7 +707,13 @@ def build_parser() -> argparse.ArgumentParser:
         "archive",
         help="query series, compress each into a DeepSTD object stored back on the server, verified; resumable",
     )
-    archive.add_argument("--bundle", required=True, help="shipped bundle name or .dstdb path")
+    archive.add_argument(
+        "--bundle",
+        required=True,
+        action="append",
+        metavar="[MODALITY=]BUNDLE",
+        help="shipped bundle name or .dstdb path, for every series or (repeatable) by modality: CT=ct-torso",
+    )
     archive.add_argument("--ratio", type=RATIO, required=True, help="raw bytes / file bytes, e.g. 128")
     archive.add_argument(
         "--delete-originals",

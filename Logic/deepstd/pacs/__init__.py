@@ -5,12 +5,13 @@ Orthanc's REST API for the one thing DICOMweb lacks (deleting the originals). Se
 """
 
 from .client import PacsError, SeriesGone, Server, ServerUnreachable
-from .jobs import archive, normalize_query, parse_query, restore
+from .jobs import archive, normalize_query, parse_bundles, parse_query, restore
 
 __all__ = [
     "archive",
     "restore",
     "parse_query",
+    "parse_bundles",
     "normalize_query",
     "Server",
     "PacsError",

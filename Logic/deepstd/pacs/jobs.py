@@ -46,6 +46,25 @@ def parse_query(items) -> Dict[str, str]:
     return normalize_query(query)
 
 
+def parse_bundles(items) -> BundleSpec:
+    """["ct-torso"] or ["CT=ct-torso", "MR=prostate-t2", "fallback"] (CLI `--bundle`, repeatable)
+    -> one bundle for every series, or a mapping by Modality ("*": the one without a modality)."""
+    spec: Dict[str, str] = {}
+    for item in items or []:
+        modality, sep, name = str(item).partition("=")
+        key = modality.upper() if sep and re.fullmatch(r"[A-Za-z]{1,16}", modality) else "*"
+        value = name if key != "*" else str(item)
+        if not value.strip():
+            raise InputError(f"--bundle {item!r}: expected a bundle, or MODALITY=BUNDLE such as CT=ct-torso")
+        if key in spec:
+            which = "a default bundle" if key == "*" else f"a bundle for {key}"
+            raise InputError(f"--bundle {item!r}: {which} is already given ({spec[key]})")
+        spec[key] = value
+    if not spec:
+        raise InputError("no bundle given")
+    return spec["*"] if list(spec) == ["*"] else spec
+
+
 def normalize_query(query: Optional[dict]) -> Dict[str, str]:
     """QIDO-RS filters from a query dict: DICOM keywords (or 8-digit tags) -> values. A date range
     is "YYYYMMDD-YYYYMMDD" (either end may be left open) or a (first, last) pair."""
