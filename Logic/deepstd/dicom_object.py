@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 from .errors import FormatError, InputError
-from .io.dicom import UNCOMPRESSED_PREDECESSOR
+from .io.dicom_writer import UNCOMPRESSED_PREDECESSOR
 
 #: Raw Data Storage: a non-image instance whose IOD accepts the patient/study/series modules and
 #: private data, so every PACS stores it and no viewer tries to render the payload.

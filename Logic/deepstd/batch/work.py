@@ -120,7 +120,7 @@ def encode_and_measure(
 def decompress_task(dstd_path: str, bundle_sha256: str, bundle_bytes: bytes, target: str, as_dicom: bool) -> dict:
     """Decode one `.dstd` to an image file, or to a DICOM series marked lossy when `as_dicom`."""
     from .. import codec
-    from ..io import dicom, write
+    from ..io import dicom_writer, write
 
     started = time.perf_counter()
     try:
@@ -129,7 +129,9 @@ def decompress_task(dstd_path: str, bundle_sha256: str, bundle_bytes: bytes, tar
             data = stream.read()
         volume = codec.decode(data, bundle_from(bundle_sha256, bundle_bytes), device="cpu", workers=1)
         if as_dicom:
-            dicom.write_dicom_series(volume, target, lossy_ratio=volume.raw_bytes / len(data), lossy_method="DEEPSTD")
+            dicom_writer.write_dicom_series(
+                volume, target, lossy_ratio=volume.raw_bytes / len(data), lossy_method="DEEPSTD"
+            )
         else:
             write(volume, target)
         record = {"status": "ok", "error": None, "voxels": volume.voxels, "raw_bytes": volume.raw_bytes}

@@ -11,7 +11,7 @@ from typing import Optional
 
 from ..errors import InputError
 from ..volume import Volume
-from . import dicom, itk
+from . import dicom, dicom_writer, itk
 
 ITK_SUFFIXES = itk.SUFFIXES
 
@@ -61,7 +61,7 @@ def write(volume: Volume, path, **dicom_options) -> Path:
             f"{path}: unknown output format {path.suffix!r} (use "
             f"{', '.join(ITK_SUFFIXES)}, or a folder name for a DICOM series)"
         )
-    return dicom.write_dicom_series(volume, path, **dicom_options)
+    return dicom_writer.write_dicom_series(volume, path, **dicom_options)
 
 
 __all__ = ["read", "write", "format_of", "dicom", "itk"]
