@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 from .errors import FormatError, InputError
-from .io.dicom_writer import UNCOMPRESSED_PREDECESSOR
+from .io.dicom_writer import UNCOMPRESSED_PREDECESSOR, set_value, text_value
 
 #: Raw Data Storage: a non-image instance whose IOD accepts the patient/study/series modules and
 #: private data, so every PACS stores it and no viewer tries to render the payload.
@@ -78,21 +78,9 @@ def _source(source_meta: Optional[dict], header: dict) -> Tuple[Dict[str, Any], 
 
 
 def _put(ds, tag: str, value) -> None:
-    """Set a carried value (a string or a list of strings); one its VR cannot hold is left out."""
-    import warnings
-
-    if not (isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
-        return
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # pydicom warns of a value invalid for the VR
-            setattr(ds, tag, value)
-    except (ValueError, TypeError, OverflowError, UserWarning):
-        pass
-
-
-def _plain(value) -> str:
-    return value if isinstance(value, str) else ""
+    """Set a carried value when it is one (a string or a list of strings); absent stays absent."""
+    if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        set_value(ds, tag, value)
 
 
 def _uid(*parts: str) -> str:
@@ -166,22 +154,22 @@ def wrap(
     for tag in PATIENT_TAGS + STUDY_TAGS:
         setattr(ds, tag, None)
         _put(ds, tag, source.get(tag))
-    if not _plain(source.get("Modality")):  # not from DICOM: a made-up patient, as decoded output gets
+    if not text_value(source.get("Modality")):  # not from DICOM: a made-up patient, as decoded output gets
         ds.PatientName, ds.PatientID = "Anonymous", "DEEPSTD"
-    ds.StudyInstanceUID = _plain(source.get("StudyInstanceUID")) or generate_uid()
+    ds.StudyInstanceUID = text_value(source.get("StudyInstanceUID")) or generate_uid()
     if not ds.StudyDate:
         ds.StudyDate = now.strftime("%Y%m%d")
     for tag in ("StudyDescription", "PatientAge", "PatientIdentityRemoved", "DeidentificationMethod"):
         _put(ds, tag, source.get(tag))
     # General Series module: a new series, the source's modality, the source series referenced
-    ds.Modality = _plain(source.get("Modality")) or "OT"
+    ds.Modality = text_value(source.get("Modality")) or "OT"
     ds.SeriesInstanceUID = series_uid
     try:
-        number = int(float(_plain(source.get("SeriesNumber")) or 0))
+        number = int(float(text_value(source.get("SeriesNumber")) or 0))
     except ValueError:
         number = 0
     ds.SeriesNumber = number + SERIES_NUMBER_OFFSET if abs(number) < 10**9 else SERIES_NUMBER_OFFSET
-    ds.SeriesDescription = f"DeepSTD {ratio:.0f}x {_plain(source.get('SeriesDescription'))}".strip()[:64]  # LO
+    ds.SeriesDescription = f"DeepSTD {ratio:.0f}x {text_value(source.get('SeriesDescription'))}".strip()[:64]  # LO
     ds.SeriesDate, ds.SeriesTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     _put(ds, "BodyPartExamined", source.get("BodyPartExamined"))
     if "BodyPartExamined" not in ds:
@@ -195,7 +183,7 @@ def wrap(
         related.PurposeOfReferenceCodeSequence = Sequence([_code(*UNCOMPRESSED_PREDECESSOR)])
         ds.RelatedSeriesSequence = Sequence([related])
     # Frame of Reference module: the decoded volume lies in the source's frame
-    if _plain(source.get("FrameOfReferenceUID")):
+    if text_value(source.get("FrameOfReferenceUID")):
         ds.FrameOfReferenceUID = source["FrameOfReferenceUID"]
         ds.PositionReferenceIndicator = None
         _put(ds, "PositionReferenceIndicator", source.get("PositionReferenceIndicator"))

@@ -107,20 +107,20 @@ def write_dicom_series(
         raise InputError(f"{folder}: DICOM output needs a new or empty folder")
     raw = volume.meta.get("dicom", {})
     source = {k: v for k, v in (raw.items() if isinstance(raw, dict) else ()) if _valid_value(v)}
-    from_dicom = bool(_text(source.get("Modality")))  # read from DICOM (Modality is Type 1 there)
-    modality = _text(source.get("Modality")) or ("CT" if volume.units == "HU" else "OT")
+    from_dicom = bool(text_value(source.get("Modality")))  # read from DICOM (Modality is Type 1 there)
+    modality = text_value(source.get("Modality")) or ("CT" if volume.units == "HU" else "OT")
     sop_class = _SOP_CLASSES.get(modality, _SECONDARY_CAPTURE)
     image_modality = modality if sop_class != _SECONDARY_CAPTURE else ""
     stored, slope, intercept, signed, bits = _stored_pixels(volume)
     series_uid = generate_uid()
-    study_uid = _text(source.get("StudyInstanceUID")) or generate_uid()
-    frame_uid = _text(source.get("FrameOfReferenceUID")) or generate_uid()
+    study_uid = text_value(source.get("StudyInstanceUID")) or generate_uid()
+    frame_uid = text_value(source.get("FrameOfReferenceUID")) or generate_uid()
     now = _dt.datetime.now()
     direction = volume.direction_matrix
     row, col = direction[:, 0], direction[:, 1]
     nz = stored.shape[0]
     references = _slice_references(raw.get("source") if isinstance(raw, dict) else None, volume, nz)
-    source_lossy = _text(source.get("LossyImageCompression")) == "01"
+    source_lossy = text_value(source.get("LossyImageCompression")) == "01"
     methods, ratios = _lossy_history(source) if source_lossy else ([], [])
     if lossy_ratio:
         methods, ratios = methods + [lossy_method], ratios + [f"{lossy_ratio:.4g}"]
@@ -141,10 +141,10 @@ def write_dicom_series(
             meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
             ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)  # type: ignore[arg-type]
             if "SpecificCharacterSet" in source:
-                _set(ds, "SpecificCharacterSet", source["SpecificCharacterSet"])
+                set_value(ds, "SpecificCharacterSet", source["SpecificCharacterSet"])
             for tag in _TYPE2 + _TYPE2_BY_MODALITY.get(image_modality, ()):
                 setattr(ds, tag, None)
-            if _text(source.get("BodyPartExamined")).upper() not in _UNPAIRED:
+            if text_value(source.get("BodyPartExamined")).upper() not in _UNPAIRED:
                 ds.Laterality = None  # Type 2C: present (empty: unknown) unless the part is unpaired
             for tag, value in source.items():
                 if (
@@ -152,7 +152,7 @@ def write_dicom_series(
                     and tag not in _DERIVED_HERE
                     and _ONLY_IN.get(tag, image_modality) == image_modality
                 ):
-                    _set(ds, tag, value)
+                    set_value(ds, tag, value)
             if image_modality == "MR" and "IR" in _values(source.get("ScanningSequence")) and "InversionTime" not in ds:
                 ds.InversionTime = None  # Type 2C: required for inversion recovery
             codes = source.get("DeidentificationMethodCodeSequence")
@@ -160,9 +160,9 @@ def write_dicom_series(
                 ds.DeidentificationMethodCodeSequence = [_code(*c) for c in _deidentification_codes(codes)]
             if not from_dicom:  # a made-up patient; a DICOM source's empty ones stay empty
                 ds.PatientName, ds.PatientID = "Anonymous", "DEEPSTD"
-            ds.PatientName = _text(source.get("PatientName", ds.get("PatientName")))
-            ds.PatientID = _text(source.get("PatientID", ds.get("PatientID")))
-            _set(ds, "StudyDate", _text(source.get("StudyDate")) or now.strftime("%Y%m%d"))
+            ds.PatientName = text_value(source.get("PatientName", ds.get("PatientName")))
+            ds.PatientID = text_value(source.get("PatientID", ds.get("PatientID")))
+            set_value(ds, "StudyDate", text_value(source.get("StudyDate")) or now.strftime("%Y%m%d"))
             ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
             ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
             ds.Modality = modality
@@ -171,9 +171,9 @@ def write_dicom_series(
             ds.SeriesDescription = (
                 series_description
                 or (
-                    f"{_text(source.get('SeriesDescription'))} DeepSTD {lossy_ratio:.0f}x".strip()
+                    f"{text_value(source.get('SeriesDescription'))} DeepSTD {lossy_ratio:.0f}x".strip()
                     if lossy_ratio
-                    else (_text(source.get("SeriesDescription")) or "DeepSTD")
+                    else (text_value(source.get("SeriesDescription")) or "DeepSTD")
                 )
             )[-64:]  # VR LO
             ds.SeriesDate, ds.SeriesTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
@@ -233,7 +233,7 @@ def _valid_value(value) -> bool:
     return isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, (str, list)) for v in value))
 
 
-def _set(ds, tag: str, value) -> None:
+def set_value(ds, tag: str, value) -> None:
     """Set a carried value; one its VR cannot hold (a damaged header) is left out, not fatal."""
     try:
         with warnings.catch_warnings():
@@ -243,7 +243,7 @@ def _set(ds, tag: str, value) -> None:
         pass
 
 
-def _text(value) -> str:
+def text_value(value) -> str:
     return value if isinstance(value, str) else ""
 
 
@@ -255,7 +255,7 @@ def _values(value) -> List[str]:
 
 def _number(value) -> float:
     try:
-        number = float(_text(value) or 0)
+        number = float(text_value(value) or 0)
     except ValueError:
         return 0.0
     return number if abs(number) < 1e9 else 0.0
@@ -359,4 +359,4 @@ def _stored_pixels(volume: Volume):
     return stored, slope, lo, False, 16
 
 
-__all__ = ["write_dicom_series", "UNCOMPRESSED_PREDECESSOR"]
+__all__ = ["write_dicom_series", "set_value", "text_value", "UNCOMPRESSED_PREDECESSOR"]
