@@ -351,3 +351,18 @@ def test_a_scan_encoded_with_registration_on_cuda_decodes_on_the_cpu():
         data = codec.encode(scan, bundle, ratio=32, device=device, workers=1)
         quality[device] = psnr(scan, codec.decode(data, bundle, device="cpu", workers=1))
     assert abs(quality["cuda"] - quality["cpu"]) < 1.0, quality
+
+
+def test_a_blank_image_is_prealigned_by_the_identity():
+    """Moments are undefined on an image without mass (ITK raises); a blank scan (or template)
+    still encodes, pre-aligned by the identity. Found by the fuzzer (a 1x1x1 zero template)."""
+    from deepstd.shape.prealign import prealign
+
+    rng = np.random.default_rng(0)
+    scan = sitk.GetImageFromArray(rng.random((12, 12, 12)).astype(np.float32))
+    blank = sitk.GetImageFromArray(np.zeros((12, 12, 12), np.float32))
+    for fixed, moving in ((blank, scan), (scan, blank), (blank, blank)):
+        assert np.array_equal(prealign(fixed, moving, "moments"), np.eye(4))
+    assert not np.array_equal(
+        prealign(scan, sitk.GetImageFromArray(np.pad(rng.random((8, 8, 8)), 2).astype(np.float32))), np.eye(4)
+    )

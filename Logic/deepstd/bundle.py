@@ -330,6 +330,8 @@ def _nifti_bytes(volume: Volume) -> bytes:
 
 #: a template (and its labels) is one scan of the population: far below this many voxels
 MAX_TEMPLATE_VOXELS = 64_000_000
+#: voxels per axis a template needs at least (shipped ones have 41 or more; the tests' smallest 7)
+MIN_TEMPLATE_SIDE = 4
 
 
 def _volume(payload: bytes) -> Volume:
@@ -347,7 +349,11 @@ def _volume(payload: bytes) -> Volume:
         except RuntimeError:
             raise BundleError("the template image is unreadable") from None
         size = info.GetSize()
-        if len(size) != 3 or not 0 < int(np.prod(size, dtype=np.float64)) <= MAX_TEMPLATE_VOXELS:
+        if (
+            len(size) != 3
+            or min(size) < MIN_TEMPLATE_SIDE
+            or not int(np.prod(size, dtype=np.float64)) <= MAX_TEMPLATE_VOXELS
+        ):
             raise BundleError(f"the template image's size {size} is not a plausible 3-D template")
         spacing = info.GetSpacing()
         if not all(1e-3 <= s <= 1e3 for s in spacing):

@@ -24,14 +24,18 @@ def prealign(fixed: sitk.Image, moving: sitk.Image, mode: str = "moments", seed:
     """
     if mode not in MODES:
         raise InputError(f"unknown pre-alignment {mode!r}; choose one of {', '.join(MODES)}")
-    if mode == "none":
-        return np.eye(4)
+    if mode == "none" or not (_has_mass(fixed) and _has_mass(moving)):
+        return np.eye(4)  # moments are undefined on a blank image (ITK refuses: "Total Mass ... zero")
     init = sitk.CenteredTransformInitializer(
         fixed, moving, sitk.AffineTransform(3), sitk.CenteredTransformInitializerFilter.MOMENTS
     )
     if mode == "affine":
         init = _fit_affine(fixed, moving, sitk.AffineTransform(init), seed)
     return affine_matrix(sitk.AffineTransform(init))
+
+
+def _has_mass(image: sitk.Image) -> bool:
+    return bool(np.any(sitk.GetArrayViewFromImage(image) > 0))
 
 
 def _fit_affine(fixed: sitk.Image, moving: sitk.Image, start: sitk.AffineTransform, seed: int) -> sitk.Transform:
