@@ -62,7 +62,7 @@ def test_shipped_bundles_are_listed_and_described(bundle, tmp_path):
     bare = save_bundle(
         tmp_path / "bare.dstdb",
         {"name": "bare", "modality": "MR", "region": "knee"},
-        Volume(np.zeros((2, 2, 2), np.float32)),
+        Volume(np.zeros((4, 4, 4), np.float32)),
     )
     assert codec.describe_bundle(bare) == "<b>bare</b> | modality: MR | region: knee | trained on: ? scans"
 
