@@ -380,3 +380,33 @@ def test_effort_one_keeps_the_closer_of_texture_alone_and_texture_plus_refinemen
         assert split.rate_q == round(SPLIT_RATE * 65535) < texture.rate_q
     with pytest.raises(InputError, match="effort"):
         codec.encode(scan, tiny_bundle, ratio=8, device="cpu", effort=3)
+
+
+def test_effort_two_searches_latents_and_keeps_the_closer_file(tiny_bundle, scan, tmp_path, monkeypatch):
+    from deepstd.texture import TextureCodec, latent_search
+
+    calls = []
+    search = latent_search.search_latents
+    monkeypatch.setattr(latent_search, "search_latents", lambda *a, **k: calls.append(1) or search(*a, **k))
+
+    levels = TextureCodec.from_bytes(tiny_bundle.texture).config.levels
+    stated = load_bundle(
+        save_bundle(
+            tmp_path / "stated.dstdb",
+            replace(tiny_bundle.config, training={"train_settings": {"lambdas": [4.0**k for k in range(levels)]}}),
+            tiny_bundle.template,
+            texture=tiny_bundle.texture,
+        )
+    )
+    budget = scan.raw_bytes // 40
+    plain = codec.encode(scan, stated, budget_bytes=budget, device="cpu")
+    searched = codec.encode(scan, stated, budget_bytes=budget, device="cpu", effort=2)
+    assert len(searched) <= budget
+    error = lambda data: float(np.mean((codec.decode(data, stated).array - scan.array) ** 2))  # noqa: E731
+    assert calls and error(searched) <= error(plain)  # effort 2 searched, measured, kept the closer file
+    calls.clear()
+    # a bundle that does not state its λs: no search, the effort-1 file
+    assert codec.encode(scan, tiny_bundle, budget_bytes=budget, device="cpu", effort=2) == codec.encode(
+        scan, tiny_bundle, budget_bytes=budget, device="cpu", effort=1
+    )
+    assert not calls

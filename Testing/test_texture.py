@@ -345,3 +345,39 @@ def test_decode_and_encode_are_deterministic(trained, structured):
     assert np.array_equal(first, trained.decompress(data))
     assert np.array_equal(first, again.decompress(data))
     assert np.array_equal(first, trained.decompress(TextureStreams.from_bytes(data), workers=2))
+
+
+# --- encoder-side latent search ---------------------------------------------------------------
+def test_latent_search_lowers_the_real_rate_distortion_cost(trained, structured):
+    """The searched latents, coded and decoded by the unchanged codec, cost less than the analysis
+    transform's own in the codec's training objective (bits per voxel + λ·MSE, real bytes)."""
+    from deepstd.texture.latent_search import lambda_at, search_latents, trained_lambdas
+
+    bundle = load_bundle("la-mr")
+    lambdas = trained_lambdas(bundle.config.training, trained.config.levels)
+    rate = 0.5
+    analysis = trained.analyse(structured, 16)
+    with torch.enable_grad():
+        searched = search_latents(trained, analysis, structured, np.ones(structured.shape, bool), rate, lambdas)
+    assert [a.shape for a in searched.latents] == [a.shape for a in analysis.latents]
+    assert not all(torch.equal(a, b) for a, b in zip(searched.latents, analysis.latents))
+    lam = lambda_at(lambdas, float(trained.net.gain.level_of(round(rate * 65535))))
+
+    def cost(a):
+        streams = trained.code(a, rate)
+        mse = float(np.mean((trained.decompress(streams.to_bytes()) - structured) ** 2))
+        return 8 * len(streams.to_bytes()) / structured.size + lam * mse
+
+    assert cost(searched) < cost(analysis)
+
+
+def test_lambdas_come_from_the_bundle_or_not_at_all():
+    from deepstd.texture.latent_search import lambda_at, trained_lambdas
+
+    assert trained_lambdas({"train_settings": {"lambdas": [1, 4, 16]}}, 3) == [1.0, 4.0, 16.0]
+    for training in (None, {}, {"train_settings": {"lambdas": [1, 4]}}, {"train_settings": {"lambdas": [1, -4, 16]}},
+                     {"train_settings": {"lambdas": [1, True, 16]}}, {"train_settings": "x"}):  # fmt: skip
+        assert trained_lambdas(training, 3) is None
+    assert lambda_at([1, 4, 16], 1.0) == pytest.approx(4.0)
+    assert lambda_at([1, 4, 16], 0.5) == pytest.approx(2.0)  # geometric between levels
+    assert lambda_at([1, 4, 16], -1.0) == pytest.approx(0.25)  # continued below level 0

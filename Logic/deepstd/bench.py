@@ -27,8 +27,8 @@ from .errors import BudgetError, DeepSTDError
 from .progress import CancelToken, ProgressCallback, Reporter
 
 DEEPSTD = "deepstd"
-#: DeepSTD's slower preset (`encode(effort=1)`), benched when named among the peers
-DEEPSTD_EFFORT = "deepstd-effort1"
+#: DeepSTD's slower presets (`encode(effort=…)`), benched when named among the peers
+DEEPSTD_EFFORTS = {"deepstd-effort1": 1, "deepstd-effort2": 2}
 DEFAULT_PEERS = (
     "jpeg2000-slices",
     "jpeg2000-components",
@@ -147,7 +147,7 @@ def run(
     missing = peers.unavailable()
     codecs = [DEEPSTD] + [name for name in (peer_names or DEFAULT_PEERS) if name != DEEPSTD]
     for name in codecs:  # an unknown name is refused before hours of work, not when its turn comes
-        if name not in (DEEPSTD, DEEPSTD_EFFORT):
+        if name != DEEPSTD and name not in DEEPSTD_EFFORTS:
             peers.get(name)
     ratios = list(ratios)
     reporter = Reporter(progress, cancel)
@@ -164,8 +164,8 @@ def run(
         judge = None if segmenter is None else _judge(segmenter, volume, references, str(scan))
         if name in missing:
             record = {"status": "unavailable", "error": missing[name]}
-        elif name in (DEEPSTD, DEEPSTD_EFFORT):
-            record = run_deepstd(volume, bundle, budget, cancel, judge, effort=int(name == DEEPSTD_EFFORT))
+        elif name == DEEPSTD or name in DEEPSTD_EFFORTS:
+            record = run_deepstd(volume, bundle, budget, cancel, judge, effort=DEEPSTD_EFFORTS.get(name, 0))
         else:
             record = run_peer(peers.get(name), volume, budget, judge)
         record.update(

@@ -566,10 +566,11 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument(
         "--effort",
         type=int,
-        choices=(0, 1),
+        choices=(0, 1, 2),
         default=0,
         help="1: where the budget allows, also try the texture at a middle rate plus a SPERR refinement "
-        "layer and keep the closer file (slower; docs/CODEC.md)",
+        "layer and keep the closer file (slower); 2: also search the texture latents for this scan "
+        "(minutes more on a CPU; docs/CODEC.md)",
     )
     encode.add_argument("--series", metavar="UID", help="DICOM SeriesInstanceUID to read")
     encode.add_argument("--allow-gaps", action="store_true", help=ALLOW_GAPS_HELP)
@@ -647,7 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--peers",
         nargs="*",
         default=None,
-        help="peer names (default: the lossy peers but AV1); deepstd-effort1 adds DeepSTD's slower preset",
+        help="peer names (default: the lossy peers but AV1); deepstd-effort1/-effort2 add DeepSTD's slower presets",
     )
     bench.add_argument("--threads", type=COUNT, default=1)
     bench.add_argument("--out", type=Path, required=True, help="folder for results.jsonl, summary.md, rd.png")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from typing import Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 from .. import __version__
 from ..alignment import (
@@ -41,7 +41,7 @@ TOLERANCE = 0.02
 #: (LA_1D7C…): at 32x texture rates 0.2-0.6 plus SPERR land within 0.15 dB of each other (35.73-35.86
 #: dB) and the finest rate plus SPERR 1.3 dB lower (34.53 dB); at 64x 0.2-0.6 within 0.15 dB.
 SPLIT_RATE = 0.5
-EFFORTS = (0, 1)
+EFFORTS = (0, 1, 2)
 #: a lean header, the section framing and the texture stream's own header; below this (plus the
 #: smallest shape code) no scan can be coded
 MIN_FILE_BYTES = 160
@@ -95,6 +95,8 @@ class EncodedScan:
     warnings: List[str]
     workers: Optional[int]
     started: float
+    #: the aligned texture frame and its support, kept only for the latent search (effort 2)
+    aligned: Optional[tuple] = None
 
     def streams(self, rate: float):
         return self.codec.code(self.analysis, rate, self.workers)  # type: ignore[attr-defined]
@@ -109,9 +111,16 @@ class EncodedScan:
 
 
 def prepare(
-    volume: Volume, bundle: BundleLike, budget: Optional[int], device: str, workers: Optional[int], reporter: Reporter
+    volume: Volume,
+    bundle: BundleLike,
+    budget: Optional[int],
+    device: str,
+    workers: Optional[int],
+    reporter: Reporter,
+    keep_aligned: bool = False,
 ) -> EncodedScan:
-    """Register, align and analyse; the shape code takes its share of `budget` (None: full width)."""
+    """Register, align and analyse; the shape code takes its share of `budget` (None: full width).
+    `keep_aligned` keeps the aligned frame in the result (memory: the frame, for the latent search)."""
     from ..shape import decode_shape
     from ..shape.code import PREALIGNMENT_BYTES
     from ..shape.sizing import code_shape
@@ -159,7 +168,8 @@ def prepare(
         encoder_version=__version__,
         dicom=volume.meta.get("dicom") or None,
     )
-    return EncodedScan(header, shape.code, analysis, codec, warnings, workers, started)
+    aligned = (unit, support) if keep_aligned else None
+    return EncodedScan(header, shape.code, analysis, codec, warnings, workers, started, aligned)
 
 
 def encode(
@@ -181,7 +191,9 @@ def encode(
     at whatever size that takes. `keep`: a label map on the scan's grid whose voxels > 0 are coded
     within ±keep_error (0: lossless) inside the same budget; the mask is stored in the file.
     `effort` 1: where the budget allows the texture more than SPLIT_RATE, also code it at SPLIT_RATE
-    with a refinement layer and keep whichever file decodes closer to the scan (slower)."""
+    with a refinement layer and keep whichever file decodes closer to the scan (slower). `effort` 2
+    also searches the texture latents for this scan (`texture.latent_search`; a few minutes more on a
+    CPU) and keeps them where the file decodes closer."""
     from .. import refine
     from ..texture.rate import RATE_STEPS, quantise_rate
     from . import layers
@@ -201,7 +213,7 @@ def encode(
     budget = budget_for(volume, ratio, budget_bytes)
     mask = layers.keep_mask(volume, keep, keep_error) if keep is not None else None
     reporter = Reporter(progress, cancel)
-    scan = prepare(volume, bundle, budget, device, workers, reporter)
+    scan = prepare(volume, bundle, budget, device, workers, reporter, keep_aligned=effort >= 2 and keep is None)
     header = replace(scan.header, target_ratio=round(volume.raw_bytes / budget, 4), budget_bytes=budget)
     if mask is None:
         build = lambda rate: scan.pack(header, rate)  # noqa: E731
@@ -229,10 +241,13 @@ def encode(
         raise infeasible(volume, budget, len(smallest))
     saturated = len(best) < (1 - TOLERANCE) * budget and _texture_rate(best) == RATE_STEPS
     generous = effort >= 1 and _texture_rate(best) > quantise_rate(SPLIT_RATE)
+    layer = Refinement(scan, resolve_bundle(bundle), header, volume, budget) if effort >= 1 else None
+    if effort >= 2 and mask is None and not saturated:
+        best = _searched(scan, resolve_bundle(bundle), header, budget, best, layer, reporter)  # type: ignore[arg-type]
     refined = None
     if mask is None and (saturated or generous) and refine.unavailable_reason() is None:
         search("refine", 0.0, "coding what the texture misses")
-        layer = Refinement(scan, resolve_bundle(bundle), header, volume, budget)
+        layer = layer or Refinement(scan, resolve_bundle(bundle), header, volume, budget)
         refined = layer.file(SPLIT_RATE, search)
         if refined is not None and not saturated and layer.error(best) <= layer.error(refined):
             refined = None  # effort 1 measured both: the texture alone was as good
@@ -244,6 +259,32 @@ def encode(
         best = noted if len(noted) <= budget else best  # the note itself must not break the budget
     reporter("write", 1.0, f"{len(best)} bytes in {time.perf_counter() - scan.started:.1f} s")
     return best
+
+
+def _searched(
+    scan: EncodedScan, bundle: Bundle, header: DstdHeader, budget: int, best: bytes, layer: "Refinement", reporter
+) -> bytes:
+    """`best` or, if it decodes closer within the same budget, the file whose texture latents were
+    searched at best's rate (`texture.latent_search`) and whose rate was fitted again."""
+    import torch
+
+    from ..texture.latent_search import search_latents, trained_lambdas
+    from ..texture.rate import RATE_STEPS
+
+    unit, support = scan.aligned  # type: ignore[misc]
+    codec: Any = scan.codec
+    start: Any = scan.analysis
+    lambdas = trained_lambdas(bundle.config.training, codec.config.levels)
+    if lambdas is None:  # a bundle that does not say what it was trained for: nothing to search with
+        return best
+    rate = _texture_rate(best) / RATE_STEPS
+    with torch.enable_grad():
+        analysis = search_latents(codec, start, unit, support, rate, lambdas, report=reporter.scaled(0.85, 0.95))
+    searched = replace(scan, analysis=analysis)
+    candidate, _ = largest_within(lambda r: searched.pack(header, r), budget, TOLERANCE)
+    if candidate is None or layer.error(candidate) >= layer.error(best):
+        return best
+    return candidate
 
 
 class Refinement:
