@@ -72,6 +72,7 @@ def search_latents(
     rate: float,
     lambdas: Sequence[float],
     steps: int = STEPS,
+    step_size: float = STEP_SIZE,
     report: Optional[Reporter] = None,
 ) -> Analysis:
     """`analysis` (of `volume`, coded where `support`) with latents moved to a lower cost at `rate`."""
@@ -101,7 +102,7 @@ def search_latents(
             w = torch.from_numpy(np.stack([tiling.cut(weights, o, block) for o in group]))[:, None]
             coords = codec._coords(group, block, shape)
             latent = start.clone().requires_grad_(True)
-            optimiser = torch.optim.Adam([latent], lr=STEP_SIZE)
+            optimiser = torch.optim.Adam([latent], lr=step_size)
             for _ in range(steps):
                 y = latent * gain
                 z_hat = _rounded(net.h_a(y) - medians) + medians
