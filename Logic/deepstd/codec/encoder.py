@@ -242,8 +242,8 @@ def encode(
     saturated = len(best) < (1 - TOLERANCE) * budget and _texture_rate(best) == RATE_STEPS
     generous = effort >= 1 and _texture_rate(best) > quantise_rate(SPLIT_RATE)
     layer = Refinement(scan, resolve_bundle(bundle), header, volume, budget) if effort >= 1 else None
-    if effort >= 2 and mask is None and not saturated:
-        best = _searched(scan, resolve_bundle(bundle), header, budget, best, layer, reporter)  # type: ignore[arg-type]
+    if effort >= 2 and layer is not None and mask is None and not saturated:
+        best = _searched(scan, resolve_bundle(bundle), header, budget, best, layer, reporter)
     refined = None
     if mask is None and (saturated or generous) and refine.unavailable_reason() is None:
         search("refine", 0.0, "coding what the texture misses")
