@@ -369,6 +369,13 @@ def test_latent_search_lowers_the_real_rate_distortion_cost(trained, structured)
         return 8 * len(streams.to_bytes()) / structured.size + lam * mse
 
     assert cost(searched) < cost(analysis)
+    # whole-volume mode (small crops: one frame, one block) is searched too; whether that pays on a
+    # given volume is the encoder's check (effort 2 keeps the closer file), so only that it codes
+    whole = trained.analyse(structured, None)
+    with torch.enable_grad():
+        moved = search_latents(trained, whole, structured, np.ones(structured.shape, bool), rate, lambdas)
+    assert whole.full and not torch.equal(moved.latents[0], whole.latents[0])
+    assert trained.decompress(trained.code(moved, rate).to_bytes()).shape == structured.shape
 
 
 def test_lambdas_come_from_the_bundle_or_not_at_all():

@@ -10,6 +10,7 @@ Campos et al.; the loss is the codec's training loss, bits per voxel + λ·MSE, 
 at the rate's level from the λs the bundle was trained with. Measured on training LA scans at
 texture rates 0.2 and 0.5: +0.25-0.55 dB at equal bytes after 10 steps; more steps, or a larger
 step size, drift away (docs/TEXTURE.md). The caller keeps the result only if it decodes closer.
+Both block mode and whole-volume mode (small crops coded as one frame) are searched.
 """
 
 from __future__ import annotations
@@ -76,8 +77,6 @@ def search_latents(
     report: Optional[Reporter] = None,
 ) -> Analysis:
     """`analysis` (of `volume`, coded where `support`) with latents moved to a lower cost at `rate`."""
-    if analysis.full:
-        return analysis  # whole-volume mode: one small frame, nothing worth the search
     net = codec.net
     report = report or Reporter()
     block, shape = analysis.block, analysis.shape
