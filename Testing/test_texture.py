@@ -357,8 +357,7 @@ def test_latent_search_lowers_the_real_rate_distortion_cost(trained, structured)
     lambdas = trained_lambdas(bundle.config.training, trained.config.levels)
     rate = 0.5
     analysis = trained.analyse(structured, 16)
-    with torch.enable_grad():
-        searched = search_latents(trained, analysis, structured, np.ones(structured.shape, bool), rate, lambdas)
+    searched = search_latents(trained, analysis, structured, np.ones(structured.shape, bool), rate, lambdas)
     assert [a.shape for a in searched.latents] == [a.shape for a in analysis.latents]
     assert not all(torch.equal(a, b) for a, b in zip(searched.latents, analysis.latents))
     lam = lambda_at(lambdas, float(trained.net.gain.level_of(round(rate * 65535))))
@@ -372,7 +371,7 @@ def test_latent_search_lowers_the_real_rate_distortion_cost(trained, structured)
     # whole-volume mode (small crops: one frame, one block) is searched too; whether that pays on a
     # given volume is the encoder's check (effort 2 keeps the closer file), so only that it codes
     whole = trained.analyse(structured, None)
-    with torch.enable_grad():
+    with torch.no_grad():  # the search needs no grad mode from its caller
         moved = search_latents(trained, whole, structured, np.ones(structured.shape, bool), rate, lambdas)
     assert whole.full and not torch.equal(moved.latents[0], whole.latents[0])
     assert trained.decompress(trained.code(moved, rate).to_bytes()).shape == structured.shape

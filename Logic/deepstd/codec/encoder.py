@@ -241,8 +241,9 @@ def encode(
         raise infeasible(volume, budget, len(smallest))
     saturated = len(best) < (1 - TOLERANCE) * budget and _texture_rate(best) == RATE_STEPS
     generous = effort >= 1 and _texture_rate(best) > quantise_rate(SPLIT_RATE)
-    layer = Refinement(scan, resolve_bundle(bundle), header, volume, budget) if effort >= 1 else None
-    if effort >= 2 and layer is not None and mask is None and not saturated:
+    layer = None
+    if effort >= 2 and mask is None and not saturated:
+        layer = Refinement(scan, resolve_bundle(bundle), header, volume, budget)
         best = _searched(scan, resolve_bundle(bundle), header, budget, best, layer, reporter)
     refined = None
     if mask is None and (saturated or generous) and refine.unavailable_reason() is None:
@@ -266,8 +267,6 @@ def _searched(
 ) -> bytes:
     """`best` or, if it decodes closer within the same budget, the file whose texture latents were
     searched at best's rate (`texture.latent_search`) and whose rate was fitted again."""
-    import torch
-
     from ..texture.latent_search import search_latents, trained_lambdas
     from ..texture.rate import RATE_STEPS
 
@@ -278,8 +277,7 @@ def _searched(
     if lambdas is None:  # a bundle that does not say what it was trained for: nothing to search with
         return best
     rate = _texture_rate(best) / RATE_STEPS
-    with torch.enable_grad():
-        analysis = search_latents(codec, start, unit, support, rate, lambdas, report=reporter.scaled(0.85, 0.95))
+    analysis = search_latents(codec, start, unit, support, rate, lambdas, report=reporter.scaled(0.85, 0.95))
     searched = replace(scan, analysis=analysis)
     candidate, _ = largest_within(lambda r: searched.pack(header, r), budget, TOLERANCE)
     if candidate is None or layer.error(candidate) >= layer.error(best):

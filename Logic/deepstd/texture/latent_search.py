@@ -95,28 +95,29 @@ def search_latents(
     groups = list(tiling.batches(todo, GROUP))
     moved = []
     try:
-        for k, (group, start) in enumerate(zip(groups, analysis.latents)):
-            report.check()
-            x = torch.from_numpy(np.stack([tiling.cut(padded, o, block) for o in group]))[:, None]
-            w = torch.from_numpy(np.stack([tiling.cut(weights, o, block) for o in group]))[:, None]
-            coords = codec._coords(group, block, shape)
-            latent = start.clone().requires_grad_(True)
-            optimiser = torch.optim.Adam([latent], lr=step_size)
-            for _ in range(steps):
-                y = latent * gain
-                z_hat = _rounded(net.h_a(y) - medians) + medians
-                scales, means = net.h_s(z_hat).chunk(2, 1)
-                y_hat = _rounded(y - means) + means
-                s = scales.clamp_min(SCALE_BOUND)
-                p = _normal_cdf((y_hat - means + 0.5) / s) - _normal_cdf((y_hat - means - 0.5) / s)
-                bits = -torch.log2(p.clamp_min(1e-9)).sum()
-                mse = (((net.g_s(y_hat * inverse_gain, coords) - x) ** 2) * w).sum() / w.sum()
-                loss = bits / x.numel() + lam * mse
-                optimiser.zero_grad()
-                loss.backward()
-                optimiser.step()
-            moved.append(latent.detach())
-            report("texture", (k + 1) / len(groups), "searching latents")
+        with torch.enable_grad():  # callers may be in no-grad mode (the codec's own methods are)
+            for k, (group, start) in enumerate(zip(groups, analysis.latents)):
+                report.check()
+                x = torch.from_numpy(np.stack([tiling.cut(padded, o, block) for o in group]))[:, None]
+                w = torch.from_numpy(np.stack([tiling.cut(weights, o, block) for o in group]))[:, None]
+                coords = codec._coords(group, block, shape)
+                latent = start.clone().requires_grad_(True)
+                optimiser = torch.optim.Adam([latent], lr=step_size)
+                for _ in range(steps):
+                    y = latent * gain
+                    z_hat = _rounded(net.h_a(y) - medians) + medians
+                    scales, means = net.h_s(z_hat).chunk(2, 1)
+                    y_hat = _rounded(y - means) + means
+                    s = scales.clamp_min(SCALE_BOUND)
+                    prob = _normal_cdf((y_hat - means + 0.5) / s) - _normal_cdf((y_hat - means - 0.5) / s)
+                    bits = -torch.log2(prob.clamp_min(1e-9)).sum()
+                    mse = (((net.g_s(y_hat * inverse_gain, coords) - x) ** 2) * w).sum() / w.sum()
+                    loss = bits / x.numel() + lam * mse
+                    optimiser.zero_grad()
+                    loss.backward()
+                    optimiser.step()
+                moved.append(latent.detach())
+                report("texture", (k + 1) / len(groups), "searching latents")
     finally:
         for p, flag in zip(params, needed):
             p.requires_grad_(flag)
