@@ -78,6 +78,7 @@ class DeepSTDSlicerParameterNode:
     previewMode: Annotated[str, Choice(["grid", "glyph", "contour"])] = "grid"
     compressVolume: vtkMRMLScalarVolumeNode
     ratio: Annotated[float, WithinRange(8.0, 512.0)] = 64.0
+    effort: Annotated[int, WithinRange(0, 2)] = 0
     useMaxError: bool = False
     maxError: Annotated[float, WithinRange(0.0, 1000.0)] = 0.0
     keepVolume: vtkMRMLLabelMapVolumeNode
@@ -211,6 +212,7 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.previewRegionButton.enabled = idle
         self.ui.maxErrorSpinBox.enabled = p.useMaxError
         self.ui.ratioSliderWidget.enabled = not p.useMaxError
+        self.ui.effortSpinBox.enabled = not p.useMaxError
         self.ui.showTemplateButton.enabled = bool(p.bundle)
         self.ui.computeResidueButton.enabled = idle and bool(p.originalVolume and p.decodedVolume)
         self.ui.computeSegmentMetricsButton.enabled = idle and bool(p.segmentationA and p.segmentationB)
@@ -439,6 +441,7 @@ class DeepSTDSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 max_error=p.maxError if p.useMaxError else None,
                 keep_node=p.keepVolume,
                 keep_error=p.keepError,
+                effort=p.effort,
             ),
             self.ui.codingProgressBar,
             self.ui.cancelCodingButton,

@@ -128,6 +128,20 @@ def test_second_run_does_no_work_and_redoes_a_damaged_output(collection, bundle,
     assert damaged.read_bytes() == original  # deterministic: the same bytes again
 
 
+def test_another_effort_codes_again_and_is_recorded(collection, bundle, cluster, compressed, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(compressed[0], out)
+    totals = batch.compress(collection, out, bundle, RATIO, verify=True, scheduler=cluster.scheduler_address, effort=1)
+    assert (totals["compressed"], totals["skipped"], totals["failed"]) == (5, 0, 1)
+    records = records_of(out)
+    assert {r["effort"] for r in records.values() if r["status"] == "ok"} == {1}
+    assert all(r.get("effort", 0) == 0 for r in records_of(compressed[0]).values())
+    totals = batch.compress(collection, out, bundle, RATIO, verify=True, scheduler=cluster.scheduler_address, effort=1)
+    assert (totals["compressed"], totals["skipped"]) == (0, 5)
+    with pytest.raises(InputError, match="effort must be one of 0, 1, 2"):
+        batch.compress(collection, out, bundle, RATIO, effort=3)
+
+
 def test_one_local_worker_writes_the_same_bytes_as_two(collection, bundle, compressed, tmp_path):
     """Also: a CSV list instead of a folder, and the embedded LocalCluster."""
     listing = tmp_path / "scans.csv"

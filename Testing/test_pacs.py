@@ -134,6 +134,13 @@ def test_server_down_is_one_line(tmp_path):
         archive("ftp://127.0.0.1/dicom-web", {}, "ct-torso", 256, tmp_path / "work")
 
 
+def test_a_bad_effort_is_refused_before_the_server_is_asked(tmp_path):
+    url = f"http://127.0.0.1:{free_port()}/dicom-web"  # nothing listens: a request would fail otherwise
+    with pytest.raises(InputError, match="effort must be one of 0, 1, 2, got 3"):
+        archive(url, {}, "ct-torso", 256, tmp_path / "work", effort=3)
+    assert not (tmp_path / "work").exists()
+
+
 def test_timeout_is_one_line(tmp_path):
     """A server that accepts the connection but never answers."""
     with socket.socket() as silent:

@@ -162,6 +162,19 @@ def test_segment_metrics_and_residue(tmp_path, oblique_volume):
     np.testing.assert_allclose(read_volume(lines[-1]["residue"], folder.path).array, -2.0)
 
 
+def test_the_effort_option_reaches_the_encoder(tmp_path, crop):
+    """Slicer's Effort setting: 2 searches the latents (its progress says so); a bad one is refused."""
+    folder = JobFolder.create(tmp_path)
+    folder.add_volume("volume", crop)
+    options = {"bundle": shipped(), "ratio": 64, "device": "cpu", **ONE_THREAD}
+    rc, lines, err = run_worker(folder.write("encode", {**options, "effort": 2}, {"dstd": tmp_path / "a.dstd"}))
+    assert rc == 0, err
+    assert any(m.get("message") == "searching latents" for m in lines)
+    rc, lines, _ = run_worker(folder.write("encode", {**options, "effort": 7}, {"dstd": tmp_path / "b.dstd"}))
+    assert (rc, lines[-1]["kind"]) == (EXIT_ERROR, "InputError") and "effort must be one of" in lines[-1]["message"]
+    assert not (tmp_path / "b.dstd").exists()
+
+
 def test_deepstd_errors_exit_2_with_one_error_line(tmp_path, oblique_volume):
     folder = JobFolder.create(tmp_path)
     folder.add_volume("volume", oblique_volume)

@@ -340,10 +340,12 @@ class DeepSTDCore:
         max_error: Optional[float] = None,
         keep_node=None,
         keep_error: float = 0.0,
+        effort: int = 0,
     ) -> Job:
         """Encode a volume node to a `.dstd` file in the worker process; done gets a
         CompressResult. `max_error`: instead of the ratio, every voxel within that bound.
         `keep_node`: a label map on the volume's grid whose voxels are kept within ±keep_error.
+        `effort`: the encoder preset (0 default; 1, 2 slower and closer at the same size).
         The worker writes `path` atomically: a cancelled or failed job leaves no file."""
         mrml.require_scalar_volume(input_node)
         volume = mrml.volume_from_node(input_node)
@@ -379,7 +381,7 @@ class DeepSTDCore:
             )
 
         options = {"bundle": str(bundle_file), "ratio": ratio, "device": device, "max_error": max_error}
-        options["keep_error"] = keep_error
+        options.update(keep_error=keep_error, effort=effort)
         return start_worker(
             "encode",
             prepare,
@@ -563,6 +565,7 @@ class DeepSTDCore:
         max_error: Optional[float] = None,
         keep_node=None,
         keep_error: float = 0.0,
+        effort: int = 0,
     ) -> CompressResult:
         """Write `path` (.dstd); bundle/ratio/device default to the module's current settings."""
         settings, box = self.settings(), {}
@@ -577,6 +580,7 @@ class DeepSTDCore:
             max_error=max_error,
             keep_node=keep_node,
             keep_error=keep_error,
+            effort=effort,
         )
         return _finish(job, box)
 

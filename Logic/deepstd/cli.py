@@ -289,7 +289,7 @@ def cmd_pacs(args) -> None:
         if args.pacs_command == "archive":
             totals = pacs.archive(args.server, query, bundles, args.ratio, args.workdir,
                                   delete_originals=args.delete_originals, allow_gaps=args.allow_gaps,
-                                  progress=progress, **common)  # fmt: skip
+                                  effort=args.effort, progress=progress, **common)  # fmt: skip
         else:
             totals = pacs.restore(args.server, query, args.workdir, bundle=bundles, progress=progress, **common)
     print(", ".join(f"{key} {value}" for key, value in totals.items() if not isinstance(value, (dict, list))))
@@ -309,6 +309,18 @@ def _deidentify_options(command) -> None:
         metavar="SALT",
         help="key of the pseudonyms: the same salt gives the same replacement UIDs (give it again to "
         "resume a batch or to add series of a study later); default: a new random one",
+    )
+
+
+def _effort_option(parser) -> None:
+    parser.add_argument(
+        "--effort",
+        type=int,
+        choices=(0, 1, 2),
+        default=0,
+        help="1: where the budget allows, also try the texture at a middle rate plus a SPERR refinement "
+        "layer and keep the closer file (slower); 2: also search the texture latents for this scan "
+        "(about twice the encode time on a CPU; docs/CODEC.md)",
     )
 
 
@@ -337,6 +349,7 @@ def cmd_batch_compress(args) -> None:
             retry_failed=args.retry_failed,
             allow_gaps=args.allow_gaps,
             deidentify_salt=_deidentify_salt(args),
+            effort=args.effort,
             progress=progress,
             log=_log,
         )
@@ -563,15 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="code the voxels where this label map (same grid) is > 0 within ±E (default 0: "
         "lossless), the rest at the ratio; the mask is stored in the file",
     )
-    encode.add_argument(
-        "--effort",
-        type=int,
-        choices=(0, 1, 2),
-        default=0,
-        help="1: where the budget allows, also try the texture at a middle rate plus a SPERR refinement "
-        "layer and keep the closer file (slower); 2: also search the texture latents for this scan "
-        "(minutes more on a CPU; docs/CODEC.md)",
-    )
+    _effort_option(encode)
     encode.add_argument("--series", metavar="UID", help="DICOM SeriesInstanceUID to read")
     encode.add_argument("--allow-gaps", action="store_true", help=ALLOW_GAPS_HELP)
     encode.add_argument(
@@ -679,6 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="retry scans that failed before for a reason of their own (default: keep the record)",
     )
     compress.add_argument("--allow-gaps", action="store_true", help=ALLOW_GAPS_HELP)
+    _effort_option(compress)
     _deidentify_options(compress)
     _cluster_options(compress)
     compress.set_defaults(run=cmd_batch_compress)
@@ -722,6 +728,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="delete each original series after its object is stored and verified (Orthanc's REST API)",
     )
     archive.add_argument("--allow-gaps", action="store_true", help=ALLOW_GAPS_HELP)
+    _effort_option(archive)
     restore = pacs_commands.add_parser(
         "restore", help="find DeepSTD objects, decode each and store it back as a lossy-tagged series"
     )

@@ -338,6 +338,7 @@ def _encode(job: Job, channel: Channel, cancel) -> Dict[str, Any]:
             budget_bytes=options.get("budget_bytes"),
             keep=keep,
             keep_error=float(options.get("keep_error", 0.0)),
+            effort=options.get("effort", 0),
             **common,
         )
     Reporter(None, cancel).check()  # a cancel that came during the last step writes nothing

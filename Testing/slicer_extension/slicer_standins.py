@@ -136,6 +136,10 @@ class QDoubleSpinBox(QProgressBar):
     _kind = "QDoubleSpinBox"
 
 
+class QSpinBox(QProgressBar):
+    _kind = "QSpinBox"
+
+
 class ctkSliderWidget(QProgressBar):  # noqa: N801  (Slicer's class name)
     _kind = "ctkSliderWidget"
 
@@ -224,6 +228,7 @@ WIDGETS = {
         QCheckBox,
         QProgressBar,
         QDoubleSpinBox,
+        QSpinBox,
         QComboBox,
         ctkSliderWidget,
         ctkCollapsibleButton,

@@ -125,6 +125,9 @@ def test_widget_setup_and_buttons(widget, headless):
     assert not ui.registrationProgressBar.visible and not ui.qualityProgressBar.visible
     assert widget._timer.interval == 100 and not widget._timer.active
     assert "installed" in ui.dependencyStatusLabel.text
+    assert ui.effortSpinBox.enabled and ui.ratioSliderWidget.enabled
+    widget._parameterNode.useMaxError = True  # a bound, not a size: no ratio, no effort
+    assert not ui.effortSpinBox.enabled and not ui.ratioSliderWidget.enabled
 
 
 def test_codec_is_picked_by_the_modality_slicer_knows(widget, headless):

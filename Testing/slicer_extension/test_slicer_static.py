@@ -137,6 +137,15 @@ def test_ui_custom_widgets_and_scene_connections():
     assert (float(props["minimum"]), float(props["maximum"])) == (8.0, 512.0)
 
 
+def test_effort_spin_box_offers_exactly_the_encoder_presets():
+    from deepstd.codec.encoder import EFFORTS
+
+    box = next(w for w in _ui().iter("widget") if w.get("name") == "effortSpinBox")
+    props = {p.get("name"): p.findtext("number") or p.findtext("string") for p in box.iter("property")}
+    assert (int(props["minimum"]), int(props["maximum"])) == (min(EFFORTS), max(EFFORTS))
+    assert props["SlicerParameterName"] == "effort"
+
+
 @pytest.mark.parametrize("version", [(3, 9), (3, 12)])
 @pytest.mark.parametrize("path", PYTHON_FILES, ids=lambda p: p.name)
 def test_module_parses_with_slicer_python_grammar(path, version):

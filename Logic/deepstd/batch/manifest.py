@@ -2,7 +2,7 @@
 
 Appending one line per scan means an interrupted run loses only the scans in flight; a line cut
 short by a crash is ignored on reading. A scan counts as done only if its latest record says
-"ok" for the same source bytes, bundle and ratio (and carries quality figures when verification
+"ok" for the same source bytes, bundle, ratio and effort (and carries quality figures when verification
 is asked for) and the `.dstd` on disk still has the recorded size and SHA-256. A scan that
 "failed" for a reason of its own (unreadable, refused, budget infeasible) would fail the same way
 again, so it is not retried unless asked; an "error" (a lost worker, an internal error) is.
@@ -58,13 +58,18 @@ def state(
     ratio: float,
     verify: bool,
     retry_failed: bool = False,
+    effort: int = 0,
 ) -> str:
     """ "done", "failed" (settled, not retried) or "todo": see the module docstring."""
-    if not record or (record.get("source_sha256"), record.get("bundle_sha256"), record.get("target_ratio")) != (
+    if not record:
+        return "todo"
+    settings = ("source_sha256", "bundle_sha256", "target_ratio")
+    if [record.get(key) for key in settings] + [record.get("effort", 0)] != [
         source_sha256,
         bundle_sha256,
         float(ratio),
-    ):
+        effort,
+    ]:
         return "todo"
     if record.get("status") == "failed":
         return "todo" if retry_failed else "failed"

@@ -53,17 +53,22 @@ def compress(
     log: Log = lambda line: None,
     allow_gaps: bool = False,
     deidentify_salt: Optional[str] = None,
+    effort: int = 0,
 ) -> dict:
     """Compress every scan of `source` (folder or list) into `out_dir`; returns the run's totals
     (scans, compressed, skipped, failed — this run's and earlier settled ones — and byte sums).
     `allow_gaps`: DICOM series with missing slices are resampled instead of failing (scans that
     failed before without it are retried). `deidentify_salt`: every file's header is de-identified
     (`deepstd.deidentify`) with this one salt, so the series of a study keep one replacement
-    study UID; give the same salt when resuming."""
+    study UID; give the same salt when resuming. `effort`: the encoder preset (`encode`); a scan
+    done with another effort is coded again."""
     from ..bundle import load_bundle
+    from ..codec.encoder import EFFORTS
 
     if not (ratio >= 1):
         raise InputError(f"the ratio must be a number ≥ 1, got {ratio!r}")
+    if effort not in EFFORTS:
+        raise InputError(f"effort must be one of {', '.join(map(str, EFFORTS))}, got {effort!r}")
     check_workers(workers)
     root, scans = find_scans(source)
     out_dir = Path(out_dir).resolve()
@@ -73,7 +78,9 @@ def compress(
     bundle = load_bundle(bundle) if isinstance(bundle, (str, Path)) else bundle
     out_dir.mkdir(parents=True, exist_ok=True)
     reporter = Reporter(progress, cancel)
-    todo, skipped, settled = plan(scans, root, out_dir, bundle, ratio, verify, retry_failed, reporter, allow_gaps)
+    todo, skipped, settled = plan(
+        scans, root, out_dir, bundle, ratio, verify, retry_failed, reporter, allow_gaps, effort
+    )
     log(
         f"{len(scans)} scans under {root}: {skipped} already done, {settled} failed before (not retried), "
         f"{len(todo)} to compress"
@@ -88,7 +95,7 @@ def compress(
     }
     if todo:
         bundle_bytes = bundle_file_bytes(bundle)
-        tasks = [(scan.task(), ratio, verify, allow_gaps, deidentify_salt) for scan, _ in todo]
+        tasks = [(scan.task(), ratio, verify, allow_gaps, deidentify_salt, effort) for scan, _ in todo]
         bases = {scan.output: dict(base, deidentified=deidentify_salt is not None) for scan, base in todo}
         meter = Throughput(len(todo), reporter)
 
@@ -117,6 +124,7 @@ def plan(
     retry_failed: bool,
     reporter: Reporter,
     allow_gaps: bool = False,
+    effort: int = 0,
 ) -> Tuple[List[tuple], int, int]:
     """(scans to code with their base records, how many are done, how many failed before).
     A failure recorded without `allow_gaps` is retried with it (it may have been a gap)."""
@@ -124,11 +132,11 @@ def plan(
     todo, skipped, settled = [], 0, 0
     for i, scan in enumerate(scans):
         reporter("checking", i / len(scans), scan.output)
-        base = base_record(scan, root, bundle, ratio, allow_gaps)
+        base = base_record(scan, root, bundle, ratio, allow_gaps, effort)
         before = done.get(scan.output)
         retry = retry_failed or (allow_gaps and not (before or {}).get("allow_gaps"))
         known = (
-            manifest.state(before, out_dir, base["source_sha256"], bundle.sha256, ratio, verify, retry)
+            manifest.state(before, out_dir, base["source_sha256"], bundle.sha256, ratio, verify, retry, effort)
             if base["source_sha256"]
             else "todo"
         )
@@ -153,7 +161,7 @@ def bundle_file_bytes(bundle) -> bytes:
     return data
 
 
-def base_record(scan: Scan, root: Path, bundle, ratio: float, allow_gaps: bool = False) -> dict:
+def base_record(scan: Scan, root: Path, bundle, ratio: float, allow_gaps: bool = False, effort: int = 0) -> dict:
     """What the driver knows before coding: identity of source, bundle and settings."""
     record = {
         "output": scan.output,
@@ -164,6 +172,7 @@ def base_record(scan: Scan, root: Path, bundle, ratio: float, allow_gaps: bool =
         "bundle_sha256": bundle.sha256,
         "target_ratio": float(ratio),
         "allow_gaps": bool(allow_gaps),
+        "effort": int(effort),
         "encoder_version": __version__,
         "status": "pending",
         "error": None,

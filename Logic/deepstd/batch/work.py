@@ -59,6 +59,7 @@ def compress_task(
     verify: bool,
     allow_gaps: bool = False,
     deidentify_salt: Optional[str] = None,
+    effort: int = 0,
 ) -> Tuple[dict, Optional[bytes]]:
     """Read, encode and (with `verify`) decode and measure one scan: (record, .dstd bytes or None).
     `allow_gaps`: a DICOM series with missing slices is resampled instead of refused.
@@ -68,7 +69,7 @@ def compress_task(
     try:
         one_thread()
         bundle = bundle_from(bundle_sha256, bundle_bytes)
-        record.update(encode_and_measure(task, bundle, ratio, verify, allow_gaps, deidentify_salt))
+        record.update(encode_and_measure(task, bundle, ratio, verify, allow_gaps, deidentify_salt, effort))
         data = record.pop("data")
     except DeepSTDError as exc:
         record.update(status="failed", error=one_line(str(exc)))
@@ -82,7 +83,13 @@ def compress_task(
 
 
 def encode_and_measure(
-    task: dict, bundle, ratio: float, verify: bool, allow_gaps: bool = False, deidentify_salt: Optional[str] = None
+    task: dict,
+    bundle,
+    ratio: float,
+    verify: bool,
+    allow_gaps: bool = False,
+    deidentify_salt: Optional[str] = None,
+    effort: int = 0,
 ) -> dict:
     from ..container import unpack
     from ..evaluate import round_trip
@@ -93,7 +100,7 @@ def encode_and_measure(
         from ..deidentify import deidentify_meta
 
         volume.meta.update(deidentify_meta(volume.meta, deidentify_salt))
-    trip = round_trip(volume, bundle, ratio=ratio, decode=verify, device="cpu", workers=1)
+    trip = round_trip(volume, bundle, ratio=ratio, decode=verify, device="cpu", workers=1, effort=effort)
     data = trip.data
     result = {
         "status": "ok",

@@ -29,7 +29,7 @@ from .client import RAW_DATA_STORAGE, PacsError, SeriesGone, Server, ServerUnrea
 Log = Callable[[str], None]
 BundleSpec = Union[Any, str, Path, Dict[str, Any]]
 
-#: settled outcomes: not retried unless `retry_failed` (or the bundle/ratio changed)
+#: settled outcomes: not retried unless `retry_failed` (or the bundle, ratio or effort changed)
 SETTLED = ("failed", "skipped")
 _DATE = re.compile(r"^(\d{8})?-?(\d{8})?$")
 
@@ -276,6 +276,7 @@ def archive(
     device: str = "cpu",
     workers: Optional[int] = None,
     threads: Optional[int] = None,
+    effort: int = 0,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
     log: Log = lambda line: None,
@@ -295,9 +296,14 @@ def archive(
     Returns the run's totals: series, archived (this run), done (earlier runs), skipped, failed
     (settled), errors (retried next run), deleted, source_bytes and object_bytes (of every series
     archived so far), failures (one line each). `threads`: torch threads for the job (None: as
-    set; 1 is best on cores other work shares)."""
+    set; 1 is best on cores other work shares). `effort`: the encoder preset (`encode`); a series
+    archived with another effort is archived again."""
+    from ..codec.encoder import EFFORTS
+
     if not (isinstance(ratio, (int, float)) and ratio >= 1):
         raise InputError(f"the ratio must be a number ≥ 1, got {ratio!r}")
+    if effort not in EFFORTS:
+        raise InputError(f"effort must be one of {', '.join(map(str, EFFORTS))}, got {effort!r}")
     filters = normalize_query(query)
     bundles = _Bundles(bundle)
     workdir = Path(workdir).resolve()
@@ -335,6 +341,7 @@ def archive(
             allow_gaps=allow_gaps,
             device=device,
             workers=workers,
+            effort=effort,
         )
         for index, entry in enumerate(images):
             run.index = index
@@ -348,6 +355,7 @@ def archive(
                     "modality": entry["modality"],
                     "description": entry["description"],
                     "target_ratio": float(ratio),
+                    "effort": effort,
                     "status": "pending",
                     "error": None,
                 }
@@ -365,7 +373,8 @@ def _archive_one(run: _Run, item: _Item, entry: dict, bundles: _Bundles, options
     bundle = bundles.get(entry["modality"])
     item.record.update(bundle=bundle.name, bundle_sha256=bundle.sha256, encoder_version=__version__)
     before = run.done.get(item.record["output"]) or {}
-    same = (before.get("bundle_sha256"), before.get("target_ratio")) == (bundle.sha256, options["ratio"])
+    settings = (before.get("bundle_sha256"), before.get("target_ratio"), before.get("effort", 0))
+    same = settings == (bundle.sha256, options["ratio"], options["effort"])
     status = before.get("status") if same else None
 
     if status == "ok" and (before.get("deleted") or not options["delete"]):
@@ -463,6 +472,7 @@ def _make_object(run: _Run, item: _Item, entry: dict, bundle, options: dict, obj
         ratio=options["ratio"],
         device=options["device"],
         workers=options["workers"],
+        effort=options["effort"],
         progress=run.nested(0.1, 0.7).callback(),
         cancel=run.reporter.cancel,
     )

@@ -61,6 +61,17 @@ def _rounded(v: torch.Tensor) -> torch.Tensor:
     return v + (torch.round(v) - v).detach()
 
 
+def _annealed(v: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
+    """Stochastic Gumbel annealing (Yang et al. 2020): a random, differentiable choice between the two
+    nearest integers that becomes rounding as the temperature falls."""
+    lower = torch.floor(v)
+    frac = (v - lower).clamp(1e-4, 1 - 1e-4)
+    logits = torch.stack([-torch.atanh(frac), -torch.atanh(1 - frac)], -1) / temperature
+    noise = torch.rand(logits.shape, generator=generator).clamp_min(1e-10)
+    weights = torch.softmax(logits - torch.log(-torch.log(noise)) / temperature, -1)
+    return lower + weights[..., 1]
+
+
 def _normal_cdf(v: torch.Tensor) -> torch.Tensor:
     return 0.5 * (1 + torch.erf(v / math.sqrt(2)))
 
@@ -75,6 +86,7 @@ def search_latents(
     steps: int = STEPS,
     step_size: float = STEP_SIZE,
     report: Optional[Reporter] = None,
+    annealing: Optional[Sequence[float]] = None,
 ) -> Analysis:
     """`analysis` (of `volume`, coded where `support`) with latents moved to a lower cost at `rate`."""
     net = codec.net
@@ -103,11 +115,17 @@ def search_latents(
                 coords = codec._coords(group, block, shape)
                 latent = start.clone().requires_grad_(True)
                 optimiser = torch.optim.Adam([latent], lr=step_size)
-                for _ in range(steps):
+                generator = torch.Generator().manual_seed(k)
+                for step in range(steps):
                     y = latent * gain
                     z_hat = _rounded(net.h_a(y) - medians) + medians
                     scales, means = net.h_s(z_hat).chunk(2, 1)
-                    y_hat = _rounded(y - means) + means
+                    if annealing is None:
+                        y_hat = _rounded(y - means) + means
+                    else:
+                        hot, cold = annealing
+                        temperature = hot * (cold / hot) ** (step / max(steps - 1, 1))
+                        y_hat = _annealed(y - means, temperature, generator) + means
                     s = scales.clamp_min(SCALE_BOUND)
                     prob = _normal_cdf((y_hat - means + 0.5) / s) - _normal_cdf((y_hat - means - 0.5) / s)
                     bits = -torch.log2(prob.clamp_min(1e-9)).sum()
