@@ -348,9 +348,10 @@ def test_decode_and_encode_are_deterministic(trained, structured):
 
 
 # --- encoder-side latent search ---------------------------------------------------------------
-def test_latent_search_lowers_the_real_rate_distortion_cost(trained, structured):
+def test_latent_search_lowers_the_real_rate_distortion_cost(trained, structured, monkeypatch):
     """The searched latents, coded and decoded by the unchanged codec, cost less than the analysis
     transform's own in the codec's training objective (bits per voxel + λ·MSE, real bytes)."""
+    from deepstd.texture import latent_search
     from deepstd.texture.latent_search import lambda_at, search_latents, trained_lambdas
 
     bundle = load_bundle("la-mr")
@@ -371,10 +372,14 @@ def test_latent_search_lowers_the_real_rate_distortion_cost(trained, structured)
     # whole-volume mode (small crops: one frame, one block) is searched too; whether that pays on a
     # given volume is the encoder's check (effort 2 keeps the closer file), so only that it codes
     whole = trained.analyse(structured, None)
+    rounded = latent_search._rounded
+    calls = []
+    monkeypatch.setattr(latent_search, "_rounded", lambda v: calls.append(1) or rounded(v))
     with torch.no_grad():  # the search needs no grad mode from its caller
         moved = search_latents(trained, whole, structured, np.ones(structured.shape, bool), rate, lambdas)
     assert whole.full and not torch.equal(moved.latents[0], whole.latents[0])
     assert trained.decompress(trained.code(moved, rate).to_bytes()).shape == structured.shape
+    assert len(calls) == 2 * latent_search.ONE_BLOCK_STEPS  # one block: the longer search (z and y each step)
 
 
 def test_lambdas_come_from_the_bundle_or_not_at_all():

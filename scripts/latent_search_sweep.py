@@ -30,13 +30,6 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", nargs="+", type=int, default=[10])
     parser.add_argument("--step-sizes", nargs="+", type=float, default=[0.005])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument(
-        "--anneal",
-        nargs=2,
-        type=float,
-        metavar=("HOT", "COLD"),
-        help="soft annealed rounding (SGA) from temperature HOT to COLD; default straight-through",
-    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     bundle = resolve_bundle(args.bundle)
@@ -60,14 +53,12 @@ def main(argv=None) -> None:
             for steps in args.steps:
                 for step_size in args.step_sizes:
                     started = time.perf_counter()
-                    searched = search_latents(
-                        codec, analysis, unit, support, rate, lambdas, steps, step_size, annealing=args.anneal
-                    )
+                    searched = search_latents(codec, analysis, unit, support, rate, lambdas, steps, step_size)
                     seconds = time.perf_counter() - started
                     n, p = point(searched, rate, unit, support)
                     equal = float(np.interp(math.log(n), sizes, psnrs))
                     print(json.dumps({
-                        "scan": str(path).rsplit("/", 1)[-1], "rate": rate, "steps": steps, "step_size": step_size, "anneal": args.anneal,
+                        "scan": str(path).rsplit("/", 1)[-1], "rate": rate, "steps": steps, "step_size": step_size,
                         "bytes": [curve[1][0], n], "psnr": [round(curve[1][1], 3), round(p, 3)],
                         "gain_at_equal_bytes_db": round(p - equal, 3), "seconds": round(seconds, 1),
                     }), flush=True)  # fmt: skip
