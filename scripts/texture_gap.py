@@ -14,8 +14,9 @@ import argparse
 import json
 
 
-def aligned(path, bundle):
-    """(unit, support, block) of one scan on the texture frame the encoder would code it on."""
+def aligned(path, bundle, with_frame: bool = False):
+    """(unit, support, block) of one scan on the texture frame the encoder would code it on; with
+    `with_frame`, (unit, support, frame)."""
     from deepstd.alignment import frame_for, intensity_map, into_template
     from deepstd.io import read
     from deepstd.progress import Reporter
@@ -34,7 +35,7 @@ def aligned(path, bundle):
         coding.frame,
         intensity_map(scan.array, bundle.config.intensity),
     )
-    return unit, support, coding.block
+    return unit, support, coding.frame if with_frame else coding.block
 
 
 def main(argv=None) -> None:
