@@ -100,3 +100,39 @@ def test_cli_info_describes_a_bundle(tmp_path, oblique_volume):
         [sys.executable, "-m", "deepstd.cli", "info", str(bad)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2 and "not a codec bundle" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_retired_bundle_is_found_by_id_but_not_offered(tmp_path, oblique_volume, monkeypatch):
+    """A bundle a newer one replaced still decodes the files coded with it, without --bundle."""
+    from deepstd import bundle as bundles
+
+    retired = tmp_path / "retired"
+    path = save_bundle(retired / "test-mr-0.1.dstdb", CONFIG, oblique_volume, texture=b"old weights")
+    monkeypatch.setattr(bundles, "RETIRED_DIR", retired)
+    sha = load_bundle(path).sha256
+    assert bundles.find_bundle_file("test-mr", sha[:16]) == path
+    assert bundles.find_bundle(None, sha[:16]).texture == b"old weights"
+    assert "test-mr-0.1" not in bundles.shipped_bundles()
+    with pytest.raises(BundleError, match="not installed; pass its file with --bundle"):
+        bundles.find_bundle_file("test-mr", "f" * 16)
+
+
+def test_every_retired_bundle_is_a_complete_bundle_named_like_a_shipped_one():
+    from deepstd.bundle import RETIRED_DIR, shipped_bundles
+
+    for path in sorted(RETIRED_DIR.glob("*.dstdb")):
+        assert load_bundle(path).name in shipped_bundles(), path.name
+
+
+def test_a_file_coded_with_the_retired_hippocampus_bundle_decodes_without_naming_it():
+    """0.2.0's hippocampus-mr files (the bundle before its fine-tune) still open as they did."""
+    from shared_data import data_path
+
+    from deepstd import codec, read
+    from deepstd.bundle import RETIRED_DIR, shipped_bundles
+
+    old = load_bundle(RETIRED_DIR / "hippocampus-mr-0.2.0.dstdb")
+    assert old.sha256 != load_bundle(shipped_bundles()["hippocampus-mr"]).sha256
+    scan = read(data_path("hippocampus_mr", "images", "hippocampus_338.nii.gz"))
+    data = codec.encode(scan, old, ratio=64, device="cpu")
+    np.testing.assert_array_equal(codec.decode(data, device="cpu").array, codec.decode(data, old, device="cpu").array)

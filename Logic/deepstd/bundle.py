@@ -30,6 +30,9 @@ from .volume import Volume
 
 SUFFIX = ".dstdb"
 SHIPPED_DIR = Path(__file__).resolve().parent / "bundles"
+#: bundles a newer shipped one replaced: never offered for encoding, still found by id, so the files
+#: coded with them decode without `--bundle`
+RETIRED_DIR = SHIPPED_DIR / "retired"
 ENTRIES = ("config.json", "template.nii.gz", "template_labels.nii.gz", "texture.safetensors")
 REQUIRED = ("config.json", "template.nii.gz")
 REQUIRED_CONFIG = ("name", "modality", "region")
@@ -390,10 +393,10 @@ def bundle_sha256(path: Union[str, Path]) -> str:
 
 def find_bundle_file(name: Optional[str], sha256: str, search: Iterable[Union[str, Path]] = ()) -> Path:
     """The bundle file a `.dstd` was coded with: among `search` (files, or folders of bundles),
-    then the shipped ones, the first whose id starts with `sha256` (a lean header keeps 16 hex
-    digits). Only candidates are hashed; only the match is parsed (by the caller)."""
+    then the shipped ones, then the retired ones, the first whose id starts with `sha256` (a lean
+    header keeps 16 hex digits). Only candidates are hashed; only the match is parsed (by the caller)."""
     candidates = []
-    for entry in list(search) + [SHIPPED_DIR]:
+    for entry in list(search) + [SHIPPED_DIR, RETIRED_DIR]:
         entry = Path(entry).expanduser()
         candidates += sorted(entry.glob(f"*{SUFFIX}")) if entry.is_dir() else [entry]
     for path in candidates:
