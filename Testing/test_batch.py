@@ -138,8 +138,9 @@ def test_another_effort_codes_again_and_is_recorded(collection, bundle, cluster,
     assert all(r.get("effort", 0) == 0 for r in records_of(compressed[0]).values())
     totals = batch.compress(collection, out, bundle, RATIO, verify=True, scheduler=cluster.scheduler_address, effort=1)
     assert (totals["compressed"], totals["skipped"]) == (0, 5)
-    with pytest.raises(InputError, match="effort must be one of 0, 1, 2"):
-        batch.compress(collection, out, bundle, RATIO, effort=3)
+    for bad in (3, True, "2"):
+        with pytest.raises(InputError, match="effort must be one of 0, 1, 2"):
+            batch.compress(collection, out, bundle, RATIO, effort=bad)
 
 
 def test_one_local_worker_writes_the_same_bytes_as_two(collection, bundle, compressed, tmp_path):

@@ -63,13 +63,8 @@ def state(
     """ "done", "failed" (settled, not retried) or "todo": see the module docstring."""
     if not record:
         return "todo"
-    settings = ("source_sha256", "bundle_sha256", "target_ratio")
-    if [record.get(key) for key in settings] + [record.get("effort", 0)] != [
-        source_sha256,
-        bundle_sha256,
-        float(ratio),
-        effort,
-    ]:
+    settings = (record.get("source_sha256"), record.get("bundle_sha256"), record.get("target_ratio"))
+    if settings + (record.get("effort", 0),) != (source_sha256, bundle_sha256, float(ratio), effort):
         return "todo"
     if record.get("status") == "failed":
         return "todo" if retry_failed else "failed"

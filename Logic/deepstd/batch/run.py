@@ -63,12 +63,11 @@ def compress(
     study UID; give the same salt when resuming. `effort`: the encoder preset (`encode`); a scan
     done with another effort is coded again."""
     from ..bundle import load_bundle
-    from ..codec.encoder import EFFORTS
+    from ..codec.encoder import check_effort
 
     if not (ratio >= 1):
         raise InputError(f"the ratio must be a number ≥ 1, got {ratio!r}")
-    if effort not in EFFORTS:
-        raise InputError(f"effort must be one of {', '.join(map(str, EFFORTS))}, got {effort!r}")
+    check_effort(effort)
     check_workers(workers)
     root, scans = find_scans(source)
     out_dir = Path(out_dir).resolve()

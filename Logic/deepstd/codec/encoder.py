@@ -42,6 +42,14 @@ TOLERANCE = 0.02
 #: dB) and the finest rate plus SPERR 1.3 dB lower (34.53 dB); at 64x 0.2-0.6 within 0.15 dB.
 SPLIT_RATE = 0.5
 EFFORTS = (0, 1, 2)
+
+
+def check_effort(effort) -> None:
+    """An encoder preset callers pass on (batch, PACS, the Slicer worker) is refused before work starts."""
+    if isinstance(effort, bool) or effort not in EFFORTS:
+        raise InputError(f"effort must be one of {', '.join(map(str, EFFORTS))}, got {effort!r}")
+
+
 #: a lean header, the section framing and the texture stream's own header; below this (plus the
 #: smallest shape code) no scan can be coded
 MIN_FILE_BYTES = 160
@@ -198,9 +206,7 @@ def encode(
     from ..texture.rate import RATE_STEPS, quantise_rate
     from . import layers
 
-    if effort not in EFFORTS:
-        raise InputError(f"effort must be one of {', '.join(map(str, EFFORTS))}, got {effort!r}")
-
+    check_effort(effort)
     if max_error is not None:
         if ratio is not None or budget_bytes is not None:
             raise InputError("give either a ratio/byte budget or a maximum error, not both")
@@ -344,4 +350,4 @@ def _texture_rate(data: bytes) -> int:
     return TextureStreams.from_bytes(unpack(data).sections["texture"]).rate_q
 
 
-__all__ = ["encode", "prepare", "budget_for", "EncodedScan", "TOLERANCE", "MIN_FILE_BYTES"]
+__all__ = ["encode", "check_effort", "prepare", "budget_for", "EncodedScan", "EFFORTS", "TOLERANCE", "MIN_FILE_BYTES"]

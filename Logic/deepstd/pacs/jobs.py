@@ -298,12 +298,11 @@ def archive(
     archived so far), failures (one line each). `threads`: torch threads for the job (None: as
     set; 1 is best on cores other work shares). `effort`: the encoder preset (`encode`); a series
     archived with another effort is archived again."""
-    from ..codec.encoder import EFFORTS
+    from ..codec.encoder import check_effort
 
     if not (isinstance(ratio, (int, float)) and ratio >= 1):
         raise InputError(f"the ratio must be a number ≥ 1, got {ratio!r}")
-    if effort not in EFFORTS:
-        raise InputError(f"effort must be one of {', '.join(map(str, EFFORTS))}, got {effort!r}")
+    check_effort(effort)
     filters = normalize_query(query)
     bundles = _Bundles(bundle)
     workdir = Path(workdir).resolve()
