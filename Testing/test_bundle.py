@@ -24,7 +24,10 @@ def test_round_trip_and_stable_id(tmp_path, oblique_volume):
     assert bundle.template.same_grid(oblique_volume)
     np.testing.assert_array_equal(bundle.template.array, oblique_volume.array)
     np.testing.assert_array_equal(bundle.template_labels.array, labels.array)
-    assert len(bundle.sha256) == 64 and "trained on 3 scans" in bundle.describe()
+    assert len(bundle.sha256) == 64 and "trained on 3 scans, id" in bundle.describe()
+    training = {"scans": 3, "finetune": {"scans": 9}}
+    tuned = save_bundle(tmp_path / "t.dstdb", dict(CONFIG, training=training), oblique_volume)
+    assert "trained on 3 scans, fine-tuned on 9, id" in load_bundle(tuned).describe()
     assert bundle.template.units == "unitless"  # an MR bundle
     changed = save_bundle(tmp_path / "c.dstdb", dict(CONFIG, region="other"), oblique_volume)
     assert load_bundle(changed).sha256 != bundle.sha256

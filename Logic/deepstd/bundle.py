@@ -221,10 +221,13 @@ class Bundle:
 
     def describe(self) -> str:
         c = self.config
+        finetune = c.training.get("finetune")
+        tuned = finetune.get("scans") if isinstance(finetune, dict) else None
         return (
             f"{self.name}: {c.modality} {c.region}, template {'x'.join(map(str, self.template.size))} "
             f"@ {' x '.join(f'{s:.3g}' for s in self.template.spacing)} mm"
             + (f", trained on {c.training['scans']} scans" if "scans" in c.training else "")
+            + (f", fine-tuned on {tuned}" if tuned is not None else "")
             + f", id {self.sha256[:12]}…"
         )
 
