@@ -7,7 +7,10 @@ two are compared at equal estimated bits on validation frames (bits from the hyp
 likelihoods with hard rounding, PSNR inside the scan's support). Training scans only.
 
     python scripts/template_context_probe.py --bundle hippocampus-mr --data ../shared/data/hippocampus_mr \
-        --validation 10 --steps 1500 --mode template --out /tmp/probe
+        --validation 10 --steps 2000 --mode entropy --out /tmp/probe      # also control, synthesis, template
+    python scripts/template_context_probe.py --compare /tmp/probe/control.json /tmp/probe/entropy.json
+
+(`--steps 0 --mode control` evaluates the shipped network.)
 """
 
 from __future__ import annotations
@@ -108,6 +111,22 @@ def build(net, mode: str):
     return Probe()
 
 
+def compare(reference: Path, candidate: Path) -> None:
+    """Per level, the candidate's PSNR minus the reference's at the same bits (linear in log bits,
+    within the reference's range), averaged over the validation crops."""
+    ra, rb = json.loads(reference.read_text()), json.loads(candidate.read_text())
+    gains: dict = {}
+    for crop in sorted({r["crop"] for r in ra}):
+        curve = sorted((r for r in ra if r["crop"] == crop), key=lambda r: r["bits"])
+        xs, ys = np.log([r["bits"] for r in curve]), np.array([r["psnr"] for r in curve])
+        for r in (r for r in rb if r["crop"] == crop):
+            if xs[0] <= math.log(r["bits"]) <= xs[-1]:
+                gains.setdefault(r["level"], []).append(r["psnr"] - float(np.interp(math.log(r["bits"]), xs, ys)))
+    for level in sorted(gains):
+        g = gains[level]
+        print(f"level {level:.1f}: {np.mean(g):+.3f} dB at equal bits ({min(g):+.3f} … {max(g):+.3f}, n={len(g)})")
+
+
 def main(argv=None) -> None:
     import torch
 
@@ -119,14 +138,20 @@ def main(argv=None) -> None:
     from deepstd.texture.position import block_coords
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundle", required=True)
-    parser.add_argument("--data", required=True, help="the bundle's training folder (images/)")
+    parser.add_argument("--compare", nargs=2, type=Path, metavar=("REFERENCE", "CANDIDATE"))
+    parser.add_argument("--bundle")
+    parser.add_argument("--data", help="the bundle's training folder (images/)")
     parser.add_argument("--validation", type=int, default=10, help="the last N training scans validate")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--patch", type=int, default=32)
-    parser.add_argument("--mode", choices=("control", "template", "entropy", "synthesis"), required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--mode", choices=("control", "template", "entropy", "synthesis"))
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    if args.compare:
+        compare(*args.compare)
+        return
+    if not (args.bundle and args.data and args.mode and args.out):
+        parser.error("--bundle, --data, --mode and --out are needed (or --compare)")
     torch.set_num_threads(1)
     torch.manual_seed(0)
     args.out.mkdir(parents=True, exist_ok=True)
