@@ -10,7 +10,7 @@ likelihoods with hard rounding, PSNR inside the scan's support). Training scans 
         --validation 10 --steps 2000 --mode entropy --out /tmp/probe      # also control, synthesis, template
     python scripts/template_context_probe.py --compare /tmp/probe/control.json /tmp/probe/entropy.json
 
-(`--steps 0 --mode control` evaluates the shipped network.)
+(`--steps 0 --mode control --out ANOTHER_FOLDER` evaluates the shipped network.)
 """
 
 from __future__ import annotations
