@@ -53,7 +53,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     bundle = resolve_bundle(args.bundle)
     codec = texture_codec(bundle, "cpu")
-    frames = [aligned(path, bundle) for path in args.scans]
+    frames = [(unit, support, coding.block) for unit, support, coding in (aligned(p, bundle) for p in args.scans)]
     for rate in args.rates:
         sums = {b: [0.0, 0] for b in BINS}
         gains = []

@@ -44,9 +44,9 @@ def main(argv=None) -> None:
         return len(streams.to_bytes()), 10 * math.log10(1 / mse)
 
     for path in args.scans:
-        unit, support, block = aligned(path, bundle)
+        unit, support, coding = aligned(path, bundle)
         support = support.astype(bool)
-        analysis = codec.analyse(unit, block, support)
+        analysis = codec.analyse(unit, coding.block, support)
         for rate in args.rates:
             curve = [point(analysis, r, unit, support) for r in (max(rate - 0.1, 0.0), rate, min(rate + 0.1, 1.0))]
             sizes, psnrs = np.log([c[0] for c in curve]), np.array([c[1] for c in curve])

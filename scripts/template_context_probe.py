@@ -30,28 +30,12 @@ def frames(bundle, paths, cache: Path):
     if cache.exists():
         data = np.load(cache, allow_pickle=True)
         return list(data["frames"])
-    from deepstd.alignment import extend_outside, frame_for, intensity_map, into_template
-    from deepstd.grid import sampling
-    from deepstd.io import read
-    from deepstd.progress import Reporter
-    from deepstd.shape import decode_shape
-    from deepstd.shape.sizing import code_shape
+    from texture_gap import aligned, template_on
 
-    template = bundle.template
-    template_unit = template.with_array(intensity_map(template.array, bundle.config.intensity).to_unit(template.array))
     out = []
     for path in paths:
-        scan = read(path)
-        shape = code_shape(scan, template, bundle.config.registration, None, Reporter())
-        stored = decode_shape(shape.code)
-        coding = frame_for(scan, shape.frame, stored, bundle.config.texture.block)
-        mapping = intensity_map(scan.array, bundle.config.intensity)
-        unit, support = into_template(scan, stored.backward, stored.matrix, shape.frame, coding.frame, mapping)
-        zero = np.zeros(coding.frame.shape_zyx + (3,), np.float32)
-        side = sampling.warp(template_unit, zero, coding.frame, "linear", default=np.nan).array
-        inside = ~np.isnan(side)
-        side = extend_outside(np.where(inside, side, 0).astype(np.float32), inside)
-        out.append((unit.astype(np.float32), support, side.astype(np.float32)))
+        unit, support, coding = aligned(path, bundle)
+        out.append((unit.astype(np.float32), support, template_on(coding.frame, bundle, fill=True)))
         print(f"aligned {Path(path).name} {unit.shape}", flush=True)
     np.savez(cache, frames=np.array(out, dtype=object))
     return out

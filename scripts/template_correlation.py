@@ -17,11 +17,9 @@ import numpy as np
 
 def main(argv=None) -> None:
     import torch
-    from texture_gap import aligned
+    from texture_gap import aligned, template_on
 
-    from deepstd.alignment import intensity_map
     from deepstd.bundle import resolve_bundle
-    from deepstd.grid import sampling
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scans", nargs="+")
@@ -29,12 +27,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     bundle = resolve_bundle(args.bundle)
-    template = bundle.template
-    template_unit = template.with_array(intensity_map(template.array, bundle.config.intensity).to_unit(template.array))
     for path in args.scans:
-        unit, support, frame = aligned(path, bundle, with_frame=True)
-        zero = np.zeros(frame.shape_zyx + (3,), np.float32)
-        side = sampling.warp(template_unit, zero, frame, "linear", default=np.nan).array
+        unit, support, coding = aligned(path, bundle)
+        frame = coding.frame
+        side = template_on(frame, bundle)
         inside = support & ~np.isnan(side)
         x, y = side[inside].astype(np.float64), unit[inside].astype(np.float64)
         a, b = np.polyfit(x, y, 1)

@@ -14,9 +14,9 @@ import argparse
 import json
 
 
-def aligned(path, bundle, with_frame: bool = False):
-    """(unit, support, block) of one scan on the texture frame the encoder would code it on; with
-    `with_frame`, (unit, support, frame)."""
+def aligned(path, bundle):
+    """(unit, support, coding) of one scan on the texture frame the encoder would code it on;
+    `coding` is the `CodingFrame` (its `frame` and `block`)."""
     from deepstd.alignment import frame_for, intensity_map, into_template
     from deepstd.io import read
     from deepstd.progress import Reporter
@@ -35,7 +35,26 @@ def aligned(path, bundle, with_frame: bool = False):
         coding.frame,
         intensity_map(scan.array, bundle.config.intensity),
     )
-    return unit, support, coding.frame if with_frame else coding.block
+    return unit, support, coding
+
+
+def template_on(frame, bundle, fill: bool = False):
+    """The bundle's template resampled onto a texture `frame`, in unit intensities: what a decoder
+    could use as side information. Outside the template NaN, or (`fill`) the scan-like smooth
+    continuation the encoder gives aligned scans."""
+    import numpy as np
+
+    from deepstd.alignment import extend_outside, intensity_map
+    from deepstd.grid import sampling
+
+    template = bundle.template
+    unit = template.with_array(intensity_map(template.array, bundle.config.intensity).to_unit(template.array))
+    zero = np.zeros(frame.shape_zyx + (3,), np.float32)
+    side = sampling.warp(unit, zero, frame, "linear", default=np.nan).array
+    if not fill:
+        return side
+    inside = ~np.isnan(side)
+    return extend_outside(np.where(inside, side, 0).astype(np.float32), inside).astype(np.float32)
 
 
 def main(argv=None) -> None:
@@ -57,10 +76,10 @@ def main(argv=None) -> None:
         name, files = group.split("=", 1)
         volumes, supports, blocks = [], [], []
         for path in files.split(","):
-            unit, support, block = aligned(path, bundle)
+            unit, support, coding = aligned(path, bundle)
             volumes.append(unit)
             supports.append(support)
-            blocks.append(block)
+            blocks.append(coding.block)
         points = evaluate(codec, volumes, rates, supports=supports, blocks=blocks)
         for point in points:
             print(json.dumps({"group": name, "scans": len(volumes), **{k: round(v, 4) for k, v in point.items()}}))
