@@ -52,9 +52,9 @@ def test_a_small_box_decodes_only_the_block_groups_it_reads(tiny_bundle, coded, 
     blocks = []
     original = texture_codec.decompress_latents
 
-    def counting(net, int_hs, z, y, size):
+    def counting(net, params, z, y, size, context):
         blocks.append(len(z))
-        return original(net, int_hs, z, y, size)
+        return original(net, params, z, y, size, context)
 
     monkeypatch.setattr(texture_codec, "decompress_latents", counting)
     section = unpack(coded).sections["texture"]

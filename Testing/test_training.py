@@ -8,6 +8,7 @@ import pytest
 from codec_helpers import TINY, blob_volume
 
 from deepstd import Volume
+from deepstd.errors import InputError
 from deepstd.training import augment, rank_templates, template_grid, train_bundle
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -121,3 +122,31 @@ def test_train_bundle_end_to_end_plain_and_with_a_teacher(population, tmp_path):
     )
     assert taught.config.training["teacher"] == {"name": "plain", "sha256": bundle.sha256}
     assert taught.config.training["texture_config"] == overrides
+
+
+def test_a_bundle_whose_entropy_model_reads_the_template_trains_encodes_and_decodes(population, tmp_path):
+    """--template-context: trained from a plain teacher (the branch starts silent), the bundle's texture
+    reads the template; the encoder and the decoder rebuild the same side input from the file alone."""
+    from deepstd.alignment import PERCENTILE_RULE, intensity_map
+    from deepstd.bundle import load_bundle
+    from deepstd.codec import decode, encode
+    from deepstd.io import read
+
+    kw = dict(holdout=1, steps=4, patch=16, log=lambda line: None)
+    plain = train_bundle(
+        population, tmp_path / "plain.dstdb", "plain", "MR", "blob", texture_overrides=TINY.to_dict(), **kw
+    )
+    path = train_bundle(population, tmp_path / "ctx.dstdb", "ctx", "MR", "blob", teacher=plain, context=4,
+                        work_dir=tmp_path / "plain.work", **kw)  # fmt: skip
+    bundle = load_bundle(path)
+    config = bundle.config.training["texture_config"]
+    mapping = intensity_map(bundle.template.array, PERCENTILE_RULE)
+    assert config["context"] == 4 and config["context_range"] == [mapping.lo, mapping.hi]
+    scan = read(population / "images" / "scan2.nii.gz")
+    data = encode(scan, path, ratio=8)
+    out = decode(data, path)
+    assert out.array.shape == scan.array.shape and out.spacing == scan.spacing
+    region = decode(data, path, roi=((3, 4, 2), (20, 30, 15)))
+    assert np.array_equal(region.array, out.array[2:15, 4:30, 3:20])
+    with pytest.raises(InputError, match="template-context"):
+        train_bundle(population, tmp_path / "x.dstdb", "x", "MR", "blob", context=65, **kw)

@@ -9,6 +9,10 @@ term), and training checkpoints every 250 steps (`--resume` continues).
 
     python scripts/finetune_texture.py --bundle la-mr --work out/la-ft --steps 5000 \\
         --out out/la-mr-ft.dstdb ../shared/data/left_atrium_mr ../shared/data/left_atrium_mr_more
+
+`--context N` adds a template branch of N channels to the entropy model (`texture.context`): the
+network then reads the template on each scan's frame, and starts exactly as the bundle's network
+(the branch's heads start at zero).
 """
 
 from __future__ import annotations
@@ -24,22 +28,27 @@ import numpy as np
 
 
 def aligned_cached(path: Path, bundle, work: Path):
-    """(unit, support) of one scan on the texture frame the encoder would code it on, cached."""
+    """(unit, support, (margin, size, window)) of one scan on the texture frame the encoder would
+    code it on, cached; the last is what the decoder rebuilds the frame from (`context.side_for`)."""
     from texture_gap import aligned
 
     cached = work / (path.name.split(".")[0] + ".npz")
     if cached.exists():
         data = np.load(cached)
-        return data["unit"], data["support"]
-    unit, support, _ = aligned(path, bundle)
-    np.savez(cached, unit=unit.astype(np.float32), support=support)
-    return unit, support
+        if "keys" in data:
+            return data["unit"], data["support"], tuple(json.loads(str(data["keys"])))
+    unit, support, coding = aligned(path, bundle)
+    keys = (coding.margin, coding.size, coding.window)
+    np.savez(cached, unit=unit.astype(np.float32), support=support, keys=json.dumps(keys, default=int))
+    return unit, support, keys
 
 
 def main(argv=None) -> None:
     import torch
 
+    from deepstd.alignment import block_for, intensity_map
     from deepstd.bundle import resolve_bundle, save_bundle, texture_codec
+    from deepstd.texture.context import side_for
     from deepstd.texture.train import TrainSettings, evaluate, train
     from deepstd.training import scan_files
 
@@ -50,6 +59,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True, type=Path, help="the new bundle (.dstdb)")
     parser.add_argument("--steps", type=int, default=5000, help="further steps")
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--context", type=int, default=0, help="template branch channels (0: as the bundle)")
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -61,17 +71,24 @@ def main(argv=None) -> None:
     train_files = [f for f in files if f.name not in held_out]
     val_files = [f for f in files if f.name in held_out]
     print(f"{len(train_files)} training scans, {len(val_files)} held out", flush=True)
-    volumes, val_volumes, val_supports = [], [], []
+    teacher = texture_codec(bundle, "cpu").net
+    config = teacher.config
+    if args.context:
+        mapping = intensity_map(bundle.template.array, bundle.config.intensity)
+        config = replace(config, context=args.context, context_range=(mapping.lo, mapping.hi))
+    volumes, sides, val_volumes, val_supports, val_sides = [], [], [], [], []
     t0 = time.time()
     for i, path in enumerate(train_files + val_files):
-        unit, support = aligned_cached(path, bundle, args.work)
+        unit, support, keys = aligned_cached(path, bundle, args.work)
+        side = side_for(config, bundle.template, *keys, unit.shape)
         if path in val_files:
             val_volumes.append(unit)
             val_supports.append(support)
+            val_sides.append(side)
         else:
             volumes.append(unit)
+            sides.append(side)
         print(f"aligned {i + 1}/{len(files)} {path.name} ({time.time() - t0:.0f} s)", flush=True)
-    teacher = texture_codec(bundle, "cpu").net
     old = dict(training.get("train_settings", {}))
     settings = replace(
         TrainSettings(**{k: v for k, v in old.items() if k in TrainSettings.__dataclass_fields__}),
@@ -83,15 +100,19 @@ def main(argv=None) -> None:
     codec = train(
         volumes,
         args.work / "texture",
-        teacher.config,
+        config,
         settings,
         resume=args.resume,
         teacher=teacher,
         progress=lambda p: print(p.message, flush=True),
+        sides=sides if config.context else None,
     )
     rates = (0.0, 0.2, 0.5, 0.8, 1.0)
-    before = evaluate(texture_codec(bundle, "cpu"), val_volumes, rates, supports=val_supports)
-    after = evaluate(codec, val_volumes, rates, supports=val_supports)
+    blocks = [block_for(v.shape, bundle.config.texture.block) for v in val_volumes]
+    before = evaluate(texture_codec(bundle, "cpu"), val_volumes, rates, supports=val_supports, blocks=blocks)
+    after = evaluate(
+        codec, val_volumes, rates, supports=val_supports, blocks=blocks, sides=val_sides if config.context else None
+    )
     for a, b in zip(before, after):
         print(json.dumps({"rate": a["rate"], "before": [a["bpv"], a["psnr"]], "after": [b["bpv"], b["psnr"]]}))
     config = replace(
@@ -103,6 +124,7 @@ def main(argv=None) -> None:
                 "scans": len(volumes),
                 "steps": args.steps,
                 "lr": args.lr,
+                "context": args.context,
                 "validation_before": before,
                 "validation_after": after,
             },

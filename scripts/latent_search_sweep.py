@@ -53,7 +53,7 @@ def main(argv=None) -> None:
             for steps in args.steps:
                 for step_size in args.step_sizes:
                     started = time.perf_counter()
-                    searched = search_latents(codec, analysis, unit, support, rate, lambdas, steps, step_size)
+                    searched = search_latents(codec, analysis, unit, support, rate, lambdas, None, steps, step_size)
                     seconds = time.perf_counter() - started
                     n, p = point(searched, rate, unit, support)
                     equal = float(np.interp(math.log(n), sizes, psnrs))

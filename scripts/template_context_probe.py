@@ -52,14 +52,14 @@ def build(net, mode: str):
         def __init__(self):
             super().__init__()
             self.net = net
-            conditioned = mode != "control"
+            conditioned = mode not in ("control", "mix2", "mix8")
             self.entropy = mode in ("template", "entropy")
             self.synthesis = mode in ("template", "synthesis")
             m = net.config.latent
             self.side = (
                 nn.Sequential(
-                    nn.Conv3d(1, 16, 3, 2, 1), nn.LeakyReLU(), nn.Conv3d(16, 24, 3, 2, 1), nn.LeakyReLU(),
-                    nn.Conv3d(24, 32, 3, 2, 1), nn.LeakyReLU(),
+                    nn.Conv3d(1, 16, 3, 2, 1), nn.ReLU(), nn.Conv3d(16, 24, 3, 2, 1), nn.ReLU(),
+                    nn.Conv3d(24, 32, 3, 2, 1), nn.ReLU(),
                 )
                 if conditioned
                 else None
@@ -71,8 +71,36 @@ def build(net, mode: str):
                     nn.init.zeros_(head.weight)
                     nn.init.zeros_(head.bias)
 
+            if mode in ("mix2", "mix8"):
+                h, f = net.config.hyper, 24
+                if mode == "mix2":
+                    self.branch = nn.Sequential(
+                        nn.Conv3d(1, 16, 3, 2, 1), nn.ReLU(), nn.Conv3d(16, 24, 3, 2, 1), nn.ReLU(),
+                        nn.Conv3d(24, f, 3, 2, 1), nn.ReLU(),
+                    )  # fmt: skip
+                else:
+                    self.branch = nn.Sequential(
+                        nn.Conv3d(1, 32, 8, 8), nn.ReLU(), nn.Conv3d(32, 32, 3, 1, 1), nn.ReLU(),
+                        nn.Conv3d(32, f, 3, 1, 1), nn.ReLU(),
+                    )  # fmt: skip
+                self.mix = nn.Conv3d(h + f, h, 3, 1, 1)
+                with torch.no_grad():  # identity on the hyper features, nothing from the template yet
+                    self.mix.weight.zero_()
+                    self.mix.bias.zero_()
+                    for c in range(h):
+                        self.mix.weight[c, c, 1, 1, 1] = 1.0
+
         def forward(self, x, t, level, coords, hard=False):
             n = self.net
+            if mode in ("mix2", "mix8"):
+                gain, inverse = n.gain.gain(level), n.gain.inverse_gain(level)
+                y = n.g_a(x, coords) * gain
+                z_hat, z_lik = n.entropy_bottleneck(n.h_a(y), training=not hard)
+                hidden = n.h_s[:5](z_hat)
+                mixed = torch.relu(self.mix(torch.cat([hidden, self.branch(t)], 1)))
+                scales, means = n.h_s[5](mixed).chunk(2, 1)
+                y_hat, y_lik = n.gaussian_conditional(y, scales, means=means, training=not hard)
+                return n.g_s(y_hat * inverse, coords), [y_lik, z_lik]
             gain, inverse = n.gain.gain(level), n.gain.inverse_gain(level)
             f = self.side(t) if self.side is not None else None
             features = n.g_a(x, coords)
@@ -128,7 +156,7 @@ def main(argv=None) -> None:
     parser.add_argument("--validation", type=int, default=10, help="the last N training scans validate")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--patch", type=int, default=32)
-    parser.add_argument("--mode", choices=("control", "template", "entropy", "synthesis"))
+    parser.add_argument("--mode", choices=("control", "template", "entropy", "synthesis", "mix2", "mix8"))
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if args.compare:
@@ -151,7 +179,11 @@ def main(argv=None) -> None:
     aux = [p for n, p in probe.named_parameters() if n.endswith("quantiles")]
     main_params = [p for n, p in probe.named_parameters() if not n.endswith("quantiles")]
     new = {id(p) for p in (probe.side.parameters() if probe.side is not None else [])}
-    heads = [getattr(probe, h) for h in ("to_means", "to_scales", "to_synthesis", "to_analysis") if hasattr(probe, h)]
+    heads = [
+        getattr(probe, h)
+        for h in ("to_means", "to_scales", "to_synthesis", "to_analysis", "branch", "mix")
+        if hasattr(probe, h)
+    ]
     new |= {id(p) for h in heads for p in h.parameters()}
     opt = torch.optim.Adam(
         [

@@ -140,17 +140,22 @@ def train_bundle(
     command: str = "",
     teacher=None,
     fine_template: bool = False,
+    context: int = 0,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
     log=print,
 ) -> Path:
-    """Train a bundle end to end and write it to `out` (see the module docstring)."""
+    """Train a bundle end to end and write it to `out` (see the module docstring). `context` > 0:
+    the texture's entropy model reads the template through a branch of that many channels."""
+    from dataclasses import replace
+
     import torch
 
     from .bundle import BundleConfig, RegistrationConfig, TextureCoding, save_bundle
     from .io import read
     from .shape import CycleSettings, decode_shape, register
     from .shape.sizing import SHAPE_BITS
+    from .texture.context import side_for
     from .texture.network import TextureConfig
     from .texture.train import TrainSettings, evaluate, train
 
@@ -158,6 +163,9 @@ def train_bundle(
     reporter = Reporter(progress, cancel)
     started = time.time()
     files = scan_files(data_dir)
+    low, high = TextureConfig.LIMITS["context"]
+    if not low <= context <= high:
+        raise InputError(f"--template-context {context}: give {low} (none) to {high} channels")
     if holdout < 0 or holdout >= len(files):
         raise InputError(f"--holdout {holdout} leaves no training scan among {len(files)}")
     train_files, val_files = files[: len(files) - holdout], files[len(files) - holdout :]
@@ -185,49 +193,6 @@ def train_bundle(
         f"{'x'.join(f'{s:.3g}' for s in template.spacing)} mm)"
     )
 
-    settings = CycleSettings(omega=omega or (10.0 if is_ct else 12.0))
-    aligned, losses, probe_losses = [], [], []
-    val_aligned, val_support = [], []
-    for i, (path, scan) in enumerate(zip(list(train_files) + list(val_files), scans + [read(f) for f in val_files])):
-        reporter("register", i / len(files), f"registering {path.name}")
-        cached = work / f"{_stem(path)}.npz"
-        data = np.load(cached) if cached.exists() else {}
-        if "alignment" in data and int(data["alignment"]) == ALIGNMENT_VERSION:  # else redone
-            unit, support, loss, probe = data["unit"], data["support"], float(data["loss"]), float(data["probe"])
-        else:
-            reg = register(scan, template, settings, cancel=cancel)
-            stored = decode_shape(reg.shape_code(SHAPE_BITS))
-            frame = frame_for(scan, reg.frame, stored, TEXTURE_BLOCK).frame
-            unit, support = into_template(
-                scan, stored.backward, stored.matrix, reg.frame, frame, intensity_map(scan.array, rule)
-            )
-            loss = reg.loss
-            h = reg.fit.history
-            probe = float(np.mean(h[max(0, settings.probe_steps - 20) : settings.probe_steps]))
-            np.savez(cached, unit=unit, support=support, loss=loss, probe=probe, alignment=ALIGNMENT_VERSION)
-        if i < len(train_files):
-            aligned.append(unit.astype(np.float32))
-        else:
-            val_aligned.append(unit.astype(np.float32))
-            val_support.append(support)
-        if i < len(train_files):
-            losses.append(loss)
-            probe_losses.append(probe)
-        log(f"  registered {path.name}: loss {loss:.4f}")
-    threshold = float(np.percentile(probe_losses, 75.0))
-    log(
-        f"calibrated gradual-degradation threshold (75th percentile after {settings.probe_steps} steps): "
-        f"{threshold:.4f}"
-    )
-
-    training_volumes = list(aligned)
-    if augment_copies:
-        rng = np.random.default_rng(0)
-        for _ in range(augment_copies):
-            for unit in aligned:
-                training_volumes.append(augment(unit, rng))
-        log(f"augmentation: {augment_copies} deformed/intensity-changed copies of each training scan")
-
     teacher_net, teacher_id = None, None
     if teacher is not None:
         from .bundle import load_bundle
@@ -239,7 +204,68 @@ def train_bundle(
         config = teacher_net.config
         log(f"distilling from teacher bundle {teacher_bundle.name} ({teacher_bundle.sha256[:12]})")
     else:
-        config = TextureConfig(**(texture_overrides or {}))
+        config = TextureConfig.from_dict(texture_overrides or {})
+    if context:
+        template_map = intensity_map(template.array, rule)
+        config = replace(config, context=context, context_range=(template_map.lo, template_map.hi))
+
+    settings = CycleSettings(omega=omega or (10.0 if is_ct else 12.0))
+    aligned, losses, probe_losses = [], [], []
+    val_aligned, val_support, sides, val_sides = [], [], [], []
+    for i, (path, scan) in enumerate(zip(list(train_files) + list(val_files), scans + [read(f) for f in val_files])):
+        reporter("register", i / len(files), f"registering {path.name}")
+        cached = work / f"{_stem(path)}.npz"
+        data = np.load(cached) if cached.exists() else {}
+        if "alignment" in data and int(data["alignment"]) == ALIGNMENT_VERSION and "keys" in data:  # else redone
+            unit, support, loss, probe = data["unit"], data["support"], float(data["loss"]), float(data["probe"])
+            keys = tuple(json.loads(str(data["keys"])))
+        else:
+            reg = register(scan, template, settings, cancel=cancel)
+            stored = decode_shape(reg.shape_code(SHAPE_BITS))
+            coding = frame_for(scan, reg.frame, stored, TEXTURE_BLOCK)
+            unit, support = into_template(
+                scan, stored.backward, stored.matrix, reg.frame, coding.frame, intensity_map(scan.array, rule)
+            )
+            keys = (coding.margin, coding.size, coding.window)  # how the decoder rebuilds the frame
+            loss = reg.loss
+            h = reg.fit.history
+            probe = float(np.mean(h[max(0, settings.probe_steps - 20) : settings.probe_steps]))
+            np.savez(
+                cached,
+                unit=unit,
+                support=support,
+                loss=loss,
+                probe=probe,
+                alignment=ALIGNMENT_VERSION,
+                keys=json.dumps(keys, default=int),
+            )
+        side = side_for(config, template, *keys, unit.shape)
+        if i < len(train_files):
+            aligned.append(unit.astype(np.float32))
+            sides.append(side)
+        else:
+            val_aligned.append(unit.astype(np.float32))
+            val_support.append(support)
+            val_sides.append(side)
+        if i < len(train_files):
+            losses.append(loss)
+            probe_losses.append(probe)
+        log(f"  registered {path.name}: loss {loss:.4f}")
+    threshold = float(np.percentile(probe_losses, 75.0))
+    log(
+        f"calibrated gradual-degradation threshold (75th percentile after {settings.probe_steps} steps): "
+        f"{threshold:.4f}"
+    )
+
+    training_volumes, training_sides = list(aligned), list(sides)
+    if augment_copies:
+        rng = np.random.default_rng(0)
+        for _ in range(augment_copies):
+            for unit, side in zip(aligned, sides):
+                training_volumes.append(augment(unit, rng))
+                training_sides.append(side)  # the copy is deformed a few voxels: its template nearly fits
+        log(f"augmentation: {augment_copies} deformed/intensity-changed copies of each training scan")
+
     train_settings = TrainSettings(steps=steps, patch=patch)
     if len(train_settings.lambdas) != config.levels:  # one λ per rate level, over the same span
         span = train_settings.lambdas
@@ -254,6 +280,7 @@ def train_bundle(
         progress=progress,
         cancel=cancel,
         teacher=teacher_net,
+        sides=training_sides if config.context else None,
     )
     trained = time.time() - started
 
@@ -267,6 +294,7 @@ def train_bundle(
             raw_itemsize=itemsize,
             supports=val_support,
             blocks=[block_for(v.shape, TEXTURE_BLOCK) for v in val_aligned],
+            sides=val_sides if config.context else None,
         )
         if val_aligned
         else []

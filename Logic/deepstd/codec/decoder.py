@@ -18,6 +18,7 @@ from ..device import pick_device
 from ..errors import FormatError
 from ..grid import Box, Frame
 from ..progress import CancelToken, ProgressCallback, Reporter
+from ..texture.context import side_for
 from ..volume import Volume, cast_to_dtype
 from .header import DstdHeader
 
@@ -52,6 +53,10 @@ class Decoder:
         code = decode_shape(shape)
         self.reader = ScanReader(template, self.frame, code.backward, code.matrix, header.grid, window, reporter)
         self.codec, self.workers = codec, workers
+        keys = header.codec
+        self.side = side_for(
+            codec.config, bundle.template, keys.margin, keys.frame_size, keys.frame_window, self.frame.shape_zyx
+        )
         #: the encoder codes blocks of the bundle's size, or a frame that fits in one such block whole
         self.block_limit = bundle.config.texture.block or max(-(-n // 16) * 16 for n in self.frame.size)
 
@@ -65,7 +70,9 @@ class Decoder:
         if max(streams.block) > self.block_limit:  # the synthesis network's memory grows with the block
             raise FormatError(f"texture block {tuple(streams.block)} is larger than this bundle codes")
         box = self.reader.texture_box
-        part = None if box is None else self.codec.decompress(streams, self.workers, progress, cancel, box=box)
+        part = None
+        if box is not None:
+            part = self.codec.decompress(streams, self.workers, progress, cancel, box=box, side=self.side)
         values, coverage = self.reader.read(part, self.header.intensity)
         return cast_to_dtype(values, self.header.dtype).astype(np.float32), coverage
 

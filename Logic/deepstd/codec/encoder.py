@@ -31,6 +31,7 @@ from ..numbers import number_at_least
 from ..progress import CancelToken, ProgressCallback, Reporter
 from ..ratecontrol import STEPS as SEARCH_STEPS
 from ..ratecontrol import largest_within
+from ..texture.context import side_for
 from ..volume import Volume
 from .header import BundleRef, CodecKeys, DstdHeader, KeepInfo
 
@@ -103,7 +104,8 @@ class EncodedScan:
     warnings: List[str]
     workers: Optional[int]
     started: float
-    #: the aligned texture frame and its support, kept only for the latent search (effort 2)
+    #: the aligned texture frame, its support and the template side input (None for a network that
+    #: reads no template), kept only for the latent search (effort 2)
     aligned: Optional[tuple] = None
 
     def streams(self, rate: float):
@@ -167,7 +169,8 @@ def prepare(
     if coverage < MIN_COVERAGE:
         warnings.append(COVERAGE_WARNING.format(percent=100 * coverage, mvoxel=MAX_FRAME_VOXELS / 1e6))
     reporter("texture", 0.5, "analysing the aligned texture")
-    analysis = codec.analyse(unit, block, support, 0.0, workers, reporter.scaled(0.5, 0.85))
+    side = side_for(codec.config, bundle.template, coding.margin, coding.size, coding.window, unit.shape)
+    analysis = codec.analyse(unit, block, support, 0.0, workers, reporter.scaled(0.5, 0.85), side)
     header = DstdHeader.for_volume(
         volume,
         intensity=mapping,
@@ -176,7 +179,7 @@ def prepare(
         encoder_version=__version__,
         dicom=volume.meta.get("dicom") or None,
     )
-    aligned = (unit, support) if keep_aligned else None
+    aligned = (unit, support, side) if keep_aligned else None
     return EncodedScan(header, shape.code, analysis, codec, warnings, workers, started, aligned)
 
 
@@ -276,14 +279,14 @@ def _searched(
     from ..texture.latent_search import search_latents, trained_lambdas
     from ..texture.rate import RATE_STEPS
 
-    unit, support = scan.aligned  # type: ignore[misc]
+    unit, support, side = scan.aligned  # type: ignore[misc]
     codec: Any = scan.codec
     start: Any = scan.analysis
     lambdas = trained_lambdas(bundle.config.training, codec.config.levels)
     if lambdas is None:  # a bundle that does not say what it was trained for: nothing to search with
         return best
     rate = _texture_rate(best) / RATE_STEPS
-    analysis = search_latents(codec, start, unit, support, rate, lambdas, report=reporter.scaled(0.85, 0.95))
+    analysis = search_latents(codec, start, unit, support, rate, lambdas, side, report=reporter.scaled(0.85, 0.95))
     searched = replace(scan, analysis=analysis)
     candidate, _ = largest_within(lambda r: searched.pack(header, r), budget, TOLERANCE)
     if candidate is None or layer.error(candidate) >= layer.error(best):

@@ -31,7 +31,8 @@ from ..errors import BudgetError, BundleError, FormatError
 from ..progress import Reporter
 from ..ratecontrol import STEPS, largest_within
 from . import tiling
-from .entropy import IntegerHyperSynthesis, compress_latents, decompress_latents
+from .context import TemplateSide
+from .entropy import IntegerEntropyParameters, compress_latents, decompress_latents
 from .network import TextureConfig, TextureNet
 from .position import block_coords
 from .rate import quantise_rate
@@ -41,7 +42,8 @@ from .tables import EntropyTables
 
 @dataclass
 class Analysis:
-    """Latents y (before the rate gain) of the coded blocks, in groups of `GROUP`."""
+    """Latents y (before the rate gain) of the coded blocks, in groups of `GROUP`, and for a network
+    that reads the template the integer terms its side input gives each group (`context`)."""
 
     shape: Tuple[int, int, int]
     block: Tuple[int, int, int]
@@ -49,6 +51,7 @@ class Analysis:
     fill: float
     coded: List[bool]
     latents: List[torch.Tensor]
+    context: Optional[List[torch.Tensor]] = None
 
 
 #: the stages whose tokens read the positional field (their stride in voxels)
@@ -108,7 +111,7 @@ class TextureCodec:
         self.net = net.eval()
         self.device = torch.device(device)
         self.net.to(self.device)
-        self._int_hs = IntegerHyperSynthesis(net.h_s)
+        self._params = IntegerEntropyParameters(net)
 
     @property
     def config(self) -> TextureConfig:
@@ -159,6 +162,16 @@ class TextureCodec:
     def _level(self, rate_q: int) -> torch.Tensor:
         return self.net.gain.level_of(rate_q)
 
+    def _context(self, side: Optional[TemplateSide], group, block, shape) -> Optional[torch.Tensor]:
+        """The template branch's integer features of a group of blocks (None: no template read)."""
+        if not self._params.reads_template:
+            return None
+        if side is None:
+            raise ValueError("this texture network reads the template: give the side input (`context.side_for`)")
+        if side.shape != tuple(shape):
+            raise ValueError(f"the template side input is on a {side.shape} frame, the texture is {tuple(shape)}")
+        return self._params.context(side.blocks(group, block))
+
     def compress(
         self,
         x,
@@ -169,13 +182,15 @@ class TextureCodec:
         workers: Optional[int] = None,
         progress=None,
         cancel=None,
+        side: Optional[TemplateSide] = None,
     ) -> TextureStreams:
         """Code a normalised volume (z, y, x) at `rate` in [0, 1] (0: fewest bytes).
 
         Blocks with no voxel in `support` are skipped and decode as `fill`; `workers` threads
-        (default: torch's thread count) code block groups in parallel."""
+        (default: torch's thread count) code block groups in parallel. `side`: the template on
+        the frame, for a network that reads it (the decoder is given the same)."""
         report = Reporter(progress, cancel)
-        analysis = self.analyse(x, block, support, fill, workers, report.scaled(0.0, 0.9))
+        analysis = self.analyse(x, block, support, fill, workers, report.scaled(0.0, 0.9), side)
         return self.code(analysis, rate, workers, report.scaled(0.9, 1.0))
 
     def compress_to_budget(
@@ -189,11 +204,12 @@ class TextureCodec:
         workers: Optional[int] = None,
         progress=None,
         cancel=None,
+        side: Optional[TemplateSide] = None,
     ) -> TextureStreams:
         """The largest rate whose serialised streams fit in `max_bytes` (within `tolerance`
         below it when reachable): one analysis pass, then bisection on entropy coding only."""
         report = Reporter(progress, cancel)
-        analysis = self.analyse(x, block, support, fill, workers, report.scaled(0.0, 0.5))
+        analysis = self.analyse(x, block, support, fill, workers, report.scaled(0.0, 0.5), side)
         streams = {}
 
         def build(rate: float) -> bytes:
@@ -221,8 +237,10 @@ class TextureCodec:
         fill: float = 0.0,
         workers: Optional[int] = None,
         report: Optional[Reporter] = None,
+        side: Optional[TemplateSide] = None,
     ) -> Analysis:
-        """The rate-independent part of encoding: g_a over every coded block."""
+        """The rate-independent part of encoding: g_a over every coded block (and the template
+        branch, for a network that reads the template on the frame: `side`)."""
         arr = x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
         if arr.ndim != 3 or arr.size == 0 or not np.all(np.isfinite(arr)):
             raise ValueError(f"expected a finite 3-D array, got shape {arr.shape}")
@@ -236,16 +254,17 @@ class TextureCodec:
         report = report or Reporter()
         report.check()
 
+        groups = list(tiling.batches(todo, GROUP))
+        context = [self._context(side, g, blk, shape) for g in groups] if self._params.reads_template else None
+
         @torch.no_grad()  # grad mode is per thread
         def encode(group):
             xb = torch.from_numpy(np.stack([tiling.cut(xp, o, blk) for o in group]))[:, None]
             return self.net.g_a(xb.to(self.device), self._coords(group, blk, shape)).cpu()
 
-        latents = list(
-            _run_groups(encode, list(tiling.batches(todo, GROUP)), workers, report, "encoding texture blocks")
-        )
+        latents = list(_run_groups(encode, groups, workers, report, "encoding texture blocks"))
         report("texture", 1.0, "texture analysed")
-        return Analysis(shape, blk, full, float(np.float32(fill)), coded, latents)
+        return Analysis(shape, blk, full, float(np.float32(fill)), coded, latents, context)
 
     @torch.no_grad()
     def code(
@@ -253,15 +272,19 @@ class TextureCodec:
     ) -> TextureStreams:
         """Entropy-code analysed latents at `rate` (cheap: repeat it to search a budget)."""
         rate_q = quantise_rate(rate)
-        gain = self.net.gain.gain(self._level(rate_q)).cpu()
+        level = self._level(rate_q)
+        gain = self.net.gain.gain(level).cpu()
+        fixed = self._params.fixed_gain(level) if analysis.context is not None else None
         report = report or Reporter()
 
         @torch.no_grad()
-        def entropy_code(y):
-            return compress_latents(self.net, self._int_hs, y * gain)
+        def entropy_code(k):
+            context = None if analysis.context is None else (analysis.context[k], fixed)
+            return compress_latents(self.net, self._params, analysis.latents[k] * gain, context)
 
         z_all, y_all = [], []
-        for z_s, y_s in _run_groups(entropy_code, analysis.latents, workers, report, "entropy coding"):
+        groups = range(len(analysis.latents))
+        for z_s, y_s in _run_groups(entropy_code, groups, workers, report, "entropy coding"):
             z_all += z_s
             y_all += y_s
         report("texture", 1.0, "texture encoded")
@@ -270,11 +293,18 @@ class TextureCodec:
 
     @torch.no_grad()
     def decompress(
-        self, streams: Union[TextureStreams, bytes], workers: Optional[int] = None, progress=None, cancel=None, box=None
+        self,
+        streams: Union[TextureStreams, bytes],
+        workers: Optional[int] = None,
+        progress=None,
+        cancel=None,
+        box=None,
+        side: Optional[TemplateSide] = None,
     ) -> np.ndarray:
         """Streams (or their bytes) -> the decoded float32 volume of the original shape, or with
         `box` ((z0, y0, x0), (z1, y1, x1)) only that part of it, decoding only the block groups
-        that reach it; the values are exactly those of the whole decode (same groups, same calls)."""
+        that reach it; the values are exactly those of the whole decode (same groups, same calls).
+        `side`: the template on the frame, as the encoder had it (networks that read it)."""
         if not isinstance(streams, TextureStreams):
             streams = TextureStreams.from_bytes(streams)
         streams.validate()
@@ -284,6 +314,7 @@ class TextureCodec:
             raise ValueError(f"box {lo}..{hi} is not inside the texture {shape}")
         level = self._level(streams.rate_q)
         inv_gain = self.net.gain.inverse_gain(level).to(self.device)
+        fixed = self._params.fixed_gain(level) if self._params.reads_template else None
         out = np.full([b - a for a, b in zip(lo, hi)], streams.fill, dtype=np.float32)
         todo = [o for o, c in zip(tiling.origins(shape, blk), streams.coded) if c]
         y_size = [b // 8 for b in blk]
@@ -295,13 +326,15 @@ class TextureCodec:
         @torch.no_grad()
         def decode(k):
             group = todo[k : k + GROUP]
+            terms = self._context(side, group, blk, shape)
             try:
                 y_hat = decompress_latents(
                     self.net,
-                    self._int_hs,
+                    self._params,
                     streams.z_strings[k : k + len(group)],
                     streams.y_strings[k : k + len(group)],
                     y_size,
+                    None if terms is None else (terms, fixed),
                 )
             except FormatError:
                 raise

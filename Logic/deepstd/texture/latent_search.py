@@ -25,6 +25,7 @@ import torch
 from ..progress import Reporter
 from . import tiling
 from .codec import GROUP, Analysis, TextureCodec
+from .context import SIDE_BITS, TemplateSide
 from .rate import quantise_rate
 
 #: steps and Adam step size, chosen on training LA scans (LA_1D7C…, LA_1GU1…); 20 steps at half the
@@ -76,12 +77,14 @@ def search_latents(
     support: np.ndarray,
     rate: float,
     lambdas: Sequence[float],
+    side: Optional[TemplateSide] = None,
     steps: Optional[int] = None,
     step_size: float = STEP_SIZE,
     report: Optional[Reporter] = None,
 ) -> Analysis:
     """`analysis` (of `volume`, coded where `support`) with latents moved to a lower cost at `rate`;
-    `steps` None: ONE_BLOCK_STEPS for a scan coded as one block, else STEPS."""
+    `side`: the template on the frame (networks that read it); `steps` None: ONE_BLOCK_STEPS for a
+    scan coded as one block, else STEPS."""
     net = codec.net
     report = report or Reporter()
     block, shape = analysis.block, analysis.shape
@@ -108,12 +111,13 @@ def search_latents(
                 x = torch.from_numpy(np.stack([tiling.cut(padded, o, block) for o in group]))[:, None]
                 w = torch.from_numpy(np.stack([tiling.cut(weights, o, block) for o in group]))[:, None]
                 coords = codec._coords(group, block, shape)
+                template = None if side is None else torch.from_numpy(side.blocks(group, block) / 2**SIDE_BITS).float()
                 latent = start.clone().requires_grad_(True)
                 optimiser = torch.optim.Adam([latent], lr=step_size)
                 for _ in range(steps):
                     y = latent * gain
                     z_hat = _rounded(net.h_a(y) - medians) + medians
-                    scales, means = net.h_s(z_hat).chunk(2, 1)
+                    scales, means = net.entropy_parameters(z_hat, template, gain)
                     y_hat = _rounded(y - means) + means
                     s = scales.clamp_min(SCALE_BOUND)
                     prob = _normal_cdf((y_hat - means + 0.5) / s) - _normal_cdf((y_hat - means - 0.5) / s)

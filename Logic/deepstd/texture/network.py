@@ -7,7 +7,16 @@ g_a: RBS(1→N) ▸ TCM(N) at /2 (optional) ▸ RBS(N→N) ▸ TCM(N) at /4 ▸ 
 g_s mirrors it with sub-pixel up-sampling. h_a goes /8→/16, h_s back. Every TCM block's
 attention path reads the learned positional field at its tokens (block mode). h_s uses only
 3×3×3 convs, ReLU and pixel shuffles so it can be run exactly in integer arithmetic
-(`entropy.IntegerHyperSynthesis`) for bit-exact decoding.
+(`entropy.IntegerEntropyParameters`) for bit-exact decoding.
+
+With `context` > 0 the entropy model also reads the template on the texture frame (`context`):
+
+    template ─branch─▶ f (/8) ─┬─ to_means ─▶ Δμ:   means  = μ + Δμ·gain
+                               └─ to_scales ─▶ Δs:  scales = σ·exp(Δs)
+
+The heads start at zero, so a context network fine-tuned from a plain one starts exactly where that
+one is. Branch and heads are convs and ReLUs, and the gain and exp are tabulated, so the integer
+copy (`entropy.IntegerEntropyParameters`) stays exact.
 
 CompressAI's entropy models are needed only to train and to build the CDF tables
 (`trainable=True`); a network built for coding (`trainable=False`) keeps their tensors as stored
@@ -18,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -43,14 +52,17 @@ class TextureConfig:
     pos_grid: int = 6
     levels: int = 6  # trained rate levels of the gain unit
     gain_span: float = 3.0  # initial spread of log-gains across levels
+    context: int = 0  # channels the template branch gives the entropy model (0: no template context)
+    context_range: Tuple[float, float] = (0.0, 1.0)  # template values that map to unit 0 and 1
 
     def to_dict(self) -> Dict:
-        return asdict(self)
+        """As JSON has it (the range a list), so a bundle's stored config compares equal."""
+        return {**asdict(self), "context_range": list(self.context_range)}
 
     #: (low, high) of every integer size a bundle may state: far above any trained network, small
     #: enough that building one stays within a few hundred MB (a bundle is checked before use)
     LIMITS = {"channels": (1, 256), "latent": (1, 256), "hyper": (1, 256), "window": (1, 16), "heads": (1, 16),
-              "pos_dim": (0, 64), "pos_grid": (1, 64), "levels": (1, 64)}  # fmt: skip
+              "pos_dim": (0, 64), "pos_grid": (1, 64), "levels": (1, 64), "context": (0, 64)}  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: Dict) -> "TextureConfig":
@@ -69,10 +81,41 @@ class TextureConfig:
         span = d.get("gain_span", cls.gain_span)
         if not (isinstance(span, (int, float)) and not isinstance(span, bool) and 0 <= span <= 20):
             raise ValueError(f"texture config gain_span must be a number in 0..20, got {span!r}")
-        config = cls(**d)
+        span_ok = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+        bounds = d.get("context_range", cls.context_range)
+        if not (isinstance(bounds, (list, tuple)) and len(bounds) == 2 and all(map(span_ok, bounds))
+                and bounds[0] < bounds[1]):  # fmt: skip
+            raise ValueError(f"texture config context_range must be two finite numbers low < high, got {bounds!r}")
+        config = cls(**{**d, "context_range": tuple(float(v) for v in bounds)})
         if config.channels % config.heads:
             raise ValueError("texture config channels must be a multiple of heads")
         return config
+
+
+#: the template's scale factor exp(Δs) is limited to e**±CONTEXT_LOG_LIMIT (its table's range)
+CONTEXT_LOG_LIMIT = 8.0
+
+
+class TemplateContext(nn.Module):
+    """Reads the template on the frame (side values / 2**SIDE_BITS) into `features` channels at the
+    latents' 1/8 resolution (three stride-2 3×3×3 convs) and turns them into a shift of the latents'
+    means (per unit of gain, so one shift serves every rate) and a log-factor of their scales."""
+
+    def __init__(self, latent: int, features: int):
+        super().__init__()
+        self.branch = nn.Sequential(
+            conv3(1, 16, stride=2), nn.ReLU(), conv3(16, 24, stride=2), nn.ReLU(), conv3(24, features, stride=2),
+            nn.ReLU(),
+        )  # fmt: skip
+        self.to_means, self.to_scales = nn.Conv3d(features, latent, 1), nn.Conv3d(features, latent, 1)
+        for head in (self.to_means, self.to_scales):
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+
+    def forward(self, scales, means, side, gain):
+        f = self.branch(side)
+        log_factor = self.to_scales(f).clamp(-CONTEXT_LOG_LIMIT, CONTEXT_LOG_LIMIT)
+        return scales * torch.exp(log_factor), means + self.to_means(f) * gain
 
 
 def scale_table():
@@ -138,6 +181,7 @@ class TextureNet(nn.Module):
         else:
             self.entropy_bottleneck, self.gaussian_conditional = StoredTensors(), StoredTensors()
         self.gain = GainUnit(c.levels, M, c.gain_span)
+        self.context = TemplateContext(M, c.context) if c.context else None
 
     # --- transforms --------------------------------------------------------------------------
     def _pos(self, coords: Optional[Dict[int, torch.Tensor]], factor: int):
@@ -159,16 +203,28 @@ class TextureNet(nn.Module):
             x = self.s_tcm2(x, self._pos(coords, 2))
         return self.s_out(x)
 
+    def entropy_parameters(self, z_hat: torch.Tensor, side: Optional[torch.Tensor] = None, gain=None):
+        """(scales, means) of the gained latents, in float (training, the latent search); coding uses
+        the exact integer copy. `side`: the template on the blocks in unit intensities, and `gain`
+        the rate's gain (networks that read the template)."""
+        scales, means = self.h_s(z_hat).chunk(2, 1)
+        if self.context is None:
+            return scales, means
+        if side is None or gain is None:
+            raise ValueError("this texture network reads the template: the side input is missing")
+        return self.context(scales, means, side, gain)
+
     # --- training ----------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, level: torch.Tensor, coords=None):
+    def forward(self, x: torch.Tensor, level: torch.Tensor, coords=None, side: Optional[torch.Tensor] = None):
         """Noisy-quantisation pass for training. level: (N,) fractional levels in [0, K−1]."""
         if not self.trainable:
             raise RuntimeError("this network was built for coding (trainable=False): it cannot be trained")
         features = self.g_a(x, coords)
-        y = features * self.gain.gain(level)
+        gain = self.gain.gain(level)
+        y = features * gain
         z = self.h_a(y)
         z_hat, z_lik = self.entropy_bottleneck(z)
-        scales, means = self.h_s(z_hat).chunk(2, 1)
+        scales, means = self.entropy_parameters(z_hat, side, gain)
         y_hat, y_lik = self.gaussian_conditional(y, scales, means=means)
         x_hat = self.g_s(y_hat * self.gain.inverse_gain(level), coords)
         return {"x_hat": x_hat, "likelihoods": {"y": y_lik, "z": z_lik}, "features": features}

@@ -4,6 +4,9 @@ Each patch in a batch draws one of the K rate levels of the gain unit; its loss 
 bits-per-voxel + λ_k · MSE (intensities normalised to ~0..1), so one model learns the whole
 range of the rate knob. Patches are random crops; their positions in the volume feed the
 positional field (on template-aligned training data that is the place in the template).
+A network that reads the template (`TextureConfig.context`) is given each patch's cut of the
+template on the volume's frame (`context.TemplateSide`, the values the codec will see), and its
+template branch learns at `context_lr`.
 Checkpoints are safetensors (weights, Adam moments, step, history in the metadata) and
 training resumes from them exactly where it stopped.
 
@@ -16,7 +19,7 @@ import argparse
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -27,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from ..errors import Cancelled, InputError
 from ..progress import Reporter
 from .codec import POS_FACTORS, TextureCodec
+from .context import SIDE_BITS, TemplateSide
 from .network import TextureConfig, TextureNet
 from .position import block_coords
 from .streams import ALIGN
@@ -46,6 +50,8 @@ class TrainSettings:
     clip_grad: float = 1.0
     #: weight of the feature-distillation loss when a teacher is given (../shared/docs/METHOD.md, Idea 6)
     distill_alpha: float = 0.5
+    #: learning rate of the template branch (new weights next to trained ones learn faster)
+    context_lr: float = 1e-3
 
 
 def normalise(volume: np.ndarray, lo_pct: float = 0.5, hi_pct: float = 99.5) -> np.ndarray:
@@ -60,12 +66,19 @@ def psnr(a: np.ndarray, b: np.ndarray, data_range: float) -> float:
 
 
 class PatchSampler:
-    """Random patches (and their token coordinates) from a list of normalised volumes."""
+    """Random patches (their token coordinates, and with `sides` their cut of the template) from a
+    list of normalised volumes."""
 
-    def __init__(self, volumes: Sequence[np.ndarray], patch: int, seed: int):
+    def __init__(
+        self, volumes: Sequence[np.ndarray], patch: int, seed: int, sides: Optional[Sequence[TemplateSide]] = None
+    ):
         if patch % ALIGN:
             raise InputError(f"--patch {patch}: the patch size must be a multiple of {ALIGN}")
-        self.volumes = [v for v in volumes if min(v.shape) >= patch]
+        if sides is not None and len(sides) != len(volumes):
+            raise ValueError("one template side input per training volume is needed")
+        usable = [k for k, v in enumerate(volumes) if min(v.shape) >= patch]
+        self.volumes = [volumes[k] for k in usable]
+        self.sides = None if sides is None else [sides[k] for k in usable]
         if not self.volumes:
             smallest = min(min(v.shape) for v in volumes)
             raise InputError(
@@ -76,17 +89,22 @@ class PatchSampler:
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, n: int):
-        xs, origins, shapes = [], [], []
+        """(patches (n, 1, p, p, p), coords, template cuts in unit intensities or None)."""
+        xs, origins, shapes, cuts = [], [], [], []
+        size = (self.patch,) * 3
         for _ in range(n):
-            v = self.volumes[self.rng.integers(len(self.volumes))]
+            k = int(self.rng.integers(len(self.volumes)))
+            v = self.volumes[k]
             o = tuple(int(self.rng.integers(0, s - self.patch + 1)) for s in v.shape)
             p = self.patch
             xs.append(v[o[0] : o[0] + p, o[1] : o[1] + p, o[2] : o[2] + p])
             origins.append(o)
             shapes.append(v.shape)
-        size = (self.patch,) * 3
+            if self.sides is not None:
+                cuts.append(self.sides[k].block(o, size) / 2**SIDE_BITS)
         coords = {f: torch.cat([block_coords([o], size, f, s) for o, s in zip(origins, shapes)]) for f in POS_FACTORS}
-        return torch.from_numpy(np.stack(xs))[:, None], coords
+        side = torch.from_numpy(np.stack(cuts).astype(np.float32))[:, None] if cuts else None
+        return torch.from_numpy(np.stack(xs))[:, None], coords, side
 
 
 def rd_loss(out: Dict, x: torch.Tensor, lam: torch.Tensor):
@@ -99,10 +117,11 @@ def rd_loss(out: Dict, x: torch.Tensor, lam: torch.Tensor):
 
 
 def _split_params(net: TextureNet):
-    main, aux = {}, {}
+    """(main, template branch, aux) parameters by name (the Adam moments are saved by name)."""
+    main, context, aux = {}, {}, {}
     for name, p in net.named_parameters():
-        (aux if name.endswith("quantiles") else main)[name] = p
-    return main, aux
+        (aux if name.endswith("quantiles") else context if name.startswith("context.") else main)[name] = p
+    return main, context, aux
 
 
 def save_checkpoint(path: Path, net: TextureNet, opts, step: int, history: list, settings: TrainSettings) -> None:
@@ -156,24 +175,27 @@ def evaluate(
     raw_itemsize: int = 1,
     supports: Optional[Sequence[np.ndarray]] = None,
     blocks: Optional[Sequence] = None,
+    sides: Optional[Sequence[TemplateSide]] = None,
 ) -> List[Dict]:
     """RD points over whole volumes with real entropy coding: bytes, ratio (raw bytes of the
     original dtype ÷ texture bytes), bits per voxel, PSNR over the data range, and the encode
     and decode speeds in Mvoxel/s of the coded frame. With `supports` (where each aligned volume holds its scan),
     voxels, ratio and PSNR count only those voxels: the rest of the frame is not the scan and
     would flatter every figure (a 64 kvoxel hippocampus crop fills a third of its frame). `blocks`:
-    per volume, the block size the encoder would use (None: whole), instead of `block` for all."""
+    per volume, the block size the encoder would use (None: whole), instead of `block` for all;
+    `sides`: per volume, the template on its frame (networks that read it)."""
     points = []
     masks = list(supports) if supports is not None else [None] * len(volumes)
     sizes = list(blocks) if blocks is not None else [block] * len(volumes)
+    templates = list(sides) if sides is not None else [None] * len(volumes)
     for rate in rates:
         nbytes = voxels = coded = 0
         sq, t_enc, t_dec = 0.0, 0.0, 0.0
-        for v, mask, size in zip(volumes, masks, sizes):
+        for v, mask, size, side in zip(volumes, masks, sizes, templates):
             t0 = time.perf_counter()
-            data = codec.compress(v, rate, block=size, support=mask).to_bytes()
+            data = codec.compress(v, rate, block=size, support=mask, side=side).to_bytes()
             t1 = time.perf_counter()
-            rec = codec.decompress(data)
+            rec = codec.decompress(data, side=side)
             t_dec += time.perf_counter() - t1
             t_enc += t1 - t0
             nbytes += len(data)
@@ -212,16 +234,21 @@ def train(
     progress=None,
     cancel=None,
     teacher: "TextureNet | None" = None,
+    sides: Optional[Sequence[TemplateSide]] = None,
 ) -> TextureCodec:
     """Train on normalised volumes; checkpoints in out_dir; returns the codec (CDFs built).
 
-    With a `teacher` (a trained net of the same config; the scarce-data case), the student starts
-    from the teacher's weights and its loss adds `distill_alpha` x the feature distance to the
-    teacher's analysis of each patch, so a few scans adapt the codec without unlearning it.
-    A cancel saves a checkpoint before `Cancelled` propagates, so `resume=True` continues.
+    With a `teacher` (a trained net of the same config, or the same but for the template context;
+    the scarce-data case), the student starts from the teacher's weights (a template branch from
+    zero heads) and its loss adds `distill_alpha` x the feature distance to the teacher's analysis
+    of each patch, so a few scans adapt the codec without unlearning it. `sides`: per volume, the
+    template on its frame, for a network that reads it. A cancel saves a checkpoint before
+    `Cancelled` propagates, so `resume=True` continues.
     """
     if len(settings.lambdas) != config.levels:
         raise ValueError("one λ per rate level is needed")
+    if bool(config.context) != (sides is not None):
+        raise ValueError("a network that reads the template trains with `sides`, and only such a network")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint.safetensors"
@@ -229,19 +256,25 @@ def train(
     net = TextureNet(config)
     resuming = resume and ckpt.exists()
     if teacher is not None:
-        if teacher.config != config:
+        plain = dict(context=0, context_range=TextureConfig.context_range)
+        if replace(teacher.config, **plain) != replace(config, **plain) or (
+            teacher.config.context and teacher.config != config
+        ):
             raise ValueError("the teacher's texture config differs from the student's")
         if not resuming:  # a checkpoint supersedes the start (its CDF tables may differ in size)
-            net.load_state_dict(teacher.state_dict())
+            missing, unexpected = net.load_state_dict(teacher.state_dict(), strict=False)
+            if unexpected or any(not key.startswith("context.") for key in missing):
+                raise ValueError(f"the teacher's weights do not fit: {sorted(unexpected or missing)[:3]}")
         teacher = teacher.eval()
-    main, aux = _split_params(net)
-    opt = torch.optim.Adam(main.values(), lr=settings.lr)
+    main, context, aux = _split_params(net)
+    groups = [{"params": list(main.values())}, {"params": list(context.values()), "lr": settings.context_lr}]
+    opt = torch.optim.Adam([g for g in groups if g["params"]], lr=settings.lr)
     aux_opt = torch.optim.Adam(aux.values(), lr=settings.aux_lr)
-    opts = [("adam", opt, main), ("aux", aux_opt, aux)]
+    opts = [("adam", opt, {**main, **context}), ("aux", aux_opt, aux)]
     step, history = 0, []
     if resuming:
         step, history = load_checkpoint(ckpt, net, opts)
-    sampler = PatchSampler(volumes, settings.patch, settings.seed + step)
+    sampler = PatchSampler(volumes, settings.patch, settings.seed + step, sides)
     lambdas = torch.tensor(settings.lambdas, dtype=torch.float32)
     report = Reporter(progress, cancel)
     net.train()
@@ -249,9 +282,9 @@ def train(
     try:
         while step < settings.steps:
             report.check()
-            x, coords = sampler(settings.batch)
+            x, coords, side = sampler(settings.batch)
             levels = torch.from_numpy(sampler.rng.integers(0, config.levels, settings.batch))
-            out_ = net(x, levels.float(), coords)
+            out_ = net(x, levels.float(), coords, side)
             loss, bpv, mse = rd_loss(out_, x, lambdas[levels])
             if teacher is not None:
                 with torch.no_grad():
@@ -259,7 +292,7 @@ def train(
                 loss = loss + settings.distill_alpha * distillation_loss(out_["features"], target)
             opt.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(main.values(), settings.clip_grad)
+            torch.nn.utils.clip_grad_norm_([*main.values(), *context.values()], settings.clip_grad)
             opt.step()
             aux_opt.zero_grad()
             net.aux_loss().backward()
@@ -321,7 +354,7 @@ def main(argv=None) -> None:
     train_files, val_files = files[: len(files) - args.holdout], files[len(files) - args.holdout :]
     vols = [normalise(_read(f)) for f in train_files]
     settings = TrainSettings(steps=args.steps, patch=args.patch, batch=args.batch, lr=args.lr, lambdas=args.lambdas)
-    config = TextureConfig(**args.config)
+    config = TextureConfig.from_dict(args.config)
     print(f"training on {len(vols)} scans, validating on {len(val_files)}", flush=True)
     codec = train(vols, args.out, config, settings, resume=args.resume, progress=lambda e: print(e.message, flush=True))
     val = [normalise(_read(f)) for f in val_files]
