@@ -28,6 +28,9 @@ def test_round_trip_and_stable_id(tmp_path, oblique_volume):
     training = {"scans": 3, "finetune": {"scans": 9}}
     tuned = save_bundle(tmp_path / "t.dstdb", dict(CONFIG, training=training), oblique_volume)
     assert "trained on 3 scans, fine-tuned on 9, id" in load_bundle(tuned).describe()
+    training = {"scans": 3, "finetune": {"scans": 9, "context": 32}}
+    reading = save_bundle(tmp_path / "r.dstdb", dict(CONFIG, training=training), oblique_volume)
+    assert "fine-tuned on 9 reading the template, id" in load_bundle(reading).describe()
     assert bundle.template.units == "unitless"  # an MR bundle
     changed = save_bundle(tmp_path / "c.dstdb", dict(CONFIG, region="other"), oblique_volume)
     assert load_bundle(changed).sha256 != bundle.sha256

@@ -15,7 +15,7 @@ from deepstd.errors import FormatError
 from deepstd.grid import Frame, sampling
 from deepstd.texture import TextureCodec, TextureConfig
 from deepstd.texture.context import SIDE_BITS, side_for
-from deepstd.texture.entropy import ACT_BITS, _exp_table, compress_latents, decompress_hyper, decompress_latents
+from deepstd.texture.entropy import LOG_BITS, _exp_table, compress_latents, decompress_hyper, decompress_latents
 from deepstd.volume import Volume
 
 CONTEXT = TextureConfig(channels=8, latent=8, hyper=8, levels=3, pos_dim=4, context=8, context_range=(100.0, 300.0))
@@ -91,8 +91,8 @@ def test_side_blocks_are_cut_from_the_whole_frame_and_edge_padded(template):
 
 def test_exp_table_is_exp_at_every_step():
     table = _exp_table(8.0)
-    k = np.arange(-8 * 2**ACT_BITS, 8 * 2**ACT_BITS + 1)
-    assert np.allclose(table, np.exp(k / 2**ACT_BITS), rtol=1e-12, atol=0)
+    k = np.arange(-8 * 2**LOG_BITS, 8 * 2**LOG_BITS + 1)
+    assert np.allclose(table, np.exp(k / 2**LOG_BITS), rtol=1e-10, atol=0)
 
 
 def _side_blocks(template, shape):

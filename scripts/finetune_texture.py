@@ -27,17 +27,18 @@ from pathlib import Path
 import numpy as np
 
 
-def aligned_cached(path: Path, bundle, work: Path):
+def aligned_cached(path: Path, bundle, work: Path, budget=None):
     """(unit, support, (margin, size, window)) of one scan on the texture frame the encoder would
-    code it on, cached; the last is what the decoder rebuilds the frame from (`context.side_for`)."""
+    code it on (under a byte `budget`), cached; the last is what the decoder rebuilds the frame from
+    (`context.side_for`)."""
     from texture_gap import aligned
 
-    cached = work / (path.name.split(".")[0] + ".npz")
+    cached = work / (path.name.split(".")[0] + ("" if budget is None else f".{budget}") + ".npz")
     if cached.exists():
         data = np.load(cached)
         if "keys" in data:
             return data["unit"], data["support"], tuple(json.loads(str(data["keys"])))
-    unit, support, coding = aligned(path, bundle)
+    unit, support, coding = aligned(path, bundle, budget)
     keys = (coding.margin, coding.size, coding.window)
     np.savez(cached, unit=unit.astype(np.float32), support=support, keys=json.dumps(keys, default=int))
     return unit, support, keys
@@ -60,7 +61,17 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=5000, help="further steps")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--context", type=int, default=0, help="template branch channels (0: as the bundle)")
+    parser.add_argument(
+        "--also-budget",
+        type=int,
+        metavar="BYTES",
+        help="also train on each scan aligned as the encoder aligns it under a budget of BYTES (small "
+        "budgets code the pre-alignment alone: the template then fits the scan less well)",
+    )
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument(
+        "--report-rates", default="0,0.2,0.5,0.8,1", help="texture rates of the held-out before/after report"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     bundle = resolve_bundle(args.bundle)
@@ -88,6 +99,10 @@ def main(argv=None) -> None:
         else:
             volumes.append(unit)
             sides.append(side)
+            if args.also_budget:
+                unit, _, keys = aligned_cached(path, bundle, args.work, args.also_budget)
+                volumes.append(unit)
+                sides.append(side_for(config, bundle.template, *keys, unit.shape))
         print(f"aligned {i + 1}/{len(files)} {path.name} ({time.time() - t0:.0f} s)", flush=True)
     old = dict(training.get("train_settings", {}))
     settings = replace(
@@ -107,7 +122,7 @@ def main(argv=None) -> None:
         progress=lambda p: print(p.message, flush=True),
         sides=sides if config.context else None,
     )
-    rates = (0.0, 0.2, 0.5, 0.8, 1.0)
+    rates = [float(r) for r in args.report_rates.split(",") if r]
     blocks = [block_for(v.shape, bundle.config.texture.block) for v in val_volumes]
     before = evaluate(texture_codec(bundle, "cpu"), val_volumes, rates, supports=val_supports, blocks=blocks)
     after = evaluate(
@@ -121,7 +136,8 @@ def main(argv=None) -> None:
             training,
             finetune={
                 "command": "python scripts/finetune_texture.py " + " ".join(sys.argv[1:] if argv is None else argv),
-                "scans": len(volumes),
+                "scans": len(train_files),
+                "also_budget": args.also_budget,
                 "steps": args.steps,
                 "lr": args.lr,
                 "context": args.context,

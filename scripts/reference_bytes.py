@@ -62,7 +62,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--save", type=Path, help="write the results as the reference set")
     parser.add_argument("--check", type=Path, help="compare with a saved reference set")
-    parser.add_argument("--only", nargs="*", help="case names (default: all)")
+    parser.add_argument("--only", nargs="*", help="case names (default: all); with --save, only these are updated")
     args = parser.parse_args()
     reference = json.loads(args.check.read_text()) if args.check else {}
     results, differ = {}, []
@@ -83,7 +83,8 @@ def main() -> int:
             f"{name:26s} {len(data):8d} B  {time.perf_counter() - started:6.1f} s  {digest[:16]}  {verdict}", flush=True
         )
     if args.save:
-        args.save.write_text(json.dumps(results, indent=1) + "\n")
+        kept = json.loads(args.save.read_text()) if args.only and args.save.exists() else {}
+        args.save.write_text(json.dumps({**kept, **results}, indent=1) + "\n")
     if differ:
         print(f"{len(differ)} of {len(results)} files differ: {', '.join(differ)}")
         return 1

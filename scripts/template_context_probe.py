@@ -37,7 +37,9 @@ def frames(bundle, paths, cache: Path):
         unit, support, coding = aligned(path, bundle)
         out.append((unit.astype(np.float32), support, template_on(coding.frame, bundle, fill=True)))
         print(f"aligned {Path(path).name} {unit.shape}", flush=True)
-    np.savez(cache, frames=np.array(out, dtype=object))
+    stored = np.empty(len(out), dtype=object)  # one object per scan even when every frame has one shape
+    stored[:] = out
+    np.savez(cache, frames=stored)
     return out
 
 

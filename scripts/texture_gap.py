@@ -14,9 +14,10 @@ import argparse
 import json
 
 
-def aligned(path, bundle):
-    """(unit, support, coding) of one scan on the texture frame the encoder would code it on;
-    `coding` is the `CodingFrame` (its `frame` and `block`)."""
+def aligned(path, bundle, budget=None):
+    """(unit, support, coding) of one scan on the texture frame the encoder would code it on under a
+    byte `budget` (None: no limit; small budgets get a smaller shape code, down to the pre-alignment
+    alone); `coding` is the `CodingFrame` (its `frame` and `block`)."""
     from deepstd.alignment import frame_for, intensity_map, into_template
     from deepstd.io import read
     from deepstd.progress import Reporter
@@ -24,9 +25,9 @@ def aligned(path, bundle):
     from deepstd.shape.sizing import code_shape
 
     scan = read(path)
-    shape = code_shape(scan, bundle.template, bundle.config.registration, None, Reporter())
+    shape = code_shape(scan, bundle.template, bundle.config.registration, budget, Reporter())
     stored = decode_shape(shape.code)
-    coding = frame_for(scan, shape.frame, stored, bundle.config.texture.block)
+    coding = frame_for(scan, shape.frame, stored, bundle.config.texture.block, budget)
     unit, support = into_template(
         scan,
         stored.backward,

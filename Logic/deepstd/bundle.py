@@ -223,11 +223,16 @@ class Bundle:
         c = self.config
         finetune = c.training.get("finetune")
         tuned = finetune.get("scans") if isinstance(finetune, dict) else None
+        trained = c.training.get("texture_config")
+        context = (isinstance(finetune, dict) and finetune.get("context")) or (
+            isinstance(trained, dict) and trained.get("context")
+        )
         return (
             f"{self.name}: {c.modality} {c.region}, template {'x'.join(map(str, self.template.size))} "
             f"@ {' x '.join(f'{s:.3g}' for s in self.template.spacing)} mm"
             + (f", trained on {c.training['scans']} scans" if "scans" in c.training else "")
             + (f", fine-tuned on {tuned}" if tuned is not None else "")
+            + (" reading the template" if context else "")
             + f", id {self.sha256[:12]}…"
         )
 

@@ -66,16 +66,18 @@ class IntegerStack:
 
 #: the gain that scales the template's mean shift is fixed point with this many fractional bits
 GAIN_BITS = 12
-#: a template mean shift beyond ±this (in latent units, before the gain) is clipped: it keeps the
-#: product with the fixed-point gain exact in float64
+#: logs (of that gain, and the template's scale factors) are tabulated at 2**-LOG_BITS steps
+LOG_BITS = 8
+#: a template mean shift beyond ±this (in 2**-ACT_BITS units, before the gain) is clipped: it keeps
+#: the product with the fixed-point gain exact in float64
 SHIFT_LIMIT = 2.0**16
 
 
 def _exp_table(limit: float) -> np.ndarray:
-    """e**(k·2**-ACT_BITS) for |k| ≤ limit·2**ACT_BITS, index k + limit·2**ACT_BITS. Built by repeated
+    """e**(k·2**-LOG_BITS) for |k| ≤ limit·2**LOG_BITS, index k + limit·2**LOG_BITS. Built by repeated
     IEEE multiplication and division by one constant, so every machine builds the same table (libm's
     and the SIMD exp differ in the last bit between machines)."""
-    step, n = 1.0039138893383475, int(limit * 2**ACT_BITS)  # e**(1/256)
+    step, n = 1.0039138893383475, int(limit * 2**LOG_BITS)  # e**(1/256)
     up, down = [1.0], [1.0]
     for _ in range(n):
         up.append(up[-1] * step)
@@ -93,7 +95,7 @@ class IntegerEntropyParameters:
 
         self.h_s = IntegerStack(net.h_s)
         self.gain_unit = net.gain
-        self.log_limit = int(CONTEXT_LOG_LIMIT * 2**ACT_BITS)
+        self.log_limit = int(CONTEXT_LOG_LIMIT * 2**LOG_BITS)
         self.branch: Optional[IntegerStack] = None
         self.exp: Optional[np.ndarray] = None
         if net.context is not None:
@@ -116,14 +118,14 @@ class IntegerEntropyParameters:
 
     def fixed_gain(self, level: torch.Tensor) -> torch.Tensor:
         """The rate's gain (1, M, 1, 1, 1) as integers in 2**-GAIN_BITS units: `GainUnit` interpolation
-        in float64 NumPy, its log rounded to 2**-ACT_BITS and exponentiated by table."""
+        in float64 NumPy, its log rounded to 2**-LOG_BITS and exponentiated by table."""
         assert self.exp is not None
         table = self.gain_unit.log_gain.detach().cpu().double().numpy()
         levels = table.shape[0]
         t = min(max(float(level.reshape(-1)[0]), -EXTRAPOLATED_LEVELS), levels - 1)
         i = min(max(int(np.floor(t)), 0), levels - 2)
         log = table[i] * (1 - (t - i)) + table[i + 1] * (t - i)
-        k = np.clip(np.floor(log * 2**ACT_BITS + 0.5), -self.log_limit, self.log_limit).astype(np.int64)
+        k = np.clip(np.floor(log * 2**LOG_BITS + 0.5), -self.log_limit, self.log_limit).astype(np.int64)
         gain = np.floor(self.exp[k + self.log_limit] * 2**GAIN_BITS + 0.5)
         return torch.from_numpy(gain)[None, :, None, None, None]
 
@@ -140,7 +142,7 @@ class IntegerEntropyParameters:
             terms, gain = context
             shift, log_factor = terms.chunk(2, 1)
             means = means + torch.floor(shift * gain / 2**GAIN_BITS)
-            k = log_factor.clamp(-self.log_limit, self.log_limit).long() + self.log_limit
+            k = log_factor.clamp(-self.log_limit, self.log_limit).long() + self.log_limit  # LOG_BITS = ACT_BITS
             return scales / 2**ACT_BITS * torch.from_numpy(self.exp)[k], (means / 2**ACT_BITS).float()
         return (scales / 2**ACT_BITS).float(), (means / 2**ACT_BITS).float()
 
