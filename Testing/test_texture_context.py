@@ -185,3 +185,36 @@ def test_context_weights_round_trip_with_their_config(codec):
 def test_a_bad_context_config_is_refused(bad):
     with pytest.raises(ValueError, match="context"):
         TextureConfig.from_dict(bad)
+
+
+def _tampered(codec, **edits):
+    """The codec's weights with tensors replaced (name -> tensor) or dropped (name -> None)."""
+    from safetensors.torch import save
+
+    from deepstd.texture.codec import _st_metadata
+
+    data = codec.to_bytes()
+    state = {k: v.clone() for k, v in codec.net.state_dict().items()}
+    for name, value in edits.items():
+        name = name.replace("__", ".")
+        if value is None:
+            del state[name]
+        else:
+            state[name] = value
+    return save(state, metadata=_st_metadata(data))
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"context__to_means__weight": None},  # a config that reads the template, weights that do not
+        {"context__branch__0__weight": torch.full((16, 1, 3, 3, 3), 2e4)},  # implausibly large
+        {"context__to_scales__bias": torch.full((8,), float("nan"))},
+    ],
+    ids=["missing", "huge", "nan"],
+)
+def test_tampered_context_weights_are_a_bundle_error(codec, edit):
+    from deepstd.errors import BundleError
+
+    with pytest.raises(BundleError):
+        TextureCodec.from_bytes(_tampered(codec, **edit))

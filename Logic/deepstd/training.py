@@ -216,9 +216,10 @@ def train_bundle(
         reporter("register", i / len(files), f"registering {path.name}")
         cached = work / f"{_stem(path)}.npz"
         data = np.load(cached) if cached.exists() else {}
-        if "alignment" in data and int(data["alignment"]) == ALIGNMENT_VERSION and "keys" in data:  # else redone
+        fresh = "alignment" in data and int(data["alignment"]) == ALIGNMENT_VERSION
+        if fresh and ("keys" in data or not config.context):  # a template context needs the frame keys
             unit, support, loss, probe = data["unit"], data["support"], float(data["loss"]), float(data["probe"])
-            keys = tuple(json.loads(str(data["keys"])))
+            keys = tuple(json.loads(str(data["keys"]))) if "keys" in data else (None, None, None)
         else:
             reg = register(scan, template, settings, cancel=cancel)
             stored = decode_shape(reg.shape_code(SHAPE_BITS))

@@ -163,7 +163,8 @@ class TextureCodec:
         return self.net.gain.level_of(rate_q)
 
     def _context(self, side: Optional[TemplateSide], group, block, shape) -> Optional[torch.Tensor]:
-        """The template branch's integer features of a group of blocks (None: no template read)."""
+        """The template's integer terms (mean shift, scale log-factor) for a group of blocks (None: the
+        network reads no template)."""
         if not self._params.reads_template:
             return None
         if side is None:
