@@ -643,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="N",
         help="the texture's entropy model reads the template through a branch of N channels (e.g. 32; "
-        "docs/TEXTURE.md: +1.3 dB at 256x on hippocampus crops)",
+        "docs/TEXTURE.md: +0.1-0.3 dB at 64-256x on held-out hippocampus crops)",
     )
     train.add_argument("--description", help="what the bundle's users should know (subjects, limits)")
     train.set_defaults(run=cmd_train)
