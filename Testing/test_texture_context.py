@@ -176,6 +176,8 @@ def test_context_weights_round_trip_with_their_config(codec):
     again = TextureCodec.from_bytes(codec.to_bytes())
     assert again.config == CONTEXT and again.config.context_range == (100.0, 300.0)
     assert again._params.reads_template
+    # a network without a template context states none: its weights keep the bytes they had before
+    assert "context" not in TextureConfig().to_dict() and "context_range" not in TextureConfig().to_dict()
 
 
 @pytest.mark.parametrize(

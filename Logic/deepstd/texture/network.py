@@ -56,8 +56,12 @@ class TextureConfig:
     context_range: Tuple[float, float] = (0.0, 1.0)  # template values that map to unit 0 and 1
 
     def to_dict(self) -> Dict:
-        """As JSON has it (the range a list), so a bundle's stored config compares equal."""
-        return {**asdict(self), "context_range": list(self.context_range)}
+        """As JSON has it (the range a list), so a bundle's stored config compares equal; without a
+        template context its keys are left out, so such a network's weights keep their old bytes."""
+        d = {**asdict(self), "context_range": list(self.context_range)}
+        if not self.context:
+            del d["context"], d["context_range"]
+        return d
 
     #: (low, high) of every integer size a bundle may state: far above any trained network, small
     #: enough that building one stays within a few hundred MB (a bundle is checked before use)
