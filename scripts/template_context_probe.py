@@ -7,7 +7,7 @@ two are compared at equal estimated bits on validation frames (bits from the hyp
 likelihoods with hard rounding, PSNR inside the scan's support). Training scans only.
 
     python scripts/template_context_probe.py --bundle hippocampus-mr --data ../shared/data/hippocampus_mr \
-        --validation 10 --steps 2000 --mode entropy --out /tmp/probe      # also control, synthesis, template
+        --validation 10 --steps 2000 --mode entropy --out /tmp/probe  # also control, synthesis, template, mix2, mix8
     python scripts/template_context_probe.py --compare /tmp/probe/control.json /tmp/probe/entropy.json
 
 (`--steps 0 --mode control --out ANOTHER_FOLDER` evaluates the shipped network.)
@@ -45,8 +45,10 @@ def frames(bundle, paths, cache: Path):
 
 def build(net, mode: str):
     """`mode`: control (no template), template (entropy model and synthesis), entropy (means and
-    scales only: the decoder's latents depend on it), synthesis (analysis and synthesis only: the
-    entropy model, which must be bit-exact on every machine, stays as it is)."""
+    scales only: the decoder's latents depend on it; the form shipped, `texture.network.TemplateContext`),
+    synthesis (analysis and synthesis only: the entropy model, which must be bit-exact on every
+    machine, stays as it is), mix2 / mix8 (the template's features, from strided or 8×8×8 patch convs,
+    concatenated into h_s before its last conv through an identity-initialised mixing conv)."""
     import torch
     from torch import nn
 
