@@ -93,8 +93,12 @@ class TemplateSide:
         return self.block((0, 0, 0), self.shape)
 
     def blocks(self, origins, block) -> np.ndarray:
-        """(N, 1, *block) float64 integers of several blocks, the network's input."""
+        """(N, 1, *block) float64 integers of several blocks, the integer network's input."""
         return np.stack([self.block(o, block) for o in origins])[:, None].astype(np.float64)
+
+    def units(self, origins, block) -> np.ndarray:
+        """The same in unit intensities (float32), the float network's input (training, the latent search)."""
+        return (self.blocks(origins, block) / 2**SIDE_BITS).astype(np.float32)
 
 
 def side_for(config, template, margin, size, window, shape) -> Optional[TemplateSide]:

@@ -2,12 +2,13 @@
 
 The decoder must find exactly the scale indexes and means the encoder used, or rANS decoding
 derails. Floating-point convolutions differ between thread counts, processes and devices, so the
-hyper-synthesis `h_s` (and, in a network that reads the template, its branch and mixing conv, on
-side values resampled exactly by `context`) is run here in integer fixed point: weights, biases and activations are
-integers (carried in float64, where every product and partial sum stays far below 2**53 and is
-therefore exact in any summation order), requantised by flooring after each convolution. Means
-and scales come out as multiples of 2**-ACT_BITS, which float32 holds exactly, so the scale-index
-lookup is exact too. The CDF tables are built once when weights are saved and loaded verbatim
+hyper-synthesis `h_s` (and, in a network that reads the template, its template branch and heads,
+on side values resampled exactly by `context`) is run here in integer fixed point: weights, biases
+and activations are integers (carried in float64, where every product and partial sum stays far
+below 2**53 and is therefore exact in any summation order), requantised by flooring after each
+convolution. Means and scales come out as multiples of 2**-ACT_BITS, which float32 holds exactly (a
+template's scale factor comes from a table built the same everywhere), so the scale-index lookup is
+exact too. The CDF tables are built once when weights are saved and loaded verbatim
 (`TextureNet.update`, `tables.EntropyTables`); the rANS coding is integer work (`deepstd.rans`).
 """
 
@@ -22,7 +23,6 @@ from torch import nn
 
 from ..errors import BundleError, FormatError
 from .layers import PixelShuffle3d
-from .rate import EXTRAPOLATED_LEVELS
 from .tables import EntropyTables, channel_rows
 
 #: fractional bits of activations, and at most of weights, in the integer hyper-synthesis
@@ -117,14 +117,11 @@ class IntegerEntropyParameters:
         return torch.cat([self.to_means(f).clamp(-SHIFT_LIMIT, SHIFT_LIMIT), self.to_scales(f)], 1)
 
     def fixed_gain(self, level: torch.Tensor) -> torch.Tensor:
-        """The rate's gain (1, M, 1, 1, 1) as integers in 2**-GAIN_BITS units: `GainUnit` interpolation
-        in float64 NumPy, its log rounded to 2**-LOG_BITS and exponentiated by table."""
+        """The rate's gain (1, M, 1, 1, 1) as integers in 2**-GAIN_BITS units: the `GainUnit`'s log
+        interpolated in float64, rounded to 2**-LOG_BITS and exponentiated by table."""
         assert self.exp is not None
-        table = self.gain_unit.log_gain.detach().cpu().double().numpy()
-        levels = table.shape[0]
-        t = min(max(float(level.reshape(-1)[0]), -EXTRAPOLATED_LEVELS), levels - 1)
-        i = min(max(int(np.floor(t)), 0), levels - 2)
-        log = table[i] * (1 - (t - i)) + table[i + 1] * (t - i)
+        table = self.gain_unit.log_gain.detach().cpu().double()
+        log = self.gain_unit.log_at(table, level.reshape(-1)[:1].double().cpu())[0].numpy()
         k = np.clip(np.floor(log * 2**LOG_BITS + 0.5), -self.log_limit, self.log_limit).astype(np.int64)
         gain = np.floor(self.exp[k + self.log_limit] * 2**GAIN_BITS + 0.5)
         return torch.from_numpy(gain)[None, :, None, None, None]
@@ -170,8 +167,8 @@ def compress_latents(
     net, params: IntegerEntropyParameters, y: torch.Tensor, context=None
 ) -> Tuple[List[bytes], List[bytes]]:
     """Gained latents y (N, M, d, h, w) -> per-item (z string, y string): z through the
-        bottleneck's per-channel tables around its medians, y through the Gaussian table of its exact
-        scale index around its exact mean. `context`: the template's terms and the rate's fixed gain
+    bottleneck's per-channel tables around its medians, y through the Gaussian table of its exact
+    scale index around its exact mean. `context`: the template's terms and the rate's fixed gain
     (networks that read the template, `IntegerEntropyParameters.__call__`)."""
     tables: EntropyTables = net.entropy_tables
     y = y.detach().cpu()

@@ -25,7 +25,7 @@ import torch
 from ..progress import Reporter
 from . import tiling
 from .codec import GROUP, Analysis, TextureCodec
-from .context import SIDE_BITS, TemplateSide
+from .context import TemplateSide
 from .rate import quantise_rate
 
 #: steps and Adam step size, chosen on training LA scans (LA_1D7C…, LA_1GU1…); 20 steps at half the
@@ -111,7 +111,7 @@ def search_latents(
                 x = torch.from_numpy(np.stack([tiling.cut(padded, o, block) for o in group]))[:, None]
                 w = torch.from_numpy(np.stack([tiling.cut(weights, o, block) for o in group]))[:, None]
                 coords = codec._coords(group, block, shape)
-                template = None if side is None else torch.from_numpy(side.blocks(group, block) / 2**SIDE_BITS).float()
+                template = None if side is None else torch.from_numpy(side.units(group, block))
                 latent = start.clone().requires_grad_(True)
                 optimiser = torch.optim.Adam([latent], lr=step_size)
                 for _ in range(steps):

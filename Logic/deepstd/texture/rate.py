@@ -45,14 +45,18 @@ class GainUnit(nn.Module):
     def levels(self) -> int:
         return self.log_gain.shape[0]
 
-    def _interp(self, table: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Geometric interpolation at fractional levels t (N,) in [−EXTRAPOLATED_LEVELS, K−1] ->
-        (N, C, 1, 1, 1); below level 0 the line through levels 0 and 1 is continued."""
+    def log_at(self, table: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Linear interpolation of a log table at fractional levels t (N,) in [−EXTRAPOLATED_LEVELS,
+        K−1] -> (N, C), in the table's dtype; below level 0 the line through levels 0 and 1 is continued.
+        Elementwise only, so in float64 the same on every machine (`entropy.IntegerEntropyParameters`)."""
         t = t.to(device=table.device, dtype=table.dtype).clamp(-EXTRAPOLATED_LEVELS, self.levels - 1)
         i = torch.clamp(t.floor().long(), min=0, max=self.levels - 2)
         frac = (t - i.to(t.dtype))[:, None]
-        log = table[i] * (1 - frac) + table[i + 1] * frac
-        return torch.exp(log)[:, :, None, None, None]
+        return table[i] * (1 - frac) + table[i + 1] * frac
+
+    def _interp(self, table: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Geometric interpolation at fractional levels t (N,) -> (N, C, 1, 1, 1)."""
+        return torch.exp(self.log_at(table, t))[:, :, None, None, None]
 
     def gain(self, t: torch.Tensor) -> torch.Tensor:
         return self._interp(self.log_gain, t)

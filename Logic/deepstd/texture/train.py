@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from ..errors import Cancelled, InputError
 from ..progress import Reporter
 from .codec import POS_FACTORS, TextureCodec
-from .context import SIDE_BITS, TemplateSide
+from .context import TemplateSide
 from .network import TextureConfig, TextureNet
 from .position import block_coords
 from .streams import ALIGN
@@ -101,9 +101,9 @@ class PatchSampler:
             origins.append(o)
             shapes.append(v.shape)
             if self.sides is not None:
-                cuts.append(self.sides[k].block(o, size) / 2**SIDE_BITS)
+                cuts.append(self.sides[k].units([o], size)[0])
         coords = {f: torch.cat([block_coords([o], size, f, s) for o, s in zip(origins, shapes)]) for f in POS_FACTORS}
-        side = torch.from_numpy(np.stack(cuts).astype(np.float32))[:, None] if cuts else None
+        side = torch.from_numpy(np.stack(cuts)) if cuts else None
         return torch.from_numpy(np.stack(xs))[:, None], coords, side
 
 
