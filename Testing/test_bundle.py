@@ -65,6 +65,17 @@ def test_bad_bundles_are_refused_by_name(data, message):
         from_bytes(data)
 
 
+@pytest.mark.parametrize("rates", [None, [0.5], [0.6, 0.2], [0.0, 0.5, 1.0], [0.0, 1.5], [0.0, "1"], [0.3, 0.3]])
+def test_a_texture_rate_span_is_two_rates_coarsest_first(rates):
+    from deepstd.bundle import TextureCoding
+
+    with pytest.raises(BundleError, match="texture.rates"):
+        TextureCoding.from_dict({"rates": rates})
+    span = TextureCoding.from_dict({"rates": [0.1, 0.5]})
+    assert (span.rate(0.0), span.rate(0.3), span.rate(0.7), span.rate(1.0)) == (0.1, 0.3, 0.5, 0.5)
+    assert TextureCoding.from_dict(span.to_dict()) == span
+
+
 def test_unknown_name_lists_what_exists():
     with pytest.raises(BundleError, match="codec bundle 'no-such-bundle' not found"):
         load_bundle("no-such-bundle")

@@ -132,6 +132,42 @@ def test_budget_beyond_the_finest_rate_goes_to_the_refinement_layer(tiny_bundle,
     assert error(refined) < 0.8 * error(codec.decode(plain, tiny_bundle))
 
 
+def test_a_bundle_whose_texture_span_ends_early_refines_past_it(tiny_bundle, scan, tmp_path, monkeypatch):
+    from deepstd import refine
+    from deepstd.bundle import TextureCoding
+    from deepstd.texture import TextureStreams
+
+    budget = scan.raw_bytes // 24  # the full span's texture alone fills it (test above), above 0.5
+    plain = codec.encode(scan, tiny_bundle, budget_bytes=budget, device="cpu")
+    full = TextureStreams.from_bytes(unpack(plain).sections["texture"]).rate_q
+    assert refine.SECTION not in unpack(plain).sections and full > round(0.4 * 65535)
+    early = load_bundle(
+        save_bundle(
+            tmp_path / "early.dstdb",
+            replace(tiny_bundle.config, texture=TextureCoding(tiny_bundle.config.texture.block, (0.0, 0.4))),
+            tiny_bundle.template,
+            texture=tiny_bundle.texture,
+        )
+    )
+    assert "texture rates to 0.4 then refined" in early.describe()
+    data = codec.encode(scan, early, budget_bytes=budget, device="cpu")
+    parsed = unpack(data)
+    assert 0.98 * budget <= len(data) <= budget and refine.SECTION in parsed.sections
+    assert TextureStreams.from_bytes(parsed.sections["texture"]).rate_q == round(0.4 * 65535)
+    # a budget the texture fills inside the span: the very file of the whole span
+    whole = unpack(codec.encode(scan, tiny_bundle, budget_bytes=800, device="cpu")).sections
+    assert TextureStreams.from_bytes(whole["texture"]).rate_q < round(0.9 * 65535)
+    wide = replace(tiny_bundle.config, texture=TextureCoding(tiny_bundle.config.texture.block, (0.0, 0.9)))
+    wide_bundle = load_bundle(
+        save_bundle(tmp_path / "wide.dstdb", wide, tiny_bundle.template, texture=tiny_bundle.texture)
+    )
+    assert unpack(codec.encode(scan, wide_bundle, budget_bytes=800, device="cpu")).sections == whole
+    # without SPERR nothing codes past the span's end: the texture takes the budget as with the full span
+    monkeypatch.setattr(refine, "unavailable_reason", lambda: "no SPERR here")
+    texture_alone = unpack(codec.encode(scan, early, budget_bytes=budget, device="cpu")).sections
+    assert texture_alone == unpack(plain).sections
+
+
 def test_byte_budget_option(tiny_bundle, scan):
     data = codec.encode(scan, tiny_bundle, budget_bytes=2000, device="cpu")
     assert 0.98 * 2000 <= len(data) <= 2000

@@ -118,10 +118,13 @@ def is_rate(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class TextureCoding:
-    """How the aligned texture is coded: block size (None: whole frame) and the rate span."""
+    """How the aligned texture is coded: block size (None: whole frame) and the span of texture rates
+    the encoder uses, (coarsest, finest). Past the finest the refinement layer codes what the texture
+    misses: a codec weak at high rates (`ct-torso`, trained on three scans) gains more from it than
+    from its own finer rates (docs/TEXTURE.md)."""
 
     block: Optional[int] = 64
-    rates: Tuple[float, ...] = (0.0, 1.0)
+    rates: Tuple[float, float] = (0.0, 1.0)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TextureCoding":
@@ -129,9 +132,18 @@ class TextureCoding:
         if block is not None and not (isinstance(block, int) and 16 <= block <= 1024 and block % 16 == 0):
             raise BundleError(f"texture.block must be a multiple of 16 in 16..1024, got {block!r}")
         rates = d.get("rates", (0.0, 1.0))
-        if not (isinstance(rates, (list, tuple)) and rates and all(is_rate(r) for r in rates)):
-            raise BundleError(f"texture.rates must be a list of numbers in 0..1, got {rates!r}")
-        return cls(block, tuple(rates))
+        if not (isinstance(rates, (list, tuple)) and len(rates) == 2 and all(is_rate(r) for r in rates)) or not (
+            rates[0] < rates[1]
+        ):
+            raise BundleError(f"texture.rates must be two rates in 0..1, coarsest first, got {rates!r}")
+        return cls(block, (float(rates[0]), float(rates[1])))
+
+    def rate(self, knob: float) -> float:
+        """The texture rate the rate control's `knob` (in [0, 1]) codes at: the knob held inside the
+        span. Clamping, not rescaling, keeps the bisection's steps, so a budget the texture alone fills
+        within the span gets the very file the whole span gives."""
+        coarsest, finest = self.rates
+        return min(max(knob, coarsest), finest)
 
     def to_dict(self) -> Dict[str, Any]:
         return {"block": self.block, "rates": list(self.rates)}
@@ -233,6 +245,7 @@ class Bundle:
             + (f", trained on {c.training['scans']} scans" if "scans" in c.training else "")
             + (f", fine-tuned on {tuned}" if tuned is not None else "")
             + (" reading the template" if context else "")
+            + (f", texture rates to {c.texture.rates[1]:g} then refined" if c.texture.rates[1] < 1 else "")
             + f", id {self.sha256[:12]}…"
         )
 

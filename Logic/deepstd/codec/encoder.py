@@ -206,7 +206,7 @@ def encode(
     also searches the texture latents for this scan (`texture.latent_search`; a few minutes more on a
     CPU) and keeps them where the file decodes closer."""
     from .. import refine
-    from ..texture.rate import RATE_STEPS, quantise_rate
+    from ..texture.rate import quantise_rate
     from . import layers
 
     check_effort(effort)
@@ -224,11 +224,15 @@ def encode(
     reporter = Reporter(progress, cancel)
     scan = prepare(volume, bundle, budget, device, workers, reporter, keep_aligned=effort >= 2 and keep is None)
     header = replace(scan.header, target_ratio=round(volume.raw_bytes / budget, 4), budget_bytes=budget)
+    coding = resolve_bundle(bundle).config.texture
+    if refine.unavailable_reason() is not None:  # nothing codes past the span's end: the texture goes on
+        coding = replace(coding, rates=(coding.rates[0], 1.0))
     if mask is None:
-        build = lambda rate: scan.pack(header, rate)  # noqa: E731
+        build = lambda knob: scan.pack(header, coding.rate(knob))  # noqa: E731
     else:
         header = replace(header, keep=KeepInfo(float(keep_error), int(mask.sum())))
-        build = layers.KeepLayer(scan, resolve_bundle(bundle), header, volume, mask, float(keep_error)).pack
+        keep_layer = layers.KeepLayer(scan, resolve_bundle(bundle), header, volume, mask, float(keep_error))
+        build = lambda knob: keep_layer.pack(coding.rate(knob))  # noqa: E731
 
     search = reporter.scaled(0.85, 1.0)
     search("entropy", 0.0, f"fitting {budget} bytes")
@@ -248,7 +252,7 @@ def encode(
                 f"needs at least {len(smallest)} bytes ({volume.raw_bytes / len(smallest):.0f}x)"
             )
         raise infeasible(volume, budget, len(smallest))
-    saturated = len(best) < (1 - TOLERANCE) * budget and _texture_rate(best) == RATE_STEPS
+    saturated = len(best) < (1 - TOLERANCE) * budget and _texture_rate(best) == quantise_rate(coding.rates[1])
     generous = effort >= 1 and _texture_rate(best) > quantise_rate(SPLIT_RATE)
     layer = None
     if effort >= 2 and mask is None and not saturated:
@@ -258,7 +262,7 @@ def encode(
     if mask is None and (saturated or generous) and refine.unavailable_reason() is None:
         search("refine", 0.0, "coding what the texture misses")
         layer = layer or Refinement(scan, resolve_bundle(bundle), header, volume, budget)
-        refined = layer.file(SPLIT_RATE, search)
+        refined = layer.file(min(SPLIT_RATE, coding.rates[1]), search)
         if refined is not None and not saturated and layer.error(best) <= layer.error(refined):
             refined = None  # effort 1 measured both: the texture alone was as good
     if refined is not None:
@@ -288,7 +292,8 @@ def _searched(
     rate = _texture_rate(best) / RATE_STEPS
     analysis = search_latents(codec, start, unit, support, rate, lambdas, side, report=reporter.scaled(0.85, 0.95))
     searched = replace(scan, analysis=analysis)
-    candidate, _ = largest_within(lambda r: searched.pack(header, r), budget, TOLERANCE)
+    coding = bundle.config.texture
+    candidate, _ = largest_within(lambda knob: searched.pack(header, coding.rate(knob)), budget, TOLERANCE)
     if candidate is None or layer.error(candidate) >= layer.error(best):
         return best
     return candidate
