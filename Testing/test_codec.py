@@ -162,6 +162,16 @@ def test_a_bundle_whose_texture_span_ends_early_refines_past_it(tiny_bundle, sca
         save_bundle(tmp_path / "wide.dstdb", wide, tiny_bundle.template, texture=tiny_bundle.texture)
     )
     assert unpack(codec.encode(scan, wide_bundle, budget_bytes=800, device="cpu")).sections == whole
+    # a keep mask's residual takes the spare bytes instead of a refinement layer: the whole span again
+    lesion = np.zeros(scan.array.shape, dtype=np.float32)
+    lesion[5:8, 10:15, 10:15] = 1
+    keep = scan.with_array(lesion, dtype="uint8")
+    kept = [
+        unpack(codec.encode(scan, b, budget_bytes=budget, keep=keep, keep_error=20, device="cpu")).sections
+        for b in (early, tiny_bundle)
+    ]
+    assert kept[0] == kept[1] and refine.SECTION not in kept[0]
+    assert TextureStreams.from_bytes(kept[0]["texture"]).rate_q > round(0.4 * 65535)  # past the span's end
     # without SPERR nothing codes past the span's end: the texture takes the budget as with the full span
     monkeypatch.setattr(refine, "unavailable_reason", lambda: "no SPERR here")
     texture_alone = unpack(codec.encode(scan, early, budget_bytes=budget, device="cpu")).sections

@@ -222,16 +222,19 @@ def encode(
     budget = budget_for(volume, ratio, budget_bytes)
     mask = layers.keep_mask(volume, keep, keep_error) if keep is not None else None
     reporter = Reporter(progress, cancel)
+    bundle = resolve_bundle(bundle)
     scan = prepare(volume, bundle, budget, device, workers, reporter, keep_aligned=effort >= 2 and keep is None)
     header = replace(scan.header, target_ratio=round(volume.raw_bytes / budget, 4), budget_bytes=budget)
-    coding = resolve_bundle(bundle).config.texture
-    if refine.unavailable_reason() is not None:  # nothing codes past the span's end: the texture goes on
+    coding = bundle.config.texture
+    if mask is not None or refine.unavailable_reason() is not None:
+        # the span ends where the refinement layer takes over; without one (no SPERR, or a keep mask,
+        # whose residual takes the spare bytes) the texture goes on over the whole span
         coding = replace(coding, rates=(coding.rates[0], 1.0))
     if mask is None:
         build = lambda knob: scan.pack(header, coding.rate(knob))  # noqa: E731
     else:
         header = replace(header, keep=KeepInfo(float(keep_error), int(mask.sum())))
-        keep_layer = layers.KeepLayer(scan, resolve_bundle(bundle), header, volume, mask, float(keep_error))
+        keep_layer = layers.KeepLayer(scan, bundle, header, volume, mask, float(keep_error))
         build = lambda knob: keep_layer.pack(coding.rate(knob))  # noqa: E731
 
     search = reporter.scaled(0.85, 1.0)
@@ -256,12 +259,12 @@ def encode(
     generous = effort >= 1 and _texture_rate(best) > quantise_rate(SPLIT_RATE)
     layer = None
     if effort >= 2 and mask is None and not saturated:
-        layer = Refinement(scan, resolve_bundle(bundle), header, volume, budget)
-        best = _searched(scan, resolve_bundle(bundle), header, budget, best, layer, reporter)
+        layer = Refinement(scan, bundle, header, volume, budget)
+        best = _searched(scan, bundle, header, budget, best, layer, reporter)
     refined = None
     if mask is None and (saturated or generous) and refine.unavailable_reason() is None:
         search("refine", 0.0, "coding what the texture misses")
-        layer = layer or Refinement(scan, resolve_bundle(bundle), header, volume, budget)
+        layer = layer or Refinement(scan, bundle, header, volume, budget)
         refined = layer.file(min(SPLIT_RATE, coding.rates[1]), search)
         if refined is not None and not saturated and layer.error(best) <= layer.error(refined):
             refined = None  # effort 1 measured both: the texture alone was as good

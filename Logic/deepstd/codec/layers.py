@@ -22,8 +22,7 @@ from .decoder import Decoder, add_residual
 from .encoder import EncodedScan, prepare
 from .header import DstdHeader
 
-#: points of the bundle's texture rate span tried for the DeepSTD layer under a maximum-error residual
-#: (the smallest file wins)
+#: texture rates tried for the DeepSTD layer under a maximum-error residual (the smallest file wins)
 MAX_ERROR_RATES = (0.0, 0.5, 1.0)
 
 
@@ -104,8 +103,7 @@ def encode_max_error(volume: Volume, bundle, max_error, device, workers, progres
     # backward map does not depend on the rate, so it is evaluated once
     view = Decoder(bundle, header, scan.shape, None, scan.codec, workers)
     best: Optional[tuple] = None
-    for k, knob in enumerate(MAX_ERROR_RATES):
-        rate = bundle.config.texture.rate(knob)
+    for k, rate in enumerate(MAX_ERROR_RATES):
         reporter("entropy", 0.85 + 0.15 * k / len(MAX_ERROR_RATES), f"residual layer at texture rate {rate:g}")
         streams = scan.streams(rate)
         base, _ = view.base(streams)
