@@ -135,7 +135,7 @@ def test_budget_beyond_the_finest_rate_goes_to_the_refinement_layer(tiny_bundle,
 def test_a_bundle_whose_texture_span_ends_early_refines_past_it(tiny_bundle, scan, tmp_path, monkeypatch):
     from deepstd import refine
     from deepstd.bundle import TextureCoding
-    from deepstd.texture import TextureStreams
+    from deepstd.texture import TextureCodec, TextureStreams
 
     budget = scan.raw_bytes // 24  # the full span's texture alone fills it (test above), above 0.5
     plain = codec.encode(scan, tiny_bundle, budget_bytes=budget, device="cpu")
@@ -176,6 +176,27 @@ def test_a_bundle_whose_texture_span_ends_early_refines_past_it(tiny_bundle, sca
     monkeypatch.setattr(refine, "unavailable_reason", lambda: "no SPERR here")
     texture_alone = unpack(codec.encode(scan, early, budget_bytes=budget, device="cpu")).sections
     assert texture_alone == unpack(plain).sections
+    # ... and so does the latent search's refit (effort 2), which would otherwise stop at 0.4
+    levels = TextureCodec.from_bytes(tiny_bundle.texture).config.levels
+    stated = {"train_settings": {"lambdas": [4.0**k for k in range(levels)]}}
+    searched = [
+        unpack(
+            codec.encode(
+                scan,
+                load_bundle(
+                    save_bundle(
+                        tmp_path / f"s{k}.dstdb", replace(b.config, training=stated), b.template, texture=b.texture
+                    )
+                ),
+                budget_bytes=budget,
+                device="cpu",
+                effort=2,
+            )
+        ).sections
+        for k, b in enumerate((early, tiny_bundle))
+    ]
+    assert searched[0] == searched[1]
+    assert TextureStreams.from_bytes(searched[0]["texture"]).rate_q > round(0.4 * 65535)
 
 
 def test_byte_budget_option(tiny_bundle, scan):

@@ -22,7 +22,7 @@ from ..alignment import (
     into_template,
     scan_to_frame,
 )
-from ..bundle import Bundle, resolve_bundle, texture_codec
+from ..bundle import Bundle, TextureCoding, resolve_bundle, texture_codec
 from ..container import MAX_ORIGIN_MM, pack, unpack
 from ..device import pick_device
 from ..errors import BudgetError, InputError
@@ -225,8 +225,9 @@ def encode(
     bundle = resolve_bundle(bundle)
     scan = prepare(volume, bundle, budget, device, workers, reporter, keep_aligned=effort >= 2 and keep is None)
     header = replace(scan.header, target_ratio=round(volume.raw_bytes / budget, 4), budget_bytes=budget)
+    refinable = mask is None and refine.unavailable_reason() is None
     coding = bundle.config.texture
-    if mask is not None or refine.unavailable_reason() is not None:
+    if not refinable:
         # the span ends where the refinement layer takes over; without one (no SPERR, or a keep mask,
         # whose residual takes the spare bytes) the texture goes on over the whole span
         coding = replace(coding, rates=(coding.rates[0], 1.0))
@@ -260,9 +261,9 @@ def encode(
     layer = None
     if effort >= 2 and mask is None and not saturated:
         layer = Refinement(scan, bundle, header, volume, budget)
-        best = _searched(scan, bundle, header, budget, best, layer, reporter)
+        best = _searched(scan, bundle, coding, header, budget, best, layer, reporter)
     refined = None
-    if mask is None and (saturated or generous) and refine.unavailable_reason() is None:
+    if refinable and (saturated or generous):
         search("refine", 0.0, "coding what the texture misses")
         layer = layer or Refinement(scan, bundle, header, volume, budget)
         refined = layer.file(min(SPLIT_RATE, coding.rates[1]), search)
@@ -279,10 +280,18 @@ def encode(
 
 
 def _searched(
-    scan: EncodedScan, bundle: Bundle, header: DstdHeader, budget: int, best: bytes, layer: "Refinement", reporter
+    scan: EncodedScan,
+    bundle: Bundle,
+    coding: TextureCoding,
+    header: DstdHeader,
+    budget: int,
+    best: bytes,
+    layer: "Refinement",
+    reporter,
 ) -> bytes:
     """`best` or, if it decodes closer within the same budget, the file whose texture latents were
-    searched at best's rate (`texture.latent_search`) and whose rate was fitted again."""
+    searched at best's rate (`texture.latent_search`) and whose rate was fitted again over the span
+    `encode` fitted `best` over (`coding`)."""
     from ..texture.latent_search import search_latents, trained_lambdas
     from ..texture.rate import RATE_STEPS
 
@@ -295,7 +304,6 @@ def _searched(
     rate = _texture_rate(best) / RATE_STEPS
     analysis = search_latents(codec, start, unit, support, rate, lambdas, side, report=reporter.scaled(0.85, 0.95))
     searched = replace(scan, analysis=analysis)
-    coding = bundle.config.texture
     candidate, _ = largest_within(lambda knob: searched.pack(header, coding.rate(knob)), budget, TOLERANCE)
     if candidate is None or layer.error(candidate) >= layer.error(best):
         return best
