@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def coded(tiny_bundle, scan):
-    return codec.encode(scan, tiny_bundle, ratio=24, device="cpu")
+    return codec.encode(scan, tiny_bundle, ratio=24, device="cpu", require_texture=True)
 
 
 def test_decoded_volume_has_exactly_the_original_grid_and_dtype(tiny_bundle, scan, coded):
@@ -69,7 +69,7 @@ def test_shape_path_round_trip_restores_the_scan(tiny_bundle, scan):
 
 @pytest.mark.parametrize("ratio", [20, 32, 48])
 def test_file_never_exceeds_the_budget_and_lands_within_two_percent(tiny_bundle, scan, ratio):
-    data = codec.encode(scan, tiny_bundle, ratio=ratio, device="cpu")
+    data = codec.encode(scan, tiny_bundle, ratio=ratio, device="cpu", require_texture=True)
     budget = scan.raw_bytes // ratio
     assert len(data) <= budget
     assert len(data) >= 0.98 * budget, f"{len(data)} of {budget}"
@@ -81,7 +81,7 @@ def test_file_never_exceeds_the_budget_and_lands_within_two_percent(tiny_bundle,
 def test_the_header_is_lean_only_where_it_would_eat_the_budget(tiny_bundle, scan):
     from deepstd.container import header_cost
 
-    data = codec.encode(scan, tiny_bundle, budget_bytes=1000, device="cpu")
+    data = codec.encode(scan, tiny_bundle, budget_bytes=1000, device="cpu", require_texture=True)
     small = unpack(data)
     full = dict(
         small.header,
@@ -115,7 +115,7 @@ def test_budget_beyond_the_finest_rate_goes_to_the_refinement_layer(tiny_bundle,
     from deepstd import refine
 
     budget = scan.raw_bytes // 4
-    data = codec.encode(scan, tiny_bundle, ratio=4, device="cpu")
+    data = codec.encode(scan, tiny_bundle, ratio=4, device="cpu", require_texture=True)
     parsed = unpack(data)
     assert 0.98 * budget <= len(data) <= budget and refine.SECTION in parsed.sections
     assert not any("finest texture rate" in w for w in parsed.header.get("warnings", []))
@@ -126,7 +126,7 @@ def test_budget_beyond_the_finest_rate_goes_to_the_refinement_layer(tiny_bundle,
     np.testing.assert_array_equal(region.array, refined.array[2:11, 4:25, 3:30])
     # without SPERR the encoder says the budget is not filled instead of padding it
     monkeypatch.setattr(refine, "unavailable_reason", lambda: "no SPERR here")
-    plain = codec.encode(scan, tiny_bundle, ratio=4, device="cpu")
+    plain = codec.encode(scan, tiny_bundle, ratio=4, device="cpu", require_texture=True)
     assert len(plain) < 0.9 * budget and refine.SECTION not in unpack(plain).sections
     assert any("finest texture rate" in w for w in unpack(plain).header["warnings"])
     assert error(refined) < 0.8 * error(codec.decode(plain, tiny_bundle))
@@ -138,7 +138,7 @@ def test_a_bundle_whose_texture_span_ends_early_refines_past_it(tiny_bundle, sca
     from deepstd.texture import TextureCodec, TextureStreams
 
     budget = scan.raw_bytes // 24  # the full span's texture alone fills it (test above), above 0.5
-    plain = codec.encode(scan, tiny_bundle, budget_bytes=budget, device="cpu")
+    plain = codec.encode(scan, tiny_bundle, budget_bytes=budget, device="cpu", require_texture=True)
     full = TextureStreams.from_bytes(unpack(plain).sections["texture"]).rate_q
     assert refine.SECTION not in unpack(plain).sections and full > round(0.4 * 65535)
     early = load_bundle(
@@ -150,31 +150,35 @@ def test_a_bundle_whose_texture_span_ends_early_refines_past_it(tiny_bundle, sca
         )
     )
     assert "texture rates to 0.4 then refined" in early.describe()
-    data = codec.encode(scan, early, budget_bytes=budget, device="cpu")
+    data = codec.encode(scan, early, budget_bytes=budget, device="cpu", require_texture=True)
     parsed = unpack(data)
     assert 0.98 * budget <= len(data) <= budget and refine.SECTION in parsed.sections
     assert TextureStreams.from_bytes(parsed.sections["texture"]).rate_q == round(0.4 * 65535)
     # a budget the texture fills inside the span: the very file of the whole span
-    whole = unpack(codec.encode(scan, tiny_bundle, budget_bytes=800, device="cpu")).sections
+    whole = unpack(codec.encode(scan, tiny_bundle, budget_bytes=800, device="cpu", require_texture=True)).sections
     assert TextureStreams.from_bytes(whole["texture"]).rate_q < round(0.9 * 65535)
     wide = replace(tiny_bundle.config, texture=TextureCoding(tiny_bundle.config.texture.block, (0.0, 0.9)))
     wide_bundle = load_bundle(
         save_bundle(tmp_path / "wide.dstdb", wide, tiny_bundle.template, texture=tiny_bundle.texture)
     )
-    assert unpack(codec.encode(scan, wide_bundle, budget_bytes=800, device="cpu")).sections == whole
+    assert (
+        unpack(codec.encode(scan, wide_bundle, budget_bytes=800, device="cpu", require_texture=True)).sections == whole
+    )
     # a keep mask's residual takes the spare bytes instead of a refinement layer: the whole span again
     lesion = np.zeros(scan.array.shape, dtype=np.float32)
     lesion[5:8, 10:15, 10:15] = 1
     keep = scan.with_array(lesion, dtype="uint8")
     kept = [
-        unpack(codec.encode(scan, b, budget_bytes=budget, keep=keep, keep_error=20, device="cpu")).sections
+        unpack(
+            codec.encode(scan, b, budget_bytes=budget, keep=keep, keep_error=20, device="cpu", require_texture=True)
+        ).sections
         for b in (early, tiny_bundle)
     ]
     assert kept[0] == kept[1] and refine.SECTION not in kept[0]
     assert TextureStreams.from_bytes(kept[0]["texture"]).rate_q > round(0.4 * 65535)  # past the span's end
     # without SPERR nothing codes past the span's end: the texture takes the budget as with the full span
     monkeypatch.setattr(refine, "unavailable_reason", lambda: "no SPERR here")
-    texture_alone = unpack(codec.encode(scan, early, budget_bytes=budget, device="cpu")).sections
+    texture_alone = unpack(codec.encode(scan, early, budget_bytes=budget, device="cpu", require_texture=True)).sections
     assert texture_alone == unpack(plain).sections
     # ... and so does the latent search's refit (effort 2), which would otherwise stop at 0.4
     levels = TextureCodec.from_bytes(tiny_bundle.texture).config.levels
@@ -191,6 +195,7 @@ def test_a_bundle_whose_texture_span_ends_early_refines_past_it(tiny_bundle, sca
                 budget_bytes=budget,
                 device="cpu",
                 effort=2,
+                require_texture=True,
             )
         ).sections
         for k, b in enumerate((early, tiny_bundle))
@@ -200,17 +205,17 @@ def test_a_bundle_whose_texture_span_ends_early_refines_past_it(tiny_bundle, sca
 
 
 def test_byte_budget_option(tiny_bundle, scan):
-    data = codec.encode(scan, tiny_bundle, budget_bytes=2000, device="cpu")
+    data = codec.encode(scan, tiny_bundle, budget_bytes=2000, device="cpu", require_texture=True)
     assert 0.98 * 2000 <= len(data) <= 2000
 
 
 def test_infeasible_budget_states_the_largest_feasible_ratio(tiny_bundle, scan):
     with pytest.raises(BudgetError, match=r"largest feasible ratio is \d+x"):
-        codec.encode(scan, tiny_bundle, ratio=5000, device="cpu")
+        codec.encode(scan, tiny_bundle, ratio=5000, device="cpu", require_texture=True)
     with pytest.raises(InputError, match="exactly one"):
-        codec.encode(scan, tiny_bundle, device="cpu")
+        codec.encode(scan, tiny_bundle, device="cpu", require_texture=True)
     with pytest.raises(InputError, match="ratio"):
-        codec.encode(scan, tiny_bundle, ratio=0.5, device="cpu")
+        codec.encode(scan, tiny_bundle, ratio=0.5, device="cpu", require_texture=True)
 
 
 def test_other_bundle_is_refused_and_missing_bundle_named(tiny_bundle, coded, tmp_path):
@@ -232,9 +237,9 @@ def test_cancel_raises_and_progress_reaches_the_end(tiny_bundle, scan):
     token = CancelEvent()
     token.set()
     with pytest.raises(Cancelled):
-        codec.encode(scan, tiny_bundle, ratio=24, device="cpu", cancel=token)
+        codec.encode(scan, tiny_bundle, ratio=24, device="cpu", cancel=token, require_texture=True)
     events = []
-    codec.encode(scan, tiny_bundle, ratio=24, device="cpu", progress=events.append)
+    codec.encode(scan, tiny_bundle, ratio=24, device="cpu", progress=events.append, require_texture=True)
     stages = [e.stage for e in events]
     assert stages[0] == "register" and "texture" in stages and stages[-1] == "write"
     fractions = [e.fraction for e in events]
@@ -243,7 +248,7 @@ def test_cancel_raises_and_progress_reaches_the_end(tiny_bundle, scan):
 
 def test_modality_mismatch_is_recorded_as_a_warning(tiny_bundle, scan):
     ct = scan.with_array(scan.array - 1000, units="HU")
-    header = unpack(codec.encode(ct, tiny_bundle, ratio=24, device="cpu")).header
+    header = unpack(codec.encode(ct, tiny_bundle, ratio=24, device="cpu", require_texture=True)).header
     assert any("modality" in w for w in header["warnings"])
 
 
@@ -302,7 +307,7 @@ def test_decode_is_bit_identical_across_threads_and_processes(tiny_bundle, coded
 
 
 def test_encoding_is_reproducible(tiny_bundle, scan, coded):
-    assert codec.encode(scan, tiny_bundle, ratio=24, device="cpu") == coded
+    assert codec.encode(scan, tiny_bundle, ratio=24, device="cpu", require_texture=True) == coded
 
 
 def test_cli_encode_decode_and_errors(tiny_bundle, scan, tmp_path, capsys):
@@ -360,19 +365,30 @@ def test_bench_runs_deepstd_and_a_peer_resumably(tiny_bundle, scan, tmp_path):
 
     source = write(scan, tmp_path / "scan.nii.gz")
     out = tmp_path / "results.jsonl"
-    first = bench.run([source], tiny_bundle, out, ratios=[24], peer_names=["sperr3d", "zstd-lossless"])
+    peers = ["sperr3d", "zstd-lossless", "deepstd-texture"]
+    first = bench.run([source], tiny_bundle, out, ratios=[24], peer_names=peers)
     codecs = {r["codec"]: r for r in first}
-    assert set(codecs) == {"deepstd", "sperr3d", "zstd-lossless"}
+    assert set(codecs) == {"deepstd", "sperr3d", "zstd-lossless", "deepstd-texture"}
     assert codecs["deepstd"]["status"] == "ok" and codecs["deepstd"]["bytes"] <= scan.raw_bytes // 24
     assert codecs["zstd-lossless"]["status"] in ("unreachable", "unavailable")
-    assert bench.run([source], tiny_bundle, out, ratios=[24], peer_names=["sperr3d", "zstd-lossless"]) == []
+    # the learned texture alone, and the default, which keeps it only where it decodes closer
+    assert "texture" in codecs["deepstd-texture"]["layers"]
+    assert codecs["deepstd"]["psnr"] >= codecs["deepstd-texture"]["psnr"]
+    assert ("texture" in codecs["deepstd"]["layers"]) == (
+        codecs["deepstd"]["psnr"] == codecs["deepstd-texture"]["psnr"]
+    )
+    assert bench.run([source], tiny_bundle, out, ratios=[24], peer_names=peers) == []
     table = bench.summary(bench.load(out))
     assert "| deepstd |" in table and "24×" in table
+    assert (
+        "deepstd-texture: files that hold the learned texture (the rest: the refinement layer alone): 1/1 at 24×"
+        in table
+    )
 
 
 def test_output_bytes_do_not_depend_on_the_worker_count(tiny_bundle, scan, coded):
     for workers in (1, 2):
-        assert codec.encode(scan, tiny_bundle, ratio=24, device="cpu", workers=workers) == coded
+        assert codec.encode(scan, tiny_bundle, ratio=24, device="cpu", workers=workers, require_texture=True) == coded
 
 
 def test_a_one_block_frame_is_coded_whole_on_the_smallest_frame_that_covers(tiny_bundle, scan, tmp_path):
@@ -396,7 +412,7 @@ def test_a_one_block_frame_is_coded_whole_on_the_smallest_frame_that_covers(tiny
             texture=tiny_bundle.texture,
         )
     )
-    data = codec.encode(scan, one_block, ratio=24, device="cpu")
+    data = codec.encode(scan, one_block, ratio=24, device="cpu", require_texture=True)
     parsed = unpack(data)
     streams = TextureStreams.from_bytes(parsed.sections["texture"])
     # the compact frame, resampled where the scan is finer than the template (0.9 mm against 1 mm here)
@@ -435,9 +451,9 @@ def test_effort_one_keeps_the_closer_of_texture_alone_and_texture_plus_refinemen
     from deepstd.texture import TextureStreams
 
     budget = scan.raw_bytes // 24  # the texture alone fills it, above SPLIT_RATE
-    plain = codec.encode(scan, tiny_bundle, budget_bytes=budget, device="cpu")
+    plain = codec.encode(scan, tiny_bundle, budget_bytes=budget, device="cpu", require_texture=True)
     assert refine.SECTION not in unpack(plain).sections
-    tried = codec.encode(scan, tiny_bundle, budget_bytes=budget, device="cpu", effort=1)
+    tried = codec.encode(scan, tiny_bundle, budget_bytes=budget, device="cpu", effort=1, require_texture=True)
     assert len(plain) <= budget and len(tried) <= budget
     error = lambda data: float(np.mean((codec.decode(data, tiny_bundle).array - scan.array) ** 2))  # noqa: E731
     assert error(tried) <= error(plain)  # effort 1 measured both and kept the closer one
@@ -466,14 +482,72 @@ def test_effort_two_searches_latents_and_keeps_the_closer_file(tiny_bundle, scan
         )
     )
     budget = scan.raw_bytes // 40
-    plain = codec.encode(scan, stated, budget_bytes=budget, device="cpu")
-    searched = codec.encode(scan, stated, budget_bytes=budget, device="cpu", effort=2)
+    plain = codec.encode(scan, stated, budget_bytes=budget, device="cpu", require_texture=True)
+    searched = codec.encode(scan, stated, budget_bytes=budget, device="cpu", effort=2, require_texture=True)
     assert len(searched) <= budget
     error = lambda data: float(np.mean((codec.decode(data, stated).array - scan.array) ** 2))  # noqa: E731
     assert calls and error(searched) <= error(plain)  # effort 2 searched, measured, kept the closer file
     calls.clear()
     # a bundle that does not state its λs: no search, the effort-1 file
-    assert codec.encode(scan, tiny_bundle, budget_bytes=budget, device="cpu", effort=2) == codec.encode(
-        scan, tiny_bundle, budget_bytes=budget, device="cpu", effort=1
-    )
+    assert codec.encode(
+        scan, tiny_bundle, budget_bytes=budget, device="cpu", effort=2, require_texture=True
+    ) == codec.encode(scan, tiny_bundle, budget_bytes=budget, device="cpu", effort=1, require_texture=True)
     assert not calls
+
+
+def test_the_refinement_layer_alone_is_kept_where_it_decodes_closer(tiny_bundle, scan, monkeypatch):
+    from deepstd import refine
+    from deepstd.codec import encoder
+    from deepstd.progress import Reporter
+
+    budget = scan.raw_bytes // 24
+    texture = codec.encode(scan, tiny_bundle, budget_bytes=budget, device="cpu", require_texture=True)
+    alone = encoder.refinement_only(scan, budget, Reporter())
+    error = lambda data: float(np.mean((codec.decode(data, tiny_bundle).array - scan.array) ** 2))  # noqa: E731
+    assert error(alone) != error(texture)
+    chosen = codec.encode(scan, tiny_bundle, budget_bytes=budget, device="cpu")
+    assert chosen == min((texture, alone), key=error)
+    # a refinement layer alone that decodes farther (it codes the negated scan) loses to the texture
+    real, negated = encoder.refinement_only, scan.with_array(-scan.array)
+    monkeypatch.setattr(encoder, "refinement_only", lambda volume, budget, reporter: real(negated, budget, reporter))
+    assert codec.encode(scan, tiny_bundle, budget_bytes=budget, device="cpu") == texture
+    monkeypatch.undo()
+    # the file: format 1.2, the refine section only, no bundle named or needed, the exact grid
+    parsed = unpack(alone)
+    assert parsed.version == (1, 2) and set(parsed.sections) == {refine.SECTION}
+    assert not {"bundle", "codec", "intensity"} & set(parsed.header)
+    assert 0.98 * budget <= len(alone) <= budget
+    out = codec.decode(alone, device="cpu")
+    assert (out.size, out.spacing, out.origin, out.direction, out.dtype) == (
+        scan.size, scan.spacing, scan.origin, scan.direction, scan.dtype
+    )  # fmt: skip
+    assert out.meta["dstd"]["bundle"] is None
+    box = ((3, 4, 2), (30, 25, 11))
+    np.testing.assert_array_equal(codec.decode(alone, roi=box).array, out.array[2:11, 4:25, 3:30])
+
+
+def test_a_budget_below_the_smallest_texture_file_gets_the_refinement_layer_alone(tiny_bundle, scan, monkeypatch):
+    from deepstd import refine
+
+    with pytest.raises(BudgetError, match="smallest file it can be coded in is about (1[6-9]|[2-9]).. bytes"):
+        codec.encode(scan, tiny_bundle, budget_bytes=150, device="cpu", require_texture=True)
+    data = codec.encode(scan, tiny_bundle, budget_bytes=150, device="cpu")
+    assert 147 <= len(data) <= 150 and set(unpack(data).sections) == {refine.SECTION}
+    # below the refinement layer's own smallest file the error names that size instead
+    with pytest.raises(BudgetError, match="smallest file it can be coded in is about") as refused:
+        codec.encode(scan, tiny_bundle, budget_bytes=40, device="cpu")
+    assert 60 < int(str(refused.value).split("about ")[1].split()[0]) < 150
+    # without SPERR there is no such file
+    monkeypatch.setattr(refine, "unavailable_reason", lambda: "no SPERR here")
+    with pytest.raises(BudgetError, match="about (1[6-9]|[2-9]).. bytes"):
+        codec.encode(scan, tiny_bundle, budget_bytes=150, device="cpu")
+
+
+def test_a_texture_file_whose_header_lacks_bundle_or_intensity_is_refused(coded):
+    parsed = unpack(coded)
+    for key in ("bundle", "intensity"):
+        header = {k: v for k, v in parsed.header.items() if k != key}
+        with pytest.raises(FormatError, match=f"texture section but its header has no {key}"):
+            codec.decode(pack(header, parsed.sections), device="cpu")
+    with pytest.raises(FormatError, match="no 'texture' section"):
+        codec.decode(pack(parsed.header, {"shape": parsed.sections["shape"], "refine": b"\x02\x00"}), device="cpu")

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def coded(tiny_bundle, scan):
-    return codec.encode(scan, tiny_bundle, ratio=24, device="cpu")
+    return codec.encode(scan, tiny_bundle, ratio=24, device="cpu", require_texture=True)
 
 
 def _with_header(data: bytes, **changes) -> bytes:
@@ -106,7 +106,7 @@ def test_a_residual_band_with_an_impossible_lowest_symbol_is_a_format_error():
 
 def test_an_absurd_ratio_is_a_budget_error(tiny_bundle, scan):
     with pytest.raises(BudgetError, match="leaves no byte"):  # was ZeroDivisionError in the message
-        codec.encode(scan, tiny_bundle, ratio=1e9, device="cpu")
+        codec.encode(scan, tiny_bundle, ratio=1e9, device="cpu", require_texture=True)
 
 
 def _rezip(bundle_bytes: bytes, **replace) -> bytes:

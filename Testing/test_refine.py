@@ -3,8 +3,6 @@ bytes never reach SPERR's decoder unchecked or in our process."""
 
 from __future__ import annotations
 
-import struct
-
 import numpy as np
 import pytest
 
@@ -32,18 +30,34 @@ def test_fit_fills_the_spare_bytes_and_more_bytes_code_it_better(residual):
     assert errors[0] > errors[1] > errors[2]
 
 
+def _headed(residual: np.ndarray, bpp: float) -> bytes:
+    """A version 1 section (SPERR's own header kept), as files before 0.6 hold them."""
+    import imagecodecs
+
+    stream = imagecodecs.sperr_encode(residual, bpp, mode="bpp", chunks=residual.shape, numthreads=1)
+    return bytes([refine.HEADED_VERSION]) + bytes(stream)
+
+
+def test_a_section_stores_no_sperr_header_and_old_sections_still_decode(residual):
+    section, headed = refine.compress(residual, 1.0), _headed(residual, 1.0)
+    assert len(section) == len(headed) - 18 and section[1:] == headed[19:]
+    assert np.array_equal(refine.decompress(section, SHAPE), refine.decompress(headed, SHAPE))
+
+
 def test_a_section_is_checked_against_the_scan_before_decoding(residual):
-    section = refine.compress(residual, 1.0)
-    with pytest.raises(FormatError, match="coded for 24x20x12 voxels"):
-        refine.decompress(section, (12, 20, 25))
     with pytest.raises(FormatError, match="version"):
-        refine.decompress(b"\x09" + section[1:], SHAPE)
-    with pytest.raises(FormatError, match="length"):
-        refine.decompress(section[:-3], SHAPE)
+        refine.decompress(b"\x09" + refine.compress(residual, 1.0)[1:], SHAPE)
     with pytest.raises(FormatError, match="truncated"):
-        refine.decompress(section[:10], SHAPE)
+        refine.decompress(bytes([refine.VERSION]), SHAPE)
+    headed = _headed(residual, 1.0)
+    with pytest.raises(FormatError, match="coded for 24x20x12 voxels"):
+        refine.decompress(headed, (12, 20, 25))
+    with pytest.raises(FormatError, match="length"):
+        refine.decompress(headed[:-3], SHAPE)
+    with pytest.raises(FormatError, match="truncated"):
+        refine.decompress(headed[:10], SHAPE)
     with pytest.raises(FormatError, match="single-chunk"):
-        refine.decompress(section[:2] + b"\x70" + section[3:], SHAPE)
+        refine.decompress(headed[:2] + b"\x70" + headed[3:], SHAPE)
 
 
 def test_crafted_streams_that_abort_sperr_are_format_errors(residual):
@@ -52,16 +66,13 @@ def test_crafted_streams_that_abort_sperr_are_format_errors(residual):
     section = bytearray(refine.compress(residual, 2.0))
     rng = np.random.default_rng(20261205)
     outcomes = {"decoded": 0, "refused": 0}
-    head = 1 + 18
     for _ in range(24):
         mutated = bytearray(section)
         if rng.random() < 0.5:
-            for position in rng.integers(head, len(mutated), 8):
+            for position in rng.integers(1, len(mutated), 8):
                 mutated[position] = int(rng.integers(256))
-        else:  # random payload behind a consistent header: what aborted SPERR in the fuzz runs
-            payload = bytes(rng.integers(0, 256, int(rng.integers(1, 400)), dtype=np.uint8))
-            mutated = mutated[:head] + payload
-            mutated[head - 4 : head] = struct.pack("<I", len(payload))
+        else:  # random payload behind the header the decoder rebuilds: what aborted SPERR in the fuzz runs
+            mutated = mutated[:1] + bytes(rng.integers(0, 256, int(rng.integers(1, 400)), dtype=np.uint8))
         try:
             values = refine.decompress(bytes(mutated), SHAPE)
             assert values.shape == SHAPE and np.isfinite(values).all()

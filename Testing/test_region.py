@@ -25,7 +25,7 @@ ROIS = [
 
 @pytest.fixture(scope="module")
 def coded(tiny_bundle, scan):
-    return codec.encode(scan, tiny_bundle, ratio=20, device="cpu")
+    return codec.encode(scan, tiny_bundle, ratio=20, device="cpu", require_texture=True)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,9 @@ def lesion(scan):
 
 @pytest.mark.parametrize("bound", [0, 2])
 def test_keep_mask_voxels_are_within_their_bound_inside_the_budget(tiny_bundle, scan, lesion, bound):
-    data = codec.encode(scan, tiny_bundle, ratio=12, keep=labels_of(scan, lesion), keep_error=bound, device="cpu")
+    data = codec.encode(
+        scan, tiny_bundle, ratio=12, keep=labels_of(scan, lesion), keep_error=bound, device="cpu", require_texture=True
+    )
     budget = scan.raw_bytes // 12
     assert (1 - codec.TOLERANCE) * budget <= len(data) <= budget
     out = codec.decode(data, tiny_bundle)
@@ -138,7 +140,7 @@ def test_keep_mask_voxels_are_within_their_bound_inside_the_budget(tiny_bundle, 
     assert parsed.header["keep"] == {"max_error": bound, "voxels": int(lesion.sum())}
     assert set(parsed.sections) == {"shape", "texture", "keep/mask", "keep/residual"}
     # the keep layer's bytes come out of the texture's share of the same budget
-    plain = codec.encode(scan, tiny_bundle, ratio=12, device="cpu")
+    plain = codec.encode(scan, tiny_bundle, ratio=12, device="cpu", require_texture=True)
     assert len(parsed.sections["texture"]) < len(unpack(plain).sections["texture"])
     # a region decode of a file with a keep mask still equals the full decode there
     box = ((10, 10, 4), (30, 25, 12))
@@ -148,13 +150,14 @@ def test_keep_mask_voxels_are_within_their_bound_inside_the_budget(tiny_bundle, 
 
 def test_keep_mask_refusals(tiny_bundle, scan, lesion):
     with pytest.raises(InputError, match="empty"):
-        codec.encode(scan, tiny_bundle, ratio=20, keep=labels_of(scan, np.zeros_like(lesion)))
+        codec.encode(scan, tiny_bundle, ratio=20, keep=labels_of(scan, np.zeros_like(lesion)), require_texture=True)
     with pytest.raises(InputError, match="voxels"):
         codec.encode(
             scan,
             tiny_bundle,
             ratio=20,
             keep=Volume(lesion[:-1].astype(np.float32), scan.spacing, scan.origin, scan.direction, dtype="uint8"),
+            require_texture=True,
         )
     with pytest.raises(InputError, match="geometry"):
         codec.encode(
@@ -162,14 +165,17 @@ def test_keep_mask_refusals(tiny_bundle, scan, lesion):
             tiny_bundle,
             ratio=20,
             keep=labels_of(scan, lesion).with_array(lesion.astype(np.float32), spacing=(9.0, 9.0, 9.0)),
+            require_texture=True,
         )
     with pytest.raises(InputError, match="label map"):
-        codec.encode(scan, tiny_bundle, ratio=20, keep=lesion)  # a bare array has no grid to check
+        codec.encode(
+            scan, tiny_bundle, ratio=20, keep=lesion, require_texture=True
+        )  # a bare array has no grid to check
     with pytest.raises(InputError, match="maximum error already"):
         codec.encode(scan, tiny_bundle, max_error=2, keep=labels_of(scan, lesion))
     everything = np.ones_like(lesion)
     with pytest.raises(BudgetError, match="keep mask"):
-        codec.encode(scan, tiny_bundle, ratio=60, keep=labels_of(scan, everything), device="cpu")
+        codec.encode(scan, tiny_bundle, ratio=60, keep=labels_of(scan, everything), device="cpu", require_texture=True)
 
 
 def test_keep_mask_section_round_trips_and_refuses_damage(lesion, scan):
@@ -241,7 +247,7 @@ def test_cli_keep_reports_the_bytes_and_info_shows_it(tiny_bundle, scan, lesion,
 
 
 def test_damaged_keep_sections_only_raise_format_errors(tiny_bundle, scan, lesion):
-    data = codec.encode(scan, tiny_bundle, ratio=12, keep=labels_of(scan, lesion), device="cpu")
+    data = codec.encode(scan, tiny_bundle, ratio=12, keep=labels_of(scan, lesion), device="cpu", require_texture=True)
     parsed = unpack(data)
     without = {k: v for k, v in parsed.sections.items() if k != "keep/residual"}
     with pytest.raises(FormatError, match="keep/residual"):
@@ -261,18 +267,22 @@ def test_a_scan_beyond_the_template_widens_the_frame_or_is_flagged(tiny_bundle, 
     wide = np.zeros((scan.array.shape[0], 3 * scan.array.shape[1], 3 * scan.array.shape[2]), np.float32)
     wide[:, scan.array.shape[1] : 2 * scan.array.shape[1], scan.array.shape[2] : 2 * scan.array.shape[2]] = scan.array
     wide = Volume(wide, scan.spacing, scan.origin, scan.direction, dtype="int16")
-    default = unpack(codec.encode(scan, tiny_bundle, ratio=20, device="cpu")).header["codec"]["margin"]
-    data = codec.encode(wide, tiny_bundle, ratio=20, device="cpu")
+    default = unpack(codec.encode(scan, tiny_bundle, ratio=20, device="cpu", require_texture=True)).header["codec"][
+        "margin"
+    ]
+    data = codec.encode(wide, tiny_bundle, ratio=20, device="cpu", require_texture=True)
     out = codec.decode(data, tiny_bundle)
     assert out.meta["dstd"]["coverage"] > 0.98 and not any("texture frame" in w for w in out.meta["warnings"])
     assert any(m > d for m, d in zip(unpack(data).header["codec"]["margin"], default))
     assert np.array_equal(out.array, codec.decode(data, tiny_bundle, roi=((0, 0, 0), wide.size)).array)
 
     monkeypatch.setattr(alignment, "MAX_FRAME_VOXELS", 1)
-    out = codec.decode(codec.encode(wide, tiny_bundle, ratio=20, device="cpu"), tiny_bundle)
+    out = codec.decode(codec.encode(wide, tiny_bundle, ratio=20, device="cpu", require_texture=True), tiny_bundle)
     flagged = [w for w in out.meta["warnings"] if "lies inside the bundle's texture frame" in w]
     assert flagged and out.meta["dstd"]["coverage"] < 0.5
     assert not any(
         "texture frame" in w
-        for w in codec.decode(codec.encode(scan, tiny_bundle, ratio=20, device="cpu"), tiny_bundle).meta["warnings"]
+        for w in codec.decode(
+            codec.encode(scan, tiny_bundle, ratio=20, device="cpu", require_texture=True), tiny_bundle
+        ).meta["warnings"]
     )

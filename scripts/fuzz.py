@@ -735,14 +735,17 @@ class Corpus:
 
 
 def retarget(data: bytes, sha256: str) -> bytes:
-    """The file with its header's bundle id replaced by (a prefix of the same length of) `sha256`."""
+    """The file with its header's bundle id replaced by (a prefix of the same length of) `sha256`
+    (a file of the refinement layer alone names no bundle: unchanged)."""
     from deepstd.container import pack, unpack
 
     parsed = unpack(data)
+    if "bundle" not in parsed.header:
+        return data
     header = copy.deepcopy(parsed.header)
     old = header["bundle"]["sha256"]
     header["bundle"]["sha256"] = sha256[: len(old)]
-    return pack(header, parsed.sections)
+    return pack(header, parsed.sections, minor=parsed.version[1])
 
 
 def corpus_bundle(folder: Path, cache: Optional[Path] = None) -> Path:
@@ -793,15 +796,29 @@ def make_corpus(folder: Path) -> dict:
         label[3:9, 5:14, 6:17] = (scan.array[3:9, 5:14, 6:17] > 0.4 * scan.array.max()).astype(np.float32)
         keep = Volume(label, scan.spacing, scan.origin, scan.direction, dtype="uint8")
         float_scan = blob_volume(**dict(CORPUS_SCAN, seed=4, dtype="float32"))
+        texture = {"require_texture": True}  # the refinement layer alone would win some of these budgets
         seeds = {
-            "plain.dstd": ("full header (ratio 2: the header is a small share of the budget)", scan, {"ratio": 2}),
-            "lean.dstd": ("lean header (budget_bytes=800)", scan, {"budget_bytes": 800}),
-            "refine.dstd": ("ratio 1.25, past the finest texture rate: a refine section", scan, {"ratio": 1.25}),
+            "plain.dstd": (
+                "full header (ratio 2: the header is a small share of the budget)",
+                scan,
+                {"ratio": 2, **texture},
+            ),
+            "lean.dstd": ("lean header (budget_bytes=800)", scan, {"budget_bytes": 800, **texture}),
+            "refine.dstd": (
+                "ratio 1.25, past the finest texture rate: a refine section",
+                scan,
+                {"ratio": 1.25, **texture},
+            ),
+            "refine_alone.dstd": (
+                "budget_bytes=150, below the smallest texture file: the refinement layer alone (format 1.2)",
+                scan,
+                {"budget_bytes": 150},
+            ),
             "max_error.dstd": ("maximum-error mode, max_error=2 (int16): a residual section", scan, {"max_error": 2}),
             "keep.dstd": (
                 "keep mask, keep_error=1, budget_bytes=2500: keep/mask and keep/residual sections",
                 scan,
-                {"budget_bytes": 2500, "keep": keep, "keep_error": 1},
+                {"budget_bytes": 2500, "keep": keep, "keep_error": 1, **texture},
             ),
             "max_error_float32.dstd": (
                 "float32 scan, max_error=2.5: a residual with a non-integer step",
@@ -830,13 +847,15 @@ def make_corpus(folder: Path) -> dict:
                 raise SystemExit(f"{name}: expected a {'lean' if name == 'lean.dstd' else 'full'} header")
             if name == "refine.dstd" and "refine" not in parsed.sections:
                 raise SystemExit(f"{name}: expected a refine section")
+            if name == "refine_alone.dstd" and set(parsed.sections) != {"refine"}:
+                raise SystemExit(f"{name}: expected the refine section alone")
             (folder / name).write_bytes(data)
             manifest["seeds"][name] = {
                 "about": about,
                 "bytes": len(data),
                 "lean_header": lean,
                 "sections": {k: len(v) for k, v in parsed.sections.items()},
-                "bundle_id": parsed.header["bundle"]["sha256"],
+                "bundle_id": parsed.header.get("bundle", {}).get("sha256"),
             }
         if manifest["bundle"]["committed"]:
             (folder / BUNDLE_NAME).write_bytes(bundle_bytes)
@@ -1141,7 +1160,7 @@ class Mutator:
         return self.emit(seed, header, sections, f"geometry {_short(shown, 160)} dtype {header['dtype']}")
 
     def header_bundle(self, rng):
-        seed, header, sections = self.pick(rng)
+        seed, header, sections = self.pick(rng, "texture")  # the keys only a texture file's header has
         sha = self.c.bundle_sha
         choice = rng.randrange(12)
         b = header.get("bundle", {})
@@ -1175,7 +1194,7 @@ class Mutator:
         return self.emit(seed, header, sections, f"bundle entry: {_short(header.get('bundle'))}")
 
     def header_codec(self, rng):
-        seed, header, sections = self.pick(rng)
+        seed, header, sections = self.pick(rng, "texture")  # the keys only a texture file's header has
         codec = header.setdefault("codec", {})
         r = rng.random()
         if r < 0.6:
@@ -1239,7 +1258,7 @@ class Mutator:
         )
 
     def header_intensity(self, rng):
-        seed, header, sections = self.pick(rng)
+        seed, header, sections = self.pick(rng, "texture")  # the keys only a texture file's header has
         lo, hi = header["intensity"]["lo"], header["intensity"]["hi"]
         choices = [
             {"lo": hi, "hi": lo},
@@ -1967,7 +1986,7 @@ class Mutator:
 
     # --- coherent multi-field edits -------------------------------------------------------------------
     def coherent(self, rng):
-        seed, header, sections = self.pick(rng)
+        seed, header, sections = self.pick(rng, "texture")
         op = rng.randrange(5)
         t = parse_texture(dict(sections)["texture"])
         margin = header.get("codec", {}).get("margin", [8, 8, 8])

@@ -164,15 +164,16 @@ class FileHeader(NamedTuple):
 def read_header(data: bytes) -> FileHeader:
     """The verified `.dstd` header (container checks, then every key typed by `DstdHeader`)."""
     parsed = require("deepstd.container", "Reading a .dstd file").unpack(data)
-    header = require("deepstd.codec.header", "Reading a .dstd file").DstdHeader.from_dict(parsed.header)
+    header = require("deepstd.codec.header", "Reading a .dstd file").DstdHeader.of_file(parsed)
     return FileHeader(header, round(parsed.achieved_ratio, 2))
 
 
 def decode(data: bytes, bundle, device: str = "auto", progress: ProgressFn = None, cancel=None, roi=None) -> "Volume":
     """The volume stored in a `.dstd` file, exactly as `deepstd decode` writes it (`roi`: only
-    that box of voxels, ((x0, y0, z0), (x1, y1, z1))). `bundle`: a name or a bundle file's path."""
+    that box of voxels, ((x0, y0, z0), (x1, y1, z1))). `bundle`: a name or a bundle file's path
+    (None for a file that holds the refinement layer alone)."""
     codec = require("deepstd.codec", "Decompression")
-    bundle = bundles().load_bundle(bundle)
+    bundle = None if bundle is None else bundles().load_bundle(bundle)
     return codec.decode(data, bundle, device=device, progress=progress, cancel=cancel, roi=roi)
 
 

@@ -99,12 +99,13 @@ class CompressResult:
 @dataclass
 class DecodedFile:
     """A decoded `.dstd` file: the volume, the file's typed header, its achieved compression
-    ratio and the bundle file it was decoded with."""
+    ratio and the bundle file it was decoded with (None for a file that holds the refinement layer
+    alone, which needs none)."""
 
     volume: Any
     header: "DstdHeader"
     achieved_ratio: float
-    bundle_file: Path
+    bundle_file: Optional[Path]
 
 
 class DeepSTDCore:
@@ -428,7 +429,7 @@ class DeepSTDCore:
         return start_worker(
             "decode",
             lambda folder: folder.add_path("dstd", path),
-            options={"bundle": str(bundle_file), "device": device, "roi": box},
+            options={"bundle": bundle_file and str(bundle_file), "device": device, "roi": box},
             on_progress=on_progress,
             on_done=on_done,
             on_error=on_error,
@@ -464,11 +465,14 @@ class DeepSTDCore:
         return DecodedFile(volume, header, achieved_ratio, bundle_file)
 
     @staticmethod
-    def bundle_file_for(header: "DstdHeader", search: List[Path]) -> Path:
+    def bundle_file_for(header: "DstdHeader", search: List[Path]) -> Optional[Path]:
         """The bundle file a `.dstd` file was coded with (by id; see `deepstd.bundle.find_bundle_file`),
-        or a BundleError that says where to get it in Slicer."""
+        None for a file that names none (the refinement layer alone), or a BundleError that says
+        where to get it in Slicer."""
         from deepstd.errors import BundleError
 
+        if header.bundle is None:
+            return None
         try:
             return codec.bundles().find_bundle_file(header.bundle.name, header.bundle.sha256, search)
         except BundleError:
@@ -523,8 +527,8 @@ class DeepSTDCore:
         note = lossy_note(decoded.achieved_ratio, lossless=header.max_error == 0)
         attributes = {
             ATTR_SOURCE: path,
-            ATTR_BUNDLE: header.bundle.name or "",
-            ATTR_BUNDLE_ID: header.bundle.sha256,
+            ATTR_BUNDLE: (header.bundle and header.bundle.name) or "",  # none: the refinement layer alone
+            ATTR_BUNDLE_ID: header.bundle.sha256 if header.bundle else "",
             ATTR_RATIO: decoded.achieved_ratio,
             ATTR_ENCODER: header.encoder_version or "",
             ATTR_WARNINGS: "\n".join(str(w) for w in header.warnings),

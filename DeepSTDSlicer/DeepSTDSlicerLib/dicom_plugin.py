@@ -77,11 +77,14 @@ def describe(path: str, info: Dict[str, object]) -> Candidate:
     """The loadable's texts for one object, from `deepstd.dicom_object.object_info`."""
     ratio = info.get("ratio")
     shown = format_ratio(ratio)  # type: ignore[arg-type]
-    bundle = info.get("bundle") or "unknown"
+    bundle = info.get("bundle")
+    # the encoder names the bundle in every file that needs one; a file of the refinement layer
+    # alone (SPERR) needs none
+    needs = f"the codec bundle '{bundle}'" if bundle else "no codec bundle (the refinement layer alone)"
     name = str(info.get("series_description") or "").strip() or DEFAULT_NAME
     lines = [
         f"{name}: DeepSTD compressed volume (one DICOM object, decoded on loading)",
-        f"compression ratio {shown}:1, codec bundle '{bundle}'",
+        f"compression ratio {shown}:1, {needs}",
     ]
     if info.get("payload_bytes"):
         lines.append(f"{info['payload_bytes']:,} bytes of .dstd data")
@@ -89,7 +92,7 @@ def describe(path: str, info: Dict[str, object]) -> Candidate:
         lines.append(f"compressed from series {info['source_series_uid']}")
     warning = (
         f"Lossy compressed (DeepSTD, {shown}:1): the decoded voxels approximate the original scan "
-        f"and may differ from it. Decoding needs the codec bundle '{bundle}'."
+        f"and may differ from it. Decoding needs {needs}."
     )
     return Candidate([path], name, "\n".join(lines), warning, info=dict(info))
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
@@ -27,8 +27,14 @@ from .errors import BudgetError, DeepSTDError
 from .progress import CancelToken, ProgressCallback, Reporter
 
 DEEPSTD = "deepstd"
-#: DeepSTD's slower presets (`encode(effort=…)`), benched when named among the peers
-DEEPSTD_EFFORTS = {"deepstd-effort1": 1, "deepstd-effort2": 2}
+#: DeepSTD's other settings (`encode`'s keywords), benched when named among the peers: the slower
+#: presets, and the learned texture alone (never the refinement layer alone), which shows what the
+#: texture codec itself achieves
+DEEPSTD_PRESETS: Dict[str, Dict[str, Any]] = {
+    "deepstd-effort1": {"effort": 1},
+    "deepstd-effort2": {"effort": 2},
+    "deepstd-texture": {"require_texture": True},
+}
 DEFAULT_PEERS = (
     "jpeg2000-slices",
     "jpeg2000-components",
@@ -57,16 +63,20 @@ def _record(volume, nbytes: int, measured: dict, t_enc: float, t_dec: float) -> 
 
 
 def run_deepstd(
-    volume, bundle, budget: int, cancel=None, judge: Optional[Callable[[np.ndarray], dict]] = None, effort: int = 0
+    volume, bundle, budget: int, cancel=None, judge: Optional[Callable[[np.ndarray], dict]] = None, **preset
 ) -> dict:
+    """One DeepSTD round trip; the record says which sections the file holds (`layers`: the texture
+    alone, with the refinement layer, or the refinement layer alone)."""
+    from .container import unpack
     from .evaluate import round_trip
 
     try:
-        result = round_trip(volume, bundle, budget_bytes=budget, device="cpu", cancel=cancel, effort=effort)
+        result = round_trip(volume, bundle, budget_bytes=budget, device="cpu", cancel=cancel, **preset)
     except BudgetError as exc:
         return {"status": "unreachable", "error": str(exc)}
     record = _record(volume, len(result.data), result.metrics, result.encode_s, result.decode_s)
     record["warnings"] = result.warnings
+    record["layers"] = sorted(unpack(result.data).sections)
     if judge is not None:
         record.update(judge(result.decoded.array))
     return record
@@ -147,7 +157,7 @@ def run(
     missing = peers.unavailable()
     codecs = [DEEPSTD] + [name for name in (peer_names or DEFAULT_PEERS) if name != DEEPSTD]
     for name in codecs:  # an unknown name is refused before hours of work, not when its turn comes
-        if name != DEEPSTD and name not in DEEPSTD_EFFORTS:
+        if name != DEEPSTD and name not in DEEPSTD_PRESETS:
             peers.get(name)
     ratios = list(ratios)
     reporter = Reporter(progress, cancel)
@@ -164,8 +174,8 @@ def run(
         judge = None if segmenter is None else _judge(segmenter, volume, references, str(scan))
         if name in missing:
             record = {"status": "unavailable", "error": missing[name]}
-        elif name == DEEPSTD or name in DEEPSTD_EFFORTS:
-            record = run_deepstd(volume, bundle, budget, cancel, judge, effort=DEEPSTD_EFFORTS.get(name, 0))
+        elif name == DEEPSTD or name in DEEPSTD_PRESETS:
+            record = run_deepstd(volume, bundle, budget, cancel, judge, **DEEPSTD_PRESETS.get(name, {}))
         else:
             record = run_peer(peers.get(name), volume, budget, judge)
         record.update(
@@ -219,6 +229,14 @@ def summary(records: Sequence[dict], title: str = "") -> str:
             )
         speed = f"{np.median(speeds):.2f}" if speeds else "-"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {speed} |")
+    for name in dict.fromkeys(r["codec"] for r in records if "layers" in r):
+        counts = []
+        for ratio in ratios:
+            ok = [r for r in records if r["codec"] == name and r["target_ratio"] == ratio and "layers" in r]
+            if ok:
+                counts.append(f"{sum('texture' in r['layers'] for r in ok)}/{len(ok)} at {ratio:g}×")
+        lines += ["", f"{name}: files that hold the learned texture (the rest: the refinement layer alone): "
+                  + ", ".join(counts)]  # fmt: skip
     if any("dice" in r for r in records):
         lines += [""] + downstream_table(records)
     return "\n".join(lines).strip() + "\n"

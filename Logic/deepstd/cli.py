@@ -148,6 +148,7 @@ def cmd_encode(args) -> None:
             workers=args.workers,
             progress=progress,
             effort=args.effort,
+            require_texture=args.require_texture,
         )
     for warning in report["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
@@ -160,6 +161,7 @@ def cmd_encode(args) -> None:
         f"wrote {report['output']}: {report['bytes']} bytes of {report['raw_bytes']} raw, "
         f"{report['ratio']:.1f}x ({target}) in {report['seconds']:.1f} s"
     )
+    print(f"coded with {report['layers']}")
     if report.get("keep"):
         k = report["keep"]
         print(
@@ -578,6 +580,12 @@ def build_parser() -> argparse.ArgumentParser:
         "lossless), the rest at the ratio; the mask is stored in the file",
     )
     _effort_option(encode)
+    encode.add_argument(
+        "--require-texture",
+        action="store_true",
+        help="always code with the learned texture, even where the refinement layer alone (SPERR) "
+        "decodes closer: what the texture codec itself achieves",
+    )
     encode.add_argument("--series", metavar="UID", help="DICOM SeriesInstanceUID to read")
     encode.add_argument("--allow-gaps", action="store_true", help=ALLOW_GAPS_HELP)
     encode.add_argument(
@@ -662,7 +670,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--peers",
         nargs="*",
         default=None,
-        help="peer names (default: the lossy peers but AV1); deepstd-effort1/-effort2 add DeepSTD's slower presets",
+        help="peer names (default: the lossy peers but AV1); deepstd-effort1/-effort2 add DeepSTD's slower "
+        "presets, deepstd-texture the learned texture alone (--require-texture)",
     )
     bench.add_argument("--threads", type=COUNT, default=1)
     bench.add_argument("--out", type=Path, required=True, help="folder for results.jsonl, summary.md, rd.png")

@@ -33,7 +33,9 @@ from .numbers import is_number
 from .volume import SUPPORTED_DTYPES, Volume
 
 MAGIC = b"DSTD"
-MAJOR, MINOR = 1, 1
+#: the newest minor version this code knows; a file is written with the oldest minor version that
+#: describes it, so that older readers still read it (1.2: a file may hold the refinement layer alone)
+MAJOR, MINOR = 1, 2
 FLAG_DEFLATED_HEADER = 1
 #: the header was deflated with `HEADER_DICTIONARY` as the preset dictionary (since 1.1)
 FLAG_DICTIONARY = 2
@@ -141,14 +143,17 @@ class _Reader:
 
 
 # --- writing ------------------------------------------------------------------------------------
-def pack(header: dict, sections: Dict[str, bytes]) -> bytes:
-    """Serialise a header and named sections into `.dstd` bytes (validating both first)."""
+def pack(header: dict, sections: Dict[str, bytes], minor: int = 1) -> bytes:
+    """Serialise a header and named sections into `.dstd` bytes (validating both first), marked as
+    format 1.`minor`: the oldest minor version whose features the file uses."""
     validate_header(header)
+    if not 1 <= minor <= MINOR:
+        raise ValueError(f"this DeepSTD writes format minor versions 1..{MINOR}, not {minor}")
     if len(sections) > MAX_SECTIONS:
         raise FormatError(f"too many sections ({len(sections)})")
     flags, body = _stored_header(header)
     out = bytearray(MAGIC)
-    out += bytes([MAJOR, MINOR, flags])
+    out += bytes([MAJOR, minor, flags])
     out += _varint(len(body)) + body + struct.pack("<I", zlib.crc32(body))
     out += _varint(len(sections))
     for name, payload in sections.items():

@@ -66,7 +66,7 @@ def describe_dstd(path: Path) -> str:
     from .container import read_file
 
     parsed = read_file(path)
-    header = DstdHeader.from_dict(parsed.header)
+    header = DstdHeader.of_file(parsed)
     g = header.grid
     lines = [
         f"{path}: DeepSTD file, {parsed.file_bytes} bytes, format {parsed.version[0]}.{parsed.version[1]}",
@@ -87,7 +87,10 @@ def describe_dstd(path: Path) -> str:
     from .deidentify import identity_line
 
     lines.append(f"identity:  {identity_line(header.dicom)}")
+    from .codec.files import layers_of
+
     lines += [
+        f"coded:     with {layers_of(parsed.sections)}",
         "sections:  " + ", ".join(f"{name} {len(data)} B" for name, data in parsed.sections.items()),
         "header:    " + json.dumps(_shown(parsed.header), sort_keys=True),
     ]

@@ -60,6 +60,7 @@ def round_trip(
     progress=None,
     cancel=None,
     effort: int = 0,
+    require_texture: bool = False,
 ) -> RoundTrip:
     """Encode `volume` with `bundle` at `ratio` (or within `budget_bytes`), then, with `decode`,
     decode it on the same `device` / `workers` and measure it.
@@ -79,6 +80,7 @@ def round_trip(
         progress=progress,
         cancel=cancel,
         effort=effort,
+        require_texture=require_texture,
     )
     encode_s = time.perf_counter() - t0
     if not decode:

@@ -7,8 +7,11 @@ fits with room to spare, the encoder codes the residual (original - the DeepSTD 
 decoder computes it) with SPERR (Li, Lindstrom & Clyne, IPDPS 2023: a 3-D wavelet + SPECK coder
 with its own rate control, through `imagecodecs`) into the rest of the budget.
 
-Section bytes: version u8, then one SPERR stream (3-D, float32, one chunk) whose own 18-byte
-header is checked against the scan's shape and the section's length before decoding. SPERR's
+Section bytes: version u8, then one SPERR stream (3-D, float32, one chunk) without SPERR's own
+18-byte header, which holds nothing the file does not already say (the scan's shape, the stream's
+length): the decoder rebuilds it. A 512x hippocampus crop has ~180-300 bytes for everything, so
+those 18 are a tenth of what the layer can spend. Version 1 sections, which kept that header, are
+still read, the header checked against the scan's shape and the section's length. SPERR's
 decoder aborts the process on some crafted streams (a C++ exception that escapes `imagecodecs`;
 found by fuzzing: 3 of 3 runs of 2,000 mutations), so decoding runs in a child process with a
 memory limit and a time limit, and anything but a clean result is a `FormatError`.
@@ -26,7 +29,9 @@ import numpy as np
 from .errors import FormatError, InputError
 
 SECTION = "refine"
-VERSION = 1
+VERSION = 2
+#: sections written before 0.6 (SPERR's header kept in the stream)
+HEADED_VERSION = 1
 #: SPERR's stream header for one float32 3-D chunk: version byte, flags, x, y, z (u32), chunk length (u32)
 _SPERR_HEAD = struct.Struct("<BB3II")
 _SPERR_VERSION, _SPERR_FLAGS = 0x00, 0x60
@@ -57,8 +62,8 @@ def compress(residual: np.ndarray, bits_per_voxel: float) -> bytes:
         raise ValueError("the refinement layer codes a 3-D residual")
     bpp = float(np.clip(bits_per_voxel, 1e-4, MAX_BPP))
     data = np.ascontiguousarray(residual, dtype=np.float32)
-    stream = imagecodecs.sperr_encode(data, bpp, mode="bpp", chunks=data.shape, numthreads=1)
-    return bytes([VERSION]) + bytes(stream)
+    stream = bytes(imagecodecs.sperr_encode(data, bpp, mode="bpp", chunks=data.shape, numthreads=1))
+    return bytes([VERSION]) + stream[_SPERR_HEAD.size :]
 
 
 def fit(residual: np.ndarray, spare: int, tolerance: float, on_try: Callable[[int], None]) -> Optional[bytes]:
@@ -70,11 +75,17 @@ def fit(residual: np.ndarray, spare: int, tolerance: float, on_try: Callable[[in
 
 
 def check(section: bytes, shape: Tuple[int, int, int]) -> bytes:
-    """The SPERR stream of a section after checking every header field against `shape` (z, y, x)."""
+    """The SPERR stream of a section, its header rebuilt from `shape` (z, y, x) or, in a version 1
+    section, every field of the stored one checked against `shape` and the section's length."""
+    if len(section) < 2:
+        raise FormatError("refinement layer: truncated section")
+    if section[0] == VERSION:
+        z, y, x = shape
+        return _SPERR_HEAD.pack(_SPERR_VERSION, _SPERR_FLAGS, x, y, z, len(section) - 1) + section[1:]
+    if section[0] != HEADED_VERSION:
+        raise FormatError(f"refinement layer: unsupported version {section[0]}")
     if len(section) < 1 + _SPERR_HEAD.size:
         raise FormatError("refinement layer: truncated section")
-    if section[0] != VERSION:
-        raise FormatError(f"refinement layer: unsupported version {section[0]}")
     stream = section[1:]
     version, flags, x, y, z, length = _SPERR_HEAD.unpack_from(stream, 0)
     if (version, flags) != (_SPERR_VERSION, _SPERR_FLAGS):

@@ -364,9 +364,13 @@ def _decode(job: Job, channel: Channel, cancel) -> Dict[str, Any]:
     if options.get("bundle"):
         bundle = load_bundle(options["bundle"])
     else:
-        ref = DstdHeader.from_dict(unpack(data).header).bundle
-        try:
-            bundle = load_bundle(find_bundle_file(ref.name, ref.sha256, options.get("bundle_search") or ()))
+        ref = DstdHeader.of_file(unpack(data)).bundle
+        try:  # a file that holds the refinement layer alone names no bundle and needs none
+            bundle = (
+                None
+                if ref is None
+                else load_bundle(find_bundle_file(ref.name, ref.sha256, options.get("bundle_search") or ()))
+            )
         except BundleError:
             hint = options.get("missing_bundle_hint") or "pass its file as the job's 'bundle' option"
             raise BundleError(
@@ -382,7 +386,7 @@ def _decode(job: Job, channel: Channel, cancel) -> Dict[str, Any]:
         roi=None if roi is None else (tuple(roi[0]), tuple(roi[1])),
     )
     spec = write_volume(volume, job.folder / "decoded.nrrd", relative_to=job.folder)
-    return {"volume": spec, "dstd": volume.meta.get("dstd", {}), "bundle": str(bundle.path)}
+    return {"volume": spec, "dstd": volume.meta.get("dstd", {}), "bundle": bundle and str(bundle.path)}
 
 
 def _residue(job: Job, channel: Channel, cancel) -> Dict[str, Any]:

@@ -160,7 +160,7 @@ def test_read_header_types_the_header_and_adds_the_ratio(oblique_volume):
     with pytest.raises(FormatError):
         codec.read_header(data[:-3])
     with pytest.raises(FormatError, match="intensity"):  # the container alone would accept it
-        codec.read_header(pack({k: v for k, v in header.to_dict().items() if k != "intensity"}, {"shape": b"s"}))
+        codec.read_header(pack({k: v for k, v in header.to_dict().items() if k != "intensity"}, {"texture": b"t"}))
 
 
 def test_unavailable_parts_raise_a_message_the_gui_can_show():

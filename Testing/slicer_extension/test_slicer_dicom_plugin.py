@@ -41,7 +41,7 @@ def made(tmp_path_factory, one_thread):
     if BUNDLE not in shipped_bundles():
         pytest.skip(f"needs the shipped bundle {BUNDLE}")
     scan = deepstd.read(data_path("hippocampus_mr", "images", "hippocampus_338.nii.gz"))
-    dstd = encode(scan, load_bundle(BUNDLE), ratio=64)
+    dstd = encode(scan, load_bundle(BUNDLE), ratio=64, require_texture=True)  # a file that needs its bundle
     folder = tmp_path_factory.mktemp("deepstd_object")
     path = write_object(dstd, scan.meta, folder / "object.dcm")
     # the series is named by the achieved ratio (64x asked, up to 2 % less bytes written)
@@ -111,6 +111,12 @@ def test_examine_lists_the_deepstd_object_and_nothing_else(folder, made, monkeyp
     assert made.ratio in candidate.tooltip and f"'{BUNDLE}'" in candidate.tooltip
     assert candidate.warning.startswith(f"Lossy compressed (DeepSTD, {made.ratio})")
     assert candidate.selected and candidate.confidence > 0.5  # above DICOMScalarVolumePlugin's
+
+
+def test_an_object_of_the_refinement_layer_alone_says_it_needs_no_bundle():
+    candidate = dicom_plugin.describe("/x/object.dcm", {"ratio": 512.3, "bundle": None, "payload_bytes": 240})
+    assert "512:1, no codec bundle (the refinement layer alone)" in candidate.tooltip
+    assert candidate.warning.endswith("Decoding needs no codec bundle (the refinement layer alone).")
 
 
 def test_a_raw_data_object_of_another_vendor_is_not_claimed(folder):

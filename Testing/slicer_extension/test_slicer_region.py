@@ -28,7 +28,7 @@ def coded(tiny_bundle, scan, tmp_path_factory):
     from deepstd import codec as deepstd_codec
 
     path = tmp_path_factory.mktemp("region") / "scan.dstd"
-    path.write_bytes(deepstd_codec.encode(scan, tiny_bundle, ratio=20, device="cpu"))
+    path.write_bytes(deepstd_codec.encode(scan, tiny_bundle, ratio=20, device="cpu", require_texture=True))
     return path
 
 

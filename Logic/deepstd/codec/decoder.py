@@ -48,6 +48,7 @@ class Decoder:
         from ..shape import decode_shape
 
         self.header = header
+        self.intensity, _ = header.texture_keys()
         template = Frame.of(bundle.template)
         self.frame = coded_frame(header, template)
         code = decode_shape(shape)
@@ -73,7 +74,7 @@ class Decoder:
         part = None
         if box is not None:
             part = self.codec.decompress(streams, self.workers, progress, cancel, box=box, side=self.side)
-        values, coverage = self.reader.read(part, self.header.intensity)
+        values, coverage = self.reader.read(part, self.intensity)
         return cast_to_dtype(values, self.header.dtype).astype(np.float32), coverage
 
 
@@ -135,24 +136,34 @@ def decode(
     from .. import keepmask
 
     parsed = unpack(data)
-    header = DstdHeader.from_dict(parsed.header)
+    header = DstdHeader.of_file(parsed)
+    size = header.grid.size
+    window = grid.whole(size) if roi is None else region.checked(roi, size)
+    reporter = Reporter(progress, cancel)
+    if set(parsed.sections) == {refine.SECTION}:
+        memory.require(
+            int(np.prod(size, dtype=np.int64)) * (REFINE_BYTES_PER_VOXEL + 4), "decoding this file", header.raw_bytes,
+            len(data),
+        )  # fmt: skip
+        reporter("refine", 0.1, "decoding the refinement layer")
+        residual = refine.decompress(parsed.sections[refine.SECTION], grid.shape_zyx(grid.whole(size)))
+        values = cast_to_dtype(residual[grid.slices(window, grid.whole(size))], header.dtype).astype(np.float32)
+        return _restored(values, header, window, roi, None, 1.0, parsed.header, reporter)
     for name in ("shape", "texture"):
         if name not in parsed.sections:
             raise FormatError(f"the file has no {name!r} section")
-    size = header.grid.size
-    window = grid.whole(size) if roi is None else region.checked(roi, size)
+    _, ref = header.texture_keys()
     whole_read = "residual" in parsed.sections or "keep/mask" in parsed.sections
     scan_voxels = int(np.prod(size if whole_read else grid.shape_zyx(window), dtype=np.int64))
     scan_bytes = scan_voxels * (SCAN_BYTES_PER_VOXEL + (RESIDUAL_BYTES_PER_VOXEL if whole_read else 0))
     if refine.SECTION in parsed.sections:  # the whole decoded residual, as bytes and as an array
         scan_bytes += int(np.prod(size, dtype=np.int64)) * REFINE_BYTES_PER_VOXEL
     memory.require(scan_bytes, "decoding this file", header.raw_bytes, len(data))
-    bundle = find_bundle(header.bundle.name, header.bundle.sha256, bundle)
+    bundle = find_bundle(ref.name, ref.sha256, bundle)
     frame = coded_frame(header, Frame.of(bundle.template))
     frame_voxels = int(np.prod(frame.size, dtype=np.int64))
     memory.require(scan_bytes + frame_voxels * FRAME_BYTES_PER_VOXEL, "decoding this file", header.raw_bytes, len(data))
     _check_reach(header, bundle, parsed.sections["shape"])
-    reporter = Reporter(progress, cancel)
     keep = keepmask.decompress(parsed.sections["keep/mask"], size) if "keep/mask" in parsed.sections else None
     if "residual" in parsed.sections:
         reading = grid.whole(size)
@@ -177,11 +188,16 @@ def decode(
         bound = header.keep.max_error if header.keep else None
         part[keep[1]] = add_residual(part[keep[1]], parsed.sections["keep/residual"], bound, dtype, "keep.max_error")
     values = np.ascontiguousarray(values[grid.slices(window, reading)])
+    return _restored(values, header, window, roi, bundle.name, coverage, parsed.header, reporter)
+
+
+def _restored(values, header: DstdHeader, window, roi, bundle_name, coverage, raw: dict, reporter) -> Volume:
+    """The decoded window as a Volume on its grid, with what the file says in `meta`."""
     reporter("write", 1.0, "decoded")
-    dstd: Dict[str, Any] = {"bundle": bundle.name, "coverage": coverage}
+    dstd: Dict[str, Any] = {"bundle": bundle_name, "coverage": coverage}
     for key in ("max_error", "keep"):
-        if key in parsed.header:
-            dstd[key] = parsed.header[key]
+        if key in raw:
+            dstd[key] = raw[key]
     if roi is not None:
         dstd["roi"] = [list(window[0]), list(window[1])]
     meta: Dict[str, Any] = {"warnings": list(header.warnings), "dstd": dstd}
@@ -189,8 +205,9 @@ def decode(
         meta["dicom"] = header.dicom
     scan_grid = header.grid if roi is None else header.grid.window(*window)
     return Volume(
-        values, scan_grid.spacing, scan_grid.origin, scan_grid.direction, dtype=dtype, units=header.units, meta=meta
-    )
+        values, scan_grid.spacing, scan_grid.origin, scan_grid.direction, dtype=header.dtype, units=header.units,
+        meta=meta,
+    )  # fmt: skip
 
 
 __all__ = ["Decoder", "decode", "add_residual"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from .. import __version__
 from ..alignment import (
@@ -43,6 +43,8 @@ TOLERANCE = 0.02
 #: dB) and the finest rate plus SPERR 1.3 dB lower (34.53 dB); at 64x 0.2-0.6 within 0.15 dB.
 SPLIT_RATE = 0.5
 EFFORTS = (0, 1, 2)
+#: the format minor version of a file that holds the refinement layer alone (docs/FORMAT.md)
+REFINEMENT_ONLY_MINOR = 2
 
 
 def check_effort(effort) -> None:
@@ -196,6 +198,7 @@ def encode(
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
     effort: int = 0,
+    require_texture: bool = False,
 ) -> bytes:
     """Compress `volume` to at most `raw_bytes / ratio` (or `budget_bytes`) bytes, headers included;
     or, with `max_error`, so that every voxel is within ±max_error of the original (0: lossless),
@@ -204,9 +207,12 @@ def encode(
     `effort` 1: where the budget allows the texture more than SPLIT_RATE, also code it at SPLIT_RATE
     with a refinement layer and keep whichever file decodes closer to the scan (slower). `effort` 2
     also searches the texture latents for this scan (`texture.latent_search`; a few minutes more on a
-    CPU) and keeps them where the file decodes closer."""
+    CPU) and keeps them where the file decodes closer. Without a keep mask, and where SPERR is
+    installed, the file that holds the scan coded by the refinement layer alone (`refinement_only`)
+    competes with the texture's: the closer one is kept, and it also meets budgets below the
+    texture's smallest file. `require_texture` leaves it out: the file always holds the learned
+    texture (what the texture codec alone achieves, for research and the benchmark)."""
     from .. import refine
-    from ..texture.rate import quantise_rate
     from . import layers
 
     check_effort(effort)
@@ -222,10 +228,49 @@ def encode(
     budget = budget_for(volume, ratio, budget_bytes)
     mask = layers.keep_mask(volume, keep, keep_error) if keep is not None else None
     reporter = Reporter(progress, cancel)
-    bundle = resolve_bundle(bundle)
-    scan = prepare(volume, bundle, budget, device, workers, reporter, keep_aligned=effort >= 2 and keep is None)
-    header = replace(scan.header, target_ratio=round(volume.raw_bytes / budget, 4), budget_bytes=budget)
+    started = time.perf_counter()
     refinable = mask is None and refine.unavailable_reason() is None
+    competing = refinable and not require_texture
+    try:
+        best, layer = _texture_file(
+            volume, resolve_bundle(bundle), budget, mask, keep_error, refinable, effort, device, workers, reporter
+        )
+    except BudgetError:
+        if not competing:
+            raise
+        best = refinement_only(volume, budget, reporter)  # below the smallest texture file it may still fit
+    else:
+        if competing:
+            try:
+                alone: Optional[bytes] = refinement_only(volume, budget, reporter)
+            except BudgetError:
+                alone = None
+            if alone is not None and layer.error(alone) < layer.error(best):  # type: ignore[union-attr]
+                best = alone
+    reporter("write", 1.0, f"{len(best)} bytes in {time.perf_counter() - started:.1f} s")
+    return best
+
+
+def _texture_file(
+    volume: Volume,
+    bundle: Bundle,
+    budget: int,
+    mask,
+    keep_error: float,
+    refinable: bool,
+    effort: int,
+    device: str,
+    workers: Optional[int],
+    reporter: Reporter,
+) -> Tuple[bytes, Optional["Refinement"]]:
+    """The file with the texture (alone, with a keep layer, or with a refinement layer), and the
+    `Refinement` that measures files as the decoder sees them (None with a keep mask, and without
+    SPERR unless effort 2 needs it)."""
+    from ..texture.rate import quantise_rate
+    from . import layers
+
+    scan = prepare(volume, bundle, budget, device, workers, reporter, keep_aligned=effort >= 2 and mask is None)
+    header = replace(scan.header, target_ratio=round(volume.raw_bytes / budget, 4), budget_bytes=budget)
     coding = bundle.config.texture
     if not refinable:
         # the span ends where the refinement layer takes over; without one (no SPERR, or a keep mask,
@@ -258,14 +303,13 @@ def encode(
         raise infeasible(volume, budget, len(smallest))
     saturated = len(best) < (1 - TOLERANCE) * budget and _texture_rate(best) == quantise_rate(coding.rates[1])
     generous = effort >= 1 and _texture_rate(best) > quantise_rate(SPLIT_RATE)
-    layer = None
-    if effort >= 2 and mask is None and not saturated:
-        layer = Refinement(scan, bundle, header, volume, budget)
-        best = _searched(scan, bundle, coding, header, budget, best, layer, reporter)
+    searching = effort >= 2 and mask is None and not saturated
+    layer = Refinement(scan, bundle, header, volume, budget) if refinable or searching else None
+    if searching:
+        best = _searched(scan, bundle, coding, header, budget, best, layer, reporter)  # type: ignore[arg-type]
     refined = None
-    if refinable and (saturated or generous):
+    if refinable and layer is not None and (saturated or generous):
         search("refine", 0.0, "coding what the texture misses")
-        layer = layer or Refinement(scan, bundle, header, volume, budget)
         refined = layer.file(min(SPLIT_RATE, coding.rates[1]), search)
         if refined is not None and not saturated and layer.error(best) <= layer.error(refined):
             refined = None  # effort 1 measured both: the texture alone was as good
@@ -275,8 +319,46 @@ def encode(
         scan.warnings.append(FINEST_RATE_WARNING.format(bytes=len(best), ratio=volume.raw_bytes / len(best)))
         noted = build(1.0)
         best = noted if len(noted) <= budget else best  # the note itself must not break the budget
-    reporter("write", 1.0, f"{len(best)} bytes in {time.perf_counter() - scan.started:.1f} s")
-    return best
+    return best, layer
+
+
+def refinement_only(volume: Volume, budget: int, reporter: Reporter) -> bytes:
+    """The file that holds the scan coded by the refinement layer alone (format 1.2: no shape, no
+    texture, no bundle needed to decode), or a BudgetError that says its smallest size. Where the texture codec
+    loses to SPERR at equal bytes — measured on training scans of every bundle (docs/CODEC.md) —
+    or its smallest file exceeds the budget, this is the closer file: `encode` keeps whichever
+    decodes closer, so DeepSTD is never worse than its own refinement layer."""
+    import numpy as np
+
+    from .. import refine
+    from ..volume import cast_to_dtype
+
+    header = DstdHeader.for_volume(
+        volume,
+        intensity=None,
+        bundle=None,
+        codec=CodecKeys((0, 0, 0)),
+        warnings=tuple(volume.meta.get("warnings", [])),
+        encoder_version=__version__,
+        target_ratio=round(volume.raw_bytes / budget, 4),
+        budget_bytes=budget,
+        dicom=volume.meta.get("dicom") or None,
+    ).fitted()
+    framing = _framing(
+        lambda section: pack(header.to_dict(), {refine.SECTION: section}, minor=REFINEMENT_ONLY_MINOR), budget
+    )
+    search = reporter.scaled(0.85, 1.0)
+    search("refine", 0.0, "coding the scan with the refinement layer alone")
+    original = cast_to_dtype(volume.array, volume.dtype).astype(np.float32)
+    if framing < budget:
+        fitting = lambda n: search("refine", (n + 1) / 9, "fitting")  # noqa: E731
+        section = refine.fit(original, budget - framing, TOLERANCE / 2, fitting)
+        data = (
+            None if section is None else pack(header.to_dict(), {refine.SECTION: section}, minor=REFINEMENT_ONLY_MINOR)
+        )
+        if data is not None and len(data) <= budget:
+            return data
+    raise infeasible(volume, budget, framing + len(refine.compress(original, 0.0)))
 
 
 def _searched(
@@ -332,15 +414,17 @@ class Refinement:
         return self._bases[texture]
 
     def error(self, data: bytes) -> float:
-        """Mean squared error of a file (texture alone or with a refinement layer), decoded as the
-        decoder will; only effort 1 compares candidates, so the default path never pays for this."""
+        """Mean squared error of a file (texture alone, with a refinement layer, or the refinement
+        layer alone), decoded as the decoder will."""
         import numpy as np
 
         from .. import refine
         from ..volume import cast_to_dtype
 
         sections = unpack(data).sections
-        decoded = self._base(sections["texture"]).astype(np.float64)
+        decoded = np.zeros(self.original.shape)
+        if "texture" in sections:
+            decoded = self._base(sections["texture"]).astype(np.float64)
         if refine.SECTION in sections:
             decoded = decoded + refine.decompress(sections[refine.SECTION], self.header.grid.shape_zyx)
         return float(np.mean((cast_to_dtype(decoded, self.dtype).astype(np.float64) - self.original) ** 2))
@@ -351,7 +435,7 @@ class Refinement:
 
         streams = self.scan.streams(rate)
         residual = self.original - self._base(streams.to_bytes())
-        framing = len(self.scan.file(self.header, streams, {refine.SECTION: b""}))
+        framing = _framing(lambda section: self.scan.file(self.header, streams, {refine.SECTION: section}), self.budget)
         if framing >= self.budget:
             return None
         section = refine.fit(
@@ -361,6 +445,12 @@ class Refinement:
             return None
         data = self.scan.file(self.header, streams, {refine.SECTION: section})
         return data if len(data) <= self.budget else None
+
+
+def _framing(file_with: Callable[[bytes], bytes], budget: int) -> int:
+    """The bytes a file takes besides its last section's payload, counted with a section length
+    field as long as the budget's (a varint: an empty section's would be shorter)."""
+    return len(file_with(bytes(budget))) - budget
 
 
 def _texture_rate(data: bytes) -> int:

@@ -49,6 +49,15 @@ def encode_scan(
     return volume, data
 
 
+def layers_of(sections) -> str:
+    """What a file's sections code the scan with, in words (`deepstd encode` and `info` print it)."""
+    if "texture" not in sections:
+        return "the refinement layer alone (SPERR; it decoded closer than the texture at this budget)"
+    extra = [name for name, label in (("refine", "a refinement layer"), ("residual", "a residual layer"),
+                                       ("keep/mask", "a keep mask")) if name in sections]  # fmt: skip
+    return "the learned texture" + "".join(f" + {label}" for label in extra)
+
+
 def encode_report(source, output, volume: Volume, data: bytes, budget: Optional[int], started: float) -> dict:
     """What `deepstd encode` prints about a file it wrote: sizes, ratios, bound, warnings, keep mask."""
     parsed = unpack(data)
@@ -64,6 +73,7 @@ def encode_report(source, output, volume: Volume, data: bytes, budget: Optional[
         "max_error": header.get("max_error"),
         "seconds": time.perf_counter() - started,
         "warnings": header.get("warnings", []),
+        "layers": layers_of(parsed.sections),
     }
     method = (header.get("dicom") or {}).get("DeidentificationMethod")
     if method:
@@ -117,7 +127,7 @@ def decode_file(source, output, bundle=None, roi=None, roi_mm: Optional[str] = N
 
         data = unwrap(data)
     try:
-        header = DstdHeader.from_dict(unpack(data).header)
+        header = DstdHeader.of_file(unpack(data))
         if isinstance(roi, str) or roi_mm is not None:
             grid = header.grid
             roi = region.parse(roi, grid.size) if roi_mm is None else region.parse_mm(roi_mm, grid)
@@ -133,4 +143,4 @@ def decode_file(source, output, bundle=None, roi=None, roi_mm: Optional[str] = N
     return volume
 
 
-__all__ = ["encode_file", "encode_scan", "encode_report", "decode_file", "read_keep"]
+__all__ = ["encode_file", "encode_scan", "encode_report", "decode_file", "read_keep", "layers_of"]

@@ -75,8 +75,10 @@ class DstdHeader:
     grid: Frame
     dtype: str
     units: str
-    intensity: IntensityMap
-    bundle: BundleRef
+    #: the texture's intensity mapping and bundle: None in a file that holds the refinement layer
+    #: alone, which decodes without either
+    intensity: Optional[IntensityMap]
+    bundle: Optional[BundleRef]
     codec: CodecKeys
     warnings: Tuple[str, ...] = ()
     encoder_version: Optional[str] = None
@@ -103,11 +105,16 @@ class DstdHeader:
             },
             "dtype": self.dtype,
             "units": self.units,
-            "intensity": self.intensity.to_header(),
-            "bundle": {"sha256": self.bundle.sha256}
-            if self.bundle.name is None
-            else {"name": self.bundle.name, "sha256": self.bundle.sha256},
-            "codec": {
+        }
+        if self.intensity is not None:
+            out["intensity"] = self.intensity.to_header()
+        if self.bundle is not None:
+            out["bundle"] = (
+                {"sha256": self.bundle.sha256}
+                if self.bundle.name is None
+                else {"name": self.bundle.name, "sha256": self.bundle.sha256}
+            )
+            out["codec"] = {
                 "margin": list(self.codec.margin),
                 **({} if self.codec.frame_size is None else {"frame_size": list(self.codec.frame_size)}),
                 **({} if self.codec.frame_window is None else {"frame_window": [*lo_hi(self.codec.frame_window)]}),
@@ -116,8 +123,7 @@ class DstdHeader:
                     for k in ("texture_rate", "shape_width", "shape_bits", "omega", "registration_loss")
                     if getattr(self.codec, k) is not None
                 },
-            },
-        }
+            }
         for key in ("encoder_version", "target_ratio", "budget_bytes", "max_error", "dicom"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
@@ -131,11 +137,12 @@ class DstdHeader:
     def from_dict(cls, header: Any) -> "DstdHeader":
         """Check every key decoding relies on; a FormatError names the first that is wrong."""
         validate_header(header)
-        intensity = _object(header, "intensity")
-        try:
-            mapping = IntensityMap.from_header(intensity)
-        except (KeyError, TypeError, ValueError, OverflowError):
-            raise FormatError("the header's intensity mapping is missing or invalid") from None
+        mapping = None
+        if "intensity" in header:
+            try:
+                mapping = IntensityMap.from_header(_object(header, "intensity"))
+            except (KeyError, TypeError, ValueError, OverflowError):
+                raise FormatError("the header's intensity mapping is invalid") from None
         units = header.get("units", "unitless")
         if not isinstance(units, str):
             raise FormatError("the header's units must be a string")
@@ -155,7 +162,7 @@ class DstdHeader:
             dtype=header["dtype"],
             units=units,
             intensity=mapping,
-            bundle=_bundle_ref(header.get("bundle")),
+            bundle=_bundle_ref(header["bundle"]) if "bundle" in header else None,
             codec=_codec_keys(header.get("codec", {})),
             warnings=tuple(warnings),
             encoder_version=_optional(header, "encoder_version", str),
@@ -166,6 +173,23 @@ class DstdHeader:
             dicom=dicom,
         )
 
+    @classmethod
+    def of_file(cls, parsed) -> "DstdHeader":
+        """The header of a parsed file (`container.DstdFile`), checked against its sections too: a
+        texture section needs the bundle and the intensity mapping, which only a file of the
+        refinement layer alone may leave out."""
+        header = cls.from_dict(parsed.header)
+        if "texture" in parsed.sections:
+            header.texture_keys()
+        return header
+
+    def texture_keys(self) -> Tuple[IntensityMap, BundleRef]:
+        """The intensity mapping and bundle a texture section needs (a FormatError if either is missing)."""
+        if self.intensity is None or self.bundle is None:
+            missing = "intensity mapping" if self.intensity is None else "bundle"
+            raise FormatError(f"the file has a texture section but its header has no {missing}")
+        return self.intensity, self.bundle
+
     # --- policy ------------------------------------------------------------------------------------
     def lean(self) -> "DstdHeader":
         """What decoding needs: geometry, intensity mapping, bundle name and id (shortened), texture
@@ -173,7 +197,7 @@ class DstdHeader:
         shape sections carry their own rate and width)."""
         return replace(
             self,
-            bundle=BundleRef(self.bundle.name, self.bundle.sha256[:LEAN_BUNDLE_ID]),
+            bundle=None if self.bundle is None else BundleRef(self.bundle.name, self.bundle.sha256[:LEAN_BUNDLE_ID]),
             codec=CodecKeys(self.codec.margin, self.codec.frame_size, self.codec.frame_window),
             encoder_version=None,
             target_ratio=None,

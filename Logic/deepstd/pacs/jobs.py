@@ -648,12 +648,15 @@ def restore(
 
 
 def _bundle_for(data: bytes, options: dict):
-    """The bundle a payload was coded with, loaded once per run (a bundle given is checked)."""
+    """The bundle a payload was coded with, loaded once per run (a bundle given is checked); None for
+    a file that holds the refinement layer alone, which decodes without one."""
     from ..bundle import find_bundle
     from ..codec import DstdHeader
     from ..container import unpack
 
-    reference = DstdHeader.from_dict(unpack(data).header).bundle
+    reference = DstdHeader.of_file(unpack(data)).bundle
+    if reference is None:
+        return None
     cache = options.setdefault("loaded", {})
     if reference.sha256 not in cache:
         cache[reference.sha256] = find_bundle(reference.name, reference.sha256, options["bundle"])
