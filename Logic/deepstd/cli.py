@@ -205,6 +205,7 @@ def cmd_demo(args) -> None:
     print(f"scan:      {r['input']} ({'x'.join(map(str, r['size']))}, {r['raw_bytes']} raw bytes)")
     print(f"bundle:    {r['bundle']}")
     print(f"file:      {r['bytes']} bytes, {r['ratio']:.1f}x (target {r['target_ratio']:g}x)")
+    print(f"coded:     with {r['layers']}")
     print(f"time:      encode {r['encode_s']:.1f} s, decode {r['decode_s']:.1f} s")
     print(f"quality:   MAE {r['mae']:.3f}  PSNR {r['psnr']:.2f} dB  SSIM {r['ssim']:.4f}")
     if r["png"]:

@@ -68,7 +68,8 @@ def run_demo(
 ) -> dict:
     """Compress and decompress one scan; return sizes, ratio, times and MAE / PSNR / SSIM."""
     from .bundle import load_bundle
-    from .container import write_atomic
+    from .codec.files import layers_of
+    from .container import unpack, write_atomic
     from .evaluate import round_trip
     from .io import read
 
@@ -87,6 +88,7 @@ def run_demo(
         "bytes": len(result.data),
         "target_ratio": ratio,
         "ratio": scan.raw_bytes / len(result.data),
+        "layers": layers_of(unpack(result.data).sections),
         "encode_s": result.encode_s,
         "decode_s": result.decode_s,
         "mae": result.metrics["mae"],
