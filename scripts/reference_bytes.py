@@ -40,6 +40,17 @@ CASES = {
         {"ratio": 64},
     ),
     "chest-ct-64x": (DATA / "ct/chest_ct_dicom", "ct-torso", {"ratio": 64}),
+    # the learned texture, which the default replaces by the refinement layer alone where that is closer
+    "la-mr-128x-texture": (
+        DATA / "left_atrium_mr/images/LA_BXJWOUYP2J3EN4U92517.nii.gz",
+        "la-mr",
+        {"ratio": 128, "require_texture": True},
+    ),
+    "hippocampus-64x-texture": (
+        HIPPO / "images/hippocampus_338.nii.gz",
+        "hippocampus-mr",
+        {"ratio": 64, "require_texture": True},
+    ),
 }
 
 
