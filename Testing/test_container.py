@@ -191,3 +191,13 @@ def test_read_file_names_the_path(tmp_path):
     path.write_bytes(b"DSTD")
     with pytest.raises(DeepSTDError, match="bad.dstd"):
         read_file(path)
+
+
+def test_varint_size_is_the_length_field_pack_writes(sample):
+    from deepstd.container import varint_size
+
+    header = sample[0]
+    empty = len(pack(header, {"s": b""}))
+    for n in (0, 1, 127, 128, 16383, 16384, 70000):
+        assert len(pack(header, {"s": bytes(n)})) - n - empty + 1 == varint_size(n), n
+    assert (varint_size(2**35 - 1), varint_size(2**35)) == (5, 6)

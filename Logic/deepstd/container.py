@@ -90,6 +90,11 @@ class DstdFile:
 
 
 # --- varints ------------------------------------------------------------------------------------
+def varint_size(value: int) -> int:
+    """Bytes of the LEB128 varint of `value` (a section's length field, for sizing a file ahead)."""
+    return len(_varint(value))
+
+
 def _varint(value: int) -> bytes:
     if value < 0:
         raise ValueError("varints are unsigned")

@@ -452,8 +452,10 @@ class Refinement:
 
 def _framing(file_with: Callable[[bytes], bytes], budget: int) -> int:
     """The bytes a file takes besides its last section's payload, counted with a section length
-    field as long as the budget's (a varint: an empty section's would be shorter)."""
-    return len(file_with(bytes(budget))) - budget
+    field as long as the budget's (a varint: an empty section's takes one byte)."""
+    from ..container import varint_size
+
+    return len(file_with(b"")) - 1 + varint_size(budget)
 
 
 def _texture_rate(data: bytes) -> int:

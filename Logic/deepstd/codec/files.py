@@ -52,7 +52,7 @@ def encode_scan(
 def layers_of(sections) -> str:
     """What a file's sections code the scan with, in words (`deepstd encode` and `info` print it)."""
     if "texture" not in sections:
-        return "the refinement layer alone (SPERR; it decoded closer than the texture at this budget)"
+        return "the refinement layer alone (SPERR: the learned texture decoded farther or did not fit)"
     extra = [name for name, label in (("refine", "a refinement layer"), ("residual", "a residual layer"),
                                        ("keep/mask", "a keep mask")) if name in sections]  # fmt: skip
     return "the learned texture" + "".join(f" + {label}" for label in extra)
