@@ -28,6 +28,8 @@ from .header import DstdHeader
 SCAN_BYTES_PER_VOXEL = 48
 RESIDUAL_BYTES_PER_VOXEL = 40
 REFINE_BYTES_PER_VOXEL = 8
+#: the decoded values themselves (float32), all a file of the refinement layer alone adds to it
+VALUES_BYTES_PER_VOXEL = 4
 FRAME_BYTES_PER_VOXEL = 32
 
 
@@ -140,15 +142,12 @@ def decode(
     size = header.grid.size
     window = grid.whole(size) if roi is None else region.checked(roi, size)
     reporter = Reporter(progress, cancel)
-    if set(parsed.sections) == {refine.SECTION}:
-        memory.require(
-            int(np.prod(size, dtype=np.int64)) * (REFINE_BYTES_PER_VOXEL + 4), "decoding this file", header.raw_bytes,
-            len(data),
-        )  # fmt: skip
+    if set(parsed.sections) == {refine.SECTION}:  # the scan itself, coded by SPERR: no bundle, no texture
+        needed = int(np.prod(size, dtype=np.int64)) * (REFINE_BYTES_PER_VOXEL + VALUES_BYTES_PER_VOXEL)
+        memory.require(needed, "decoding this file", header.raw_bytes, len(data))
         reporter("refine", 0.1, "decoding the refinement layer")
-        residual = refine.decompress(parsed.sections[refine.SECTION], grid.shape_zyx(grid.whole(size)))
-        values = cast_to_dtype(residual[grid.slices(window, grid.whole(size))], header.dtype).astype(np.float32)
-        return _restored(values, header, window, roi, None, 1.0, parsed.header, reporter)
+        values = cast_to_dtype(_refinement(parsed.sections[refine.SECTION], size, window), header.dtype)
+        return _restored(values.astype(np.float32), header, window, roi, None, 1.0, parsed.header, reporter)
     for name in ("shape", "texture"):
         if name not in parsed.sections:
             raise FormatError(f"the file has no {name!r} section")
@@ -174,10 +173,7 @@ def decode(
     values, coverage = view.base(parsed.sections["texture"], reporter.scaled(0.2, 0.9).callback(), cancel)
     dtype = header.dtype
     if refine.SECTION in parsed.sections:
-        # SPERR decodes the whole scan; its values do not depend on the base, so a region adds its crop
-        whole = grid.whole(size)
-        residual = refine.decompress(parsed.sections[refine.SECTION], grid.shape_zyx(whole))
-        correction = residual[grid.slices(reading, whole)]
+        correction = _refinement(parsed.sections[refine.SECTION], size, reading)
         values = cast_to_dtype(values.astype(np.float64) + correction, dtype).astype(np.float32)
     if "residual" in parsed.sections:
         values = add_residual(values, parsed.sections["residual"], header.max_error, dtype)
@@ -189,6 +185,13 @@ def decode(
         part[keep[1]] = add_residual(part[keep[1]], parsed.sections["keep/residual"], bound, dtype, "keep.max_error")
     values = np.ascontiguousarray(values[grid.slices(window, reading)])
     return _restored(values, header, window, roi, bundle.name, coverage, parsed.header, reporter)
+
+
+def _refinement(section: bytes, size, box) -> np.ndarray:
+    """The refinement layer's values on `box` of the scan grid: SPERR decodes the whole scan, and
+    its values do not depend on the texture, so a region takes its crop."""
+    whole = grid.whole(size)
+    return refine.decompress(section, grid.shape_zyx(whole))[grid.slices(box, whole)]
 
 
 def _restored(values, header: DstdHeader, window, roi, bundle_name, coverage, raw: dict, reporter) -> Volume:

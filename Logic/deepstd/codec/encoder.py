@@ -409,6 +409,7 @@ class Refinement:
         self.original = cast_to_dtype(volume.array, volume.dtype).astype(np.float32)
         self.view = Decoder(bundle, header, scan.shape, None, scan.codec, scan.workers)
         self._bases: Dict[bytes, np.ndarray] = {}
+        self._errors: Dict[bytes, float] = {}  # effort 1 and `encode` may measure the same file
 
     def _base(self, texture: bytes):
         """The DeepSTD layer a texture section decodes to (kept: effort 1 asks twice)."""
@@ -424,13 +425,18 @@ class Refinement:
         from .. import refine
         from ..volume import cast_to_dtype
 
+        if data in self._errors:
+            return self._errors[data]
         sections = unpack(data).sections
-        decoded = np.zeros(self.original.shape)
         if "texture" in sections:
             decoded = self._base(sections["texture"]).astype(np.float64)
+        else:  # the refinement layer alone codes the scan itself
+            decoded = np.zeros(self.original.shape)
         if refine.SECTION in sections:
             decoded = decoded + refine.decompress(sections[refine.SECTION], self.header.grid.shape_zyx)
-        return float(np.mean((cast_to_dtype(decoded, self.dtype).astype(np.float64) - self.original) ** 2))
+        error = float(np.mean((cast_to_dtype(decoded, self.dtype).astype(np.float64) - self.original) ** 2))
+        self._errors[data] = error
+        return error
 
     def file(self, rate: float, reporter: Reporter) -> Optional[bytes]:
         """The file with the texture at `rate` and the refinement layer, or None when no layer fits."""
