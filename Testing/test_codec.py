@@ -496,7 +496,7 @@ def test_effort_two_searches_latents_and_keeps_the_closer_file(tiny_bundle, scan
 
 
 def test_the_refinement_layer_alone_is_kept_where_it_decodes_closer(tiny_bundle, scan, monkeypatch):
-    from deepstd import refine
+    from deepstd import postfilter, refine
     from deepstd.codec import encoder
     from deepstd.progress import Reporter
 
@@ -512,9 +512,10 @@ def test_the_refinement_layer_alone_is_kept_where_it_decodes_closer(tiny_bundle,
     monkeypatch.setattr(encoder, "refinement_only", lambda volume, budget, reporter: real(negated, budget, reporter))
     assert codec.encode(scan, tiny_bundle, budget_bytes=budget, device="cpu") == texture
     monkeypatch.undo()
-    # the file: format 1.2, the refine section only, no bundle named or needed, the exact grid
+    # the file: format 1.2, the refine section and a post-filter, no bundle named or needed, the exact grid
     parsed = unpack(alone)
-    assert parsed.version == (1, 2) and set(parsed.sections) == {refine.SECTION}
+    assert postfilter.classes_for(budget) > 0
+    assert parsed.version == (1, 2) and set(parsed.sections) == {refine.SECTION, postfilter.SECTION}
     assert not {"bundle", "codec", "intensity"} & set(parsed.header)
     assert 0.98 * budget <= len(alone) <= budget
     out = codec.decode(alone, device="cpu")

@@ -33,7 +33,7 @@ CI_CASES = int(os.environ.get("DEEPSTD_FUZZ_CASES", "2000"))
 #: fixed, so that a failure reproduces with `python scripts/fuzz.py --cases N --seed S`
 CI_SEED = int(os.environ.get("DEEPSTD_FUZZ_SEED", "20260"))
 WORKERS = int(os.environ.get("DEEPSTD_FUZZ_WORKERS", str(min(2, os.cpu_count() or 1))))
-SECTIONS = {"shape", "texture", "residual", "keep/mask", "keep/residual", "refine"}
+SECTIONS = {"shape", "texture", "residual", "keep/mask", "keep/residual", "refine", "filter"}
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_seed_corpus_is_small_names_the_tiny_bundle_and_covers_every_section(tin
     assert not corpus.retargeted
     seen = set()
     for name, parsed in corpus.parsed.items():
-        if set(parsed.sections) != {"refine"}:  # the refinement layer alone names no bundle
+        if "texture" in parsed.sections:  # the refinement layer alone names no bundle
             assert tiny_bundle.sha256.startswith(parsed.header["bundle"]["sha256"]), name
         seen |= set(parsed.sections)
     assert seen == SECTIONS
@@ -63,6 +63,7 @@ def test_seed_corpus_is_small_names_the_tiny_bundle_and_covers_every_section(tin
     assert "max_error" in corpus.parsed["max_error.dstd"].header and "keep" in corpus.parsed["keep.dstd"].header
     assert set(corpus.parsed["refine_alone.dstd"].sections) == {"refine"}
     assert corpus.parsed["refine_alone.dstd"].version == (1, 2)
+    assert set(corpus.parsed["refine_filtered.dstd"].sections) == {"refine", "filter"}
 
 
 def test_packers_and_recipes_rebuild_the_corpus_exactly(corpus):

@@ -814,6 +814,11 @@ def make_corpus(folder: Path) -> dict:
                 scan,
                 {"budget_bytes": 150},
             ),
+            "refine_filtered.dstd": (
+                "budget_bytes=1500: the refinement layer alone and a 2-class post-filter (format 1.2)",
+                scan,
+                {"budget_bytes": 1500},
+            ),
             "max_error.dstd": ("maximum-error mode, max_error=2 (int16): a residual section", scan, {"max_error": 2}),
             "keep.dstd": (
                 "keep mask, keep_error=1, budget_bytes=2500: keep/mask and keep/residual sections",
@@ -849,6 +854,8 @@ def make_corpus(folder: Path) -> dict:
                 raise SystemExit(f"{name}: expected a refine section")
             if name == "refine_alone.dstd" and set(parsed.sections) != {"refine"}:
                 raise SystemExit(f"{name}: expected the refine section alone")
+            if name == "refine_filtered.dstd" and set(parsed.sections) != {"refine", "filter"}:
+                raise SystemExit(f"{name}: expected the refine and filter sections")
             (folder / name).write_bytes(data)
             manifest["seeds"][name] = {
                 "about": about,

@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from .. import grid, memory, refine, region
+from .. import grid, memory, postfilter, refine, region
 from ..alignment import MAX_SCAN_TO_FRAME, ScanReader, scan_to_frame, texture_frame
 from ..bundle import Bundle, find_bundle, texture_codec
 from ..container import unpack
@@ -142,11 +142,15 @@ def decode(
     size = header.grid.size
     window = grid.whole(size) if roi is None else region.checked(roi, size)
     reporter = Reporter(progress, cancel)
-    if set(parsed.sections) == {refine.SECTION}:  # the scan itself, coded by SPERR: no bundle, no texture
-        needed = int(np.prod(size, dtype=np.int64)) * (REFINE_BYTES_PER_VOXEL + VALUES_BYTES_PER_VOXEL)
+    alone = {refine.SECTION, postfilter.SECTION}
+    if refine.SECTION in parsed.sections and set(parsed.sections) <= alone:  # no bundle, no texture
+        needed = int(np.prod(size, dtype=np.int64)) * (
+            REFINE_BYTES_PER_VOXEL + VALUES_BYTES_PER_VOXEL + postfilter.BYTES_PER_VOXEL
+        )
         memory.require(needed, "decoding this file", header.raw_bytes, len(data))
         reporter("refine", 0.1, "decoding the refinement layer")
-        values = cast_to_dtype(_refinement(parsed.sections[refine.SECTION], size, window), header.dtype)
+        whole = refinement_alone(parsed.sections, grid.shape_zyx(grid.whole(size)))
+        values = cast_to_dtype(whole[grid.slices(window, grid.whole(size))], header.dtype)
         return _restored(values.astype(np.float32), header, window, roi, None, 1.0, parsed.header, reporter)
     for name in ("shape", "texture"):
         if name not in parsed.sections:
@@ -187,6 +191,17 @@ def decode(
     return _restored(values, header, window, roi, bundle.name, coverage, parsed.header, reporter)
 
 
+def refinement_alone(sections, shape) -> np.ndarray:
+    """The whole scan (z, y, x, float64) a file of the refinement layer alone decodes to, before
+    rounding to its dtype: SPERR's values, post-filtered where the file has a filter (the encoder
+    measures its candidates with this too). A filter needs every voxel: its classes rank the whole
+    scan, so a region is cropped from this."""
+    values = refine.decompress(sections[refine.SECTION], shape)
+    if postfilter.SECTION in sections:
+        return postfilter.apply(values, sections[postfilter.SECTION])
+    return values.astype(np.float64)
+
+
 def _refinement(section: bytes, size, box) -> np.ndarray:
     """The refinement layer's values on `box` of the scan grid: SPERR decodes the whole scan, and
     its values do not depend on the texture, so a region takes its crop."""
@@ -213,4 +228,4 @@ def _restored(values, header: DstdHeader, window, roi, bundle_name, coverage, ra
     )  # fmt: skip
 
 
-__all__ = ["Decoder", "decode", "add_residual"]
+__all__ = ["Decoder", "decode", "add_residual", "refinement_alone"]

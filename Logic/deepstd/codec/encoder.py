@@ -327,13 +327,14 @@ def _texture_file(
 
 def refinement_only(volume: Volume, budget: int, reporter: Reporter) -> bytes:
     """The file that holds the scan coded by the refinement layer alone (format 1.2: no shape, no
-    texture, no bundle needed to decode), or a BudgetError that says its smallest size. Where the
+    texture, no bundle needed to decode; a `postfilter` where the budget affords one), or a
+    BudgetError that says its smallest size. Where the
     texture codec loses to SPERR at equal bytes (on training scans of every bundle: docs/CODEC.md)
     or its smallest file exceeds the budget, this is the closer file; `encode` keeps whichever
     decodes closer, so a DeepSTD file is never farther than its own refinement layer alone."""
     import numpy as np
 
-    from .. import refine
+    from .. import postfilter, refine
     from ..volume import cast_to_dtype
 
     header = DstdHeader.for_volume(
@@ -347,20 +348,28 @@ def refinement_only(volume: Volume, budget: int, reporter: Reporter) -> bytes:
         budget_bytes=budget,
         dicom=volume.meta.get("dicom") or None,
     ).fitted()
-    framing = _framing(
-        lambda section: pack(header.to_dict(), {refine.SECTION: section}, minor=REFINEMENT_ONLY_MINOR), budget
-    )
+    classes = postfilter.classes_for(budget)
+    reserved = {postfilter.SECTION: bytes(postfilter.section_size(classes))} if classes else {}
+
+    def file(sections: Dict[str, bytes]) -> bytes:
+        return pack(header.to_dict(), sections, minor=REFINEMENT_ONLY_MINOR)
+
+    framing = _framing(lambda section: file({**reserved, refine.SECTION: section}), budget)
     search = reporter.scaled(0.85, 1.0)
     search("refine", 0.0, "coding the scan with the refinement layer alone")
     original = cast_to_dtype(volume.array, volume.dtype).astype(np.float32)
     if framing < budget:
         fitting = lambda n: search("refine", (n + 1) / 9, "fitting")  # noqa: E731
         section = refine.fit(original, budget - framing, FILL_ALONE, fitting)
-        data = (
-            None if section is None else pack(header.to_dict(), {refine.SECTION: section}, minor=REFINEMENT_ONLY_MINOR)
-        )
-        if data is not None and len(data) <= budget:
-            return data
+        if section is not None:
+            sections = {refine.SECTION: section}
+            if classes:
+                search("refine", 0.95, f"fitting the post-filter ({classes} classes)")
+                decoded = refine.decompress(section, header.grid.shape_zyx)
+                sections = {postfilter.SECTION: postfilter.fit(decoded, original, classes), **sections}
+            data = file(sections)
+            if len(data) <= budget:
+                return data
     raise infeasible(volume, budget, framing + len(refine.compress(original, 0.0)))
 
 
@@ -424,16 +433,17 @@ class Refinement:
 
         from .. import refine
         from ..volume import cast_to_dtype
+        from .decoder import refinement_alone
 
         if data in self._errors:
             return self._errors[data]
         sections = unpack(data).sections
-        if "texture" in sections:
+        if "texture" not in sections:  # the refinement layer alone codes the scan itself
+            decoded = refinement_alone(sections, self.header.grid.shape_zyx)
+        else:
             decoded = self._base(sections["texture"]).astype(np.float64)
-        else:  # the refinement layer alone codes the scan itself
-            decoded = np.zeros(self.original.shape)
-        if refine.SECTION in sections:
-            decoded = decoded + refine.decompress(sections[refine.SECTION], self.header.grid.shape_zyx)
+            if refine.SECTION in sections:
+                decoded = decoded + refine.decompress(sections[refine.SECTION], self.header.grid.shape_zyx)
         error = float(np.mean((cast_to_dtype(decoded, self.dtype).astype(np.float64) - self.original) ** 2))
         self._errors[data] = error
         return error

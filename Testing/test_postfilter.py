@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from deepstd import postfilter
+from deepstd.errors import FormatError
+
+
+def _blurred_pair(seed=0, shape=(12, 20, 18)):
+    """An original with edges and noise, and a smoothed, noisier copy (what a wavelet coder leaves)."""
+    rng = np.random.default_rng(seed)
+    original = np.zeros(shape)
+    original[3:9, 4:15, 5:13] = 100.0
+    original += rng.normal(0, 3, shape)
+    decoded = ndimage.gaussian_filter(original, 1.0) + rng.normal(0, 2, shape)
+    return decoded.astype(np.float32), original.astype(np.float32)
+
+
+@pytest.mark.parametrize("classes", [1, 2, 4, 8])
+def test_the_fitted_filter_takes_the_decoded_scan_closer(classes):
+    decoded, original = _blurred_pair()
+    section = postfilter.fit(decoded, original, classes)
+    assert len(section) == postfilter.section_size(classes)
+    filtered = postfilter.apply(decoded, section)
+    before = np.mean((decoded - original) ** 2)
+    after = np.mean((filtered - original) ** 2)
+    assert after < 0.8 * before
+
+
+def test_apply_is_the_point_symmetric_diamond_the_section_states():
+    decoded, original = _blurred_pair(seed=1)
+    section = postfilter.fit(decoded, original, 1)
+    weights = postfilter.parse(section)[0]
+    kernel = np.zeros((5, 5, 5))
+    kernel[2, 2, 2] = weights[0]
+    for w, (dz, dy, dx) in zip(weights[1:], postfilter.PAIRS):
+        kernel[2 + dz, 2 + dy, 2 + dx] = kernel[2 - dz, 2 - dy, 2 - dx] = w
+    reference = ndimage.correlate(decoded.astype(np.float64), kernel, mode="nearest")
+    np.testing.assert_allclose(postfilter.apply(decoded, section), reference, rtol=0, atol=1e-9)
+    assert len(postfilter.PAIRS) == 12 and postfilter.TAPS == 13
+
+
+def test_classes_are_equal_parts_by_activity_with_ties_in_a_fixed_order():
+    decoded = np.zeros((6, 8, 10), np.float32)  # flat: every voxel ties
+    decoded[2:4, 2:6, 3:7] = 50
+    labels = postfilter._classes(decoded, 4)
+    assert np.bincount(labels.ravel()).tolist() == [120, 120, 120, 120]
+    np.testing.assert_array_equal(labels, postfilter._classes(decoded.copy(), 4))
+    activity = sum(np.abs(g) for g in np.gradient(decoded.astype(np.float64)))
+    assert activity[labels == 3].min() >= activity[labels == 0].max()
+
+
+def test_a_flat_class_keeps_the_identity_instead_of_wild_weights():
+    decoded, original = _blurred_pair(seed=2)
+    decoded[:, :, :6] = 7.0  # a constant slab: its terms are collinear, the fit there is degenerate
+    original[:, :, :6] = 7.0
+    weights = postfilter.parse(postfilter.fit(decoded, original, 8))
+    assert np.abs(weights).max() < 4
+    filtered = postfilter.apply(decoded, postfilter.fit(decoded, original, 8))
+    assert np.mean((filtered - original) ** 2) <= np.mean((decoded - original) ** 2)
+
+
+def test_the_filter_is_afforded_by_the_budget():
+    assert postfilter.classes_for(600) == 0
+    assert postfilter.classes_for(24 * postfilter.section_size(1)) == 1
+    assert postfilter.classes_for(24 * postfilter.section_size(2)) == 2
+    assert postfilter.classes_for(24 * postfilter.section_size(4) - 1) == 2
+    assert postfilter.classes_for(10**6) == postfilter.MAX_CLASSES
+
+
+def test_a_malformed_section_is_a_format_error():
+    good = postfilter.fit(*_blurred_pair(), 2)
+    with pytest.raises(FormatError, match="unsupported or truncated"):
+        postfilter.parse(b"\x07" + good[1:])
+    with pytest.raises(FormatError, match="unsupported or truncated"):
+        postfilter.parse(good[:1])
+    for classes in (0, 9, 255):
+        with pytest.raises(FormatError, match=f"{classes} classes"):
+            postfilter.parse(bytes([1, classes]) + good[2:])
+    with pytest.raises(FormatError, match="expected for 2 classes"):
+        postfilter.parse(good[:-1])
+    # any coefficients a section can hold give finite values
+    extreme = bytes([1, 1]) + b"\xff\x7f" * postfilter.TAPS
+    assert np.isfinite(postfilter.apply(np.full((4, 5, 6), 3.0e38, np.float32), extreme)).all()
