@@ -153,3 +153,38 @@ def test_a_file_coded_with_the_retired_hippocampus_bundle_decodes_without_naming
     scan = read(data_path("hippocampus_mr", "images", "hippocampus_338.nii.gz"))
     data = codec.encode(scan, old, ratio=64, device="cpu")
     np.testing.assert_array_equal(codec.decode(data, device="cpu").array, codec.decode(data, old, device="cpu").array)
+
+
+def test_a_standing_record_beside_the_bundle_is_read_only_for_those_bundle_bytes(tmp_path, oblique_volume):
+    import json
+
+    from deepstd.bundle import STANDING_VERSION, TextureStanding
+
+    path = tmp_path / "b.dstdb"
+    save_bundle(path, CONFIG, oblique_volume)
+    assert load_bundle(path).standing is None
+    sha = load_bundle(path).sha256
+    record_path = tmp_path / "b.standing.json"
+
+    def record(**kw):
+        record_path.write_text(
+            json.dumps({"version": STANDING_VERSION, "bundle_sha256": sha, "texture_closer": 0, "pairs": 8, **kw})
+        )
+        return load_bundle(path).standing
+
+    assert record() == TextureStanding(0, 8) and not record().worth_trying
+    assert record(texture_closer=2).worth_trying
+    # measured on other bundle bytes, malformed or of another version: no record (the encoder competes)
+    for bad in ({"bundle_sha256": "0" * 64}, {"texture_closer": 9}, {"pairs": 0}, {"texture_closer": True},
+                {"pairs": "8"}, {"version": 2}):  # fmt: skip
+        assert record(**bad) is None, bad
+    record_path.write_text("[1, 2")
+    assert load_bundle(path).standing is None
+
+
+def test_every_shipped_bundle_has_a_standing_record_for_its_bytes():
+    from deepstd.bundle import shipped_bundles
+
+    for name in shipped_bundles():
+        standing = load_bundle(name).standing
+        assert standing is not None and standing.pairs >= 6, name

@@ -514,7 +514,7 @@ def test_the_refinement_layer_alone_is_kept_where_it_decodes_closer(tiny_bundle,
     monkeypatch.undo()
     # the file: format 1.2, the refine section and a post-filter, no bundle named or needed, the exact grid
     parsed = unpack(alone)
-    assert postfilter.classes_for(budget) > 0
+    assert postfilter.bands_for(budget) is not None
     assert parsed.version == (1, 2) and set(parsed.sections) == {refine.SECTION, postfilter.SECTION}
     assert not {"bundle", "codec", "intensity"} & set(parsed.header)
     assert 0.98 * budget <= len(alone) <= budget
@@ -552,3 +552,28 @@ def test_a_texture_file_whose_header_lacks_bundle_or_intensity_is_refused(coded)
             codec.decode(pack(header, parsed.sections), device="cpu")
     with pytest.raises(FormatError, match="no 'texture' section"):
         codec.decode(pack(parsed.header, {"shape": parsed.sections["shape"], "refine": b"\x02\x00"}), device="cpu")
+
+
+def test_where_the_texture_never_won_on_training_scans_the_default_does_not_try_it(tiny_bundle, scan, monkeypatch):
+    import dataclasses
+
+    from deepstd.bundle import TextureStanding
+    from deepstd.codec import encoder
+    from deepstd.progress import Reporter
+
+    budget = scan.raw_bytes // 24
+    never = dataclasses.replace(tiny_bundle, standing=TextureStanding(0, 10))
+    tried = []
+    real = encoder._texture_file
+    monkeypatch.setattr(encoder, "_texture_file", lambda *a, **k: tried.append(1) or real(*a, **k))
+    alone = encoder.refinement_only(scan, budget, Reporter())
+    assert codec.encode(scan, never, budget_bytes=budget, device="cpu") == alone and not tried
+    # effort 1 tries it anyway, and so does a bundle whose texture won somewhere or has no record
+    codec.encode(scan, never, budget_bytes=budget, device="cpu", effort=1)
+    assert len(tried) == 1
+    won = dataclasses.replace(tiny_bundle, standing=TextureStanding(1, 10))
+    for bundle in (won, tiny_bundle):
+        codec.encode(scan, bundle, budget_bytes=budget, device="cpu")
+    assert len(tried) == 3
+    kept = codec.encode(scan, never, budget_bytes=budget, device="cpu", require_texture=True)
+    assert {"shape", "texture"} <= set(unpack(kept).sections)

@@ -16,11 +16,11 @@ def _blurred_pair(seed=0, shape=(12, 20, 18)):
     return decoded.astype(np.float32), original.astype(np.float32)
 
 
-@pytest.mark.parametrize("classes", [1, 2, 4, 8])
-def test_the_fitted_filter_takes_the_decoded_scan_closer(classes):
+@pytest.mark.parametrize("bands", postfilter.SCHEDULE)
+def test_the_fitted_filter_takes_the_decoded_scan_closer(bands):
     decoded, original = _blurred_pair()
-    section = postfilter.fit(decoded, original, classes)
-    assert len(section) == postfilter.section_size(classes)
+    section = postfilter.fit(decoded, original, bands)
+    assert len(section) == postfilter.section_size(bands)
     filtered = postfilter.apply(decoded, section)
     before = np.mean((decoded - original) ** 2)
     after = np.mean((filtered - original) ** 2)
@@ -29,8 +29,8 @@ def test_the_fitted_filter_takes_the_decoded_scan_closer(classes):
 
 def test_apply_is_the_point_symmetric_diamond_the_section_states():
     decoded, original = _blurred_pair(seed=1)
-    section = postfilter.fit(decoded, original, 1)
-    weights = postfilter.parse(section)[0]
+    section = postfilter.fit(decoded, original, (1, 1))
+    weights = postfilter.parse(section)[1][0]
     kernel = np.zeros((5, 5, 5))
     kernel[2, 2, 2] = weights[0]
     for w, (dz, dy, dx) in zip(weights[1:], postfilter.PAIRS):
@@ -40,45 +40,59 @@ def test_apply_is_the_point_symmetric_diamond_the_section_states():
     assert len(postfilter.PAIRS) == 12 and postfilter.TAPS == 13
 
 
-def test_classes_are_equal_parts_by_activity_with_ties_in_a_fixed_order():
-    decoded = np.zeros((6, 8, 10), np.float32)  # flat: every voxel ties
+def test_classes_are_equal_parts_by_activity_and_intensity_with_ties_in_a_fixed_order():
+    decoded = np.zeros((6, 8, 10), np.float32)  # mostly flat: most voxels tie
     decoded[2:4, 2:6, 3:7] = 50
-    labels = postfilter._classes(decoded, 4)
+    decoded[0, 0, :] = np.arange(10)
+    labels = postfilter._classes(decoded, (4, 1))
     assert np.bincount(labels.ravel()).tolist() == [120, 120, 120, 120]
-    np.testing.assert_array_equal(labels, postfilter._classes(decoded.copy(), 4))
+    np.testing.assert_array_equal(labels, postfilter._classes(decoded.copy(), (4, 1)))
     activity = sum(np.abs(g) for g in np.gradient(decoded.astype(np.float64)))
     assert activity[labels == 3].min() >= activity[labels == 0].max()
+    crossed = postfilter._classes(decoded, (2, 4))
+    assert np.bincount(crossed.ravel(), minlength=8).sum() == decoded.size and crossed.max() <= 7
+    intensity = crossed % 4
+    assert decoded[intensity == 3].min() >= decoded[intensity == 0].max()
+    np.testing.assert_array_equal(crossed // 4, postfilter._classes(decoded, (2, 1)))
+
+
+def test_a_scan_one_voxel_thick_along_an_axis_is_filtered():
+    decoded, original = _blurred_pair(shape=(1, 20, 18))
+    section = postfilter.fit(decoded, original, (2, 2))
+    assert np.mean((postfilter.apply(decoded, section) - original) ** 2) < np.mean((decoded - original) ** 2)
 
 
 def test_a_flat_class_keeps_the_identity_instead_of_wild_weights():
     decoded, original = _blurred_pair(seed=2)
     decoded[:, :, :6] = 7.0  # a constant slab: its terms are collinear, the fit there is degenerate
     original[:, :, :6] = 7.0
-    weights = postfilter.parse(postfilter.fit(decoded, original, 8))
+    weights = postfilter.parse(postfilter.fit(decoded, original, (4, 2)))[1]
     assert np.abs(weights).max() < 4
-    filtered = postfilter.apply(decoded, postfilter.fit(decoded, original, 8))
+    filtered = postfilter.apply(decoded, postfilter.fit(decoded, original, (4, 2)))
     assert np.mean((filtered - original) ** 2) <= np.mean((decoded - original) ** 2)
 
 
 def test_the_filter_is_afforded_by_the_budget():
-    assert postfilter.classes_for(600) == 0
-    assert postfilter.classes_for(24 * postfilter.section_size(1)) == 1
-    assert postfilter.classes_for(24 * postfilter.section_size(2)) == 2
-    assert postfilter.classes_for(24 * postfilter.section_size(4) - 1) == 2
-    assert postfilter.classes_for(10**6) == postfilter.MAX_CLASSES
+    assert postfilter.bands_for(600) is None
+    sizes = [postfilter.section_size(bands) for bands in postfilter.SCHEDULE]
+    assert sizes == sorted(sizes) and sizes[0] == 29
+    for bands, size in zip(postfilter.SCHEDULE, sizes):
+        assert postfilter.bands_for(24 * size) == bands
+    assert postfilter.bands_for(24 * sizes[3] - 1) == postfilter.SCHEDULE[2]
+    assert postfilter.bands_for(10**7) == (4, 16)
 
 
 def test_a_malformed_section_is_a_format_error():
-    good = postfilter.fit(*_blurred_pair(), 2)
+    good = postfilter.fit(*_blurred_pair(), (2, 1))
     with pytest.raises(FormatError, match="unsupported or truncated"):
         postfilter.parse(b"\x07" + good[1:])
     with pytest.raises(FormatError, match="unsupported or truncated"):
-        postfilter.parse(good[:1])
-    for classes in (0, 9, 255):
-        with pytest.raises(FormatError, match=f"{classes} classes"):
-            postfilter.parse(bytes([1, classes]) + good[2:])
-    with pytest.raises(FormatError, match="expected for 2 classes"):
+        postfilter.parse(good[:2])
+    for bands in ((0, 1), (9, 1), (1, 0), (1, 17), (255, 255)):
+        with pytest.raises(FormatError, match=f"{bands[0]} x {bands[1]} classes"):
+            postfilter.parse(bytes([1, *bands]) + good[3:])
+    with pytest.raises(FormatError, match="expected for 2 x 1 classes"):
         postfilter.parse(good[:-1])
     # any coefficients a section can hold give finite values
-    extreme = bytes([1, 1]) + b"\xff\x7f" * postfilter.TAPS
+    extreme = bytes([1, 1, 1]) + b"\xff\x7f" * postfilter.TAPS
     assert np.isfinite(postfilter.apply(np.full((4, 5, 6), 3.0e38, np.float32), extreme)).all()

@@ -219,6 +219,42 @@ class BundleConfig:
         return out
 
 
+STANDING_SUFFIX = ".standing.json"
+STANDING_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TextureStanding:
+    """How the bundle's learned texture fared against the refinement layer alone on its training
+    scans (`scripts/texture_standing.py`, kept beside the bundle: measuring it must not change the
+    bundle's id). Where it never decoded closer, the default encoder leaves it out (docs/CODEC.md)."""
+
+    texture_closer: int
+    pairs: int
+
+    @property
+    def worth_trying(self) -> bool:
+        return self.texture_closer > 0
+
+    @classmethod
+    def beside(cls, path: Path, sha256: str) -> Optional["TextureStanding"]:
+        """The record beside the bundle file at `path`, or None where there is none or it was
+        measured on other bundle bytes (a stale record must not steer the encoder)."""
+        record_path = path.with_name(path.name[: -len(SUFFIX)] + STANDING_SUFFIX)
+        try:
+            record = json.loads(record_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            return None
+        if not isinstance(record, dict) or record.get("version") != STANDING_VERSION:
+            return None
+        if record.get("bundle_sha256") != sha256:
+            return None
+        closer, pairs = record.get("texture_closer"), record.get("pairs")
+        if type(closer) is not int or type(pairs) is not int or not 0 <= closer <= pairs or pairs < 1:
+            return None
+        return cls(closer, pairs)
+
+
 @dataclass
 class Bundle:
     """A loaded bundle: its settings, template (and labels) and the texture weights' bytes."""
@@ -230,6 +266,7 @@ class Bundle:
     template_labels: Optional[Volume]
     texture: bytes
     path: Optional[Path] = None
+    standing: Optional[TextureStanding] = None
 
     def describe(self) -> str:
         c = self.config
@@ -311,7 +348,9 @@ def from_bytes(data: bytes, path: Optional[Path] = None) -> Bundle:
     template = _volume(entry("template.nii.gz"))
     if config.is_ct:  # NIfTI does not say so; the bundle does
         template = replace(template, units="HU")
-    return Bundle(config.name, hashlib.sha256(data).hexdigest(), config, template, labels, texture, path)
+    sha256 = hashlib.sha256(data).hexdigest()
+    standing = TextureStanding.beside(path, sha256) if path is not None and path.name.endswith(SUFFIX) else None
+    return Bundle(config.name, sha256, config, template, labels, texture, path, standing)
 
 
 def save_bundle(
@@ -469,6 +508,7 @@ __all__ = [
     "BundleConfig",
     "RegistrationConfig",
     "TextureCoding",
+    "TextureStanding",
     "load_bundle",
     "from_bytes",
     "save_bundle",

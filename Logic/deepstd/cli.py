@@ -322,9 +322,10 @@ def _effort_option(parser) -> None:
         type=int,
         choices=(0, 1, 2),
         default=0,
-        help="1: where the budget allows, also try the texture at a middle rate plus a SPERR refinement "
-        "layer and keep the closer file (slower); 2: also search the texture latents for this scan "
-        "(about twice the encode time on a CPU; docs/CODEC.md)",
+        help="1: try the learned texture even where the bundle's training scans say it never decodes "
+        "closer than the refinement layer alone, and where the budget allows, also the texture at a middle "
+        "rate plus a SPERR refinement layer; keep the closest file (slower); 2: also search the texture "
+        "latents for this scan (about twice the encode time on a CPU; docs/CODEC.md)",
     )
 
 

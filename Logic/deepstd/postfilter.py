@@ -1,22 +1,25 @@
-"""The post-filter: a Wiener filter the encoder fits to each scan and sends in a few dozen bytes.
+"""The post-filter: a Wiener filter the encoder fits to each scan and sends in a few hundred bytes.
 
 A wavelet coder at 32-512x leaves ringing along edges and smooths texture; the least-squares
 filter from the decoded scan to the original undoes part of it. This is the adaptive loop filter of
 VVC (Karczewicz et al., IEEE TCSVT 2021) on a 3-D volume: a point-symmetric diamond of radius 2 (25
-voxels, 13 coefficients), one filter per activity class (voxels ranked by local gradient, classes
-of equal size, so the decoder derives them from what it decoded and nothing is sent for them;
-a class whose fitted filter does not help keeps the identity).
-On 2 training LA scans it added +0.10 to +0.23 dB at 32-256x (docs/CODEC.md).
+voxels, 13 coefficients), one filter per class. A voxel's class is its band of activity (rank by
+local gradient) crossed with its band of intensity (rank by decoded value), each band an equal
+share of the scan, so the decoder derives the classes from what it decoded and nothing is sent for
+them; a class whose fitted filter does not help keeps the identity. Intensity bands matter on CT
+(air, fat, soft tissue, bone blur differently): on a training CT at 512x, 4 x 8 classes gained
++0.99 dB where 8 activity classes alone gained less than half of that (docs/CODEC.md).
 
-Section bytes: version u8, class count u8, then per class 13 int16 coefficients (little-endian) in
-units of 1/4096: the centre's, then each pair of opposite neighbours'. The decoder's sums run in a
-fixed order in float64, so a filtered scan is the same bit for bit on every machine and thread count.
+Section bytes: version u8, activity bands u8, intensity bands u8, then per class (activity band
+major) 13 int16 coefficients (little-endian) in units of 1/4096: the centre's, then each pair of
+opposite neighbours'. The decoder's sums run in a fixed order in float64, so a filtered scan is
+the same bit for bit on every machine and thread count.
 """
 
 from __future__ import annotations
 
 import struct
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -35,27 +38,30 @@ PAIRS: Tuple[Tuple[int, int, int], ...] = tuple(
 )
 TAPS = 1 + len(PAIRS)
 SCALE = 4096
-MAX_CLASSES = 8
+MAX_ACTIVITY_BANDS, MAX_INTENSITY_BANDS = 8, 16
 RIDGE = 1e-6
 _COEFFICIENT = struct.Struct("<h")
 #: z-slices filtered at a time: the terms of a slab are temporaries, the whole scan is not copied
 SLAB = 8
-#: working memory per voxel of `fit` and `apply` besides their input: class (u8), activity (f32)
-#: and its ranking (i64) while the classes are drawn, then the float64 output
+#: working memory per voxel of `fit` and `apply` besides their input: class (u8), the ranked
+#: quantity (f32) and its ranking (i64) while the classes are drawn, then the float64 output
 BYTES_PER_VOXEL = 24
 #: a section takes at most this share of the file's budget (tuned on training scans: docs/CODEC.md)
 MAX_SHARE = 1 / 24
+#: (activity bands, intensity bands), fewest classes first: the encoder takes the last one the
+#: budget affords (on training scans more classes kept paying up to 4 x 16, docs/CODEC.md)
+SCHEDULE: Tuple[Tuple[int, int], ...] = ((1, 1), (2, 1), (2, 2), (2, 4), (4, 4), (4, 8), (4, 16))
 
 
-def section_size(classes: int) -> int:
-    return 2 + classes * TAPS * _COEFFICIENT.size
+def section_size(bands: Tuple[int, int]) -> int:
+    return 3 + bands[0] * bands[1] * TAPS * _COEFFICIENT.size
 
 
-def classes_for(budget: int) -> int:
-    """How many classes a file of `budget` bytes affords: the most of 1, 2, 4, 8 whose section
-    takes at most MAX_SHARE of it, or 0 (no filter: a 500-byte file has no 28 bytes to spare)."""
-    fitting = [n for n in (1, 2, 4, MAX_CLASSES) if section_size(n) <= MAX_SHARE * budget]
-    return max(fitting, default=0)
+def bands_for(budget: int) -> Optional[Tuple[int, int]]:
+    """The classes a file of `budget` bytes affords: the most of SCHEDULE whose section takes at
+    most MAX_SHARE of it, or None (no filter: a 500-byte file has no 29 bytes to spare)."""
+    fitting = [bands for bands in SCHEDULE if section_size(bands) <= MAX_SHARE * budget]
+    return fitting[-1] if fitting else None
 
 
 def _slabs(decoded: np.ndarray, halo: int) -> Iterator[Tuple[int, int, np.ndarray]]:
@@ -83,11 +89,18 @@ def _terms(block: np.ndarray) -> List[np.ndarray]:
     return terms
 
 
-def _classes(decoded: np.ndarray, count: int) -> np.ndarray:
-    """Each voxel's activity class: its rank by summed absolute gradient (central differences, one
-    sided at the edges), in `count` equal parts; ties ranked in scan order."""
-    if count == 1:
-        return np.zeros(decoded.shape, dtype=np.uint8)
+def _ranked(values: np.ndarray, bands: int) -> np.ndarray:
+    """Each voxel's band (uint8) when `values` are ranked, ties in scan order, in equal parts."""
+    labels = np.zeros(values.size, dtype=np.uint8)
+    if bands > 1:
+        order = np.argsort(values.ravel(), kind="stable")
+        for band, part in enumerate(np.array_split(order, bands)):
+            labels[part] = band
+    return labels.reshape(values.shape)
+
+
+def _activity(decoded: np.ndarray) -> np.ndarray:
+    """Summed absolute gradient (central differences, one-sided at the ends) as float32."""
     activity = np.empty(decoded.shape, dtype=np.float32)
     depth = decoded.shape[0]
     axes = tuple(axis for axis in range(3) if decoded.shape[axis] > 1)
@@ -99,17 +112,22 @@ def _classes(decoded: np.ndarray, count: int) -> np.ndarray:
         for g in np.gradient(block, axis=axes) if len(axes) > 1 else [np.gradient(block, axis=axes)] * bool(axes):
             total += np.abs(g)
         activity[z0:z1] = total[z0 - lo : z1 - lo]
-    order = np.argsort(activity.ravel(), kind="stable")
-    del activity
-    labels = np.empty(decoded.size, dtype=np.uint8)
-    for c, part in enumerate(np.array_split(order, count)):
-        labels[part] = c
-    return labels.reshape(decoded.shape)
+    return activity
 
 
-def fit(decoded: np.ndarray, original: np.ndarray, classes: int) -> bytes:
+def _classes(decoded: np.ndarray, bands: Tuple[int, int]) -> np.ndarray:
+    """Each voxel's class: activity band x intensity bands + intensity band."""
+    activity_bands, intensity_bands = bands
+    labels = _ranked(_activity(decoded), activity_bands) if activity_bands > 1 else np.zeros(decoded.shape, np.uint8)
+    if intensity_bands > 1:
+        labels = labels * np.uint8(intensity_bands) + _ranked(decoded.astype(np.float32), intensity_bands)
+    return labels
+
+
+def fit(decoded: np.ndarray, original: np.ndarray, bands: Tuple[int, int]) -> bytes:
     """The section whose filter takes `decoded` closest to `original` (least squares per class)."""
-    labels = _classes(decoded, classes)
+    labels = _classes(decoded, bands)
+    classes = bands[0] * bands[1]
     gram = np.zeros((classes, TAPS, TAPS))
     moment = np.zeros((classes, TAPS))
     squares = np.zeros(classes)  # |target|^2 per class: the error of any weights from the sums alone
@@ -124,7 +142,7 @@ def fit(decoded: np.ndarray, original: np.ndarray, classes: int) -> bytes:
             moment[c] += [np.sum(ai * b) for ai in a]
             squares[c] += np.sum(b * b)
     identity = np.eye(TAPS)[0]
-    out = bytearray([VERSION, classes])
+    out = bytearray([VERSION, *bands])
     for c in range(classes):
         q = np.round(identity * SCALE)
         if np.trace(gram[c]) > 0:
@@ -140,23 +158,28 @@ def fit(decoded: np.ndarray, original: np.ndarray, classes: int) -> bytes:
     return bytes(out)
 
 
-def parse(section: bytes) -> np.ndarray:
-    """The coefficients (classes x TAPS, float64), every field checked."""
-    if len(section) < 2 or section[0] != VERSION:
+def parse(section: bytes) -> Tuple[Tuple[int, int], np.ndarray]:
+    """The bands and the coefficients (classes x TAPS, float64), every field checked."""
+    if len(section) < 3 or section[0] != VERSION:
         raise FormatError("post-filter: unsupported or truncated section")
-    classes = section[1]
-    if not 1 <= classes <= MAX_CLASSES:
-        raise FormatError(f"post-filter: {classes} classes (1 to {MAX_CLASSES} allowed)")
-    if len(section) != section_size(classes):
-        raise FormatError(f"post-filter: {len(section)} bytes, {section_size(classes)} expected for {classes} classes")
-    q = np.frombuffer(section, dtype="<i2", offset=2).astype(np.float64)
-    return q.reshape(classes, TAPS) / SCALE
+    bands = (section[1], section[2])
+    if not (1 <= bands[0] <= MAX_ACTIVITY_BANDS and 1 <= bands[1] <= MAX_INTENSITY_BANDS):
+        raise FormatError(
+            f"post-filter: {bands[0]} x {bands[1]} classes (1 to {MAX_ACTIVITY_BANDS} activity bands, "
+            f"1 to {MAX_INTENSITY_BANDS} intensity bands allowed)"
+        )
+    if len(section) != section_size(bands):
+        raise FormatError(
+            f"post-filter: {len(section)} bytes, {section_size(bands)} expected for {bands[0]} x {bands[1]} classes"
+        )
+    q = np.frombuffer(section, dtype="<i2", offset=3).astype(np.float64)
+    return bands, q.reshape(bands[0] * bands[1], TAPS) / SCALE
 
 
 def apply(decoded: np.ndarray, section: bytes) -> np.ndarray:
     """`decoded` (z, y, x) filtered as the section says, float64."""
-    weights = parse(section)
-    labels = _classes(decoded, len(weights))
+    bands, weights = parse(section)
+    labels = _classes(decoded, bands)
     out = np.empty(decoded.shape)
     for z0, z1, block in _slabs(decoded, RADIUS):
         classes = labels[z0:z1]
@@ -167,4 +190,4 @@ def apply(decoded: np.ndarray, section: bytes) -> np.ndarray:
     return out
 
 
-__all__ = ["SECTION", "fit", "apply", "parse", "section_size", "classes_for"]
+__all__ = ["SECTION", "fit", "apply", "parse", "section_size", "bands_for"]

@@ -213,8 +213,11 @@ def encode(
     CPU) and keeps them where the file decodes closer. Without a keep mask, and where SPERR is
     installed, the file that holds the scan coded by the refinement layer alone (`refinement_only`)
     competes with the texture's: the closer one is kept, and it also meets budgets below the
-    texture's smallest file. `require_texture` leaves it out: the file always holds the learned
-    texture (what the texture codec alone achieves, for research and the benchmark)."""
+    texture's smallest file; at effort 0, where the bundle's standing record says its texture never
+    decoded closer on its training scans (`bundle.TextureStanding`), that file is coded without
+    trying the texture (registration and texture take most of the encode time). `require_texture`
+    leaves it out: the file always holds the learned texture (what the texture codec alone
+    achieves, for research and the benchmark)."""
     from .. import refine
     from . import layers
 
@@ -234,9 +237,14 @@ def encode(
     started = time.perf_counter()
     refinable = mask is None and refine.unavailable_reason() is None
     competing = refinable and not require_texture
+    resolved = resolve_bundle(bundle)
+    if competing and effort == 0 and resolved.standing is not None and not resolved.standing.worth_trying:
+        best = refinement_only(volume, budget, reporter)  # the texture never won on the training scans
+        reporter("write", 1.0, f"{len(best)} bytes in {time.perf_counter() - started:.1f} s")
+        return best
     try:
         best, layer = _texture_file(
-            volume, resolve_bundle(bundle), budget, mask, keep_error, refinable, effort, device, workers, reporter
+            volume, resolved, budget, mask, keep_error, refinable, effort, device, workers, reporter
         )
     except BudgetError:
         if not competing:
@@ -348,8 +356,8 @@ def refinement_only(volume: Volume, budget: int, reporter: Reporter) -> bytes:
         budget_bytes=budget,
         dicom=volume.meta.get("dicom") or None,
     ).fitted()
-    classes = postfilter.classes_for(budget)
-    reserved = {postfilter.SECTION: bytes(postfilter.section_size(classes))} if classes else {}
+    bands = postfilter.bands_for(budget)
+    reserved = {postfilter.SECTION: bytes(postfilter.section_size(bands))} if bands else {}
 
     def file(sections: Dict[str, bytes]) -> bytes:
         return pack(header.to_dict(), sections, minor=REFINEMENT_ONLY_MINOR)
@@ -363,10 +371,10 @@ def refinement_only(volume: Volume, budget: int, reporter: Reporter) -> bytes:
         section = refine.fit(original, budget - framing, FILL_ALONE, fitting)
         if section is not None:
             sections = {refine.SECTION: section}
-            if classes:
-                search("refine", 0.95, f"fitting the post-filter ({classes} classes)")
+            if bands:
+                search("refine", 0.95, f"fitting the post-filter ({bands[0]} x {bands[1]} classes)")
                 decoded = refine.decompress(section, header.grid.shape_zyx)
-                sections = {postfilter.SECTION: postfilter.fit(decoded, original, classes), **sections}
+                sections = {postfilter.SECTION: postfilter.fit(decoded, original, bands), **sections}
             data = file(sections)
             if len(data) <= budget:
                 return data
