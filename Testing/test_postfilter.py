@@ -96,3 +96,17 @@ def test_a_malformed_section_is_a_format_error():
     # any coefficients a section can hold give finite values
     extreme = bytes([1, 1, 1]) + b"\xff\x7f" * postfilter.TAPS
     assert np.isfinite(postfilter.apply(np.full((4, 5, 6), 3.0e38, np.float32), extreme)).all()
+
+
+@pytest.mark.parametrize("bands", [2, 3, 4, 8, 16])
+def test_bands_are_a_stable_ranking_split_in_equal_parts(bands):
+    rng = np.random.default_rng(bands)
+    for values in (
+        rng.normal(size=(7, 9, 11)).astype(np.float32),
+        rng.integers(0, 4, size=(7, 9, 11)).astype(np.float32),  # long runs of ties across bands
+        np.zeros((3, 4, 5), np.float32),
+    ):
+        expected = np.empty(values.size, np.uint8)
+        for band, part in enumerate(np.array_split(np.argsort(values.ravel(), kind="stable"), bands)):
+            expected[part] = band
+        np.testing.assert_array_equal(postfilter._ranked(values, bands).ravel(), expected)

@@ -90,12 +90,19 @@ def _terms(block: np.ndarray) -> List[np.ndarray]:
 
 
 def _ranked(values: np.ndarray, bands: int) -> np.ndarray:
-    """Each voxel's band (uint8) when `values` are ranked, ties in scan order, in equal parts."""
-    labels = np.zeros(values.size, dtype=np.uint8)
+    """Each voxel's band (uint8) when `values` are ranked, ties in scan order, and the ranking is
+    split as `np.array_split` splits it. Computed without sorting: the value at each band's first
+    rank (`np.partition`), then among the voxels equal to it, those early in scan order stay below."""
+    flat = values.ravel()
+    labels = np.zeros(flat.size, dtype=np.uint8)
     if bands > 1:
-        order = np.argsort(values.ravel(), kind="stable")
-        for band, part in enumerate(np.array_split(order, bands)):
-            labels[part] = band
+        starts = np.cumsum([len(part) for part in np.array_split(np.empty(flat.size, np.bool_), bands)])[:-1]
+        thresholds = np.partition(flat, starts)[starts]
+        labels += np.searchsorted(thresholds, flat, side="left").astype(np.uint8)  # bands whose value < this
+        for start, threshold in zip(starts, thresholds):
+            tied = np.flatnonzero(flat == threshold)
+            below = int(np.count_nonzero(flat < threshold))
+            labels[tied[start - below :]] += 1  # the tied voxels at ranks >= start
     return labels.reshape(values.shape)
 
 
@@ -132,12 +139,14 @@ def fit(decoded: np.ndarray, original: np.ndarray, bands: Tuple[int, int]) -> by
     moment = np.zeros((classes, TAPS))
     squares = np.zeros(classes)  # |target|^2 per class: the error of any weights from the sums alone
     for z0, z1, block in _slabs(decoded, RADIUS):
-        terms = _terms(block)
-        target = original[z0:z1].astype(np.float64)
+        order = np.argsort(labels[z0:z1].ravel(), kind="stable")  # the slab's voxels class by class
+        ends = np.cumsum(np.bincount(labels[z0:z1].ravel(), minlength=classes))
+        terms = [t.ravel()[order] for t in _terms(block)]
+        target = original[z0:z1].astype(np.float64).ravel()[order]
         for c in range(classes):
-            chosen = labels[z0:z1] == c
-            a = [t[chosen] for t in terms]
-            b = target[chosen]
+            part = slice(ends[c - 1] if c else 0, ends[c])
+            a = [t[part] for t in terms]
+            b = target[part]
             gram[c] += [[np.sum(ai * aj) for aj in a] for ai in a]
             moment[c] += [np.sum(ai * b) for ai in a]
             squares[c] += np.sum(b * b)
