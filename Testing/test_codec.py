@@ -577,3 +577,23 @@ def test_where_the_texture_never_won_on_training_scans_the_default_does_not_try_
     assert len(tried) == 3
     kept = codec.encode(scan, never, budget_bytes=budget, device="cpu", require_texture=True)
     assert {"shape", "texture"} <= set(unpack(kept).sections)
+
+
+def test_the_refinement_layer_alone_keeps_the_post_filter_whose_file_decodes_closer(scan, monkeypatch):
+    from deepstd import postfilter
+    from deepstd.codec import encoder
+    from deepstd.progress import Reporter
+
+    budget = scan.raw_bytes // 8
+    choices = postfilter.choices_for(budget)
+    assert len(choices) == 2 and choices[1] is not None
+    alone = {}
+    for choice in choices:
+        monkeypatch.setattr(postfilter, "choices_for", lambda budget, choice=choice: [choice])
+        alone[choice] = encoder.refinement_only(scan, budget, Reporter())
+    monkeypatch.undo()
+    assert len(set(alone.values())) == 2
+    error = lambda data: float(np.mean((codec.decode(data).array - scan.array) ** 2))  # noqa: E731
+    assert encoder.refinement_only(scan, budget, Reporter()) == min(alone.values(), key=error)
+    for choice, data in alone.items():
+        assert unpack(data).sections[postfilter.SECTION][1:3] == bytes(choice) and len(data) <= budget

@@ -110,3 +110,9 @@ def test_bands_are_a_stable_ranking_split_in_equal_parts(bands):
         for band, part in enumerate(np.array_split(np.argsort(values.ravel(), kind="stable"), bands)):
             expected[part] = band
         np.testing.assert_array_equal(postfilter._ranked(values, bands).ravel(), expected)
+
+
+def test_the_encoder_tries_the_afforded_filter_and_the_next_fewer_classes():
+    assert postfilter.choices_for(600) == [None]
+    assert postfilter.choices_for(24 * postfilter.section_size((1, 1))) == [(1, 1), None]
+    assert postfilter.choices_for(10**7) == [(4, 16), (4, 8)]

@@ -335,11 +335,11 @@ def _texture_file(
 
 def refinement_only(volume: Volume, budget: int, reporter: Reporter) -> bytes:
     """The file that holds the scan coded by the refinement layer alone (format 1.2: no shape, no
-    texture, no bundle needed to decode; a `postfilter` where the budget affords one), or a
-    BudgetError that says its smallest size. Where the
+    texture, no bundle needed to decode), or a BudgetError that says its smallest size. Where the
     texture codec loses to SPERR at equal bytes (on training scans of every bundle: docs/CODEC.md)
     or its smallest file exceeds the budget, this is the closer file; `encode` keeps whichever
-    decodes closer, so a DeepSTD file is never farther than its own refinement layer alone."""
+    decodes closer, so a DeepSTD file is never farther than its own refinement layer alone. Of the
+    post-filters the budget affords (`postfilter.choices_for`), the one whose file decodes closer."""
     import numpy as np
 
     from .. import postfilter, refine
@@ -356,29 +356,51 @@ def refinement_only(volume: Volume, budget: int, reporter: Reporter) -> bytes:
         budget_bytes=budget,
         dicom=volume.meta.get("dicom") or None,
     ).fitted()
-    bands = postfilter.bands_for(budget)
-    reserved = {postfilter.SECTION: bytes(postfilter.section_size(bands))} if bands else {}
-
-    def file(sections: Dict[str, bytes]) -> bytes:
-        return pack(header.to_dict(), sections, minor=REFINEMENT_ONLY_MINOR)
-
-    framing = _framing(lambda section: file({**reserved, refine.SECTION: section}), budget)
-    search = reporter.scaled(0.85, 1.0)
-    search("refine", 0.0, "coding the scan with the refinement layer alone")
     original = cast_to_dtype(volume.array, volume.dtype).astype(np.float32)
-    if framing < budget:
-        fitting = lambda n: search("refine", (n + 1) / 9, "fitting")  # noqa: E731
-        section = refine.fit(original, budget - framing, FILL_ALONE, fitting)
-        if section is not None:
-            sections = {refine.SECTION: section}
-            if bands:
-                search("refine", 0.95, f"fitting the post-filter ({bands[0]} x {bands[1]} classes)")
-                decoded = refine.decompress(section, header.grid.shape_zyx)
-                sections = {postfilter.SECTION: postfilter.fit(decoded, original, bands), **sections}
-            data = file(sections)
-            if len(data) <= budget:
-                return data
-    raise infeasible(volume, budget, framing + len(refine.compress(original, 0.0)))
+    choices = postfilter.choices_for(budget)
+    closest: Optional[Tuple[float, bytes]] = None
+    for k, bands in enumerate(choices):
+        search = reporter.scaled(0.85 + 0.15 * k / len(choices), 0.85 + 0.15 * (k + 1) / len(choices))
+        coded = _refinement_alone_file(header, original, budget, bands, search)
+        if coded is None:
+            continue
+        data, decoded = coded
+        error = float(np.mean((cast_to_dtype(decoded, volume.dtype).astype(np.float64) - original) ** 2))
+        if closest is None or error < closest[0]:
+            closest = (error, data)
+    if closest is None:
+        framing = _framing(lambda section: _alone_pack(header, {refine.SECTION: section}), budget)
+        raise infeasible(volume, budget, framing + len(refine.compress(original, 0.0)))
+    return closest[1]
+
+
+def _alone_pack(header: DstdHeader, sections: Dict[str, bytes]) -> bytes:
+    return pack(header.to_dict(), sections, minor=REFINEMENT_ONLY_MINOR)
+
+
+def _refinement_alone_file(header: DstdHeader, original, budget: int, bands, search: Reporter):
+    """(file, the scan it decodes to before rounding) with the refinement layer alone and a
+    post-filter of `bands` classes (None: no filter), or None where it does not fit the budget."""
+    from .. import postfilter, refine
+
+    reserved = {postfilter.SECTION: bytes(postfilter.section_size(bands))} if bands else {}
+    framing = _framing(lambda section: _alone_pack(header, {**reserved, refine.SECTION: section}), budget)
+    if framing >= budget:
+        return None
+    search("refine", 0.0, "coding the scan with the refinement layer alone")
+    section = refine.fit(original, budget - framing, FILL_ALONE, lambda n: search("refine", (n + 1) / 12, "fitting"))
+    if section is None:
+        return None
+    values = refine.decompress(section, header.grid.shape_zyx)  # what the decoder will have
+    sections = {refine.SECTION: section}
+    if bands:
+        search("refine", 0.8, f"fitting the post-filter ({bands[0]} x {bands[1]} classes)")
+        sections = {postfilter.SECTION: postfilter.fit(values, original, bands), **sections}
+        decoded = postfilter.apply(values, sections[postfilter.SECTION])
+    else:
+        decoded = values.astype("float64")
+    data = _alone_pack(header, sections)
+    return (data, decoded) if len(data) <= budget else None
 
 
 def _searched(
