@@ -249,11 +249,11 @@ def encode(
     except BudgetError:
         if not competing:
             raise
-        best = refinement_only(volume, budget, reporter)  # below the smallest texture file it may still fit
+        best = refinement_only(volume, budget, reporter.scaled(0.85, 1.0))  # below the smallest texture file
     else:
         if competing:
             try:
-                alone: Optional[bytes] = refinement_only(volume, budget, reporter)
+                alone: Optional[bytes] = refinement_only(volume, budget, reporter.scaled(0.85, 1.0))
             except BudgetError:
                 alone = None
             if alone is not None and layer.error(alone) < layer.error(best):  # type: ignore[union-attr]
@@ -339,7 +339,8 @@ def refinement_only(volume: Volume, budget: int, reporter: Reporter) -> bytes:
     texture codec loses to SPERR at equal bytes (on training scans of every bundle: docs/CODEC.md)
     or its smallest file exceeds the budget, this is the closer file; `encode` keeps whichever
     decodes closer, so a DeepSTD file is never farther than its own refinement layer alone. Of the
-    post-filters the budget affords (`postfilter.choices_for`), the one whose file decodes closer."""
+    post-filters the budget affords (`postfilter.choices_for`), the one whose file decodes closer.
+    Progress is reported over the whole of `reporter`'s span."""
     import numpy as np
 
     from .. import postfilter, refine
@@ -360,7 +361,7 @@ def refinement_only(volume: Volume, budget: int, reporter: Reporter) -> bytes:
     choices = postfilter.choices_for(budget)
     closest: Optional[Tuple[float, bytes]] = None
     for k, bands in enumerate(choices):
-        search = reporter.scaled(0.85 + 0.15 * k / len(choices), 0.85 + 0.15 * (k + 1) / len(choices))
+        search = reporter.scaled(k / len(choices), (k + 1) / len(choices))
         coded = _refinement_alone_file(header, original, budget, bands, search)
         if coded is None:
             continue

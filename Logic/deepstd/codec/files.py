@@ -53,7 +53,10 @@ def layers_of(sections) -> str:
     """What a file's sections code the scan with, in words (`deepstd encode` and `info` print it)."""
     if "texture" not in sections:
         filtered = " and a post-filter" if "filter" in sections else ""
-        return f"the refinement layer alone{filtered} (SPERR: the learned texture decoded farther or did not fit)"
+        return (
+            f"the refinement layer alone{filtered} (SPERR; the learned texture decoded farther, did not fit "
+            "or never wins with this bundle)"
+        )
     extra = [label for name, label in (("refine", "a refinement layer"), ("residual", "a residual layer"),
                                        ("keep/mask", "a keep mask")) if name in sections]  # fmt: skip
     return "the learned texture" + "".join(f" + {label}" for label in extra)
