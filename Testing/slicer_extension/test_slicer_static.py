@@ -306,6 +306,7 @@ def test_cmake_configures_and_installs_module_package_and_bundles(tmp_path):
     expected |= {"Resources/UI/DeepSTDSlicer.ui", "Resources/Icons/DeepSTDSlicer.png"}
     expected |= {p.relative_to(package).as_posix() for p in (package / "deepstd").rglob("*.py")}
     expected |= {p.relative_to(package).as_posix() for p in (package / "deepstd" / "bundles").rglob("*.dstdb")}
+    expected |= {p.relative_to(package).as_posix() for p in (package / "deepstd" / "bundles").glob("*.standing.json")}
     expected |= {p.relative_to(package).as_posix() for p in (package / "deepstd" / "segmenters").glob("*.safetensors")}
     expected |= {p.relative_to(package).as_posix() for p in (package / "deepstd" / "data").glob("*") if p.is_file()}
     assert installed == expected, (sorted(expected - installed), sorted(installed - expected))
