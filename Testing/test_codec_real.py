@@ -64,14 +64,15 @@ def test_more_bytes_give_better_quality(la_bundle, held_out_scan, coded_128):
 
 
 def test_the_default_file_decodes_at_least_as_close_as_the_learned_texture(la_bundle, held_out_scan, coded_128):
-    """On this scan the refinement layer alone decoded closer at 128x (docs/CODEC.md, step 6); the
-    default keeps whichever is closer, so it can never be farther than the texture's file."""
+    """On this scan the refinement layer alone (with its post-filter) decoded closer at 128x
+    (docs/CODEC.md, steps 6-8); the default keeps whichever is closer, and where the bundle's
+    standing record skips the texture it is that file, so it is never farther than the texture's."""
     default = codec.encode(held_out_scan, la_bundle, ratio=128, device="cpu")
     budget = held_out_scan.raw_bytes // 128
     assert 0.98 * budget <= len(default) <= budget
     psnr = lambda data: metrics.psnr(held_out_scan.array, codec.decode(data).array)  # noqa: E731
     assert psnr(default) >= psnr(coded_128)
-    assert default == coded_128 or set(unpack(default).sections) == {"refine"}
+    assert default == coded_128 or set(unpack(default).sections) <= {"refine", "filter"}
 
 
 def test_demo_command_writes_a_picture(tmp_path, capsys):
