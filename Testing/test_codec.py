@@ -507,9 +507,14 @@ def test_the_refinement_layer_alone_is_kept_where_it_decodes_closer(tiny_bundle,
     assert error(alone) != error(texture)
     chosen = codec.encode(scan, tiny_bundle, budget_bytes=budget, device="cpu")
     assert chosen == min((texture, alone), key=error)
+    # encode compares the error the encoder measured for that file, which is the decoder's
+    measured = encoder._closest_refinement_alone(scan, budget, Reporter())
+    assert measured[0] == alone and measured[1] == pytest.approx(error(alone), rel=1e-6)
     # a refinement layer alone that decodes farther (it codes the negated scan) loses to the texture
-    real, negated = encoder.refinement_only, scan.with_array(-scan.array)
-    monkeypatch.setattr(encoder, "refinement_only", lambda volume, budget, reporter: real(negated, budget, reporter))
+    farther = encoder.refinement_only(scan.with_array(-scan.array), budget, Reporter())
+    monkeypatch.setattr(
+        encoder, "_closest_refinement_alone", lambda volume, budget, reporter: (farther, error(farther))
+    )
     assert codec.encode(scan, tiny_bundle, budget_bytes=budget, device="cpu") == texture
     monkeypatch.undo()
     # the file: format 1.2, the refine section and a post-filter, no bundle named or needed, the exact grid

@@ -128,8 +128,8 @@ def _activity(decoded: np.ndarray) -> np.ndarray:
         lo, hi = max(z0 - 1, 0), min(z1 + 1, depth)  # a slice of halo: the same differences as whole
         block = decoded[lo:hi].astype(np.float64)
         total = np.zeros(block.shape)
-        for g in np.gradient(block, axis=axes) if len(axes) > 1 else [np.gradient(block, axis=axes)] * bool(axes):
-            total += np.abs(g)
+        for axis in axes:
+            total += np.abs(np.gradient(block, axis=axis))
         activity[z0:z1] = total[z0 - lo : z1 - lo]
     return activity
 

@@ -253,11 +253,12 @@ def encode(
     else:
         if competing:
             try:
-                alone: Optional[bytes] = refinement_only(volume, budget, reporter.scaled(0.85, 1.0))
+                alone, alone_error = _closest_refinement_alone(volume, budget, reporter.scaled(0.85, 1.0))
             except BudgetError:
-                alone = None
-            if alone is not None and layer.error(alone) < layer.error(best):  # type: ignore[union-attr]
-                best = alone
+                pass
+            else:
+                if alone_error < layer.error(best):  # type: ignore[union-attr]
+                    best = alone
     reporter("write", 1.0, f"{len(best)} bytes in {time.perf_counter() - started:.1f} s")
     return best
 
@@ -341,6 +342,12 @@ def refinement_only(volume: Volume, budget: int, reporter: Reporter) -> bytes:
     decodes closer, so a DeepSTD file is never farther than its own refinement layer alone. Of the
     post-filters the budget affords (`postfilter.choices_for`), the one whose file decodes closer.
     Progress is reported over the whole of `reporter`'s span."""
+    return _closest_refinement_alone(volume, budget, reporter)[0]
+
+
+def _closest_refinement_alone(volume: Volume, budget: int, reporter: Reporter) -> Tuple[bytes, float]:
+    """`refinement_only`'s file and its mean squared error as the decoder will decode it (in the
+    units `Refinement.error` measures, so `encode` compares it with the texture's file as it is)."""
     import numpy as np
 
     from .. import postfilter, refine
@@ -372,7 +379,7 @@ def refinement_only(volume: Volume, budget: int, reporter: Reporter) -> bytes:
     if closest is None:
         framing = _framing(lambda section: _alone_pack(header, {refine.SECTION: section}), budget)
         raise infeasible(volume, budget, framing + len(refine.compress(original, 0.0)))
-    return closest[1]
+    return closest[1], closest[0]
 
 
 def _alone_pack(header: DstdHeader, sections: Dict[str, bytes]) -> bytes:
