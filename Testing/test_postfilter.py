@@ -116,3 +116,11 @@ def test_the_encoder_tries_the_afforded_filter_and_the_next_fewer_classes():
     assert postfilter.choices_for(600) == [None]
     assert postfilter.choices_for(24 * postfilter.section_size((1, 1))) == [(1, 1), None]
     assert postfilter.choices_for(10**7) == [(4, 16), (4, 8)]
+
+
+@pytest.mark.parametrize("bands", [(1, 1), (2, 4), (4, 16)])
+def test_fit_and_apply_is_fit_then_apply(bands):
+    decoded, original = _blurred_pair(seed=5)
+    section, filtered = postfilter.fit_and_apply(decoded, original, bands)
+    assert section == postfilter.fit(decoded, original, bands)
+    np.testing.assert_array_equal(filtered, postfilter.apply(decoded, section))

@@ -145,7 +145,18 @@ def _classes(decoded: np.ndarray, bands: Tuple[int, int]) -> np.ndarray:
 
 def fit(decoded: np.ndarray, original: np.ndarray, bands: Tuple[int, int]) -> bytes:
     """The section whose filter takes `decoded` closest to `original` (least squares per class)."""
+    return _fit(decoded, original, bands, _classes(decoded, bands))
+
+
+def fit_and_apply(decoded: np.ndarray, original: np.ndarray, bands: Tuple[int, int]) -> Tuple[bytes, np.ndarray]:
+    """`fit`'s section and `decoded` filtered by it, exactly as `apply` filters it, the classes drawn
+    once (the encoder measures every file it tries)."""
     labels = _classes(decoded, bands)
+    section = _fit(decoded, original, bands, labels)
+    return section, _filtered(decoded, labels, parse(section)[1])
+
+
+def _fit(decoded: np.ndarray, original: np.ndarray, bands: Tuple[int, int], labels: np.ndarray) -> bytes:
     classes = bands[0] * bands[1]
     gram = np.zeros((classes, TAPS, TAPS))
     moment = np.zeros((classes, TAPS))
@@ -200,7 +211,10 @@ def parse(section: bytes) -> Tuple[Tuple[int, int], np.ndarray]:
 def apply(decoded: np.ndarray, section: bytes) -> np.ndarray:
     """`decoded` (z, y, x) filtered as the section says, float64."""
     bands, weights = parse(section)
-    labels = _classes(decoded, bands)
+    return _filtered(decoded, _classes(decoded, bands), weights)
+
+
+def _filtered(decoded: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
     out = np.empty(decoded.shape)
     for z0, z1, block in _slabs(decoded, RADIUS):
         classes = labels[z0:z1]
@@ -211,4 +225,4 @@ def apply(decoded: np.ndarray, section: bytes) -> np.ndarray:
     return out
 
 
-__all__ = ["SECTION", "fit", "apply", "parse", "section_size", "bands_for", "choices_for"]
+__all__ = ["SECTION", "fit", "fit_and_apply", "apply", "parse", "section_size", "bands_for", "choices_for"]

@@ -238,28 +238,47 @@ def encode(
     refinable = mask is None and refine.unavailable_reason() is None
     competing = refinable and not require_texture
     resolved = resolve_bundle(bundle)
-    if competing and effort == 0 and resolved.standing is not None and not resolved.standing.worth_trying:
+    standing = resolved.standing
+    if competing and effort == 0 and standing is not None and not standing.worth_trying:
         best = refinement_only(volume, budget, reporter)  # the texture never won on the training scans
-        reporter("write", 1.0, f"{len(best)} bytes in {time.perf_counter() - started:.1f} s")
-        return best
+    else:
+        best = _texture_or_alone(
+            volume, resolved, budget, mask, keep_error, refinable, competing, effort, device, workers, reporter
+        )
+    reporter("write", 1.0, f"{len(best)} bytes in {time.perf_counter() - started:.1f} s")
+    return best
+
+
+def _texture_or_alone(
+    volume: Volume,
+    bundle: Bundle,
+    budget: int,
+    mask,
+    keep_error: float,
+    refinable: bool,
+    competing: bool,
+    effort: int,
+    device: str,
+    workers: Optional[int],
+    reporter: Reporter,
+) -> bytes:
+    """The texture's file or, where `competing`, the refinement layer alone's when it decodes closer
+    or the texture does not fit."""
     try:
         best, layer = _texture_file(
-            volume, resolved, budget, mask, keep_error, refinable, effort, device, workers, reporter
+            volume, bundle, budget, mask, keep_error, refinable, effort, device, workers, reporter
         )
     except BudgetError:
         if not competing:
             raise
-        best = refinement_only(volume, budget, reporter.scaled(0.85, 1.0))  # below the smallest texture file
-    else:
-        if competing:
-            try:
-                alone, alone_error = _closest_refinement_alone(volume, budget, reporter.scaled(0.85, 1.0))
-            except BudgetError:
-                pass
-            else:
-                if alone_error < layer.error(best):  # type: ignore[union-attr]
-                    best = alone
-    reporter("write", 1.0, f"{len(best)} bytes in {time.perf_counter() - started:.1f} s")
+        return refinement_only(volume, budget, reporter.scaled(0.85, 1.0))  # below the smallest texture file
+    if competing:
+        try:
+            alone, alone_error = _closest_refinement_alone(volume, budget, reporter.scaled(0.85, 1.0))
+        except BudgetError:
+            return best
+        if alone_error < layer.error(best):  # type: ignore[union-attr]
+            return alone
     return best
 
 
@@ -403,8 +422,8 @@ def _refinement_alone_file(header: DstdHeader, original, budget: int, bands, sea
     sections = {refine.SECTION: section}
     if bands:
         search("refine", 0.8, f"fitting the post-filter ({bands[0]} x {bands[1]} classes)")
-        sections = {postfilter.SECTION: postfilter.fit(values, original, bands), **sections}
-        decoded = postfilter.apply(values, sections[postfilter.SECTION])
+        filter_section, decoded = postfilter.fit_and_apply(values, original, bands)
+        sections = {postfilter.SECTION: filter_section, **sections}
     else:
         decoded = values.astype("float64")
     data = _alone_pack(header, sections)
