@@ -188,3 +188,16 @@ def test_every_shipped_bundle_has_a_standing_record_for_its_bytes():
     for name in shipped_bundles():
         standing = load_bundle(name).standing
         assert standing is not None and standing.pairs >= 6, name
+
+
+def test_a_standing_record_written_by_record_is_read_back(tmp_path, oblique_volume):
+    import json
+
+    from deepstd.bundle import TextureStanding
+
+    path = tmp_path / "b.dstdb"
+    save_bundle(path, CONFIG, oblique_volume)
+    bundle = load_bundle(path)
+    standing = TextureStanding(3, 12)
+    (tmp_path / "b.standing.json").write_text(json.dumps(standing.record(bundle.name, bundle.sha256, results=[])))
+    assert load_bundle(path).standing == standing

@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from deepstd.bundle import STANDING_VERSION, load_bundle
+    from deepstd.bundle import TextureStanding, load_bundle
     from deepstd.codec import decode, encode
     from deepstd.codec.encoder import refinement_only
     from deepstd.errors import BudgetError
@@ -65,15 +65,12 @@ def main(argv=None) -> int:
             pairs.append(pair)
             print(json.dumps({**pair, "s": round(time.perf_counter() - started, 1)}), flush=True)
     closer = sum(1 for p in pairs if p["texture_mse"] is not None and p["texture_mse"] < p["alone_mse"])
-    record = {
-        "version": STANDING_VERSION,
-        "bundle": bundle.name,
-        "bundle_sha256": bundle.sha256,
-        "texture_closer": closer,
-        "pairs": len(pairs),
-        "measured_by": "python scripts/texture_standing.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "results": pairs,
-    }
+    record = TextureStanding(closer, len(pairs)).record(
+        bundle.name,
+        bundle.sha256,
+        measured_by="python scripts/texture_standing.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        results=pairs,
+    )
     args.out.write_text(json.dumps(record, indent=1) + "\n")
     print(f"{bundle.name}: the texture decoded closer on {closer} of {len(pairs)} pairs -> {args.out}")
     return 0

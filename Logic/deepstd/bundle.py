@@ -236,6 +236,17 @@ class TextureStanding:
     def worth_trying(self) -> bool:
         return self.texture_closer > 0
 
+    def record(self, name: str, sha256: str, **details: Any) -> Dict[str, Any]:
+        """The JSON object `beside` reads back, for the bundle `name` with id `sha256`."""
+        return {
+            "version": STANDING_VERSION,
+            "bundle": name,
+            "bundle_sha256": sha256,
+            "texture_closer": self.texture_closer,
+            "pairs": self.pairs,
+            **details,
+        }
+
     @classmethod
     def beside(cls, path: Path, sha256: str) -> Optional["TextureStanding"]:
         """The record beside the bundle file at `path`, or None where there is none or it was

@@ -149,7 +149,7 @@ def decode(
         )
         memory.require(needed, "decoding this file", header.raw_bytes, len(data))
         reporter("refine", 0.1, "decoding the refinement layer")
-        whole = refinement_alone(parsed.sections, grid.shape_zyx(grid.whole(size)))
+        whole = _refinement_alone(parsed.sections, grid.shape_zyx(grid.whole(size)))
         values = cast_to_dtype(whole[grid.slices(window, grid.whole(size))], header.dtype)
         return _restored(values.astype(np.float32), header, window, roi, None, 1.0, parsed.header, reporter)
     for name in ("shape", "texture"):
@@ -191,11 +191,11 @@ def decode(
     return _restored(values, header, window, roi, bundle.name, coverage, parsed.header, reporter)
 
 
-def refinement_alone(sections, shape) -> np.ndarray:
+def _refinement_alone(sections, shape) -> np.ndarray:
     """The whole scan (z, y, x, float64) a file of the refinement layer alone decodes to, before
     rounding to its dtype: SPERR's values, post-filtered where the file has a filter (the encoder
-    measures its candidates with this too). A filter needs every voxel: its classes rank the whole
-    scan, so a region is cropped from this."""
+    computes the same values with `refine.decompress` and `postfilter.fit_and_apply`). A filter
+    needs every voxel: its classes rank the whole scan, so a region is cropped from this."""
     values = refine.decompress(sections[refine.SECTION], shape)
     if postfilter.SECTION in sections:
         return postfilter.apply(values, sections[postfilter.SECTION])
@@ -228,4 +228,4 @@ def _restored(values, header: DstdHeader, window, roi, bundle_name, coverage, ra
     )  # fmt: skip
 
 
-__all__ = ["Decoder", "decode", "add_residual", "refinement_alone"]
+__all__ = ["Decoder", "decode", "add_residual"]

@@ -484,23 +484,19 @@ class Refinement:
         return self._bases[texture]
 
     def error(self, data: bytes) -> float:
-        """Mean squared error of a file (texture alone, with a refinement layer, or the refinement
-        layer alone), decoded as the decoder will."""
+        """Mean squared error of a file with the texture (alone or with a refinement layer), decoded
+        as the decoder will (a file of the refinement layer alone is measured where it is coded)."""
         import numpy as np
 
         from .. import refine
         from ..volume import cast_to_dtype
-        from .decoder import refinement_alone
 
         if data in self._errors:
             return self._errors[data]
         sections = unpack(data).sections
-        if "texture" not in sections:  # the refinement layer alone codes the scan itself
-            decoded = refinement_alone(sections, self.header.grid.shape_zyx)
-        else:
-            decoded = self._base(sections["texture"]).astype(np.float64)
-            if refine.SECTION in sections:
-                decoded = decoded + refine.decompress(sections[refine.SECTION], self.header.grid.shape_zyx)
+        decoded = self._base(sections["texture"]).astype(np.float64)
+        if refine.SECTION in sections:
+            decoded = decoded + refine.decompress(sections[refine.SECTION], self.header.grid.shape_zyx)
         error = float(np.mean((cast_to_dtype(decoded, self.dtype).astype(np.float64) - self.original) ** 2))
         self._errors[data] = error
         return error
