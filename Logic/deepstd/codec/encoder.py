@@ -242,44 +242,28 @@ def encode(
     if competing and effort == 0 and standing is not None and not standing.worth_trying:
         best = refinement_only(volume, budget, reporter)  # the texture never won on the training scans
     else:
-        best = _texture_or_alone(
-            volume, resolved, budget, mask, keep_error, refinable, competing, effort, device, workers, reporter
-        )
+        try:
+            best, layer = _texture_file(
+                volume, resolved, budget, mask, keep_error, refinable, effort, device, workers, reporter
+            )
+        except BudgetError:
+            if not competing:
+                raise
+            best = refinement_only(volume, budget, reporter.scaled(0.85, 1.0))  # below the smallest texture file
+        else:
+            if competing:
+                best = _closer_of(best, layer, volume, budget, reporter.scaled(0.85, 1.0))  # type: ignore[arg-type]
     reporter("write", 1.0, f"{len(best)} bytes in {time.perf_counter() - started:.1f} s")
     return best
 
 
-def _texture_or_alone(
-    volume: Volume,
-    bundle: Bundle,
-    budget: int,
-    mask,
-    keep_error: float,
-    refinable: bool,
-    competing: bool,
-    effort: int,
-    device: str,
-    workers: Optional[int],
-    reporter: Reporter,
-) -> bytes:
-    """The texture's file or, where `competing`, the refinement layer alone's when it decodes closer
-    or the texture does not fit."""
+def _closer_of(texture: bytes, layer: "Refinement", volume: Volume, budget: int, reporter: Reporter) -> bytes:
+    """The texture's file or the refinement layer alone's, whichever decodes closer."""
     try:
-        best, layer = _texture_file(
-            volume, bundle, budget, mask, keep_error, refinable, effort, device, workers, reporter
-        )
+        alone, alone_error = _closest_refinement_alone(volume, budget, reporter)
     except BudgetError:
-        if not competing:
-            raise
-        return refinement_only(volume, budget, reporter.scaled(0.85, 1.0))  # below the smallest texture file
-    if competing:
-        try:
-            alone, alone_error = _closest_refinement_alone(volume, budget, reporter.scaled(0.85, 1.0))
-        except BudgetError:
-            return best
-        if alone_error < layer.error(best):  # type: ignore[union-attr]
-            return alone
-    return best
+        return texture
+    return alone if alone_error < layer.error(texture) else texture
 
 
 def _texture_file(
