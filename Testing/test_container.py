@@ -11,10 +11,12 @@ import pytest
 
 from deepstd import DeepSTDError, FormatError
 from deepstd.container import (
+    FLAG_COMPACT,
     FLAG_DEFLATED_HEADER,
     FLAG_DICTIONARY,
     HEADER_DICTIONARY,
     MAJOR,
+    SIGNED_PERMUTATIONS,
     geometry_header,
     header_cost,
     pack,
@@ -65,7 +67,7 @@ def test_the_preset_dictionary_makes_a_lean_header_small_and_reads_back(oblique_
         codec={"margin": [8, 8, 8]},
     )
     data = pack(lean, {"shape": b"s", "texture": b"t"})
-    assert data[6] == FLAG_DEFLATED_HEADER | FLAG_DICTIONARY
+    assert data[6] == FLAG_COMPACT | FLAG_DEFLATED_HEADER | FLAG_DICTIONARY
     assert unpack(data).header == lean
     text = zlib.compressobj(9, zlib.DEFLATED, -15, 9)
     plain = len(text.compress(str(lean).encode()) + text.flush())
@@ -125,14 +127,19 @@ def test_bad_headers_are_named(text, message):
         unpack(_with_header(text))
 
 
+def _checksummed(body: bytes) -> bytes:
+    """A compact file's bytes before its checksum, with the checksum appended."""
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
 def test_huge_declared_lengths_are_refused_before_allocation(sample):
     header, _ = sample
-    data = pack(header, {})[:-1] + b"\xff\xff\x03"  # 65535 sections declared, none present
+    data = _checksummed(pack(header, {})[:-5] + b"\xff\xff\x03")  # 65535 sections declared, none present
     with pytest.raises(FormatError, match="sections"):
         unpack(data)
-    data = pack(header, {"a": b"1"})
+    data = pack(header, {"a": b"1"})[:-4]
     cut = data.index(b"\x01a") + 2
-    evil = data[:cut] + b"\xff\xff\xff\xff\x0f" + data[cut + 1 :]  # 4 GiB section length
+    evil = _checksummed(data[:cut] + b"\xff\xff\xff\xff\x0f" + data[cut + 1 :])  # 4 GiB section length
     with pytest.raises(FormatError, match="limit|truncated"):
         unpack(evil)
 
@@ -167,6 +174,146 @@ def test_fuzz_truncations_and_bit_flips_only_raise_format_errors(sample):
     assert sum(outcomes.values()) == len(cases) >= 5000
     assert outcomes["refused"] > 0.98 * len(cases)
     print(f"fuzzed {len(cases)} files: {outcomes}")
+
+
+def test_damage_behind_a_valid_checksum_only_raises_format_errors(sample, oblique_volume):
+    """The same, with the checksum recomputed after the damage, so that the parser behind it — the
+    geometry record, the header's JSON keys, the section table — meets every mutation."""
+    header, sections = sample
+    lean = geometry_header(oblique_volume)
+    rng = random.Random(99)
+    refused = total = 0
+    for data in (pack(header, sections), pack(lean, {"refine": b"r" * 20, "filter": b"f"})):
+        body = data[:-4]
+        cases = [_checksummed(body[:n]) for n in range(len(body))]
+        for _ in range(2000):
+            damaged = bytearray(body)
+            for _ in range(rng.randint(1, 3)):
+                damaged[rng.randrange(7, len(damaged))] = rng.getrandbits(8)
+            cases.append(_checksummed(bytes(damaged)))
+        total += len(cases)
+        for case in cases:
+            try:
+                parsed = unpack(case)
+            except FormatError:
+                refused += 1
+            else:
+                assert parsed.file_bytes == len(case)
+    assert refused > 1000
+    print(f"fuzzed {total} files behind a valid checksum: {refused} refused")
+
+
+def _leb128(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append(value & 0x7F | (0x80 if value >= 0x80 else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
+def test_legacy_files_still_read(sample):
+    """A file of format 1.1 (whole JSON header and a CRC-32 per part) reads as written."""
+    import json
+
+    header, sections = sample
+    text = json.dumps(header).encode()
+    legacy = bytearray(b"DSTD" + bytes([MAJOR, 1, 0]) + _leb128(len(text)) + text + struct.pack("<I", zlib.crc32(text)))
+    legacy += bytes([len(sections)])
+    for name, payload in sections.items():
+        raw = name.encode()
+        legacy += (
+            bytes([len(raw)]) + raw + _leb128(len(payload)) + struct.pack("<I", zlib.crc32(payload, zlib.crc32(raw)))
+        )
+        legacy += payload
+    parsed = unpack(bytes(legacy))
+    assert (parsed.header, parsed.sections, parsed.version) == (header, sections, (MAJOR, 1))
+    assert unpack(pack(header, sections)).version == (MAJOR, 2)
+
+
+def _geometry(spacing, origin, direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)) -> dict:
+    return {
+        "dtype": "int16",
+        "units": "unitless",
+        "geometry": {
+            "size": [37, 43, 43],
+            "spacing": list(spacing),
+            "origin": list(origin),
+            "direction": list(direction),
+        },
+    }
+
+
+def test_the_geometry_record_restores_every_float_bit_for_bit():
+    """Spacing, origin and direction come back as the same float64 bits: -0.0, 17-digit values,
+    subnormal spacings, DICOM-style decimals, an oblique direction."""
+    rng = random.Random(5)
+    values = [0.625, -0.0, 0.0, 1e-300, 5e-324, 0.1 + 0.2, 9999.999999999998, -172.59999084472656, 123.456]
+    values += [rng.uniform(1e-3, 1e4) for _ in range(30)] + [
+        struct.unpack("<d", struct.pack("<Q", rng.getrandbits(62)))[0] for _ in range(30)
+    ]
+    values = [v for v in values if 0 < abs(v) < 1e4 or v == 0]
+    oblique = (0.0, 1.0, 0.0, -0.8, 0.0, 0.6, 0.6, 0.0, 0.8)
+    for i in range(0, len(values) - 2, 3):
+        spacing = [abs(v) or 1.0 for v in values[i : i + 3]]
+        origin = values[i : i + 3]
+        for direction in (oblique, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)):
+            header = _geometry(spacing, origin, direction)
+            geometry = unpack(pack(header, {})).header["geometry"]
+            for key in ("spacing", "origin", "direction"):
+                assert struct.pack("<3d" if key != "direction" else "<9d", *geometry[key]) == struct.pack(
+                    "<3d" if key != "direction" else "<9d", *header["geometry"][key]
+                ), (key, header["geometry"][key], geometry[key])
+
+
+def test_a_common_geometry_costs_a_few_bytes():
+    """Every signed-permutation direction is one byte, and so is each spacing or origin of ±1.0: the
+    whole header of such a file of the refinement layer alone is 12 bytes (format 1.1: 41)."""
+    for matrix in SIGNED_PERMUTATIONS:
+        header = _geometry((1.0, 1.0, 1.0), (-1.0, -1.0, 1.0), matrix)
+        assert header_cost(header) == 1 + 1 + 3 + 6 + 1
+        assert unpack(pack(header, {})).header == header
+    assert (
+        header_cost(_geometry((0.625, 0.625, 1.25), (-172.5999, 12.0, 30.5)))
+        == 1 + 1 + 3 + (3 + 3 + 2) + (4 + 2 + 3) + 1
+    )
+
+
+def _compact(record: bytes, keys: bytes = b"", flags: int = 0, minor: int = 2, sections: bytes = b"\x00") -> bytes:
+    return _checksummed(
+        b"DSTD" + bytes([MAJOR, minor, FLAG_COMPACT | flags, len(record + keys)]) + record + keys + sections
+    )
+
+
+_RECORD = bytes([3, 37, 43, 43, 0x40, 0x40, 0x40, 0x60, 0x60, 0x40, 0])  # int16, unitless, unit spacing, identity
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (_compact(_RECORD), None),
+        (_compact(bytes([0x0B]) + _RECORD[1:]), "dtype/units code"),
+        (_compact(bytes([0x53]) + _RECORD[1:]), "dtype/units code"),
+        (_compact(_RECORD[:-1] + bytes([48])), "direction code"),
+        (_compact(_RECORD[:4] + b"\xff" * 9 + b"\x7f" + _RECORD[5:]), "above the limit"),
+        (_compact(_RECORD[:4] + b"\x5f\xa0\x06" + _RECORD[5:]), "exponent is 800"),
+        (_compact(_RECORD[:4] + b"\x5f\x81\x05" + _RECORD[5:]), "overflows"),
+        (_compact(_RECORD[:4] + b"\x60" + _RECORD[5:]), "implausible spacing"),
+        (_compact(_RECORD[:-1]), "truncated"),
+        (_compact(_RECORD, b'{"dtype":"uint8"}'), "repeat the geometry record"),
+        (_compact(_RECORD, b"[1]"), "not a JSON object"),
+        (_compact(_RECORD, flags=FLAG_DEFLATED_HEADER), "deflate|inflated"),
+        (_compact(_RECORD, minor=1), "compact layout"),
+        (_compact(_RECORD, sections=b"\x01\x8f\x00"), "unknown name code"),
+        (_compact(_RECORD)[:-1] + b"\x00", "CRC32 mismatch"),
+    ],
+)
+def test_a_hostile_compact_header_is_named(data, message):
+    if message is None:
+        assert unpack(data).header["geometry"]["spacing"] == [1.0, 1.0, 1.0]
+        return
+    with pytest.raises(FormatError, match=message):
+        unpack(data)
 
 
 def test_write_atomic_gives_the_permissions_of_a_plain_open(tmp_path, sample):

@@ -42,6 +42,7 @@ import functools
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import lzma
 import math
@@ -206,6 +207,101 @@ def pack_raw(
         out += bytes([len(raw) & 0xFF]) + raw + leb128(len(payload))
         out += struct.pack("<I", zlib.crc32(payload, zlib.crc32(raw))) + payload
     return bytes(out + trailer)
+
+
+#: the compact layout of format 1.2 (deepstd.container): names by code, units by code, signed
+#: permutations by code, one trailing CRC-32
+COMPACT_SECTIONS = ("shape", "texture", "refine", "filter", "residual", "keep/mask", "keep/residual")
+COMPACT_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+COMPACT_UNITS = ("unitless", "HU")
+
+
+def decimal_bytes(value: float) -> bytes:
+    """A float as the compact record writes it: varint(32 * (2 * mantissa + sign) + min(z, 31)),
+    z the exponent's zigzag, then varint(z - 31) where z >= 31; from the shortest repr, or given raw
+    as a (mantissa-and-sign, zigzag) pair."""
+    if isinstance(value, tuple):
+        coded, z = value
+    else:
+        text = repr(float(value))
+        sign = text.startswith("-")
+        digits, _, exp = text.lstrip("-").partition("e")
+        whole, _, frac = digits.partition(".")
+        mantissa, exponent = int((whole + frac) or "0"), int(exp or 0) - len(frac)
+        while mantissa and mantissa % 10 == 0:
+            mantissa, exponent = mantissa // 10, exponent + 1
+        if not mantissa:
+            exponent = 0
+        coded, z = 2 * mantissa + sign, zigzag(exponent)
+    return leb128(32 * coded + min(z, 31)) + (leb128(z - 31) if z >= 31 else b"")
+
+
+def direction_code(direction) -> Optional[int]:
+    """The compact record's code of a signed-permutation direction (bit-exact), else None."""
+    code = 0
+    for perm in itertools.permutations(range(3)):
+        for signs in itertools.product((1.0, -1.0), repeat=3):
+            matrix = [signs[r] if c == perm[r] else 0.0 for r in range(3) for c in range(3)]
+            if f64s(matrix) == f64s(direction):
+                return code
+            code += 1
+    return None
+
+
+def f64s(values) -> bytes:
+    return b"".join(f64(v) for v in values)
+
+
+def compact_record(header: dict) -> Tuple[bytes, dict]:
+    """(geometry record, the other keys) as `container.pack` writes them."""
+    g = header["geometry"]
+    rest = {k: v for k, v in header.items() if k not in ("geometry", "dtype")}
+    units = 15
+    if rest.get("units") in COMPACT_UNITS:
+        units = COMPACT_UNITS.index(rest.pop("units"))
+    out = bytearray([COMPACT_DTYPES.index(header["dtype"]) | units << 4])
+    out += b"".join(leb128(n) for n in g["size"])
+    out += b"".join(decimal_bytes(v) for v in list(g["spacing"]) + list(g["origin"]))
+    code = direction_code(g["direction"])
+    out += bytes([code]) if code is not None else bytes([255]) + b"".join(decimal_bytes(v) for v in g["direction"])
+    return bytes(out), rest
+
+
+def pack_compact_raw(
+    record: bytes,
+    rest: bytes = b"",
+    sections=(),
+    *,
+    flags: int = 0,
+    minor: int = 2,
+    crc: Optional[int] = None,
+    count: Optional[int] = None,
+    name_codes: Optional[Dict[int, bytes]] = None,
+) -> bytes:
+    """Compact-layout bytes of a record, the stored other keys (`flags` 0, 1 or 3 say how) and
+    sections [(name, payload)], with a valid checksum unless told otherwise; `name_codes` replaces
+    the name bytes of the sections at those indices. Nothing is validated."""
+    body = record + rest
+    out = bytearray(MAGIC + bytes([1, minor & 0xFF, (flags | 4) & 0xFF]))
+    items = list(sections.items()) if isinstance(sections, dict) else list(sections)
+    out += leb128(len(body)) + body + leb128(len(items) if count is None else count)
+    for i, (name, payload) in enumerate(items):
+        if name_codes and i in name_codes:
+            code = name_codes[i]
+        elif name in COMPACT_SECTIONS:
+            code = bytes([0x80 + COMPACT_SECTIONS.index(name)])
+        else:
+            raw = name if isinstance(name, bytes) else name.encode("latin-1", "replace")
+            code = bytes([len(raw) & 0xFF]) + raw
+        out += code + leb128(len(payload)) + payload
+    return bytes(out) + struct.pack("<I", zlib.crc32(out) if crc is None else crc)
+
+
+def pack_compact(header: dict, sections) -> bytes:
+    """A valid header and sections exactly as `container.pack` writes them (format 1.2)."""
+    record, rest = compact_record(header)
+    flags, stored = stored_header(header_json(rest)) if rest else (0, b"")
+    return pack_compact_raw(record, stored, sections, flags=flags)
 
 
 def pack_any(header: Any, sections) -> bytes:
@@ -745,7 +841,7 @@ def retarget(data: bytes, sha256: str) -> bytes:
     header = copy.deepcopy(parsed.header)
     old = header["bundle"]["sha256"]
     header["bundle"]["sha256"] = sha256[: len(old)]
-    return pack(header, parsed.sections, minor=parsed.version[1])
+    return pack(header, parsed.sections) if parsed.version[1] >= 2 else pack_raw(header, parsed.sections, minor=1)
 
 
 def corpus_bundle(folder: Path, cache: Optional[Path] = None) -> Path:
@@ -770,6 +866,10 @@ def make_bundle(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     tiny_bundle(folder)
     return folder / BUNDLE_NAME
+
+
+#: a seed in the layout of format 1.1, so that the older parser meets the raw mutations too
+LEGACY_SEED = "legacy_1_1.dstd"
 
 
 def make_corpus(folder: Path) -> dict:
@@ -864,6 +964,17 @@ def make_corpus(folder: Path) -> dict:
                 "sections": {k: len(v) for k, v in parsed.sections.items()},
                 "bundle_id": parsed.header.get("bundle", {}).get("sha256"),
             }
+        plain = unpack((folder / "plain.dstd").read_bytes())
+        legacy = pack_raw(plain.header, plain.sections, minor=1)
+        codec.decode(legacy, bundle, device="cpu", workers=1)
+        (folder / LEGACY_SEED).write_bytes(legacy)
+        manifest["seeds"][LEGACY_SEED] = {
+            "about": "plain.dstd in the layout of format 1.1 (a JSON header, a CRC-32 per part), as 0.2.0 wrote",
+            "bytes": len(legacy),
+            "lean_header": False,
+            "sections": {k: len(v) for k, v in plain.sections.items()},
+            "bundle_id": plain.header["bundle"]["sha256"],
+        }
         if manifest["bundle"]["committed"]:
             (folder / BUNDLE_NAME).write_bytes(bundle_bytes)
         elif (folder / BUNDLE_NAME).exists():
@@ -1045,6 +1156,7 @@ class Mutator:
             ("header.intensity", 3, self.header_intensity),
             ("header.keys", 4, self.header_keys),
             ("header.encoding", 3, self.header_encoding),
+            ("header.compact", 6, self.header_compact),
             ("section.structure", 6, self.section_structure),
             ("section.bytes", 6, self.section_bytes),
             ("shape.fields", 6, self.shape_fields),
@@ -1449,6 +1561,67 @@ class Mutator:
         )
 
     # --- sections ---------------------------------------------------------------------------------
+    def header_compact(self, rng):
+        """The compact layout of format 1.2 behind a valid checksum: the geometry record's codes,
+        varints and decimals, the other keys, the section name codes, the prelude and checksum."""
+        seed, header, sections = self.pick(rng)
+        record, rest = compact_record(header)
+        flags, stored = stored_header(header_json(rest)) if rest else (0, b"")
+        r = rng.randrange(7)
+        if r == 0:  # bytes of the record replaced
+            data = bytearray(record)
+            for _ in range(rng.choice([1, 2, 4])):
+                data[rng.randrange(len(data))] = rng.choice([0, 0x7F, 0x80, 0xFF, rng.randrange(256)])
+            return self.decode_case(
+                seed, pack_compact_raw(bytes(data), stored, sections, flags=flags), "record bytes set"
+            )
+        if r == 1:  # a record of interesting values
+            dtype_units = rng.choice([rng.randrange(256), 0x03, 0x13, 0xF3, 0x08, 0x23])
+            sizes = b"".join(leb128(rng.choice(VARINTS)) for _ in range(3))
+            numbers = [
+                rng.choice(FLOATS)
+                if rng.random() < 0.5
+                else (rng.choice(VARINTS), rng.choice(VARINTS[:12] + [801, 2**40]))
+                for _ in range(6)
+            ]
+            numbers = [n if isinstance(n, tuple) or math.isfinite(n) else (3, 2**40) for n in numbers]
+            code = rng.choice([0, 47, 48, 200, 254, 255])
+            tail = bytes([code]) + (
+                b"".join(decimal_bytes(rng.choice(FLOATS[:8])) for _ in range(9)) if code == 255 else b""
+            )
+            record = bytes([dtype_units]) + sizes + b"".join(map(decimal_bytes, numbers)) + tail
+            note = f"record dtype/units {dtype_units:#x}, direction code {code}, numbers {numbers}"
+            return self.decode_case(seed, pack_compact_raw(record, stored, sections, flags=flags), note[:300])
+        if r == 2:  # the other keys: colliding, not an object, mis-flagged, cut
+            text = rng.choice([b'{"dtype":"uint8"}', b'{"geometry":{}}', b'{"units":"HU"}', b"[1]", b"null", b"{", b""])
+            keys_flags, keys = stored_header(text, rng.choice([None, 0, 1, 3]))
+            if rng.random() < 0.3:
+                keys = keys[: rng.randrange(len(keys) + 1)]
+            return self.decode_case(seed, pack_compact_raw(record, keys, sections, flags=keys_flags), f"keys {text!r}")
+        if r == 3:  # section name codes
+            i = rng.randrange(len(sections))
+            code = rng.choice(
+                [bytes([0x80 + rng.randrange(128)]), b"\x00", b"\x7f" + b"a" * 5, bytes([rng.randrange(256)])]
+            )
+            data = pack_compact_raw(record, stored, sections, flags=flags, name_codes={i: code})
+            return self.decode_case(seed, data, f"section {i} name code {code[:4]!r}")
+        if r == 4:  # counts and lengths
+            count = rng.choice([0, len(sections) + 1, 2**16, 2**20, rng.randrange(300)])
+            return self.decode_case(
+                seed, pack_compact_raw(record, stored, sections, flags=flags, count=count), f"count {count}"
+            )
+        if r == 5:  # prelude: minor version, flags
+            minor, extra = rng.choice([0, 1, 2, 3, 255]), rng.choice([0, 1, 2, 3, 8, 0x80])
+            data = pack_compact_raw(record, stored, sections, flags=flags ^ extra, minor=minor)
+            return self.decode_case(seed, data, f"minor {minor}, flags ^ {extra:#x}")
+        good = pack_compact_raw(record, stored, sections, flags=flags)
+        cut = rng.randrange(8, len(good))
+        body = good[:cut] if rng.random() < 0.5 else good[:-4]
+        data = body + struct.pack("<I", zlib.crc32(body) if rng.random() < 0.7 else rng.randrange(2**32))
+        return self.decode_case(
+            seed, data, f"cut at {cut} of {len(good)}, checksum {'fixed' if data != good else 'kept'}"
+        )
+
     KNOWN = ("shape", "texture", "residual", "keep/mask", "keep/residual")
 
     def section_structure(self, rng):

@@ -43,8 +43,6 @@ TOLERANCE = 0.02
 #: dB) and the finest rate plus SPERR 1.3 dB lower (34.53 dB); at 64x 0.2-0.6 within 0.15 dB.
 SPLIT_RATE = 0.5
 EFFORTS = (0, 1, 2)
-#: the format minor version of a file that holds the refinement layer alone (docs/FORMAT.md)
-REFINEMENT_ONLY_MINOR = 2
 #: how far under the budget that file may land: SPERR's tries cost a fraction of a second, and at
 #: 1 % (the split's tolerance) the file gave up 0.03 dB to the SPERR peer on the chest CT
 FILL_ALONE = 0.002
@@ -380,13 +378,9 @@ def _closest_refinement_alone(volume: Volume, budget: int, reporter: Reporter) -
         if closest is None or error < closest[0]:
             closest = (error, data)
     if closest is None:
-        framing = _framing(lambda section: _alone_pack(header, {refine.SECTION: section}), budget)
+        framing = _framing(lambda section: pack(header.to_dict(), {refine.SECTION: section}), budget)
         raise infeasible(volume, budget, framing + len(refine.compress(original, 0.0)))
     return closest[1], closest[0]
-
-
-def _alone_pack(header: DstdHeader, sections: Dict[str, bytes]) -> bytes:
-    return pack(header.to_dict(), sections, minor=REFINEMENT_ONLY_MINOR)
 
 
 def _refinement_alone_file(header: DstdHeader, original, budget: int, bands, search: Reporter):
@@ -395,7 +389,7 @@ def _refinement_alone_file(header: DstdHeader, original, budget: int, bands, sea
     from .. import postfilter, refine
 
     reserved = {postfilter.SECTION: bytes(postfilter.section_size(bands))} if bands else {}
-    framing = _framing(lambda section: _alone_pack(header, {**reserved, refine.SECTION: section}), budget)
+    framing = _framing(lambda section: pack(header.to_dict(), {**reserved, refine.SECTION: section}), budget)
     if framing >= budget:
         return None
     search("refine", 0.0, "coding the scan with the refinement layer alone")
@@ -410,7 +404,7 @@ def _refinement_alone_file(header: DstdHeader, original, budget: int, bands, sea
         sections = {postfilter.SECTION: filter_section, **sections}
     else:
         decoded = values.astype("float64")
-    data = _alone_pack(header, sections)
+    data = pack(header.to_dict(), sections)
     return (data, decoded) if len(data) <= budget else None
 
 
