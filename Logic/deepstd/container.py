@@ -1,6 +1,6 @@
 """The `.dstd` container: a self-describing, checksummed file of named byte sections.
 
-Layout (docs/FORMAT.md is the normative text). Format 1.2, written since 0.3 (flag 4, compact):
+Layout (docs/FORMAT.md is the normative text) of format 1.2, the compact layout (flag 4):
 
     "DSTD"  major:u8  minor:u8  flags:u8
     header_length:varint  header:bytes            (a binary geometry record — dtype, units, size,
@@ -66,12 +66,13 @@ SIGNED_PERMUTATIONS = tuple(
     for sign in itertools.product((1.0, -1.0), repeat=3)
 )
 DIRECTION_FOLLOWS = 255
+_PERMUTATION_BITS = [struct.pack("<9d", *matrix) for matrix in SIGNED_PERMUTATIONS]
 #: a number in the record is ±mantissa × 10^exponent, the shortest decimal that reads back as the
 #: same float64 (Python's repr): 17 significant digits at most, exponents far beyond float64's
 MAX_MANTISSA = 10**17
 MAX_EXPONENT = 400
 #: Deflate's preset dictionary for headers: the keys and phrases every header repeats, so a lean
-#: header (geometry, dtype, intensity, bundle id, margin) costs ~80 bytes instead of ~180. It is part
+#: header's JSON keys (intensity, bundle id, margin) cost ~47 bytes instead of ~100. It is part
 #: of the format: changing one byte of it needs a new minor version and the old text kept for reading.
 HEADER_DICTIONARY = (
     b'"warnings":["the finest texture rate of this bundle fits in bytes; the budget allows more",'
@@ -197,10 +198,9 @@ def pack(header: dict, sections: Dict[str, bytes]) -> bytes:
 def _section_name(name: str) -> bytes:
     if name in KNOWN_SECTIONS:
         return bytes([0x80 + KNOWN_SECTIONS.index(name)])
-    encoded = name.encode("ascii", "replace")
-    if not 0 < len(encoded) < 0x80 or not name.isascii() or not name.isprintable():
+    if not 0 < len(name) < 0x80 or not name.isascii() or not name.isprintable():
         raise FormatError(f"invalid section name {name!r}")
-    return bytes([len(encoded)]) + encoded
+    return bytes([len(name)]) + name.encode("ascii")
 
 
 def _stored_header(header: dict) -> Tuple[int, bytes]:
@@ -233,9 +233,8 @@ def _geometry_record(header: dict) -> Tuple[bytes, dict]:
     out += b"".join(_varint(n) for n in geometry["size"])
     out += b"".join(_decimal(v) for v in (*geometry["spacing"], *geometry["origin"]))
     direction = struct.pack("<9d", *geometry["direction"])
-    codes = [struct.pack("<9d", *matrix) for matrix in SIGNED_PERMUTATIONS]
-    if direction in codes:
-        out.append(codes.index(direction))
+    if direction in _PERMUTATION_BITS:
+        out.append(_PERMUTATION_BITS.index(direction))
     else:
         out.append(DIRECTION_FOLLOWS)
         out += b"".join(_decimal(v) for v in geometry["direction"])
@@ -366,33 +365,44 @@ def _read_section_name(reader: _Reader, index: int, compact: bool) -> Tuple[byte
 def _read_header(reader: _Reader, flags: int) -> dict:
     length = reader.varint("header length", min(MAX_HEADER_BYTES, reader.remaining()))
     body = reader.take(length, "header")
-    header: dict = {}
     if flags & FLAG_COMPACT:
         record = _Reader(body)
         header = _read_geometry_record(record)
-        body = record.take(record.remaining(), "header keys")
-    elif zlib.crc32(body) != reader.u32("header checksum"):
-        raise FormatError("header is corrupt (CRC32 mismatch)")
-    if flags & FLAG_DEFLATED_HEADER:
-        inflater = zlib.decompressobj(-15, **({"zdict": HEADER_DICTIONARY} if flags & FLAG_DICTIONARY else {}))
-        try:
-            body = inflater.decompress(body, MAX_HEADER_BYTES)
-        except zlib.error as exc:
-            raise FormatError(f"header cannot be inflated ({exc})") from None
-        if inflater.unconsumed_tail or not inflater.eof:
-            raise FormatError("header is not a complete deflate stream within the size limit")
-    if body or not flags & FLAG_COMPACT:
-        try:
-            keys = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            raise FormatError("header is not valid JSON") from None
-        if header and not isinstance(keys, dict):
-            raise FormatError("header keys are not a JSON object")
-        if header and set(keys) & set(header):
-            raise FormatError(f"header keys {sorted(set(keys) & set(header))} repeat the geometry record's")
-        header = {**header, **keys} if header else keys
+        keys = record.take(record.remaining(), "header keys")
+        if keys or flags & FLAG_DEFLATED_HEADER:  # a deflate flag without keys is refused there
+            more = _json_object(_inflated(keys, flags), "header keys")
+            if set(more) & set(header):
+                raise FormatError(f"header keys {sorted(set(more) & set(header))} repeat the geometry record's")
+            header.update(more)
+    else:
+        if zlib.crc32(body) != reader.u32("header checksum"):
+            raise FormatError("header is corrupt (CRC32 mismatch)")
+        header = _json_object(_inflated(body, flags), "header")
     validate_header(header)
     return header
+
+
+def _inflated(body: bytes, flags: int) -> bytes:
+    if not flags & FLAG_DEFLATED_HEADER:
+        return body
+    inflater = zlib.decompressobj(-15, **({"zdict": HEADER_DICTIONARY} if flags & FLAG_DICTIONARY else {}))
+    try:
+        body = inflater.decompress(body, MAX_HEADER_BYTES)
+    except zlib.error as exc:
+        raise FormatError(f"header cannot be inflated ({exc})") from None
+    if inflater.unconsumed_tail or not inflater.eof:
+        raise FormatError("header is not a complete deflate stream within the size limit")
+    return body
+
+
+def _json_object(text: bytes, what: str) -> dict:
+    try:
+        value = json.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise FormatError(f"{what}: not valid JSON") from None
+    if not isinstance(value, dict):
+        raise FormatError(f"{what}: not a JSON object")
+    return value
 
 
 def _read_geometry_record(record: _Reader) -> dict:
