@@ -39,9 +39,24 @@ def _headed(residual: np.ndarray, bpp: float) -> bytes:
 
 
 def test_a_section_stores_no_sperr_header_and_old_sections_still_decode(residual):
+    """Version 3 drops SPERR's 18-byte header and compacts the chunk's 26-byte prelude; the decoder
+    rebuilds the very stream SPERR wrote. Versions 2 (the stream whole) and 1 (header kept) decode."""
     section, headed = refine.compress(residual, 1.0), _headed(residual, 1.0)
-    assert len(section) == len(headed) - 18 and section[1:] == headed[19:]
-    assert np.array_equal(refine.decompress(section, SHAPE), refine.decompress(headed, SHAPE))
+    assert section[0] == refine.VERSION and len(section) <= len(headed) - 18 - 5
+    assert refine.check(section, SHAPE) == headed[1:]
+    whole = bytes([refine.WHOLE_VERSION]) + headed[19:]
+    assert refine.check(whole, SHAPE) == headed[1:]
+    decoded = refine.decompress(section, SHAPE)
+    assert np.array_equal(decoded, refine.decompress(headed, SHAPE))
+    assert np.array_equal(decoded, refine.decompress(whole, SHAPE))
+
+
+def test_a_constant_field_keeps_its_stream_whole():
+    """SPERR codes a constant field in a 17-byte chunk of another prelude: stored as version 2."""
+    flat = np.full(SHAPE, 3.5, np.float32)
+    section = refine.compress(flat, 1.0)
+    assert section[0] == refine.WHOLE_VERSION
+    assert np.array_equal(refine.decompress(section, SHAPE), flat)
 
 
 def test_a_section_is_checked_against_the_scan_before_decoding(residual):
@@ -49,6 +64,10 @@ def test_a_section_is_checked_against_the_scan_before_decoding(residual):
         refine.decompress(b"\x09" + refine.compress(residual, 1.0)[1:], SHAPE)
     with pytest.raises(FormatError, match="truncated"):
         refine.decompress(bytes([refine.VERSION]), SHAPE)
+    with pytest.raises(FormatError, match="truncated"):
+        refine.decompress(refine.compress(residual, 1.0)[:12], SHAPE)
+    with pytest.raises(FormatError, match="bit count"):
+        refine.decompress(bytes([refine.VERSION]) + bytes(16) + b"\xff" * 6 + b"\x7f", SHAPE)
     headed = _headed(residual, 1.0)
     with pytest.raises(FormatError, match="coded for 24x20x12 voxels"):
         refine.decompress(headed, (12, 20, 25))

@@ -123,10 +123,11 @@ class DstdFile:
 # --- varints ------------------------------------------------------------------------------------
 def varint_size(value: int) -> int:
     """Bytes of the LEB128 varint of `value` (a section's length field, for sizing a file ahead)."""
-    return len(_varint(value))
+    return len(varint(value))
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
+    """The unsigned LEB128 bytes of `value`."""
     if value < 0:
         raise ValueError("varints are unsigned")
     out = bytearray()
@@ -140,8 +141,9 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-class _Reader:
-    """Bounds-checked cursor over the file's bytes."""
+class ByteReader:
+    """Bounds-checked cursor over untrusted bytes (the container, and sections that reuse its
+    varints); every overrun or oversized value is a `FormatError` naming `what`."""
 
     def __init__(self, data: bytes):
         self.data = memoryview(data)
@@ -188,9 +190,9 @@ def pack(header: dict, sections: Dict[str, bytes]) -> bytes:
     flags, body = _stored_header(header)
     out = bytearray(MAGIC)
     out += bytes([MAJOR, MINOR, flags | FLAG_COMPACT])
-    out += _varint(len(body)) + body + _varint(len(sections))
+    out += varint(len(body)) + body + varint(len(sections))
     for name, payload in sections.items():
-        out += _section_name(name) + _varint(len(payload)) + payload
+        out += _section_name(name) + varint(len(payload)) + payload
     out += struct.pack("<I", zlib.crc32(out))
     return bytes(out)
 
@@ -230,7 +232,7 @@ def _geometry_record(header: dict) -> Tuple[bytes, dict]:
     if rest.get("units") in KNOWN_UNITS:
         units = KNOWN_UNITS.index(rest.pop("units"))
     out = bytearray([SUPPORTED_DTYPES.index(header["dtype"]) | units << 4])
-    out += b"".join(_varint(n) for n in geometry["size"])
+    out += b"".join(varint(n) for n in geometry["size"])
     out += b"".join(_decimal(v) for v in (*geometry["spacing"], *geometry["origin"]))
     direction = struct.pack("<9d", *geometry["direction"])
     if direction in _PERMUTATION_BITS:
@@ -251,14 +253,14 @@ def _decimal(value: float) -> bytes:
         mantissa, exponent = mantissa // 10, int(exponent) + 1
     exponent = int(exponent) if mantissa else 0
     zigzag = 2 * exponent if exponent >= 0 else -2 * exponent - 1
-    head = _varint(32 * (2 * mantissa + sign) + min(zigzag, 31))
-    return head + (_varint(zigzag - 31) if zigzag >= 31 else b"")
+    head = varint(32 * (2 * mantissa + sign) + min(zigzag, 31))
+    return head + (varint(zigzag - 31) if zigzag >= 31 else b"")
 
 
 def header_cost(header: dict) -> int:
     """Bytes the header takes in a file (its length field included)."""
     body = _stored_header(header)[1]
-    return len(_varint(len(body))) + len(body)
+    return len(varint(len(body))) + len(body)
 
 
 def _current_umask() -> int:
@@ -296,7 +298,7 @@ def write_atomic(path, data: bytes) -> Path:
 # --- reading ------------------------------------------------------------------------------------
 def unpack(data: bytes) -> DstdFile:
     """Parse and verify `.dstd` bytes; raises `FormatError` naming the first problem found."""
-    reader = _Reader(data)
+    reader = ByteReader(data)
     minor, flags = _read_prelude(reader)
     compact = bool(flags & FLAG_COMPACT)
     if compact:
@@ -326,7 +328,7 @@ def unpack(data: bytes) -> DstdFile:
     return DstdFile(header, sections, len(data), (MAJOR, minor))
 
 
-def _read_prelude(reader: _Reader) -> Tuple[int, int]:
+def _read_prelude(reader: ByteReader) -> Tuple[int, int]:
     """(minor version, flags) after checking the magic and the major version."""
     magic = reader.take(4, "magic") if reader.remaining() >= 4 else b""
     if magic != MAGIC:
@@ -343,7 +345,7 @@ def _read_prelude(reader: _Reader) -> Tuple[int, int]:
     return minor, flags
 
 
-def _read_section_name(reader: _Reader, index: int, compact: bool) -> Tuple[bytes, str]:
+def _read_section_name(reader: ByteReader, index: int, compact: bool) -> Tuple[bytes, str]:
     code = reader.u8(f"section {index} name")
     if compact and code & 0x80:
         if code - 0x80 >= len(KNOWN_SECTIONS):
@@ -362,11 +364,11 @@ def _read_section_name(reader: _Reader, index: int, compact: bool) -> Tuple[byte
     return raw_name, name
 
 
-def _read_header(reader: _Reader, flags: int) -> dict:
+def _read_header(reader: ByteReader, flags: int) -> dict:
     length = reader.varint("header length", min(MAX_HEADER_BYTES, reader.remaining()))
     body = reader.take(length, "header")
     if flags & FLAG_COMPACT:
-        record = _Reader(body)
+        record = ByteReader(body)
         header = _read_geometry_record(record)
         keys = record.take(record.remaining(), "header keys")
         if keys or flags & FLAG_DEFLATED_HEADER:  # a deflate flag without keys is refused there
@@ -405,7 +407,7 @@ def _json_object(text: bytes, what: str) -> dict:
     return value
 
 
-def _read_geometry_record(record: _Reader) -> dict:
+def _read_geometry_record(record: ByteReader) -> dict:
     """dtype, units and geometry from a compact header's binary record (ranges checked afterwards
     by `validate_header`)."""
     code = record.u8("dtype and units")
@@ -431,7 +433,7 @@ def _read_geometry_record(record: _Reader) -> dict:
     return header
 
 
-def _read_decimal(record: _Reader, what: str) -> float:
+def _read_decimal(record: ByteReader, what: str) -> float:
     coded = record.varint(what, 64 * MAX_MANTISSA - 1)
     zigzag = coded % 32
     if zigzag == 31:
@@ -526,6 +528,8 @@ __all__ = [
     "grid_of",
     "validate_header",
     "header_cost",
+    "ByteReader",
+    "varint",
     "MAGIC",
     "MAJOR",
     "MINOR",

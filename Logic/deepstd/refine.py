@@ -7,14 +7,17 @@ fits with room to spare, the encoder codes the residual (original - the DeepSTD 
 decoder computes it) with SPERR (Li, Lindstrom & Clyne, IPDPS 2023: a 3-D wavelet + SPECK coder
 with its own rate control, through `imagecodecs`) into the rest of the budget.
 
-Section bytes: version u8, then one SPERR stream (3-D, float32, one chunk) without SPERR's own
+Section bytes: version u8 = 3, then one SPERR stream (3-D, float32, one chunk) without SPERR's own
 18-byte header, which holds nothing the file does not already say (the scan's shape, the stream's
-length): the decoder rebuilds it. A 512x hippocampus crop has ~180-300 bytes for everything, so
-those 18 are a tenth of what the layer can spend. Version 1 sections, which kept that header, are
-still read, the header checked against the scan's shape and the section's length. SPERR's
-decoder aborts the process on some crafted streams (a C++ exception that escapes `imagecodecs`;
-found by fuzzing: 3 of 3 runs of 2,000 mutations), so decoding runs in a child process with a
-memory limit and a time limit, and anything but a clean result is a `FormatError`.
+length): the decoder rebuilds it. The chunk's own 26-byte prelude is stored in 18 + 2-4 bytes: its
+two constant bytes (conditioner flags 0x80, 32 bit planes) are implied and its u64 bit count is a
+varint. A 512x hippocampus crop has ~240 bytes for everything, so those ~24 bytes are a tenth of
+what the layer can spend. A stream of another prelude (SPERR codes a constant field in 17 bytes)
+is stored whole as version 2, as files written before this did; version 1 sections (SPERR's
+header kept) are still read, the header checked against the scan's shape and the section's
+length. SPERR's decoder aborts the process on some crafted streams (a C++ exception that escapes
+`imagecodecs`; found by fuzzing: 3 of 3 runs of 2,000 mutations), so decoding runs in a child
+process with a memory limit and a time limit, and anything but a clean result is a `FormatError`.
 """
 
 from __future__ import annotations
@@ -26,15 +29,24 @@ from typing import Callable, Optional, Tuple
 
 import numpy as np
 
+from .container import ByteReader, varint
 from .errors import FormatError, InputError
 
 SECTION = "refine"
-VERSION = 2
+VERSION = 3
+#: sections whose SPERR stream is stored whole, less SPERR's header (written before format 1.2's
+#: compact layout, and still for a stream of another prelude)
+WHOLE_VERSION = 2
 #: sections written before 0.6 (SPERR's header kept in the stream)
 HEADED_VERSION = 1
 #: SPERR's stream header for one float32 3-D chunk: version byte, flags, x, y, z (u32), chunk length (u32)
 _SPERR_HEAD = struct.Struct("<BB3II")
 _SPERR_VERSION, _SPERR_FLAGS = 0x00, 0x60
+#: the chunk's prelude: conditioner flags, mean (f64), SPECK's scale (f64), bit planes, bit count (u64)
+_CHUNK_HEAD = struct.Struct("<B8s8sBQ")
+_CHUNK_FLAGS, _CHUNK_PLANES = 0x80, 32
+#: a bit count far above any SPERR stream's (2^33 voxels x 64 bits), so that the varint stays sane
+MAX_CHUNK_BITS = 1 << 40
 #: bits per voxel SPERR is asked for at most (a refinement past this is near-lossless coding)
 MAX_BPP = 16.0
 #: the child decoder's limits: address space (bytes per voxel on top of a fixed allowance) and time
@@ -63,7 +75,16 @@ def compress(residual: np.ndarray, bits_per_voxel: float) -> bytes:
     bpp = float(np.clip(bits_per_voxel, 1e-4, MAX_BPP))
     data = np.ascontiguousarray(residual, dtype=np.float32)
     stream = bytes(imagecodecs.sperr_encode(data, bpp, mode="bpp", chunks=data.shape, numthreads=1))
-    return bytes([VERSION]) + stream[_SPERR_HEAD.size :]
+    return _stored(stream[_SPERR_HEAD.size :])
+
+
+def _stored(chunk: bytes) -> bytes:
+    """The section of one chunk: its prelude compacted (version 3) where it has the usual form."""
+    if len(chunk) >= _CHUNK_HEAD.size:
+        flags, mean, scale, planes, bits = _CHUNK_HEAD.unpack_from(chunk)
+        if (flags, planes) == (_CHUNK_FLAGS, _CHUNK_PLANES) and bits < MAX_CHUNK_BITS:
+            return bytes([VERSION]) + mean + scale + varint(bits) + chunk[_CHUNK_HEAD.size :]
+    return bytes([WHOLE_VERSION]) + chunk
 
 
 def fit(residual: np.ndarray, spare: int, tolerance: float, on_try: Callable[[int], None]) -> Optional[bytes]:
@@ -79,9 +100,10 @@ def check(section: bytes, shape: Tuple[int, int, int]) -> bytes:
     section, every field of the stored one checked against `shape` and the section's length."""
     if len(section) < 2:
         raise FormatError("refinement layer: truncated section")
-    if section[0] == VERSION:
+    if section[0] in (VERSION, WHOLE_VERSION):
+        chunk = _chunk(section) if section[0] == VERSION else section[1:]
         z, y, x = shape
-        return _SPERR_HEAD.pack(_SPERR_VERSION, _SPERR_FLAGS, x, y, z, len(section) - 1) + section[1:]
+        return _SPERR_HEAD.pack(_SPERR_VERSION, _SPERR_FLAGS, x, y, z, len(chunk)) + chunk
     if section[0] != HEADED_VERSION:
         raise FormatError(f"refinement layer: unsupported version {section[0]}")
     if len(section) < 1 + _SPERR_HEAD.size:
@@ -97,6 +119,17 @@ def check(section: bytes, shape: Tuple[int, int, int]) -> bytes:
     if length != len(stream) - _SPERR_HEAD.size:
         raise FormatError("refinement layer: the stream's length does not match the section")
     return stream
+
+
+def _chunk(section: bytes) -> bytes:
+    """The whole chunk of a version 3 section, its prelude rebuilt."""
+    reader = ByteReader(section)
+    reader.take(1, "refinement layer version")
+    mean = reader.take(8, "refinement layer mean")
+    scale = reader.take(8, "refinement layer scale")
+    bits = reader.varint("refinement layer bit count", MAX_CHUNK_BITS - 1)
+    rest = reader.take(reader.remaining(), "refinement layer stream")
+    return _CHUNK_HEAD.pack(_CHUNK_FLAGS, mean, scale, _CHUNK_PLANES, bits) + rest
 
 
 def decompress(section: bytes, shape: Tuple[int, int, int]) -> np.ndarray:
