@@ -42,7 +42,7 @@ HEADED_VERSION = 1
 #: SPERR's stream header for one float32 3-D chunk: version byte, flags, x, y, z (u32), chunk length (u32)
 _SPERR_HEAD = struct.Struct("<BB3II")
 _SPERR_VERSION, _SPERR_FLAGS = 0x00, 0x60
-#: the chunk's prelude: conditioner flags, mean (f64), SPECK's scale (f64), bit planes, bit count (u64)
+#: the chunk's prelude: conditioner flags, mean (f64), a second f64 of SPERR's, bit planes, bit count (u64)
 _CHUNK_HEAD = struct.Struct("<B8s8sBQ")
 _CHUNK_FLAGS, _CHUNK_PLANES = 0x80, 32
 #: a bit count far above any SPERR stream's (2^33 voxels x 64 bits), so that the varint stays sane
@@ -81,9 +81,9 @@ def compress(residual: np.ndarray, bits_per_voxel: float) -> bytes:
 def _stored(chunk: bytes) -> bytes:
     """The section of one chunk: its prelude compacted (version 3) where it has the usual form."""
     if len(chunk) >= _CHUNK_HEAD.size:
-        flags, mean, scale, planes, bits = _CHUNK_HEAD.unpack_from(chunk)
+        flags, mean, second, planes, bits = _CHUNK_HEAD.unpack_from(chunk)
         if (flags, planes) == (_CHUNK_FLAGS, _CHUNK_PLANES) and bits < MAX_CHUNK_BITS:
-            return bytes([VERSION]) + mean + scale + varint(bits) + chunk[_CHUNK_HEAD.size :]
+            return bytes([VERSION]) + mean + second + varint(bits) + chunk[_CHUNK_HEAD.size :]
     return bytes([WHOLE_VERSION]) + chunk
 
 
@@ -126,10 +126,10 @@ def _chunk(section: bytes) -> bytes:
     reader = ByteReader(section)
     reader.take(1, "refinement layer version")
     mean = reader.take(8, "refinement layer mean")
-    scale = reader.take(8, "refinement layer scale")
+    second = reader.take(8, "refinement layer prelude")
     bits = reader.varint("refinement layer bit count", MAX_CHUNK_BITS - 1)
     rest = reader.take(reader.remaining(), "refinement layer stream")
-    return _CHUNK_HEAD.pack(_CHUNK_FLAGS, mean, scale, _CHUNK_PLANES, bits) + rest
+    return _CHUNK_HEAD.pack(_CHUNK_FLAGS, mean, second, _CHUNK_PLANES, bits) + rest
 
 
 def decompress(section: bytes, shape: Tuple[int, int, int]) -> np.ndarray:
