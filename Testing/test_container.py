@@ -279,6 +279,16 @@ def test_a_common_geometry_costs_a_few_bytes():
     )
 
 
+@pytest.mark.parametrize("units", ["unitless", "HU", "mm", None])
+def test_units_by_code_or_in_the_keys_or_absent_read_back_as_written(units):
+    header = _geometry((0.7, 0.9, 3.5), (-12.5, 40.25, 7.0))
+    if units is None:
+        del header["units"]
+    else:
+        header["units"] = units
+    assert unpack(pack(header, {"refine": b"r"})).header == header
+
+
 def _compact(record: bytes, keys: bytes = b"", flags: int = 0, minor: int = 2, sections: bytes = b"\x00") -> bytes:
     return _checksummed(
         b"DSTD" + bytes([MAJOR, minor, FLAG_COMPACT | flags, len(record + keys)]) + record + keys + sections
