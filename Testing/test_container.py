@@ -16,12 +16,14 @@ from deepstd.container import (
     FLAG_DICTIONARY,
     HEADER_DICTIONARY,
     MAJOR,
+    RECORD_DTYPES,
     SIGNED_PERMUTATIONS,
     geometry_header,
     header_cost,
     pack,
     read_file,
     unpack,
+    varint,
     write_atomic,
 )
 
@@ -203,27 +205,18 @@ def test_damage_behind_a_valid_checksum_only_raises_format_errors(sample, obliqu
     print(f"fuzzed {total} files behind a valid checksum: {refused} refused")
 
 
-def _leb128(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append(value & 0x7F | (0x80 if value >= 0x80 else 0))
-        value >>= 7
-        if not value:
-            return bytes(out)
-
-
 def test_legacy_files_still_read(sample):
     """A file of format 1.1 (whole JSON header and a CRC-32 per part) reads as written."""
     import json
 
     header, sections = sample
     text = json.dumps(header).encode()
-    legacy = bytearray(b"DSTD" + bytes([MAJOR, 1, 0]) + _leb128(len(text)) + text + struct.pack("<I", zlib.crc32(text)))
+    legacy = bytearray(b"DSTD" + bytes([MAJOR, 1, 0]) + varint(len(text)) + text + struct.pack("<I", zlib.crc32(text)))
     legacy += bytes([len(sections)])
     for name, payload in sections.items():
         raw = name.encode()
         legacy += (
-            bytes([len(raw)]) + raw + _leb128(len(payload)) + struct.pack("<I", zlib.crc32(payload, zlib.crc32(raw)))
+            bytes([len(raw)]) + raw + varint(len(payload)) + struct.pack("<I", zlib.crc32(payload, zlib.crc32(raw)))
         )
         legacy += payload
     parsed = unpack(bytes(legacy))
@@ -264,6 +257,13 @@ def test_the_geometry_record_restores_every_float_bit_for_bit():
                 assert struct.pack("<3d" if key != "direction" else "<9d", *geometry[key]) == struct.pack(
                     "<3d" if key != "direction" else "<9d", *header["geometry"][key]
                 ), (key, header["geometry"][key], geometry[key])
+
+
+def test_the_record_names_every_dtype_a_volume_may_have():
+    from deepstd.volume import SUPPORTED_DTYPES
+
+    assert set(SUPPORTED_DTYPES) <= set(RECORD_DTYPES)
+    assert RECORD_DTYPES[:8] == ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 
 
 def test_a_common_geometry_costs_a_few_bytes():

@@ -55,6 +55,9 @@ FLAG_COMPACT = 4
 KNOWN_FLAGS = FLAG_DEFLATED_HEADER | FLAG_DICTIONARY | FLAG_COMPACT
 #: section names a compact file writes as one byte (128 + index); part of the format: append only
 KNOWN_SECTIONS = ("shape", "texture", "refine", "filter", "residual", "keep/mask", "keep/residual")
+#: dtypes the geometry record names by index; part of the format: append only (a test checks that
+#: it names every dtype `volume.SUPPORTED_DTYPES` allows)
+RECORD_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 #: units the geometry record names by code; code 15: the header's JSON keys hold them, if anything does
 KNOWN_UNITS = ("unitless", "HU")
 UNITS_ELSEWHERE = 15
@@ -72,7 +75,7 @@ _PERMUTATION_BITS = [struct.pack("<9d", *matrix) for matrix in SIGNED_PERMUTATIO
 MAX_MANTISSA = 10**17
 MAX_EXPONENT = 400
 #: Deflate's preset dictionary for headers: the keys and phrases every header repeats, so a lean
-#: header's JSON keys (intensity, bundle id, margin) cost ~47 bytes instead of ~100. It is part
+#: header's JSON keys (intensity, bundle id, margin) cost ~47 bytes instead of ~110. It is part
 #: of the format: changing one byte of it needs a new minor version and the old text kept for reading.
 HEADER_DICTIONARY = (
     b'"warnings":["the finest texture rate of this bundle fits in bytes; the budget allows more",'
@@ -231,7 +234,7 @@ def _geometry_record(header: dict) -> Tuple[bytes, dict]:
     units = UNITS_ELSEWHERE
     if rest.get("units") in KNOWN_UNITS:
         units = KNOWN_UNITS.index(rest.pop("units"))
-    out = bytearray([SUPPORTED_DTYPES.index(header["dtype"]) | units << 4])
+    out = bytearray([RECORD_DTYPES.index(header["dtype"]) | units << 4])
     out += b"".join(varint(n) for n in geometry["size"])
     out += b"".join(_decimal(v) for v in (*geometry["spacing"], *geometry["origin"]))
     direction = struct.pack("<9d", *geometry["direction"])
@@ -412,7 +415,7 @@ def _read_geometry_record(record: ByteReader) -> dict:
     by `validate_header`)."""
     code = record.u8("dtype and units")
     dtype, units = code & 0x0F, code >> 4
-    if dtype >= len(SUPPORTED_DTYPES) or not (units < len(KNOWN_UNITS) or units == UNITS_ELSEWHERE):
+    if dtype >= len(RECORD_DTYPES) or not (units < len(KNOWN_UNITS) or units == UNITS_ELSEWHERE):
         raise FormatError(f"unknown dtype/units code 0x{code:02x}")
     size = [record.varint("volume size", MAX_DIM) for _ in range(3)]
     spacing = [_read_decimal(record, "spacing") for _ in range(3)]
@@ -425,7 +428,7 @@ def _read_geometry_record(record: ByteReader) -> dict:
     else:
         raise FormatError(f"unknown direction code {direction_code}")
     header = {
-        "dtype": SUPPORTED_DTYPES[dtype],
+        "dtype": RECORD_DTYPES[dtype],
         "geometry": {"size": size, "spacing": spacing, "origin": origin, "direction": direction},
     }
     if units != UNITS_ELSEWHERE:
