@@ -64,11 +64,26 @@ def test_seed_corpus_is_small_names_the_tiny_bundle_and_covers_every_section(tin
     assert set(corpus.parsed["refine_alone.dstd"].sections) == {"refine"}
     assert corpus.parsed["refine_alone.dstd"].version == (1, 2)
     assert corpus.parsed[fuzz.LEGACY_SEED].version == (1, 1)
+    filtered, old_filter = corpus.parsed["refine_filtered.dstd"], corpus.parsed[fuzz.LEGACY_FILTER_SEED]
+    assert filtered.sections["filter"][0] == 2 and old_filter.sections["filter"][0] == 1
+    assert old_filter.sections["refine"] == filtered.sections["refine"]
     assert (corpus.parsed[fuzz.LEGACY_SEED].header, corpus.parsed[fuzz.LEGACY_SEED].sections) == (
         corpus.parsed["plain.dstd"].header,
         corpus.parsed["plain.dstd"].sections,
     )
     assert set(corpus.parsed["refine_filtered.dstd"].sections) == {"refine", "filter"}
+
+
+def test_a_version_1_post_filter_of_the_same_weights_decodes_to_the_same_scan(corpus):
+    import numpy as np
+
+    from deepstd import codec
+
+    new, old = (
+        codec.decode(corpus.seeds[name], None, device="cpu", workers=1).array
+        for name in ("refine_filtered.dstd", fuzz.LEGACY_FILTER_SEED)
+    )
+    np.testing.assert_array_equal(new, old)
 
 
 def test_packers_and_recipes_rebuild_the_corpus_exactly(corpus):

@@ -20,7 +20,7 @@ def _blurred_pair(seed=0, shape=(12, 20, 18)):
 def test_the_fitted_filter_takes_the_decoded_scan_closer(bands):
     decoded, original = _blurred_pair()
     section = postfilter.fit(decoded, original, bands)
-    assert len(section) == postfilter.section_size(bands)
+    assert section[:3] == bytes([postfilter.VERSION, *bands])
     filtered = postfilter.apply(decoded, section)
     before = np.mean((decoded - original) ** 2)
     after = np.mean((filtered - original) ** 2)
@@ -73,13 +73,14 @@ def test_a_flat_class_keeps_the_identity_instead_of_wild_weights():
 
 
 def test_the_filter_is_afforded_by_the_budget():
-    assert postfilter.bands_for(600) is None
-    sizes = [postfilter.section_size(bands) for bands in postfilter.SCHEDULE]
-    assert sizes == sorted(sizes) and sizes[0] == 29
-    for bands, size in zip(postfilter.SCHEDULE, sizes):
-        assert postfilter.bands_for(24 * size) == bands
-    assert postfilter.bands_for(24 * sizes[3] - 1) == postfilter.SCHEDULE[2]
+    assert postfilter.bands_for(695) is None and postfilter.bands_for(696) == (1, 1)
+    for bands in postfilter.SCHEDULE:
+        least = 72 + 624 * bands[0] * bands[1]
+        assert postfilter.bands_for(least) == bands
+        assert postfilter.bands_for(least - 1) != bands
     assert postfilter.bands_for(10**7) == (4, 16)
+    sizes = [postfilter.reserved_size(bands) for bands in postfilter.SCHEDULE]
+    assert sizes == sorted(sizes) and sizes[0] == 15
 
 
 def test_a_malformed_section_is_a_format_error():
@@ -90,12 +91,59 @@ def test_a_malformed_section_is_a_format_error():
         postfilter.parse(good[:2])
     for bands in ((0, 1), (9, 1), (1, 0), (1, 17), (255, 255)):
         with pytest.raises(FormatError, match=f"{bands[0]} x {bands[1]} classes"):
-            postfilter.parse(bytes([1, *bands]) + good[3:])
-    with pytest.raises(FormatError, match="expected for 2 x 1 classes"):
+            postfilter.parse(bytes([2, *bands]) + good[3:])
+    with pytest.raises(FormatError, match="truncated coefficients"):
         postfilter.parse(good[:-1])
-    # any coefficients a section can hold give finite values
+    with pytest.raises(FormatError, match="past the coefficients"):
+        postfilter.parse(good + b"\x00")
+    with pytest.raises(FormatError, match="length does not fit"):
+        postfilter.parse(good[:3])
+    with pytest.raises(FormatError, match="length does not fit"):
+        postfilter.parse(good[:4] + bytes(10_000))
+    with pytest.raises(FormatError, match="orders"):
+        postfilter.parse(good[:3] + b"\x80" + good[4:])
+    with pytest.raises(FormatError, match="too long"):
+        postfilter.parse(bytes([2, 1, 1, 0]) + bytes(3) + b"\xff" * 20)  # 24 zeros: a prefix past any code
+    with pytest.raises(FormatError, match="coefficient code of"):  # prefix 17, order 0: a value of 2^16
+        postfilter.parse(bytes([2, 1, 1, 0]) + bytes(2) + b"\x40\x00\x00" + b"\xff" * 10)
+    padded = bytearray(postfilter.fit(*_blurred_pair(seed=3), (1, 1)))
+    if padded[-1] & 1 == 0:  # a set padding bit (where the last bit is padding)
+        padded[-1] |= 1
+        with pytest.raises(FormatError):
+            postfilter.parse(bytes(padded))
+    # version 1 (int16 in 1/4096): exactly 3 + 26 per class; any coefficients give finite values
+    with pytest.raises(FormatError, match="expected for 1 x 1 classes"):
+        postfilter.parse(bytes([1, 1, 1]) + bytes(25))
     extreme = bytes([1, 1, 1]) + b"\xff\x7f" * postfilter.TAPS
     assert np.isfinite(postfilter.apply(np.full((4, 5, 6), 3.0e38, np.float32), extreme)).all()
+    largest = postfilter._coded((1, 1), np.full((1, postfilter.TAPS), -postfilter.MAX_CODE))
+    assert np.isfinite(postfilter.apply(np.full((4, 5, 6), 3.0e38, np.float32), largest)).all()
+
+
+def test_the_coded_weights_are_the_fitted_ones_on_steps_of_1_512_and_1_128():
+    decoded, original = _blurred_pair(seed=4)
+    codes = np.array([[37, -5, 0, 12, -1, 1, 0, 0, 3, -128, 2, 0, 7], [0] * postfilter.TAPS])
+    section = postfilter._coded((2, 1), codes)
+    weights = postfilter.parse(section)[1]
+    np.testing.assert_array_equal(weights[1], np.eye(postfilter.TAPS)[0])  # zero codes: the identity
+    np.testing.assert_array_equal(weights[0, 1:], codes[0, 1:] / 128)
+    assert weights[0, 0] + 2 * weights[0, 1:].sum() == 1 + 37 / 512  # the gain
+    np.testing.assert_array_equal(postfilter._codes(weights[0]), codes[0])
+    fitted = postfilter.fit(decoded, original, (2, 1))
+    assert len(fitted) < 3 + 2 * 26  # smaller than the int16 section (on real scans under half)
+
+
+def test_a_version_1_section_still_filters_as_it_states():
+    decoded, _ = _blurred_pair(seed=6)
+    weights = np.zeros((2, postfilter.TAPS))
+    weights[:, 0] = [0.5, 1.0]
+    weights[0, 1:] = 0.5 / 12  # 1/2 centre + the pairs' mean
+    section = bytes([1, 1, 2]) + np.round(weights * 4096).astype("<i2").tobytes()
+    bands, parsed = postfilter.parse(section)
+    assert bands == (1, 2)
+    np.testing.assert_array_equal(parsed, np.round(weights * 4096) / 4096)
+    labels = postfilter._classes(decoded, (1, 2))
+    np.testing.assert_array_equal(postfilter.apply(decoded, section), postfilter._filtered(decoded, labels, parsed))
 
 
 @pytest.mark.parametrize("bands", [2, 3, 4, 8, 16])
@@ -114,7 +162,7 @@ def test_bands_are_a_stable_ranking_split_in_equal_parts(bands):
 
 def test_the_encoder_tries_the_afforded_filter_and_the_next_fewer_classes():
     assert postfilter.choices_for(600) == [None]
-    assert postfilter.choices_for(24 * postfilter.section_size((1, 1))) == [(1, 1), None]
+    assert postfilter.choices_for(696) == [(1, 1), None]
     assert postfilter.choices_for(10**7) == [(4, 16), (4, 8)]
 
 

@@ -870,6 +870,23 @@ def make_bundle(folder: Path) -> Path:
 
 #: a seed in the layout of format 1.1, so that the older parser meets the raw mutations too
 LEGACY_SEED = "legacy_1_1.dstd"
+#: refine_filtered.dstd with its post-filter as a version 1 section (int16 coefficients), as the
+#: encoder wrote it before the coded coefficients: the same weights, so the same decoded scan
+LEGACY_FILTER_SEED = "legacy_filter_1.dstd"
+
+
+def filter_version_1(section: bytes) -> bytes:
+    """A post-filter section rewritten as version 1: its weights as int16 in units of 1/4096 (a
+    version 2 section's steps, 1/512 and 1/128, are whole numbers of those units)."""
+    import numpy as np
+
+    from deepstd import postfilter
+
+    bands, weights = postfilter.parse(section)
+    units = weights * 4096
+    if not np.array_equal(units, np.round(units)) or np.abs(units).max() > 32767:
+        raise SystemExit("the post-filter's weights are not whole int16 units of 1/4096")
+    return bytes([1, *bands]) + units.astype("<i2").tobytes()
 
 
 def make_corpus(folder: Path) -> dict:
@@ -974,6 +991,18 @@ def make_corpus(folder: Path) -> dict:
             "lean_header": False,
             "sections": {k: len(v) for k, v in plain.sections.items()},
             "bundle_id": plain.header["bundle"]["sha256"],
+        }
+        filtered = unpack((folder / "refine_filtered.dstd").read_bytes())
+        sections = {**filtered.sections, "filter": filter_version_1(filtered.sections["filter"])}
+        old = pack_compact(filtered.header, sections)
+        codec.decode(old, None, device="cpu", workers=1)
+        (folder / LEGACY_FILTER_SEED).write_bytes(old)
+        manifest["seeds"][LEGACY_FILTER_SEED] = {
+            "about": "refine_filtered.dstd with its post-filter as a version 1 section (int16 coefficients)",
+            "bytes": len(old),
+            "lean_header": "encoder_version" not in filtered.header,
+            "sections": {k: len(v) for k, v in sections.items()},
+            "bundle_id": None,
         }
         if manifest["bundle"]["committed"]:
             (folder / BUNDLE_NAME).write_bytes(bundle_bytes)

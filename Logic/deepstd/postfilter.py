@@ -10,10 +10,15 @@ them; a class whose fitted filter does not help keeps the identity. Intensity ba
 (air, fat, soft tissue, bone blur differently): on a training CT at 512x, 4 x 8 classes gained
 +0.99 dB where 8 activity classes alone gained less than half of that (docs/CODEC.md).
 
-Section bytes: version u8, activity bands u8, intensity bands u8, then per class (activity band
-major) 13 int16 coefficients (little-endian) in units of 1/4096: the centre's, then each pair of
-opposite neighbours'. The decoder's sums run in a fixed order in float64, so a filtered scan is
-the same bit for bit on every machine and thread count.
+Section bytes (version 2): version u8, activity bands u8, intensity bands u8, the Exp-Golomb
+orders of the gain codes and of the pair codes u8 (high, low nibble), then per class (activity
+band major) its gain code and its 12 pair codes, each signed integer zigzagged and Exp-Golomb coded
+MSB first, zero bits to the byte. A class's filter is 1 + gain/512 on the voxel's level and each
+pair's weight/128 on that pair's difference from the centre (x_a + x_b - 2 x_0): the differences
+are small, so coarse steps cost little (on training scans <= 0.003 dB against the 1/4096 int16
+coefficients of version 1, which are still read) and a class takes 8-11 bytes instead of 26. The
+decoder's sums run in a fixed order in float64, so a filtered scan is the same bit for bit on
+every machine and thread count.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ import numpy as np
 from .errors import FormatError
 
 SECTION = "filter"
-VERSION = 1
+VERSION = 2
+#: sections written before the coded coefficients: 13 int16 per class in units of 1/4096
+INT16_VERSION = 1
 RADIUS = 2
 #: one of each pair of opposite neighbours within the diamond |dz| + |dy| + |dx| <= RADIUS
 PAIRS: Tuple[Tuple[int, int, int], ...] = tuple(
@@ -37,30 +44,43 @@ PAIRS: Tuple[Tuple[int, int, int], ...] = tuple(
     if 0 < abs(dz) + abs(dy) + abs(dx) <= RADIUS and (dz, dy, dx) > (0, 0, 0)
 )
 TAPS = 1 + len(PAIRS)
-SCALE = 4096
+INT16_SCALE = 4096
+#: units of a class's gain code and of a pair's code (steps 1/512 and 1/128, docs/CODEC.md)
+GAIN_STEPS, PAIR_STEPS = 512, 128
+#: codes stay within +-MAX_CODE, so an Exp-Golomb prefix has at most MAX_PREFIX zeros
+MAX_CODE = 1 << 15
+MAX_ORDER = 7
+MAX_PREFIX = (2 * MAX_CODE).bit_length()
 MAX_ACTIVITY_BANDS, MAX_INTENSITY_BANDS = 8, 16
 RIDGE = 1e-6
-_COEFFICIENT = struct.Struct("<h")
+_INT16 = struct.Struct("<h")
 #: z-slices filtered at a time: the terms of a slab are temporaries, the whole scan is not copied
 SLAB = 8
 #: working memory per voxel of `fit` and `apply` besides their input: class (u8), the ranked
 #: quantity (f32) and its ranking (i64) while the classes are drawn, then the float64 output
 BYTES_PER_VOXEL = 24
-#: a section takes at most this share of the file's budget (tuned on training scans: docs/CODEC.md)
-MAX_SHARE = 1 / 24
+#: bytes held for a class before its filter is fitted (8.5-11.3 measured on training scans); the
+#: encoder then refits the rest of the file to the section's real size
+RESERVED_BYTES_PER_CLASS = 11
+#: a file affords a class per CLASS_BUDGET bytes of its budget past the first BASE_BUDGET (the classes
+#: 1/24 of the budget paid for at 26 bytes a class, tuned on training scans; affording 2.4 times
+#: as many now that a class takes ~11 bytes gained 0.02 dB on hippocampus crops but lost SSIM and
+#: PSNR on LA scans, docs/CODEC.md)
+CLASS_BUDGET, BASE_BUDGET = 624, 72
 #: (activity bands, intensity bands), fewest classes first: the encoder takes the last one the
 #: budget affords (on training scans more classes kept paying up to 4 x 16, docs/CODEC.md)
 SCHEDULE: Tuple[Tuple[int, int], ...] = ((1, 1), (2, 1), (2, 2), (2, 4), (4, 4), (4, 8), (4, 16))
 
 
-def section_size(bands: Tuple[int, int]) -> int:
-    return 3 + bands[0] * bands[1] * TAPS * _COEFFICIENT.size
+def reserved_size(bands: Tuple[int, int]) -> int:
+    """The bytes the encoder holds for a section of `bands` classes before fitting it."""
+    return 4 + bands[0] * bands[1] * RESERVED_BYTES_PER_CLASS
 
 
 def bands_for(budget: int) -> Optional[Tuple[int, int]]:
-    """The classes a file of `budget` bytes affords: the most of SCHEDULE whose section takes at
-    most MAX_SHARE of it, or None (no filter: a 500-byte file has no 29 bytes to spare)."""
-    fitting = [bands for bands in SCHEDULE if section_size(bands) <= MAX_SHARE * budget]
+    """The classes a file of `budget` bytes affords: the most of SCHEDULE it pays for, or None (no
+    filter: a 600-byte file is better spent on the wavelet stream)."""
+    fitting = [bands for bands in SCHEDULE if BASE_BUDGET + CLASS_BUDGET * bands[0] * bands[1] <= budget]
     return fitting[-1] if fitting else None
 
 
@@ -174,25 +194,58 @@ def _fit(decoded: np.ndarray, original: np.ndarray, bands: Tuple[int, int], labe
             moment[c] += [np.sum(ai * b) for ai in a]
             squares[c] += np.sum(b * b)
     identity = np.eye(TAPS)[0]
-    out = bytearray([VERSION, *bands])
+    codes = np.zeros((classes, TAPS), dtype=np.int64)  # zeros: the identity
     for c in range(classes):
-        q = np.round(identity * SCALE)
         if np.trace(gram[c]) > 0:
             # ridge towards the identity: a flat class's nearly collinear terms give no wild weights
             ridge = RIDGE * np.trace(gram[c]) / TAPS
-            weights = np.linalg.solve(gram[c] + ridge * np.eye(TAPS), moment[c] + ridge * identity)
-            fitted = np.clip(np.round(weights * SCALE), -32768, 32767)
+            fitted = _codes(np.linalg.solve(gram[c] + ridge * np.eye(TAPS), moment[c] + ridge * identity))
             error = lambda w: w @ gram[c] @ w - 2 * w @ moment[c] + squares[c]  # noqa: E731
-            if error(fitted / SCALE) < error(identity):
-                q = fitted
-        for value in q.astype(np.int64):
-            out += _COEFFICIENT.pack(int(value))
-    return bytes(out)
+            if error(_weights(fitted)) < error(identity):
+                codes[c] = fitted
+    return _coded(bands, codes)
+
+
+def _codes(weights: np.ndarray) -> np.ndarray:
+    """A class's codes for `weights` (centre, pairs): its gain, then each pair's weight."""
+    gain = weights[0] + 2 * np.sum(weights[1:])
+    codes = np.concatenate([[(gain - 1) * GAIN_STEPS], weights[1:] * PAIR_STEPS])
+    return np.clip(np.round(codes), -MAX_CODE, MAX_CODE).astype(np.int64)
+
+
+def _weights(codes: np.ndarray) -> np.ndarray:
+    """The weights (centre, pairs; float64, exact) of one class's codes, or of each row's."""
+    pairs = codes[..., 1:] / PAIR_STEPS
+    centre = 1 + codes[..., 0] / GAIN_STEPS - 2 * np.sum(pairs, axis=-1)
+    return np.concatenate([centre[..., None], pairs], axis=-1)
+
+
+def _exp_golomb(value: int, order: int) -> str:
+    """`value` (signed) zigzagged and Exp-Golomb coded of `order`, as a string of bits."""
+    unsigned = 2 * value if value >= 0 else -2 * value - 1
+    bits = format(unsigned + (1 << order), "b")
+    return "0" * (len(bits) - 1 - order) + bits
+
+
+def _coded(bands: Tuple[int, int], codes: np.ndarray) -> bytes:
+    """The version 2 section of `codes` (classes x TAPS), each column kind at its cheapest order."""
+
+    def stream(column: slice, order: int) -> List[str]:
+        return [_exp_golomb(int(v), order) for v in codes[:, column].ravel()]
+
+    orders = [
+        min(range(MAX_ORDER + 1), key=lambda order: sum(map(len, stream(column, order))))
+        for column in (slice(0, 1), slice(1, TAPS))
+    ]
+    bits = "".join(_exp_golomb(int(v), orders[k > 0]) for row in codes for k, v in enumerate(row))
+    bits += "0" * (-len(bits) % 8)
+    payload = int(bits, 2).to_bytes(len(bits) // 8, "big") if bits else b""
+    return bytes([VERSION, *bands, orders[0] << 4 | orders[1]]) + payload
 
 
 def parse(section: bytes) -> Tuple[Tuple[int, int], np.ndarray]:
-    """The bands and the coefficients (classes x TAPS, float64), every field checked."""
-    if len(section) < 3 or section[0] != VERSION:
+    """The bands and the weights (classes x TAPS, float64), every field checked."""
+    if len(section) < 3 or section[0] not in (VERSION, INT16_VERSION):
         raise FormatError("post-filter: unsupported or truncated section")
     bands = (section[1], section[2])
     if not (1 <= bands[0] <= MAX_ACTIVITY_BANDS and 1 <= bands[1] <= MAX_INTENSITY_BANDS):
@@ -200,12 +253,48 @@ def parse(section: bytes) -> Tuple[Tuple[int, int], np.ndarray]:
             f"post-filter: {bands[0]} x {bands[1]} classes (1 to {MAX_ACTIVITY_BANDS} activity bands, "
             f"1 to {MAX_INTENSITY_BANDS} intensity bands allowed)"
         )
-    if len(section) != section_size(bands):
-        raise FormatError(
-            f"post-filter: {len(section)} bytes, {section_size(bands)} expected for {bands[0]} x {bands[1]} classes"
-        )
-    q = np.frombuffer(section, dtype="<i2", offset=3).astype(np.float64)
-    return bands, q.reshape(bands[0] * bands[1], TAPS) / SCALE
+    classes = bands[0] * bands[1]
+    if section[0] == INT16_VERSION:
+        expected = 3 + classes * TAPS * _INT16.size
+        if len(section) != expected:
+            raise FormatError(
+                f"post-filter: {len(section)} bytes, {expected} expected for {bands[0]} x {bands[1]} classes"
+            )
+        q = np.frombuffer(section, dtype="<i2", offset=3).astype(np.float64)
+        return bands, q.reshape(classes, TAPS) / INT16_SCALE
+    return bands, _weights(_decoded_codes(section, classes))
+
+
+def _decoded_codes(section: bytes, classes: int) -> np.ndarray:
+    """A version 2 section's codes (classes x TAPS): orders, prefixes, values and padding checked."""
+    longest = 1 + 2 * (MAX_PREFIX + MAX_ORDER)  # bits of one code at most
+    if len(section) < 4 or len(section) > 4 + (classes * TAPS * longest + 7) // 8:
+        raise FormatError("post-filter: the section's length does not fit its classes")
+    orders = (section[3] >> 4, section[3] & 15)
+    if max(orders) > MAX_ORDER:
+        raise FormatError(f"post-filter: Exp-Golomb orders {orders} (0 to {MAX_ORDER} allowed)")
+    bits = "".join(format(byte, "08b") for byte in section[4:])
+    at = 0
+    codes = np.zeros(classes * TAPS, dtype=np.int64)
+    for i in range(codes.size):
+        order = orders[i % TAPS > 0]
+        prefix = 0
+        while at + prefix < len(bits) and bits[at + prefix] == "0" and prefix <= MAX_PREFIX:
+            prefix += 1
+        if prefix > MAX_PREFIX:
+            raise FormatError("post-filter: a coefficient's code is too long")
+        end = at + 2 * prefix + order + 1
+        if end > len(bits):
+            raise FormatError("post-filter: truncated coefficients")
+        unsigned = int(bits[at + prefix : end], 2) - (1 << order)
+        value = unsigned // 2 if unsigned % 2 == 0 else -(unsigned + 1) // 2
+        if abs(value) > MAX_CODE:
+            raise FormatError(f"post-filter: a coefficient code of {value} (at most {MAX_CODE} either way)")
+        codes[i] = value
+        at = end
+    if len(bits) - at >= 8 or "1" in bits[at:]:
+        raise FormatError("post-filter: bytes or bits past the coefficients")
+    return codes.reshape(classes, TAPS)
 
 
 def apply(decoded: np.ndarray, section: bytes) -> np.ndarray:
@@ -225,4 +314,4 @@ def _filtered(decoded: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> n
     return out
 
 
-__all__ = ["SECTION", "fit", "fit_and_apply", "apply", "parse", "section_size", "bands_for", "choices_for"]
+__all__ = ["SECTION", "fit", "fit_and_apply", "apply", "parse", "reserved_size", "bands_for", "choices_for"]

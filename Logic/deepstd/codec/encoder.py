@@ -385,10 +385,35 @@ def _closest_refinement_alone(volume: Volume, budget: int, reporter: Reporter) -
 
 def _refinement_alone_file(header: DstdHeader, original, budget: int, bands, search: Reporter):
     """(file, the scan it decodes to before rounding) with the refinement layer alone and a
-    post-filter of `bands` classes (None: no filter), or None where it does not fit the budget."""
+    post-filter of `bands` classes (None: no filter), or None where it does not fit the budget.
+    The filter's size is known only once it is fitted to the decoded layer, so the layer is fitted
+    around `postfilter.reserved_size` first and, where that file is over the budget or more than
+    FILL_ALONE under it, once more around the filter's real size; the larger file within the
+    budget is kept."""
+    from .. import postfilter
+
+    reserve = postfilter.reserved_size(bands) if bands else 0
+    kept = None
+    for attempt in range(2 if bands else 1):
+        span = search.scaled(attempt / 2, (attempt + 1) / 2) if bands else search
+        coded = _filtered_layer(header, original, budget, bands, reserve, span)
+        if coded is None:
+            break
+        data, decoded, reserve_used = coded
+        if len(data) <= budget and (kept is None or len(data) > len(kept[0])):
+            kept = (data, decoded)
+        if reserve_used == reserve or (1 - FILL_ALONE) * budget <= len(data) <= budget:
+            break
+        reserve = reserve_used
+    return kept
+
+
+def _filtered_layer(header: DstdHeader, original, budget: int, bands, reserve: int, search: Reporter):
+    """(file, decoded, the filter section's size) with the refinement layer fitted to the budget
+    less `reserve` bytes held for the filter, or None where the framing alone fills the budget."""
     from .. import postfilter, refine
 
-    reserved = {postfilter.SECTION: bytes(postfilter.section_size(bands))} if bands else {}
+    reserved = {postfilter.SECTION: bytes(reserve)} if bands else {}
     framing = _framing(lambda section: pack(header.to_dict(), {**reserved, refine.SECTION: section}), budget)
     if framing >= budget:
         return None
@@ -404,8 +429,7 @@ def _refinement_alone_file(header: DstdHeader, original, budget: int, bands, sea
         sections = {postfilter.SECTION: filter_section, **sections}
     else:
         decoded = values.astype("float64")
-    data = pack(header.to_dict(), sections)
-    return (data, decoded) if len(data) <= budget else None
+    return pack(header.to_dict(), sections), decoded, len(sections.get(postfilter.SECTION, b""))
 
 
 def _searched(
