@@ -43,3 +43,21 @@ def tiny_bundle(folder):
         "texture": {"block": 32},
     }
     return load_bundle(save_bundle(folder / "tiny.dstdb", config, template, texture=texture))
+
+
+def sperr_section(values: np.ndarray, bits_per_voxel: float) -> bytes:
+    """A refine section of version 3 (SPERR, as the encoder wrote before version 4), written here
+    independently of `deepstd.refine`, which only reads SPERR sections now: SPERR's 18-byte
+    header dropped, the chunk's prelude without its two constant bytes, the bit count a varint."""
+    import struct
+
+    import imagecodecs
+
+    from deepstd.container import varint
+
+    data = np.ascontiguousarray(values, dtype=np.float32)
+    stream = bytes(imagecodecs.sperr_encode(data, bits_per_voxel, mode="bpp", chunks=data.shape, numthreads=1))
+    chunk = stream[18:]
+    flags, mean, second, planes, bits = struct.unpack_from("<B8s8sBQ", chunk)
+    assert (flags, planes) == (0x80, 32), "a SPERR chunk of another prelude (a constant field?)"
+    return bytes([3]) + mean + second + varint(bits) + chunk[struct.calcsize("<B8s8sBQ") :]

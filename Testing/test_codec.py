@@ -111,7 +111,7 @@ def test_the_header_is_lean_only_where_it_would_eat_the_budget(tiny_bundle, scan
         DstdHeader.from_dict(dict(small.header, bundle={"sha256": "abc"}))
 
 
-def test_budget_beyond_the_finest_rate_goes_to_the_refinement_layer(tiny_bundle, scan, monkeypatch):
+def test_budget_beyond_the_finest_rate_goes_to_the_refinement_layer(tiny_bundle, scan):
     from deepstd import refine
 
     budget = scan.raw_bytes // 4
@@ -124,15 +124,12 @@ def test_budget_beyond_the_finest_rate_goes_to_the_refinement_layer(tiny_bundle,
     box = ((3, 4, 2), (30, 25, 11))  # a region of a refined file is the crop of the whole decode
     region = codec.decode(data, tiny_bundle, roi=box)
     np.testing.assert_array_equal(region.array, refined.array[2:11, 4:25, 3:30])
-    # without SPERR the encoder says the budget is not filled instead of padding it
-    monkeypatch.setattr(refine, "unavailable_reason", lambda: "no SPERR here")
-    plain = codec.encode(scan, tiny_bundle, ratio=4, device="cpu", require_texture=True)
-    assert len(plain) < 0.9 * budget and refine.SECTION not in unpack(plain).sections
-    assert any("finest texture rate" in w for w in unpack(plain).header["warnings"])
-    assert error(refined) < 0.8 * error(codec.decode(plain, tiny_bundle))
+    # the layer is what brings the file closer: the same file without it decodes farther
+    texture_alone = pack(parsed.header, {k: v for k, v in parsed.sections.items() if k != refine.SECTION})
+    assert error(refined) < 0.8 * error(codec.decode(texture_alone, tiny_bundle))
 
 
-def test_a_bundle_whose_texture_span_ends_early_refines_past_it(tiny_bundle, scan, tmp_path, monkeypatch):
+def test_a_bundle_whose_texture_span_ends_early_refines_past_it(tiny_bundle, scan, tmp_path):
     from deepstd import refine
     from deepstd.bundle import TextureCoding
     from deepstd.texture import TextureCodec, TextureStreams
@@ -176,10 +173,6 @@ def test_a_bundle_whose_texture_span_ends_early_refines_past_it(tiny_bundle, sca
     ]
     assert kept[0] == kept[1] and refine.SECTION not in kept[0]
     assert TextureStreams.from_bytes(kept[0]["texture"]).rate_q > round(0.4 * 65535)  # past the span's end
-    # without SPERR nothing codes past the span's end: the texture takes the budget as with the full span
-    monkeypatch.setattr(refine, "unavailable_reason", lambda: "no SPERR here")
-    texture_alone = unpack(codec.encode(scan, early, budget_bytes=budget, device="cpu", require_texture=True)).sections
-    assert texture_alone == unpack(plain).sections
     # ... and so does the latent search's refit (effort 2), which would otherwise stop at 0.4
     levels = TextureCodec.from_bytes(tiny_bundle.texture).config.levels
     stated = {"train_settings": {"lambdas": [4.0**k for k in range(levels)]}}
@@ -193,6 +186,8 @@ def test_a_bundle_whose_texture_span_ends_early_refines_past_it(tiny_bundle, sca
                     )
                 ),
                 budget_bytes=budget,
+                keep=keep,
+                keep_error=20,
                 device="cpu",
                 effort=2,
                 require_texture=True,
@@ -532,7 +527,7 @@ def test_the_refinement_layer_alone_is_kept_where_it_decodes_closer(tiny_bundle,
     np.testing.assert_array_equal(codec.decode(alone, roi=box).array, out.array[2:11, 4:25, 3:30])
 
 
-def test_a_budget_below_the_smallest_texture_file_gets_the_refinement_layer_alone(tiny_bundle, scan, monkeypatch):
+def test_a_budget_below_the_smallest_texture_file_gets_the_refinement_layer_alone(tiny_bundle, scan):
     from deepstd import refine
 
     with pytest.raises(BudgetError, match="smallest file it can be coded in is about (1[6-9]|[2-9]).. bytes"):
@@ -543,10 +538,6 @@ def test_a_budget_below_the_smallest_texture_file_gets_the_refinement_layer_alon
     with pytest.raises(BudgetError, match="smallest file it can be coded in is about") as refused:
         codec.encode(scan, tiny_bundle, budget_bytes=40, device="cpu")
     assert 60 < int(str(refused.value).split("about ")[1].split()[0]) < 150
-    # without SPERR there is no such file
-    monkeypatch.setattr(refine, "unavailable_reason", lambda: "no SPERR here")
-    with pytest.raises(BudgetError, match="about (1[6-9]|[2-9]).. bytes"):
-        codec.encode(scan, tiny_bundle, budget_bytes=150, device="cpu")
 
 
 def test_a_texture_file_whose_header_lacks_bundle_or_intensity_is_refused(coded):

@@ -1,15 +1,19 @@
-"""The refinement layer: SPERR fills the budget the texture codec cannot use, and its untrusted
-bytes never reach SPERR's decoder unchecked or in our process."""
+"""The refinement layer: the wavelet coder fills the budget the texture codec cannot use; the SPERR
+sections of older files still decode, and their untrusted bytes never reach SPERR's decoder
+unchecked or in our process."""
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import pytest
+from codec_helpers import sperr_section
 
 from deepstd import refine
 from deepstd.errors import FormatError, InputError
 
-pytestmark = pytest.mark.skipif(refine.unavailable_reason() is not None, reason=str(refine.unavailable_reason()))
+needs_sperr = pytest.mark.skipif(refine.unavailable_reason() is not None, reason=str(refine.unavailable_reason()))
 
 SHAPE = (12, 20, 24)
 
@@ -24,65 +28,85 @@ def test_fit_fills_the_spare_bytes_and_more_bytes_code_it_better(residual):
     errors = []
     for spare in (400, 1600, 6400):
         section = refine.fit(residual, spare, 0.01, lambda n: None)
-        assert section is not None and 0.97 * spare <= len(section) <= spare
+        assert section is not None and 0.99 * spare <= len(section) <= spare
+        assert section[0] == refine.VERSION == 4
         decoded = refine.decompress(section, SHAPE)
+        assert decoded.dtype == np.float32 and decoded.shape == SHAPE
         errors.append(float(np.sqrt(np.mean((decoded - residual) ** 2))))
     assert errors[0] > errors[1] > errors[2]
 
 
-def _headed(residual: np.ndarray, bpp: float) -> bytes:
-    """A version 1 section (SPERR's own header kept), as files before 0.6 hold them."""
+def test_a_search_started_from_a_nearby_section_needs_fewer_codings(residual):
+    tries = []
+    first = refine.fit(residual, 3000, 0.002, tries.append)
+    alone = len(tries)
+    tries.clear()
+    again = refine.fit(residual, 2900, 0.002, tries.append, near=first)
+    assert again is not None and 0.998 * 2900 <= len(again) <= 2900
+    assert len(tries) < alone
+
+
+def test_the_smallest_section_is_below_any_fitted_one(residual):
+    smallest = refine.smallest(residual)
+    assert len(smallest) < 60
+    assert refine.fit(residual, len(smallest) - 1, 0.01, lambda n: None) is None
+    np.testing.assert_array_equal(refine.decompress(smallest, SHAPE), 0)
+
+
+def test_a_wavelet_section_decodes_without_sperr(residual, monkeypatch):
+    section = refine.fit(residual, 800, 0.01, lambda n: None)
+    monkeypatch.setattr(refine, "unavailable_reason", lambda: "the imagecodecs package is not installed")
+    assert refine.decompress(section, SHAPE).shape == SHAPE
+
+
+def test_a_wavelet_section_that_decodes_to_non_finite_values_is_refused(residual):
+    section = bytearray(refine.fit(residual, 800, 0.01, lambda n: None))
+    section[1:5] = struct.pack("<f", 3.0e38)  # the quantiser step: any code but 0 overflows
+    with pytest.raises(FormatError, match="non-finite"):
+        refine.decompress(bytes(section), SHAPE)
+
+
+@needs_sperr
+def test_old_sperr_sections_of_every_version_still_decode(residual):
     import imagecodecs
 
-    stream = imagecodecs.sperr_encode(residual, bpp, mode="bpp", chunks=residual.shape, numthreads=1)
-    return bytes([refine.HEADED_VERSION]) + bytes(stream)
-
-
-def test_a_section_stores_no_sperr_header_and_old_sections_still_decode(residual):
-    """Version 3 drops SPERR's 18-byte header and compacts the chunk's 26-byte prelude; the decoder
-    rebuilds the very stream SPERR wrote. Versions 2 (the stream whole) and 1 (header kept) decode."""
-    section, headed = refine.compress(residual, 1.0), _headed(residual, 1.0)
-    assert section[0] == refine.VERSION and len(section) <= len(headed) - 18 - 5
-    assert refine.check(section, SHAPE) == headed[1:]
-    whole = bytes([refine.WHOLE_VERSION]) + headed[19:]
-    assert refine.check(whole, SHAPE) == headed[1:]
-    decoded = refine.decompress(section, SHAPE)
+    stream = bytes(imagecodecs.sperr_encode(residual, 1.0, mode="bpp", chunks=SHAPE, numthreads=1))
+    headed, whole, compact = bytes([1]) + stream, bytes([2]) + stream[18:], sperr_section(residual, 1.0)
+    assert refine.check(compact, SHAPE) == stream == refine.check(whole, SHAPE) == refine.check(headed, SHAPE)
+    decoded = refine.decompress(compact, SHAPE)
     assert np.array_equal(decoded, refine.decompress(headed, SHAPE))
     assert np.array_equal(decoded, refine.decompress(whole, SHAPE))
+    assert float(np.sqrt(np.mean((decoded - residual) ** 2))) < 0.5 * float(np.std(residual))
 
 
-def test_a_constant_field_keeps_its_stream_whole():
-    """SPERR codes a constant field in a 17-byte chunk of another prelude: stored as version 2."""
-    flat = np.full(SHAPE, 3.5, np.float32)
-    section = refine.compress(flat, 1.0)
-    assert section[0] == refine.WHOLE_VERSION
-    assert np.array_equal(refine.decompress(section, SHAPE), flat)
-
-
-def test_a_section_is_checked_against_the_scan_before_decoding(residual):
-    with pytest.raises(FormatError, match="version"):
-        refine.decompress(b"\x09" + refine.compress(residual, 1.0)[1:], SHAPE)
+@needs_sperr
+def test_a_sperr_section_is_checked_against_the_scan_before_decoding(residual):
+    with pytest.raises(FormatError, match="unsupported version 9"):
+        refine.decompress(b"\x09" + sperr_section(residual, 1.0)[1:], SHAPE)
     with pytest.raises(FormatError, match="truncated"):
-        refine.decompress(bytes([refine.VERSION]), SHAPE)
-    with pytest.raises(FormatError, match="truncated"):
-        refine.decompress(refine.compress(residual, 1.0)[:12], SHAPE)
-    with pytest.raises(FormatError, match="bit count"):
-        refine.decompress(bytes([refine.VERSION]) + bytes(16) + b"\xff" * 6 + b"\x7f", SHAPE)
-    headed = _headed(residual, 1.0)
+        refine.decompress(bytes([refine.SPERR_VERSION]), SHAPE)
+    with pytest.raises(FormatError):
+        refine.decompress(sperr_section(residual, 1.0)[:12], SHAPE)
+    with pytest.raises(FormatError, match="bit count"):  # a varint past MAX_CHUNK_BITS
+        refine.decompress(bytes([refine.SPERR_VERSION]) + bytes(16) + b"\xff" * 6 + b"\x7f", SHAPE)
+    import imagecodecs
+
+    headed = bytes([1]) + bytes(imagecodecs.sperr_encode(residual, 1.0, mode="bpp", chunks=SHAPE, numthreads=1))
     with pytest.raises(FormatError, match="coded for 24x20x12 voxels"):
         refine.decompress(headed, (12, 20, 25))
-    with pytest.raises(FormatError, match="length"):
+    with pytest.raises(FormatError, match="length does not match"):
         refine.decompress(headed[:-3], SHAPE)
     with pytest.raises(FormatError, match="truncated"):
         refine.decompress(headed[:10], SHAPE)
-    with pytest.raises(FormatError, match="single-chunk"):
+    with pytest.raises(FormatError, match="not a single-chunk"):
         refine.decompress(headed[:2] + b"\x70" + headed[3:], SHAPE)
 
 
+@needs_sperr
 def test_crafted_streams_that_abort_sperr_are_format_errors(residual):
     """SPERR's decoder aborts the process on some streams with a valid header (found by fuzzing);
     the child process turns that into a FormatError, and every mutation gives an array or one."""
-    section = bytearray(refine.compress(residual, 2.0))
+    section = bytearray(sperr_section(residual, 2.0))
     rng = np.random.default_rng(20261205)
     outcomes = {"decoded": 0, "refused": 0}
     for _ in range(24):
@@ -101,8 +125,9 @@ def test_crafted_streams_that_abort_sperr_are_format_errors(residual):
     assert outcomes["refused"] > 0  # the aborting streams are among them
 
 
-def test_decoding_without_sperr_says_what_is_missing(residual, monkeypatch):
-    section = refine.compress(residual, 1.0)
+@needs_sperr
+def test_decoding_sperr_without_it_says_what_is_missing(residual, monkeypatch):
+    section = sperr_section(residual, 1.0)
     monkeypatch.setattr(refine, "unavailable_reason", lambda: "the imagecodecs package is not installed")
     with pytest.raises(InputError, match="refinement layer.*imagecodecs"):
         refine.decompress(section, SHAPE)

@@ -873,6 +873,8 @@ LEGACY_SEED = "legacy_1_1.dstd"
 #: refine_filtered.dstd with its post-filter as a version 1 section (int16 coefficients), as the
 #: encoder wrote it before the coded coefficients: the same weights, so the same decoded scan
 LEGACY_FILTER_SEED = "legacy_filter_1.dstd"
+#: refine_alone.dstd with its layer coded by SPERR (refine section 3), as files before version 4
+LEGACY_REFINE_SEED = "legacy_refine_3.dstd"
 
 
 def filter_version_1(section: bytes) -> bytes:
@@ -895,10 +897,11 @@ def make_corpus(folder: Path) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from codec_helpers import blob_volume, tiny_bundle
+    from codec_helpers import blob_volume, sperr_section, tiny_bundle
 
     from deepstd import Volume, codec
     from deepstd.container import unpack
+    from deepstd.volume import cast_to_dtype
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -1001,6 +1004,19 @@ def make_corpus(folder: Path) -> dict:
             "about": "refine_filtered.dstd with its post-filter as a version 1 section (int16 coefficients)",
             "bytes": len(old),
             "lean_header": "encoder_version" not in filtered.header,
+            "sections": {k: len(v) for k, v in sections.items()},
+            "bundle_id": None,
+        }
+        alone = unpack((folder / "refine_alone.dstd").read_bytes())
+        values = cast_to_dtype(scan.array, scan.dtype).astype(np.float32)
+        sections = {"refine": sperr_section(values, 8 * len(alone.sections["refine"]) / values.size)}
+        old = pack_compact(alone.header, sections)
+        codec.decode(old, None, device="cpu", workers=1)
+        (folder / LEGACY_REFINE_SEED).write_bytes(old)
+        manifest["seeds"][LEGACY_REFINE_SEED] = {
+            "about": "refine_alone.dstd with its layer coded by SPERR (refine section 3), as 0.2.0 wrote",
+            "bytes": len(old),
+            "lean_header": "encoder_version" not in alone.header,
             "sections": {k: len(v) for k, v in sections.items()},
             "bundle_id": None,
         }

@@ -118,33 +118,64 @@ class CdfTable:
 
     def encode(self, symbols: np.ndarray, rows: np.ndarray) -> bytes:
         """Integer symbols, each coded with the model of its row, -> one string."""
+        coder = writer()
+        self.push(coder, symbols, rows)
+        return written(coder)
+
+    def decode(self, data: bytes, rows: np.ndarray) -> np.ndarray:
+        """The inverse of `encode` for the same rows; FormatError unless `data` is exactly a string."""
+        coder = reader(data)
+        symbols = self.pop(coder, rows)
+        finish(coder)
+        return symbols
+
+    def push(self, coder, symbols: np.ndarray, rows: np.ndarray) -> None:
+        """Push one group of symbols onto `coder` (a stack: push groups last first, so that they pop
+        in order, each with `pop` and the same rows)."""
         v = symbols.astype(np.int64) - self.offset[rows]
         escape = self.escape[rows]
         out = (v < 0) | (v >= escape)
         coded = np.where(out, escape, v).astype(np.int32)
-        coder = _ANS()
         _push_escapes(coder, np.where(v < 0, -2 * v - 1, 2 * (v - escape))[out])
         for r, at in reversed(self._groups(rows)):
             coder.encode_reverse(coded[at], self.models[r])
-        return coder.get_compressed().astype("<u4").tobytes()
 
-    def decode(self, data: bytes, rows: np.ndarray) -> np.ndarray:
-        """The inverse of `encode` for the same rows; FormatError unless `data` is exactly a string."""
+    def pop(self, coder, rows: np.ndarray) -> np.ndarray:
+        """The group `push` pushed with these rows, from `coder`."""
         coded = np.empty(rows.size, np.int64)
         escape = self.escape[rows]
         try:
-            coder = _ANS(_words(data))
             for r, at in self._groups(rows):
                 coded[at] = coder.decode(self.models[r], at.size)
             out = coded == escape
             raw = _pop_escapes(coder, int(out.sum()))
-            empty = coder.is_empty()
         except (ValueError, RuntimeError) as exc:  # constriction's complaints about its input
             raise FormatError(f"entropy-coded string does not decode: {exc}") from None
-        if not empty:
-            raise FormatError("entropy-coded string does not end where its symbols do (corrupt data)")
         coded[out] = np.where(raw % 2 == 1, -(raw + 1) // 2, raw // 2 + escape[out])
         return coded + self.offset[rows]
+
+
+def writer():
+    """An empty coder for `CdfTable.push`; `written` gives its string."""
+    return _ANS()
+
+
+def written(coder) -> bytes:
+    return coder.get_compressed().astype("<u4").tobytes()
+
+
+def reader(data: bytes):
+    """A coder holding `data` for `CdfTable.pop`; FormatError unless it is a string's words."""
+    try:
+        return _ANS(_words(data))
+    except (ValueError, RuntimeError) as exc:
+        raise FormatError(f"entropy-coded string does not decode: {exc}") from None
+
+
+def finish(coder) -> None:
+    """FormatError unless every word of the string was used (a valid string ends exactly)."""
+    if not coder.is_empty():
+        raise FormatError("entropy-coded string does not end where its symbols do (corrupt data)")
 
 
 def check_cdf(cdf: np.ndarray, length: np.ndarray, offset: np.ndarray, name: str, error: Type[Exception]) -> None:

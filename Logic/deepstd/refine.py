@@ -4,20 +4,21 @@ A texture codec saturates: past its finest trained rate more bytes buy almost no
 BENCHMARK.md measured +0.2 dB for 2.3x the bytes on an LA scan), so a 32x budget on an LA scan,
 or 64x on a chest CT coded at its own resolution, was left 13-70 % unused. Where the finest rate
 fits with room to spare, the encoder codes the residual (original - the DeepSTD layer as the
-decoder computes it) with SPERR (Li, Lindstrom & Clyne, IPDPS 2023: a 3-D wavelet + SPECK coder
-with its own rate control, through `imagecodecs`) into the rest of the budget.
+decoder computes it) into the rest of the budget; a file of the refinement layer alone codes the
+scan itself (the residual against zero).
 
-Section bytes: version u8 = 3, then one SPERR stream (3-D, float32, one chunk) without SPERR's own
-18-byte header, which holds nothing the file does not already say (the scan's shape, the stream's
-length): the decoder rebuilds it. The chunk's own 26-byte prelude is stored in 18 + 2-4 bytes: its
-two constant bytes (conditioner flags 0x80, 32 bit planes) are implied and its u64 bit count is a
-varint. A 512x hippocampus crop has ~240 bytes for everything, so those ~24 bytes are a tenth of
-what the layer can spend. A stream of another prelude (SPERR codes a constant field in 17 bytes)
-is stored whole as version 2, as files written before this did; version 1 sections (SPERR's
-header kept) are still read, the header checked against the scan's shape and the section's
-length. SPERR's decoder aborts the process on some crafted streams (a C++ exception that escapes
-`imagecodecs`; found by fuzzing: 3 of 3 runs of 2,000 mutations), so decoding runs in a child
-process with a memory limit and a time limit, and anything but a clean result is a `FormatError`.
+Section bytes: version u8, then the coder's stream. Version 4, written now: the context-modelled
+wavelet coder of `deepstd.wavelet` (numpy and constriction, decoded in this process; on training
+scans 0.3-0.7 dB closer than SPERR at equal bytes, docs/CODEC.md). Versions 1-3, written before,
+hold one SPERR stream (Li, Lindstrom & Clyne, IPDPS 2023, through `imagecodecs`; 3-D, float32,
+one chunk) and are still read: version 3 without SPERR's 18-byte header (the decoder rebuilds it
+from the scan's shape) and with the chunk's 26-byte prelude in 18 + 2-4 bytes (its two constant
+bytes, conditioner flags 0x80 and 32 bit planes, implied; its u64 bit count a varint), version 2
+with the chunk whole, version 1 with SPERR's header kept and checked against the scan's shape and
+the section's length. SPERR's decoder aborts the process on some crafted streams (a C++ exception
+that escapes `imagecodecs`; found by fuzzing: 3 of 3 runs of 2,000 mutations), so those decode in
+a child process with a memory limit and a time limit, and anything but a clean result is a
+`FormatError`.
 """
 
 from __future__ import annotations
@@ -29,16 +30,14 @@ from typing import Callable, Optional, Tuple
 
 import numpy as np
 
-from .container import ByteReader, varint
+from . import wavelet
+from .container import ByteReader
 from .errors import FormatError, InputError
 
 SECTION = "refine"
-VERSION = 3
-#: sections whose SPERR stream is stored whole, less SPERR's header (written before format 1.2's
-#: compact layout, and still for a stream of another prelude)
-WHOLE_VERSION = 2
-#: sections written before 0.6 (SPERR's header kept in the stream)
-HEADED_VERSION = 1
+VERSION = 4
+#: SPERR sections, still read: the chunk's prelude compacted, the chunk whole, SPERR's header kept
+SPERR_VERSION, WHOLE_VERSION, HEADED_VERSION = 3, 2, 1
 #: SPERR's stream header for one float32 3-D chunk: version byte, flags, x, y, z (u32), chunk length (u32)
 _SPERR_HEAD = struct.Struct("<BB3II")
 _SPERR_VERSION, _SPERR_FLAGS = 0x00, 0x60
@@ -47,8 +46,6 @@ _CHUNK_HEAD = struct.Struct("<B8s8sBQ")
 _CHUNK_FLAGS, _CHUNK_PLANES = 0x80, 32
 #: a bit count far above any SPERR stream's (2^33 voxels x 64 bits), so that the varint stays sane
 MAX_CHUNK_BITS = 1 << 40
-#: bits per voxel SPERR is asked for at most (a refinement past this is near-lossless coding)
-MAX_BPP = 16.0
 #: the child decoder's limits: address space (bytes per voxel on top of a fixed allowance) and time
 CHILD_BYTES_PER_VOXEL = 64
 CHILD_BASE_BYTES = 2 << 30
@@ -56,7 +53,7 @@ CHILD_SECONDS_PER_MVOXEL = 20.0
 
 
 def unavailable_reason() -> Optional[str]:
-    """Why the refinement layer cannot be coded or decoded here, or None."""
+    """Why a SPERR section (versions 1-3) cannot be decoded here, or None."""
     try:
         import imagecodecs
     except ImportError:
@@ -66,33 +63,21 @@ def unavailable_reason() -> Optional[str]:
     return None
 
 
-def compress(residual: np.ndarray, bits_per_voxel: float) -> bytes:
-    """The section for `residual` (z, y, x) at about `bits_per_voxel` (SPERR's own rate control)."""
-    import imagecodecs
-
+def fit(
+    residual: np.ndarray, spare: int, tolerance: float, on_try: Callable[[int], None], near: Optional[bytes] = None
+) -> Optional[bytes]:
+    """The largest section of at most `spare` bytes (within `tolerance` under it), or None; `near`,
+    a section of the same residual at another size, starts the search where that one ended."""
     if residual.ndim != 3:
         raise ValueError("the refinement layer codes a 3-D residual")
-    bpp = float(np.clip(bits_per_voxel, 1e-4, MAX_BPP))
-    data = np.ascontiguousarray(residual, dtype=np.float32)
-    stream = bytes(imagecodecs.sperr_encode(data, bpp, mode="bpp", chunks=data.shape, numthreads=1))
-    return _stored(stream[_SPERR_HEAD.size :])
+    hint = near[1:] if near is not None and near[:1] == bytes([VERSION]) else None
+    payload = wavelet.fit(residual, spare - 1, tolerance, on_try, near=hint)
+    return None if payload is None else bytes([VERSION]) + payload
 
 
-def _stored(chunk: bytes) -> bytes:
-    """The section of one chunk: its prelude compacted (version 3) where it has the usual form."""
-    if len(chunk) >= _CHUNK_HEAD.size:
-        flags, mean, second, planes, bits = _CHUNK_HEAD.unpack_from(chunk)
-        if (flags, planes) == (_CHUNK_FLAGS, _CHUNK_PLANES) and bits < MAX_CHUNK_BITS:
-            return bytes([VERSION]) + mean + second + varint(bits) + chunk[_CHUNK_HEAD.size :]
-    return bytes([WHOLE_VERSION]) + chunk
-
-
-def fit(residual: np.ndarray, spare: int, tolerance: float, on_try: Callable[[int], None]) -> Optional[bytes]:
-    """The largest section of at most `spare` bytes (within `tolerance` under it), or None."""
-    from .ratecontrol import largest_by_target
-
-    voxels = residual.size
-    return largest_by_target(lambda target: compress(residual, target * 8 / voxels), spare, tolerance, on_try=on_try)
+def smallest(residual: np.ndarray) -> bytes:
+    """The smallest section the residual codes to (every coefficient a zero)."""
+    return bytes([VERSION]) + wavelet.compress(residual, wavelet.COARSEST_STEP)
 
 
 def check(section: bytes, shape: Tuple[int, int, int]) -> bytes:
@@ -100,8 +85,8 @@ def check(section: bytes, shape: Tuple[int, int, int]) -> bytes:
     section, every field of the stored one checked against `shape` and the section's length."""
     if len(section) < 2:
         raise FormatError("refinement layer: truncated section")
-    if section[0] in (VERSION, WHOLE_VERSION):
-        chunk = _chunk(section) if section[0] == VERSION else section[1:]
+    if section[0] in (SPERR_VERSION, WHOLE_VERSION):
+        chunk = _chunk(section) if section[0] == SPERR_VERSION else section[1:]
         z, y, x = shape
         return _SPERR_HEAD.pack(_SPERR_VERSION, _SPERR_FLAGS, x, y, z, len(chunk)) + chunk
     if section[0] != HEADED_VERSION:
@@ -133,7 +118,14 @@ def _chunk(section: bytes) -> bytes:
 
 
 def decompress(section: bytes, shape: Tuple[int, int, int]) -> np.ndarray:
-    """The residual (z, y, x) float32, decoded in a child process (see the module docstring)."""
+    """The residual (z, y, x) float32: a version 4 section decoded here, a SPERR section in a child
+    process (see the module docstring)."""
+    if section[:1] == bytes([VERSION]):
+        with np.errstate(over="ignore"):  # refused just below
+            values = wavelet.decompress(section[1:], shape).astype(np.float32)
+        if not np.isfinite(values).all():
+            raise FormatError("refinement layer: the wavelet stream decodes to non-finite values (corrupt data)")
+        return values
     reason = unavailable_reason()
     if reason is not None:
         raise InputError(f"this file has a refinement layer, and decoding it needs SPERR: {reason}")

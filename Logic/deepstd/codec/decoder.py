@@ -27,7 +27,7 @@ from .header import DstdHeader
 #: of the texture frame (decoded texture, spline coefficients, filter temporaries)
 SCAN_BYTES_PER_VOXEL = 48
 RESIDUAL_BYTES_PER_VOXEL = 40
-REFINE_BYTES_PER_VOXEL = 8
+REFINE_BYTES_PER_VOXEL = 64
 #: the decoded values themselves (float32), all a file of the refinement layer alone adds to it
 VALUES_BYTES_PER_VOXEL = 4
 FRAME_BYTES_PER_VOXEL = 32

@@ -216,7 +216,6 @@ def encode(
     trying the texture (registration and texture take most of the encode time). `require_texture`
     leaves it out: the file always holds the learned texture (what the texture codec alone
     achieves, for research and the benchmark)."""
-    from .. import refine
     from . import layers
 
     check_effort(effort)
@@ -233,7 +232,7 @@ def encode(
     mask = layers.keep_mask(volume, keep, keep_error) if keep is not None else None
     reporter = Reporter(progress, cancel)
     started = time.perf_counter()
-    refinable = mask is None and refine.unavailable_reason() is None
+    refinable = mask is None
     competing = refinable and not require_texture
     resolved = resolve_bundle(bundle)
     standing = resolved.standing
@@ -368,38 +367,41 @@ def _closest_refinement_alone(volume: Volume, budget: int, reporter: Reporter) -
     original = cast_to_dtype(volume.array, volume.dtype).astype(np.float32)
     choices = postfilter.choices_for(budget)
     closest: Optional[Tuple[float, bytes]] = None
+    near = None  # the last layer coded: the next search starts from its quantiser step
     for k, bands in enumerate(choices):
         search = reporter.scaled(k / len(choices), (k + 1) / len(choices))
-        coded = _refinement_alone_file(header, original, budget, bands, search)
+        coded = _refinement_alone_file(header, original, budget, bands, search, near)
         if coded is None:
             continue
         data, decoded = coded
+        near = unpack(data).sections[refine.SECTION]
         error = float(np.mean((cast_to_dtype(decoded, volume.dtype).astype(np.float64) - original) ** 2))
         if closest is None or error < closest[0]:
             closest = (error, data)
     if closest is None:
         framing = _framing(lambda section: pack(header.to_dict(), {refine.SECTION: section}), budget)
-        raise infeasible(volume, budget, framing + len(refine.compress(original, 0.0)))
+        raise infeasible(volume, budget, framing + len(refine.smallest(original)))
     return closest[1], closest[0]
 
 
-def _refinement_alone_file(header: DstdHeader, original, budget: int, bands, search: Reporter):
+def _refinement_alone_file(header: DstdHeader, original, budget: int, bands, search: Reporter, near=None):
     """(file, the scan it decodes to before rounding) with the refinement layer alone and a
     post-filter of `bands` classes (None: no filter), or None where it does not fit the budget.
     The filter's size is known only once it is fitted to the decoded layer, so the layer is fitted
     around `postfilter.reserved_size` first and, where that file is over the budget or more than
     FILL_ALONE under it, once more around the filter's real size; the larger file within the
-    budget is kept."""
-    from .. import postfilter
+    budget is kept. `near`: a refine section of the scan at about this size (`refine.fit`)."""
+    from .. import postfilter, refine
 
     reserve = postfilter.reserved_size(bands) if bands else 0
     kept = None
     for attempt in range(2 if bands else 1):
         span = search.scaled(attempt / 2, (attempt + 1) / 2) if bands else search
-        coded = _filtered_layer(header, original, budget, bands, reserve, span)
+        coded = _filtered_layer(header, original, budget, bands, reserve, span, near)
         if coded is None:
             break
         data, decoded, reserve_used = coded
+        near = unpack(data).sections[refine.SECTION]
         if len(data) <= budget and (kept is None or len(data) > len(kept[0])):
             kept = (data, decoded)
         if reserve_used == reserve or (1 - FILL_ALONE) * budget <= len(data) <= budget:
@@ -408,7 +410,7 @@ def _refinement_alone_file(header: DstdHeader, original, budget: int, bands, sea
     return kept
 
 
-def _filtered_layer(header: DstdHeader, original, budget: int, bands, reserve: int, search: Reporter):
+def _filtered_layer(header: DstdHeader, original, budget: int, bands, reserve: int, search: Reporter, near):
     """(file, decoded, the filter section's size) with the refinement layer fitted to the budget
     less `reserve` bytes held for the filter, or None where the framing alone fills the budget."""
     from .. import postfilter, refine
@@ -418,7 +420,9 @@ def _filtered_layer(header: DstdHeader, original, budget: int, bands, reserve: i
     if framing >= budget:
         return None
     search("refine", 0.0, "coding the scan with the refinement layer alone")
-    section = refine.fit(original, budget - framing, FILL_ALONE, lambda n: search("refine", (n + 1) / 12, "fitting"))
+    section = refine.fit(
+        original, budget - framing, FILL_ALONE, lambda n: search("refine", (n + 1) / 12, "fitting"), near
+    )
     if section is None:
         return None
     values = refine.decompress(section, header.grid.shape_zyx)  # what the decoder will have
