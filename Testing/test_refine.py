@@ -16,6 +16,7 @@ from deepstd.errors import FormatError, InputError
 needs_sperr = pytest.mark.skipif(refine.unavailable_reason() is not None, reason=str(refine.unavailable_reason()))
 
 SHAPE = (12, 20, 24)
+ISOTROPIC = (1.0, 1.0, 1.0)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def residual() -> np.ndarray:
 def test_fit_fills_the_spare_bytes_and_more_bytes_code_it_better(residual):
     errors = []
     for spare in (400, 1600, 6400):
-        section = refine.fit(residual, spare, 0.01, lambda n: None)
+        section = refine.fit(residual, ISOTROPIC, spare, 0.01, lambda n: None)
         assert section is not None and 0.99 * spare <= len(section) <= spare
         assert section[0] == refine.VERSION == 4
         decoded = refine.decompress(section, SHAPE)
@@ -38,10 +39,10 @@ def test_fit_fills_the_spare_bytes_and_more_bytes_code_it_better(residual):
 
 def test_a_search_started_from_a_nearby_section_needs_fewer_codings(residual):
     tries = []
-    first = refine.fit(residual, 3000, 0.002, tries.append)
+    first = refine.fit(residual, ISOTROPIC, 3000, 0.002, tries.append)
     alone = len(tries)
     tries.clear()
-    again = refine.fit(residual, 2900, 0.002, tries.append, near=first)
+    again = refine.fit(residual, ISOTROPIC, 2900, 0.002, tries.append, near=first)
     assert again is not None and 0.998 * 2900 <= len(again) <= 2900
     assert len(tries) < alone
 
@@ -49,18 +50,26 @@ def test_a_search_started_from_a_nearby_section_needs_fewer_codings(residual):
 def test_the_smallest_section_is_below_any_fitted_one(residual):
     smallest = refine.smallest(residual)
     assert len(smallest) < 60
-    assert refine.fit(residual, len(smallest) - 1, 0.01, lambda n: None) is None
+    assert refine.fit(residual, ISOTROPIC, len(smallest) - 1, 0.01, lambda n: None) is None
     np.testing.assert_array_equal(refine.decompress(smallest, SHAPE), 0)
 
 
+def test_a_thick_axis_begins_to_split_later(residual):
+    thick = refine.fit(residual, (3.6, 0.6, 0.6), 1600, 0.01, lambda n: None)
+    assert thick[5] == 2  # after the version and the step: z waits two levels
+    assert refine.fit(residual, (1.2, 0.6, 0.6), 1600, 0.01, lambda n: None)[5] == 0
+    decoded = refine.decompress(thick, SHAPE)
+    assert float(np.sqrt(np.mean((decoded - residual) ** 2))) < 0.5 * float(np.std(residual))
+
+
 def test_a_wavelet_section_decodes_without_sperr(residual, monkeypatch):
-    section = refine.fit(residual, 800, 0.01, lambda n: None)
+    section = refine.fit(residual, ISOTROPIC, 800, 0.01, lambda n: None)
     monkeypatch.setattr(refine, "unavailable_reason", lambda: "the imagecodecs package is not installed")
     assert refine.decompress(section, SHAPE).shape == SHAPE
 
 
 def test_a_wavelet_section_that_decodes_to_non_finite_values_is_refused(residual):
-    section = bytearray(refine.fit(residual, 800, 0.01, lambda n: None))
+    section = bytearray(refine.fit(residual, ISOTROPIC, 800, 0.01, lambda n: None))
     section[1:5] = struct.pack("<f", 3.0e38)  # the quantiser step: any code but 0 overflows
     with pytest.raises(FormatError, match="non-finite"):
         refine.decompress(bytes(section), SHAPE)

@@ -33,8 +33,8 @@ def test_the_transform_inverts_exactly_on_any_shape(shape):
     for _, _, region in layout.bands():
         covered[region] += 1
     assert (covered == 1).all()
-    for split in layout.splits:
-        assert all(not s or n >= wavelet.MIN_LENGTH for s, n in zip(split, layout.sizes[layout.splits.index(split)]))
+    for split, size in zip(layout.splits, layout.sizes):
+        assert all(not s or n >= wavelet.MIN_LENGTH for s, n in zip(split, size))
 
 
 def test_levels_stop_at_the_shortest_splittable_axis_and_at_max_levels():
@@ -42,6 +42,28 @@ def test_levels_stop_at_the_shortest_splittable_axis_and_at_max_levels():
     assert wavelet.Layout((34, 43, 47)).levels == 3
     assert wavelet.Layout((88, 147, 183)).levels == 5
     assert wavelet.Layout((1, 512, 512)).splits[0] == (False, True, True)
+    delayed = wavelet.Layout((20, 320, 320), delays=(2, 0, 0))
+    assert [split[0] for split in delayed.splits] == [False, False, True, True, False]
+    assert delayed.sizes[-1] == (5, 10, 10)
+    assert wavelet.Layout((5, 64, 64), delays=(0, 2, 2)).splits == [(False, True, True)] * 3  # z too short
+
+
+def test_a_thick_axis_waits_until_the_others_are_as_coarse():
+    assert wavelet.delays_for((3.6, 0.6, 0.6)) == (2, 0, 0)  # 3.6 <= 2 x 0.6 x 4
+    assert wavelet.delays_for((0.6, 3.0, 0.6)) == (0, 2, 0)
+    assert wavelet.delays_for((1.0, 1.0, 1.0)) == (0, 0, 0) == wavelet.delays_for((2.0, 1.0, 1.0))
+    assert wavelet.delays_for((2.5, 1.0, 1.0)) == (1, 0, 0)
+    assert wavelet.delays_for((500.0, 1.0, 1.0)) == (5, 0, 0)  # never
+
+
+def test_a_payload_says_where_each_axis_begins_to_split():
+    x = _scan((16, 24, 20))
+    payload = wavelet.compress(x, 2.0, delays=(2, 0, 1))
+    assert payload[4] == 2 + 0 * 6 + 1 * 36
+    y = wavelet.decompress(payload, x.shape)
+    assert float(np.sqrt(np.mean((y - x) ** 2))) < 2.0
+    with pytest.raises(FormatError, match="axis delays 216"):
+        wavelet.decompress(payload[:4] + bytes([216]) + payload[5:], x.shape)
 
 
 def test_a_payload_decodes_within_its_quantiser_step():
@@ -98,8 +120,8 @@ def test_fit_lands_within_the_tolerance_under_the_spare_bytes():
         (lambda p: struct.pack("<f", float("nan")) + p[4:], "quantiser step"),
         (lambda p: struct.pack("<f", -1.0) + p[4:], "quantiser step"),
         (lambda p: struct.pack("<f", 0.0) + p[4:], "quantiser step"),
-        (lambda p: p[:4] + bytes([wavelet.ROWS]) + p[5:], "CDF row"),
-        (lambda p: p[:5] + b"\xff" * 12 + p[17:], "weight"),
+        (lambda p: p[:5] + bytes([wavelet.ROWS]) + p[6:], "CDF row"),
+        (lambda p: p[:6] + b"\xff" * 12 + p[18:], "weight"),
         (lambda p: p + b"\x01\x00\x00\x00", "entropy-coded string"),
         (lambda p: p[:-4], "entropy-coded string"),
     ],

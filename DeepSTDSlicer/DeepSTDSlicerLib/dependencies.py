@@ -25,7 +25,7 @@ PIP_REQUIREMENTS: Tuple[Tuple[str, str], ...] = (
     ("scipy", "scipy"),
     ("safetensors", "safetensors==0.8.0"),
     ("constriction", "constriction==0.5.0"),
-    ("imagecodecs", "imagecodecs==2026.1.14"),  # SPERR: the refinement layer of files coded at the finest end
+    ("imagecodecs", "imagecodecs==2026.1.14"),  # SPERR: the refinement layer of files written before refine section 4
 )
 #: What Slicer itself provides; deepstd may import these freely.
 SLICER_PROVIDES = ("numpy", "SimpleITK", "pydicom", "vtk", "PIL", "typing_extensions")

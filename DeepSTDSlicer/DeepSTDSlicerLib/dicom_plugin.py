@@ -79,7 +79,7 @@ def describe(path: str, info: Dict[str, object]) -> Candidate:
     shown = format_ratio(ratio)  # type: ignore[arg-type]
     bundle = info.get("bundle")
     # the encoder names the bundle in every file that needs one; a file of the refinement layer
-    # alone (SPERR) needs none
+    # alone needs none
     needs = f"the codec bundle '{bundle}'" if bundle else "no codec bundle (the refinement layer alone)"
     name = str(info.get("series_description") or "").strip() or DEFAULT_NAME
     lines = [

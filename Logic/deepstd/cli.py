@@ -324,7 +324,7 @@ def _effort_option(parser) -> None:
         default=0,
         help="1: try the learned texture even where the bundle's training scans say it never decodes "
         "closer than the refinement layer alone, and where the budget allows, also the texture at a middle "
-        "rate plus a SPERR refinement layer; keep the closest file (slower); 2: also search the texture "
+        "rate plus a refinement layer; keep the closest file (slower); 2: also search the texture "
         "latents for this scan (about twice the encode time on a CPU; docs/CODEC.md)",
     )
 
@@ -585,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument(
         "--require-texture",
         action="store_true",
-        help="always code with the learned texture, even where the refinement layer alone (SPERR) "
+        help="always code with the learned texture, even where the refinement layer alone "
         "decodes closer: what the texture codec itself achieves",
     )
     encode.add_argument("--series", metavar="UID", help="DICOM SeriesInstanceUID to read")

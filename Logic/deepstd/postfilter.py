@@ -88,7 +88,7 @@ def choices_for(budget: int) -> List[Optional[Tuple[int, int]]]:
     """The post-filters the encoder tries for a file of `budget` bytes, keeping the one whose file
     decodes closer: the most classes the budget affords and the next fewer (or no filter). On
     training scans neither share won everywhere: CT kept more classes (up to +0.27 dB), LA and
-    prostate the fewer classes and more SPERR bytes (up to +0.07 dB) (docs/CODEC.md)."""
+    prostate the fewer classes and more bytes for the layer (up to +0.07 dB) (docs/CODEC.md)."""
     most = bands_for(budget)
     if most is None:
         return [None]

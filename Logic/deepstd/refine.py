@@ -64,14 +64,21 @@ def unavailable_reason() -> Optional[str]:
 
 
 def fit(
-    residual: np.ndarray, spare: int, tolerance: float, on_try: Callable[[int], None], near: Optional[bytes] = None
+    residual: np.ndarray,
+    spacing_zyx: Tuple[float, float, float],
+    spare: int,
+    tolerance: float,
+    on_try: Callable[[int], None],
+    near: Optional[bytes] = None,
 ) -> Optional[bytes]:
     """The largest section of at most `spare` bytes (within `tolerance` under it), or None; `near`,
-    a section of the same residual at another size, starts the search where that one ended."""
+    a section of the same residual at another size, starts the search where that one ended. The
+    voxel spacing says from which level the thicker axes split (`wavelet.delays_for`)."""
     if residual.ndim != 3:
         raise ValueError("the refinement layer codes a 3-D residual")
     hint = near[1:] if near is not None and near[:1] == bytes([VERSION]) else None
-    payload = wavelet.fit(residual, spare - 1, tolerance, on_try, near=hint)
+    delays = wavelet.delays_for(spacing_zyx)
+    payload = wavelet.fit(residual, spare - 1, tolerance, on_try, near=hint, delays=delays)
     return None if payload is None else bytes([VERSION]) + payload
 
 

@@ -193,7 +193,7 @@ def decode(
 
 def _refinement_alone(sections, shape) -> np.ndarray:
     """The whole scan (z, y, x, float64) a file of the refinement layer alone decodes to, before
-    rounding to its dtype: SPERR's values, post-filtered where the file has a filter (the encoder
+    rounding to its dtype: the layer's values, post-filtered where the file has a filter (the encoder
     computes the same values with `refine.decompress` and `postfilter.fit_and_apply`). A filter
     needs every voxel: its classes rank the whole scan, so a region is cropped from this."""
     values = refine.decompress(sections[refine.SECTION], shape)
@@ -203,7 +203,7 @@ def _refinement_alone(sections, shape) -> np.ndarray:
 
 
 def _refinement(section: bytes, size, box) -> np.ndarray:
-    """The refinement layer's values on `box` of the scan grid: SPERR decodes the whole scan, and
+    """The refinement layer's values on `box` of the scan grid: the layer decodes the whole scan, and
     its values do not depend on the texture, so a region takes its crop."""
     whole = grid.whole(size)
     return refine.decompress(section, grid.shape_zyx(whole))[grid.slices(box, whole)]

@@ -39,12 +39,13 @@ from .header import BundleRef, CodecKeys, DstdHeader, KeepInfo
 TOLERANCE = 0.02
 #: the texture rate a refinement layer builds on (`Refinement`): where the texture codec saturates,
 #: and with effort 1 wherever the budget allows more texture. Chosen on a *training* LA scan
-#: (LA_1D7C…): at 32x texture rates 0.2-0.6 plus SPERR land within 0.15 dB of each other (35.73-35.86
-#: dB) and the finest rate plus SPERR 1.3 dB lower (34.53 dB); at 64x 0.2-0.6 within 0.15 dB.
+#: (LA_1D7C…, with SPERR as the layer's coder): at 32x texture rates 0.2-0.6 plus the layer land within
+#: 0.15 dB of each other (35.73-35.86 dB) and the finest rate plus it 1.3 dB lower (34.53 dB); at 64x
+#: 0.2-0.6 within 0.15 dB.
 SPLIT_RATE = 0.5
 EFFORTS = (0, 1, 2)
-#: how far under the budget that file may land: SPERR's tries cost a fraction of a second, and at
-#: 1 % (the split's tolerance) the file gave up 0.03 dB to the SPERR peer on the chest CT
+#: how far under the budget that file may land: the layer's tries cost a fraction of a second, and
+#: at 1 % (the split's tolerance) the file gave up 0.03 dB to the SPERR peer on the chest CT
 FILL_ALONE = 0.002
 
 
@@ -208,8 +209,8 @@ def encode(
     `effort` 1: where the budget allows the texture more than SPLIT_RATE, also code it at SPLIT_RATE
     with a refinement layer and keep whichever file decodes closer to the scan (slower). `effort` 2
     also searches the texture latents for this scan (`texture.latent_search`; a few minutes more on a
-    CPU) and keeps them where the file decodes closer. Without a keep mask, and where SPERR is
-    installed, the file that holds the scan coded by the refinement layer alone (`refinement_only`)
+    CPU) and keeps them where the file decodes closer. Without a keep mask the file that holds the
+    scan coded by the refinement layer alone (`refinement_only`)
     competes with the texture's: the closer one is kept, and it also meets budgets below the
     texture's smallest file; at effort 0, where the bundle's standing record says its texture never
     decoded closer on its training scans (`bundle.TextureStanding`), that file is coded without
@@ -276,8 +277,7 @@ def _texture_file(
     reporter: Reporter,
 ) -> Tuple[bytes, Optional["Refinement"]]:
     """The file with the texture (alone, with a keep layer, or with a refinement layer), and the
-    `Refinement` that measures files as the decoder sees them (None with a keep mask, and without
-    SPERR unless effort 2 needs it)."""
+    `Refinement` that measures files as the decoder sees them (None with a keep mask)."""
     from ..texture.rate import quantise_rate
     from . import layers
 
@@ -285,8 +285,8 @@ def _texture_file(
     header = replace(scan.header, target_ratio=round(volume.raw_bytes / budget, 4), budget_bytes=budget)
     coding = bundle.config.texture
     if not refinable:
-        # the span ends where the refinement layer takes over; without one (no SPERR, or a keep mask,
-        # whose residual takes the spare bytes) the texture goes on over the whole span
+        # the span ends where the refinement layer takes over; without one (a keep mask, whose
+        # residual takes the spare bytes) the texture goes on over the whole span
         coding = replace(coding, rates=(coding.rates[0], 1.0))
     if mask is None:
         build = lambda knob: scan.pack(header, coding.rate(knob))  # noqa: E731
@@ -337,7 +337,7 @@ def _texture_file(
 def refinement_only(volume: Volume, budget: int, reporter: Reporter) -> bytes:
     """The file that holds the scan coded by the refinement layer alone (format 1.2: no shape, no
     texture, no bundle needed to decode), or a BudgetError that says its smallest size. Where the
-    texture codec loses to SPERR at equal bytes (on training scans of every bundle: docs/CODEC.md)
+    texture codec loses to the layer at equal bytes (on training scans of every bundle: docs/CODEC.md)
     or its smallest file exceeds the budget, this is the closer file; `encode` keeps whichever
     decodes closer, so a DeepSTD file is never farther than its own refinement layer alone. Of the
     post-filters the budget affords (`postfilter.choices_for`), the one whose file decodes closer.
@@ -421,7 +421,12 @@ def _filtered_layer(header: DstdHeader, original, budget: int, bands, reserve: i
         return None
     search("refine", 0.0, "coding the scan with the refinement layer alone")
     section = refine.fit(
-        original, budget - framing, FILL_ALONE, lambda n: search("refine", (n + 1) / 12, "fitting"), near
+        original,
+        header.grid.spacing[::-1],
+        budget - framing,
+        FILL_ALONE,
+        lambda n: search("refine", (n + 1) / 12, "fitting"),
+        near,
     )
     if section is None:
         return None
@@ -517,7 +522,11 @@ class Refinement:
         if framing >= self.budget:
             return None
         section = refine.fit(
-            residual, self.budget - framing, TOLERANCE / 2, lambda n: reporter("refine", (n + 1) / 9, "fitting")
+            residual,
+            self.header.grid.spacing[::-1],
+            self.budget - framing,
+            TOLERANCE / 2,
+            lambda n: reporter("refine", (n + 1) / 9, "fitting"),
         )
         if section is None:
             return None

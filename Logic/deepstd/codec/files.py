@@ -54,8 +54,8 @@ def layers_of(sections) -> str:
     if "texture" not in sections:
         filtered = " and a post-filter" if "filter" in sections else ""
         return (
-            f"the refinement layer alone{filtered} (SPERR; the learned texture decoded farther, did not fit "
-            "or never wins with this bundle)"
+            f"the refinement layer alone{filtered} (a 3-D wavelet coder; the learned texture decoded farther, "
+            "did not fit or never wins with this bundle)"
         )
     extra = [label for name, label in (("refine", "a refinement layer"), ("residual", "a residual layer"),
                                        ("keep/mask", "a keep mask")) if name in sections]  # fmt: skip
