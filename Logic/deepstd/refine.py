@@ -72,14 +72,23 @@ def fit(
     near: Optional[bytes] = None,
 ) -> Optional[bytes]:
     """The largest section of at most `spare` bytes (within `tolerance` under it), or None; `near`,
-    a section of the same residual at another size, starts the search where that one ended. The
-    voxel spacing says from which level the thicker axes split (`wavelet.delays_for`)."""
+    a section of the same residual at another size, starts the search where that one ended. Where
+    the voxel spacing makes an axis thick (`wavelet.delays_for`), the residual is coded both with
+    that axis splitting later and with every axis splitting from the start, and the section that
+    decodes closer is kept: on training scans waiting paid on prostate volumes of 3-3.6 mm slices
+    (+1.3 dB at 64x) and cost on a CT of 2 mm slices (-1.3 dB at 128x) (docs/CODEC.md)."""
     if residual.ndim != 3:
         raise ValueError("the refinement layer codes a 3-D residual")
     hint = near[1:] if near is not None and near[:1] == bytes([VERSION]) else None
-    delays = wavelet.delays_for(spacing_zyx)
-    payload = wavelet.fit(residual, spare - 1, tolerance, on_try, near=hint, delays=delays)
-    return None if payload is None else bytes([VERSION]) + payload
+    closest: Optional[Tuple[float, bytes]] = None
+    for delays in dict.fromkeys([wavelet.delays_for(spacing_zyx), (0, 0, 0)]):
+        payload = wavelet.fit(residual, spare - 1, tolerance, on_try, near=hint, delays=delays)
+        if payload is None:
+            continue
+        error = float(np.mean((wavelet.decompress(payload, residual.shape) - residual) ** 2))
+        if closest is None or error < closest[0]:
+            closest = (error, payload)
+    return None if closest is None else bytes([VERSION]) + closest[1]
 
 
 def smallest(residual: np.ndarray) -> bytes:

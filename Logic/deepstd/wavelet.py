@@ -104,11 +104,12 @@ def _inverse_axis(y: np.ndarray, axis: int) -> np.ndarray:
 
 
 def delays_for(spacing_zyx: Tuple[float, ...]) -> Tuple[int, int, int]:
-    """At which level each axis begins to split: the first where its spacing is at most THICK times
-    the finest axis's spacing at that level (doubled by each split). On training prostate volumes
-    (3-3.6 mm slices of 0.6 mm pixels: z waits 2 levels) splitting z from the start cost 0.6-1.1 dB
-    against SPERR's layer and never splitting it 0.2 dB at 256x; waiting 2 levels gained +0.67 /
-    +0.32 dB over SPERR at 64 / 256x (docs/CODEC.md)."""
+    """At which level each axis might begin to split: the first where its spacing is at most THICK
+    times the finest axis's spacing at that level (doubled by each split). A candidate, not a rule
+    (`refine.fit` also tries no delay): on training prostate volumes (3-3.6 mm slices of 0.6 mm
+    pixels: z waits 2 levels) it gained +0.67 / +0.32 dB over SPERR at 64 / 256x where splitting z
+    from the start lost 0.6-0.9 dB, but on a training CT of 2 mm slices (z waits 1 level) it cost
+    1.3 dB at 128x (docs/CODEC.md)."""
     finest = min(spacing_zyx)
     return tuple(  # type: ignore[return-value]
         next(level for level in range(MAX_LEVELS + 1) if level == MAX_LEVELS or s <= THICK * finest * 2**level)
