@@ -995,31 +995,35 @@ def make_corpus(folder: Path) -> dict:
             "sections": {k: len(v) for k, v in plain.sections.items()},
             "bundle_id": plain.header["bundle"]["sha256"],
         }
+
+        def older_seed(name: str, about: str, header: dict, sections: Dict[str, bytes]) -> None:
+            """A seed of format 1.2 holding a section version older encoders wrote (it must decode)."""
+            data = pack_compact(header, sections)
+            codec.decode(data, None, device="cpu", workers=1)
+            (folder / name).write_bytes(data)
+            manifest["seeds"][name] = {
+                "about": about,
+                "bytes": len(data),
+                "lean_header": "encoder_version" not in header,
+                "sections": {k: len(v) for k, v in sections.items()},
+                "bundle_id": None,
+            }
+
         filtered = unpack((folder / "refine_filtered.dstd").read_bytes())
-        sections = {**filtered.sections, "filter": filter_version_1(filtered.sections["filter"])}
-        old = pack_compact(filtered.header, sections)
-        codec.decode(old, None, device="cpu", workers=1)
-        (folder / LEGACY_FILTER_SEED).write_bytes(old)
-        manifest["seeds"][LEGACY_FILTER_SEED] = {
-            "about": "refine_filtered.dstd with its post-filter as a version 1 section (int16 coefficients)",
-            "bytes": len(old),
-            "lean_header": "encoder_version" not in filtered.header,
-            "sections": {k: len(v) for k, v in sections.items()},
-            "bundle_id": None,
-        }
+        older_seed(
+            LEGACY_FILTER_SEED,
+            "refine_filtered.dstd with its post-filter as a version 1 section (int16 coefficients)",
+            filtered.header,
+            {**filtered.sections, "filter": filter_version_1(filtered.sections["filter"])},
+        )
         alone = unpack((folder / "refine_alone.dstd").read_bytes())
         values = cast_to_dtype(scan.array, scan.dtype).astype(np.float32)
-        sections = {"refine": sperr_section(values, 8 * len(alone.sections["refine"]) / values.size)}
-        old = pack_compact(alone.header, sections)
-        codec.decode(old, None, device="cpu", workers=1)
-        (folder / LEGACY_REFINE_SEED).write_bytes(old)
-        manifest["seeds"][LEGACY_REFINE_SEED] = {
-            "about": "refine_alone.dstd with its layer coded by SPERR (refine section 3), as 0.2.0 wrote",
-            "bytes": len(old),
-            "lean_header": "encoder_version" not in alone.header,
-            "sections": {k: len(v) for k, v in sections.items()},
-            "bundle_id": None,
-        }
+        older_seed(
+            LEGACY_REFINE_SEED,
+            "refine_alone.dstd with its layer coded by SPERR (refine section 3), as 0.2.0 wrote",
+            alone.header,
+            {"refine": sperr_section(values, 8 * len(alone.sections["refine"]) / values.size)},
+        )
         if manifest["bundle"]["committed"]:
             (folder / BUNDLE_NAME).write_bytes(bundle_bytes)
         elif (folder / BUNDLE_NAME).exists():

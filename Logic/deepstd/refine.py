@@ -80,12 +80,14 @@ def fit(
     if residual.ndim != 3:
         raise ValueError("the refinement layer codes a 3-D residual")
     hint = near[1:] if near is not None and near[:1] == bytes([VERSION]) else None
+    candidates = list(dict.fromkeys([wavelet.delays_for(spacing_zyx), (0, 0, 0)]))
     closest: Optional[Tuple[float, bytes]] = None
-    for delays in dict.fromkeys([wavelet.delays_for(spacing_zyx), (0, 0, 0)]):
+    for delays in candidates:
         payload = wavelet.fit(residual, spare - 1, tolerance, on_try, near=hint, delays=delays)
         if payload is None:
             continue
-        error = float(np.mean((wavelet.decompress(payload, residual.shape) - residual) ** 2))
+        # one candidate (an isotropic scan) needs no measuring
+        error = float(np.mean((wavelet.decompress(payload, residual.shape) - residual) ** 2)) if candidates[1:] else 0.0
         if closest is None or error < closest[0]:
             closest = (error, payload)
     return None if closest is None else bytes([VERSION]) + closest[1]

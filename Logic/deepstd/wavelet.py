@@ -8,8 +8,9 @@ predicted from what the decoder already has: the coefficient's parent one level 
 a band's checkerboard, its six decoded neighbours of the first half (the estimation-quantisation
 coder of LoPresto, Ramchandran & Orchard, DCC 1997, with the checkerboard split of He et al., CVPR
 2021, in 3-D). The predictors' weights are fitted per level by the encoder and sent. On training
-scans, at equal bytes and before the post-filter: +0.66 / +0.73 dB PSNR and +0.02 SSIM over SPERR
-on LA scans at 128 / 64x, +0.3 to +0.7 dB on hippocampus crops at 32-64x (docs/CODEC.md).
+scans, at equal bytes and before the post-filter: +0.61 / +0.65 dB PSNR and +0.012 / +0.023 SSIM
+over SPERR on an LA scan at 64 / 128x, +0.32 to +0.83 dB on a hippocampus crop at 32-256x
+(docs/CODEC.md step 9).
 
 Exactness: the transform's lifting steps are float64 additions and multiplications, the same on
 every machine; everything the model decides (which CDF row codes a coefficient) is integer
@@ -17,10 +18,9 @@ arithmetic on decoded integers and integer weights; the CDF rows are computed wi
 (correctly rounded on every platform) and coded through `rans` (exact integer tables).
 
 Section (inside `refine`, version 4): the quantiser step (float32), the axes' delays (u8, base 6),
-the LL band's CDF row (u8),
-per detail level coarse to fine the anchor weights (3) and the other half's (4) as zigzag varints,
-then one rANS string: the LL band (differences along x), then each level's bands, each band's
-checkerboard anchors then the rest.
+the LL band's CDF row (u8), per detail level coarse to fine the anchor weights (3) and the other
+half's (4) as zigzag varints, then one rANS string: the LL band (differences along x), then each
+level's bands, each band's checkerboard anchors then the rest (docs/FORMAT.md).
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ _KAPPA = 1.230174104914001
 #: an axis is split while it is at least this long, at most MAX_LEVELS times; an axis whose spacing
 #: is over THICK times the finest waits until the others' coarser bands are as coarse (`delays_for`)
 MIN_LENGTH, MAX_LEVELS, THICK = 8, 5, 2.0
-#: dead zone: |c| / step + ROUNDING is floored (0.5: plain rounding); a value decodes at
-#: (|q| + RECONSTRUCTION) steps (tuned on training scans, docs/CODEC.md)
+#: dead zone: |c| / step + ROUNDING is floored (0.5: plain rounding, 0.28 dB worse on a training LA
+#: scan at 128x, docs/CODEC.md); a value decodes at (|q| + RECONSTRUCTION) steps, halfway between
+#: the bin's start and its middle (not tuned)
 ROUNDING, RECONSTRUCTION = 0.35, 0.075
 #: CDF rows: Laplace scales 2**((row - ROW_ZERO) / ROWS_PER_OCTAVE) steps
 ROWS, ROW_ZERO, ROWS_PER_OCTAVE = 64, 24, 4
