@@ -63,6 +63,12 @@ def test_a_thick_axis_is_coded_both_ways_and_the_closer_section_kept(residual):
     assert kept[1:] == candidates[int(np.argmin(errors))] and kept[5] in (0, 2)
     # an isotropic scan has one candidate: every axis from the start
     assert refine.fit(residual, (1.2, 0.6, 0.6), 1600, 0.01, lambda n: None)[5] == 0
+    # a nearby section of the scan settles the delays: one coding, the same choice
+    for chosen in (0, 2):
+        near = bytes([refine.VERSION]) + wavelet.fit(residual, 1599, 0.01, lambda n: None, delays=(chosen, 0, 0))
+        tries = []
+        again = refine.fit(residual, (3.6, 0.6, 0.6), 1500, 0.01, tries.append, near=near)
+        assert again[5] == chosen and len(tries) < 6
 
 
 def test_a_wavelet_section_decodes_without_sperr(residual, monkeypatch):

@@ -72,21 +72,25 @@ def fit(
     near: Optional[bytes] = None,
 ) -> Optional[bytes]:
     """The largest section of at most `spare` bytes (within `tolerance` under it), or None; `near`,
-    a section of the same residual at another size, starts the search where that one ended. Where
-    the voxel spacing makes an axis thick (`wavelet.delays_for`), the residual is coded both with
-    that axis splitting later and with every axis splitting from the start, and the section that
-    decodes closer is kept: on training scans waiting paid on prostate volumes of 3-3.6 mm slices
-    (+1.3 dB at 64x) and cost on a CT of 2 mm slices (-1.3 dB at 128x) (docs/CODEC.md)."""
+    a section of the same residual at another size, starts the search where that one ended, with
+    its axis delays. Otherwise, where the voxel spacing makes an axis thick (`wavelet.delays_for`),
+    the residual is coded both with that axis splitting later and with every axis splitting from
+    the start, and the section that decodes closer is kept: on training scans waiting paid on
+    prostate volumes of 3-3.6 mm slices (+1.3 dB at 64x) and cost on a CT of 2 mm slices (-1.3 dB
+    at 128x) (docs/CODEC.md)."""
     if residual.ndim != 3:
         raise ValueError("the refinement layer codes a 3-D residual")
-    hint = near[1:] if near is not None and near[:1] == bytes([VERSION]) else None
-    candidates = list(dict.fromkeys([wavelet.delays_for(spacing_zyx), (0, 0, 0)]))
+    hint = near[1:] if near is not None and near[:1] == bytes([VERSION]) and len(near) > 5 else None
+    if hint is not None:  # the delays the scan's earlier coding chose
+        candidates = [wavelet.delays_of(hint[4])]
+    else:
+        candidates = list(dict.fromkeys([wavelet.delays_for(spacing_zyx), (0, 0, 0)]))
     closest: Optional[Tuple[float, bytes]] = None
     for delays in candidates:
         payload = wavelet.fit(residual, spare - 1, tolerance, on_try, near=hint, delays=delays)
         if payload is None:
             continue
-        # one candidate (an isotropic scan) needs no measuring
+        # one candidate (an isotropic scan, or the delays of `near`) needs no measuring
         error = float(np.mean((wavelet.decompress(payload, residual.shape) - residual) ** 2)) if candidates[1:] else 0.0
         if closest is None or error < closest[0]:
             closest = (error, payload)

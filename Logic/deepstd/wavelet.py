@@ -118,6 +118,13 @@ def delays_for(spacing_zyx: Tuple[float, ...]) -> Tuple[int, int, int]:
     )
 
 
+def delays_of(packed: int) -> Tuple[int, int, int]:
+    """The delays a payload's second field holds (d_z + 6 d_y + 36 d_x)."""
+    if packed >= 6**3:
+        raise FormatError(f"refinement layer: axis delays {packed} (3 digits of base 6)")
+    return packed % 6, packed // 6 % 6, packed // 36
+
+
 class Layout:
     """The dyadic decomposition of a shape: which axes split at each level, and the bands. Axis a
     splits from level `delays[a]` on while it is at least MIN_LENGTH long; a level where none does is
@@ -448,10 +455,7 @@ def decompress(payload: bytes, shape: Tuple[int, int, int]) -> np.ndarray:
     (step,) = _STEP.unpack(reader.take(_STEP.size, "wavelet step"))
     if not (math.isfinite(step) and step > 0):
         raise FormatError(f"refinement layer: a quantiser step of {step}")
-    packed = reader.take(1, "wavelet axes")[0]
-    if packed >= 6**3:
-        raise FormatError(f"refinement layer: axis delays {packed} (3 digits of base 6)")
-    layout = Layout(shape, (packed % 6, packed // 6 % 6, packed // 36))
+    layout = Layout(shape, delays_of(reader.take(1, "wavelet axes")[0]))
     ll_row = reader.take(1, "wavelet LL row")[0]
     if ll_row >= ROWS:
         raise FormatError(f"refinement layer: CDF row {ll_row} (0 to {ROWS - 1})")
