@@ -41,6 +41,7 @@ import numpy as np
 
 from .errors import FormatError, InputError
 from .numbers import is_number
+from .packing import unzigzag, zigzag
 from .volume import SUPPORTED_DTYPES, Volume
 
 MAGIC = b"DSTD"
@@ -255,9 +256,9 @@ def _decimal(value: float) -> bytes:
     while mantissa and mantissa % 10 == 0:
         mantissa, exponent = mantissa // 10, int(exponent) + 1
     exponent = int(exponent) if mantissa else 0
-    zigzag = 2 * exponent if exponent >= 0 else -2 * exponent - 1
-    head = varint(32 * (2 * mantissa + sign) + min(zigzag, 31))
-    return head + (varint(zigzag - 31) if zigzag >= 31 else b"")
+    folded = zigzag(exponent)
+    head = varint(32 * (2 * mantissa + sign) + min(folded, 31))
+    return head + (varint(folded - 31) if folded >= 31 else b"")
 
 
 def header_cost(header: dict) -> int:
@@ -438,10 +439,10 @@ def _read_geometry_record(record: ByteReader) -> dict:
 
 def _read_decimal(record: ByteReader, what: str) -> float:
     coded = record.varint(what, 64 * MAX_MANTISSA - 1)
-    zigzag = coded % 32
-    if zigzag == 31:
-        zigzag += record.varint(f"{what} exponent", 2 * MAX_EXPONENT - 31)
-    exponent = zigzag // 2 if zigzag % 2 == 0 else -(zigzag + 1) // 2
+    folded = coded % 32
+    if folded == 31:
+        folded += record.varint(f"{what} exponent", 2 * MAX_EXPONENT - 31)
+    exponent = unzigzag(folded)
     value = float(f"{'-' if coded & 32 else ''}{coded >> 6}e{exponent}")
     if not math.isfinite(value):
         raise FormatError(f"{what} overflows a float64")

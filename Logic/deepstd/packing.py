@@ -14,6 +14,16 @@ from typing import List, Sequence, Tuple
 from .errors import FormatError
 
 
+def zigzag(value: int) -> int:
+    """A signed integer as an unsigned one: 0, -1, 1, -2, ... -> 0, 1, 2, 3, ..."""
+    return 2 * value if value >= 0 else -2 * value - 1
+
+
+def unzigzag(value: int) -> int:
+    """The inverse of `zigzag`."""
+    return value // 2 if value % 2 == 0 else -(value + 1) // 2
+
+
 class Packer:
     """Appends fields to a stream."""
 
@@ -34,7 +44,7 @@ class Packer:
 
     def sint(self, value: int) -> "Packer":
         """A signed integer (zigzag, then a varint)."""
-        return self.uint(2 * value if value >= 0 else -2 * value - 1)
+        return self.uint(zigzag(value))
 
     def float64(self, value: float) -> "Packer":
         self._parts.append(struct.pack("<d", value))
@@ -89,8 +99,7 @@ class Unpacker:
                 raise FormatError(f"{self._what} has a malformed varint")
 
     def sint(self) -> int:
-        value = self.uint()
-        return value // 2 if value % 2 == 0 else -(value + 1) // 2
+        return unzigzag(self.uint())
 
     def float64(self) -> float:
         return struct.unpack("<d", self._take(8))[0]

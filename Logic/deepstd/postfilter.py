@@ -29,6 +29,7 @@ from typing import Iterator, List, Optional, Tuple
 import numpy as np
 
 from .errors import FormatError
+from .packing import unzigzag, zigzag
 
 SECTION = "filter"
 VERSION = 2
@@ -222,8 +223,7 @@ def _weights(codes: np.ndarray) -> np.ndarray:
 
 def _exp_golomb(value: int, order: int) -> str:
     """`value` (signed) zigzagged and Exp-Golomb coded of `order`, as a string of bits."""
-    unsigned = 2 * value if value >= 0 else -2 * value - 1
-    bits = format(unsigned + (1 << order), "b")
+    bits = format(zigzag(value) + (1 << order), "b")
     return "0" * (len(bits) - 1 - order) + bits
 
 
@@ -286,8 +286,7 @@ def _decoded_codes(section: bytes, classes: int) -> np.ndarray:
         end = at + 2 * prefix + order + 1
         if end > len(bits):
             raise FormatError("post-filter: truncated coefficients")
-        unsigned = int(bits[at + prefix : end], 2) - (1 << order)
-        value = unsigned // 2 if unsigned % 2 == 0 else -(unsigned + 1) // 2
+        value = unzigzag(int(bits[at + prefix : end], 2) - (1 << order))
         if abs(value) > MAX_CODE:
             raise FormatError(f"post-filter: a coefficient code of {value} (at most {MAX_CODE} either way)")
         codes[i] = value

@@ -37,6 +37,7 @@ import numpy as np
 from . import rans
 from .container import ByteReader, varint
 from .errors import FormatError
+from .packing import unzigzag, zigzag
 
 # CDF 9/7 lifting (Daubechies & Sweldens 1998), JPEG 2000's irreversible transform
 _ALPHA, _BETA, _GAMMA, _DELTA = -1.586134342059924, -0.052980118572961, 0.882911075530934, 0.443506852043971
@@ -437,7 +438,7 @@ def _coded(layout: Layout, coefficients: np.ndarray, step: float) -> bytes:
             context.add(level, bits, np.abs(q))
         anchors_w, rest_w = _level_weights(bands)
         for value in (*anchors_w, *rest_w):
-            header += varint(2 * int(value) if value >= 0 else -2 * int(value) - 1)
+            header += varint(zigzag(int(value)))
         for b in bands:
             a, r = b.anchor, ~b.anchor
             groups.append((b.q[a], _part_rows(anchors_w, b.near[a], b.sibling[a], None)))
@@ -463,8 +464,8 @@ def decompress(payload: bytes, shape: Tuple[int, int, int]) -> np.ndarray:
     for level in reversed(range(layout.levels)):
         parts = []
         for count in (3, 4):
-            codes = [reader.varint("wavelet weight", 2 * MAX_WEIGHT) for _ in range(count)]
-            parts.append(np.array([c // 2 if c % 2 == 0 else -(c + 1) // 2 for c in codes], np.int64))
+            codes = [unzigzag(reader.varint("wavelet weight", 2 * MAX_WEIGHT)) for _ in range(count)]
+            parts.append(np.array(codes, np.int64))
         weights[level] = parts
     coder = rans.reader(reader.take(reader.remaining(), "wavelet string"))
     table = _table()

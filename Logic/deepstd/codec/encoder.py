@@ -373,8 +373,7 @@ def _closest_refinement_alone(volume: Volume, budget: int, reporter: Reporter) -
         coded = _refinement_alone_file(header, original, budget, bands, search, near)
         if coded is None:
             continue
-        data, decoded = coded
-        near = unpack(data).sections[refine.SECTION]
+        data, decoded, near = coded
         error = float(np.mean((cast_to_dtype(decoded, volume.dtype).astype(np.float64) - original) ** 2))
         if closest is None or error < closest[0]:
             closest = (error, data)
@@ -385,13 +384,14 @@ def _closest_refinement_alone(volume: Volume, budget: int, reporter: Reporter) -
 
 
 def _refinement_alone_file(header: DstdHeader, original, budget: int, bands, search: Reporter, near=None):
-    """(file, the scan it decodes to before rounding) with the refinement layer alone and a
-    post-filter of `bands` classes (None: no filter), or None where it does not fit the budget.
+    """(file, the scan it decodes to before rounding, its refine section) with the refinement layer
+    alone and a post-filter of `bands` classes (None: no filter), or None where it does not fit the
+    budget.
     The filter's size is known only once it is fitted to the decoded layer, so the layer is fitted
     around `postfilter.reserved_size` first and, where that file is over the budget or more than
     FILL_ALONE under it, once more around the filter's real size; the larger file within the
     budget is kept. `near`: a refine section of the scan at about this size (`refine.fit`)."""
-    from .. import postfilter, refine
+    from .. import postfilter
 
     reserve = postfilter.reserved_size(bands) if bands else 0
     kept = None
@@ -400,10 +400,9 @@ def _refinement_alone_file(header: DstdHeader, original, budget: int, bands, sea
         coded = _filtered_layer(header, original, budget, bands, reserve, span, near)
         if coded is None:
             break
-        data, decoded, reserve_used = coded
-        near = unpack(data).sections[refine.SECTION]
+        data, decoded, reserve_used, near = coded
         if len(data) <= budget and (kept is None or len(data) > len(kept[0])):
-            kept = (data, decoded)
+            kept = (data, decoded, near)
         if reserve_used == reserve or (1 - FILL_ALONE) * budget <= len(data) <= budget:
             break
         reserve = reserve_used
@@ -411,7 +410,7 @@ def _refinement_alone_file(header: DstdHeader, original, budget: int, bands, sea
 
 
 def _filtered_layer(header: DstdHeader, original, budget: int, bands, reserve: int, search: Reporter, near):
-    """(file, decoded, the filter section's size) with the refinement layer fitted to the budget
+    """(file, decoded, the filter section's size, the refine section) with the layer fitted to the budget
     less `reserve` bytes held for the filter, or None where the framing alone fills the budget."""
     from .. import postfilter, refine
 
@@ -438,7 +437,7 @@ def _filtered_layer(header: DstdHeader, original, budget: int, bands, reserve: i
         sections = {postfilter.SECTION: filter_section, **sections}
     else:
         decoded = values.astype("float64")
-    return pack(header.to_dict(), sections), decoded, len(sections.get(postfilter.SECTION, b""))
+    return pack(header.to_dict(), sections), decoded, len(sections.get(postfilter.SECTION, b"")), section
 
 
 def _searched(
