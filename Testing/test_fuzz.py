@@ -67,7 +67,8 @@ def test_seed_corpus_is_small_names_the_tiny_bundle_and_covers_every_section(tin
     filtered, old_filter = corpus.parsed["refine_filtered.dstd"], corpus.parsed[fuzz.LEGACY_FILTER_SEED]
     assert filtered.sections["filter"][0] == 2 and old_filter.sections["filter"][0] == 1
     assert old_filter.sections["refine"] == filtered.sections["refine"]
-    assert filtered.sections["refine"][0] == 4 and corpus.parsed[fuzz.LEGACY_REFINE_SEED].sections["refine"][0] == 3
+    assert filtered.sections["refine"][0] == 5 and corpus.parsed[fuzz.LEGACY_REFINE_SEED].sections["refine"][0] == 3
+    assert corpus.parsed[fuzz.LEGACY_WAVELET_SEED].sections["refine"][0] == 4
     assert (corpus.parsed[fuzz.LEGACY_SEED].header, corpus.parsed[fuzz.LEGACY_SEED].sections) == (
         corpus.parsed["plain.dstd"].header,
         corpus.parsed["plain.dstd"].sections,

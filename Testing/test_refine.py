@@ -30,7 +30,7 @@ def test_fit_fills_the_spare_bytes_and_more_bytes_code_it_better(residual):
     for spare in (400, 1600, 6400):
         section = refine.fit(residual, ISOTROPIC, spare, 0.01, lambda n: None)
         assert section is not None and 0.99 * spare <= len(section) <= spare
-        assert section[0] == refine.VERSION == 4
+        assert section[0] == refine.VERSION == 5
         decoded = refine.decompress(section, SHAPE)
         assert decoded.dtype == np.float32 and decoded.shape == SHAPE
         errors.append(float(np.sqrt(np.mean((decoded - residual) ** 2))))
@@ -57,18 +57,25 @@ def test_the_smallest_section_is_below_any_fitted_one(residual):
 def test_a_thick_axis_is_coded_both_ways_and_the_closer_section_kept(residual):
     from deepstd import wavelet
 
+    def delay_z(section: bytes) -> int:
+        return wavelet.delays_of(refine.payload_of(section)[4])[0]
+
     kept = refine.fit(residual, (3.6, 0.6, 0.6), 1600, 0.01, lambda n: None)
-    candidates = [wavelet.fit(residual, 1599, 0.01, lambda n: None, delays=d) for d in ((2, 0, 0), (0, 0, 0))]
-    errors = [float(np.mean((wavelet.decompress(c, SHAPE) - residual) ** 2)) for c in candidates]
-    assert kept[1:] == candidates[int(np.argmin(errors))] and kept[5] in (0, 2)
+    spare = 1600 - len(refine.section_of(residual, b""))
+    candidates = [
+        refine.section_of(residual, wavelet.fit(residual, spare, 0.01, lambda n: None, delays=d))
+        for d in ((2, 0, 0), (0, 0, 0))
+    ]
+    errors = [float(np.mean((refine.decompress(c, SHAPE) - residual) ** 2)) for c in candidates]
+    assert kept == candidates[int(np.argmin(errors))] and delay_z(kept) in (0, 2)
     # an isotropic scan has one candidate: every axis from the start
-    assert refine.fit(residual, (1.2, 0.6, 0.6), 1600, 0.01, lambda n: None)[5] == 0
+    assert delay_z(refine.fit(residual, (1.2, 0.6, 0.6), 1600, 0.01, lambda n: None)) == 0
     # a nearby section of the scan settles the delays: one coding, the same choice
     for chosen in (0, 2):
-        near = bytes([refine.VERSION]) + wavelet.fit(residual, 1599, 0.01, lambda n: None, delays=(chosen, 0, 0))
+        near = refine.section_of(residual, wavelet.fit(residual, spare, 0.01, lambda n: None, delays=(chosen, 0, 0)))
         tries = []
         again = refine.fit(residual, (3.6, 0.6, 0.6), 1500, 0.01, tries.append, near=near)
-        assert again[5] == chosen and len(tries) < 6
+        assert delay_z(again) == chosen and len(tries) < 6
 
 
 def test_a_wavelet_section_decodes_without_sperr(residual, monkeypatch):
@@ -78,10 +85,42 @@ def test_a_wavelet_section_decodes_without_sperr(residual, monkeypatch):
 
 
 def test_a_wavelet_section_that_decodes_to_non_finite_values_is_refused(residual):
-    section = bytearray(refine.fit(residual, ISOTROPIC, 800, 0.01, lambda n: None))
-    section[1:5] = struct.pack("<f", 3.0e38)  # the quantiser step: any code but 0 overflows
-    with pytest.raises(FormatError, match="non-finite"):
-        refine.decompress(bytes(section), SHAPE)
+    section = refine.fit(residual, ISOTROPIC, 800, 0.01, lambda n: None)
+    payload = bytearray(refine.payload_of(section))
+    payload[:4] = struct.pack("<f", 3.0e38)  # the quantiser step: any code but 0 overflows
+    for damaged in (refine.section_of(residual, bytes(payload)), bytes([refine.UNCLIPPED_VERSION]) + payload):
+        with pytest.raises(FormatError, match="non-finite"):
+            refine.decompress(damaged, SHAPE)
+
+
+def test_decoded_values_stay_within_the_coded_range():
+    """A wavelet coder rings past a sharp edge; the section's range clips it (air is -1024 HU)."""
+    rng = np.random.default_rng(3)
+    body = np.full(SHAPE, -1024.0, np.float32)
+    body[3:9, 5:15, 6:18] = rng.normal(40, 30, (6, 10, 12)).astype(np.float32)
+    section = refine.fit(body, ISOTROPIC, 700, 0.01, lambda n: None)
+    payload = refine.payload_of(section)
+    clipped = refine.decompress(section, SHAPE)
+    unclipped = refine.decompress(bytes([refine.UNCLIPPED_VERSION]) + payload, SHAPE)
+    assert unclipped.min() < -1024 and unclipped.max() > body.max() + 1  # the ringing the range removes
+    assert clipped.min() == -1024 and clipped.max() <= np.ceil(body.max())
+    np.testing.assert_array_equal(clipped, np.clip(unclipped, -1024, np.ceil(body.max())))
+    assert np.mean((clipped - body) ** 2) < np.mean((unclipped - body) ** 2)
+    # a range past 2**53 is no bound on that side; the filter's output is clipped like the layer
+    huge = refine.section_of(np.array([-1e300, 5.5]), payload)
+    free = refine.decompress(huge, SHAPE)
+    assert free.min() == unclipped.min() and free.max() == min(unclipped.max(), 6)
+    assert refine.within_range(np.array([-2e3, 7.0]), huge).tolist() == [-2e3, 6.0]
+
+
+def test_a_damaged_range_is_refused(residual):
+    payload = refine.payload_of(refine.fit(residual, ISOTROPIC, 800, 0.01, lambda n: None))
+    with pytest.raises(FormatError, match="range from 3 to -2"):
+        refine.decompress(bytes([refine.VERSION, 6, 3]) + payload, SHAPE)
+    with pytest.raises(FormatError, match="maximum"):
+        refine.decompress(bytes([refine.VERSION, 6]) + b"\xff" * 9 + b"\x7f" + payload, SHAPE)
+    with pytest.raises(FormatError, match="truncated"):
+        refine.decompress(bytes([refine.VERSION, 0x80]), SHAPE)
 
 
 @needs_sperr

@@ -76,6 +76,26 @@ def test_a_payload_decodes_within_its_quantiser_step():
     assert sizes == sorted(sizes, reverse=True)
 
 
+def test_the_quantiser_weighs_bits_against_squared_error():
+    """Where a row makes a nonzero value dear a small coefficient is coded as zero, where values are
+    cheap as the nearest; past a row's alphabet the dead zone's code stands."""
+    dear, cheap = 0, wavelet.ROWS - 1
+    target = np.array([[0.7, 0.7], [5.2, 200.4]])
+    assert wavelet._chosen(target, np.array([[dear, cheap], [40, cheap]])).tolist() == [[0, 1], [5, 200]]
+
+
+def test_at_equal_bytes_weighing_bits_decodes_closer(monkeypatch):
+    x = _scan((24, 32, 28), seed=2)
+
+    def error() -> float:
+        payload = wavelet.fit(x, 2500, 0.005, lambda n: None)
+        return float(np.mean((wavelet.decompress(payload, x.shape) - x) ** 2))
+
+    weighed = error()
+    monkeypatch.setattr(wavelet, "LAMBDA", 1e-9)  # the nearest value, whatever it costs
+    assert weighed < 0.97 * error()
+
+
 def test_decoding_is_the_same_bit_for_bit_in_another_process():
     x = _scan((12, 18, 22), seed=3)
     payload = wavelet.compress(x, 3.0)

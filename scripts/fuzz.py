@@ -875,6 +875,9 @@ LEGACY_SEED = "legacy_1_1.dstd"
 LEGACY_FILTER_SEED = "legacy_filter_1.dstd"
 #: refine_alone.dstd with its layer coded by SPERR (refine section 3), as files before version 4
 LEGACY_REFINE_SEED = "legacy_refine_3.dstd"
+#: refine_filtered.dstd with its wavelet payload in a version 4 section (no value range), as files
+#: written after 0.2.0 and before the range hold
+LEGACY_WAVELET_SEED = "legacy_refine_4.dstd"
 
 
 def filter_version_1(section: bytes) -> bytes:
@@ -899,7 +902,7 @@ def make_corpus(folder: Path) -> dict:
     torch.set_num_threads(1)
     from codec_helpers import blob_volume, sperr_section, tiny_bundle
 
-    from deepstd import Volume, codec
+    from deepstd import Volume, codec, refine
     from deepstd.container import unpack
     from deepstd.volume import cast_to_dtype
 
@@ -1015,6 +1018,12 @@ def make_corpus(folder: Path) -> dict:
             "refine_filtered.dstd with its post-filter as a version 1 section (int16 coefficients)",
             filtered.header,
             {**filtered.sections, "filter": filter_version_1(filtered.sections["filter"])},
+        )
+        older_seed(
+            LEGACY_WAVELET_SEED,
+            "refine_filtered.dstd with its wavelet payload in a version 4 refine section (no value range)",
+            filtered.header,
+            {**filtered.sections, "refine": bytes([4]) + refine.payload_of(filtered.sections["refine"])},
         )
         alone = unpack((folder / "refine_alone.dstd").read_bytes())
         values = cast_to_dtype(scan.array, scan.dtype).astype(np.float32)

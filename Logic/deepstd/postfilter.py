@@ -45,6 +45,7 @@ PAIRS: Tuple[Tuple[int, int, int], ...] = tuple(
     if 0 < abs(dz) + abs(dy) + abs(dx) <= RADIUS and (dz, dy, dx) > (0, 0, 0)
 )
 TAPS = 1 + len(PAIRS)
+_UPPER = tuple((i, j) for i in range(TAPS) for j in range(i, TAPS))
 INT16_SCALE = 4096
 #: units of a class's gain code and of a pair's code (steps 1/512 and 1/128, docs/CODEC.md)
 GAIN_STEPS, PAIR_STEPS = 512, 128
@@ -191,9 +192,11 @@ def _fit(decoded: np.ndarray, original: np.ndarray, bands: Tuple[int, int], labe
             part = slice(ends[c - 1] if c else 0, ends[c])
             a = [t[part] for t in terms]
             b = target[part]
-            gram[c] += [[np.sum(ai * aj) for aj in a] for ai in a]
+            for i, j in _UPPER:  # the gram is symmetric: each product once, the same sums
+                gram[c, i, j] += np.sum(a[i] * a[j])
             moment[c] += [np.sum(ai * b) for ai in a]
             squares[c] += np.sum(b * b)
+    gram = np.triu(gram) + np.transpose(np.triu(gram, 1), (0, 2, 1))
     identity = np.eye(TAPS)[0]
     codes = np.zeros((classes, TAPS), dtype=np.int64)  # zeros: the identity
     for c in range(classes):

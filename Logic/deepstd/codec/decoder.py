@@ -193,12 +193,14 @@ def decode(
 
 def _refinement_alone(sections, shape) -> np.ndarray:
     """The whole scan (z, y, x, float64) a file of the refinement layer alone decodes to, before
-    rounding to its dtype: the layer's values, post-filtered where the file has a filter (the encoder
-    computes the same values with `refine.decompress` and `postfilter.fit_and_apply`). A filter
-    needs every voxel: its classes rank the whole scan, so a region is cropped from this."""
-    values = refine.decompress(sections[refine.SECTION], shape)
+    rounding to its dtype: the layer's values, post-filtered where the file has a filter and clipped
+    to the layer's range (the encoder computes the same values with `refine.decompress`,
+    `postfilter.fit_and_apply` and `refine.within_range`). A filter needs every voxel: its classes
+    rank the whole scan, so a region is cropped from this."""
+    section = sections[refine.SECTION]
+    values = refine.decompress(section, shape)
     if postfilter.SECTION in sections:
-        return postfilter.apply(values, sections[postfilter.SECTION])
+        return refine.within_range(postfilter.apply(values, sections[postfilter.SECTION]), section)
     return values.astype(np.float64)
 
 

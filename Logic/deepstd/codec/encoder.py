@@ -433,7 +433,8 @@ def _filtered_layer(header: DstdHeader, original, budget: int, bands, reserve: i
     sections = {refine.SECTION: section}
     if bands:
         search("refine", 0.8, f"fitting the post-filter ({bands[0]} x {bands[1]} classes)")
-        filter_section, decoded = postfilter.fit_and_apply(values, original, bands)
+        filter_section, filtered = postfilter.fit_and_apply(values, original, bands)
+        decoded = refine.within_range(filtered, section)
         sections = {postfilter.SECTION: filter_section, **sections}
     else:
         decoded = values.astype("float64")
