@@ -431,9 +431,9 @@ def _levels(layout: Layout) -> List[Tuple[int, List[Tuple[Tuple[int, ...], Tuple
 
 
 class _Band(NamedTuple):
-    """One band as the encoder sees it: its codes, their features and the magnitudes they model."""
+    """One band as the encoder sees it: the features of its dead-zone codes (the weights are
+    fitted on them) and the magnitudes they model."""
 
-    q: np.ndarray  # dead-zone codes (the weights are fitted on their features)
     negative: np.ndarray
     near: np.ndarray
     sibling: np.ndarray
@@ -452,7 +452,7 @@ def _level_weights(bands: List[_Band]) -> Tuple[np.ndarray, np.ndarray]:
     from every coefficient or, on a large level, every k-th (k odd, so that both halves of the
     checkerboard are sampled alike): a few numbers need no more than FIT_SAMPLES, and the fit was
     a fifth of an LA scan's encode."""
-    stride = max(1, sum(b.q.size for b in bands) // FIT_SAMPLES) | 1
+    stride = max(1, sum(b.target.size for b in bands) // FIT_SAMPLES) | 1
 
     def sample(a: np.ndarray) -> np.ndarray:
         return a.reshape(-1)[::stride]
@@ -492,7 +492,7 @@ def _coded(layout: Layout, coefficients: np.ndarray, step: float) -> bytes:
             anchor = _checkerboard(q.shape)
             faces = _face_sum(np.where(anchor, np.abs(q), 0))
             target = np.abs(coefficients[region]) / band_step
-            bands.append(_Band(q, coefficients[region] < 0, near, sibling, anchor, faces, target))
+            bands.append(_Band(coefficients[region] < 0, near, sibling, anchor, faces, target))
             context.add(level, bits, np.abs(q))
         anchors_w, rest_w = _level_weights(bands)
         for value in (*anchors_w, *rest_w):
@@ -500,8 +500,8 @@ def _coded(layout: Layout, coefficients: np.ndarray, step: float) -> bytes:
         context.restart(level)
         for (bits, _), b in zip(regions, bands):
             a, r = b.anchor, ~b.anchor
-            sibling = context.sibling(level, b.q.shape)
-            magnitude = np.zeros(b.q.shape, np.int64)
+            sibling = context.sibling(level, b.target.shape)
+            magnitude = np.zeros(b.target.shape, np.int64)
             anchor_rows = _part_rows(anchors_w, b.near[a], sibling[a], None)
             magnitude[a] = _chosen(b.target[a], anchor_rows)
             faces = _face_sum(np.where(a, magnitude, 0))
