@@ -1222,6 +1222,7 @@ class Mutator:
             ("texture.fields", 7, self.texture_fields),
             ("texture.blocks", 5, self.texture_blocks),
             ("residual.fields", 6, self.residual_fields),
+            ("refine.fields", 6, self.refine_fields),
             ("keep.fields", 5, self.keep_fields),
             ("coherent", 3, self.coherent),
             ("bundle.config", 3, self.bundle_config),
@@ -2152,6 +2153,64 @@ class Mutator:
             return self.emit(seed, header, self.replace_section(sections, section, payload), f"{section} from {other}")
         payload = build_residual(r, count=count, sizes=sizes)
         return self.emit(seed, header, self.replace_section(sections, section, payload), f"{section} {note}")
+
+    def refine_fields(self, rng):
+        """The refinement layer's fields: version, value range (version 5), the wavelet payload's
+        step, axis delays, LL row, weights and rANS string, or another seed's payload."""
+        seed, header, sections = self.pick(rng, "refine")
+        section = dict(sections)["refine"]
+        version, ends, payload = section[0], [], section[1:]
+        if version == 5:
+            cursor = Cursor(section[1:])
+            ends = [cursor.uint(), cursor.uint()]
+            payload = section[1 + cursor.pos :]
+        op = rng.randrange(8) if version in (4, 5) else 0
+        if op == 0:
+            version = rng.choice([0, 4, 5, 6, 255])
+            note = f"version {version}"
+        elif op == 1:
+            ends = rng.choice(
+                [
+                    [zigzag(3), zigzag(-2)],
+                    [zigzag(-(2**53)), zigzag(2**53)],
+                    [zigzag(2**53 + 1), zigzag(2**53 + 2)],
+                    [2**64, 0],
+                    [0, 0],
+                    [zigzag(-1), zigzag(-1)],
+                ]
+            )
+            note = f"range codes {ends}"
+        elif op == 2:
+            value = rng.choice([math.nan, math.inf, 0.0, -1.0, 1e-45, 3e38, 1e-30])
+            payload = f32(value) + payload[4:]
+            note = f"step {value}"
+        elif op in (3, 4):
+            at, value = 4 + op - 3, rng.randrange(256)
+            payload = payload[:at] + bytes([value]) + payload[at + 1 :]
+            note = f"{'axis delays' if op == 3 else 'LL row'} byte {value}"
+        elif op == 5:
+            at, count = 6 + rng.randrange(8), rng.choice([1, 4, 12])
+            payload = payload[:at] + bytes(rng.choice([0x00, 0x7F, 0xFF]) for _ in range(count)) + payload[at + count :]
+            note = f"weights: {count} bytes at {at}"
+        elif op == 6:
+            how = rng.choice(["truncate", "extend", "flip", "zero tail"])
+            if how == "truncate":
+                payload = payload[: rng.randrange(len(payload) + 1)]
+            elif how == "extend":
+                payload += bytes(rng.randrange(256) for _ in range(rng.choice([1, 4, 400])))
+            elif how == "flip":
+                i = rng.randrange(len(payload))
+                payload = payload[:i] + bytes([payload[i] ^ (1 << rng.randrange(8))]) + payload[i + 1 :]
+            else:
+                payload = payload[:-4] + bytes(4)
+            note = f"payload {how}"
+        else:
+            other = rng.choice([n for n in self.c.with_section("refine") if n != seed])
+            payload = self.c.parsed[other].sections["refine"][1:]
+            note = f"payload from {other}"
+            ends = []
+        head = bytes([version]) + b"".join(leb128(e) for e in ends)
+        return self.emit(seed, header, self.replace_section(sections, "refine", head + payload), f"refine {note}")
 
     def keep_fields(self, rng):
         seed, header, sections = self.pick(rng, "keep/mask")

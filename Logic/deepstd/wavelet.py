@@ -2,8 +2,9 @@
 
 SPERR (the layer's coder before) codes its CDF 9/7 coefficients bit plane by bit plane with SPECK's
 set partitioning and no arithmetic coding. This coder keeps the transform and codes each
-coefficient once, quantised with a dead zone, by rANS under a Laplace model whose scale is
-predicted from what the decoder already has: the coefficient's parent one level coarser (its
+coefficient once, quantised by rate and distortion (the nearest magnitude, one less or zero,
+whichever costs least in squared error + LAMBDA x bits), by rANS under a Laplace model whose scale
+is predicted from what the decoder already has: the coefficient's parent one level coarser (its
 3 x 3 x 3 neighbourhood), the bands of the same level decoded before it and, for the second half of
 a band's checkerboard, its six decoded neighbours of the first half (the estimation-quantisation
 coder of LoPresto, Ramchandran & Orchard, DCC 1997, with the checkerboard split of He et al., CVPR
@@ -17,10 +18,11 @@ every machine; everything the model decides (which CDF row codes a coefficient) 
 arithmetic on decoded integers and integer weights; the CDF rows are computed with `decimal`
 (correctly rounded on every platform) and coded through `rans` (exact integer tables).
 
-Section (inside `refine`, version 4): the quantiser step (float32), the axes' delays (u8, base 6),
-the LL band's CDF row (u8), per detail level coarse to fine the anchor weights (3) and the other
-half's (4) as zigzag varints, then one rANS string: the LL band (differences along x), then each
-level's bands, each band's checkerboard anchors then the rest (docs/FORMAT.md).
+Payload (inside `refine` sections of versions 4 and 5): the quantiser step (float32), the axes'
+delays (u8, base 6), the LL band's CDF row (u8), per detail level coarse to fine the anchor weights
+(3) and the other half's (4) as zigzag varints, then one rANS string: the LL band (differences
+along x), then each level's bands, each band's checkerboard anchors then the rest
+(docs/FORMAT.md).
 """
 
 from __future__ import annotations
