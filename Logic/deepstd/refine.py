@@ -122,28 +122,27 @@ def section_of(values: np.ndarray, payload: bytes) -> bytes:
     return bytes([VERSION]) + varint(zigzag(low)) + varint(zigzag(high)) + payload
 
 
-def _read_range(reader: ByteReader) -> Tuple[float, float]:
+def _parts(section: bytes) -> Tuple[Tuple[float, float], bytes]:
+    """The value range and the wavelet payload of a version 5 section."""
+    reader = ByteReader(section)
+    reader.take(1, "refinement layer version")
     low, high = (unzigzag(reader.varint(f"refinement layer {end}", 2 * RANGE_LIMIT)) for end in ("minimum", "maximum"))
     if low > high:
         raise FormatError(f"refinement layer: a value range from {low} to {high}")
-    return (-math.inf if low == -RANGE_LIMIT else low), (math.inf if high == RANGE_LIMIT else high)
+    bounds = (-math.inf if low == -RANGE_LIMIT else low), (math.inf if high == RANGE_LIMIT else high)
+    return bounds, reader.take(reader.remaining(), "refinement layer payload")
 
 
 def payload_of(section: bytes) -> bytes:
     """The wavelet payload of a version 5 section (its range skipped)."""
-    reader = ByteReader(section)
-    reader.take(1, "refinement layer version")
-    _read_range(reader)
-    return reader.take(reader.remaining(), "refinement layer payload")
+    return _parts(section)[1]
 
 
 def within_range(values: np.ndarray, section: bytes) -> np.ndarray:
     """`values`, clipped in place to the range the section's values were coded in (unbounded before
     version 5): `decompress` clips the layer, and a file of the layer alone its post-filtered scan."""
     if section[:1] == bytes([VERSION]):
-        reader = ByteReader(section)
-        reader.take(1, "refinement layer version")
-        np.clip(values, *_read_range(reader), out=values)
+        np.clip(values, *_parts(section)[0], out=values)
     return values
 
 
@@ -188,12 +187,12 @@ def decompress(section: bytes, shape: Tuple[int, int, int]) -> np.ndarray:
     """The residual (z, y, x) float32: a version 4 or 5 section decoded here (within its range), a
     SPERR section in a child process (see the module docstring)."""
     if section[:1] in (bytes([VERSION]), bytes([UNCLIPPED_VERSION])):
-        payload = payload_of(section) if section[0] == VERSION else section[1:]
+        bounds, payload = _parts(section) if section[0] == VERSION else ((-math.inf, math.inf), section[1:])
         with np.errstate(over="ignore"):  # refused just below
             values = wavelet.decompress(payload, shape).astype(np.float32)
         if not np.isfinite(values).all():
             raise FormatError("refinement layer: the wavelet stream decodes to non-finite values (corrupt data)")
-        return within_range(values, section)
+        return np.clip(values, *bounds, out=values)
     reason = unavailable_reason()
     if reason is not None:
         raise InputError(f"this file has a refinement layer, and decoding it needs SPERR: {reason}")

@@ -32,7 +32,7 @@ import struct
 from decimal import Decimal, localcontext
 from functools import lru_cache
 from itertools import product
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -370,9 +370,10 @@ def _dequantised(q: np.ndarray, step: float) -> np.ndarray:
 
 @lru_cache(maxsize=1)
 def _bits() -> np.ndarray:
-    """Bits each row spends on |value| = 0..MAX_SYMBOL (inf past the row's alphabet)."""
+    """Bits each row spends on |value| = 0..MAX_SYMBOL + 1 (inf past the row's alphabet, so the
+    last column is inf in every row)."""
     cdf, length, offset = cdf_rows()
-    out = np.full((ROWS, MAX_SYMBOL + 1), np.inf)
+    out = np.full((ROWS, MAX_SYMBOL + 2), np.inf)
     for row in range(ROWS):
         top = -int(offset[row])
         frequencies = np.diff(cdf[row, : length[row]])[top : 2 * top + 1]
@@ -390,10 +391,10 @@ def _chosen(target: np.ndarray, rows: np.ndarray) -> np.ndarray:
     some = np.flatnonzero(nearest)  # most are zeros, and zero is then the only choice
     target, rows, nearest = target.ravel()[some], rows.ravel()[some], nearest.ravel()[some]
     candidates = np.stack([nearest, nearest - 1, np.zeros_like(nearest)])
-    bits = _bits()[rows, np.minimum(candidates, MAX_SYMBOL)]
+    bits = _bits()[rows, np.minimum(candidates, MAX_SYMBOL + 1)]
     error = target - np.where(candidates > 0, candidates + RECONSTRUCTION, 0.0)
     best = np.take_along_axis(candidates, np.argmin(error * error + LAMBDA * bits, axis=0)[None], 0)[0]
-    direct = (nearest <= MAX_SYMBOL) & np.isfinite(bits[0])
+    direct = np.isfinite(bits[0])  # the nearest lies within its row's alphabet
     chosen.ravel()[some] = np.where(direct, best, np.floor(target + ROUNDING).astype(np.int64))
     return chosen
 
@@ -448,6 +449,27 @@ def _part_rows(weights: np.ndarray, near: np.ndarray, sibling: np.ndarray, faces
     return _rows(_scales(weights, near, sibling, faces))
 
 
+def _halves(
+    weights: Sequence[np.ndarray],
+    near: np.ndarray,
+    sibling: np.ndarray,
+    code: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A band's signed codes, half by half as the decoder reads them: the anchors' rows from the
+    parent and siblings, then the rest's with the anchors' face sums. `code(half, rows)` gives a
+    half's codes (the encoder chooses them, the decoder pops them), so both derive the rows the same
+    way. Returns (codes, anchors' rows, the rest's rows)."""
+    anchor = _checkerboard(near.shape)
+    rest = ~anchor
+    q = np.zeros(near.shape, np.int64)
+    anchor_rows = _part_rows(weights[0], near[anchor], sibling[anchor], None)
+    q[anchor] = code(anchor, anchor_rows)
+    faces = _face_sum(np.where(anchor, np.abs(q), 0))
+    rest_rows = _part_rows(weights[1], near[rest], sibling[rest], faces[rest])
+    q[rest] = code(rest, rest_rows)
+    return q, anchor_rows, rest_rows
+
+
 def _level_weights(bands: List[_Band]) -> Tuple[np.ndarray, np.ndarray]:
     """The anchors' weights (constant, parent, siblings) and the others' (and faces), fitted on
     all the level's bands together (per band they cost more bytes than they save on small files),
@@ -496,22 +518,19 @@ def _coded(layout: Layout, coefficients: np.ndarray, step: float) -> bytes:
             target = np.abs(coefficients[region]) / band_step
             bands.append(_Band(coefficients[region] < 0, near, sibling, anchor, faces, target))
             context.add(level, bits, np.abs(q))
-        anchors_w, rest_w = _level_weights(bands)
-        for value in (*anchors_w, *rest_w):
+        weights = _level_weights(bands)
+        for value in np.concatenate(weights):
             header += varint(zigzag(int(value)))
         context.restart(level)
         for (bits, _), b in zip(regions, bands):
-            a, r = b.anchor, ~b.anchor
-            sibling = context.sibling(level, b.target.shape)
-            magnitude = np.zeros(b.target.shape, np.int64)
-            anchor_rows = _part_rows(anchors_w, b.near[a], sibling[a], None)
-            magnitude[a] = _chosen(b.target[a], anchor_rows)
-            faces = _face_sum(np.where(a, magnitude, 0))
-            rest_rows = _part_rows(rest_w, b.near[r], sibling[r], faces[r])
-            magnitude[r] = _chosen(b.target[r], rest_rows)
-            q = np.where(b.negative, -magnitude, magnitude)
-            groups += [(q[a], anchor_rows), (q[r], rest_rows)]
-            context.add(level, bits, magnitude)
+
+            def chosen(half: np.ndarray, rows: np.ndarray, b: _Band = b) -> np.ndarray:
+                magnitude = _chosen(b.target[half], rows)
+                return np.where(b.negative[half], -magnitude, magnitude)
+
+            q, anchor_rows, rest_rows = _halves(weights, b.near, context.sibling(level, b.target.shape), chosen)
+            groups += [(q[b.anchor], anchor_rows), (q[~b.anchor], rest_rows)]
+            context.add(level, bits, np.abs(q))
     coder = rans.writer()
     table = _table()
     for symbols, rows in reversed(groups):
@@ -548,12 +567,7 @@ def decompress(payload: bytes, shape: Tuple[int, int, int]) -> np.ndarray:
             q = np.cumsum(differences.reshape(band_shape), axis=2)
         else:
             near, sibling = context.features(level, bits, band_shape)
-            anchor, rest = _checkerboard(band_shape), ~_checkerboard(band_shape)
-            anchors_w, rest_w = weights[level]
-            q = np.zeros(band_shape, np.int64)
-            q[anchor] = table.pop(coder, _part_rows(anchors_w, near[anchor], sibling[anchor], None))
-            faces = _face_sum(np.where(anchor, np.abs(q), 0))
-            q[rest] = table.pop(coder, _part_rows(rest_w, near[rest], sibling[rest], faces[rest]))
+            q = _halves(weights[level], near, sibling, lambda half, rows: table.pop(coder, rows))[0]
             context.add(level, bits, np.abs(q))
         coefficients[region] = _dequantised(q, band_step)
     rans.finish(coder)
