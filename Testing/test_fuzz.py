@@ -42,6 +42,8 @@ def corpus(tiny_bundle):
 
 
 def test_seed_corpus_is_small_names_the_tiny_bundle_and_covers_every_section(tiny_bundle, corpus):
+    from deepstd import motion, refine
+
     manifest = json.loads((fuzz.CORPUS / fuzz.MANIFEST).read_text())
     files = [p for p in fuzz.CORPUS.iterdir() if p.is_file()]
     assert sum(p.stat().st_size for p in files) < 300_000
@@ -69,6 +71,8 @@ def test_seed_corpus_is_small_names_the_tiny_bundle_and_covers_every_section(tin
     assert old_filter.sections["refine"] == filtered.sections["refine"]
     assert filtered.sections["refine"][0] == 5 and corpus.parsed[fuzz.LEGACY_REFINE_SEED].sections["refine"][0] == 3
     assert corpus.parsed[fuzz.LEGACY_WAVELET_SEED].sections["refine"][0] == 4
+    moved = corpus.parsed[fuzz.MOVED_SEED].sections["refine"]
+    assert moved[0] == 6 and refine.payload_of(moved)[5] == motion.BLOCK
     assert (corpus.parsed[fuzz.LEGACY_SEED].header, corpus.parsed[fuzz.LEGACY_SEED].sections) == (
         corpus.parsed["plain.dstd"].header,
         corpus.parsed["plain.dstd"].sections,

@@ -54,28 +54,32 @@ def test_the_smallest_section_is_below_any_fitted_one(residual):
     np.testing.assert_array_equal(refine.decompress(smallest, SHAPE), 0)
 
 
-def test_a_thick_axis_is_coded_both_ways_and_the_closer_section_kept(residual):
-    from deepstd import wavelet
+def test_thick_slices_are_coded_three_ways_and_the_closest_section_kept(residual):
+    """z splitting late, from the start, and from the start with slice motion (`deepstd.motion`)."""
+    from deepstd import motion, wavelet
 
-    def delay_z(section: bytes) -> int:
-        return wavelet.delays_of(refine.payload_of(section)[4])[0]
+    def choice(section: bytes) -> tuple:
+        return wavelet.delays_of(refine.payload_of(section)[4])[0], section[0] == refine.MOVED_VERSION
 
     kept = refine.fit(residual, (3.6, 0.6, 0.6), 1600, 0.01, lambda n: None)
     spare = 1600 - len(refine.section_of(residual, b""))
+    moves = motion.estimate(residual)
     candidates = [
-        refine.section_of(residual, wavelet.fit(residual, spare, 0.01, lambda n: None, delays=d))
-        for d in ((2, 0, 0), (0, 0, 0))
+        refine.section_of(
+            residual, wavelet.fit(residual, spare, 0.01, lambda n: None, delays=d, moves=m), m is not None
+        )
+        for d, m in (((2, 0, 0), None), ((0, 0, 0), None), ((0, 0, 0), moves))
     ]
+    assert [c[0] for c in candidates] == [5, 5, 6]  # a section with motion says so by its version
     errors = [float(np.mean((refine.decompress(c, SHAPE) - residual) ** 2)) for c in candidates]
-    assert kept == candidates[int(np.argmin(errors))] and delay_z(kept) in (0, 2)
-    # an isotropic scan has one candidate: every axis from the start
-    assert delay_z(refine.fit(residual, (1.2, 0.6, 0.6), 1600, 0.01, lambda n: None)) == 0
-    # a nearby section of the scan settles the delays: one coding, the same choice
-    for chosen in (0, 2):
-        near = refine.section_of(residual, wavelet.fit(residual, spare, 0.01, lambda n: None, delays=(chosen, 0, 0)))
+    assert len(set(errors)) == 3 and kept == candidates[int(np.argmin(errors))]
+    # an isotropic scan has one candidate: every axis from the start, no motion
+    assert choice(refine.fit(residual, (1.2, 0.6, 0.6), 1600, 0.01, lambda n: None)) == (0, False)
+    # a nearby section of the scan settles the delays and the motion: one coding, the same choice
+    for chosen in candidates:
         tries = []
-        again = refine.fit(residual, (3.6, 0.6, 0.6), 1500, 0.01, tries.append, near=near)
-        assert delay_z(again) == chosen and len(tries) < 6
+        again = refine.fit(residual, (3.6, 0.6, 0.6), 1500, 0.01, tries.append, near=chosen)
+        assert choice(again) == choice(chosen) and len(tries) < 6
 
 
 def test_a_wavelet_section_decodes_without_sperr(residual, monkeypatch):

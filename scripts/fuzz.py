@@ -878,6 +878,9 @@ LEGACY_REFINE_SEED = "legacy_refine_3.dstd"
 #: refine_filtered.dstd with its wavelet payload in a version 4 section (no value range), as files
 #: written after 0.2.0 and before the range hold
 LEGACY_WAVELET_SEED = "legacy_refine_4.dstd"
+#: refine_alone.dstd with its layer coded with slice motion, refine section 6 (the encoder keeps
+#: motion only where it decodes closer, which on the corpus scan it need not)
+MOVED_SEED = "refine_moved.dstd"
 
 
 def filter_version_1(section: bytes) -> bytes:
@@ -902,7 +905,7 @@ def make_corpus(folder: Path) -> dict:
     torch.set_num_threads(1)
     from codec_helpers import blob_volume, sperr_section, tiny_bundle
 
-    from deepstd import Volume, codec, refine
+    from deepstd import Volume, codec, motion, refine, wavelet
     from deepstd.container import unpack
     from deepstd.volume import cast_to_dtype
 
@@ -1027,6 +1030,13 @@ def make_corpus(folder: Path) -> dict:
         )
         alone = unpack((folder / "refine_alone.dstd").read_bytes())
         values = cast_to_dtype(scan.array, scan.dtype).astype(np.float32)
+        moved = wavelet.compress(values, 1.0, moves=motion.estimate(values))
+        older_seed(
+            MOVED_SEED,
+            "refine_alone.dstd with its layer coded with slice motion (refine section 6, step 1)",
+            alone.header,
+            {"refine": refine.section_of(values, moved, moved=True)},
+        )
         older_seed(
             LEGACY_REFINE_SEED,
             "refine_alone.dstd with its layer coded by SPERR (refine section 3), as 0.2.0 wrote",
@@ -2155,18 +2165,21 @@ class Mutator:
         return self.emit(seed, header, self.replace_section(sections, section, payload), f"{section} {note}")
 
     def refine_fields(self, rng):
-        """The refinement layer's fields: version, value range (version 5), the wavelet payload's
-        step, axis delays, LL row, weights and rANS string, or another seed's payload."""
+        """The refinement layer's fields: version, value range (versions 5-6), the wavelet payload's
+        step, axis delays, slice-motion block and row (version 6), LL row, weights and rANS string,
+        or another seed's payload."""
+        from deepstd import motion
+
         seed, header, sections = self.pick(rng, "refine")
         section = dict(sections)["refine"]
         version, ends, payload = section[0], [], section[1:]
-        if version == 5:
+        if version in (5, 6):
             cursor = Cursor(section[1:])
             ends = [cursor.uint(), cursor.uint()]
             payload = section[1 + cursor.pos :]
-        op = rng.randrange(8) if version in (4, 5) else 0
+        op = rng.randrange(9) if version in (4, 5, 6) else 0
         if op == 0:
-            version = rng.choice([0, 4, 5, 6, 255])
+            version = rng.choice([0, 4, 5, 6, 7, 255])
             note = f"version {version}"
         elif op == 1:
             ends = rng.choice(
@@ -2184,12 +2197,12 @@ class Mutator:
             value = rng.choice([math.nan, math.inf, 0.0, -1.0, 1e-45, 3e38, 1e-30])
             payload = f32(value) + payload[4:]
             note = f"step {value}"
-        elif op in (3, 4):
-            at, value = 4 + op - 3, rng.randrange(256)
+        elif op in (3, 4, 8):
+            at, value = {3: 4, 4: 5, 8: 6}[op], rng.choice([rng.randrange(256), 0, *motion.BLOCKS])
             payload = payload[:at] + bytes([value]) + payload[at + 1 :]
-            note = f"{'axis delays' if op == 3 else 'LL row'} byte {value}"
+            note = f"payload byte {at} (axis delays, then motion block or LL row, then a row) {value}"
         elif op == 5:
-            at, count = 6 + rng.randrange(8), rng.choice([1, 4, 12])
+            at, count = 6 + rng.randrange(9), rng.choice([1, 4, 12])
             payload = payload[:at] + bytes(rng.choice([0x00, 0x7F, 0xFF]) for _ in range(count)) + payload[at + count :]
             note = f"weights: {count} bytes at {at}"
         elif op == 6:

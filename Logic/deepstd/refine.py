@@ -10,7 +10,9 @@ scan itself (the residual against zero).
 Section bytes: version u8, then the coder's stream. Version 5, written now: the range of the coded
 values (their floor and ceiling as zigzag varints; +-RANGE_LIMIT: unbounded on that side), then a
 payload of the context-modelled wavelet coder of `deepstd.wavelet` (numpy and constriction, decoded
-in this process; on training scans 0.3-0.7 dB closer than SPERR at equal bytes, docs/CODEC.md). The
+in this process; on training scans 0.3-0.7 dB closer than SPERR at equal bytes, docs/CODEC.md);
+version 6, written where the layer's slices move (`deepstd.motion`), the same with the payload's
+slice-motion field, so that a file without motion stays readable by a decoder of version 5. The
 decoded values are clipped to the range: a wavelet coder rings past sharp edges (HU below air's
 -1024 around a body, negative MR magnitudes), and a file of the layer alone clips its post-filtered
 scan to it too (+0.15 dB on the chest CT at 64x, docs/CODEC.md). Version 4: the payload alone,
@@ -32,17 +34,19 @@ import math
 import struct
 import subprocess
 import sys
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
-from . import wavelet
+from . import motion, wavelet
 from .container import ByteReader, varint
 from .errors import FormatError, InputError
 from .packing import unzigzag, zigzag
 
 SECTION = "refine"
 VERSION = 5
+#: the range and a wavelet payload with the slice-motion field: a layer coded with slice motion
+MOVED_VERSION = 6
 #: the wavelet payload without a value range (written after 0.2.0, before the range), still read
 UNCLIPPED_VERSION = 4
 #: a range end at +-this means no bound on that side (float scans can hold values past 2**53)
@@ -84,29 +88,37 @@ def fit(
 ) -> Optional[bytes]:
     """The largest section of at most `spare` bytes (within `tolerance` under it), or None; `near`,
     a section of the same residual at another size, starts the search where that one ended, with
-    its axis delays. Otherwise, where the voxel spacing makes an axis thick (`wavelet.delays_for`),
-    the residual is coded both with that axis splitting later and with every axis splitting from
-    the start, and the section that decodes closer is kept: on training scans waiting paid on
-    prostate volumes of 3-3.6 mm slices (+1.3 dB at 64x) and cost on a CT of 2 mm slices (-1.3 dB
-    at 128x) (docs/CODEC.md)."""
+    its axis delays and slice motion. Otherwise, where the voxel spacing makes an axis thick
+    (`wavelet.delays_for`), the residual is coded both with that axis splitting later and with
+    every axis splitting from the start, and where that axis is z also with slice motion
+    (`deepstd.motion`), and the section that decodes closest is kept: waiting paid on training
+    prostate volumes of 3-3.6 mm slices (+1.3 dB at 64x) and cost on a training CT of 2 mm slices
+    (-1.3 dB at 128x); slice motion paid on the chest CT of 5 mm slices (+0.28 dB at 128x) and is
+    not kept on the prostate volumes (docs/CODEC.md)."""
     if residual.ndim != 3:
         raise ValueError("the refinement layer codes a 3-D residual")
-    head = section_of(residual, b"")
-    hint = payload_of(near) if near is not None and near[:1] == bytes([VERSION]) else None
-    if hint is not None and len(hint) > 4:  # the delays the scan's earlier coding chose
-        candidates = [wavelet.delays_of(hint[4])]
+    head = section_of(residual, b"")  # its length (a moved section's head is as long)
+    hint = payload_of(near) if near is not None and near[:1] in (bytes([VERSION]), bytes([MOVED_VERSION])) else None
+    candidates: List[Tuple[Tuple[int, int, int], bool]]
+    if near is not None and hint is not None and len(hint) > 4:  # the delays and motion chosen before
+        candidates = [(wavelet.delays_of(hint[4]), near[0] == MOVED_VERSION)]
     else:
-        candidates = list(dict.fromkeys([wavelet.delays_for(spacing_zyx), (0, 0, 0)]))
+        thick = wavelet.delays_for(spacing_zyx)
+        candidates = list(dict.fromkeys([(thick, False), ((0, 0, 0), False)]))
+        if thick[0] > 0 and thick[1:] == (0, 0) and residual.shape[0] >= wavelet.MIN_LENGTH:
+            candidates.append(((0, 0, 0), True))
     closest: Optional[Tuple[float, bytes]] = None
-    for delays in candidates:
-        payload = wavelet.fit(residual, spare - len(head), tolerance, on_try, near=hint, delays=delays)
+    for delays, moved in candidates:
+        moves = motion.estimate(wavelet.Layout(residual.shape, delays).before_z_split(residual)) if moved else None
+        payload = wavelet.fit(residual, spare - len(head), tolerance, on_try, near=hint, delays=delays, moves=moves)
         if payload is None:
             continue
-        # one candidate (an isotropic scan, or the delays of `near`) needs no measuring
-        error = float(np.mean((decompress(head + payload, residual.shape) - residual) ** 2)) if candidates[1:] else 0.0
+        section = section_of(residual, payload, moved)
+        # one candidate (an isotropic scan, or the choice of `near`) needs no measuring
+        error = float(np.mean((decompress(section, residual.shape) - residual) ** 2)) if candidates[1:] else 0.0
         if closest is None or error < closest[0]:
-            closest = (error, payload)
-    return None if closest is None else head + closest[1]
+            closest = (error, section)
+    return None if closest is None else closest[1]
 
 
 def smallest(residual: np.ndarray) -> bytes:
@@ -114,16 +126,17 @@ def smallest(residual: np.ndarray) -> bytes:
     return section_of(residual, wavelet.compress(residual, wavelet.COARSEST_STEP))
 
 
-def section_of(values: np.ndarray, payload: bytes) -> bytes:
-    """A version 5 section: the range of `values` (the floor of their minimum and the ceiling of
-    their maximum, +-RANGE_LIMIT past it) and a wavelet payload of them."""
+def section_of(values: np.ndarray, payload: bytes, moved: bool = False) -> bytes:
+    """A version 5 section (version 6 where the payload has slice motion, `moved`): the range of
+    `values` (the floor of their minimum and the ceiling of their maximum, +-RANGE_LIMIT past it)
+    and a wavelet payload of them."""
     low = max(math.floor(float(np.min(values))), -RANGE_LIMIT)
     high = min(math.ceil(float(np.max(values))), RANGE_LIMIT)
-    return bytes([VERSION]) + varint(zigzag(low)) + varint(zigzag(high)) + payload
+    return bytes([MOVED_VERSION if moved else VERSION]) + varint(zigzag(low)) + varint(zigzag(high)) + payload
 
 
 def _parts(section: bytes) -> Tuple[Tuple[float, float], bytes]:
-    """The value range and the wavelet payload of a version 5 section."""
+    """The value range and the wavelet payload of a version 5 or 6 section."""
     reader = ByteReader(section)
     reader.take(1, "refinement layer version")
     low, high = (unzigzag(reader.varint(f"refinement layer {end}", 2 * RANGE_LIMIT)) for end in ("minimum", "maximum"))
@@ -134,14 +147,14 @@ def _parts(section: bytes) -> Tuple[Tuple[float, float], bytes]:
 
 
 def payload_of(section: bytes) -> bytes:
-    """The wavelet payload of a version 5 section (its range skipped)."""
+    """The wavelet payload of a version 5 or 6 section (its range skipped)."""
     return _parts(section)[1]
 
 
 def within_range(values: np.ndarray, section: bytes) -> np.ndarray:
     """`values`, clipped in place to the range the section's values were coded in (unbounded before
     version 5): `decompress` clips the layer, and a file of the layer alone its post-filtered scan."""
-    if section[:1] == bytes([VERSION]):
+    if section[:1] in (bytes([VERSION]), bytes([MOVED_VERSION])):
         np.clip(values, *_parts(section)[0], out=values)
     return values
 
@@ -184,12 +197,13 @@ def _chunk(section: bytes) -> bytes:
 
 
 def decompress(section: bytes, shape: Tuple[int, int, int]) -> np.ndarray:
-    """The residual (z, y, x) float32: a version 4 or 5 section decoded here (within its range), a
+    """The residual (z, y, x) float32: a version 4 to 6 section decoded here (within its range), a
     SPERR section in a child process (see the module docstring)."""
-    if section[:1] in (bytes([VERSION]), bytes([UNCLIPPED_VERSION])):
-        bounds, payload = _parts(section) if section[0] == VERSION else ((-math.inf, math.inf), section[1:])
+    if section[:1] in (bytes([VERSION]), bytes([MOVED_VERSION]), bytes([UNCLIPPED_VERSION])):
+        ranged = section[0] != UNCLIPPED_VERSION
+        bounds, payload = _parts(section) if ranged else ((-math.inf, math.inf), section[1:])
         with np.errstate(over="ignore"):  # refused just below
-            values = wavelet.decompress(payload, shape).astype(np.float32)
+            values = wavelet.decompress(payload, shape, moved=section[0] == MOVED_VERSION).astype(np.float32)
         if not np.isfinite(values).all():
             raise FormatError("refinement layer: the wavelet stream decodes to non-finite values (corrupt data)")
         return np.clip(values, *bounds, out=values)

@@ -18,11 +18,12 @@ every machine; everything the model decides (which CDF row codes a coefficient) 
 arithmetic on decoded integers and integer weights; the CDF rows are computed with `decimal`
 (correctly rounded on every platform) and coded through `rans` (exact integer tables).
 
-Payload (inside `refine` sections of versions 4 and 5): the quantiser step (float32), the axes'
-delays (u8, base 6), the LL band's CDF row (u8), per detail level coarse to fine the anchor weights
-(3) and the other half's (4) as zigzag varints, then one rANS string: the LL band (differences
-along x), then each level's bands, each band's checkerboard anchors then the rest
-(docs/FORMAT.md).
+Payload (inside `refine` sections of versions 4 to 6): the quantiser step (float32), the axes'
+delays (u8, base 6), with slice motion (`deepstd.motion`; refine section 6) its block side (u8) and
+the moves' CDF row (u8), the LL band's CDF row (u8), per detail level coarse to fine the anchor
+weights (3) and the other half's (4) as zigzag varints, then one rANS string: the moves (dy, dx per
+block, slice by slice), the LL band (differences along x), then each level's bands, each band's
+checkerboard anchors then the rest (docs/FORMAT.md).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import rans
+from . import motion, rans
 from .container import ByteReader, varint
 from .errors import FormatError
 from .packing import unzigzag, zigzag
@@ -139,9 +140,12 @@ class Layout:
     splits from level `delays[a]` on while it is at least MIN_LENGTH long; a level where none does is
     left out."""
 
-    def __init__(self, shape: Tuple[int, ...], delays: Tuple[int, ...] = (0, 0, 0)):
+    def __init__(
+        self, shape: Tuple[int, ...], delays: Tuple[int, ...] = (0, 0, 0), moves: Optional[motion.Field] = None
+    ):
         self.shape = tuple(int(n) for n in shape)
         self.delays = tuple(int(d) for d in delays)
+        self.moves = moves
         self.sizes: List[Tuple[int, ...]] = [self.shape]  # the low-pass region before each level
         self.splits: List[Tuple[bool, ...]] = []
         for stage in range(MAX_LEVELS):
@@ -151,6 +155,22 @@ class Layout:
             self.splits.append(split)
             self.sizes.append(tuple((n + 1) // 2 if a else n for n, a in zip(self.sizes[-1], split)))
         self.levels = len(self.splits)
+        #: the level of the first z split, the motion-compensated one where there are moves
+        self.z_level = next((level for level, split in enumerate(self.splits) if split[0]), None)
+        if moves is not None and self.z_level is None:
+            raise FormatError("refinement layer: slice motion, but z is never split")
+        if moves is not None and moves.vectors.shape != (*motion.grid(self.z_slices(), moves.block), 2):
+            raise FormatError("refinement layer: a slice-motion field of the wrong shape")
+
+    def z_slices(self) -> Tuple[int, ...]:
+        """The shape of the low-pass region the first z split lifts (its slices are what moves)."""
+        assert self.z_level is not None
+        return self.sizes[self.z_level]
+
+    def before_z_split(self, x: np.ndarray) -> np.ndarray:
+        """That region of `x` transformed up to the first z split: the slices motion is estimated on."""
+        assert self.z_level is not None
+        return self.forward(x, self.z_level)[tuple(slice(0, n) for n in self.z_slices())]
 
     def bands(self) -> List[Tuple[int, Tuple[int, ...], Tuple[slice, ...]]]:
         """(level, orientation, region) of every band, the LL band first, then level by level from
@@ -164,14 +184,15 @@ class Layout:
                     out.append((level, bits, region))
         return out
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward(self, x: np.ndarray, levels: Optional[int] = None) -> np.ndarray:
+        """The coefficients of `x` (its first `levels` levels only, where given)."""
         y = np.array(x, dtype=np.float64)
-        for level, split in enumerate(self.splits):
+        for level, split in enumerate(self.splits[:levels]):
             region = tuple(slice(0, n) for n in self.sizes[level])
             block = y[region]
             for axis in range(3):
                 if split[axis]:
-                    block = _forward_axis(block, axis)
+                    block = motion.split(block, self.moves) if self._moved(level, axis) else _forward_axis(block, axis)
             y[region] = block
         return y
 
@@ -182,9 +203,13 @@ class Layout:
             block = x[region]
             for axis in reversed(range(3)):
                 if self.splits[level][axis]:
-                    block = _inverse_axis(block, axis)
+                    block = motion.merge(block, self.moves) if self._moved(level, axis) else _inverse_axis(block, axis)
             x[region] = block
         return x
+
+    def _moved(self, level: int, axis: int) -> bool:
+        """Whether this split is the motion-compensated one (the first z split, with moves)."""
+        return self.moves is not None and level == self.z_level and axis == 0
 
     def step_scale(self, level: int, bits: Tuple[int, ...]) -> float:
         """1 / the norm of a coefficient's synthesis function in this band (a product over axes:
@@ -192,14 +217,15 @@ class Layout:
         norm = 1.0
         for axis in range(3):
             splits = sum(self.splits[k][axis] for k in range(min(level + 1, self.levels)))
-            norm *= _norm_1d(splits, bool(bits[axis]))
+            norm *= _norm_1d(splits, bool(bits[axis]), self.moves is not None and axis == 0)
         return 1.0 / norm
 
 
 @lru_cache(maxsize=None)
-def _norm_1d(splits: int, high: bool) -> float:
+def _norm_1d(splits: int, high: bool, moved: bool = False) -> float:
     """The L2 norm of the 1-D synthesis function after `splits` splits, the last one high-pass or
-    low-pass (an impulse in the middle of a long signal, inverted)."""
+    low-pass (an impulse in the middle of a long signal, inverted); `moved`: the first split is
+    the motion-compensated one, taken without moves (its norm as a plain 5/3 split)."""
     if splits == 0:
         return 1.0
     n = 1024
@@ -207,7 +233,10 @@ def _norm_1d(splits: int, high: bool) -> float:
     low = n >> splits
     y[(low + low // 2) if high else low // 2] = 1.0
     for k in reversed(range(splits)):
-        y[: n >> k] = _inverse_axis(y[: n >> k], 0)
+        if moved and k == 0:
+            y = motion.merge(y.reshape(n, 1, 1), motion.Field(1, np.zeros((n // 2, 1, 1, 2), np.int64))).ravel()
+        else:
+            y[: n >> k] = _inverse_axis(y[: n >> k], 0)
     return float(np.sqrt(np.sum(y * y)))
 
 
@@ -416,10 +445,12 @@ def _ll_row(differences: np.ndarray) -> int:
     return int(_rows(np.array([int(mean * _DENOMINATOR)]))[0])
 
 
-def compress(values: np.ndarray, step: float, delays: Tuple[int, int, int] = (0, 0, 0)) -> bytes:
+def compress(
+    values: np.ndarray, step: float, delays: Tuple[int, int, int] = (0, 0, 0), moves: Optional[motion.Field] = None
+) -> bytes:
     """`values` (z, y, x) coded at quantiser `step` (in the values' units), each axis split from
-    its level in `delays` on -> section payload."""
-    layout = Layout(values.shape, delays)
+    its level in `delays` on, the first z split moved by `moves` -> section payload."""
+    layout = Layout(values.shape, delays, moves)
     return _coded(layout, layout.forward(values), step)
 
 
@@ -498,6 +529,10 @@ def _coded(layout: Layout, coefficients: np.ndarray, step: float) -> bytes:
     dz, dy, dx = layout.delays
     header = bytearray(_STEP.pack(step)) + bytes([dz + 6 * dy + 36 * dx])
     groups: List[Tuple[np.ndarray, np.ndarray]] = []  # (symbols, rows) in decoding order
+    if layout.moves is not None:
+        vectors = layout.moves.vectors.ravel()
+        header += bytes([layout.moves.block, _ll_row(vectors)])
+        groups.append((vectors, np.full(vectors.size, header[-1], np.int64)))
     context = _Context(layout)
     for level, regions in _levels(layout):
         if level == layout.levels:
@@ -538,16 +573,23 @@ def _coded(layout: Layout, coefficients: np.ndarray, step: float) -> bytes:
     return bytes(header) + rans.written(coder)
 
 
-def decompress(payload: bytes, shape: Tuple[int, int, int]) -> np.ndarray:
-    """The values (z, y, x, float64) a payload of `compress` decodes to; FormatError on bad bytes."""
+def decompress(payload: bytes, shape: Tuple[int, int, int], moved: bool = False) -> np.ndarray:
+    """The values (z, y, x, float64) a payload of `compress` decodes to; FormatError on bad bytes.
+    `moved`: the payload has the slice-motion field (a payload coded with moves; refine section 6)."""
     reader = ByteReader(payload)
     (step,) = _STEP.unpack(reader.take(_STEP.size, "wavelet step"))
     if not (math.isfinite(step) and step > 0):
         raise FormatError(f"refinement layer: a quantiser step of {step}")
-    layout = Layout(shape, delays_of(reader.take(1, "wavelet axes")[0]))
+    delays = delays_of(reader.take(1, "wavelet axes")[0])
+    block = reader.take(1, "wavelet motion block")[0] if moved else 0
+    if moved and block not in motion.BLOCKS:
+        raise FormatError(f"refinement layer: slice-motion blocks of {block} pixels (one of {motion.BLOCKS})")
+    vector_row = reader.take(1, "wavelet motion row")[0] if block else 0
     ll_row = reader.take(1, "wavelet LL row")[0]
-    if ll_row >= ROWS:
-        raise FormatError(f"refinement layer: CDF row {ll_row} (0 to {ROWS - 1})")
+    for row in (vector_row, ll_row):
+        if row >= ROWS:
+            raise FormatError(f"refinement layer: CDF row {row} (0 to {ROWS - 1})")
+    layout = Layout(shape, delays)
     weights = {}
     for level in reversed(range(layout.levels)):
         parts = []
@@ -557,6 +599,14 @@ def decompress(payload: bytes, shape: Tuple[int, int, int]) -> np.ndarray:
         weights[level] = parts
     coder = rans.reader(reader.take(reader.remaining(), "wavelet string"))
     table = _table()
+    if block:
+        if layout.z_level is None:
+            raise FormatError("refinement layer: slice motion, but z is never split")
+        field = motion.grid(layout.z_slices(), block)
+        vectors = table.pop(coder, np.full(int(np.prod(field)) * 2, vector_row, np.int64))
+        if np.abs(vectors).max(initial=0) > motion.MAX_RADIUS:
+            raise FormatError(f"refinement layer: a slice move past {motion.MAX_RADIUS} pixels")
+        layout = Layout(shape, delays, motion.Field(block, vectors.reshape(*field, 2)))
     coefficients = np.zeros(layout.shape)
     context = _Context(layout)
     for level, bits, region in layout.bands():
@@ -581,13 +631,14 @@ def fit(
     on_try: Callable[[int], None],
     near: Optional[bytes] = None,
     delays: Tuple[int, int, int] = (0, 0, 0),
+    moves: Optional[motion.Field] = None,
 ) -> Optional[bytes]:
     """The largest payload of at most `spare` bytes (within `tolerance` or a word of the rANS string
     under it, as near as TRIES codings get): the step is searched log-linearly between the closest
     tries either side (the size falls about as a power of the step), from the step of `near` (a
     payload of the same values at another size) where there is one; each axis split from its level
-    in `delays` on."""
-    layout = Layout(values.shape, delays)
+    in `delays` on, the first z split moved by `moves`."""
+    layout = Layout(values.shape, delays, moves)
     coefficients = layout.forward(values)
     aim = (1 - tolerance / 2) * spare
     below: Optional[Tuple[float, bytes]] = None  # the smallest step that fits, and its payload
