@@ -2,14 +2,15 @@
 
 Slices 3-5 mm apart are not smooth along z, so the wavelet's high-pass band along z (each odd slice
 against the mean of its neighbours) holds the anatomy's shift from slice to slice; a video coder
-predicts a slice from its neighbours moved (VVC is 1.8-3.4 dB ahead of this coder on the 5 mm
+predicts a slice from its neighbours moved (VVC was 1.8-3.4 dB ahead of this coder on the 5 mm
 chest CT). Here the first z split of a thick-slice scan is a 5/3 lifting step whose prediction
 takes each B x B block of the two neighbouring even slices moved by a vector (+v from the slice
 before, -v from the one after: a straight path through the odd slice), and whose update moves the
 high-pass slices back along the same vectors: motion-compensated temporal filtering (Secker &
 Taubman, IEEE TIP 2003, "LIMAT"). Lifting is invertible whatever its predictions are, so the
 decoder undoes it exactly with the same vectors. On the chest CT at 128x, 32-pixel blocks moved by
-up to 3 pixels decode +0.30 dB closer than the same coder without motion (docs/CODEC.md).
+up to 3 pixels decode +0.28 dB closer than the coder's best coding without motion, and the file
++0.17 to +0.36 dB closer at 64-512x (docs/CODEC.md, docs/BENCHMARK.md).
 
 The encoder picks the vectors by block matching on the values it codes (`estimate`); the wavelet
 payload sends them (`deepstd.wavelet`). Exactness: the moves are integer index shifts and the
