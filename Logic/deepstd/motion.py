@@ -10,7 +10,7 @@ high-pass slices back along the same vectors: motion-compensated temporal filter
 Taubman, IEEE TIP 2003, "LIMAT"). Lifting is invertible whatever its predictions are, so the
 decoder undoes it exactly with the same vectors. On the chest CT at 128x, 32-pixel blocks moved by
 up to 3 pixels decode +0.28 dB closer than the coder's best coding without motion, and the file
-+0.17 to +0.36 dB closer at 64-512x (docs/CODEC.md, docs/BENCHMARK.md).
++0.16 to +0.36 dB closer at 64-512x (docs/CODEC.md, docs/BENCHMARK.md).
 
 The encoder picks the vectors by block matching on the values it codes (`estimate`); the wavelet
 payload sends them (`deepstd.wavelet`). Exactness: the moves are integer index shifts and the
