@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,6 +50,15 @@ def test_bad_input_is_one_line_nonzero_no_traceback(tmp_path, make, message):
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_info_says_what_a_file_codes_the_scan_with():
+    """A layer coded with slice motion says so (refine section 6); one without does not."""
+    corpus = Path(__file__).parent / "fuzz_corpus"
+    moved, plain = (run("info", corpus / name) for name in ("refine_moved.dstd", "refine_filtered.dstd"))
+    assert moved.returncode == plain.returncode == 0
+    assert "coded:     with the refinement layer alone (a 3-D wavelet coder with slice motion;" in moved.stdout
+    assert "the refinement layer alone and a post-filter (a 3-D wavelet coder;" in plain.stdout
 
 
 def test_debug_shows_traceback(tmp_path):

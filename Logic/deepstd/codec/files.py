@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
-from .. import region
+from .. import refine, region
 from ..container import unpack, write_atomic
 from ..errors import FormatError, InputError
 from ..volume import Volume
@@ -51,13 +51,14 @@ def encode_scan(
 
 def layers_of(sections) -> str:
     """What a file's sections code the scan with, in words (`deepstd encode` and `info` print it)."""
+    moved = " with slice motion" if sections.get("refine", b"")[:1] == bytes([refine.MOVED_VERSION]) else ""
     if "texture" not in sections:
         filtered = " and a post-filter" if "filter" in sections else ""
         return (
-            f"the refinement layer alone{filtered} (a 3-D wavelet coder; the learned texture decoded farther, "
-            "did not fit or never wins with this bundle)"
+            f"the refinement layer alone{filtered} (a 3-D wavelet coder{moved}; the learned texture decoded "
+            "farther, did not fit or never wins with this bundle)"
         )
-    extra = [label for name, label in (("refine", "a refinement layer"), ("residual", "a residual layer"),
+    extra = [label for name, label in (("refine", f"a refinement layer{moved}"), ("residual", "a residual layer"),
                                        ("keep/mask", "a keep mask")) if name in sections]  # fmt: skip
     return "the learned texture" + "".join(f" + {label}" for label in extra)
 
