@@ -70,6 +70,8 @@ def test_a_moved_payload_decodes_closer_at_about_equal_bytes():
         return float(np.mean((wavelet.decompress(payload, values.shape, moved=with_moves) - values) ** 2))
 
     assert error(moved, True) < 0.8 * error(plain, False)
+    read_back = wavelet.moves_of(moved, values.shape)  # what a refit around this payload reuses
+    assert read_back.block == moves.block and np.array_equal(read_back.vectors, moves.vectors)
 
 
 def test_damaged_motion_fields_are_format_errors(monkeypatch):

@@ -54,7 +54,7 @@ def test_the_smallest_section_is_below_any_fitted_one(residual):
     np.testing.assert_array_equal(refine.decompress(smallest, SHAPE), 0)
 
 
-def test_thick_slices_are_coded_three_ways_and_the_closest_section_kept(residual):
+def test_thick_slices_are_coded_three_ways_and_the_closest_section_kept(residual, monkeypatch):
     """z splitting late, from the start, and from the start with slice motion (`deepstd.motion`)."""
     from deepstd import motion, wavelet
 
@@ -75,7 +75,9 @@ def test_thick_slices_are_coded_three_ways_and_the_closest_section_kept(residual
     assert len(set(errors)) == 3 and kept == candidates[int(np.argmin(errors))]
     # an isotropic scan has one candidate: every axis from the start, no motion
     assert choice(refine.fit(residual, (1.2, 0.6, 0.6), 1600, 0.01, lambda n: None)) == (0, False)
-    # a nearby section of the scan settles the delays and the motion: one coding, the same choice
+    # a nearby section of the scan settles the delays and the motion: one coding, the same choice,
+    # and its moves are read back from it, not estimated again
+    monkeypatch.setattr(motion, "estimate", lambda *a, **k: pytest.fail("motion estimated again"))
     for chosen in candidates:
         tries = []
         again = refine.fit(residual, (3.6, 0.6, 0.6), 1500, 0.01, tries.append, near=chosen)

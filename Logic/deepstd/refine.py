@@ -100,8 +100,10 @@ def fit(
     head = section_of(residual, b"")  # its length (a moved section's head is as long)
     hint = payload_of(near) if near is not None and near[:1] in (bytes([VERSION]), bytes([MOVED_VERSION])) else None
     candidates: List[Tuple[Tuple[int, int, int], bool]]
+    known: Optional[motion.Field] = None  # the moves of `near`: read back, not estimated again
     if near is not None and hint is not None and len(hint) > 4:  # the delays and motion chosen before
         candidates = [(wavelet.delays_of(hint[4]), near[0] == MOVED_VERSION)]
+        known = wavelet.moves_of(hint, residual.shape) if candidates[0][1] else None
     else:
         thick = wavelet.delays_for(spacing_zyx)
         candidates = list(dict.fromkeys([(thick, False), ((0, 0, 0), False)]))
@@ -109,7 +111,9 @@ def fit(
             candidates.append(((0, 0, 0), True))
     closest: Optional[Tuple[float, bytes]] = None
     for delays, moved in candidates:
-        moves = motion.estimate(wavelet.Layout(residual.shape, delays).before_z_split(residual)) if moved else None
+        moves = None
+        if moved:
+            moves = known or motion.estimate(wavelet.Layout(residual.shape, delays).before_z_split(residual))
         payload = wavelet.fit(residual, spare - len(head), tolerance, on_try, near=hint, delays=delays, moves=moves)
         if payload is None:
             continue

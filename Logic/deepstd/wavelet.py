@@ -33,7 +33,7 @@ import struct
 from decimal import Decimal, localcontext
 from functools import lru_cache
 from itertools import product
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -573,9 +573,20 @@ def _coded(layout: Layout, coefficients: np.ndarray, step: float) -> bytes:
     return bytes(header) + rans.written(coder)
 
 
-def decompress(payload: bytes, shape: Tuple[int, int, int], moved: bool = False) -> np.ndarray:
-    """The values (z, y, x, float64) a payload of `compress` decodes to; FormatError on bad bytes.
-    `moved`: the payload has the slice-motion field (a payload coded with moves; refine section 6)."""
+class _Opened(NamedTuple):
+    """A payload read up to its coefficients: what decoding them needs, the moves already popped."""
+
+    step: float
+    layout: Layout
+    ll_row: int
+    weights: Dict[int, List[np.ndarray]]
+    coder: Any
+    table: rans.CdfTable
+
+
+def _opened(payload: bytes, shape: Tuple[int, int, int], moved: bool) -> _Opened:
+    """Every field of a payload before its coefficients, checked, and its string with the moves
+    popped (`moved`: the payload has the slice-motion field)."""
     reader = ByteReader(payload)
     (step,) = _STEP.unpack(reader.take(_STEP.size, "wavelet step"))
     if not (math.isfinite(step) and step > 0):
@@ -607,6 +618,20 @@ def decompress(payload: bytes, shape: Tuple[int, int, int], moved: bool = False)
         if np.abs(vectors).max(initial=0) > motion.MAX_RADIUS:
             raise FormatError(f"refinement layer: a slice move past {motion.MAX_RADIUS} pixels")
         layout = Layout(shape, delays, motion.Field(block, vectors.reshape(*field, 2)))
+    return _Opened(step, layout, ll_row, weights, coder, table)
+
+
+def moves_of(payload: bytes, shape: Tuple[int, int, int]) -> motion.Field:
+    """The slice moves a payload coded with motion holds (read back, not estimated again)."""
+    moves = _opened(payload, shape, moved=True).layout.moves
+    assert moves is not None  # a moved payload's layout always has them
+    return moves
+
+
+def decompress(payload: bytes, shape: Tuple[int, int, int], moved: bool = False) -> np.ndarray:
+    """The values (z, y, x, float64) a payload of `compress` decodes to; FormatError on bad bytes.
+    `moved`: the payload has the slice-motion field (a payload coded with moves; refine section 6)."""
+    step, layout, ll_row, weights, coder, table = _opened(payload, shape, moved)
     coefficients = np.zeros(layout.shape)
     context = _Context(layout)
     for level, bits, region in layout.bands():
@@ -673,4 +698,4 @@ def fit(
     return below[1] if below else None
 
 
-__all__ = ["compress", "decompress", "fit", "Layout"]
+__all__ = ["compress", "decompress", "fit", "moves_of", "Layout"]
