@@ -69,10 +69,11 @@ def test_seed_corpus_is_small_names_the_tiny_bundle_and_covers_every_section(tin
     filtered, old_filter = corpus.parsed["refine_filtered.dstd"], corpus.parsed[fuzz.LEGACY_FILTER_SEED]
     assert filtered.sections["filter"][0] == 2 and old_filter.sections["filter"][0] == 1
     assert old_filter.sections["refine"] == filtered.sections["refine"]
-    assert filtered.sections["refine"][0] == 5 and corpus.parsed[fuzz.LEGACY_REFINE_SEED].sections["refine"][0] == 3
-    assert corpus.parsed[fuzz.LEGACY_WAVELET_SEED].sections["refine"][0] == 4
+    assert filtered.sections["refine"][0] == 7 and corpus.parsed[fuzz.LEGACY_REFINE_SEED].sections["refine"][0] == 3
+    for version, name in fuzz.LEGACY_WAVELET_SEEDS.items():
+        assert corpus.parsed[name].sections["refine"][0] == version and name in fuzz.KEPT_SEEDS
     moved = corpus.parsed[fuzz.MOVED_SEED].sections["refine"]
-    assert moved[0] == 6 and refine.payload_of(moved)[5] == motion.BLOCK
+    assert moved[0] == 8 and refine.payload_of(moved)[5] == motion.BLOCK
     assert (corpus.parsed[fuzz.LEGACY_SEED].header, corpus.parsed[fuzz.LEGACY_SEED].sections) == (
         corpus.parsed["plain.dstd"].header,
         corpus.parsed["plain.dstd"].sections,

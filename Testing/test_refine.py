@@ -4,14 +4,19 @@ unchecked or in our process."""
 
 from __future__ import annotations
 
+import hashlib
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 from codec_helpers import sperr_section
 
-from deepstd import refine
+from deepstd import codec, refine, wavelet
+from deepstd.container import unpack
 from deepstd.errors import FormatError, InputError
+
+CORPUS = Path(__file__).parent / "fuzz_corpus"
 
 needs_sperr = pytest.mark.skipif(refine.unavailable_reason() is not None, reason=str(refine.unavailable_reason()))
 
@@ -30,7 +35,7 @@ def test_fit_fills_the_spare_bytes_and_more_bytes_code_it_better(residual):
     for spare in (400, 1600, 6400):
         section = refine.fit(residual, ISOTROPIC, spare, 0.01, lambda n: None)
         assert section is not None and 0.99 * spare <= len(section) <= spare
-        assert section[0] == refine.VERSION == 5
+        assert section[0] == refine.VERSION == 7
         decoded = refine.decompress(section, SHAPE)
         assert decoded.dtype == np.float32 and decoded.shape == SHAPE
         errors.append(float(np.sqrt(np.mean((decoded - residual) ** 2))))
@@ -56,7 +61,7 @@ def test_the_smallest_section_is_below_any_fitted_one(residual):
 
 def test_thick_slices_are_coded_three_ways_and_the_closest_section_kept(residual, monkeypatch):
     """z splitting late, from the start, and from the start with slice motion (`deepstd.motion`)."""
-    from deepstd import motion, wavelet
+    from deepstd import motion
 
     def choice(section: bytes) -> tuple:
         return wavelet.delays_of(refine.payload_of(section)[4])[0], section[0] == refine.MOVED_VERSION
@@ -70,7 +75,7 @@ def test_thick_slices_are_coded_three_ways_and_the_closest_section_kept(residual
         )
         for d, m in (((2, 0, 0), None), ((0, 0, 0), None), ((0, 0, 0), moves))
     ]
-    assert [c[0] for c in candidates] == [5, 5, 6]  # a section with motion says so by its version
+    assert [c[0] for c in candidates] == [7, 7, 8]  # a section with motion says so by its version
     errors = [float(np.mean((refine.decompress(c, SHAPE) - residual) ** 2)) for c in candidates]
     assert len(set(errors)) == 3 and kept == candidates[int(np.argmin(errors))]
     # an isotropic scan has one candidate: every axis from the start, no motion
@@ -94,9 +99,23 @@ def test_a_wavelet_section_that_decodes_to_non_finite_values_is_refused(residual
     section = refine.fit(residual, ISOTROPIC, 800, 0.01, lambda n: None)
     payload = bytearray(refine.payload_of(section))
     payload[:4] = struct.pack("<f", 3.0e38)  # the quantiser step: any code but 0 overflows
-    for damaged in (refine.section_of(residual, bytes(payload)), bytes([refine.UNCLIPPED_VERSION]) + payload):
+    old = bytearray(unpack((CORPUS / "legacy_refine_4.dstd").read_bytes()).sections["refine"])
+    old[1:5] = struct.pack("<f", 3.0e38)  # a version 4 section: the payload (an older encoder's) alone
+    for damaged in (refine.section_of(residual, bytes(payload)), bytes(old)):
         with pytest.raises(FormatError, match="non-finite"):
             refine.decompress(damaged, SHAPE)
+
+
+def test_sections_of_the_versions_before_sign_coding_decode_as_they_did():
+    """Versions 4 to 6 code every sign in the signed rows; their seeds (written by the encoders
+    of the tenth and eleventh sessions) decode to what that session's decoder gave (digests of
+    the decoded arrays, taken with it)."""
+    digests = {4: "7f9f92cf459abb16", 5: "d55508bda44c557c", 6: "609ec981bc7a0bc2"}
+    for version, digest in digests.items():
+        data = (CORPUS / f"legacy_refine_{version}.dstd").read_bytes()
+        assert unpack(data).sections["refine"][0] == version
+        decoded = np.ascontiguousarray(codec.decode(data, None, device="cpu", workers=1).array)
+        assert hashlib.sha256(decoded.tobytes()).hexdigest()[:16] == digest
 
 
 def test_decoded_values_stay_within_the_coded_range():
@@ -107,7 +126,7 @@ def test_decoded_values_stay_within_the_coded_range():
     section = refine.fit(body, ISOTROPIC, 700, 0.01, lambda n: None)
     payload = refine.payload_of(section)
     clipped = refine.decompress(section, SHAPE)
-    unclipped = refine.decompress(bytes([refine.UNCLIPPED_VERSION]) + payload, SHAPE)
+    unclipped = wavelet.decompress(payload, SHAPE).astype(np.float32)
     assert unclipped.min() < -1024 and unclipped.max() > body.max() + 1  # the ringing the range removes
     assert clipped.min() == -1024 and clipped.max() <= np.ceil(body.max())
     np.testing.assert_array_equal(clipped, np.clip(unclipped, -1024, np.ceil(body.max())))

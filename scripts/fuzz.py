@@ -875,12 +875,19 @@ LEGACY_SEED = "legacy_1_1.dstd"
 LEGACY_FILTER_SEED = "legacy_filter_1.dstd"
 #: refine_alone.dstd with its layer coded by SPERR (refine section 3), as files before version 4
 LEGACY_REFINE_SEED = "legacy_refine_3.dstd"
-#: refine_filtered.dstd with its wavelet payload in a version 4 section (no value range), as files
-#: written after 0.2.0 and before the range hold
-LEGACY_WAVELET_SEED = "legacy_refine_4.dstd"
-#: refine_alone.dstd with its layer coded with slice motion, refine section 6 (the encoder keeps
+#: refine_alone.dstd with its layer coded with slice motion, refine section 8 (the encoder keeps
 #: motion only where it decodes closer, which on the corpus scan it need not)
 MOVED_SEED = "refine_moved.dstd"
+#: seeds of wavelet payloads whose signs are coded in the signed rows, which this encoder no longer
+#: writes: kept as the encoders that wrote them left them (--make-corpus checks that they decode)
+KEPT_SEEDS = {
+    "legacy_refine_4.dstd": "refine_filtered.dstd of the tenth session with its wavelet payload in a version 4 "
+    "refine section (no value range), as files written after 0.2.0 and before the range hold",
+    "legacy_refine_5.dstd": "refine_filtered.dstd as the eleventh session wrote it (refine section 5)",
+    "legacy_refine_6.dstd": "refine_moved.dstd as the eleventh session wrote it (refine section 6, slice motion)",
+}
+#: the kept seed of each legacy refine version
+LEGACY_WAVELET_SEEDS = {4: "legacy_refine_4.dstd", 5: "legacy_refine_5.dstd", 6: "legacy_refine_6.dstd"}
 
 
 def filter_version_1(section: bytes) -> bytes:
@@ -1022,18 +1029,25 @@ def make_corpus(folder: Path) -> dict:
             filtered.header,
             {**filtered.sections, "filter": filter_version_1(filtered.sections["filter"])},
         )
-        older_seed(
-            LEGACY_WAVELET_SEED,
-            "refine_filtered.dstd with its wavelet payload in a version 4 refine section (no value range)",
-            filtered.header,
-            {**filtered.sections, "refine": bytes([4]) + refine.payload_of(filtered.sections["refine"])},
-        )
+        for name, about in KEPT_SEEDS.items():
+            if not (folder / name).exists():
+                raise SystemExit(f"{folder / name}: this encoder cannot write it again; restore it from git")
+            kept = (folder / name).read_bytes()
+            codec.decode(kept, None, device="cpu", workers=1)
+            parsed = unpack(kept)
+            manifest["seeds"][name] = {
+                "about": about,
+                "bytes": len(kept),
+                "lean_header": "encoder_version" not in parsed.header,
+                "sections": {k: len(v) for k, v in parsed.sections.items()},
+                "bundle_id": None,
+            }
         alone = unpack((folder / "refine_alone.dstd").read_bytes())
         values = cast_to_dtype(scan.array, scan.dtype).astype(np.float32)
         moved = wavelet.compress(values, 1.0, moves=motion.estimate(values))
         older_seed(
             MOVED_SEED,
-            "refine_alone.dstd with its layer coded with slice motion (refine section 6, step 1)",
+            "refine_alone.dstd with its layer coded with slice motion (refine section 8, step 1)",
             alone.header,
             {"refine": refine.section_of(values, moved, moved=True)},
         )
@@ -2165,21 +2179,22 @@ class Mutator:
         return self.emit(seed, header, self.replace_section(sections, section, payload), f"{section} {note}")
 
     def refine_fields(self, rng):
-        """The refinement layer's fields: version, value range (versions 5-6), the wavelet payload's
-        step, axis delays, slice-motion block and row (version 6), LL row, weights and rANS string,
-        or another seed's payload."""
-        from deepstd import motion
+        """The refinement layer's fields: version, value range (versions 5-8), the wavelet payload's
+        step, axis delays, slice-motion block and row (versions 6 and 8), LL row, weights, sign levels
+        and rows (versions 7-8) and rANS string, or another seed's payload."""
+        from deepstd import motion, refine, wavelet
 
         seed, header, sections = self.pick(rng, "refine")
         section = dict(sections)["refine"]
         version, ends, payload = section[0], [], section[1:]
-        if version in (5, 6):
+        if version in refine.WAVELET_VERSIONS:
             cursor = Cursor(section[1:])
             ends = [cursor.uint(), cursor.uint()]
             payload = section[1 + cursor.pos :]
-        op = rng.randrange(9) if version in (4, 5, 6) else 0
+        signed = version in (refine.VERSION, refine.MOVED_VERSION)
+        op = rng.randrange(10 if signed else 9) if version in (4, *refine.WAVELET_VERSIONS) else 0
         if op == 0:
-            version = rng.choice([0, 4, 5, 6, 7, 255])
+            version = rng.choice([0, 4, 5, 6, 7, 8, 9, 255])
             note = f"version {version}"
         elif op == 1:
             ends = rng.choice(
@@ -2217,6 +2232,15 @@ class Mutator:
             else:
                 payload = payload[:-4] + bytes(4)
             note = f"payload {how}"
+        elif op == 9:  # the sign levels' mask and rows, after the weights
+            weights = Cursor(payload[6 + 2 * (version in refine.MOVED_VERSIONS) :])
+            size = header["geometry"]["size"]
+            for _ in range(7 * wavelet.Layout(tuple(size[::-1]), wavelet.delays_of(payload[4])).levels):
+                weights.uint()
+            at = 6 + 2 * (version in refine.MOVED_VERSIONS) + weights.pos + rng.choice([0, 0, 1, 2, 3])
+            value = rng.choice([rng.randrange(256), 0, 31, 32, 0x1F, 0x20, 0xFF])
+            payload = payload[:at] + bytes([value]) + payload[at + 1 :]
+            note = f"sign byte {at} {value}"
         else:
             other = rng.choice([n for n in self.c.with_section("refine") if n != seed])
             payload = self.c.parsed[other].sections["refine"][1:]

@@ -7,12 +7,13 @@ fits with room to spare, the encoder codes the residual (original - the DeepSTD 
 decoder computes it) into the rest of the budget; a file of the refinement layer alone codes the
 scan itself (the residual against zero).
 
-Section bytes: version u8, then the coder's stream. Version 5, written now: the range of the coded
+Section bytes: version u8, then the coder's stream. Version 7, written now: the range of the coded
 values (their floor and ceiling as zigzag varints; +-RANGE_LIMIT: unbounded on that side), then a
 payload of the context-modelled wavelet coder of `deepstd.wavelet` (numpy and constriction, decoded
 in this process; on training scans 0.3-0.7 dB closer than SPERR at equal bytes, docs/CODEC.md);
-version 6, written where the layer's slices move (`deepstd.motion`), the same with the payload's
-slice-motion field, so that a file without motion stays readable by a decoder of version 5. The
+version 8, written where the layer's slices move (`deepstd.motion`), the same with the payload's
+slice-motion field. Versions 5 and 6, written before the payload coded signs on their own, are the
+same with every sign in the signed rows, and still read. The
 decoded values are clipped to the range: a wavelet coder rings past sharp edges (HU below air's
 -1024 around a body, negative MR magnitudes), and a file of the layer alone clips its post-filtered
 scan to it too (+0.15 dB on the chest CT at 64x, docs/CODEC.md). Version 4: the payload alone,
@@ -44,9 +45,14 @@ from .errors import FormatError, InputError
 from .packing import unzigzag, zigzag
 
 SECTION = "refine"
-VERSION = 5
+VERSION = 7
 #: the range and a wavelet payload with the slice-motion field: a layer coded with slice motion
-MOVED_VERSION = 6
+MOVED_VERSION = 8
+#: versions 7 and 8 as written before the signs were coded on their own (eleventh session), still read
+UNSIGNED_VERSION, UNSIGNED_MOVED_VERSION = 5, 6
+#: the versions of a value range and a wavelet payload, and those of them with slice motion
+WAVELET_VERSIONS = (VERSION, MOVED_VERSION, UNSIGNED_VERSION, UNSIGNED_MOVED_VERSION)
+MOVED_VERSIONS = (MOVED_VERSION, UNSIGNED_MOVED_VERSION)
 #: the wavelet payload without a value range (written after 0.2.0, before the range), still read
 UNCLIPPED_VERSION = 4
 #: a range end at +-this means no bound on that side (float scans can hold values past 2**53)
@@ -131,7 +137,7 @@ def smallest(residual: np.ndarray) -> bytes:
 
 
 def section_of(values: np.ndarray, payload: bytes, moved: bool = False) -> bytes:
-    """A version 5 section (version 6 where the payload has slice motion, `moved`): the range of
+    """A version 7 section (version 8 where the payload has slice motion, `moved`): the range of
     `values` (the floor of their minimum and the ceiling of their maximum, +-RANGE_LIMIT past it)
     and a wavelet payload of them."""
     low = max(math.floor(float(np.min(values))), -RANGE_LIMIT)
@@ -140,7 +146,7 @@ def section_of(values: np.ndarray, payload: bytes, moved: bool = False) -> bytes
 
 
 def _parts(section: bytes) -> Tuple[Tuple[float, float], bytes]:
-    """The value range and the wavelet payload of a version 5 or 6 section."""
+    """The value range and the wavelet payload of a version 5 to 8 section."""
     reader = ByteReader(section)
     reader.take(1, "refinement layer version")
     low, high = (unzigzag(reader.varint(f"refinement layer {end}", 2 * RANGE_LIMIT)) for end in ("minimum", "maximum"))
@@ -151,14 +157,14 @@ def _parts(section: bytes) -> Tuple[Tuple[float, float], bytes]:
 
 
 def payload_of(section: bytes) -> bytes:
-    """The wavelet payload of a version 5 or 6 section (its range skipped)."""
+    """The wavelet payload of a version 5 to 8 section (its range skipped)."""
     return _parts(section)[1]
 
 
 def within_range(values: np.ndarray, section: bytes) -> np.ndarray:
     """`values`, clipped in place to the range the section's values were coded in (unbounded before
     version 5): `decompress` clips the layer, and a file of the layer alone its post-filtered scan."""
-    if section[:1] in (bytes([VERSION]), bytes([MOVED_VERSION])):
+    if section[:1] and section[0] in WAVELET_VERSIONS:
         np.clip(values, *_parts(section)[0], out=values)
     return values
 
@@ -201,13 +207,14 @@ def _chunk(section: bytes) -> bytes:
 
 
 def decompress(section: bytes, shape: Tuple[int, int, int]) -> np.ndarray:
-    """The residual (z, y, x) float32: a version 4 to 6 section decoded here (within its range), a
+    """The residual (z, y, x) float32: a version 4 to 8 section decoded here (within its range), a
     SPERR section in a child process (see the module docstring)."""
-    if section[:1] in (bytes([VERSION]), bytes([MOVED_VERSION]), bytes([UNCLIPPED_VERSION])):
+    if section[:1] and section[0] in (*WAVELET_VERSIONS, UNCLIPPED_VERSION):
         ranged = section[0] != UNCLIPPED_VERSION
         bounds, payload = _parts(section) if ranged else ((-math.inf, math.inf), section[1:])
+        signed = section[0] in (VERSION, MOVED_VERSION)
         with np.errstate(over="ignore"):  # refused just below
-            values = wavelet.decompress(payload, shape, moved=section[0] == MOVED_VERSION).astype(np.float32)
+            values = wavelet.decompress(payload, shape, section[0] in MOVED_VERSIONS, signed).astype(np.float32)
         if not np.isfinite(values).all():
             raise FormatError("refinement layer: the wavelet stream decodes to non-finite values (corrupt data)")
         return np.clip(values, *bounds, out=values)

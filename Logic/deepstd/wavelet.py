@@ -8,7 +8,12 @@ is predicted from what the decoder already has: the coefficient's parent one lev
 3 x 3 x 3 neighbourhood), the bands of the same level decoded before it and, for the second half of
 a band's checkerboard, its six decoded neighbours of the first half (the estimation-quantisation
 coder of LoPresto, Ramchandran & Orchard, DCC 1997, with the checkerboard split of He et al., CVPR
-2021, in 3-D). The predictors' weights are fitted per level by the encoder and sent. On training
+2021, in 3-D). The predictors' weights are fitted per level by the encoder and sent. The second
+half's signs are coded on their own: its face neighbours in the first half predict each sign (a
+high-pass band alternates in sign across an edge, a low-pass one keeps it), and a binary row per
+level and strength of that prediction codes whether the sign was kept (the sign contexts of
+EBCOT, Taubman, IEEE TIP 2000, here from the checkerboard's first half): on training scans the
+layer decodes +0.1 to +0.3 dB closer at equal bytes (docs/CODEC.md step 9). On training
 scans, at equal bytes and before the post-filter: +0.61 / +0.65 dB PSNR and +0.012 / +0.023 SSIM
 over SPERR on an LA scan at 64 / 128x, +0.32 to +0.83 dB on a hippocampus crop at 32-256x
 (docs/CODEC.md step 9).
@@ -18,12 +23,14 @@ every machine; everything the model decides (which CDF row codes a coefficient) 
 arithmetic on decoded integers and integer weights; the CDF rows are computed with `decimal`
 (correctly rounded on every platform) and coded through `rans` (exact integer tables).
 
-Payload (inside `refine` sections of versions 4 to 6): the quantiser step (float32), the axes'
-delays (u8, base 6), with slice motion (`deepstd.motion`; refine section 6) its block side (u8) and
-the moves' CDF row (u8), the LL band's CDF row (u8), per detail level coarse to fine the anchor
-weights (3) and the other half's (4) as zigzag varints, then one rANS string: the moves (dy, dx per
-block, slice by slice), the LL band (differences along x), then each level's bands, each band's
-checkerboard anchors then the rest (docs/FORMAT.md).
+Payload (inside `refine` sections of versions 4 to 8): the quantiser step (float32), the axes'
+delays (u8, base 6), with slice motion (`deepstd.motion`; refine sections 6 and 8) its block side
+(u8) and the moves' CDF row (u8), the LL band's CDF row (u8), per detail level coarse to fine the
+anchor weights (3) and the other half's (4) as zigzag varints, with signs coded on their own
+(sections 7 and 8) a mask of the levels that send sign rows and three rows for each, then one rANS
+string: the moves (dy, dx per block, slice by slice), the LL band (differences along x), then each
+level's bands, each band's checkerboard anchors, then the rest (with signs on their own: the
+magnitudes, then the nonzero ones' signs kept or flipped; docs/FORMAT.md).
 """
 
 from __future__ import annotations
@@ -60,6 +67,9 @@ LAMBDA = 0.08
 ROWS, ROW_ZERO, ROWS_PER_OCTAVE = 64, 24, 4
 #: a row codes -MAX_SYMBOL..MAX_SYMBOL directly, the rest through the escape
 MAX_SYMBOL = 96
+#: sign rows (`sign_rows`) and the strengths of a sign prediction with a row of their own
+#: (`_sign_context`: 1 to 3 of the axes agree; 0, no prediction, is coded in row 0, one bit)
+SIGN_ROWS, SIGN_STRENGTHS = 32, 3
 #: weights are sent in units of 1/WEIGHT_UNITS; |weight code| stays below MAX_WEIGHT
 WEIGHT_UNITS, MAX_WEIGHT = 16, 1 << 20
 #: the integer scale a row is chosen by: scale x WEIGHT_UNITS x 27 x 6
@@ -254,31 +264,67 @@ def _table() -> rans.CdfTable:
 
 
 @lru_cache(maxsize=1)
-def cdf_rows() -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(cdf, length, offset) of the rows: dead-zone Laplace of scale 2**((row - ROW_ZERO) /
-    ROWS_PER_OCTAVE) steps on -M..M (M = `symbols_of(row)`) plus the escape, computed with `decimal`
-    so that every platform builds the same integers."""
-    width = 2 * MAX_SYMBOL + 2
-    cdf = np.zeros((ROWS, width + 1), np.int64)
-    length = np.zeros(ROWS, np.int64)
-    offset = np.zeros(ROWS, np.int64)
+def _magnitude_table() -> rans.CdfTable:
+    return rans.CdfTable(*magnitude_rows(), "wavelet magnitude", FormatError)
+
+
+@lru_cache(maxsize=1)
+def _sign_table() -> rans.CdfTable:
+    return rans.CdfTable(*sign_rows(), "wavelet sign", FormatError)
+
+
+def _row_counts(row: int) -> np.ndarray:
+    """The row's dead-zone Laplace masses on -M..M and the escape (both tails), as integers x 2**40,
+    computed with `decimal` so that every platform builds the same integers."""
+    top = symbols_of(row)
     keep = 1 - Decimal(str(ROUNDING))
     with localcontext() as ctx:
         ctx.prec = 40
-        for row in range(ROWS):
-            b = Decimal(2) ** (Decimal(row - ROW_ZERO) / ROWS_PER_OCTAVE)
-            top = symbols_of(row)
-            mass = [Decimal(0)] * (2 * top + 2)
-            mass[top] = 1 - (-keep / b).exp()
-            step = 1 - (-1 / b).exp()
-            for k in range(1, top + 1):
-                mass[top + k] = mass[top - k] = (-(k - 1 + keep) / b).exp() * step / 2
-            mass[-1] = (-(top + keep) / b).exp()  # both tails: the escape
-            counts = np.array([int(m * (1 << 40)) for m in mass], np.int64)
-            row_cdf = rans.cdf_of(rans.quantised_frequencies(counts))
-            cdf[row, : row_cdf.size] = row_cdf
-            length[row], offset[row] = row_cdf.size, -top
-    return cdf, length, offset
+        b = Decimal(2) ** (Decimal(row - ROW_ZERO) / ROWS_PER_OCTAVE)
+        mass = [Decimal(0)] * (2 * top + 2)
+        mass[top] = 1 - (-keep / b).exp()
+        step = 1 - (-1 / b).exp()
+        for k in range(1, top + 1):
+            mass[top + k] = mass[top - k] = (-(k - 1 + keep) / b).exp() * step / 2
+        mass[-1] = (-(top + keep) / b).exp()
+        return np.array([int(m * (1 << 40)) for m in mass], np.int64)
+
+
+def _rows_of(counts: List[np.ndarray], offsets: List[int]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rows = [rans.cdf_of(rans.quantised_frequencies(c)) for c in counts]
+    cdf = np.zeros((len(rows), max(r.size for r in rows)), np.int64)
+    for r, row_cdf in enumerate(rows):
+        cdf[r, : row_cdf.size] = row_cdf
+    return cdf, np.array([r.size for r in rows], np.int64), np.array(offsets, np.int64)
+
+
+@lru_cache(maxsize=1)
+def cdf_rows() -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cdf, length, offset) of the rows: dead-zone Laplace of scale 2**((row - ROW_ZERO) /
+    ROWS_PER_OCTAVE) steps on -M..M (M = `symbols_of(row)`) plus the escape."""
+    return _rows_of([_row_counts(row) for row in range(ROWS)], [-symbols_of(row) for row in range(ROWS)])
+
+
+@lru_cache(maxsize=1)
+def magnitude_rows() -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The same rows folded onto magnitudes 0..M (each the mass of +m and -m): where the sign is
+    coded on its own (`sign_rows`)."""
+    folded = []
+    for row in range(ROWS):
+        counts, top = _row_counts(row), symbols_of(row)
+        folded.append(np.concatenate([counts[top : top + 1], counts[top + 1 : 2 * top + 1] * 2, counts[-1:]]))
+    return _rows_of(folded, [0] * ROWS)
+
+
+@lru_cache(maxsize=1)
+def sign_rows() -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Binary rows for "the sign is not the predicted one": probability 2**(-1 - row / 3) (row 0:
+    one bit), plus the escape no valid payload uses."""
+    with localcontext() as ctx:
+        ctx.prec = 40
+        flips = [Decimal(2) ** (Decimal(-3 - row) / 3) for row in range(SIGN_ROWS)]
+        counts = [np.array([int((1 - f) * (1 << 40)), int(f * (1 << 40)), 1], np.int64) for f in flips]
+    return _rows_of(counts, [0] * SIGN_ROWS)
 
 
 @lru_cache(maxsize=1)
@@ -380,6 +426,46 @@ def _checkerboard(shape: Tuple[int, ...]) -> np.ndarray:
     return board
 
 
+def _sign_context(q: np.ndarray, bits: Tuple[int, ...]) -> Tuple[np.ndarray, np.ndarray]:
+    """The predicted sign (+-1) and its strength (0 to SIGN_STRENGTHS) of each voxel of a band's
+    second half (in `q[~_checkerboard]` order), from the signed codes of its first half in `q`:
+    along each axis the sign of the two neighbours' sum votes, for the voxel's sign where the band
+    is low-pass along that axis and against it where it is high-pass (a high-pass band alternates
+    in sign across an edge); the strength is the margin of the vote."""
+    board = _checkerboard(q.shape)
+    padded = np.pad(np.where(board, q, 0), 1)
+    vote = np.zeros(q.shape, np.int64)
+    for axis in range(3):
+        before = [slice(1, 1 + n) for n in q.shape]
+        after = list(before)
+        before[axis], after[axis] = slice(0, q.shape[axis]), slice(2, 2 + q.shape[axis])
+        side = np.sign(padded[tuple(before)] + padded[tuple(after)])
+        vote += -side if bits[axis] else side
+    vote = vote[~board]
+    return np.where(vote < 0, -1, 1), np.abs(vote)
+
+
+@lru_cache(maxsize=1)
+def _sign_bits() -> np.ndarray:
+    """Bits each sign row spends on a kept (column 0) and a flipped (column 1) sign."""
+    cdf, _, _ = sign_rows()
+    return rans.PRECISION - np.log2(np.diff(cdf[:, :3], axis=1).astype(np.float64))
+
+
+def _level_sign_rows(strength: np.ndarray, flips: np.ndarray) -> Optional[np.ndarray]:
+    """The sign row for each strength (row 0 for no prediction) that codes a level's flips in the
+    fewest bits, or None where the rows save less than the bytes that send them."""
+    bits = _sign_bits()
+    rows = np.zeros(SIGN_STRENGTHS + 1, np.int64)
+    saved = 0.0
+    for k in range(1, SIGN_STRENGTHS + 1):
+        flipped = int(flips[strength == k].sum())
+        cost = (int(np.count_nonzero(strength == k)) - flipped) * bits[:, 0] + flipped * bits[:, 1]
+        rows[k] = int(np.argmin(cost))
+        saved += float(cost[0] - cost[rows[k]])
+    return rows if saved > 8 * SIGN_STRENGTHS else None
+
+
 def _scales(weights: np.ndarray, near: np.ndarray, sibling: np.ndarray, faces: Optional[np.ndarray]) -> np.ndarray:
     """Integer scales (x _DENOMINATOR): w0 + w1 near/27 + w2 sibling + w3 faces/6, in units."""
     scale = weights[0] * 162 + weights[1] * 6 * near + weights[2] * 162 * sibling
@@ -397,30 +483,33 @@ def _dequantised(q: np.ndarray, step: float) -> np.ndarray:
     return np.sign(q) * (np.abs(q) + RECONSTRUCTION) * step
 
 
-@lru_cache(maxsize=1)
-def _bits() -> np.ndarray:
-    """Bits each row spends on |value| = 0..MAX_SYMBOL + 1 (inf past the row's alphabet, so the
-    last column is inf in every row)."""
-    cdf, length, offset = cdf_rows()
+@lru_cache(maxsize=2)
+def _bits(folded: bool = False) -> np.ndarray:
+    """Bits each row (of the magnitude rows where `folded`) spends on |value| = 0..MAX_SYMBOL + 1
+    (inf past the row's alphabet, so that the last column is inf in every row)."""
+    cdf, length, offset = magnitude_rows() if folded else cdf_rows()
     out = np.full((ROWS, MAX_SYMBOL + 2), np.inf)
     for row in range(ROWS):
-        top = -int(offset[row])
-        frequencies = np.diff(cdf[row, : length[row]])[top : 2 * top + 1]
+        top = symbols_of(row)
+        frequencies = np.diff(cdf[row, : length[row]])[-int(offset[row]) :][: top + 1]
         out[row, : top + 1] = rans.PRECISION - np.log2(frequencies)
     return out
 
 
-def _chosen(target: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def _chosen(target: np.ndarray, rows: np.ndarray, sign_bits: Optional[np.ndarray] = None) -> np.ndarray:
     """The magnitude to code for each |coefficient| / band step in `target`, coded in `rows`: of the
     nearest, one less and zero, the least squared error (in steps) + LAMBDA x bits (rate-distortion
     optimised quantisation, as HEVC's RDOQ; a choice's effect on its neighbours' rows is ignored).
-    A magnitude past its row's alphabet keeps the dead zone's code."""
+    `sign_bits`: where the signs are coded on their own, what each one's sign costs (a magnitude
+    then costs its row's folded bits). A magnitude past its row's alphabet keeps the dead zone's code."""
     nearest = np.floor(target + 0.5).astype(np.int64)
     chosen = np.zeros_like(nearest)
     some = np.flatnonzero(nearest)  # most are zeros, and zero is then the only choice
     target, rows, nearest = target.ravel()[some], rows.ravel()[some], nearest.ravel()[some]
     candidates = np.stack([nearest, nearest - 1, np.zeros_like(nearest)])
-    bits = _bits()[rows, np.minimum(candidates, MAX_SYMBOL + 1)]
+    bits = _bits(sign_bits is not None)[rows, np.minimum(candidates, MAX_SYMBOL + 1)]
+    if sign_bits is not None:
+        bits = bits + np.where(candidates > 0, sign_bits.ravel()[some], 0.0)
     error = target - np.where(candidates > 0, candidates + RECONSTRUCTION, 0.0)
     best = np.take_along_axis(candidates, np.argmin(error * error + LAMBDA * bits, axis=0)[None], 0)[0]
     direct = np.isfinite(bits[0])  # the nearest lies within its row's alphabet
@@ -484,20 +573,21 @@ def _halves(
     weights: Sequence[np.ndarray],
     near: np.ndarray,
     sibling: np.ndarray,
-    code: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    code: Callable[[np.ndarray, np.ndarray, Optional[np.ndarray]], np.ndarray],
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A band's signed codes, half by half as the decoder reads them: the anchors' rows from the
-    parent and siblings, then the rest's with the anchors' face sums. `code(half, rows)` gives a
-    half's codes (the encoder chooses them, the decoder pops them), so both derive the rows the same
-    way. Returns (codes, anchors' rows, the rest's rows)."""
+    parent and siblings, then the rest's with the anchors' face sums. `code(half, rows, first)`
+    gives a half's codes (the encoder chooses them, the decoder pops them; `first` is None for the
+    anchors and the band's codes so far, the anchors', for the rest: their signs predict the
+    rest's), so both derive the rows the same way. Returns (codes, anchors' rows, the rest's rows)."""
     anchor = _checkerboard(near.shape)
     rest = ~anchor
     q = np.zeros(near.shape, np.int64)
     anchor_rows = _part_rows(weights[0], near[anchor], sibling[anchor], None)
-    q[anchor] = code(anchor, anchor_rows)
+    q[anchor] = code(anchor, anchor_rows, None)
     faces = _face_sum(np.where(anchor, np.abs(q), 0))
     rest_rows = _part_rows(weights[1], near[rest], sibling[rest], faces[rest])
-    q[rest] = code(rest, rest_rows)
+    q[rest] = code(rest, rest_rows, q)
     return q, anchor_rows, rest_rows
 
 
@@ -528,11 +618,13 @@ def _coded(layout: Layout, coefficients: np.ndarray, step: float) -> bytes:
     step = float(np.float32(step))
     dz, dy, dx = layout.delays
     header = bytearray(_STEP.pack(step)) + bytes([dz + 6 * dy + 36 * dx])
-    groups: List[Tuple[np.ndarray, np.ndarray]] = []  # (symbols, rows) in decoding order
+    signed, magnitudes, signs = _table(), _magnitude_table(), _sign_table()
+    groups: List[Tuple[rans.CdfTable, np.ndarray, np.ndarray]] = []  # (table, symbols, rows) in decoding order
     if layout.moves is not None:
         vectors = layout.moves.vectors.ravel()
         header += bytes([layout.moves.block, _ll_row(vectors)])
-        groups.append((vectors, np.full(vectors.size, header[-1], np.int64)))
+        groups.append((signed, vectors, np.full(vectors.size, header[-1], np.int64)))
+    sign_levels, sign_header = 0, bytearray()
     context = _Context(layout)
     for level, regions in _levels(layout):
         if level == layout.levels:
@@ -541,9 +633,9 @@ def _coded(layout: Layout, coefficients: np.ndarray, step: float) -> bytes:
             differences = np.diff(q, axis=2, prepend=0)
             row = _ll_row(differences)
             header.append(row)
-            groups.append((differences.ravel(), np.full(differences.size, row, np.int64)))
+            groups.append((signed, differences.ravel(), np.full(differences.size, row, np.int64)))
             continue
-        bands = []
+        bands, guesses = [], []
         for bits, region in regions:
             band_step = step * layout.step_scale(level, bits)
             q = _quantised(coefficients[region], band_step)
@@ -553,22 +645,51 @@ def _coded(layout: Layout, coefficients: np.ndarray, step: float) -> bytes:
             target = np.abs(coefficients[region]) / band_step
             bands.append(_Band(coefficients[region] < 0, near, sibling, anchor, faces, target))
             context.add(level, bits, np.abs(q))
+            prediction, strength = _sign_context(q, bits)
+            some = q[~anchor] != 0
+            guesses.append((strength[some], (np.sign(q[~anchor][some]) != prediction[some]).astype(np.int64)))
         weights = _level_weights(bands)
+        guessed = _level_sign_rows(*map(np.concatenate, zip(*guesses)))  # the rows the signs' choice assumes
+        guessed = np.zeros(SIGN_STRENGTHS + 1, np.int64) if guessed is None else guessed
         for value in np.concatenate(weights):
             header += varint(zigzag(int(value)))
         context.restart(level)
+        flipped: List[Tuple[int, np.ndarray, np.ndarray]] = []  # (group, strengths, flips) of each band
         for (bits, _), b in zip(regions, bands):
+            predicted: List[Tuple[np.ndarray, np.ndarray]] = []
 
-            def chosen(half: np.ndarray, rows: np.ndarray, b: _Band = b) -> np.ndarray:
-                magnitude = _chosen(b.target[half], rows)
+            def chosen(
+                half: np.ndarray,
+                rows: np.ndarray,
+                first: Optional[np.ndarray],
+                b: _Band = b,
+                bits: Tuple[int, ...] = bits,
+            ) -> np.ndarray:
+                sign_bits = None
+                if first is not None:
+                    predicted.append(_sign_context(first, bits))
+                    flipped = b.negative[half] != (predicted[0][0] < 0)
+                    sign_bits = _sign_bits()[guessed[predicted[0][1]], flipped.astype(np.int64)]
+                magnitude = _chosen(b.target[half], rows, sign_bits)
                 return np.where(b.negative[half], -magnitude, magnitude)
 
             q, anchor_rows, rest_rows = _halves(weights, b.near, context.sibling(level, b.target.shape), chosen)
-            groups += [(q[b.anchor], anchor_rows), (q[~b.anchor], rest_rows)]
+            rest = q[~b.anchor]
+            ((prediction, strength),) = predicted
+            some = rest != 0
+            groups += [(signed, q[b.anchor], anchor_rows), (magnitudes, np.abs(rest), rest_rows)]
+            flipped.append((len(groups), strength[some], (np.sign(rest[some]) != prediction[some]).astype(np.int64)))
+            groups.append((signs, flipped[-1][2], flipped[-1][1]))  # rows set below, once the level's are known
             context.add(level, bits, np.abs(q))
+        sign_rows = _level_sign_rows(np.concatenate([f[1] for f in flipped]), np.concatenate([f[2] for f in flipped]))
+        if sign_rows is not None:
+            sign_levels |= 1 << level
+            sign_header += bytes(int(row) for row in sign_rows[1:])
+        for index, strength, flips in flipped:
+            groups[index] = (signs, flips, np.zeros_like(strength) if sign_rows is None else sign_rows[strength])
+    header += bytes([sign_levels]) + sign_header
     coder = rans.writer()
-    table = _table()
-    for symbols, rows in reversed(groups):
+    for table, symbols, rows in reversed(groups):
         table.push(coder, symbols, rows)
     return bytes(header) + rans.written(coder)
 
@@ -580,13 +701,15 @@ class _Opened(NamedTuple):
     layout: Layout
     ll_row: int
     weights: Dict[int, List[np.ndarray]]
+    #: per detail level the sign row of each strength; None: every sign in the signed rows
+    signs: Optional[Dict[int, np.ndarray]]
     coder: Any
-    table: rans.CdfTable
 
 
-def _opened(payload: bytes, shape: Tuple[int, int, int], moved: bool) -> _Opened:
+def _opened(payload: bytes, shape: Tuple[int, int, int], moved: bool, signed: bool) -> _Opened:
     """Every field of a payload before its coefficients, checked, and its string with the moves
-    popped (`moved`: the payload has the slice-motion field)."""
+    popped (`moved`: the payload has the slice-motion field; `signed`: its second halves' signs are
+    coded on their own, with the sign rows)."""
     reader = ByteReader(payload)
     (step,) = _STEP.unpack(reader.take(_STEP.size, "wavelet step"))
     if not (math.isfinite(step) and step > 0):
@@ -608,32 +731,67 @@ def _opened(payload: bytes, shape: Tuple[int, int, int], moved: bool) -> _Opened
             codes = [unzigzag(reader.varint("wavelet weight", 2 * MAX_WEIGHT)) for _ in range(count)]
             parts.append(np.array(codes, np.int64))
         weights[level] = parts
+    signs = _signs_read(reader, layout.levels) if signed else None
     coder = rans.reader(reader.take(reader.remaining(), "wavelet string"))
-    table = _table()
     if block:
         if layout.z_level is None:
             raise FormatError("refinement layer: slice motion, but z is never split")
         field = motion.grid(layout.z_slices(), block)
-        vectors = table.pop(coder, np.full(int(np.prod(field)) * 2, vector_row, np.int64))
+        vectors = _table().pop(coder, np.full(int(np.prod(field)) * 2, vector_row, np.int64))
         if np.abs(vectors).max(initial=0) > motion.MAX_RADIUS:
             raise FormatError(f"refinement layer: a slice move past {motion.MAX_RADIUS} pixels")
         layout = Layout(shape, delays, motion.Field(block, vectors.reshape(*field, 2)))
-    return _Opened(step, layout, ll_row, weights, coder, table)
+    return _Opened(step, layout, ll_row, weights, signs, coder)
 
 
-def moves_of(payload: bytes, shape: Tuple[int, int, int]) -> motion.Field:
+def _signs_read(reader: ByteReader, levels: int) -> Dict[int, np.ndarray]:
+    """The sign rows of each detail level: a mask of the levels that send them, then theirs."""
+    mask = reader.take(1, "wavelet sign levels")[0]
+    if mask >> levels:
+        raise FormatError(f"refinement layer: sign rows for level {mask.bit_length() - 1} of {levels}")
+    signs = {}
+    for level in reversed(range(levels)):
+        rows = np.zeros(SIGN_STRENGTHS + 1, np.int64)
+        if mask >> level & 1:
+            rows[1:] = list(reader.take(SIGN_STRENGTHS, "wavelet sign rows"))
+            if rows.max() >= SIGN_ROWS:
+                raise FormatError(f"refinement layer: sign row {rows.max()} (0 to {SIGN_ROWS - 1})")
+        signs[level] = rows
+    return signs
+
+
+def _popped_signed(
+    coder: Any, rows: np.ndarray, first: np.ndarray, bits: Tuple[int, ...], signs: np.ndarray
+) -> np.ndarray:
+    """A band's second half where its signs are coded on their own: the magnitudes, then the signs
+    of the nonzero ones as kept or flipped against the prediction from the first half."""
+    magnitude = _magnitude_table().pop(coder, rows)
+    if magnitude.min(initial=0) < 0:
+        raise FormatError("refinement layer: a negative magnitude (corrupt data)")
+    prediction, strength = _sign_context(first, bits)
+    some = magnitude != 0
+    flips = _sign_table().pop(coder, signs[strength[some]])
+    if ((flips != 0) & (flips != 1)).any():
+        raise FormatError("refinement layer: a sign neither kept nor flipped (corrupt data)")
+    magnitude[some] *= prediction[some] * (1 - 2 * flips)
+    return magnitude
+
+
+def moves_of(payload: bytes, shape: Tuple[int, int, int], signed: bool = True) -> motion.Field:
     """The slice moves a payload coded with motion holds (read back, not estimated again)."""
-    moves = _opened(payload, shape, moved=True).layout.moves
+    moves = _opened(payload, shape, moved=True, signed=signed).layout.moves
     assert moves is not None  # a moved payload's layout always has them
     return moves
 
 
-def decompress(payload: bytes, shape: Tuple[int, int, int], moved: bool = False) -> np.ndarray:
+def decompress(payload: bytes, shape: Tuple[int, int, int], moved: bool = False, signed: bool = True) -> np.ndarray:
     """The values (z, y, x, float64) a payload of `compress` decodes to; FormatError on bad bytes.
-    `moved`: the payload has the slice-motion field (a payload coded with moves; refine section 6)."""
-    step, layout, ll_row, weights, coder, table = _opened(payload, shape, moved)
+    `moved`: the payload has the slice-motion field (refine sections 6 and 8); `signed`: its signs
+    are coded on their own (sections 7 and 8; those before code them in the signed rows)."""
+    step, layout, ll_row, weights, signs, coder = _opened(payload, shape, moved, signed)
     coefficients = np.zeros(layout.shape)
     context = _Context(layout)
+    table = _table()
     for level, bits, region in layout.bands():
         band_shape = tuple(s.stop - s.start for s in region)
         band_step = step * layout.step_scale(level, bits)
@@ -642,7 +800,14 @@ def decompress(payload: bytes, shape: Tuple[int, int, int], moved: bool = False)
             q = np.cumsum(differences.reshape(band_shape), axis=2)
         else:
             near, sibling = context.features(level, bits, band_shape)
-            q = _halves(weights[level], near, sibling, lambda half, rows: table.pop(coder, rows))[0]
+
+            def popped(half: np.ndarray, rows: np.ndarray, first: Optional[np.ndarray], level: int = level,
+                       bits: Tuple[int, ...] = bits) -> np.ndarray:  # fmt: skip
+                if first is None or signs is None:
+                    return table.pop(coder, rows)
+                return _popped_signed(coder, rows, first, bits, signs[level])
+
+            q = _halves(weights[level], near, sibling, popped)[0]
             context.add(level, bits, np.abs(q))
         coefficients[region] = _dequantised(q, band_step)
     rans.finish(coder)

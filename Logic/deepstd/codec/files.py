@@ -51,7 +51,8 @@ def encode_scan(
 
 def layers_of(sections) -> str:
     """What a file's sections code the scan with, in words (`deepstd encode` and `info` print it)."""
-    moved = " with slice motion" if sections.get("refine", b"")[:1] == bytes([refine.MOVED_VERSION]) else ""
+    layer = sections.get("refine", b"")
+    moved = " with slice motion" if layer[:1] and layer[0] in refine.MOVED_VERSIONS else ""
     if "texture" not in sections:
         filtered = " and a post-filter" if "filter" in sections else ""
         return (
