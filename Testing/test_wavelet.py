@@ -246,13 +246,22 @@ def _sign_levels_at(payload: bytes, shape) -> int:
     return 6 + len(payload) - 6 - reader.remaining()
 
 
-def test_damaged_sign_rows_are_format_errors():
+def test_sign_rows_are_flagged_in_the_ll_byte_and_damaged_ones_are_format_errors():
     x = _scan((12, 16, 16), seed=2)
     payload = wavelet.compress(x, 0.5)
     at = _sign_levels_at(payload, x.shape)
     levels = wavelet.Layout(x.shape).levels
-    assert 0 < payload[at] < 1 << levels  # some level sends rows
-    with pytest.raises(FormatError, match="sign rows for level"):
-        wavelet.decompress(payload[:at] + bytes([payload[at] | 1 << levels]) + payload[at + 1 :], x.shape)
+    assert payload[5] & wavelet.SIGN_ROWS_FOLLOW and 0 < payload[at] < 1 << levels  # some level sends rows
+    for mask in (payload[at] | 1 << levels, 0):
+        with pytest.raises(FormatError, match="sign rows for levels"):
+            wavelet.decompress(payload[:at] + bytes([mask]) + payload[at + 1 :], x.shape)
     with pytest.raises(FormatError, match=f"sign row {wavelet.SIGN_ROWS}"):
         wavelet.decompress(payload[: at + 1] + bytes([wavelet.SIGN_ROWS]) + payload[at + 2 :], x.shape)
+    with pytest.raises(FormatError, match="CDF row"):  # the flag's neighbour bit is no row
+        wavelet.decompress(payload[:5] + bytes([payload[5] | 0x40]) + payload[6:], x.shape)
+    # a coarse payload whose signs all cost a bit spends no byte on sign rows
+    coarse = wavelet.compress(x, 200.0)
+    assert not coarse[5] & wavelet.SIGN_ROWS_FOLLOW
+    assert np.mean((wavelet.decompress(coarse, x.shape) - x) ** 2) < np.mean((x - x.mean()) ** 2)
+    with pytest.raises(FormatError, match="sign rows for levels|entropy-coded string"):  # no mask byte there
+        wavelet.decompress(coarse[:5] + bytes([coarse[5] | wavelet.SIGN_ROWS_FOLLOW]) + coarse[6:], x.shape)

@@ -2232,13 +2232,16 @@ class Mutator:
             else:
                 payload = payload[:-4] + bytes(4)
             note = f"payload {how}"
-        elif op == 9:  # the sign levels' mask and rows, after the weights
+        elif op == 9:  # the sign levels' mask and rows, after the weights, or their flag
             weights = Cursor(payload[6 + 2 * (version in refine.MOVED_VERSIONS) :])
             size = header["geometry"]["size"]
             for _ in range(7 * wavelet.Layout(tuple(size[::-1]), wavelet.delays_of(payload[4])).levels):
                 weights.uint()
             at = 6 + 2 * (version in refine.MOVED_VERSIONS) + weights.pos + rng.choice([0, 0, 1, 2, 3])
             value = rng.choice([rng.randrange(256), 0, 31, 32, 0x1F, 0x20, 0xFF])
+            if rng.random() < 0.25:  # the flag in the LL row's byte instead
+                at = 5 + 2 * (version in refine.MOVED_VERSIONS)
+                value = payload[at] ^ wavelet.SIGN_ROWS_FOLLOW
             payload = payload[:at] + bytes([value]) + payload[at + 1 :]
             note = f"sign byte {at} {value}"
         else:

@@ -25,10 +25,10 @@ arithmetic on decoded integers and integer weights; the CDF rows are computed wi
 
 Payload (inside `refine` sections of versions 4 to 8): the quantiser step (float32), the axes'
 delays (u8, base 6), with slice motion (`deepstd.motion`; refine sections 6 and 8) its block side
-(u8) and the moves' CDF row (u8), the LL band's CDF row (u8), per detail level coarse to fine the
-anchor weights (3) and the other half's (4) as zigzag varints, with signs coded on their own
-(sections 7 and 8) a mask of the levels that send sign rows and three rows for each, then one rANS
-string: the moves (dy, dx per block, slice by slice), the LL band (differences along x), then each
+(u8) and the moves' CDF row (u8), the LL band's CDF row (u8; in sections 7 and 8 bit 7 says sign
+rows follow), per detail level coarse to fine the anchor weights (3) and the other half's (4) as
+zigzag varints, where sign rows follow a mask of the levels that send them and three for each,
+then one rANS string: the moves (dy, dx per block, slice by slice), the LL band (differences along x), then each
 level's bands, each band's checkerboard anchors, then the rest (with signs on their own: the
 magnitudes, then the nonzero ones' signs kept or flipped; docs/FORMAT.md).
 """
@@ -70,6 +70,9 @@ MAX_SYMBOL = 96
 #: sign rows (`sign_rows`) and the strengths of a sign prediction with a row of their own
 #: (`_sign_context`: 1 to 3 of the axes agree; 0, no prediction, is coded in row 0, one bit)
 SIGN_ROWS, SIGN_STRENGTHS = 32, 3
+#: set in the LL row's byte where some level sends sign rows (a payload of a few hundred bytes
+#: whose levels all code their signs in row 0 then spends no byte on them)
+SIGN_ROWS_FOLLOW = 0x80
 #: weights are sent in units of 1/WEIGHT_UNITS; |weight code| stays below MAX_WEIGHT
 WEIGHT_UNITS, MAX_WEIGHT = 16, 1 << 20
 #: the integer scale a row is chosen by: scale x WEIGHT_UNITS x 27 x 6
@@ -632,6 +635,7 @@ def _coded(layout: Layout, coefficients: np.ndarray, step: float) -> bytes:
             q = _quantised(coefficients[region], step * layout.step_scale(level, bits))
             differences = np.diff(q, axis=2, prepend=0)
             row = _ll_row(differences)
+            ll_at = len(header)
             header.append(row)
             groups.append((signed, differences.ravel(), np.full(differences.size, row, np.int64)))
             continue
@@ -687,7 +691,9 @@ def _coded(layout: Layout, coefficients: np.ndarray, step: float) -> bytes:
             sign_header += bytes(int(row) for row in sign_rows[1:])
         for index, strength, flips in flipped:
             groups[index] = (signs, flips, np.zeros_like(strength) if sign_rows is None else sign_rows[strength])
-    header += bytes([sign_levels]) + sign_header
+    if sign_levels:
+        header[ll_at] |= SIGN_ROWS_FOLLOW
+        header += bytes([sign_levels]) + sign_header
     coder = rans.writer()
     for table, symbols, rows in reversed(groups):
         table.push(coder, symbols, rows)
@@ -719,7 +725,9 @@ def _opened(payload: bytes, shape: Tuple[int, int, int], moved: bool, signed: bo
     if moved and block not in motion.BLOCKS:
         raise FormatError(f"refinement layer: slice-motion blocks of {block} pixels (one of {motion.BLOCKS})")
     vector_row = reader.take(1, "wavelet motion row")[0] if block else 0
-    ll_row = reader.take(1, "wavelet LL row")[0]
+    ll_byte = reader.take(1, "wavelet LL row")[0]
+    sign_rows_follow = signed and bool(ll_byte & SIGN_ROWS_FOLLOW)
+    ll_row = ll_byte & ~SIGN_ROWS_FOLLOW if signed else ll_byte
     for row in (vector_row, ll_row):
         if row >= ROWS:
             raise FormatError(f"refinement layer: CDF row {row} (0 to {ROWS - 1})")
@@ -731,7 +739,11 @@ def _opened(payload: bytes, shape: Tuple[int, int, int], moved: bool, signed: bo
             codes = [unzigzag(reader.varint("wavelet weight", 2 * MAX_WEIGHT)) for _ in range(count)]
             parts.append(np.array(codes, np.int64))
         weights[level] = parts
-    signs = _signs_read(reader, layout.levels) if signed else None
+    signs = None
+    if signed:
+        signs = (
+            _signs_read(reader, layout.levels) if sign_rows_follow else dict.fromkeys(range(layout.levels), _ROW_ZERO)
+        )
     coder = rans.reader(reader.take(reader.remaining(), "wavelet string"))
     if block:
         if layout.z_level is None:
@@ -744,11 +756,15 @@ def _opened(payload: bytes, shape: Tuple[int, int, int], moved: bool, signed: bo
     return _Opened(step, layout, ll_row, weights, signs, coder)
 
 
+#: the sign rows of a level that sends none: every sign in row 0 (one bit)
+_ROW_ZERO = np.zeros(SIGN_STRENGTHS + 1, np.int64)
+
+
 def _signs_read(reader: ByteReader, levels: int) -> Dict[int, np.ndarray]:
     """The sign rows of each detail level: a mask of the levels that send them, then theirs."""
     mask = reader.take(1, "wavelet sign levels")[0]
-    if mask >> levels:
-        raise FormatError(f"refinement layer: sign rows for level {mask.bit_length() - 1} of {levels}")
+    if mask >> levels or not mask:
+        raise FormatError(f"refinement layer: sign rows for levels {mask:#04x} of {levels}")
     signs = {}
     for level in reversed(range(levels)):
         rows = np.zeros(SIGN_STRENGTHS + 1, np.int64)
