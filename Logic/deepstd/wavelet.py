@@ -70,6 +70,9 @@ MAX_SYMBOL = 96
 #: sign rows (`sign_rows`) and the strengths of a sign prediction with a row of their own
 #: (`_sign_context`: 1 to 3 of the axes agree; 0, no prediction, is coded in row 0, one bit)
 SIGN_ROWS, SIGN_STRENGTHS = 32, 3
+#: the sign rows of a level that sends none: every sign in row 0 (one bit)
+_ROW_ZERO = np.zeros(SIGN_STRENGTHS + 1, np.int64)
+_ROW_ZERO.flags.writeable = False
 #: set in the LL row's byte where some level sends sign rows (a payload of a few hundred bytes
 #: whose levels all code their signs in row 0 then spends no byte on them)
 SIGN_ROWS_FOLLOW = 0x80
@@ -80,6 +83,11 @@ _DENOMINATOR = WEIGHT_UNITS * 162
 #: codings the step search makes at most, and the power the size falls with as the step grows
 #: (about: the search only starts from it)
 TRIES, SIZE_POWER = 12, 1.2
+#: a payload's size can jump between two steps a hair apart (a level's integer weights round the
+#: other way, and the quantiser then zeroes far more or fewer coefficients): where the search's
+#: bracket closes to within JUMP of a step without a payload within the tolerance, it codes on with
+#: the larger side's model, for at most FROZEN_TRIES more codings
+JUMP, FROZEN_TRIES = 1e-3, 6
 #: the predictors' weights are fitted on at most about this many coefficients of a level
 FIT_SAMPLES = 1 << 18
 #: the search never goes past this step (float32 holds it; the coarsest payload of any scan)
@@ -543,7 +551,7 @@ def compress(
     """`values` (z, y, x) coded at quantiser `step` (in the values' units), each axis split from
     its level in `delays` on, the first z split moved by `moves` -> section payload."""
     layout = Layout(values.shape, delays, moves)
-    return _coded(layout, layout.forward(values), step)
+    return _coded(layout, layout.forward(values), step)[0]
 
 
 def _levels(layout: Layout) -> List[Tuple[int, List[Tuple[Tuple[int, ...], Tuple[slice, ...]]]]]:
@@ -617,8 +625,21 @@ def _level_weights(bands: List[_Band]) -> Tuple[np.ndarray, np.ndarray]:
     return pooled(True, False), pooled(False, True)
 
 
-def _coded(layout: Layout, coefficients: np.ndarray, step: float) -> bytes:
+class _LevelModel(NamedTuple):
+    """What a level's coding assumes besides the step: the predictors' weights (sent) and the sign
+    rows the quantiser prices signs with (`_chosen`)."""
+
+    weights: Tuple[np.ndarray, np.ndarray]
+    guessed: np.ndarray
+
+
+def _coded(
+    layout: Layout, coefficients: np.ndarray, step: float, model: Optional[Dict[int, _LevelModel]] = None
+) -> Tuple[bytes, Dict[int, _LevelModel]]:
+    """The payload of the coefficients at quantiser `step`, and the model it was coded with: each
+    level's own (fitted on its dead-zone codes) or, where given, `model`'s."""
     step = float(np.float32(step))
+    used: Dict[int, _LevelModel] = {}
     dz, dy, dx = layout.delays
     header = bytearray(_STEP.pack(step)) + bytes([dz + 6 * dy + 36 * dx])
     signed, magnitudes, signs = _table(), _magnitude_table(), _sign_table()
@@ -649,12 +670,16 @@ def _coded(layout: Layout, coefficients: np.ndarray, step: float) -> bytes:
             target = np.abs(coefficients[region]) / band_step
             bands.append(_Band(coefficients[region] < 0, near, sibling, anchor, faces, target))
             context.add(level, bits, np.abs(q))
-            prediction, strength = _sign_context(q, bits)
-            some = q[~anchor] != 0
-            guesses.append((strength[some], (np.sign(q[~anchor][some]) != prediction[some]).astype(np.int64)))
-        weights = _level_weights(bands)
-        guessed = _level_sign_rows(*map(np.concatenate, zip(*guesses)))  # the rows the signs' choice assumes
-        guessed = np.zeros(SIGN_STRENGTHS + 1, np.int64) if guessed is None else guessed
+            if model is None:
+                prediction, strength = _sign_context(q, bits)
+                some = q[~anchor] != 0
+                guesses.append((strength[some], (np.sign(q[~anchor][some]) != prediction[some]).astype(np.int64)))
+        if model is None:
+            rows = _level_sign_rows(*map(np.concatenate, zip(*guesses)))  # the rows the signs' choice assumes
+            used[level] = _LevelModel(_level_weights(bands), _ROW_ZERO if rows is None else rows)
+        else:
+            used[level] = model[level]
+        weights, guessed = used[level]
         for value in np.concatenate(weights):
             header += varint(zigzag(int(value)))
         context.restart(level)
@@ -697,7 +722,7 @@ def _coded(layout: Layout, coefficients: np.ndarray, step: float) -> bytes:
     coder = rans.writer()
     for table, symbols, rows in reversed(groups):
         table.push(coder, symbols, rows)
-    return bytes(header) + rans.written(coder)
+    return bytes(header) + rans.written(coder), used
 
 
 class _Opened(NamedTuple):
@@ -754,10 +779,6 @@ def _opened(payload: bytes, shape: Tuple[int, int, int], moved: bool, signed: bo
             raise FormatError(f"refinement layer: a slice move past {motion.MAX_RADIUS} pixels")
         layout = Layout(shape, delays, motion.Field(block, vectors.reshape(*field, 2)))
     return _Opened(step, layout, ll_row, weights, signs, coder)
-
-
-#: the sign rows of a level that sends none: every sign in row 0 (one bit)
-_ROW_ZERO = np.zeros(SIGN_STRENGTHS + 1, np.int64)
 
 
 def _signs_read(reader: ByteReader, levels: int) -> Dict[int, np.ndarray]:
@@ -842,33 +863,42 @@ def fit(
     """The largest payload of at most `spare` bytes (within `tolerance` or a word of the rANS string
     under it, as near as TRIES codings get): the step is searched log-linearly between the closest
     tries either side (the size falls about as a power of the step), from the step of `near` (a
-    payload of the same values at another size) where there is one; each axis split from its level
-    in `delays` on, the first z split moved by `moves`."""
+    payload of the same values at another size) where there is one, and past a jump in size with
+    one model (JUMP); each axis split from its level in `delays` on, the first z split moved by
+    `moves`."""
     layout = Layout(values.shape, delays, moves)
     coefficients = layout.forward(values)
     aim = (1 - tolerance / 2) * spare
-    below: Optional[Tuple[float, bytes]] = None  # the smallest step that fits, and its payload
-    above: Optional[Tuple[float, int]] = None  # the largest step that does not fit, and its size
+    best: Optional[bytes] = None  # the largest payload that fits
+    fits: Optional[Tuple[float, int]] = None  # the smallest step that fits, and its size
+    too_big: Optional[Tuple[float, int]] = None  # the largest step that does not fit, and its size
+    too_big_model: Dict[int, _LevelModel] = {}
+    model: Optional[Dict[int, _LevelModel]] = None  # None: each coding fits its own
     tried: List[Tuple[float, int]] = []
     if near is not None and len(near) > _STEP.size:
         tried.append((_STEP.unpack_from(near)[0], len(near)))
         step = tried[0][0] * (aim / len(near)) ** (-1 / SIZE_POWER)
     else:
         step = (float(np.std(values)) or 1.0) / 8
-    for attempt in range(TRIES):
+    codings, attempt = TRIES, 0
+    while attempt < codings:
         on_try(attempt)
-        payload = _coded(layout, coefficients, step)
+        attempt += 1
+        payload, used = _coded(layout, coefficients, step, model)
         tried.append((step, len(payload)))
         if len(payload) <= spare:
-            if below is None or step < below[0]:
-                below = (step, payload)
+            best = payload if best is None or len(payload) > len(best) else best
+            if fits is None or step < fits[0]:
+                fits = (step, len(payload))
             if len(payload) >= min((1 - tolerance) * spare, spare - 3):  # the string grows by 4-byte words
                 break
-        elif above is None or step > above[0]:
-            above = (step, len(payload))
-        if below and above and above[1] > len(below[1]):
-            share = math.log(aim / len(below[1])) / math.log(above[1] / len(below[1]))
-            step = math.exp(math.log(below[0]) + share * math.log(above[0] / below[0]))
+        elif too_big is None or step > too_big[0]:
+            too_big, too_big_model = (step, len(payload)), used
+        if model is None and fits and too_big and fits[0] < too_big[0] * (1 + JUMP):
+            model, fits, codings, tried = too_big_model, None, attempt + FROZEN_TRIES, [too_big]
+        if fits and too_big and too_big[1] > fits[1]:
+            share = math.log(aim / fits[1]) / math.log(too_big[1] / fits[1])
+            step = math.exp(math.log(fits[0]) + share * math.log(too_big[0] / fits[0]))
         else:  # along the slope of the last two tries (log size against log step), or the usual one
             (step_a, size_a), (step_b, size_b) = tried[-2] if len(tried) > 1 else (0.0, 0), tried[-1]
             slope = SIZE_POWER
@@ -876,7 +906,7 @@ def fit(
                 slope = min(5.0, max(0.05, -math.log(size_b / size_a) / math.log(step_b / step_a)))
             step = step_b * (aim / max(size_b, 1)) ** (-1 / slope)
         step = min(step, COARSEST_STEP)
-    return below[1] if below else None
+    return best
 
 
 __all__ = ["compress", "decompress", "fit", "moves_of", "Layout"]
