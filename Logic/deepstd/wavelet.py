@@ -456,6 +456,15 @@ def _sign_context(q: np.ndarray, bits: Tuple[int, ...]) -> Tuple[np.ndarray, np.
     return np.where(vote < 0, -1, 1), np.abs(vote)
 
 
+def _flips(q: np.ndarray, predicted: Tuple[np.ndarray, np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+    """The strengths of the nonzero codes of a band's second half and whether each one's sign is
+    flipped against `predicted` (`_sign_context`'s)."""
+    rest = q[~_checkerboard(q.shape)]
+    prediction, strength = predicted
+    some = rest != 0
+    return strength[some], (np.sign(rest[some]) != prediction[some]).astype(np.int64)
+
+
 @lru_cache(maxsize=1)
 def _sign_bits() -> np.ndarray:
     """Bits each sign row spends on a kept (column 0) and a flipped (column 1) sign."""
@@ -671,9 +680,7 @@ def _coded(
             bands.append(_Band(coefficients[region] < 0, near, sibling, anchor, faces, target))
             context.add(level, bits, np.abs(q))
             if model is None:
-                prediction, strength = _sign_context(q, bits)
-                some = q[~anchor] != 0
-                guesses.append((strength[some], (np.sign(q[~anchor][some]) != prediction[some]).astype(np.int64)))
+                guesses.append(_flips(q, _sign_context(q, bits)))
         if model is None:
             rows = _level_sign_rows(*map(np.concatenate, zip(*guesses)))  # the rows the signs' choice assumes
             used[level] = _LevelModel(_level_weights(bands), _ROW_ZERO if rows is None else rows)
@@ -703,11 +710,8 @@ def _coded(
                 return np.where(b.negative[half], -magnitude, magnitude)
 
             q, anchor_rows, rest_rows = _halves(weights, b.near, context.sibling(level, b.target.shape), chosen)
-            rest = q[~b.anchor]
-            ((prediction, strength),) = predicted
-            some = rest != 0
-            groups += [(signed, q[b.anchor], anchor_rows), (magnitudes, np.abs(rest), rest_rows)]
-            flipped.append((len(groups), strength[some], (np.sign(rest[some]) != prediction[some]).astype(np.int64)))
+            groups += [(signed, q[b.anchor], anchor_rows), (magnitudes, np.abs(q[~b.anchor]), rest_rows)]
+            flipped.append((len(groups), *_flips(q, predicted[0])))
             groups.append((signs, flipped[-1][2], flipped[-1][1]))  # rows set below, once the level's are known
             context.add(level, bits, np.abs(q))
         sign_rows = _level_sign_rows(np.concatenate([f[1] for f in flipped]), np.concatenate([f[2] for f in flipped]))
