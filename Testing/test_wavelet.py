@@ -149,11 +149,15 @@ def test_the_search_codes_past_a_jump_in_size_with_one_model(monkeypatch):
         fitted_below = any(m is (used if model is None else model) for m in larger)
         return payload + bytes(len(payload) * 6 // 100 if fitted_below else 0), used
 
-    monkeypatch.setattr(wavelet, "_coded", coded)
     spare = int(1.03 * len(real(layout, layout.forward(x), 2.0)[0]))
+    # a refit around a payload starts with its model (read back from its bytes): no jump, few codings
+    first, codings = wavelet.fit(x, spare, 0.005, lambda n: None), []
+    again = wavelet.fit(x, spare + 40, 0.005, codings.append, near=first)
+    assert again is not None and 0.995 * (spare + 40) <= len(again) <= spare + 40 and len(codings) <= 3
+    monkeypatch.setattr(wavelet, "_coded", coded)
     payload = wavelet.fit(x, spare, 0.005, lambda n: None)
     assert payload is not None and 0.995 * spare <= len(payload) <= spare
-    monkeypatch.setattr(wavelet, "JUMP", 0.0)  # never code on with one model
+    monkeypatch.setattr(wavelet, "_jumps", lambda fits, too_big: False)  # never code on with one model
     stuck = wavelet.fit(x, spare, 0.005, lambda n: None)
     assert stuck is not None and len(stuck) < 0.98 * spare
 

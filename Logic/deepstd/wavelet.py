@@ -85,9 +85,10 @@ _DENOMINATOR = WEIGHT_UNITS * 162
 TRIES, SIZE_POWER = 12, 1.2
 #: a payload's size can jump between two steps a hair apart (a level's integer weights round the
 #: other way, and the quantiser then zeroes far more or fewer coefficients): where the search's
-#: bracket closes to within JUMP of a step without a payload within the tolerance, it codes on with
-#: the larger side's model, for at most FROZEN_TRIES more codings
-JUMP, FROZEN_TRIES = 1e-3, 6
+#: bracket closes to within JUMP of a step, or the size falls across it more than JUMP_SLOPE times
+#: as fast as the step grows (log against log; about 1.2 without a jump), without a payload within
+#: the tolerance, it codes on with the larger side's model, for at most FROZEN_TRIES more codings
+JUMP, JUMP_SLOPE, FROZEN_TRIES = 1e-3, 8.0, 6
 #: the predictors' weights are fitted on at most about this many coefficients of a level
 FIT_SAMPLES = 1 << 18
 #: the search never goes past this step (float32 holds it; the coarsest payload of any scan)
@@ -444,14 +445,18 @@ def _sign_context(q: np.ndarray, bits: Tuple[int, ...]) -> Tuple[np.ndarray, np.
     is low-pass along that axis and against it where it is high-pass (a high-pass band alternates
     in sign across an edge); the strength is the margin of the vote."""
     board = _checkerboard(q.shape)
-    padded = np.pad(np.where(board, q, 0), 1)
+    first = np.where(board, q, 0)
     vote = np.zeros(q.shape, np.int64)
     for axis in range(3):
-        before = [slice(1, 1 + n) for n in q.shape]
-        after = list(before)
-        before[axis], after[axis] = slice(0, q.shape[axis]), slice(2, 2 + q.shape[axis])
-        side = np.sign(padded[tuple(before)] + padded[tuple(after)])
-        vote += -side if bits[axis] else side
+        head, tail = [slice(None)] * 3, [slice(None)] * 3
+        head[axis], tail[axis] = slice(1, None), slice(None, -1)
+        pair = np.zeros(q.shape, np.int64)  # the two neighbours' sum along the axis, zero outside
+        pair[tuple(head)] += first[tuple(tail)]
+        pair[tuple(tail)] += first[tuple(head)]
+        if bits[axis]:
+            vote -= np.sign(pair)
+        else:
+            vote += np.sign(pair)
     vote = vote[~board]
     return np.where(vote < 0, -1, 1), np.abs(vote)
 
@@ -855,6 +860,22 @@ def decompress(payload: bytes, shape: Tuple[int, int, int], moved: bool = False,
     return layout.inverse(coefficients)
 
 
+def _model_of(payload: bytes, layout: Layout) -> Optional[Dict[int, _LevelModel]]:
+    """The model a payload of this coder was coded with, read back: its levels' weights, and its
+    sign rows for the rows its quantiser assumed (None where it splits the axes otherwise)."""
+    opened = _opened(payload, layout.shape, layout.moves is not None, signed=True)
+    if opened.layout.delays != layout.delays or opened.signs is None:
+        return None
+    return {level: _LevelModel((parts[0], parts[1]), opened.signs[level]) for level, parts in opened.weights.items()}
+
+
+def _jumps(fits: Tuple[float, int], too_big: Tuple[float, int]) -> bool:
+    """Whether the size jumps inside the search's bracket: (step, size) of the smallest step that
+    fits and of the largest that does not."""
+    steps = math.log(fits[0] / too_big[0])
+    return steps < JUMP or math.log(too_big[1] / fits[1]) > JUMP_SLOPE * steps
+
+
 def fit(
     values: np.ndarray,
     spare: int,
@@ -866,10 +887,10 @@ def fit(
 ) -> Optional[bytes]:
     """The largest payload of at most `spare` bytes (within `tolerance` or a word of the rANS string
     under it, as near as TRIES codings get): the step is searched log-linearly between the closest
-    tries either side (the size falls about as a power of the step), from the step of `near` (a
-    payload of the same values at another size) where there is one, and past a jump in size with
-    one model (JUMP); each axis split from its level in `delays` on, the first z split moved by
-    `moves`."""
+    tries either side (the size falls about as a power of the step), from the step and with the
+    model of `near` (a payload of the same values at another size) where there is one, and past a
+    jump in size with one model (`_jumps`); each axis split from its level in `delays` on, the first
+    z split moved by `moves`."""
     layout = Layout(values.shape, delays, moves)
     coefficients = layout.forward(values)
     aim = (1 - tolerance / 2) * spare
@@ -882,11 +903,12 @@ def fit(
     if near is not None and len(near) > _STEP.size:
         tried.append((_STEP.unpack_from(near)[0], len(near)))
         step = tried[0][0] * (aim / len(near)) ** (-1 / SIZE_POWER)
+        model = _model_of(near, layout)  # its size then falls smoothly from near's
     else:
         step = (float(np.std(values)) or 1.0) / 8
     codings, attempt = TRIES, 0
     while attempt < codings:
-        on_try(attempt)
+        on_try(min(attempt, TRIES - 1))
         attempt += 1
         payload, used = _coded(layout, coefficients, step, model)
         tried.append((step, len(payload)))
@@ -898,7 +920,7 @@ def fit(
                 break
         elif too_big is None or step > too_big[0]:
             too_big, too_big_model = (step, len(payload)), used
-        if model is None and fits and too_big and fits[0] < too_big[0] * (1 + JUMP):
+        if model is None and fits and too_big and _jumps(fits, too_big):
             model, fits, codings, tried = too_big_model, None, attempt + FROZEN_TRIES, [too_big]
         if fits and too_big and too_big[1] > fits[1]:
             share = math.log(aim / fits[1]) / math.log(too_big[1] / fits[1])
