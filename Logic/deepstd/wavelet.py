@@ -709,8 +709,8 @@ def _coded(
                 sign_bits = None
                 if first is not None:
                     predicted.append(_sign_context(first, bits))
-                    flipped = b.negative[half] != (predicted[0][0] < 0)
-                    sign_bits = _sign_bits()[guessed[predicted[0][1]], flipped.astype(np.int64)]
+                    against = b.negative[half] != (predicted[0][0] < 0)
+                    sign_bits = _sign_bits()[guessed[predicted[0][1]], against.astype(np.int64)]
                 magnitude = _chosen(b.target[half], rows, sign_bits)
                 return np.where(b.negative[half], -magnitude, magnitude)
 
@@ -719,12 +719,12 @@ def _coded(
             flipped.append((len(groups), *_flips(q, predicted[0])))
             groups.append((signs, flipped[-1][2], flipped[-1][1]))  # rows set below, once the level's are known
             context.add(level, bits, np.abs(q))
-        sign_rows = _level_sign_rows(np.concatenate([f[1] for f in flipped]), np.concatenate([f[2] for f in flipped]))
-        if sign_rows is not None:
+        level_rows = _level_sign_rows(np.concatenate([f[1] for f in flipped]), np.concatenate([f[2] for f in flipped]))
+        if level_rows is not None:
             sign_levels |= 1 << level
-            sign_header += bytes(int(row) for row in sign_rows[1:])
+            sign_header += bytes(int(row) for row in level_rows[1:])
         for index, strength, flips in flipped:
-            groups[index] = (signs, flips, np.zeros_like(strength) if sign_rows is None else sign_rows[strength])
+            groups[index] = (signs, flips, np.zeros_like(strength) if level_rows is None else level_rows[strength])
     if sign_levels:
         header[ll_at] |= SIGN_ROWS_FOLLOW
         header += bytes([sign_levels]) + sign_header
