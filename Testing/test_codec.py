@@ -508,7 +508,7 @@ def test_the_refinement_layer_alone_is_kept_where_it_decodes_closer(tiny_bundle,
     # a refinement layer alone that decodes farther (it codes the negated scan) loses to the texture
     farther = encoder.refinement_only(scan.with_array(-scan.array), budget, Reporter())
     monkeypatch.setattr(
-        encoder, "_closest_refinement_alone", lambda volume, budget, reporter: (farther, error(farther))
+        encoder, "_closest_refinement_alone", lambda volume, budget, reporter, workers: (farther, error(farther))
     )
     assert codec.encode(scan, tiny_bundle, budget_bytes=budget, device="cpu") == texture
     monkeypatch.undo()

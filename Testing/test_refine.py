@@ -89,6 +89,18 @@ def test_thick_slices_are_coded_three_ways_and_the_closest_section_kept(residual
         assert choice(again) == choice(chosen) and len(tries) < 6
 
 
+def test_candidates_coded_side_by_side_give_the_same_section_and_forward_progress(residual, monkeypatch):
+    thick = (3.6, 0.6, 0.6)
+    alone = refine.fit(residual, thick, 1600, 0.01, lambda n: None, workers=1)
+    tries: list = []
+    assert refine.fit(residual, thick, 1600, 0.01, tries.append, workers=3) == alone
+    assert len(tries) >= 3 and tries == sorted(tries)  # three searches, one count that never goes back
+    # where the machine's memory holds one candidate's coding at a time, they are coded one by one
+    monkeypatch.setattr(refine.memory, "limit_bytes", lambda: refine.FIT_BYTES_PER_VOXEL * residual.size)
+    monkeypatch.setattr(refine, "ThreadPoolExecutor", lambda *a: pytest.fail("coded side by side"))
+    assert refine.fit(residual, thick, 1600, 0.01, lambda n: None, workers=3) == alone
+
+
 def test_a_wavelet_section_decodes_without_sperr(residual, monkeypatch):
     section = refine.fit(residual, ISOTROPIC, 800, 0.01, lambda n: None)
     monkeypatch.setattr(refine, "unavailable_reason", lambda: "the imagecodecs package is not installed")

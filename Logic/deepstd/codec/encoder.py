@@ -238,7 +238,7 @@ def encode(
     resolved = resolve_bundle(bundle)
     standing = resolved.standing
     if competing and effort == 0 and standing is not None and not standing.worth_trying:
-        best = refinement_only(volume, budget, reporter)  # the texture never won on the training scans
+        best = refinement_only(volume, budget, reporter, workers)  # the texture never won on the training scans
     else:
         try:
             best, layer = _texture_file(
@@ -247,18 +247,21 @@ def encode(
         except BudgetError:
             if not competing:
                 raise
-            best = refinement_only(volume, budget, reporter.scaled(0.85, 1.0))  # below the smallest texture file
+            # below the smallest texture file
+            best = refinement_only(volume, budget, reporter.scaled(0.85, 1.0), workers)
         else:
             if competing:
-                best = _closer_of(best, layer, volume, budget, reporter.scaled(0.85, 1.0))  # type: ignore[arg-type]
+                best = _closer_of(best, layer, volume, budget, reporter.scaled(0.85, 1.0), workers)  # type: ignore[arg-type]
     reporter("write", 1.0, f"{len(best)} bytes in {time.perf_counter() - started:.1f} s")
     return best
 
 
-def _closer_of(texture: bytes, layer: "Refinement", volume: Volume, budget: int, reporter: Reporter) -> bytes:
+def _closer_of(
+    texture: bytes, layer: "Refinement", volume: Volume, budget: int, reporter: Reporter, workers: Optional[int]
+) -> bytes:
     """The texture's file or the refinement layer alone's, whichever decodes closer."""
     try:
-        alone, alone_error = _closest_refinement_alone(volume, budget, reporter)
+        alone, alone_error = _closest_refinement_alone(volume, budget, reporter, workers)
     except BudgetError:
         return texture
     return alone if alone_error < layer.error(texture) else texture
@@ -334,18 +337,29 @@ def _texture_file(
     return best, layer
 
 
-def refinement_only(volume: Volume, budget: int, reporter: Reporter) -> bytes:
+def refinement_only(volume: Volume, budget: int, reporter: Reporter, workers: Optional[int] = None) -> bytes:
     """The file that holds the scan coded by the refinement layer alone (format 1.2: no shape, no
     texture, no bundle needed to decode), or a BudgetError that says its smallest size. Where the
     texture codec loses to the layer at equal bytes (on training scans of every bundle: docs/CODEC.md)
     or its smallest file exceeds the budget, this is the closer file; `encode` keeps whichever
     decodes closer, so a DeepSTD file is never farther than its own refinement layer alone. Of the
     post-filters the budget affords (`postfilter.choices_for`), the one whose file decodes closer.
-    Progress is reported over the whole of `reporter`'s span."""
-    return _closest_refinement_alone(volume, budget, reporter)[0]
+    Progress is reported over the whole of `reporter`'s span; `workers`: threads for the layer's
+    candidate codings (`_layer_threads`)."""
+    return _closest_refinement_alone(volume, budget, reporter, workers)[0]
 
 
-def _closest_refinement_alone(volume: Volume, budget: int, reporter: Reporter) -> Tuple[bytes, float]:
+def _layer_threads(workers: Optional[int]) -> int:
+    """Threads the refinement layer may code its candidates on (`refine.fit`): `workers`, or as many
+    as torch is set to use, as for the texture's blocks (the bench and batch jobs set 1)."""
+    import torch
+
+    return max(1, workers or torch.get_num_threads())
+
+
+def _closest_refinement_alone(
+    volume: Volume, budget: int, reporter: Reporter, workers: Optional[int] = None
+) -> Tuple[bytes, float]:
     """`refinement_only`'s file and its mean squared error as the decoder will decode it (in the
     units `Refinement.error` measures, so `encode` compares it with the texture's file as it is)."""
     import numpy as np
@@ -370,7 +384,7 @@ def _closest_refinement_alone(volume: Volume, budget: int, reporter: Reporter) -
     near = None  # the last layer coded: the next search starts from its quantiser step
     for k, bands in enumerate(choices):
         search = reporter.scaled(k / len(choices), (k + 1) / len(choices))
-        coded = _refinement_alone_file(header, original, budget, bands, search, near)
+        coded = _refinement_alone_file(header, original, budget, bands, search, near, _layer_threads(workers))
         if coded is None:
             continue
         data, decoded, near = coded
@@ -383,21 +397,22 @@ def _closest_refinement_alone(volume: Volume, budget: int, reporter: Reporter) -
     return closest[1], closest[0]
 
 
-def _refinement_alone_file(header: DstdHeader, original, budget: int, bands, search: Reporter, near=None):
+def _refinement_alone_file(header: DstdHeader, original, budget: int, bands, search: Reporter, near, threads: int):
     """(file, the scan it decodes to before rounding, its refine section) with the refinement layer
     alone and a post-filter of `bands` classes (None: no filter), or None where it does not fit the
     budget.
     The filter's size is known only once it is fitted to the decoded layer, so the layer is fitted
     around `postfilter.reserved_size` first and, where that file is over the budget or more than
     FILL_ALONE under it, once more around the filter's real size; the larger file within the
-    budget is kept. `near`: a refine section of the scan at about this size (`refine.fit`)."""
+    budget is kept. `near`: a refine section of the scan at about this size; `threads`: for its
+    candidates (both `refine.fit`)."""
     from .. import postfilter
 
     reserve = postfilter.reserved_size(bands) if bands else 0
     kept = None
     for attempt in range(2 if bands else 1):
         span = search.scaled(attempt / 2, (attempt + 1) / 2) if bands else search
-        coded = _filtered_layer(header, original, budget, bands, reserve, span, near)
+        coded = _filtered_layer(header, original, budget, bands, reserve, span, near, threads)
         if coded is None:
             break
         data, decoded, reserve_used, near = coded
@@ -409,7 +424,9 @@ def _refinement_alone_file(header: DstdHeader, original, budget: int, bands, sea
     return kept
 
 
-def _filtered_layer(header: DstdHeader, original, budget: int, bands, reserve: int, search: Reporter, near):
+def _filtered_layer(
+    header: DstdHeader, original, budget: int, bands, reserve: int, search: Reporter, near, threads: int
+):
     """(file, decoded, the filter section's size, the refine section) with the layer fitted to the budget
     less `reserve` bytes held for the filter, or None where the framing alone fills the budget."""
     from .. import postfilter, refine
@@ -426,6 +443,7 @@ def _filtered_layer(header: DstdHeader, original, budget: int, bands, reserve: i
         FILL_ALONE,
         lambda n: search("refine", (n + 1) / 12, "fitting"),
         near,
+        threads,
     )
     if section is None:
         return None
@@ -527,6 +545,7 @@ class Refinement:
             self.budget - framing,
             TOLERANCE / 2,
             lambda n: reporter("refine", (n + 1) / 9, "fitting"),
+            workers=_layer_threads(self.scan.workers),
         )
         if section is None:
             return None
