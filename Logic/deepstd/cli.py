@@ -777,7 +777,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _device_options(parser) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--workers", type=COUNT, help="threads for block coding (default: all cores)")
+    parser.add_argument(
+        "--workers",
+        type=COUNT,
+        help="threads for the texture's blocks and the refinement layer's candidates (default: all cores)",
+    )
 
 
 def _cluster_options(parser) -> None:
