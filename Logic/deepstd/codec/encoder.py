@@ -382,9 +382,10 @@ def _closest_refinement_alone(
     choices = postfilter.choices_for(budget)
     closest: Optional[Tuple[float, bytes]] = None
     near = None  # the last layer coded: the next search starts from its quantiser step
+    threads = _layer_threads(workers)
     for k, bands in enumerate(choices):
         search = reporter.scaled(k / len(choices), (k + 1) / len(choices))
-        coded = _refinement_alone_file(header, original, budget, bands, search, near, _layer_threads(workers))
+        coded = _refinement_alone_file(header, original, budget, bands, search, near, threads)
         if coded is None:
             continue
         data, decoded, near = coded
