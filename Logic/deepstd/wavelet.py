@@ -102,17 +102,25 @@ def _lift(s: np.ndarray, d: np.ndarray, inverse: bool) -> None:
     whole-sample symmetric extension at both ends."""
     ns, nd = len(s), len(d)
 
-    def next_s() -> np.ndarray:  # s[i + 1] for each d[i]
-        return np.concatenate([s[1:], s[-1:]]) if ns == nd else s[1:]
+    def around_s() -> np.ndarray:  # s[i] + s[i + 1] for each d[i], the last s repeated past the end
+        out = np.empty_like(d)
+        np.add(s[: ns - 1], s[1:], out=out[: ns - 1])
+        if ns == nd:
+            np.add(s[-1:], s[-1:], out=out[-1:])
+        return out
 
-    def around_d() -> np.ndarray:  # d[i - 1] + d[i] for each s[i]
-        left = np.concatenate([d[:1], d[: ns - 1]])
-        right = d if ns == nd else np.concatenate([d, d[-1:]])
-        return left + right
+    def around_d() -> np.ndarray:  # d[i - 1] + d[i] for each s[i], the end d repeated past either end
+        out = np.empty_like(s)
+        np.add(d[:1], d[:1], out=out[:1])
+        np.add(d[: nd - 1], d[1:], out=out[1:nd])
+        if ns > nd:
+            np.add(d[-1:], d[-1:], out=out[-1:])
+        return out
 
     steps = [(d, _ALPHA, True), (s, _BETA, False), (d, _GAMMA, True), (s, _DELTA, False)]
     for target, weight, odd in reversed(steps) if inverse else steps:
-        update = weight * ((s[:nd] + next_s()) if odd else around_d())
+        update = around_s() if odd else around_d()
+        update *= weight  # the same products and sums as before, without the copies
         if inverse:
             target -= update
         else:
