@@ -736,9 +736,9 @@ def _coded(
                 return np.where(b.negative.reshape(-1)[half], -magnitude, magnitude)
 
             q, anchor_rows, rest_rows = _halves(weights, b.near, context.sibling(level, b.target.shape), chosen)
-            first, second = _halves_of(q.shape)
+            anchors, others = _halves_of(q.shape)
             flat = q.reshape(-1)
-            groups += [(signed, flat[first], anchor_rows), (magnitudes, np.abs(flat[second]), rest_rows)]
+            groups += [(signed, flat[anchors], anchor_rows), (magnitudes, np.abs(flat[others]), rest_rows)]
             flipped.append((len(groups), *_flips(q, predicted[0])))
             groups.append((signs, flipped[-1][2], flipped[-1][1]))  # rows set below, once the level's are known
             context.add(level, bits, np.abs(q))
