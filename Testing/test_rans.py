@@ -61,6 +61,14 @@ def test_round_trip_with_escapes_and_a_fixed_code():
     assert hashlib.sha256(data).hexdigest() == "6cb781061958efc13bf87f4de0a91ceb9b6eebc06a6d4d0e9b847626b6672fad"
 
 
+def test_rows_are_grouped_in_array_order_and_rows_outside_the_table_left_out():
+    """A row's symbols go to the coder in array order (the string depends on it); a row past
+    either end of the table belongs to no group, however far out (the 16-bit sort keys are clipped)."""
+    rows = np.array([2, -1, 0, 2, 3, 0, 1, 70_000, 2, -(2**40)])
+    groups = [(r, at.tolist()) for r, at in small_table()._groups(rows)]
+    assert groups == [(0, [2, 5]), (1, [6]), (2, [0, 3, 8])]
+
+
 def test_corrupt_strings_raise_format_error_only():
     table = small_table()
     values, rows = symbols(3000, seed=1)

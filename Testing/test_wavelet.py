@@ -248,6 +248,24 @@ def test_a_sign_is_predicted_by_its_neighbours_across_and_along_the_band():
     assert (strength[interior] == 1).all() and (prediction[interior] == np.sign(q[rest])[interior]).all()
 
 
+def test_a_bands_halves_are_gathered_in_the_boards_order_and_the_vote_reads_the_first_half_only():
+    """The coder gathers each half through flat indices: the same order as the boolean board, so
+    the same string; a second-half voxel's neighbours are all of the first half, so whatever the
+    second half holds does not move a vote."""
+    rng = np.random.default_rng(3)
+    for shape in [(1, 1, 1), (3, 4, 5), (8, 7, 9)]:
+        board = wavelet._checkerboard(shape)
+        first, second = wavelet._halves_of(shape)
+        values = rng.integers(-9, 10, shape)
+        assert np.array_equal(values.ravel()[first], values[board])
+        assert np.array_equal(values.ravel()[second], values[~board])
+        assert not first.flags.writeable and not second.flags.writeable
+        other = values.copy()
+        other[~board] = rng.integers(-9, 10, int((~board).sum()))
+        for a, b in zip(wavelet._sign_context(values, (1, 0, 1)), wavelet._sign_context(other, (1, 0, 1))):
+            assert np.array_equal(a, b)
+
+
 def test_coding_the_signs_on_their_own_decodes_closer_at_equal_bytes(monkeypatch):
     """Most on a scan reconstructed on a finer grid than it was resolved at (as an LA scan's 0.625
     mm voxels): its fine bands hold edges whose signs their neighbours give away."""
