@@ -481,10 +481,9 @@ def _sign_context(q: np.ndarray, bits: Tuple[int, ...]) -> Tuple[np.ndarray, np.
     return np.where(vote < 0, -1, 1), np.abs(vote)
 
 
-def _flips(q: np.ndarray, predicted: Tuple[np.ndarray, np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
-    """The strengths of the nonzero codes of a band's second half and whether each one's sign is
-    flipped against `predicted` (`_sign_context`'s)."""
-    rest = q.ravel()[_halves_of(q.shape)[1]]
+def _flips(rest: np.ndarray, predicted: Tuple[np.ndarray, np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+    """The strengths of the nonzero codes of a band's second half (`rest`, in `_halves_of` order)
+    and whether each one's sign is flipped against `predicted` (`_sign_context`'s)."""
     prediction, strength = predicted
     some = rest != 0
     return strength[some], (np.sign(rest[some]) != prediction[some]).astype(np.int64)
@@ -706,7 +705,7 @@ def _coded(
             bands.append(_Band(coefficients[region] < 0, near, sibling, anchor, faces, target))
             context.add(level, bits, np.abs(q))
             if model is None:
-                guesses.append(_flips(q, _sign_context(q, bits)))
+                guesses.append(_flips(q.reshape(-1)[_halves_of(q.shape)[1]], _sign_context(q, bits)))
         if model is None:
             rows = _level_sign_rows(*map(np.concatenate, zip(*guesses)))  # the rows the signs' choice assumes
             used[level] = _LevelModel(_level_weights(bands), _ROW_ZERO if rows is None else rows)
@@ -728,18 +727,20 @@ def _coded(
                 bits: Tuple[int, ...] = bits,
             ) -> np.ndarray:
                 sign_bits = None
+                negative = b.negative.reshape(-1)[half]
                 if first is not None:
                     predicted.append(_sign_context(first, bits))
-                    against = b.negative.reshape(-1)[half] != (predicted[0][0] < 0)
+                    against = negative != (predicted[0][0] < 0)
                     sign_bits = _sign_bits()[guessed[predicted[0][1]], against.astype(np.int64)]
                 magnitude = _chosen(b.target.reshape(-1)[half], rows, sign_bits)
-                return np.where(b.negative.reshape(-1)[half], -magnitude, magnitude)
+                return np.where(negative, -magnitude, magnitude)
 
             q, anchor_rows, rest_rows = _halves(weights, b.near, context.sibling(level, b.target.shape), chosen)
             anchors, others = _halves_of(q.shape)
             flat = q.reshape(-1)
-            groups += [(signed, flat[anchors], anchor_rows), (magnitudes, np.abs(flat[others]), rest_rows)]
-            flipped.append((len(groups), *_flips(q, predicted[0])))
+            rest = flat[others]  # gathered once: its magnitudes and its signs are coded
+            groups += [(signed, flat[anchors], anchor_rows), (magnitudes, np.abs(rest), rest_rows)]
+            flipped.append((len(groups), *_flips(rest, predicted[0])))
             groups.append((signs, flipped[-1][2], flipped[-1][1]))  # rows set below, once the level's are known
             context.add(level, bits, np.abs(q))
         level_rows = _level_sign_rows(np.concatenate([f[1] for f in flipped]), np.concatenate([f[2] for f in flipped]))
