@@ -139,7 +139,7 @@ def test_the_search_codes_past_a_jump_in_size_with_one_model(monkeypatch):
     6 % larger. The search then codes on with one model, whose size falls smoothly with the step."""
     x = _scan((20, 30, 28), seed=5)
     layout = wavelet.Layout(x.shape)
-    real = wavelet._coded
+    real = wavelet.coded
     larger = []  # the models fitted below step 2
 
     def coded(layout, coefficients, step, model=None):
@@ -154,7 +154,7 @@ def test_the_search_codes_past_a_jump_in_size_with_one_model(monkeypatch):
     first, codings = wavelet.fit(x, spare, 0.005, lambda n: None), []
     again = wavelet.fit(x, spare + 40, 0.005, codings.append, near=first)
     assert again is not None and 0.995 * (spare + 40) <= len(again) <= spare + 40 and len(codings) <= 3
-    monkeypatch.setattr(wavelet, "_coded", coded)
+    monkeypatch.setattr(wavelet, "coded", coded)
     payload = wavelet.fit(x, spare, 0.005, lambda n: None)
     assert payload is not None and 0.995 * spare <= len(payload) <= spare
     monkeypatch.setattr(wavelet, "_jumps", lambda fits, too_big: False)  # never code on with one model

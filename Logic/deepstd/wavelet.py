@@ -127,14 +127,14 @@ def _lift(s: np.ndarray, d: np.ndarray, inverse: bool) -> None:
             target += update
 
 
-def _forward_axis(x: np.ndarray, axis: int) -> np.ndarray:
+def forward_axis(x: np.ndarray, axis: int) -> np.ndarray:
     x = np.moveaxis(x, axis, 0)
     s, d = x[0::2].copy(), x[1::2].copy()
     _lift(s, d, inverse=False)
     return np.moveaxis(np.concatenate([s * _KAPPA, d / _KAPPA]), 0, axis)
 
 
-def _inverse_axis(y: np.ndarray, axis: int) -> np.ndarray:
+def inverse_axis(y: np.ndarray, axis: int) -> np.ndarray:
     y = np.moveaxis(y, axis, 0)
     ns = (len(y) + 1) // 2
     s, d = y[:ns] / _KAPPA, y[ns:] * _KAPPA
@@ -222,7 +222,7 @@ class Layout:
             block = y[region]
             for axis in range(3):
                 if split[axis]:
-                    block = motion.split(block, self.moves) if self._moved(level, axis) else _forward_axis(block, axis)
+                    block = motion.split(block, self.moves) if self._moved(level, axis) else forward_axis(block, axis)
             y[region] = block
         return y
 
@@ -233,7 +233,7 @@ class Layout:
             block = x[region]
             for axis in reversed(range(3)):
                 if self.splits[level][axis]:
-                    block = motion.merge(block, self.moves) if self._moved(level, axis) else _inverse_axis(block, axis)
+                    block = motion.merge(block, self.moves) if self._moved(level, axis) else inverse_axis(block, axis)
             x[region] = block
         return x
 
@@ -247,12 +247,12 @@ class Layout:
         norm = 1.0
         for axis in range(3):
             splits = sum(self.splits[k][axis] for k in range(min(level + 1, self.levels)))
-            norm *= _norm_1d(splits, bool(bits[axis]), self.moves is not None and axis == 0)
+            norm *= norm_1d(splits, bool(bits[axis]), self.moves is not None and axis == 0)
         return 1.0 / norm
 
 
 @lru_cache(maxsize=None)
-def _norm_1d(splits: int, high: bool, moved: bool = False) -> float:
+def norm_1d(splits: int, high: bool, moved: bool = False) -> float:
     """The L2 norm of the 1-D synthesis function after `splits` splits, the last one high-pass or
     low-pass (an impulse in the middle of a long signal, inverted); `moved`: the first split is
     the motion-compensated one, taken without moves (its norm as a plain 5/3 split)."""
@@ -266,7 +266,7 @@ def _norm_1d(splits: int, high: bool, moved: bool = False) -> float:
         if moved and k == 0:
             y = motion.merge(y.reshape(n, 1, 1), motion.Field(1, np.zeros((n // 2, 1, 1, 2), np.int64))).ravel()
         else:
-            y[: n >> k] = _inverse_axis(y[: n >> k], 0)
+            y[: n >> k] = inverse_axis(y[: n >> k], 0)
     return float(np.sqrt(np.sum(y * y)))
 
 
@@ -584,7 +584,7 @@ def compress(
     """`values` (z, y, x) coded at quantiser `step` (in the values' units), each axis split from
     its level in `delays` on, the first z split moved by `moves` -> section payload."""
     layout = Layout(values.shape, delays, moves)
-    return _coded(layout, layout.forward(values), step)[0]
+    return coded(layout, layout.forward(values), step)[0]
 
 
 def _levels(layout: Layout) -> List[Tuple[int, List[Tuple[Tuple[int, ...], Tuple[slice, ...]]]]]:
@@ -667,7 +667,7 @@ class _LevelModel(NamedTuple):
     guessed: np.ndarray
 
 
-def _coded(
+def coded(
     layout: Layout, coefficients: np.ndarray, step: float, model: Optional[Dict[int, _LevelModel]] = None
 ) -> Tuple[bytes, Dict[int, _LevelModel]]:
     """The payload of the coefficients at quantiser `step`, and the model it was coded with: each
@@ -884,7 +884,7 @@ def decompress(payload: bytes, shape: Tuple[int, int, int], moved: bool = False,
     return layout.inverse(coefficients)
 
 
-def _model_of(payload: bytes, layout: Layout) -> Optional[Dict[int, _LevelModel]]:
+def model_of(payload: bytes, layout: Layout) -> Optional[Dict[int, _LevelModel]]:
     """The model a payload of this coder was coded with, read back: its levels' weights, and its
     sign rows for the rows its quantiser assumed (None where it splits the axes otherwise)."""
     opened = _opened(payload, layout.shape, layout.moves is not None, signed=True)
@@ -900,6 +900,11 @@ def _jumps(fits: Tuple[float, int], too_big: Tuple[float, int]) -> bool:
     return steps < JUMP or math.log(too_big[1] / fits[1]) > JUMP_SLOPE * steps
 
 
+def step_of(payload: bytes) -> Optional[float]:
+    """The quantiser step a payload was coded at (None where it is too short to hold one)."""
+    return _STEP.unpack_from(payload)[0] if len(payload) > _STEP.size else None
+
+
 def fit(
     values: np.ndarray,
     spare: int,
@@ -909,32 +914,53 @@ def fit(
     delays: Tuple[int, int, int] = (0, 0, 0),
     moves: Optional[motion.Field] = None,
 ) -> Optional[bytes]:
-    """The largest payload of at most `spare` bytes (within `tolerance` or a word of the rANS string
-    under it, as near as TRIES codings get): the step is searched log-linearly between the closest
-    tries either side (the size falls about as a power of the step), from the step and with the
-    model of `near` (a payload of the same values at another size) where there is one, and past a
-    jump in size with one model (`_jumps`); each axis split from its level in `delays` on, the first
-    z split moved by `moves`."""
+    """The largest payload of at most `spare` bytes (`search`), from the step and with the model of
+    `near` (a payload of the same values at another size) where there is one; each axis split from
+    its level in `delays` on, the first z split moved by `moves`."""
     layout = Layout(values.shape, delays, moves)
     coefficients = layout.forward(values)
+    near_step = None if near is None else step_of(near)
+    return search(
+        lambda step, model: coded(layout, coefficients, step, model),
+        (float(np.std(values)) or 1.0) / 8,
+        spare,
+        tolerance,
+        on_try,
+        None if near is None or near_step is None else (near_step, len(near), model_of(near, layout)),
+    )
+
+
+def search(
+    code: Callable[[float, Any], Tuple[bytes, Any]],
+    start: float,
+    spare: int,
+    tolerance: float,
+    on_try: Callable[[int], None],
+    near: Optional[Tuple[float, int, Any]] = None,
+) -> Optional[bytes]:
+    """The largest payload `code(step, model)` gives of at most `spare` bytes (within `tolerance` or
+    a word of the rANS string under it, as near as TRIES codings get): the step is searched
+    log-linearly between the closest tries either side (the size falls about as a power of the
+    step), from `start` or from near's (step, size) with its model (None: each coding fits its own;
+    `code` returns the model it used), and past a jump in size with one model (`_jumps`)."""
     aim = (1 - tolerance / 2) * spare
     best: Optional[bytes] = None  # the largest payload that fits
     fits: Optional[Tuple[float, int]] = None  # the smallest step that fits, and its size
     too_big: Optional[Tuple[float, int]] = None  # the largest step that does not fit, and its size
-    too_big_model: Dict[int, _LevelModel] = {}
-    model: Optional[Dict[int, _LevelModel]] = None  # None: each coding fits its own
+    too_big_model: Any = None
+    model: Any = None  # None: each coding fits its own
     tried: List[Tuple[float, int]] = []
-    if near is not None and len(near) > _STEP.size:
-        tried.append((_STEP.unpack_from(near)[0], len(near)))
-        step = tried[0][0] * (aim / len(near)) ** (-1 / SIZE_POWER)
-        model = _model_of(near, layout)  # its size then falls smoothly from near's
+    if near is not None:
+        near_step, near_size, model = near  # its size then falls smoothly from near's
+        tried.append((near_step, near_size))
+        step = near_step * (aim / near_size) ** (-1 / SIZE_POWER)
     else:
-        step = (float(np.std(values)) or 1.0) / 8
+        step = start
     codings, attempt = TRIES, 0
     while attempt < codings:
         on_try(min(attempt, TRIES - 1))
         attempt += 1
-        payload, used = _coded(layout, coefficients, step, model)
+        payload, used = code(step, model)
         tried.append((step, len(payload)))
         if len(payload) <= spare:
             best = payload if best is None or len(payload) > len(best) else best
@@ -958,5 +984,4 @@ def fit(
         step = min(step, COARSEST_STEP)
     return best
 
-
-__all__ = ["compress", "decompress", "fit", "moves_of", "Layout"]
+__all__ = ["compress", "decompress", "fit", "search", "coded", "model_of", "step_of", "moves_of", "Layout"]
