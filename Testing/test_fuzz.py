@@ -74,6 +74,7 @@ def test_seed_corpus_is_small_names_the_tiny_bundle_and_covers_every_section(tin
         assert corpus.parsed[name].sections["refine"][0] == version and name in fuzz.KEPT_SEEDS
     moved = corpus.parsed[fuzz.MOVED_SEED].sections["refine"]
     assert moved[0] == 8 and refine.payload_of(moved)[5] == motion.BLOCK
+    assert corpus.parsed[fuzz.SLABS_SEED].sections["refine"][0] == refine.SLABS_VERSION
     assert (corpus.parsed[fuzz.LEGACY_SEED].header, corpus.parsed[fuzz.LEGACY_SEED].sections) == (
         corpus.parsed["plain.dstd"].header,
         corpus.parsed["plain.dstd"].sections,

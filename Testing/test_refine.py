@@ -59,29 +59,35 @@ def test_the_smallest_section_is_below_any_fitted_one(residual):
     np.testing.assert_array_equal(refine.decompress(smallest, SHAPE), 0)
 
 
-def test_thick_slices_are_coded_three_ways_and_the_closest_section_kept(residual, monkeypatch):
-    """z splitting late, from the start, and from the start with slice motion (`deepstd.motion`)."""
-    from deepstd import motion
+def test_thick_slices_are_coded_four_ways_and_the_closest_section_kept(residual, monkeypatch):
+    """z splitting late, from the start, from the start with slice motion (`deepstd.motion`), and
+    along z first (`deepstd.slabs`)."""
+    from deepstd import motion, slabs
 
     def choice(section: bytes) -> tuple:
-        return wavelet.delays_of(refine.payload_of(section)[4])[0], section[0] == refine.MOVED_VERSION
+        if section[0] == refine.SLABS_VERSION:  # z bands: no delays of its own
+            return None, section[0]
+        return wavelet.delays_of(refine.payload_of(section)[4])[0], section[0]
 
     kept = refine.fit(residual, (3.6, 0.6, 0.6), 1600, 0.01, lambda n: None)
     spare = 1600 - len(refine.section_of(residual, b""))
     moves = motion.estimate(residual)
     candidates = [
         refine.section_of(
-            residual, wavelet.fit(residual, spare, 0.01, lambda n: None, delays=d, moves=m), m is not None
+            residual,
+            wavelet.fit(residual, spare, 0.01, lambda n: None, delays=d, moves=m),
+            refine.PLAIN if m is None else refine.MOVED,
         )
         for d, m in (((2, 0, 0), None), ((0, 0, 0), None), ((0, 0, 0), moves))
     ]
-    assert [c[0] for c in candidates] == [7, 7, 8]  # a section with motion says so by its version
+    candidates.append(refine.section_of(residual, slabs.fit(residual, spare, 0.01, lambda n: None), refine.SLABBED))
+    assert [c[0] for c in candidates] == [7, 7, 8, 9]  # a section says by its version how it was coded
     errors = [float(np.mean((refine.decompress(c, SHAPE) - residual) ** 2)) for c in candidates]
-    assert len(set(errors)) == 3 and kept == candidates[int(np.argmin(errors))]
+    assert len(set(errors)) == 4 and kept == candidates[int(np.argmin(errors))]
     # an isotropic scan has one candidate: every axis from the start, no motion
-    assert choice(refine.fit(residual, (1.2, 0.6, 0.6), 1600, 0.01, lambda n: None)) == (0, False)
-    # a nearby section of the scan settles the delays and the motion: one coding, the same choice,
-    # and its moves are read back from it, not estimated again
+    assert choice(refine.fit(residual, (1.2, 0.6, 0.6), 1600, 0.01, lambda n: None)) == (0, refine.VERSION)
+    # a nearby section of the scan settles the delays, the motion or the z bands: one coding, the
+    # same choice, and its moves are read back from it, not estimated again
     monkeypatch.setattr(motion, "estimate", lambda *a, **k: pytest.fail("motion estimated again"))
     for chosen in candidates:
         tries = []
@@ -94,7 +100,7 @@ def test_candidates_coded_side_by_side_give_the_same_section_and_forward_progres
     alone = refine.fit(residual, thick, 1600, 0.01, lambda n: None, workers=1)
     tries: list = []
     assert refine.fit(residual, thick, 1600, 0.01, tries.append, workers=3) == alone
-    assert len(tries) >= 3 and tries == sorted(tries)  # three searches, one count that never goes back
+    assert len(tries) >= 4 and tries == sorted(tries)  # four searches, one count that never goes back
     # where the machine's memory holds one candidate's coding at a time, they are coded one by one
     monkeypatch.setattr(refine.memory, "limit_bytes", lambda: refine.FIT_BYTES_PER_VOXEL * residual.size)
     monkeypatch.setattr(refine, "ThreadPoolExecutor", lambda *a: pytest.fail("coded side by side"))
@@ -175,8 +181,8 @@ def test_old_sperr_sections_of_every_version_still_decode(residual):
 
 @needs_sperr
 def test_a_sperr_section_is_checked_against_the_scan_before_decoding(residual):
-    with pytest.raises(FormatError, match="unsupported version 9"):
-        refine.decompress(b"\x09" + sperr_section(residual, 1.0)[1:], SHAPE)
+    with pytest.raises(FormatError, match="unsupported version 10"):
+        refine.decompress(b"\x0a" + sperr_section(residual, 1.0)[1:], SHAPE)
     with pytest.raises(FormatError, match="truncated"):
         refine.decompress(bytes([refine.SPERR_VERSION]), SHAPE)
     with pytest.raises(FormatError):

@@ -878,6 +878,9 @@ LEGACY_REFINE_SEED = "legacy_refine_3.dstd"
 #: refine_alone.dstd with its layer coded with slice motion, refine section 8 (the encoder keeps
 #: motion only where it decodes closer, which on the corpus scan it need not)
 MOVED_SEED = "refine_moved.dstd"
+#: refine_alone.dstd with its layer coded along z first, refine section 9 (`deepstd.slabs`: kept
+#: only where it decodes closer)
+SLABS_SEED = "refine_slabs.dstd"
 #: seeds of wavelet payloads whose signs are coded in the signed rows, which this encoder no longer
 #: writes: kept as the encoders that wrote them left them (--make-corpus checks that they decode)
 KEPT_SEEDS = {
@@ -912,7 +915,7 @@ def make_corpus(folder: Path) -> dict:
     torch.set_num_threads(1)
     from codec_helpers import blob_volume, sperr_section, tiny_bundle
 
-    from deepstd import Volume, codec, motion, refine, wavelet
+    from deepstd import Volume, codec, motion, refine, slabs, wavelet
     from deepstd.container import unpack
     from deepstd.volume import cast_to_dtype
 
@@ -1010,7 +1013,8 @@ def make_corpus(folder: Path) -> dict:
         }
 
         def older_seed(name: str, about: str, header: dict, sections: Dict[str, bytes]) -> None:
-            """A seed of format 1.2 holding a section version older encoders wrote (it must decode)."""
+            """A seed of format 1.2 holding a section version the encoder does not write for the corpus
+            scan: one older encoders wrote, or one it keeps only where it decodes closer (it must decode)."""
             data = pack_compact(header, sections)
             codec.decode(data, None, device="cpu", workers=1)
             (folder / name).write_bytes(data)
@@ -1049,7 +1053,13 @@ def make_corpus(folder: Path) -> dict:
             MOVED_SEED,
             "refine_alone.dstd with its layer coded with slice motion (refine section 8, step 1)",
             alone.header,
-            {"refine": refine.section_of(values, moved, moved=True)},
+            {"refine": refine.section_of(values, moved, refine.MOVED)},
+        )
+        older_seed(
+            SLABS_SEED,
+            "refine_alone.dstd with its layer coded along z first (refine section 9)",
+            alone.header,
+            {"refine": refine.section_of(values, slabs.compress(values, 1.0), refine.SLABBED)},
         )
         older_seed(
             LEGACY_REFINE_SEED,
@@ -2179,9 +2189,10 @@ class Mutator:
         return self.emit(seed, header, self.replace_section(sections, section, payload), f"{section} {note}")
 
     def refine_fields(self, rng):
-        """The refinement layer's fields: version, value range (versions 5-8), the wavelet payload's
+        """The refinement layer's fields: version, value range (versions 5-9), the wavelet payload's
         step, axis delays, slice-motion block and row (versions 6 and 8), LL row, weights, sign levels
-        and rows (versions 7-8) and rANS string, or another seed's payload."""
+        and rows (versions 7-8) and rANS string (in version 9 the first z band's length, and these
+        offsets fall in its payload), or another seed's payload."""
         from deepstd import motion, refine, wavelet
 
         seed, header, sections = self.pick(rng, "refine")
@@ -2194,7 +2205,7 @@ class Mutator:
         signed = version in (refine.VERSION, refine.MOVED_VERSION)
         op = rng.randrange(10 if signed else 9) if version in (4, *refine.WAVELET_VERSIONS) else 0
         if op == 0:
-            version = rng.choice([0, 4, 5, 6, 7, 8, 9, 255])
+            version = rng.choice([0, 4, 5, 6, 7, 8, 9, 10, 255])
             note = f"version {version}"
         elif op == 1:
             ends = rng.choice(
@@ -2212,6 +2223,12 @@ class Mutator:
             value = rng.choice([math.nan, math.inf, 0.0, -1.0, 1e-45, 3e38, 1e-30])
             payload = f32(value) + payload[4:]
             note = f"step {value}"
+        elif op == 3 and version == refine.SLABS_VERSION:  # the first z band's length
+            cursor = Cursor(payload)
+            length = cursor.uint()
+            value = rng.choice([0, 1, length - 1, length + 1, len(payload), 2**31, 2**64])
+            payload = leb128(value) + payload[cursor.pos :]
+            note = f"z band length {length} -> {value}"
         elif op in (3, 4, 8):
             at, value = {3: 4, 4: 5, 8: 6}[op], rng.choice([rng.randrange(256), 0, *motion.BLOCKS])
             payload = payload[:at] + bytes([value]) + payload[at + 1 :]

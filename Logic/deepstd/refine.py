@@ -12,7 +12,9 @@ values (their floor and ceiling as zigzag varints; +-RANGE_LIMIT: unbounded on t
 payload of the context-modelled wavelet coder of `deepstd.wavelet` (numpy and constriction, decoded
 in this process; on training scans 0.3-0.7 dB closer than SPERR at equal bytes, docs/CODEC.md);
 version 8, written where the layer's slices move (`deepstd.motion`), the same with the payload's
-slice-motion field. Versions 5 and 6, written before the payload coded signs on their own, are the
+slice-motion field; version 9, written where the scan's slices change little from one to the
+next, the range and a payload of `deepstd.slabs` (the transform along z taken to its end first, each
+z band coded in-plane). Versions 5 and 6, written before the payload coded signs on their own, are the
 same with every sign in the signed rows, and still read. The
 decoded values are clipped to the range: a wavelet coder rings past sharp edges (HU below air's
 -1024 around a body, negative MR magnitudes), and a file of the layer alone clips its post-filtered
@@ -41,7 +43,7 @@ from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
-from . import memory, motion, wavelet
+from . import memory, motion, slabs, wavelet
 from .container import ByteReader, varint
 from .errors import FormatError, InputError
 from .packing import unzigzag, zigzag
@@ -50,13 +52,17 @@ SECTION = "refine"
 VERSION = 7
 #: the range and a wavelet payload with the slice-motion field: a layer coded with slice motion
 MOVED_VERSION = 8
+#: the range and a payload of z bands (`deepstd.slabs`): a layer coded along z first
+SLABS_VERSION = 9
 #: versions 7 and 8 as written before the signs were coded on their own (eleventh session), still read
 UNSIGNED_VERSION, UNSIGNED_MOVED_VERSION = 5, 6
 #: the versions of a value range and a wavelet payload, and those of them with slice motion
-WAVELET_VERSIONS = (VERSION, MOVED_VERSION, UNSIGNED_VERSION, UNSIGNED_MOVED_VERSION)
+WAVELET_VERSIONS = (VERSION, MOVED_VERSION, UNSIGNED_VERSION, UNSIGNED_MOVED_VERSION, SLABS_VERSION)
 MOVED_VERSIONS = (MOVED_VERSION, UNSIGNED_MOVED_VERSION)
 #: the wavelet payload without a value range (written after 0.2.0, before the range), still read
 UNCLIPPED_VERSION = 4
+#: how a candidate codes the layer: the 3-D wavelet, with slice motion, along z first
+PLAIN, MOVED, SLABBED = "plain", "moved", "slabbed"
 #: a range end at +-this means no bound on that side (float scans can hold values past 2**53)
 RANGE_LIMIT = 1 << 53
 #: SPERR sections, still read: the chunk's prelude compacted, the chunk whole, SPERR's header kept
@@ -100,42 +106,50 @@ def fit(
 ) -> Optional[bytes]:
     """The largest section of at most `spare` bytes (within `tolerance` under it), or None; `near`,
     a section of the same residual at another size, starts the search where that one ended, with
-    its axis delays and slice motion. Otherwise, where the voxel spacing makes an axis thick
-    (`wavelet.delays_for`), the residual is coded both with that axis splitting later and with
-    every axis splitting from the start, and where that axis is z also with slice motion
-    (`deepstd.motion`), and the section that decodes closest is kept: waiting paid on training
-    prostate volumes of 3-3.6 mm slices (+1.3 dB at 64x) and cost on a training CT of 2 mm slices
-    (-1.3 dB at 128x); slice motion paid on the chest CT of 5 mm slices (+0.28 dB at 128x) and is
-    not kept on the prostate volumes (docs/CODEC.md). Up to `workers` candidates are coded side by
+    its axis delays, slice motion or z bands. Otherwise, where the voxel spacing makes an axis
+    thick (`wavelet.delays_for`), the residual is coded both with that axis splitting later and
+    with every axis splitting from the start, and where that axis is z also with slice motion
+    (`deepstd.motion`) and along z first (`deepstd.slabs`), and the section that decodes closest
+    is kept: waiting paid on training prostate volumes of 3-3.6 mm slices (+1.3 dB at 64x) and cost
+    on a training CT of 2 mm slices (-1.3 dB at 128x); slice motion paid on the chest CT of 5 mm
+    slices (+0.28 dB at 128x) and is not kept on the prostate volumes; z first paid on that
+    training CT (+1.0 / +2.2 dB at 64 / 512x) and lost 0.1-0.6 dB on a prostate volume
+    (docs/CODEC.md). Up to `workers` candidates are coded side by
     side on threads (as many as the memory allows; numpy releases the GIL for much of a coding: two
     candidates of a prostate volume took 11.5 s on 2 threads against 17.7 s one after the other),
     each as it would be alone, so the section is the same whatever `workers` is."""
     if residual.ndim != 3:
         raise ValueError("the refinement layer codes a 3-D residual")
     head = section_of(residual, b"")  # its length (a moved section's head is as long)
-    hint = payload_of(near) if near is not None and near[:1] in (bytes([VERSION]), bytes([MOVED_VERSION])) else None
-    candidates: List[Tuple[Tuple[int, int, int], bool]]
+    written = (VERSION, MOVED_VERSION, SLABS_VERSION)
+    hint = payload_of(near) if near is not None and near[:1] and near[0] in written else None
+    candidates: List[Tuple[Tuple[int, int, int], str]]
     known: Optional[motion.Field] = None  # the moves of `near`: read back, not estimated again
-    if near is not None and hint is not None and len(hint) > 4:  # the delays and motion chosen before
-        candidates = [(wavelet.delays_of(hint[4]), near[0] == MOVED_VERSION)]
-        known = wavelet.moves_of(hint, residual.shape) if candidates[0][1] else None
+    if near is not None and hint is not None and near[0] == SLABS_VERSION:  # the z bands chosen before
+        candidates = [(slabs.IN_PLANE, SLABBED)]
+    elif near is not None and hint is not None and len(hint) > 4:  # the delays and motion chosen before
+        candidates = [(wavelet.delays_of(hint[4]), MOVED if near[0] == MOVED_VERSION else PLAIN)]
+        known = wavelet.moves_of(hint, residual.shape) if candidates[0][1] == MOVED else None
     else:
         thick = wavelet.delays_for(spacing_zyx)
-        candidates = list(dict.fromkeys([(thick, False), ((0, 0, 0), False)]))
+        candidates = list(dict.fromkeys([(thick, PLAIN), ((0, 0, 0), PLAIN)]))
         if thick[0] > 0 and thick[1:] == (0, 0) and residual.shape[0] >= wavelet.MIN_LENGTH:
-            candidates.append(((0, 0, 0), True))
+            candidates += [((0, 0, 0), MOVED), (slabs.IN_PLANE, SLABBED)]
     side_by_side = min(workers, len(candidates), max(1, memory.limit_bytes() // (FIT_BYTES_PER_VOXEL * residual.size)))
     tries = _Tries(on_try) if side_by_side > 1 else on_try
 
-    def coded(candidate: Tuple[Tuple[int, int, int], bool]) -> Optional[Tuple[float, bytes]]:
-        delays, moved = candidate
-        moves = None
-        if moved:
-            moves = known or motion.estimate(wavelet.Layout(residual.shape, delays).before_z_split(residual))
-        payload = wavelet.fit(residual, spare - len(head), tolerance, tries, near=hint, delays=delays, moves=moves)
+    def coded(candidate: Tuple[Tuple[int, int, int], str]) -> Optional[Tuple[float, bytes]]:
+        delays, kind = candidate
+        if kind == SLABBED:
+            payload = slabs.fit(residual, spare - len(head), tolerance, tries, near=hint)
+        else:
+            moves = None
+            if kind == MOVED:
+                moves = known or motion.estimate(wavelet.Layout(residual.shape, delays).before_z_split(residual))
+            payload = wavelet.fit(residual, spare - len(head), tolerance, tries, near=hint, delays=delays, moves=moves)
         if payload is None:
             return None
-        section = section_of(residual, payload, moved)
+        section = section_of(residual, payload, kind)
         # one candidate (an isotropic scan, or the choice of `near`) needs no measuring
         error = float(np.mean((decompress(section, residual.shape) - residual) ** 2)) if candidates[1:] else 0.0
         return error, section
@@ -170,17 +184,18 @@ def smallest(residual: np.ndarray) -> bytes:
     return section_of(residual, wavelet.compress(residual, wavelet.COARSEST_STEP))
 
 
-def section_of(values: np.ndarray, payload: bytes, moved: bool = False) -> bytes:
-    """A version 7 section (version 8 where the payload has slice motion, `moved`): the range of
-    `values` (the floor of their minimum and the ceiling of their maximum, +-RANGE_LIMIT past it)
-    and a wavelet payload of them."""
+def section_of(values: np.ndarray, payload: bytes, kind: str = PLAIN) -> bytes:
+    """A version 7 section (8 where the payload has slice motion, 9 where it is of z bands: `kind`):
+    the range of `values` (the floor of their minimum and the ceiling of their maximum,
+    +-RANGE_LIMIT past it) and a wavelet payload of them."""
     low = max(math.floor(float(np.min(values))), -RANGE_LIMIT)
     high = min(math.ceil(float(np.max(values))), RANGE_LIMIT)
-    return bytes([MOVED_VERSION if moved else VERSION]) + varint(zigzag(low)) + varint(zigzag(high)) + payload
+    version = {PLAIN: VERSION, MOVED: MOVED_VERSION, SLABBED: SLABS_VERSION}[kind]
+    return bytes([version]) + varint(zigzag(low)) + varint(zigzag(high)) + payload
 
 
 def _parts(section: bytes) -> Tuple[Tuple[float, float], bytes]:
-    """The value range and the wavelet payload of a version 5 to 8 section."""
+    """The value range and the wavelet payload of a version 5 to 9 section."""
     reader = ByteReader(section)
     reader.take(1, "refinement layer version")
     low, high = (unzigzag(reader.varint(f"refinement layer {end}", 2 * RANGE_LIMIT)) for end in ("minimum", "maximum"))
@@ -191,7 +206,7 @@ def _parts(section: bytes) -> Tuple[Tuple[float, float], bytes]:
 
 
 def payload_of(section: bytes) -> bytes:
-    """The wavelet payload of a version 5 to 8 section (its range skipped)."""
+    """The wavelet payload of a version 5 to 9 section (its range skipped)."""
     return _parts(section)[1]
 
 
@@ -241,14 +256,17 @@ def _chunk(section: bytes) -> bytes:
 
 
 def decompress(section: bytes, shape: Tuple[int, int, int]) -> np.ndarray:
-    """The residual (z, y, x) float32: a version 4 to 8 section decoded here (within its range), a
+    """The residual (z, y, x) float32: a version 4 to 9 section decoded here (within its range), a
     SPERR section in a child process (see the module docstring)."""
     if section[:1] and section[0] in (*WAVELET_VERSIONS, UNCLIPPED_VERSION):
         ranged = section[0] != UNCLIPPED_VERSION
         bounds, payload = _parts(section) if ranged else ((-math.inf, math.inf), section[1:])
         signed = section[0] in (VERSION, MOVED_VERSION)
         with np.errstate(over="ignore"):  # refused just below
-            values = wavelet.decompress(payload, shape, section[0] in MOVED_VERSIONS, signed).astype(np.float32)
+            if section[0] == SLABS_VERSION:
+                values = slabs.decompress(payload, shape).astype(np.float32)
+            else:
+                values = wavelet.decompress(payload, shape, section[0] in MOVED_VERSIONS, signed).astype(np.float32)
         if not np.isfinite(values).all():
             raise FormatError("refinement layer: the wavelet stream decodes to non-finite values (corrupt data)")
         return np.clip(values, *bounds, out=values)

@@ -984,4 +984,5 @@ def search(
         step = min(step, COARSEST_STEP)
     return best
 
+
 __all__ = ["compress", "decompress", "fit", "search", "coded", "model_of", "step_of", "moves_of", "Layout"]

@@ -52,7 +52,8 @@ def encode_scan(
 def layers_of(sections) -> str:
     """What a file's sections code the scan with, in words (`deepstd encode` and `info` print it)."""
     layer = sections.get("refine", b"")
-    moved = " with slice motion" if layer[:1] and layer[0] in refine.MOVED_VERSIONS else ""
+    how = {refine.SLABS_VERSION: ", along z first", **dict.fromkeys(refine.MOVED_VERSIONS, " with slice motion")}
+    moved = how.get(layer[0], "") if layer[:1] else ""
     if "texture" not in sections:
         filtered = " and a post-filter" if "filter" in sections else ""
         return (
