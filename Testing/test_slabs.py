@@ -85,3 +85,13 @@ def test_damaged_payloads_are_refused(damage, message):
     payload = slabs.compress(x, 4.0)
     with pytest.raises(FormatError, match=message):
         slabs.decompress(damage(payload, slabs._split(payload, x.shape)), x.shape)
+
+
+def test_coherence_says_how_much_of_a_slices_detail_the_next_one_repeats():
+    rng = np.random.default_rng(6)
+    assert slabs.coherence(_repeating((12, 32, 32))) > 0.95 > slabs.COHERENT
+    unrelated = rng.normal(0, 50, (12, 32, 32)).cumsum(axis=2)  # smooth along x, new in every slice
+    assert abs(slabs.coherence(unrelated)) < 0.1
+    # smoothness along z alone is not detail: a ramp along z has none
+    ramp = np.broadcast_to(np.arange(12.0)[:, None, None], (12, 32, 32))
+    assert slabs.coherence(ramp) == 0.0 and slabs.coherence(unrelated[:1]) == 0.0

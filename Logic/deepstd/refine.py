@@ -109,8 +109,8 @@ def fit(
     its axis delays, slice motion or z bands. Otherwise, where the voxel spacing makes an axis
     thick (`wavelet.delays_for`), the residual is coded both with that axis splitting later and
     with every axis splitting from the start, and where that axis is z also with slice motion
-    (`deepstd.motion`) and along z first (`deepstd.slabs`), and the section that decodes closest
-    is kept: waiting paid on training prostate volumes of 3-3.6 mm slices (+1.3 dB at 64x) and cost
+    (`deepstd.motion`) and, where the slices repeat their in-plane detail (`slabs.coherence`),
+    along z first (`deepstd.slabs`), and the section that decodes closest is kept: waiting paid on training prostate volumes of 3-3.6 mm slices (+1.3 dB at 64x) and cost
     on a training CT of 2 mm slices (-1.3 dB at 128x); slice motion paid on the chest CT of 5 mm
     slices (+0.28 dB at 128x) and is not kept on the prostate volumes; z first paid on that
     training CT (+1.0 / +2.2 dB at 64 / 512x) and lost 0.1-0.6 dB on a prostate volume
@@ -134,7 +134,9 @@ def fit(
         thick = wavelet.delays_for(spacing_zyx)
         candidates = list(dict.fromkeys([(thick, PLAIN), ((0, 0, 0), PLAIN)]))
         if thick[0] > 0 and thick[1:] == (0, 0) and residual.shape[0] >= wavelet.MIN_LENGTH:
-            candidates += [((0, 0, 0), MOVED), (slabs.IN_PLANE, SLABBED)]
+            candidates.append(((0, 0, 0), MOVED))
+            if slabs.coherence(residual) >= slabs.COHERENT:
+                candidates.append((slabs.IN_PLANE, SLABBED))
     side_by_side = min(workers, len(candidates), max(1, memory.limit_bytes() // (FIT_BYTES_PER_VOXEL * residual.size)))
     tries = _Tries(on_try) if side_by_side > 1 else on_try
 

@@ -12,8 +12,9 @@ coder with z never split, coded at the common step over the band's synthesis nor
 costs the same squared error in every band, as the 3-D coder's band steps do). On a training CT of
 2 mm slices whose fine detail holds from slice to slice (adjacent slices' in-plane high-pass
 correlated 0.94), the layer alone decodes +1.0 / +2.2 dB closer at 64 / 512x than the 3-D coder;
-on a 1.5 mm CT (0.52) and a prostate volume of 3 mm slices (0.34) it is 0.3-0.8 dB farther, so it
+on a 1.5 mm CT (0.52) and a prostate volume of 3 mm slices (0.34) it is 0.1-0.8 dB farther, so it
 is a candidate the encoder keeps only where it decodes closer (`refine.fit`, docs/CODEC.md).
+Decoding a band at a time peaks at ~38 bytes a voxel (the 3-D coder's payload: ~53).
 
 Payload: the z bands' wavelet payloads in that order, each but the last after its length (varint).
 """
@@ -30,6 +31,27 @@ from .errors import FormatError
 
 #: the in-plane coder's axis delays: z never splits inside a band
 IN_PLANE = (wavelet.MAX_LEVELS, 0, 0)
+#: the z bands are worth a coding where adjacent slices' in-plane detail correlates at least this
+#: much (`coherence`; training scans of thick slices: 0.94 where they decoded 1.0-2.2 dB closer,
+#: 0.22-0.34 where they were 0.1-0.8 dB farther, docs/CODEC.md)
+COHERENT = 0.6
+
+
+def coherence(values: np.ndarray) -> float:
+    """How much of a slice's in-plane detail (the values minus their [1 2 1] / 4 blur along y and x)
+    the next slice repeats: their correlation over every pair of adjacent slices (0 for one slice
+    or no detail). Sums in float64, pairwise (numpy's, not BLAS's), so that the same scan gives the
+    same figure on any thread count."""
+    scan = np.asarray(values, dtype=np.float32)
+    blurred = scan
+    for axis in (1, 2):
+        padded = np.pad(blurred, [(1, 1) if a == axis else (0, 0) for a in range(3)], mode="edge")
+        at = [tuple(slice(k, k + scan.shape[axis]) if a == axis else slice(None) for a in range(3)) for k in (0, 1, 2)]
+        blurred = 0.25 * padded[at[0]] + 0.5 * padded[at[1]] + 0.25 * padded[at[2]]
+    detail = scan - blurred
+    before, after = detail[:-1].astype(np.float64), detail[1:].astype(np.float64)
+    energy = float(np.sum(before * before)) * float(np.sum(after * after))
+    return float(np.sum(before * after)) / energy**0.5 if energy > 0 else 0.0
 
 
 def band_sizes(depth: int) -> List[Tuple[int, int, bool]]:
@@ -135,4 +157,4 @@ def fit(
     return wavelet.search(code, start, spare, tolerance, on_try, hint)
 
 
-__all__ = ["compress", "decompress", "fit", "forward", "inverse", "band_sizes"]
+__all__ = ["compress", "decompress", "fit", "forward", "inverse", "band_sizes", "coherence", "COHERENT"]
