@@ -5,16 +5,18 @@ The 3-D wavelet splits every axis at each level and only the low-pass corner goe
 that a scan keeps from slice to slice — a vessel's wall, a reconstruction kernel's texture — is
 paired off along z once and then coded again in every second slice of its in-plane band. A video
 coder predicts such slices from ones coded before; wavelet video coders take the transform along
-time to its end first and code each temporal band in 2-D ("t+2D", e.g. Secker & Taubman, IEEE TIP
-2003). Here the 9/7 lifting splits z until one slice is left, and each z band — the last low-pass
-slice, then the high-pass bands from the coarsest to the finest — is a payload of the layer's
-coder with z never split, coded at the common step over the band's synthesis norm (so a step
-costs the same squared error in every band, as the 3-D coder's band steps do). On a training CT of
-2 mm slices whose fine detail holds from slice to slice (adjacent slices' in-plane high-pass
-correlated 0.94), the layer alone decodes +1.0 / +2.2 dB closer at 64 / 512x than the 3-D coder;
+time to its end first and code each temporal band in 2-D ("t+2D": Choi & Woods, IEEE TIP 1999;
+Secker & Taubman, IEEE TIP 2003). Here the 9/7 lifting splits z until one slice is left, and each
+z band — the last low-pass slice, then the high-pass bands from the coarsest to the finest — is a
+payload of the layer's coder with z never split, coded at the common step over the band's synthesis
+norm (so a step costs the same squared error in every band, as the 3-D coder's band steps do). On
+a training CT of 2 mm slices whose fine detail holds from slice to slice (adjacent slices' in-plane
+high-pass correlated 0.94), the layer alone decodes +1.0 / +2.2 dB closer at 64 / 512x than the
+3-D coder;
 on a 1.5 mm CT (0.52) and a prostate volume of 3 mm slices (0.34) it is 0.1-0.8 dB farther, so it
-is a candidate the encoder keeps only where it decodes closer (`refine.fit`, docs/CODEC.md).
-Decoding a band at a time peaks at ~38 bytes a voxel (the 3-D coder's payload: ~53).
+is a candidate the encoder tries where z is thick and the slices repeat their detail (`coherence`)
+and keeps only where it decodes closer (`refine.fit`, docs/CODEC.md). Decoding a band at a time
+peaks at ~38 bytes a voxel (the 3-D coder's payload: ~53).
 
 Payload: the z bands' wavelet payloads in that order, each but the last after its length (varint).
 """
