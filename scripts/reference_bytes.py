@@ -1,8 +1,8 @@
 """Byte identity of the encoder: encode the reference scans and compare SHA-256s with a saved set.
 
 A refactor must not change a single byte of any `.dstd` file. This codes one file per encoder path
-(plain, lean header + pre-alignment-only shape code, widened frame, CT, maximum error, keep mask,
-the demo's synthetic scan) and prints size, time and SHA-256 of each:
+(plain, lean header + pre-alignment-only shape code, widened frame, CT, CT coded along z first,
+maximum error, keep mask, the demo's synthetic scan) and prints size, time and SHA-256 of each:
 
     python scripts/reference_bytes.py --save docs/bench/reference_bytes.json   # before a change
     python scripts/reference_bytes.py --check docs/bench/reference_bytes.json  # after it
@@ -40,6 +40,8 @@ CASES = {
         {"ratio": 64},
     ),
     "chest-ct-64x": (DATA / "ct/chest_ct_dicom", "ct-torso", {"ratio": 64}),
+    # slices that repeat their detail: the layer coded along z first (refine section 9)
+    "dicom-ct-512x-z-first": (DATA / "ct/abdomen/TotalSeg_example_ct_dicom_j2k", "ct-torso", {"ratio": 512}),
     # the learned texture, which the default replaces by the refinement layer alone where that is closer
     "la-mr-128x-texture": (
         DATA / "left_atrium_mr/images/LA_BXJWOUYP2J3EN4U92517.nii.gz",

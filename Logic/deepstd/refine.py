@@ -110,14 +110,15 @@ def fit(
     thick (`wavelet.delays_for`), the residual is coded both with that axis splitting later and
     with every axis splitting from the start, and where that axis is z also with slice motion
     (`deepstd.motion`) and, where the slices repeat their in-plane detail (`slabs.coherence`),
-    along z first (`deepstd.slabs`), and the section that decodes closest is kept: waiting paid on training prostate volumes of 3-3.6 mm slices (+1.3 dB at 64x) and cost
-    on a training CT of 2 mm slices (-1.3 dB at 128x); slice motion paid on the chest CT of 5 mm
-    slices (+0.28 dB at 128x) and is not kept on the prostate volumes; z first paid on that
-    training CT (+1.0 / +2.2 dB at 64 / 512x) and lost 0.1-0.6 dB on a prostate volume
-    (docs/CODEC.md). Up to `workers` candidates are coded side by
-    side on threads (as many as the memory allows; numpy releases the GIL for much of a coding: two
-    candidates of a prostate volume took 11.5 s on 2 threads against 17.7 s one after the other),
-    each as it would be alone, so the section is the same whatever `workers` is."""
+    along z first (`deepstd.slabs`); the section that decodes closest is kept. Waiting paid on
+    training prostate volumes of 3-3.6 mm slices (+1.3 dB at 64x) and cost on a training CT of 2 mm
+    slices (-1.3 dB at 128x); slice motion paid on the chest CT of 5 mm slices (+0.28 dB at 128x)
+    and is not kept on the prostate volumes; z first paid on that training CT (+1.0 / +2.2 dB at
+    64 / 512x) and lost 0.1-0.6 dB on a prostate volume (docs/CODEC.md). Up to `workers`
+    candidates are coded side by side on threads (as many as the memory allows; numpy releases the
+    GIL for much of a coding: two candidates of a prostate volume took 11.5 s on 2 threads against
+    17.7 s one after the other), each as it would be alone, so the section is the same whatever
+    `workers` is."""
     if residual.ndim != 3:
         raise ValueError("the refinement layer codes a 3-D residual")
     head = section_of(residual, b"")  # its length (a moved section's head is as long)
