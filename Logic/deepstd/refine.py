@@ -267,9 +267,10 @@ def decompress(section: bytes, shape: Tuple[int, int, int]) -> np.ndarray:
         signed = section[0] in (VERSION, MOVED_VERSION)
         with np.errstate(over="ignore"):  # refused just below
             if section[0] == SLABS_VERSION:
-                values = slabs.decompress(payload, shape).astype(np.float32)
+                decoded = slabs.decompress(payload, shape)
             else:
-                values = wavelet.decompress(payload, shape, section[0] in MOVED_VERSIONS, signed).astype(np.float32)
+                decoded = wavelet.decompress(payload, shape, section[0] in MOVED_VERSIONS, signed)
+            values = decoded.astype(np.float32)
         if not np.isfinite(values).all():
             raise FormatError("refinement layer: the wavelet stream decodes to non-finite values (corrupt data)")
         return np.clip(values, *bounds, out=values)

@@ -12,8 +12,7 @@ payload of the layer's coder with z never split, coded at the common step over t
 norm (so a step costs the same squared error in every band, as the 3-D coder's band steps do). On
 a training CT of 2 mm slices whose fine detail holds from slice to slice (adjacent slices' in-plane
 high-pass correlated 0.94), the layer alone decodes +1.0 / +2.2 dB closer at 64 / 512x than the
-3-D coder;
-on a 1.5 mm CT (0.52) and a prostate volume of 3 mm slices (0.34) it is 0.1-0.8 dB farther, so it
+3-D coder; on a 1.5 mm CT (0.52) and a prostate volume of 3 mm slices (0.34) it is 0.1-0.8 dB farther, so it
 is a candidate the encoder tries where z is thick and the slices repeat their detail (`coherence`)
 and keeps only where it decodes closer (`refine.fit`, docs/CODEC.md). Decoding a band at a time
 peaks at ~38 bytes a voxel (the 3-D coder's payload: ~53).
@@ -40,20 +39,27 @@ COHERENT = 0.6
 
 
 def coherence(values: np.ndarray) -> float:
-    """How much of a slice's in-plane detail (the values minus their [1 2 1] / 4 blur along y and x)
+    """How much of a slice's in-plane detail (the slice minus its [1 2 1] / 4 blur along y and x)
     the next slice repeats: their correlation over every pair of adjacent slices (0 for one slice
-    or no detail). Sums in float64, pairwise (numpy's, not BLAS's), so that the same scan gives the
-    same figure on any thread count."""
-    scan = np.asarray(values, dtype=np.float32)
-    blurred = scan
-    for axis in (1, 2):
-        padded = np.pad(blurred, [(1, 1) if a == axis else (0, 0) for a in range(3)], mode="edge")
-        at = [tuple(slice(k, k + scan.shape[axis]) if a == axis else slice(None) for a in range(3)) for k in (0, 1, 2)]
-        blurred = 0.25 * padded[at[0]] + 0.5 * padded[at[1]] + 0.25 * padded[at[2]]
-    detail = scan - blurred
-    before, after = detail[:-1].astype(np.float64), detail[1:].astype(np.float64)
-    energy = float(np.sum(before * before)) * float(np.sum(after * after))
-    return float(np.sum(before * after)) / energy**0.5 if energy > 0 else 0.0
+    or no detail). A slice at a time in float64, summed in a fixed order, so that the same scan
+    gives the same figure on any thread count and the figure needs no copy of the scan."""
+    sums = np.zeros(3)  # detail x next detail, detail squared, next detail squared
+    before = None
+    for plane in values:
+        detail = _detail(plane)
+        if before is not None:
+            sums += (float(np.sum(before * detail)), float(np.sum(before * before)), float(np.sum(detail * detail)))
+        before = detail
+    energy = float(sums[1] * sums[2])
+    return float(sums[0]) / energy**0.5 if energy > 0 else 0.0
+
+
+def _detail(plane: np.ndarray) -> np.ndarray:
+    """`plane` minus its [1 2 1] / 4 blur along y and x (edges repeated), in float64."""
+    plane = np.asarray(plane, dtype=np.float64)
+    padded = np.pad(plane, 1, mode="edge")
+    rows = 0.25 * padded[:-2] + 0.5 * padded[1:-1] + 0.25 * padded[2:]
+    return plane - (0.25 * rows[:, :-2] + 0.5 * rows[:, 1:-1] + 0.25 * rows[:, 2:])
 
 
 def band_sizes(depth: int) -> List[Tuple[int, int, bool]]:
@@ -65,10 +71,6 @@ def band_sizes(depth: int) -> List[Tuple[int, int, bool]]:
     splits = len(lows) - 1
     highs = [(lows[k - 1] - lows[k], k, True) for k in range(splits, 0, -1)]
     return [(lows[-1], splits, False), *highs]
-
-
-def _norm(splits: int, high: bool) -> float:
-    return wavelet.norm_1d(splits, high)
 
 
 def forward(values: np.ndarray) -> List[np.ndarray]:
@@ -101,7 +103,7 @@ def _coding(values: np.ndarray) -> Callable[[float, Any], Tuple[bytes, Any]]:
     bands = forward(values)
     layouts = [wavelet.Layout(band.shape, IN_PLANE) for band in bands]
     coefficients = [layout.forward(band) for layout, band in zip(layouts, bands)]
-    norms = [_norm(splits, high) for _, splits, high in band_sizes(len(values))]
+    norms = [wavelet.norm_1d(splits, high) for _, splits, high in band_sizes(len(values))]
 
     def code(step: float, models: Optional[List[Any]]) -> Tuple[bytes, List[Any]]:
         payloads, used = [], []
@@ -147,7 +149,6 @@ def fit(
     """The largest payload of at most `spare` bytes (`wavelet.search`), from the step and with the
     models of `near` (a payload of the same values at another size) where there is one."""
     code = _coding(values)
-    start = (float(np.std(values)) or 1.0) / 8
     hint = None
     if near is not None:
         depth, height, width = values.shape
@@ -155,8 +156,12 @@ def fit(
         step = wavelet.step_of(parts[0][0])
         if step is not None:
             models = [wavelet.model_of(part, wavelet.Layout(shape, IN_PLANE)) for part, shape in parts]
-            hint = (step * _norm(*band_sizes(len(values))[0][1:]), len(near), None if None in models else models)
-    return wavelet.search(code, start, spare, tolerance, on_try, hint)
+            hint = (
+                step * wavelet.norm_1d(*band_sizes(len(values))[0][1:]),
+                len(near),
+                None if None in models else models,
+            )
+    return wavelet.search(code, wavelet.first_step(values), spare, tolerance, on_try, hint)
 
 
 __all__ = ["compress", "decompress", "fit", "forward", "inverse", "band_sizes", "coherence", "COHERENT"]

@@ -900,6 +900,11 @@ def _jumps(fits: Tuple[float, int], too_big: Tuple[float, int]) -> bool:
     return steps < JUMP or math.log(too_big[1] / fits[1]) > JUMP_SLOPE * steps
 
 
+def first_step(values: np.ndarray) -> float:
+    """Where a step search without a nearby payload starts: an eighth of the values' spread."""
+    return (float(np.std(values)) or 1.0) / 8
+
+
 def step_of(payload: bytes) -> Optional[float]:
     """The quantiser step a payload was coded at (None where it is too short to hold one)."""
     return _STEP.unpack_from(payload)[0] if len(payload) > _STEP.size else None
@@ -922,7 +927,7 @@ def fit(
     near_step = None if near is None else step_of(near)
     return search(
         lambda step, model: coded(layout, coefficients, step, model),
-        (float(np.std(values)) or 1.0) / 8,
+        first_step(values),
         spare,
         tolerance,
         on_try,
